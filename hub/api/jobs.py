@@ -1,0 +1,90 @@
+"""``/v1/jobs``: submit, read, list and cancel jobs over HTTP."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from hub.deps import OwnerDep, ServiceDep, SettingsDep
+from hub.protocol import JobStatus
+from hub.schemas import JobRequest
+from hub.service import FINISHED
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
+
+
+def _wait_seconds(prefer: str | None, most: float) -> float:
+    match = _WAIT.search(prefer or "")
+    return min(float(match.group(1)), most) if match else 0.0
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Submit a job",
+    responses={
+        200: {"description": "The finished job (with `Prefer: wait=N`, when it ended in time)"},
+        202: {"description": "The queued job, with its URLs; `Location` points to it"},
+        400: {"description": "The body is not valid JSON"},
+        404: {"description": "Unknown model or version"},
+        409: {"description": "The Idempotency-Key was used for a different request"},
+        413: {"description": "The body is over INFERHUB_MAX_BODY_BYTES"},
+        422: {"description": "An input's name, datatype, shape or row count is wrong"},
+        503: {"description": "Redis is unreachable"},
+    },
+)
+async def submit(
+    body: JobRequest,
+    response: Response,
+    service: ServiceDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    prefer: Annotated[
+        str | None, Header(description="`wait=N`: answer when done, N s at most")
+    ] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    wait_s = _wait_seconds(prefer, settings.max_wait_s)
+    job = await service.submit(body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s)
+    response.headers["Location"] = job["urls"]["self"]
+    if job["status"] in FINISHED:
+        response.status_code = status.HTTP_200_OK
+    return job
+
+
+@router.get("", summary="List jobs, newest first")
+async def list_jobs(
+    service: ServiceDep,
+    owner: OwnerDep,
+    model: str | None = None,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[float | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> dict[str, Any]:
+    jobs, next_cursor = await service.list(
+        owner=owner,
+        model=model,
+        status=status.value if status else None,
+        limit=limit,
+        cursor=cursor,
+    )
+    return {"jobs": jobs, "next_cursor": next_cursor}
+
+
+@router.get("/{job_id}", summary="One job", responses={404: {"description": "No such job"}})
+async def get_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
+    return await service.get(job_id, owner=owner)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job",
+    description="A queued job never runs; a running one stops at its next chunk.",
+    responses={404: {"description": "No such job"}, 409: {"description": "Already finished"}},
+)
+async def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
+    return await service.cancel(job_id, owner=owner)

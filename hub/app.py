@@ -1,0 +1,60 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from hub.api import health, jobs, models
+from hub.catalogue import Catalogue
+from hub.errors import install_handlers
+from hub.fanout import Fanout
+from hub.jobstore import JobStore, Limits
+from hub.limits import BodyLimit
+from hub.responses import JSON
+from hub.service import JobService
+from hub.settings import Settings
+
+DESCRIPTION = """A real-time inference hub: submit rows to an ONNX model, get the result inline,
+follow it live, or fetch it later. Every error is `{"error": {"code", "message"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, health_check_interval=10
+        )
+        fanout = Fanout(redis)
+        await fanout.start()
+        store = JobStore(
+            redis, Limits(ttl_s=settings.job_ttl_s, job_maxlen=settings.job_stream_maxlen)
+        )
+        app.state.service = JobService(
+            store, Catalogue(redis, model_ttl_s=settings.job_ttl_s), fanout
+        )
+        try:
+            yield
+        finally:
+            await fanout.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="inferhub",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSON,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

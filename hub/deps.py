@@ -1,0 +1,34 @@
+"""FastAPI dependencies, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from hub.catalogue import Catalogue
+from hub.service import JobService
+from hub.settings import Settings
+
+
+def _service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+def _catalogue(request: Request) -> Catalogue:
+    return request.app.state.service.catalogue
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _owner(request: Request) -> str:
+    # one tenant until API keys arrive; every job is already scoped by owner
+    return "anonymous"
+
+
+ServiceDep = Annotated[JobService, Depends(_service)]
+CatalogueDep = Annotated[Catalogue, Depends(_catalogue)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+OwnerDep = Annotated[str, Depends(_owner)]

@@ -1,0 +1,306 @@
+"""The Redis data layer for jobs: records, event logs, the arq queue. Shared by hub and workers.
+
+A job lives in three keys: its record (a hash), its event stream, and, until a worker takes it,
+arq's job key and queue entry. Every state change is one Lua script, so that the record, the
+event log and the publication move together in a single round trip, and a transition that is
+no longer allowed (a finished job finishing again) changes nothing.
+
+Each event is added to the global stream first and then to the job's stream under the same id,
+so one id resumes both the per-job and the all-jobs feeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from hub import keys
+from hub.protocol import EventType, JobStatus, dumps, loads
+
+RUN_JOB = "run_job"
+"""The name of the arq function that runs one job."""
+
+_APPEND = """
+local function append(event, ttl, job_maxlen, log_maxlen)
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', log_maxlen, '*', 'e', event)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', job_maxlen, id, 'e', event)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('PUBLISH', ARGV[1], id .. ' ' .. event)
+  return id
+end
+local function set_fields(first)
+  for i = first, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+"""
+
+# KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index
+# ARGV: channel, event, ttl, job_maxlen, log_maxlen, idem_value, arq_job, score, created_ms,
+#       field, value, ...
+_CREATE = (
+    _APPEND
+    + """
+if KEYS[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3])
+end
+set_fields(10)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[6])
+redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
+return {1, id}
+"""
+)
+
+# KEYS: record, job events, events log, cancel flag
+# ARGV: channel, event, ttl, job_maxlen, log_maxlen, allowed statuses (space separated),
+#       new status, field, value, ...
+# Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
+_TRANSITION = (
+    _APPEND
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, '', '', 0} end
+local cancel = redis.call('EXISTS', KEYS[4])
+if not string.find(' ' .. ARGV[6] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {0, status, '', cancel}
+end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[7]) end
+set_fields(8)
+local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return {1, status, id, cancel}
+"""
+)
+
+# KEYS: record, job events, events log, cancel flag, arq job, queue
+# ARGV: channel, event, ttl, job_maxlen, log_maxlen, job id, finished_ms
+# A queued job is taken off the queue and canceled at once; a running one is flagged and
+# stops at its next chunk. Returns the status found.
+_CANCEL = (
+    _APPEND
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('ZREM', KEYS[6], ARGV[6])
+  redis.call('DEL', KEYS[5])
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[7])
+  append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+elseif status == 'started' then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+end
+return status
+"""
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as stored: ``id`` is its stream id, ``data`` may hold packed tensors."""
+
+    id: str
+    job_id: str
+    type: EventType
+    ts: float
+    model: str
+    owner: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, event_id: str, raw: bytes) -> Event:
+        body = loads(raw)
+        return cls(id=event_id, type=EventType(body["type"]), **_without(body, "type"))
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED)
+
+
+def _without(body: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in names}
+
+
+@dataclass(frozen=True)
+class Limits:
+    ttl_s: int
+    job_maxlen: int = 10_000
+    log_maxlen: int = 100_000
+
+
+class JobStore:
+    """Jobs in Redis. Methods are one round trip each unless they say otherwise."""
+
+    def __init__(self, redis: Redis, limits: Limits) -> None:
+        self.redis = redis
+        self.limits = limits
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._cancel = redis.register_script(_CANCEL)
+
+    def _event(self, job_id: str, type_: EventType, model: str, owner: str, data: Any) -> bytes:
+        body = {"job_id": job_id, "type": type_.value, "ts": time.time(), "model": model}
+        return dumps({**body, "owner": owner, "data": data or {}})
+
+    def _common_args(self, event: bytes) -> list[Any]:
+        lim = self.limits
+        return [keys.EVENTS_CHANNEL, event, lim.ttl_s, lim.job_maxlen, lim.log_maxlen]
+
+    async def create(
+        self,
+        record: Mapping[str, Any],
+        job_kwargs: Mapping[str, Any],
+        *,
+        pool: str,
+        idempotency: tuple[str, str] | None = None,
+        priority: int = 0,
+    ) -> tuple[bool, str]:
+        """Write the record, its ``queued`` event and the arq job at once.
+
+        Returns ``(True, event id)``, or ``(False, existing idempotency value)`` when the
+        idempotency key was already used; then nothing is written.
+        """
+        job_id = record["id"]
+        now_ms = int(record["created_at"] * 1000)
+        arq_job = serialize_job(RUN_JOB, (), dict(job_kwargs), None, now_ms, serializer=dumps)
+        idem_key, idem_value = ("", job_id)
+        if idempotency is not None:
+            idem_key = keys.idempotency(idempotency[0], idempotency[1])
+            idem_value = f"{job_id} {record.get('fingerprint', '')}"
+        event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
+        created, value = await self._create(
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                keys.EVENTS_STREAM,
+                idem_key,
+                job_key_prefix + job_id,
+                keys.queue(pool),
+                keys.JOBS_INDEX,
+            ],
+            args=[
+                *self._common_args(event),
+                idem_value,
+                arq_job,
+                now_ms - priority * 1000,
+                now_ms,
+                *_flatten(record),
+            ],
+        )
+        return bool(created), value.decode()
+
+    async def transition(
+        self,
+        job_id: str,
+        event: EventType,
+        *,
+        model: str,
+        owner: str,
+        allowed: Sequence[JobStatus],
+        status: JobStatus | None = None,
+        data: Any = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> tuple[bool, str, bool]:
+        """Append ``event`` (and move to ``status``) if the job is in one of ``allowed``.
+
+        Returns (appended, the status found, cancel requested).
+        """
+        raw = self._event(job_id, event, model, owner, data)
+        appended, before, _id, cancel = await self._transition(
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                keys.EVENTS_STREAM,
+                keys.job_cancel(job_id),
+            ],
+            args=[
+                *self._common_args(raw),
+                " ".join(s.value for s in allowed),
+                status.value if status else "",
+                *_flatten(fields or {}),
+            ],
+        )
+        return bool(appended), before.decode(), bool(cancel)
+
+    async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
+        """Cancel: at once when queued, at the next chunk when running. Returns the status found."""
+        raw = self._event(
+            job_id, EventType.CANCELED, model, owner, {"reason": "canceled by client"}
+        )
+        status = await self._cancel(
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                keys.EVENTS_STREAM,
+                keys.job_cancel(job_id),
+                job_key_prefix + job_id,
+                keys.queue(pool),
+            ],
+            args=[*self._common_args(raw), job_id, int(time.time() * 1000)],
+        )
+        return status.decode() if status else ""
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(keys.job(job_id))
+        return _decode_record(raw) if raw else None
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(job_id))
+            raws = await pipe.execute()
+        return [_decode_record(raw) if raw else None for raw in raws]
+
+    async def recent_ids(self, before_ms: float, count: int) -> list[tuple[str, float]]:
+        """Job ids created before ``before_ms``, newest first."""
+        rows = await self.redis.zrevrangebyscore(
+            keys.JOBS_INDEX, f"({before_ms}", "-inf", start=0, num=count, withscores=True
+        )
+        return [(job_id.decode(), score) for job_id, score in rows]
+
+    async def prune_index(self) -> None:
+        cutoff = (time.time() - self.limits.ttl_s) * 1000
+        await self.redis.zremrangebyscore(keys.JOBS_INDEX, "-inf", cutoff)
+
+    async def events(self, job_id: str, after: str = "0") -> list[Event]:
+        """The job's stored events after the id ``after``."""
+        rows = await self.redis.xrange(
+            keys.job_events(job_id), min=f"({after}" if after != "0" else "-"
+        )
+        return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
+
+
+# Record fields whose values are msgpack; the rest are text or numbers.
+_PACKED = ("inputs", "outputs", "parameters", "progress")
+_NUMBERS = ("created_at", "started_at", "finished_at")
+
+
+def _flatten(record: Mapping[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for name, value in record.items():
+        if value is None:
+            continue
+        out.append(name)
+        out.append(dumps(value) if name in _PACKED else value)
+    return out
+
+
+def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for name_b, value in raw.items():
+        name = name_b.decode()
+        if name in _PACKED:
+            record[name] = loads(value)
+        elif name in _NUMBERS:
+            record[name] = float(value)
+        elif name in ("attempt", "rows"):
+            record[name] = int(value)
+        else:
+            record[name] = value.decode()
+    return record

@@ -1,0 +1,47 @@
+"""Every Redis key and channel name inferhub uses, in one place (as arq's ``constants.py``)."""
+
+PREFIX = "inferhub:"
+
+EVENTS_CHANNEL = PREFIX + "events"
+"""Pub/sub channel every event is published on; each hub process subscribes once."""
+
+EVENTS_STREAM = PREFIX + "events:log"
+"""Capped stream of every event, for resuming the all-jobs feed."""
+
+JOBS_INDEX = PREFIX + "jobs"
+"""Sorted set of job ids scored by creation time (ms), newest last."""
+
+MODELS = PREFIX + "models"
+"""Hash: model name -> JSON catalogue entry written by the workers that serve it."""
+
+WORKERS = PREFIX + "workers"
+"""Sorted set of worker ids scored by their last heartbeat (unix seconds)."""
+
+
+def job(job_id: str) -> str:
+    """Hash holding the job record."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream of the job's events; its ids are the event ids."""
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def job_cancel(job_id: str) -> str:
+    """Set when a running job must stop at its next chunk."""
+    return f"{PREFIX}job:{job_id}:cancel"
+
+
+def idempotency(owner: str, key: str) -> str:
+    return f"{PREFIX}idem:{owner}:{key}"
+
+
+def queue(pool: str) -> str:
+    """The arq queue (a sorted set) of a pool."""
+    return f"{PREFIX}queue:{pool}"
+
+
+def worker(worker_id: str) -> str:
+    """The worker's heartbeat record; it expires when the heartbeats stop."""
+    return f"{PREFIX}worker:{worker_id}"

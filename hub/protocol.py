@@ -1,0 +1,163 @@
+"""The contract between hub and workers: tensors, events, job states and the arq serializer.
+
+This module imports neither FastAPI nor onnxruntime, so that both sides can share it.
+Tensors reach clients in the KServe V2 JSON form ``{"name", "datatype", "shape", "data"}``;
+inside Redis they travel packed: raw little-endian bytes + datatype + shape, in msgpack.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("bool"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype("object"),
+}
+
+
+class ProtocolError(ValueError):
+    """A request that does not fit the contract; the message says what to fix."""
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    OUTPUT = "output"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED})
+
+
+# --- tensors ---------------------------------------------------------------------------------
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "BYTES"
+    for name, dtype in DTYPES.items():
+        if dtype == array.dtype.newbyteorder("<"):
+            return name
+    raise ProtocolError(f"arrays of dtype {array.dtype} have no V2 datatype")
+
+
+def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.ndarray:
+    """A V2 JSON tensor (flat or nested ``data``) as a numpy array of its shape."""
+    name = tensor.get("name", "?")
+    datatype = tensor.get("datatype") or datatype
+    if datatype not in DTYPES:
+        raise ProtocolError(
+            f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
+        )
+    data = tensor.get("data")
+    if data is None:
+        raise ProtocolError(f"input '{name}': 'data' is missing")
+    try:
+        if datatype == "BYTES":
+            flat = [_to_bytes(item) for item in _flatten(data)]
+            array = np.empty(len(flat), dtype=object)
+            array[:] = flat
+        else:
+            array = np.asarray(data, dtype=DTYPES[datatype])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None
+    shape = tensor.get("shape")
+    if shape is None:
+        return array
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(f"input '{name}': shape must be a list of non-negative integers")
+    if array.size != math.prod(shape):
+        raise ProtocolError(
+            f"input '{name}': shape {shape} needs {math.prod(shape)} elements, data has {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> Iterable[Any]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def _to_bytes(item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    raise TypeError(f"BYTES elements are strings, got {type(item).__name__}")
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """A numpy array as a V2 JSON tensor with flat data."""
+    if array.dtype == object:
+        data: list[Any] = [
+            x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in array.flat
+        ]
+    else:
+        data = array.reshape(-1).tolist()
+    return {"name": name, "datatype": datatype_of(array), "shape": list(array.shape), "data": data}
+
+
+def pack_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """A numpy array for Redis: raw little-endian bytes (a list of bytes for BYTES)."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        raw: bytes | list[bytes] = [_to_bytes(x) for x in array.flat]
+    else:
+        raw = np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "raw": raw}
+
+
+def unpack_tensor(packed: Mapping[str, Any]) -> np.ndarray:
+    shape = packed["shape"]
+    if packed["datatype"] == "BYTES":
+        array = np.empty(len(packed["raw"]), dtype=object)
+        array[:] = packed["raw"]
+        return array.reshape(shape)
+    return np.frombuffer(packed["raw"], dtype=DTYPES[packed["datatype"]]).reshape(shape)
+
+
+def packed_to_json(packed: Mapping[str, Any]) -> dict[str, Any]:
+    return encode_tensor(packed["name"], unpack_tensor(packed))
+
+
+# --- serialization ---------------------------------------------------------------------------
+
+
+def dumps(obj: Any) -> bytes:
+    """msgpack, used for arq jobs and events: data only, nothing that can run code."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def loads(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False)

@@ -1,0 +1,53 @@
+"""Request bodies of the HTTP API, as pydantic models (they also make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Tensor(BaseModel):
+    """A KServe V2 tensor; ``data`` flat or nested, in row-major order."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    datatype: str | None = Field(None, description="V2 datatype; the model's when omitted")
+    shape: list[int] | None = Field(None, description="taken from nested data when omitted")
+    data: Any
+    parameters: dict[str, Any] | None = None
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]},
+                {
+                    "model": "iris",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [1, 4],
+                            "data": [5.1, 3.5, 1.4, 0.2],
+                        }
+                    ],
+                },
+            ]
+        },
+    )
+    model: str = Field(description="a model of the repository, see GET /v1/models")
+    version: str | None = Field(None, description="the latest when omitted")
+    inputs: list[Tensor] | None = Field(None, description="every input of the model")
+    data: Any = Field(None, description="shorthand for a model with one input: its rows")
+    outputs: list[str] | None = Field(None, description="the outputs wanted; all when omitted")
+    priority: int = Field(0, ge=-100, le=100, description="higher runs sooner")
+    parameters: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def one_form(self) -> JobRequest:
+        if (self.inputs is None) == (self.data is None):
+            raise ValueError("give either 'inputs' (V2 tensors) or 'data' (rows), not both")
+        return self

@@ -1,0 +1,177 @@
+"""The one service every transport calls: submit, get, list, cancel, wait.
+
+Routers only convert between their wire format and these calls, so that HTTP, WebSocket and the
+V2 protocol behave the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from hub.catalogue import Catalogue
+from hub.errors import HubError, not_found
+from hub.fanout import Fanout
+from hub.jobstore import JobStore
+from hub.protocol import JobStatus, datatype_of, pack_tensor, packed_to_json
+from hub.schemas import JobRequest
+from hub.validation import check_inputs, check_outputs
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class JobService:
+    def __init__(self, store: JobStore, catalogue: Catalogue, fanout: Fanout) -> None:
+        self.store = store
+        self.catalogue = catalogue
+        self.fanout = fanout
+
+    async def submit(
+        self,
+        request: JobRequest,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """Check the request, queue the job, and (with ``wait_s``) wait for it to end."""
+        model, version = await self.catalogue.model(request.model, request.version)
+        arrays = check_inputs(model, version, request)
+        check_outputs(model, version, request.outputs)
+
+        job_id = uuid.uuid4().hex
+        record = {
+            "id": job_id,
+            "model": model["name"],
+            "version": version,
+            "owner": owner,
+            "pool": model["pool"],
+            "status": JobStatus.QUEUED.value,
+            "attempt": 0,
+            "created_at": time.time(),
+            "rows": next(iter(arrays.values())).shape[0],
+            "inputs": [
+                {"name": n, "datatype": datatype_of(a), "shape": list(a.shape)}
+                for n, a in arrays.items()
+            ],
+            "parameters": request.parameters,
+            "fingerprint": _fingerprint(request) if idempotency_key else None,
+        }
+        job_kwargs = {
+            "model": model["name"],
+            "version": version,
+            "owner": owner,
+            "inputs": [pack_tensor(n, a) for n, a in arrays.items()],
+            "outputs": request.outputs,
+        }
+        async with self.fanout.subscribe(job_id=job_id, maxsize=4) as sub:
+            created, existing = await self.store.create(
+                record,
+                job_kwargs,
+                pool=model["pool"],
+                idempotency=(owner, idempotency_key) if idempotency_key else None,
+                priority=request.priority,
+            )
+            if not created:
+                return await self._repeat(existing, record["fingerprint"], owner)
+            if wait_s > 0:
+                deadline = time.monotonic() + wait_s
+                while (remaining := deadline - time.monotonic()) > 0:
+                    event = await sub.get(remaining)
+                    if event is not None and event.terminal:
+                        break
+                return await self.get(job_id, owner=owner)
+        return job_view(record)
+
+    async def _repeat(self, existing: str, fingerprint: str, owner: str) -> dict[str, Any]:
+        job_id, _, first_fingerprint = existing.partition(" ")
+        if first_fingerprint != fingerprint:
+            raise HubError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was already used for a different request; use a new key",
+            )
+        return await self.get(job_id, owner=owner)
+
+    async def get(self, job_id: str, *, owner: str) -> dict[str, Any]:
+        record = await self.store.get(job_id)
+        if record is None or record["owner"] != owner:
+            raise not_found("job", job_id)
+        return job_view(record)
+
+    async def list(
+        self,
+        *,
+        owner: str,
+        model: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: float | None = None,
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """Jobs newest first; the cursor is the creation time (ms) to continue below."""
+        before = cursor if cursor is not None else float("inf")
+        found: list[dict[str, Any]] = []
+        for _ in range(20):  # bounded: a sparse filter returns a partial page and a cursor
+            ids = await self.store.recent_ids(before, max(limit * 2, 50))
+            if not ids:
+                return found, None
+            for (_job_id, score), record in zip(
+                ids, await self.store.get_many([i for i, _ in ids]), strict=True
+            ):
+                before = score
+                if record is None or record["owner"] != owner:
+                    continue
+                if (model and record["model"] != model) or (status and record["status"] != status):
+                    continue
+                found.append(job_view(record))
+                if len(found) == limit:
+                    return found, score
+        return found, before
+
+    async def cancel(self, job_id: str, *, owner: str) -> dict[str, Any]:
+        record = await self.store.get(job_id)
+        if record is None or record["owner"] != owner:
+            raise not_found("job", job_id)
+        status = await self.store.cancel(
+            job_id, model=record["model"], owner=owner, pool=record["pool"]
+        )
+        if status in FINISHED:
+            raise HubError(
+                409, "job_finished", f"job '{job_id}' already {status}; nothing to cancel"
+            )
+        return await self.get(job_id, owner=owner)
+
+
+def _fingerprint(request: JobRequest) -> str:
+    body = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+def job_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A job as clients see it: outputs as V2 JSON tensors, and its URLs."""
+    job_id = record["id"]
+    outputs = record.get("outputs")
+    return {
+        "id": job_id,
+        "model": record["model"],
+        "version": record["version"],
+        "status": record["status"],
+        "attempt": record.get("attempt", 0),
+        "rows": record.get("rows"),
+        "created_at": record["created_at"],
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+        "progress": record.get("progress"),
+        "inputs": record.get("inputs"),
+        "outputs": [packed_to_json(o) for o in outputs] if outputs else None,
+        "error": record.get("error"),
+        "urls": {
+            "self": f"/v1/jobs/{job_id}",
+            "events": f"/v1/jobs/{job_id}/events",
+            "cancel": f"/v1/jobs/{job_id}/cancel",
+        },
+    }

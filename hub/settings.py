@@ -1,0 +1,26 @@
+"""Configuration, read from the environment with the prefix ``INFERHUB_``.
+
+The CLI flags carry the same names (``--redis-url`` is ``INFERHUB_REDIS_URL``).
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERHUB_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    models: Path = Field(Path("models"), description="The model repository (Triton layout).")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    job_ttl_s: int = Field(24 * 3600, gt=0, description="How long job records and events live.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
+    job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
+    heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")
+    poll_delay_s: float = Field(0.1, gt=0, description="How often an idle worker polls its queue.")
+    max_jobs: int = Field(64, gt=0, description="Jobs one worker runs at once.")
+    pool: str = "default"

@@ -1,0 +1,162 @@
+"""The model repository, in Triton's layout: ``<root>/<name>/config.toml`` and
+``<root>/<name>/<version>/model.onnx``.
+
+Signatures come from the ONNX graph; ``config.toml`` adds what the graph cannot say. A broken
+model is reported with its path and reason and skipped, so the rest still serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+# onnxruntime's type strings -> V2 datatypes
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preferred_batch_size: int = Field(64, gt=0)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+
+
+class SessionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    intra_op_num_threads: int = Field(1, ge=0)
+    inter_op_num_threads: int = Field(1, ge=0)
+
+
+class ModelConfig(BaseModel):
+    """``config.toml``; unknown keys are an error so that a typo does not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    pool: str = "default"
+    max_batch_size: int = Field(256, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    labels: list[str] = []
+    batching: Batching = Batching()
+    onnxruntime: SessionOptions = SessionOptions()
+
+
+@dataclass
+class ModelVersion:
+    version: str
+    path: Path
+    session: ort.InferenceSession
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+
+@dataclass
+class Model:
+    name: str
+    config: ModelConfig
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> str:
+        return max(self.versions, key=int)
+
+    def catalogue_entry(self) -> dict[str, Any]:
+        """What the hub needs to validate requests and describe the model."""
+        return {
+            "name": self.name,
+            "platform": "onnxruntime_onnx",
+            "latest": self.latest,
+            "versions": {
+                v: {"inputs": mv.inputs, "outputs": mv.outputs} for v, mv in self.versions.items()
+            },
+            **self.config.model_dump(),
+        }
+
+
+@dataclass
+class Repository:
+    models: dict[str, Model]
+    errors: list[str]
+
+
+def load_repository(root: Path, pool: str | None = None) -> Repository:
+    """Load every model of ``pool`` (all pools when None) under ``root``."""
+    models: dict[str, Model] = {}
+    errors: list[str] = []
+    if not root.is_dir():
+        errors.append(f"{root}: the model repository does not exist")
+    for model_dir in sorted(p for p in root.glob("*") if p.is_dir()):
+        try:
+            model = _load_model(model_dir, pool)
+        except Exception as exc:  # onnxruntime raises its own types: any failure skips the model
+            errors.append(f"{model_dir}: {_reason(exc)}")
+            continue
+        if model is not None:
+            models[model.name] = model
+    for error in errors:
+        log.error("model skipped: %s", error)
+    return Repository(models, errors)
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _load_model(model_dir: Path, pool: str | None) -> Model | None:
+    config_path = model_dir / "config.toml"
+    raw = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
+    config = ModelConfig.model_validate(raw)
+    if pool is not None and config.pool != pool:
+        return None
+    model = Model(model_dir.name, config)
+    version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not version_dirs:
+        raise ValueError("no numeric version folder (expected <name>/1/model.onnx)")
+    for version_dir in version_dirs:
+        path = version_dir / "model.onnx"
+        if not path.exists():
+            raise ValueError(f"{path} is missing")
+        session = _session(path, config.onnxruntime)
+        model.versions[str(int(version_dir.name))] = ModelVersion(
+            version=str(int(version_dir.name)),
+            path=path,
+            session=session,
+            inputs=[_signature(arg) for arg in session.get_inputs()],
+            outputs=[_signature(arg) for arg in session.get_outputs()],
+        )
+    return model
+
+
+def _session(path: Path, options: SessionOptions) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_num_threads
+    so.inter_op_num_threads = options.inter_op_num_threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _signature(arg: Any) -> dict[str, Any]:
+    if arg.type not in _ORT_TYPES:
+        raise ValueError(f"'{arg.name}' has type {arg.type}, which inferhub cannot carry")
+    shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+    return {"name": arg.name, "datatype": _ORT_TYPES[arg.type], "shape": shape}

@@ -1,0 +1,109 @@
+"""The arq job function: one job, from its packed inputs to its final event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from hub.jobstore import JobStore
+from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
+from workers.repository import Model
+
+log = logging.getLogger(__name__)
+
+_RUNNABLE = (JobStatus.QUEUED, JobStatus.STARTED)  # started: a re-run after a worker died
+
+
+async def run_job(
+    ctx: dict[str, Any],
+    *,
+    model: str,
+    version: str,
+    owner: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[str] | None = None,
+) -> None:
+    store: JobStore = ctx["store"]
+    job_id: str = ctx["job_id"]
+    attempt: int = ctx["job_try"]
+    stats: dict[str, int] = ctx["stats"]
+
+    async def emit(
+        event: EventType, allowed: tuple[JobStatus, ...], **kw: Any
+    ) -> tuple[bool, bool]:
+        appended, _, cancel = await store.transition(
+            job_id, event, model=model, owner=owner, allowed=allowed, **kw
+        )
+        return appended, cancel
+
+    started, _ = await emit(
+        EventType.STARTED,
+        _RUNNABLE,
+        status=JobStatus.STARTED,
+        data={"attempt": attempt, "worker": ctx["worker_id"]},
+        fields={"attempt": attempt, "started_at": time.time(), "worker": ctx["worker_id"]},
+    )
+    if not started:
+        return  # canceled while queued, or already ended by an earlier attempt
+
+    stats["running"] += 1
+    try:
+        served = ctx["models"][model]
+        status, data = await _predict(served, version, inputs, outputs, emit)
+    except TimeoutError:
+        status = JobStatus.FAILED
+        data = {"error": f"timed out after {ctx['models'][model].config.timeout_s:g} s"}
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        status, data = JobStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        stats["running"] -= 1
+        stats["done"] += 1
+
+    fields: dict[str, Any] = {"finished_at": time.time()}
+    if status is JobStatus.SUCCEEDED:
+        fields["outputs"] = data["outputs"]
+    elif status is JobStatus.FAILED:
+        fields["error"] = data["error"]
+    await emit(
+        EventType(status.value), (JobStatus.STARTED,), status=status, data=data, fields=fields
+    )
+
+
+async def _predict(
+    model: Model,
+    version: str,
+    packed: list[dict[str, Any]],
+    wanted: list[str] | None,
+    emit: Any,
+) -> tuple[JobStatus, dict[str, Any]]:
+    """Run the rows in chunks of ``max_batch_size``, reporting progress and honouring cancel."""
+    session = model.versions[version].session
+    arrays = {p["name"]: unpack_tensor(p) for p in packed}
+    total = len(next(iter(arrays.values())))
+    step = model.config.max_batch_size
+    chunks: list[list[np.ndarray]] = []
+    async with asyncio.timeout(model.config.timeout_s):
+        for start in range(0, total, step):
+            feed = {name: array[start : start + step] for name, array in arrays.items()}
+            # onnxruntime releases the GIL: a thread keeps the event loop free
+            chunks.append(await asyncio.to_thread(session.run, wanted, feed))
+            done = min(start + step, total)
+            if total > step:  # a bulk job: report each chunk
+                _, cancel = await emit(
+                    EventType.PROGRESS,
+                    (JobStatus.STARTED,),
+                    data={"done": done, "total": total},
+                    fields={"progress": {"done": done, "total": total}},
+                )
+                if cancel:
+                    return JobStatus.CANCELED, {"reason": "canceled by client", "done": done}
+    names = wanted or [o["name"] for o in model.versions[version].outputs]
+    results = [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]
+    return JobStatus.SUCCEEDED, {
+        "outputs": [pack_tensor(n, r) for n, r in zip(names, results, strict=True)]
+    }
