@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ import orjson
 from hub.catalogue import Catalogue
 from hub.errors import HubError, not_found
 from hub.fanout import Fanout
-from hub.jobstore import JobStore
+from hub.jobstore import Event, JobStore
 from hub.protocol import JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.schemas import JobRequest
 from hub.validation import check_inputs, check_outputs
@@ -25,10 +26,13 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 
 
 class JobService:
-    def __init__(self, store: JobStore, catalogue: Catalogue, fanout: Fanout) -> None:
+    def __init__(
+        self, store: JobStore, catalogue: Catalogue, fanout: Fanout, *, resync_s: float = 5.0
+    ) -> None:
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
+        self.resync_s = resync_s
 
     async def submit(
         self,
@@ -103,6 +107,34 @@ class JobService:
             raise not_found("job", job_id)
         return job_view(record)
 
+    async def follow(self, job_id: str, *, owner: str, after: str = "0") -> AsyncIterator[Event]:
+        """The job's events after ``after``, until its terminal event (404 first if unseen)."""
+        job = await self.get(job_id, owner=owner)
+        return self._follow(job_id, after, finished=job["status"] in FINISHED)
+
+    async def _follow(self, job_id: str, after: str, *, finished: bool) -> AsyncIterator[Event]:
+        # Subscribe first, then replay the stored events, then go live dropping what the replay
+        # already gave: no event is lost however the race falls. A quiet spell re-reads the
+        # stream, which recovers anything pub/sub lost while Redis was away.
+        async with self.fanout.subscribe(job_id=job_id) as sub:
+            last = _event_key(after)
+            pending = await self.store.events(job_id, after)
+            while True:
+                for event in pending:
+                    if _event_key(event.id) <= last:
+                        continue
+                    last = _event_key(event.id)
+                    yield event
+                    if event.terminal:
+                        return
+                if finished:
+                    return  # resumed after the terminal event: nothing more will come
+                live = await sub.get(self.resync_s)
+                if live is None:
+                    pending = await self.store.events(job_id, f"{last[0]}-{last[1]}")
+                else:
+                    pending = [live]
+
     async def list(
         self,
         *,
@@ -146,6 +178,15 @@ class JobService:
         return await self.get(job_id, owner=owner)
 
 
+def _event_key(event_id: str) -> tuple[int, int]:
+    """A stream id (``ms-seq``) as a comparable tuple; "0" is before everything."""
+    ms, _, seq = event_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
+
+
 def _fingerprint(request: JobRequest) -> str:
     body = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()[:32]
@@ -174,4 +215,19 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
             "events": f"/v1/jobs/{job_id}/events",
             "cancel": f"/v1/jobs/{job_id}/cancel",
         },
+    }
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    """An event as clients see it (the same JSON on SSE and WebSocket)."""
+    data = dict(event.data)
+    if "outputs" in data:
+        data["outputs"] = [packed_to_json(o) for o in data["outputs"]]
+    return {
+        "id": event.id,
+        "job_id": event.job_id,
+        "type": event.type.value,
+        "ts": event.ts,
+        "model": event.model,
+        "data": data,
     }

@@ -1,0 +1,188 @@
+"""A small client for the hub's HTTP API, sync (``Client``) and async (``AsyncClient``).
+
+from hub.client import Client
+with Client("http://127.0.0.1:8000") as hub:
+    job = hub.submit("iris", data=[[5.1, 3.5, 1.4, 0.2]], wait=10)
+    for event in hub.follow(job["id"]):
+        print(event["type"], event["data"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import aconnect_sse, connect_sse
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+RETRIES = 20
+
+
+class HubError(Exception):
+    """An error answer of the hub: its status, code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _submit_args(
+    model: str,
+    data: Any,
+    inputs: list[dict[str, Any]] | None,
+    outputs: list[str] | None,
+    wait: float | None,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model}
+    body.update({"inputs": inputs} if inputs is not None else {"data": data})
+    if outputs:
+        body["outputs"] = outputs
+    headers = {"Content-Type": "application/json"}
+    if wait:
+        headers["Prefer"] = f"wait={wait:g}"
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    timeout = httpx.Timeout(30.0 + (wait or 0))
+    return {
+        "content": orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        "headers": headers,
+        "timeout": timeout,
+    }
+
+
+def _result(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        error = response.json()["error"]
+        raise HubError(response.status_code, error["code"], error["message"])
+    except (ValueError, KeyError, TypeError):
+        raise HubError(response.status_code, "http_error", response.text[:200]) from None
+
+
+class Client:
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
+        self.http = httpx.Client(base_url=url, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.http.close()
+
+    def submit(
+        self,
+        model: str,
+        data: Any = None,
+        *,
+        inputs: list[dict[str, Any]] | None = None,
+        outputs: list[str] | None = None,
+        wait: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        args = _submit_args(model, data, inputs, outputs, wait, idempotency_key)
+        return _result(self.http.post("/v1/jobs", **args))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return _result(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def jobs(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return _result(self.http.get("/v1/jobs", params=params))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _result(self.http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def models(self) -> list[dict[str, Any]]:
+        return _result(self.http.get("/v1/models"))["models"]
+
+    def model(self, name: str) -> dict[str, Any]:
+        return _result(self.http.get(f"/v1/models/{name}"))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return _result(self.http.get("/v1/workers"))["workers"]
+
+    def follow(self, job_id: str, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The job's events until its terminal one, reconnecting where it left off."""
+        for attempt in range(RETRIES):
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            try:
+                with connect_sse(
+                    self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+                ) as source:
+                    if not source.response.is_success:
+                        source.response.read()
+                        _result(source.response)
+                    for sse in source.iter_sse():
+                        if not sse.data:
+                            continue
+                        event = orjson.loads(sse.data)
+                        last_event_id = event["id"]
+                        yield event
+                        if event["type"] in TERMINAL:
+                            return
+            except httpx.TransportError:
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise HubError(503, "unreachable", f"lost the event stream of job {job_id}")
+
+
+class AsyncClient:
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
+        self.http = httpx.AsyncClient(base_url=url, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.http.aclose()
+
+    async def submit(
+        self,
+        model: str,
+        data: Any = None,
+        *,
+        inputs: list[dict[str, Any]] | None = None,
+        outputs: list[str] | None = None,
+        wait: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        args = _submit_args(model, data, inputs, outputs, wait, idempotency_key)
+        return _result(await self.http.post("/v1/jobs", **args))
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return _result(await self.http.get(f"/v1/jobs/{job_id}"))
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return _result(await self.http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    async def follow(
+        self, job_id: str, last_event_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The job's events until its terminal one, reconnecting where it left off."""
+        for attempt in range(RETRIES):
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            try:
+                async with aconnect_sse(
+                    self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+                ) as source:
+                    if not source.response.is_success:
+                        await source.response.aread()
+                        _result(source.response)
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
+                            continue
+                        event = orjson.loads(sse.data)
+                        last_event_id = event["id"]
+                        yield event
+                        if event["type"] in TERMINAL:
+                            return
+            except httpx.TransportError:
+                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        raise HubError(503, "unreachable", f"lost the event stream of job {job_id}")

