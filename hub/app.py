@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from hub.api import events, health, jobs, models
+from hub.api import events, health, jobs, models, ws
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
@@ -30,10 +30,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, health_check_interval=10
         )
-        fanout = Fanout(redis)
+        fanout = Fanout(
+            redis, maxsize=settings.subscriber_buffer, stuck_after_s=settings.slow_consumer_s
+        )
         await fanout.start()
         store = JobStore(
-            redis, Limits(ttl_s=settings.job_ttl_s, job_maxlen=settings.job_stream_maxlen)
+            redis,
+            Limits(
+                ttl_s=settings.job_ttl_s,
+                job_maxlen=settings.job_stream_maxlen,
+                log_maxlen=settings.events_maxlen,
+            ),
         )
         app.state.service = JobService(
             store, Catalogue(redis, model_ttl_s=settings.job_ttl_s), fanout
@@ -56,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(models.router)
+    app.include_router(ws.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

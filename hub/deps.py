@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from hub.catalogue import Catalogue
 from hub.service import JobService
 from hub.settings import Settings
 
 
-def _service(request: Request) -> JobService:
+def _service(request: HTTPConnection) -> JobService:
     return request.app.state.service
 
 
-def _catalogue(request: Request) -> Catalogue:
+def _catalogue(request: HTTPConnection) -> Catalogue:
     return request.app.state.service.catalogue
 
 
-def _settings(request: Request) -> Settings:
+def _settings(request: HTTPConnection) -> Settings:
     return request.app.state.settings
 
 
-def _owner(request: Request) -> str:
+def _owner(request: HTTPConnection) -> str:
     # one tenant until API keys arrive; every job is already scoped by owner
     return "anonymous"
 

@@ -1,8 +1,13 @@
 """One Redis pub/sub subscription per hub process, handed out to local subscribers.
 
-Each subscriber gets a bounded buffer. When it is full, a newer ``progress`` event of a job
-replaces the older one still waiting (progress is coalesced); other events are never dropped,
-and a subscriber that stays full is flagged ``overflowed`` for its transport to close.
+Subscribers register under keys (a job, a model, an owner) so that an event reaches only the
+buffers that may want it. Each buffer is bounded: when it is full, a newer ``progress`` event
+of a job replaces the older one still waiting (progress is coalesced); other events are never
+dropped, and a subscriber that stays full is marked ``stuck`` so that its transport closes it
+with a reason and the client resumes from its last event id.
+
+Delivery is at most once: pub/sub loses what is published while the connection is down. After
+a reconnect every subscriber is woken with a *gap*, and re-reads the event log from its last id.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,30 +29,54 @@ from hub.protocol import EventType
 
 log = logging.getLogger(__name__)
 
+Key = tuple[str, str]  # ("job", id) | ("model", name) | ("owner", name) | ("all", "")
+
+
+class Gap:
+    """Marks that events may have been lost (Redis reconnected): re-read the log."""
+
+
+GAP = Gap()
+
+
+class SlowConsumer(Exception):
+    """The subscriber's buffer stayed full for too long."""
+
 
 class Subscription:
-    def __init__(self, match: Callable[[Event], bool], maxsize: int) -> None:
+    def __init__(self, match: Callable[[Event], bool], maxsize: int, stuck_after_s: float) -> None:
         self.match = match
         self.maxsize = maxsize
-        self.overflowed = False
+        self.stuck_after_s = stuck_after_s
+        self.keys: set[Key] = set()
         self.coalesced = 0
-        self._buffer: deque[Event] = deque()
+        self._full_since: float | None = None
+        self._stuck = False
+        self._buffer: deque[Any] = deque()
         self._ready = asyncio.Event()
 
-    def put(self, event: Event) -> None:
-        if len(self._buffer) >= self.maxsize and event.type is EventType.PROGRESS:
-            for i, queued in enumerate(self._buffer):
-                if queued.type is EventType.PROGRESS and queued.job_id == event.job_id:
-                    self._buffer[i] = event
-                    self.coalesced += 1
-                    return
-        self._buffer.append(event)
-        if len(self._buffer) > self.maxsize:
-            self.overflowed = True
+    def put(self, item: Any) -> None:
+        """Queue an event (coalescing progress when full) or any other item (never dropped)."""
+        if len(self._buffer) >= self.maxsize:
+            if isinstance(item, Event) and item.type is EventType.PROGRESS:
+                for i, queued in enumerate(self._buffer):
+                    if (
+                        isinstance(queued, Event)
+                        and queued.type is EventType.PROGRESS
+                        and queued.job_id == item.job_id
+                    ):
+                        self._buffer[i] = item
+                        self.coalesced += 1
+                        return
+            now = time.monotonic()
+            self._full_since = self._full_since or now
+            if now - self._full_since > self.stuck_after_s or len(self._buffer) > 4 * self.maxsize:
+                self._stuck = True
+        self._buffer.append(item)
         self._ready.set()
 
-    async def get(self, wait_s: float | None = None) -> Event | None:
-        """The next event, or None after ``wait_s`` seconds."""
+    async def get(self, wait_s: float | None = None) -> Any:
+        """The next item, or None after ``wait_s`` seconds. Raises SlowConsumer when stuck."""
         while not self._buffer:
             self._ready.clear()
             try:
@@ -54,16 +84,25 @@ class Subscription:
                     await self._ready.wait()
             except TimeoutError:
                 return None
+        if self._stuck:
+            raise SlowConsumer(
+                f"the client read too slowly: its buffer of {self.maxsize} events stayed full "
+                f"for over {self.stuck_after_s:g} s; resume from the last event id"
+            )
+        if len(self._buffer) <= self.maxsize // 2:
+            self._full_since = None
         return self._buffer.popleft()
 
 
 class Fanout:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, maxsize: int = 256, stuck_after_s: float = 30.0) -> None:
         self.redis = redis
-        self._by_job: dict[str, set[Subscription]] = {}
-        self._wide: set[Subscription] = set()
+        self.maxsize = maxsize
+        self.stuck_after_s = stuck_after_s
+        self._subs: dict[Key, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self.connected = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._read_forever(), name="fanout")
@@ -78,29 +117,49 @@ class Fanout:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
+        return Subscription(match, self.maxsize, self.stuck_after_s)
+
+    def add(self, sub: Subscription, *keys_: Key) -> None:
+        for key in keys_:
+            self._subs.setdefault(key, set()).add(sub)
+            sub.keys.add(key)
+
+    def remove(self, sub: Subscription, *keys_: Key) -> None:
+        for key in keys_ or tuple(sub.keys):
+            subs = self._subs.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[key]
+            sub.keys.discard(key)
+
     @contextlib.asynccontextmanager
     async def subscribe(
-        self,
-        *,
-        job_id: str | None = None,
-        match: Callable[[Event], bool] = lambda _: True,
-        maxsize: int = 256,
+        self, *keys_: Key, match: Callable[[Event], bool] = lambda _: True
     ) -> AsyncIterator[Subscription]:
-        """Events of one job (``job_id``) or of every job that ``match`` accepts."""
-        sub = Subscription(match, maxsize)
-        targets = self._by_job.setdefault(job_id, set()) if job_id else self._wide
-        targets.add(sub)
+        sub = self.open(match)
+        self.add(sub, *keys_)
         try:
             yield sub
         finally:
-            targets.discard(sub)
-            if job_id and not targets:
-                self._by_job.pop(job_id, None)
+            self.remove(sub)
 
     def dispatch(self, event: Event) -> None:
-        for sub in (*self._by_job.get(event.job_id, ()), *self._wide):
+        for sub in self._targets(event):
             if sub.match(event):
                 sub.put(event)
+
+    def _targets(self, event: Event) -> Iterable[Subscription]:
+        found: set[Subscription] = set()
+        for key in (
+            ("job", event.job_id),
+            ("model", event.model),
+            ("owner", event.owner),
+            ("all", ""),
+        ):
+            found.update(self._subs.get(key, ()))
+        return found
 
     async def _read_forever(self) -> None:
         backoff = 0.05
@@ -108,17 +167,25 @@ class Fanout:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.EVENTS_CHANNEL)
+                if self._subscribed.is_set():
+                    self._signal_gap()  # events published while we were away are in the logs
                 self._subscribed.set()
+                self.connected = True
                 backoff = 0.05
                 async for message in pubsub.listen():
                     self._handle(message)
             except (RedisError, OSError) as exc:
+                self.connected = False
                 log.warning("event subscription lost (%s); reconnecting in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    def _signal_gap(self) -> None:
+        for sub in {s for subs in self._subs.values() for s in subs}:
+            sub.put(GAP)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

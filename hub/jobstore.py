@@ -268,12 +268,30 @@ class JobStore:
         cutoff = (time.time() - self.limits.ttl_s) * 1000
         await self.redis.zremrangebyscore(keys.JOBS_INDEX, "-inf", cutoff)
 
+    async def log_after(self, after: str, count: int = 10_000) -> list[Event]:
+        """Events of the global log after the id ``after`` (at most ``count``)."""
+        rows = await self.redis.xrange(keys.EVENTS_STREAM, min=f"({after}", count=count)
+        return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
+
+    async def log_holds(self, after: str) -> bool:
+        """Whether every event after ``after`` is still in the capped global log."""
+        first = await self.redis.xrange(keys.EVENTS_STREAM, count=1)
+        return not first or stream_key(first[0][0].decode()) <= stream_key(after)
+
     async def events(self, job_id: str, after: str = "0") -> list[Event]:
         """The job's stored events after the id ``after``."""
         rows = await self.redis.xrange(
             keys.job_events(job_id), min=f"({after}" if after != "0" else "-"
         )
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
+
+
+def stream_key(event_id: str) -> tuple[int, int]:
+    """An event id (a stream id ``ms-seq``; "0" is before all) as a comparable tuple."""
+    ms, _, seq = event_id.partition("-")
+    if not (ms.isdigit() and (seq.isdigit() or not seq)):
+        raise ValueError(f"{event_id!r} is not an event id (like 1700000000000-0)")
+    return int(ms), int(seq or 0)
 
 
 # Record fields whose values are msgpack; the rest are text or numbers.

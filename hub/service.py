@@ -12,15 +12,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import orjson
 
 from hub.catalogue import Catalogue
 from hub.errors import HubError, not_found
-from hub.fanout import Fanout
-from hub.jobstore import Event, JobStore
+from hub.fanout import GAP, Fanout
+from hub.jobstore import Event, JobStore, stream_key
 from hub.protocol import JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.schemas import JobRequest
-from hub.validation import check_inputs, check_outputs
+from hub.validation import check_arrays, check_outputs, decode_inputs
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
@@ -42,11 +43,36 @@ class JobService:
         idempotency_key: str | None = None,
         wait_s: float = 0.0,
     ) -> dict[str, Any]:
-        """Check the request, queue the job, and (with ``wait_s``) wait for it to end."""
+        """Check a ``/v1`` request, queue the job, and (with ``wait_s``) wait for it to end."""
         model, version = await self.catalogue.model(request.model, request.version)
-        arrays = check_inputs(model, version, request)
-        check_outputs(model, version, request.outputs)
+        return await self.submit_arrays(
+            model,
+            version,
+            decode_inputs(model, version, request),
+            owner=owner,
+            outputs=request.outputs,
+            priority=request.priority,
+            parameters=request.parameters,
+            idempotency=(idempotency_key, _fingerprint(request)) if idempotency_key else None,
+            wait_s=wait_s,
+        )
 
+    async def submit_arrays(
+        self,
+        model: dict[str, Any],
+        version: str,
+        arrays: dict[str, np.ndarray],
+        *,
+        owner: str,
+        outputs: list[str] | None = None,
+        priority: int = 0,
+        parameters: dict[str, Any] | None = None,
+        idempotency: tuple[str, str] | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """Queue a job of decoded inputs (any transport); ``idempotency`` is (key, fingerprint)."""
+        check_arrays(model, version, arrays)
+        check_outputs(model, version, outputs)
         job_id = uuid.uuid4().hex
         record = {
             "id": job_id,
@@ -62,31 +88,33 @@ class JobService:
                 {"name": n, "datatype": datatype_of(a), "shape": list(a.shape)}
                 for n, a in arrays.items()
             ],
-            "parameters": request.parameters,
-            "fingerprint": _fingerprint(request) if idempotency_key else None,
+            "parameters": parameters,
+            "fingerprint": idempotency[1] if idempotency else None,
         }
         job_kwargs = {
             "model": model["name"],
             "version": version,
             "owner": owner,
             "inputs": [pack_tensor(n, a) for n, a in arrays.items()],
-            "outputs": request.outputs,
+            "outputs": outputs,
         }
-        async with self.fanout.subscribe(job_id=job_id, maxsize=4) as sub:
+        async with self.fanout.subscribe(("job", job_id)) as sub:
             created, existing = await self.store.create(
                 record,
                 job_kwargs,
                 pool=model["pool"],
-                idempotency=(owner, idempotency_key) if idempotency_key else None,
-                priority=request.priority,
+                idempotency=(owner, idempotency[0]) if idempotency else None,
+                priority=priority,
             )
             if not created:
                 return await self._repeat(existing, record["fingerprint"], owner)
             if wait_s > 0:
                 deadline = time.monotonic() + wait_s
                 while (remaining := deadline - time.monotonic()) > 0:
-                    event = await sub.get(remaining)
-                    if event is not None and event.terminal:
+                    item = await sub.get(remaining)
+                    if isinstance(item, Event) and item.terminal:
+                        break
+                    if item is GAP and (await self.get(job_id, owner=owner))["status"] in FINISHED:
                         break
                 return await self.get(job_id, owner=owner)
         return job_view(record)
@@ -109,6 +137,7 @@ class JobService:
 
     async def follow(self, job_id: str, *, owner: str, after: str = "0") -> AsyncIterator[Event]:
         """The job's events after ``after``, until its terminal event (404 first if unseen)."""
+        _check_event_id(after)
         job = await self.get(job_id, owner=owner)
         return self._follow(job_id, after, finished=job["status"] in FINISHED)
 
@@ -116,24 +145,77 @@ class JobService:
         # Subscribe first, then replay the stored events, then go live dropping what the replay
         # already gave: no event is lost however the race falls. A quiet spell re-reads the
         # stream, which recovers anything pub/sub lost while Redis was away.
-        async with self.fanout.subscribe(job_id=job_id) as sub:
-            last = _event_key(after)
+        async with self.fanout.subscribe(("job", job_id)) as sub:
+            last = stream_key(after)
             pending = await self.store.events(job_id, after)
             while True:
                 for event in pending:
-                    if _event_key(event.id) <= last:
+                    if stream_key(event.id) <= last:
                         continue
-                    last = _event_key(event.id)
+                    last = stream_key(event.id)
                     yield event
                     if event.terminal:
                         return
                 if finished:
                     return  # resumed after the terminal event: nothing more will come
                 live = await sub.get(self.resync_s)
-                if live is None:
-                    pending = await self.store.events(job_id, f"{last[0]}-{last[1]}")
-                else:
+                if isinstance(live, Event):
                     pending = [live]
+                else:  # a gap, or a quiet spell: catch up from the log
+                    pending = await self.store.events(job_id, _event_id(last))
+
+    async def feed(
+        self,
+        *,
+        owner: str,
+        models: frozenset[str] = frozenset(),
+        job_ids: frozenset[str] = frozenset(),
+        after: str | None = None,
+    ) -> AsyncIterator[Event | None]:
+        """Live events of the caller's jobs (filtered by model and job), from ``after`` when given.
+
+        The iterator yields None when ``after`` is older than what the capped log still holds:
+        events were lost, and the client must reload its state.
+        """
+        _check_event_id(after or "0")
+        return self._feed(owner, models, job_ids, after)
+
+    async def _feed(
+        self, owner: str, models: frozenset[str], job_ids: frozenset[str], after: str | None
+    ) -> AsyncIterator[Event | None]:
+        def match(event: Event) -> bool:
+            return (
+                event.owner == owner
+                and (not models or event.model in models)
+                and (not job_ids or event.job_id in job_ids)
+            )
+
+        if job_ids:
+            where = [("job", j) for j in job_ids]
+        elif models:
+            where = [("model", m) for m in models]
+        else:
+            where = [("owner", owner)]
+        async with self.fanout.subscribe(*where, match=match) as sub:
+            last = stream_key(after or "0")
+            if after is not None:
+                if not await self.store.log_holds(after):
+                    yield None
+                pending = [e for e in await self.store.log_after(after) if match(e)]
+            else:
+                pending = []
+            while True:
+                for event in pending:
+                    if stream_key(event.id) > last:
+                        last = stream_key(event.id)
+                        yield event
+                live = await sub.get(self.resync_s)
+                if isinstance(live, Event):
+                    pending = [live]
+                elif live is GAP:
+                    pending = [e for e in await self.store.log_after(_event_id(last)) if match(e)]
+                else:
+                    pending = []
 
     async def list(
         self,
@@ -178,13 +260,15 @@ class JobService:
         return await self.get(job_id, owner=owner)
 
 
-def _event_key(event_id: str) -> tuple[int, int]:
-    """A stream id (``ms-seq``) as a comparable tuple; "0" is before everything."""
-    ms, _, seq = event_id.partition("-")
+def _check_event_id(event_id: str) -> None:
     try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return 0, 0
+        stream_key(event_id)
+    except ValueError as exc:
+        raise HubError(400, "invalid_event_id", str(exc)) from None
+
+
+def _event_id(key: tuple[int, int]) -> str:
+    return f"{key[0]}-{key[1]}"
 
 
 def _fingerprint(request: JobRequest) -> str:

@@ -24,3 +24,10 @@ class Settings(BaseSettings):
     poll_delay_s: float = Field(0.1, gt=0, description="How often an idle worker polls its queue.")
     max_jobs: int = Field(64, gt=0, description="Jobs one worker runs at once.")
     pool: str = "default"
+    events_maxlen: int = Field(100_000, gt=0, description="Events kept in the all-jobs log.")
+    slow_consumer_s: float = Field(
+        10.0, gt=0, description="A client whose buffer stays full this long is disconnected."
+    )
+    subscriber_buffer: int = Field(256, gt=0, description="Events buffered per connection.")
+    ws_max_subscriptions: int = Field(1000, gt=0)
+    ws_max_message_bytes: int = Field(1024 * 1024, gt=0)

@@ -1,4 +1,8 @@
-"""Server-Sent Events: a job's events, replayed and then live, resumable by ``Last-Event-ID``."""
+"""Server-Sent Events: a job's events, and the live feed of every job the caller may see.
+
+Both resume by ``Last-Event-ID`` (the header, or the ``last_event_id`` query parameter for
+clients that cannot set headers): the event ids are Redis stream ids, the same in both feeds.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import orjson
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from hub.deps import OwnerDep, ServiceDep
+from hub.deps import OwnerDep, ServiceDep, SettingsDep
+from hub.fanout import SlowConsumer
 from hub.jobstore import Event
 from hub.service import event_view
 
@@ -18,6 +23,11 @@ router = APIRouter(prefix="/v1", tags=["events"])
 PING_S = 15
 RETRY_MS = 1000
 
+LastEventHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
+LastEventQuery = Annotated[
+    str | None, Query(description="resume after this event id (for clients without headers)")
+]
+
 
 @router.get(
     "/jobs/{job_id}/events",
@@ -25,26 +35,65 @@ RETRY_MS = 1000
     description="Every event of the job in order, from the start or after `Last-Event-ID`; "
     "the stream closes after the terminal event.",
     response_class=EventSourceResponse,
-    responses={404: {"description": "No such job"}},
+    responses={404: {"description": "No such job"}, 400: {"description": "Bad Last-Event-ID"}},
 )
 async def job_events(
     job_id: str,
     service: ServiceDep,
     owner: OwnerDep,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: Annotated[
-        str | None, Query(description="for clients that cannot set headers")
-    ] = None,
+    settings: SettingsDep,
+    last_event_id_header: LastEventHeader = None,
+    last_event_id: LastEventQuery = None,
 ) -> EventSourceResponse:
     after = last_event_id_header or last_event_id or "0"
     events = await service.follow(job_id, owner=owner, after=after)
+    return _respond(events, settings.slow_consumer_s)
 
+
+@router.get(
+    "/events",
+    summary="The live events of every job you may see (SSE)",
+    description="Filter with `model` and `job_id` (repeatable). With `Last-Event-ID` the feed "
+    "resumes from the capped log of all events; an id older than the log holds gets a `reset` "
+    "event first: reload your state, events were lost.",
+    response_class=EventSourceResponse,
+    responses={400: {"description": "Bad Last-Event-ID"}},
+)
+async def all_events(
+    service: ServiceDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    model: Annotated[list[str] | None, Query()] = None,
+    job_id: Annotated[list[str] | None, Query()] = None,
+    last_event_id_header: LastEventHeader = None,
+    last_event_id: LastEventQuery = None,
+) -> EventSourceResponse:
+    events = await service.feed(
+        owner=owner,
+        models=frozenset(model or ()),
+        job_ids=frozenset(job_id or ()),
+        after=last_event_id_header or last_event_id,
+    )
+    return _respond(events, settings.slow_consumer_s)
+
+
+def _respond(events: AsyncIterator[Event | None], slow_s: float) -> EventSourceResponse:
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        yield ServerSentEvent(comment="following " + job_id, retry=RETRY_MS)
-        async for event in events:
-            yield _sse(event)
+        yield ServerSentEvent(comment="inferhub events", retry=RETRY_MS)
+        try:
+            async for event in events:
+                yield _sse(event) if event is not None else _RESET
+        except SlowConsumer as exc:
+            yield ServerSentEvent(data=orjson.dumps({"reason": str(exc)}).decode(), event="close")
 
-    return EventSourceResponse(stream(), ping=PING_S)
+    # a client that stops reading altogether is cut off by the send timeout
+    return EventSourceResponse(stream(), ping=PING_S, send_timeout=slow_s)
+
+
+_RESET = ServerSentEvent(
+    data='{"reason": "events after your Last-Event-ID are no longer kept: reload the state"}',
+    event="reset",
+)
 
 
 def _sse(event: Event) -> ServerSentEvent:

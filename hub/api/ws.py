@@ -1,0 +1,302 @@
+"""``/v1/ws``: one WebSocket that submits, subscribes, unsubscribes and cancels (docs/protocol.md).
+
+A connection has one reader (client messages) and one writer (everything the server sends),
+joined by the connection's bounded subscription buffer, so that replies and events leave in
+order through a single sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from pydantic import ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from hub.deps import OwnerDep, ServiceDep, SettingsDep
+from hub.errors import HubError
+from hub.fanout import GAP, SlowConsumer
+from hub.jobstore import Event, stream_key
+from hub.schemas import JobRequest
+from hub.service import JobService, event_view
+from hub.settings import Settings
+
+router = APIRouter(tags=["websocket"])
+
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
+
+
+@router.websocket("/v1/ws")
+async def websocket(
+    ws: WebSocket, service: ServiceDep, owner: OwnerDep, settings: SettingsDep
+) -> None:
+    await ws.accept()
+    await Connection(ws, service, settings, owner).run()
+
+
+@dataclass
+class Replay:
+    """Stored events to send before the live ones held back for the same job or model."""
+
+    key: tuple[str, str]
+    events: list[Event]
+    reset: bool = False
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Connection:
+    ws: WebSocket
+    service: JobService
+    settings: Settings
+    owner: str
+    jobs: dict[str, tuple[int, int]] = field(default_factory=dict)  # job -> last id sent
+    models: set[str] = field(default_factory=set)
+    feed_last: tuple[int, int] = (0, 0)  # last id sent through a model subscription
+    held: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sub = self.service.fanout.open(match=lambda e: e.owner == self.owner)
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        reader = asyncio.create_task(self._read())
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a close reason travels as an exception
+        except _Close as close:
+            with contextlib.suppress(Exception):
+                await self.ws.close(close.code, close.reason)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.service.fanout.remove(self.sub)
+            for task in (reader, writer):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self._reply(
+                    {
+                        "type": "error",
+                        "code": "binary_frame",
+                        "message": "send JSON text frames, not binary ones",
+                    }
+                )
+                continue
+            if len(text) > self.settings.ws_max_message_bytes:
+                raise _Close(
+                    CLOSE_TOO_BIG,
+                    f"message over {self.settings.ws_max_message_bytes} bytes",
+                )
+            await self._handle(text)
+
+    async def _handle(self, text: str) -> None:
+        ref = None
+        try:
+            try:
+                message = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise ClientError("invalid_json", f"the message is not valid JSON: {exc}") from None
+            if not isinstance(message, dict):
+                raise ClientError("invalid_message", "a message is a JSON object with a 'type'")
+            ref = message.pop("ref", None)
+            kind = message.pop("type", None)
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ClientError(
+                    "unknown_type",
+                    f"unknown message type {kind!r}; use one of {', '.join(self._handlers)}",
+                )
+            await handler(self, message, ref)
+        except ClientError as exc:
+            self._reply({"type": "error", "code": exc.code, "message": exc.message, "ref": ref})
+        except HubError as exc:
+            self._reply({"type": "error", "code": exc.code, "message": exc.message, "ref": ref})
+        except ValidationError as exc:
+            detail = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            self._reply({"type": "error", "code": "invalid_request", "message": detail, "ref": ref})
+
+    async def _submit(self, message: dict[str, Any], ref: Any) -> None:
+        request = JobRequest.model_validate(message)
+        job = await self.service.submit(request, owner=self.owner)
+        self._reply({"type": "accepted", "ref": ref, "job": job})
+        await self._subscribe_job(job["id"], "0")
+
+    async def _subscribe(self, message: dict[str, Any], ref: Any) -> None:
+        after = message.get("last_event_id")
+        if after is not None and not isinstance(after, str):
+            raise ClientError("invalid_request", "last_event_id is a string event id")
+        job_id, model = message.get("job_id"), message.get("model")
+        if (job_id is None) == (model is None) or not isinstance(job_id or model, str):
+            raise ClientError("invalid_request", "subscribe to one 'job_id' or one 'model'")
+        if len(self.jobs) + len(self.models) >= self.settings.ws_max_subscriptions:
+            raise ClientError(
+                "too_many_subscriptions",
+                f"at most {self.settings.ws_max_subscriptions} subscriptions per socket; "
+                "unsubscribe first",
+            )
+        _check_event_id(after or "0")
+        if job_id:
+            await self.service.get(job_id, owner=self.owner)  # 404 for a job not the caller's
+        subscription = {"job_id": job_id} if job_id else {"model": model}
+        self._reply({"type": "accepted", "ref": ref, "subscription": subscription})
+        if job_id:
+            await self._subscribe_job(job_id, after or "0")
+        else:
+            await self._subscribe_model(model, after)
+
+    async def _subscribe_job(self, job_id: str, after: str) -> None:
+        key = ("job", job_id)
+        self.jobs[job_id] = max(self.jobs.get(job_id, (0, 0)), stream_key(after))
+        self.held[key] = []  # live events wait until the replay is queued
+        self.service.fanout.add(self.sub, key)
+        self.sub.put(Replay(key, await self.service.store.events(job_id, after)))
+
+    async def _subscribe_model(self, model: str, after: str | None) -> None:
+        key = ("model", model)
+        self.models.add(model)
+        self.held[key] = []
+        self.service.fanout.add(self.sub, key)
+        if after is None:
+            self.sub.put(Replay(key, []))
+            return
+        reset = not await self.service.store.log_holds(after)
+        events = [e for e in await self.service.store.log_after(after) if e.model == model]
+        self.feed_last = max(self.feed_last, stream_key(after))
+        self.sub.put(Replay(key, events, reset=reset))
+
+    async def _unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
+        job_id, model = message.get("job_id"), message.get("model")
+        if job_id in self.jobs:
+            del self.jobs[job_id]
+            self.service.fanout.remove(self.sub, ("job", job_id))
+        elif model in self.models:
+            self.models.discard(model)
+            self.service.fanout.remove(self.sub, ("model", model))
+        else:
+            raise ClientError("not_subscribed", "no subscription to that job_id or model")
+        self._reply({"type": "accepted", "ref": ref})
+
+    async def _cancel(self, message: dict[str, Any], ref: Any) -> None:
+        job_id = message.get("job_id")
+        if not isinstance(job_id, str):
+            raise ClientError("invalid_request", "cancel needs a 'job_id'")
+        job = await self.service.cancel(job_id, owner=self.owner)
+        self._reply({"type": "accepted", "ref": ref, "job": job})
+
+    async def _ping(self, message: dict[str, Any], ref: Any) -> None:
+        self._reply({"type": "pong", "ref": ref})
+
+    _handlers: ClassVar[dict[str, Any]] = {
+        "submit": _submit,
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "cancel": _cancel,
+        "ping": _ping,
+    }
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        self.sub.put(message)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        while True:
+            try:
+                item = await self.sub.get()
+            except SlowConsumer as exc:
+                raise _Close(CLOSE_TRY_AGAIN, str(exc)[:120]) from None
+            if isinstance(item, Event):
+                held = self.held.get(("job", item.job_id), self.held.get(("model", item.model)))
+                if held is not None:
+                    held.append(item)
+                else:
+                    await self._send_event(item)
+            elif isinstance(item, Replay):
+                if item.reset:
+                    await self._send(
+                        {
+                            "type": "reset",
+                            "model": item.key[1],
+                            "message": "events after last_event_id are no longer kept: reload",
+                        }
+                    )
+                for event in [*item.events, *self.held.pop(item.key, [])]:
+                    await self._send_event(event)
+            elif item is GAP:
+                await self._catch_up()
+            else:
+                await self._send(item)
+
+    async def _send_event(self, event: Event) -> None:
+        key = stream_key(event.id)
+        if event.job_id in self.jobs:
+            if key <= self.jobs[event.job_id]:
+                return
+            self.jobs[event.job_id] = key
+        elif event.model in self.models:
+            if key <= self.feed_last:
+                return
+        else:
+            return  # unsubscribed meanwhile
+        self.feed_last = max(self.feed_last, key)
+        await self._send({"type": "event", "event": event_view(event)})
+        if event.terminal and event.job_id in self.jobs and event.model not in self.models:
+            del self.jobs[event.job_id]  # nothing more will come
+            self.service.fanout.remove(self.sub, ("job", event.job_id))
+
+    async def _catch_up(self) -> None:
+        """After a Redis reconnect: what pub/sub lost is in the logs."""
+        for job_id, last in list(self.jobs.items()):
+            for event in await self.service.store.events(job_id, f"{last[0]}-{last[1]}"):
+                await self._send_event(event)
+        if self.models:
+            last = self.feed_last
+            for event in await self.service.store.log_after(f"{last[0]}-{last[1]}"):
+                if event.model in self.models and event.owner == self.owner:
+                    await self._send_event(event)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            async with asyncio.timeout(self.settings.slow_consumer_s):
+                await self.ws.send_text(orjson.dumps(message).decode())
+        except TimeoutError:
+            raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _check_event_id(event_id: str) -> None:
+    try:
+        stream_key(event_id)
+    except ValueError as exc:
+        raise ClientError("invalid_event_id", str(exc)) from None
