@@ -209,6 +209,34 @@ def submit(
             raise typer.Exit(1)
 
 
+@app.command()
+def watch(
+    model: Annotated[list[str] | None, typer.Option(help="only these models (repeatable)")] = None,
+    url: Url = "http://127.0.0.1:8000",
+) -> None:
+    """Print the live events of all jobs, one line each, until Ctrl-C."""
+    with _client(url) as hub:
+        try:
+            for event in hub.watch(models=model):
+                console.print(_event_line(event), highlight=False)
+        except KeyboardInterrupt:
+            pass
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    if event["type"] in ("reset", "close"):
+        return f"[yellow]{event['type']}[/]: {event.get('reason', '')}"
+    when = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+    data = event["data"]
+    if event["type"] == "progress":
+        detail = f"{data['done']}/{data['total']}"
+    elif event["type"] == "succeeded":
+        detail = ", ".join(f"{o['name']}{o['shape']}" for o in data["outputs"])
+    else:
+        detail = " ".join(f"{k}={v}" for k, v in data.items())
+    return f"{when} {event['job_id']} {event['model']:<14} {event['type']:<10} {detail}"
+
+
 def _follow(hub: Client, job: dict[str, Any]) -> None:
     columns = (
         TextColumn("{task.description}"),

@@ -10,12 +10,14 @@ with Client("http://127.0.0.1:8000") as hub:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import orjson
+import websockets
 from httpx_sse import aconnect_sse, connect_sse
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -55,6 +57,14 @@ def _submit_args(
         "headers": headers,
         "timeout": timeout,
     }
+
+
+def _event(kind: str, data: str) -> dict[str, Any] | None:
+    """An SSE message as a dict; ``reset`` and ``close`` become ``{"type": ...}`` items."""
+    if not data:
+        return None
+    event = orjson.loads(data)
+    return event if kind not in ("reset", "close") else {"type": kind, **event}
 
 
 def _result(response: httpx.Response) -> Any:
@@ -111,26 +121,40 @@ class Client:
 
     def follow(self, job_id: str, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
         """The job's events until its terminal one, reconnecting where it left off."""
+        return self._events(f"/v1/jobs/{job_id}/events", {}, last_event_id, until_terminal=True)
+
+    def watch(
+        self, models: list[str] | None = None, last_event_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Live events of every job you may see (of ``models`` when given), resuming by itself.
+
+        A ``{"type": "reset"}`` item means events were lost: reload your state.
+        """
+        return self._events("/v1/events", {"model": models or []}, last_event_id)
+
+    def _events(
+        self, path: str, params: dict[str, Any], last_id: str | None, until_terminal: bool = False
+    ) -> Iterator[dict[str, Any]]:
         for attempt in range(RETRIES):
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 with connect_sse(
-                    self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+                    self.http, "GET", path, params=params, headers=headers, timeout=None
                 ) as source:
                     if not source.response.is_success:
                         source.response.read()
                         _result(source.response)
                     for sse in source.iter_sse():
-                        if not sse.data:
+                        event = _event(sse.event, sse.data)
+                        if event is None:
                             continue
-                        event = orjson.loads(sse.data)
-                        last_event_id = event["id"]
+                        last_id = event.get("id", last_id)
                         yield event
-                        if event["type"] in TERMINAL:
+                        if until_terminal and event["type"] in TERMINAL:
                             return
             except httpx.TransportError:
                 time.sleep(min(0.1 * 2**attempt, 2.0))
-        raise HubError(503, "unreachable", f"lost the event stream of job {job_id}")
+        raise HubError(503, "unreachable", f"lost the event stream {path}")
 
 
 class AsyncClient:
@@ -166,23 +190,74 @@ class AsyncClient:
         self, job_id: str, last_event_id: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """The job's events until its terminal one, reconnecting where it left off."""
+        path = f"/v1/jobs/{job_id}/events"
         for attempt in range(RETRIES):
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
                 async with aconnect_sse(
-                    self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+                    self.http, "GET", path, headers=headers, timeout=None
                 ) as source:
                     if not source.response.is_success:
                         await source.response.aread()
                         _result(source.response)
                     async for sse in source.aiter_sse():
-                        if not sse.data:
+                        event = _event(sse.event, sse.data)
+                        if event is None:
                             continue
-                        event = orjson.loads(sse.data)
                         last_event_id = event["id"]
                         yield event
                         if event["type"] in TERMINAL:
                             return
             except httpx.TransportError:
                 await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
-        raise HubError(503, "unreachable", f"lost the event stream of job {job_id}")
+        raise HubError(503, "unreachable", f"lost the event stream {path}")
+
+    async def session(self) -> Session:
+        """A WebSocket session on ``/v1/ws``; use it as ``async with``."""
+        url = str(self.http.base_url).replace("http", "ws", 1).rstrip("/") + "/v1/ws"
+        return Session(await websockets.connect(url, max_size=None))
+
+
+class Session:
+    """One WebSocket to the hub: submit, subscribe, cancel, and read the events of all of them."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._refs = itertools.count(1)
+        self._early: list[dict[str, Any]] = []  # messages read while waiting for a reply
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.ws.close()
+
+    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """Send a message and return its reply (``accepted`` or ``pong``); raise on ``error``."""
+        ref = next(self._refs)
+        await self.ws.send(orjson.dumps({"type": type_, "ref": ref, **fields}).decode())
+        while True:
+            message = orjson.loads(await self.ws.recv())
+            if message.get("ref") != ref or message["type"] == "event":
+                self._early.append(message)
+                continue
+            if message["type"] == "error":
+                raise HubError(400, message["code"], message["message"])
+            return message
+
+    async def submit(self, model: str, data: Any = None, **fields: Any) -> dict[str, Any]:
+        body = {"model": model, **({"data": data} if data is not None else {}), **fields}
+        return (await self.request("submit", **body))["job"]
+
+    async def subscribe(self, **what: Any) -> dict[str, Any]:
+        return await self.request("subscribe", **what)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return (await self.request("cancel", job_id=job_id))["job"]
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Every server message in order (events, resets, errors of unreplied messages)."""
+        while self._early:
+            yield self._early.pop(0)
+        async for raw in self.ws:
+            yield orjson.loads(raw)
