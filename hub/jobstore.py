@@ -41,7 +41,7 @@ end
 
 # KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, idem_value, arq_job, score, created_ms,
-#       field, value, ...
+#       wake channel, field, value, ...
 _CREATE = (
     _APPEND
     + """
@@ -50,12 +50,13 @@ if KEYS[4] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3])
 end
-set_fields(10)
+set_fields(11)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
 redis.call('ZADD', KEYS[6], ARGV[8], ARGV[6])
 redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
+redis.call('PUBLISH', ARGV[10], '')
 return {1, id}
 """
 )
@@ -190,6 +191,7 @@ class JobStore:
                 arq_job,
                 now_ms - priority * 1000,
                 now_ms,
+                keys.wake(pool),
                 *_flatten(record),
             ],
         )

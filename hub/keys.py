@@ -42,6 +42,11 @@ def queue(pool: str) -> str:
     return f"{PREFIX}queue:{pool}"
 
 
+def wake(pool: str) -> str:
+    """Pub/sub channel that tells a pool's workers a job was queued, so they need not poll."""
+    return f"{PREFIX}wake:{pool}"
+
+
 def worker(worker_id: str) -> str:
     """The worker's heartbeat record; it expires when the heartbeats stop."""
     return f"{PREFIX}worker:{worker_id}"

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
     job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
     heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")
-    poll_delay_s: float = Field(0.1, gt=0, description="How often an idle worker polls its queue.")
+    poll_delay_s: float = Field(
+        1.0, gt=0, description="Safety-net poll of an idle worker; queued jobs wake it at once."
+    )
     max_jobs: int = Field(64, gt=0, description="Jobs one worker runs at once.")
     pool: str = "default"
     events_maxlen: int = Field(100_000, gt=0, description="Events kept in the all-jobs log.")

@@ -13,15 +13,16 @@ from typing import Any
 
 from arq import func
 from arq.connections import RedisSettings
-from arq.worker import Worker
 
 from hub import keys
 from hub.jobstore import RUN_JOB, JobStore, Limits
 from hub.protocol import dumps, loads
 from hub.settings import Settings
+from workers.batcher import Batcher
 from workers.heartbeat import heartbeat_forever, leave
 from workers.repository import load_repository
 from workers.runner import run_job
+from workers.wakeup import PushWorker
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["worker_id"] = worker_id
         ctx["models"] = repo.models
+        ctx["batchers"] = {
+            (name, version): Batcher(
+                mv.session,
+                max_batch_size=model.config.max_batch_size,
+                preferred_batch_size=model.config.batching.preferred_batch_size,
+                max_queue_delay_ms=model.config.batching.max_queue_delay_ms,
+                batchable=mv.batchable,
+            )
+            for name, model in repo.models.items()
+            for version, mv in model.versions.items()
+        }
         ctx["stats"] = {"running": 0, "done": 0, "started_at": time.time()}
         ctx["store"] = JobStore(ctx["redis"], Limits(ttl_s=settings.job_ttl_s))
         ctx["heartbeat"] = asyncio.create_task(
@@ -50,6 +62,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for batcher in ctx.get("batchers", {}).values():
+            await batcher.close()
         with contextlib.suppress(Exception):
             await leave(ctx["redis"], worker_id)
 
@@ -71,4 +85,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT or SIGTERM."""
-    Worker(**worker_settings(settings)).run()
+    PushWorker(
+        wake_channel=keys.wake(settings.pool),
+        redis_url=settings.redis_url,
+        **worker_settings(settings),
+    ).run()

@@ -69,6 +69,11 @@ class ModelVersion:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
 
+    @property
+    def batchable(self) -> bool:
+        """Whether rows can be split and joined along the first dimension."""
+        return all(t["shape"][:1] == [-1] for t in (*self.inputs, *self.outputs))
+
 
 @dataclass
 class Model:

@@ -11,6 +11,7 @@ import numpy as np
 
 from hub.jobstore import JobStore
 from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
+from workers.batcher import Batcher
 from workers.repository import Model
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ async def run_job(
     stats["running"] += 1
     try:
         served = ctx["models"][model]
-        status, data = await _predict(served, version, inputs, outputs, emit)
+        batcher = ctx["batchers"][model, version]
+        status, data = await _predict(served, batcher, inputs, outputs, emit)
     except TimeoutError:
         status = JobStatus.FAILED
         data = {"error": f"timed out after {ctx['models'][model].config.timeout_s:g} s"}
@@ -76,34 +78,32 @@ async def run_job(
 
 async def _predict(
     model: Model,
-    version: str,
+    batcher: Batcher,
     packed: list[dict[str, Any]],
     wanted: list[str] | None,
     emit: Any,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress and honouring cancel."""
-    session = model.versions[version].session
     arrays = {p["name"]: unpack_tensor(p) for p in packed}
     total = len(next(iter(arrays.values())))
-    step = model.config.max_batch_size
-    chunks: list[list[np.ndarray]] = []
+    step = model.config.max_batch_size if batcher.batchable else total
+    chunks: list[dict[str, np.ndarray]] = []
     async with asyncio.timeout(model.config.timeout_s):
-        for start in range(0, total, step):
-            feed = {name: array[start : start + step] for name, array in arrays.items()}
-            # onnxruntime releases the GIL: a thread keeps the event loop free
-            chunks.append(await asyncio.to_thread(session.run, wanted, feed))
-            done = min(start + step, total)
-            if total > step:  # a bulk job: report each chunk
-                _, cancel = await emit(
-                    EventType.PROGRESS,
-                    (JobStatus.STARTED,),
-                    data={"done": done, "total": total},
-                    fields={"progress": {"done": done, "total": total}},
+        with batcher.expecting():
+            for start in range(0, total, step):
+                chunks.append(
+                    await batcher.run({n: a[start : start + step] for n, a in arrays.items()})
                 )
-                if cancel:
-                    return JobStatus.CANCELED, {"reason": "canceled by client", "done": done}
-    names = wanted or [o["name"] for o in model.versions[version].outputs]
-    results = [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]
-    return JobStatus.SUCCEEDED, {
-        "outputs": [pack_tensor(n, r) for n, r in zip(names, results, strict=True)]
-    }
+                done = min(start + step, total)
+                if total > step:  # a bulk job: report each chunk, and stop if asked to
+                    _, cancel = await emit(
+                        EventType.PROGRESS,
+                        (JobStatus.STARTED,),
+                        data={"done": done, "total": total},
+                        fields={"progress": {"done": done, "total": total}},
+                    )
+                    if cancel and done < total:
+                        return JobStatus.CANCELED, {"reason": "canceled by client", "done": done}
+    names = wanted or batcher.output_names
+    outputs = [pack_tensor(n, np.concatenate([c[n] for c in chunks])) for n in names]
+    return JobStatus.SUCCEEDED, {"outputs": outputs}

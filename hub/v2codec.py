@@ -1,0 +1,335 @@
+"""The KServe V2 (Open Inference Protocol) HTTP wire format, with Triton's binary tensor extension.
+
+Pure functions from bytes to arrays and back; no FastAPI, no Redis, so that every malformed body
+can be tried here directly. Every problem with a request is a ``V2Error`` whose message says
+what to fix: the router answers it as ``{"error": message}``, never as a 500.
+
+Binary tensor data: the body is the JSON header (``Inference-Header-Content-Length`` bytes)
+followed by each binary input's raw bytes in input order, ``parameters.binary_data_size`` bytes
+each, little-endian, BYTES elements as a 4-byte little-endian length and the bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from hub.protocol import DTYPES, ProtocolError, datatype_of, decode_tensor, encode_tensor
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# request parameters the protocol itself defines; the rest are the client's own
+RESERVED_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout"})
+
+
+class V2Error(ValueError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None  # None: as the request's ``binary_data_output`` says
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    arrays: dict[str, np.ndarray]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    binary_output: bool = False
+    priority: int = 0  # Triton's: 0 the default, 1 the highest, 2 the next...
+    timeout_us: int = 0  # 0: none given
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# --- content encoding ------------------------------------------------------------------------
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before ``Content-Encoding``; at most ``limit`` bytes once expanded."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    # "deflate" is the zlib format (RFC 9110), which tritonclient sends
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+    if name not in wbits:
+        raise V2Error(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits[name])
+    try:
+        # bounded, so that a small compressed body cannot expand into memory without limit
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise V2Error(f"the body is not valid {name} data: {exc}") from None
+    if len(out) > limit:
+        raise V2Error(f"the decompressed body is over {limit} bytes; send fewer rows", 413)
+    if not inflater.eof or inflater.unused_data:
+        raise V2Error(f"the {name} body is truncated or has bytes after its end")
+    return out
+
+
+def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """The response body in the first of gzip, deflate that ``Accept-Encoding`` allows."""
+    accepted = _accepted(accept_encoding or "")
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=6, mtime=0), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 6), "deflate"
+    return body, None
+
+
+def _accepted(header: str) -> set[str]:
+    names = set()
+    for item in header.split(","):
+        name, _, params = item.strip().lower().partition(";")
+        q = params.strip()
+        if q.startswith("q="):
+            try:
+                if float(q[2:]) <= 0:
+                    continue
+            except ValueError:
+                continue
+        names.add(name.strip())
+    return names
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """An inference request body (JSON, or JSON + binary tensors) as arrays and options."""
+    header, binary = _split(body, header_length)
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise V2Error(f"the inference header is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise V2Error("the inference request must be a JSON object")
+    parameters = _object(doc.get("parameters"), "parameters")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise V2Error("'inputs' must be a non-empty list of tensors")
+
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise V2Error(f"inputs[{i}] must be an object")
+        name = _string(tensor.get("name"), f"inputs[{i}].name")
+        if name in arrays:
+            raise V2Error(f"input '{name}' is given twice")
+        array, used = _input(name, tensor, binary, offset)
+        arrays[name] = array
+        offset += used
+    if offset != len(binary):
+        raise V2Error(
+            f"the binary data sizes add up to {offset} bytes but {len(binary)} bytes follow "
+            "the inference header"
+        )
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise V2Error("'id' must be a string")
+    return InferRequest(
+        arrays=arrays,
+        id=request_id,
+        outputs=_outputs(doc.get("outputs")),
+        binary_output=_flag(parameters, "binary_data_output", "parameters"),
+        priority=_count(parameters, "priority"),
+        timeout_us=_count(parameters, "timeout"),
+        parameters={k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS},
+    )
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    text = header_length.strip()
+    if not text.isascii() or not text.isdigit():
+        raise V2Error(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+    length = int(text)
+    if length > len(body):
+        raise V2Error(f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def _input(name: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    """The input's array and how many bytes of the binary section it used."""
+    parameters = _object(tensor.get("parameters"), f"input '{name}': parameters")
+    if "shared_memory_region" in parameters:
+        raise V2Error(f"input '{name}': shared memory is not supported; send the data in the body")
+    datatype = tensor.get("datatype")
+    if datatype not in DTYPES:
+        raise V2Error(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise V2Error(f"input '{name}': shape must be a list of non-negative integers")
+    if "binary_data_size" not in parameters:
+        try:
+            return decode_tensor({**tensor, "name": name}), 0
+        except ProtocolError as exc:
+            raise V2Error(str(exc)) from None
+    if tensor.get("data") is not None:
+        raise V2Error(f"input '{name}': give either 'data' or binary_data_size, not both")
+    size = _count(parameters, "binary_data_size", f"input '{name}': parameters")
+    if offset + size > len(binary):
+        raise V2Error(
+            f"input '{name}': binary_data_size {size} runs past the end of the body "
+            f"({len(binary) - offset} bytes are left)"
+        )
+    raw = binary[offset : offset + size]
+    return _from_raw(name, datatype, shape, raw), size
+
+
+def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items = deserialize_bytes(raw, name)
+        if len(items) != count:
+            raise V2Error(
+                f"input '{name}': shape {shape} needs {count} BYTES elements, "
+                f"the binary data has {len(items)}"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    dtype = DTYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise V2Error(
+            f"input '{name}': {datatype} {shape} needs {count * dtype.itemsize} bytes, "
+            f"binary_data_size is {len(raw)}"
+        )
+    if datatype == "BOOL":  # any non-zero byte is true, as in C
+        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def deserialize_bytes(raw: bytes, name: str = "?") -> list[bytes]:
+    """BYTES elements: each a 4-byte little-endian length and that many bytes."""
+    items = []
+    at = 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise V2Error(f"input '{name}': a BYTES element length is cut short at byte {at}")
+        (length,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + length > len(raw):
+            raise V2Error(
+                f"input '{name}': a BYTES element of {length} bytes is truncated "
+                f"({len(raw) - at} bytes are left)"
+            )
+        items.append(raw[at : at + length])
+        at += length
+    return items
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.flat:
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise V2Error("'outputs' must be a list")
+    outputs: list[RequestedOutput] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise V2Error(f"outputs[{i}] must be an object")
+        name = _string(item.get("name"), f"outputs[{i}].name")
+        if any(o.name == name for o in outputs):
+            raise V2Error(f"output '{name}' is requested twice")
+        parameters = _object(item.get("parameters"), f"output '{name}': parameters")
+        if parameters.get("classification"):
+            raise V2Error("the classification extension is not supported")
+        if "shared_memory_region" in parameters:
+            raise V2Error(f"output '{name}': shared memory is not supported")
+        binary = (
+            _flag(parameters, "binary_data", f"output '{name}'")
+            if "binary_data" in parameters
+            else None
+        )
+        outputs.append(RequestedOutput(name, binary))
+    return outputs
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise V2Error(f"{where} must be an object")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise V2Error(f"{where} must be a non-empty string")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise V2Error(f"{where}: '{key}' must be true or false")
+    return value
+
+
+def _count(parameters: dict[str, Any], key: str, where: str = "parameters") -> int:
+    value = parameters.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise V2Error(f"{where}: '{key}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+def encode_response(
+    header: dict[str, Any], outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it.
+
+    ``outputs`` are (name, array, binary); binary ones carry ``binary_data_size`` and their
+    bytes follow the header in the same order.
+    """
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array, binary in outputs:
+        if binary:
+            raw = to_raw(array)
+            blobs.append(raw)
+            shape = list(array.shape)
+            tensors.append(
+                {"name": name, "datatype": datatype_of(array), "shape": shape,
+                 "parameters": {"binary_data_size": len(raw)}}
+            )
+        else:
+            tensors.append(encode_tensor(name, array))
+    head = orjson.dumps({**header, "outputs": tensors})
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """An array's binary tensor data: little-endian, BYTES length-prefixed."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        return serialize_bytes(array)
+    return np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()

@@ -1,0 +1,145 @@
+"""Dynamic batching: the rows of concurrent jobs of one model run as one onnxruntime call.
+
+One ``Batcher`` per model version, as MLServer's adaptive batcher: a queue and a future per
+request. A batch is flushed when it reaches ``preferred_batch_size`` rows, or when no more rows
+are coming (every job of the model that is running has its rows queued), or at the latest
+``max_queue_delay_ms`` after its first request; it never exceeds ``max_batch_size`` rows. So a
+lone request runs at once, and concurrent ones share a call. The call runs in a thread
+(onnxruntime releases the GIL) so that the event loop keeps serving Redis.
+
+If a batch fails, its requests run one by one, so that a bad request fails only its own job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class _Request:
+    inputs: Arrays
+    rows: int
+    future: asyncio.Future[Arrays] = field(repr=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        session: Any,
+        *,
+        max_batch_size: int,
+        preferred_batch_size: int,
+        max_queue_delay_ms: float,
+        batchable: bool = True,
+    ) -> None:
+        self.session = session
+        self.batchable = batchable
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.max_batch_size = max_batch_size
+        # a model whose rows cannot be joined runs each request alone
+        self.preferred = min(preferred_batch_size, max_batch_size) if batchable else 1
+        self.max_delay_s = max_queue_delay_ms / 1000
+        self.batches = 0  # how many onnxruntime calls, for the tests and the metrics
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._active = 0  # requests that are, or will soon be, waiting in the queue
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Mark a job of this model as running: the batcher may wait for its rows."""
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+
+    async def run(self, inputs: Arrays) -> Arrays:
+        """Run the rows of ``inputs`` (at most ``max_batch_size``) with other requests' rows."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="batcher")
+        rows = len(next(iter(inputs.values())))
+        request = _Request(inputs, rows, asyncio.get_running_loop().create_future())
+        await self._queue.put(request)
+        return await request.future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        carry: _Request | None = None
+        while True:
+            first = carry or await self._queue.get()
+            batch, rows, carry = [first], first.rows, None
+            deadline = asyncio.get_running_loop().time() + self.max_delay_s
+            while rows < self.preferred:
+                if self._queue.empty() and len(batch) >= self._active:
+                    break  # every running job has its rows in: waiting gains nothing
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        request = await self._queue.get()
+                except TimeoutError:
+                    break
+                if rows + request.rows > self.max_batch_size:
+                    carry = request
+                    break
+                batch.append(request)
+                rows += request.rows
+            batch = [r for r in batch if not r.future.cancelled()]
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Request]) -> None:
+        try:
+            results = await asyncio.to_thread(self._call, batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            # find the culprit: each request alone, so the others still succeed
+            for request in batch:
+                try:
+                    _settle(request, (await asyncio.to_thread(self._call, [request]))[0])
+                except Exception as single:
+                    _settle(request, single)
+            return
+        for request, result in zip(batch, results, strict=True):
+            _settle(request, result)
+
+    def _call(self, batch: list[_Request]) -> list[Arrays]:
+        self.batches += 1
+        if len(batch) == 1:
+            feed = batch[0].inputs
+        else:
+            feed = {n: np.concatenate([r.inputs[n] for r in batch]) for n in batch[0].inputs}
+        outputs = self.session.run(self.output_names, feed)
+        results, start = [], 0
+        for request in batch:
+            end = start + request.rows
+            results.append(
+                {n: out[start:end] for n, out in zip(self.output_names, outputs, strict=True)}
+            )
+            start = end
+        return results
+
+
+def _settle(request: _Request, result: Arrays | BaseException) -> None:
+    if request.future.done():
+        return  # its job was canceled or timed out meanwhile
+    if isinstance(result, BaseException):
+        request.future.set_exception(result)
+    else:
+        request.future.set_result(result)
