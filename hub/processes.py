@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 
@@ -75,12 +76,16 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             client.close()
 
 
-def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``inferhub <args>`` as a child process, in its own process group."""
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, log: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """``inferhub <args>`` as a child process, in its own process group (output to ``log``)."""
     return subprocess.Popen(
         [sys.executable, "-m", "hub", *args],
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
     )
 
 
