@@ -12,19 +12,19 @@ from hub.service import JobService
 from hub.settings import Settings
 
 
-def _service(request: HTTPConnection) -> JobService:
+async def _service(request: HTTPConnection) -> JobService:
     return request.app.state.service
 
 
-def _catalogue(request: HTTPConnection) -> Catalogue:
+async def _catalogue(request: HTTPConnection) -> Catalogue:
     return request.app.state.service.catalogue
 
 
-def _settings(request: HTTPConnection) -> Settings:
+async def _settings(request: HTTPConnection) -> Settings:
     return request.app.state.settings
 
 
-def _owner(request: HTTPConnection) -> str:
+async def _owner(request: HTTPConnection) -> str:
     # one tenant until API keys arrive; every job is already scoped by owner
     return "anonymous"
 

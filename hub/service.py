@@ -19,7 +19,7 @@ from hub.catalogue import Catalogue
 from hub.errors import HubError, not_found
 from hub.fanout import GAP, Fanout
 from hub.jobstore import Event, JobStore, stream_key
-from hub.protocol import JobStatus, datatype_of, pack_tensor, packed_to_json
+from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.schemas import JobRequest
 from hub.validation import check_arrays, check_outputs, decode_inputs
 
@@ -108,15 +108,14 @@ class JobService:
             )
             if not created:
                 return await self._repeat(existing, record["fingerprint"], owner)
-            if wait_s > 0:
-                deadline = time.monotonic() + wait_s
-                while (remaining := deadline - time.monotonic()) > 0:
-                    item = await sub.get(remaining)
-                    if isinstance(item, Event) and item.terminal:
-                        break
-                    if item is GAP and (await self.get(job_id, owner=owner))["status"] in FINISHED:
-                        break
-                return await self.get(job_id, owner=owner)
+            deadline = time.monotonic() + wait_s
+            while (remaining := deadline - time.monotonic()) > 0:
+                item = await sub.get(remaining)
+                if not isinstance(item, Event):
+                    return await self.get(job_id, owner=owner)  # a gap, or out of time
+                apply_event(record, item)  # the events carry all we need: no read back
+                if item.terminal:
+                    break
         return job_view(record)
 
     async def _repeat(self, existing: str, fingerprint: str, owner: str) -> dict[str, Any]:
@@ -274,6 +273,18 @@ def _event_id(key: tuple[int, int]) -> str:
 def _fingerprint(request: JobRequest) -> str:
     body = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()[:32]
+
+
+def apply_event(record: dict[str, Any], event: Event) -> None:
+    """Bring a job record up to date with one of its events, as the worker changed it."""
+    data = event.data
+    if event.type is EventType.STARTED:
+        record.update(status="started", attempt=data["attempt"], started_at=event.ts)
+    elif event.type is EventType.PROGRESS:
+        record["progress"] = {"done": data["done"], "total": data["total"]}
+    elif event.terminal:
+        record.update(status=event.type.value, finished_at=event.ts)
+        record.update({k: data[k] for k in ("outputs", "error") if k in data})
 
 
 def job_view(record: dict[str, Any]) -> dict[str, Any]:
