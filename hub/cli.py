@@ -39,6 +39,8 @@ def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # arq logs every job with its arguments (our raw tensors): costly and unreadable
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
 
 
 @app.command()
