@@ -62,25 +62,27 @@ class Stack:
 
     def __init__(self, repo: Path, hubs: int = 1, workers: int = 1) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="inferhub-bench-"))
-        self.redis_port = free_port()
-        self.redis = start_redis(self.redis_port, self.dir)
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        env = {"INFERHUB_REDIS_URL": self.redis_url, "INFERHUB_MODELS": str(repo)}
         self.log = (self.dir / "stack.log").open("wb")
-        self.workers = [start_cli("worker", env=env, log=self.log) for _ in range(workers)]
+        self.redis_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis = start_redis(self.redis_port, self.dir)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.hubs: list[subprocess.Popen[bytes]] = []
         self.ports = [free_port() for _ in range(hubs)]
-        self.hubs = [
-            start_cli("serve", env={**env, "INFERHUB_PORT": str(port)}, log=self.log)
-            for port in self.ports
-        ]
         self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
-        deadline = time.monotonic() + 60
-        for url in self.urls:
-            while httpx.get(f"{url}/readyz").status_code != 200 if _up(url) else True:
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError("the stack did not become ready in 60 s")
-                time.sleep(0.1)
+        env = {"INFERHUB_REDIS_URL": self.redis_url, "INFERHUB_MODELS": str(repo)}
+        try:
+            for _ in range(workers):
+                self.workers.append(start_cli("worker", env=env, log=self.log))
+            for port in self.ports:
+                self.hubs.append(
+                    start_cli("serve", env={**env, "INFERHUB_PORT": str(port)}, log=self.log)
+                )
+            for url in self.urls:
+                _wait_ready(url, limit_s=60)
+        except BaseException:
+            self.close()
+            raise
 
     def pids(self) -> dict[str, list[int]]:
         return {
@@ -96,12 +98,16 @@ class Stack:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _up(url: str) -> bool:
-    try:
-        httpx.get(f"{url}/healthz", timeout=0.5)
-        return True
-    except httpx.HTTPError:
-        return False
+def _wait_ready(url: str, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} was not ready after {limit_s:g} s")
 
 
 def cpu_seconds(pid: int) -> float:
