@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 from arq import func
-from arq.connections import RedisSettings
 
 from hub import keys
 from hub.jobstore import RUN_JOB, JobStore, Limits
 from hub.protocol import dumps, loads
+from hub.redisconn import arq_settings
 from hub.settings import Settings
 from workers.batcher import Batcher
 from workers.heartbeat import heartbeat_forever, leave
@@ -70,7 +70,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     return {
         # the model's own timeout fails the job cleanly first; arq's is the backstop
         "functions": [func(run_job, name=RUN_JOB, timeout=longest + 10, max_tries=5)],
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": arq_settings(settings.redis_url),
         "queue_name": keys.queue(settings.pool),
         "on_startup": startup,
         "on_shutdown": shutdown,

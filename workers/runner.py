@@ -84,7 +84,7 @@ async def _predict(
     emit: Any,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress and honouring cancel."""
-    arrays = {p["name"]: unpack_tensor(p) for p in packed}
+    arrays = {p["name"]: _text_for_onnxruntime(unpack_tensor(p)) for p in packed}
     total = len(next(iter(arrays.values())))
     step = model.config.max_batch_size if batcher.batchable else total
     chunks: list[dict[str, np.ndarray]] = []
@@ -107,3 +107,15 @@ async def _predict(
     names = wanted or batcher.output_names
     outputs = [pack_tensor(n, np.concatenate([c[n] for c in chunks])) for n in names]
     return JobStatus.SUCCEEDED, {"outputs": outputs}
+
+
+def _text_for_onnxruntime(array: np.ndarray) -> np.ndarray:
+    """BYTES elements as str: onnxruntime str()s any other object, so b"abc" became "b'abc'".
+
+    Its string tensors are UTF-8 text; an element that is not fails the job with the reason.
+    """
+    if array.dtype != object:
+        return array
+    text = np.empty(array.shape, dtype=object)
+    text.flat[:] = [x.decode() if isinstance(x, bytes) else x for x in array.flat]
+    return text

@@ -1,4 +1,5 @@
-"""An arq worker that is woken by a publication when a job is queued, instead of polling fast.
+"""An arq worker that is woken by a publication when a job is queued, instead of polling fast,
+and that outlives a Redis outage.
 
 arq finds jobs by polling its queue every ``poll_delay``. Here the hub publishes on the pool's
 wake channel in the same script that queues the job; the worker listens and polls at once. The
@@ -12,8 +13,9 @@ import contextlib
 import logging
 
 from arq.worker import Worker
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from hub.redisconn import connect
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,15 @@ class PushWorker(Worker):
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
 
+    async def _poll_iteration(self) -> None:
+        # arq lets a Redis error end its main loop, and so the worker: ride out the outage
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("polling failed (%s); retrying", exc)
+
     async def _listen(self) -> None:
-        redis = Redis.from_url(self.redis_url)
+        redis = connect(self.redis_url)
         backoff = 0.05
         try:
             while True:
