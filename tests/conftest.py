@@ -5,30 +5,29 @@ Nothing here talks to the Redis on port 6379: every Redis is started on a free p
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-import orjson
 import pytest
-from redis import Redis
-from redis.exceptions import RedisError
-from starlette.testclient import TestClient
-
 from helpers import (
     ROOT,
+    TestClient,
+    WorkerProcess,
     build_failing,
     build_pair,
     build_slow,
     free_port,
+    start_worker,
+    stop_process,
     wait_for,
 )
+from redis import Redis
+from redis.exceptions import RedisError
+
 from hub import keys
 from hub.app import create_app
 from hub.settings import Settings
@@ -57,16 +56,6 @@ class RedisServer:
 
     def __str__(self) -> str:
         return self.url
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +95,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         probe.close()
-        _stop(process)
+        stop_process(process)
         log.close()
 
 
@@ -147,73 +136,6 @@ def settings(redis_url: str, model_repo: Path) -> Settings:
     return Settings(redis_url=redis_url, models=model_repo, poll_delay_s=0.02, heartbeat_s=0.5)
 
 
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
-    env.update(
-        INFERHUB_REDIS_URL=settings.redis_url,
-        INFERHUB_MODELS=str(settings.models),
-        INFERHUB_POLL_DELAY_S=str(settings.poll_delay_s),
-        INFERHUB_HEARTBEAT_S=str(settings.heartbeat_s),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        **extra,
-    )
-    return env
-
-
-WORKER_CODE = "from hub.settings import Settings; from workers.main import run_worker; run_worker(Settings())"
-
-
-@dataclass
-class WorkerProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def record(self, redis: Redis) -> dict | None:
-        """This worker's heartbeat record, once it is visible in Redis."""
-        for key in redis.scan_iter(match=keys.worker("*")):
-            raw = redis.get(key)
-            if raw is not None and orjson.loads(raw).get("pid") == self.pid:
-                return orjson.loads(raw)
-        return None
-
-    def stop(self) -> None:
-        _stop(self.process)
-        self.log.close()
-
-
-def start_worker(
-    settings: Settings, redis: Redis, log_path: Path, **env: str
-) -> Iterator[WorkerProcess]:
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", WORKER_CODE],
-        env=worker_env(settings, **env),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    worker = WorkerProcess(process, log_path, log)
-
-    def registered() -> dict | None:
-        assert process.poll() is None, f"the worker exited:\n{worker.log_text()}"
-        return worker.record(redis)
-
-    try:
-        wait_for(registered, timeout=60, every=0.05, what="the worker's heartbeat")
-        yield worker
-    finally:
-        worker.stop()
-
-
 @pytest.fixture(scope="session")
 def worker(
     settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
@@ -225,7 +147,10 @@ def worker(
 
 @pytest.fixture(scope="session")
 def orphan_model(
-    settings: Settings, redis: Redis, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings,
+    redis: Redis,
+    worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> str:
     """The model ``orphan`` in the catalogue, with no live worker for its pool ``nobody``.
 

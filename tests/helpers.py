@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import onnx
+import orjson
 from onnx import TensorProto, helper, numpy_helper
 from redis import Redis
+from starlette.exceptions import StarletteDeprecationWarning
 
 from hub import keys
 from hub.jobstore import Event
+from hub.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPSET = 17
@@ -80,15 +89,96 @@ def wait_idle(redis: Redis, timeout: float = 30.0) -> None:
     wait_for(idle, timeout=timeout, what="the default pool to be idle")
 
 
-def redis_snapshot(redis: Redis) -> dict[str, Any]:
-    """What a request that writes anything would change."""
-    return {
-        "dbsize": redis.dbsize(),
-        "jobs": redis.zcard(keys.JOBS_INDEX),
-        "log": redis.xlen(keys.EVENTS_STREAM) if redis.exists(keys.EVENTS_STREAM) else 0,
-        "job_keys": sorted(redis.keys(keys.PREFIX + "job:*")),
-        "idem_keys": sorted(redis.keys(keys.PREFIX + "idem:*")),
-    }
+with warnings.catch_warnings():
+    # starlette 1.x prefers httpx2 for its TestClient; httpx (a hub dependency) still works
+    warnings.filterwarnings(
+        "ignore",
+        message="Using `httpx` with `starlette.testclient` is deprecated",
+        category=StarletteDeprecationWarning,
+    )
+    from starlette.testclient import TestClient as TestClient  # re-exported
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
+    env.update(
+        INFERHUB_REDIS_URL=settings.redis_url,
+        INFERHUB_MODELS=str(settings.models),
+        INFERHUB_POLL_DELAY_S=str(settings.poll_delay_s),
+        INFERHUB_HEARTBEAT_S=str(settings.heartbeat_s),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **extra,
+    )
+    return env
+
+
+WORKER_CODE = (
+    "from hub.settings import Settings; from workers.main import run_worker; run_worker(Settings())"
+)
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def record(self, redis: Redis) -> dict | None:
+        """This worker's heartbeat record, once it is visible in Redis."""
+        for key in redis.scan_iter(match=keys.worker("*")):
+            raw = redis.get(key)
+            if raw is not None and orjson.loads(raw).get("pid") == self.pid:
+                return orjson.loads(raw)
+        return None
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.log.close()
+
+
+def start_worker(
+    settings: Settings, redis: Redis, log_path: Path, **env: str
+) -> Iterator[WorkerProcess]:
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER_CODE],
+        env=worker_env(settings, **env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    worker = WorkerProcess(process, log_path, log)
+
+    def registered() -> dict | None:
+        assert process.poll() is None, f"the worker exited:\n{worker.log_text()}"
+        return worker.record(redis)
+
+    try:
+        wait_for(registered, timeout=60, every=0.05, what="the worker's heartbeat")
+        yield worker
+    finally:
+        worker.stop()
 
 
 # --- models built with the onnx helper API ---------------------------------------------------
@@ -112,7 +202,9 @@ def build_slow(folder: Path, width: int = 1024, layers: int = 4) -> Path:
     rng = np.random.default_rng(1234)
     weights = [rng.standard_normal((16, width)).astype(np.float32) * np.float32(0.25)]
     scale = np.float32(np.sqrt(2.0 / width))
-    weights += [rng.standard_normal((width, width)).astype(np.float32) * scale for _ in range(layers)]
+    weights += [
+        rng.standard_normal((width, width)).astype(np.float32) * scale for _ in range(layers)
+    ]
     inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"])]
     for i in range(1, layers + 1):
