@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
-from hub.api import events, health, jobs, models, ws
+from hub.api import events, health, jobs, models, v2, ws
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.jobstore import JobStore, Limits
 from hub.limits import BodyLimit
+from hub.redisconn import connect
 from hub.responses import JSON
 from hub.service import JobService
 from hub.settings import Settings
@@ -27,21 +27,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, health_check_interval=10
-        )
+        redis = connect(settings.redis_url)
         fanout = Fanout(
-            redis, maxsize=settings.subscriber_buffer, stuck_after_s=settings.slow_consumer_s
+            settings.redis_url,
+            maxsize=settings.subscriber_buffer,
+            stuck_after_s=settings.slow_consumer_s,
         )
         await fanout.start()
-        store = JobStore(
-            redis,
-            Limits(
-                ttl_s=settings.job_ttl_s,
-                job_maxlen=settings.job_stream_maxlen,
-                log_maxlen=settings.events_maxlen,
-            ),
-        )
+        store = JobStore(redis, Limits.of(settings))
         app.state.service = JobService(
             store, Catalogue(redis, model_ttl_s=settings.job_ttl_s), fanout
         )
@@ -65,5 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -95,8 +95,10 @@ class Subscription:
 
 
 class Fanout:
-    def __init__(self, redis: Redis, *, maxsize: int = 256, stuck_after_s: float = 30.0) -> None:
-        self.redis = redis
+    def __init__(self, redis_url: str, *, maxsize: int = 256, stuck_after_s: float = 30.0) -> None:
+        # its own client, without retries: a dropped connection must surface here, so that
+        # subscribers learn of the gap (redis-py would otherwise resubscribe silently)
+        self.redis = Redis.from_url(redis_url, socket_connect_timeout=2)
         self.maxsize = maxsize
         self.stuck_after_s = stuck_after_s
         self._subs: dict[Key, set[Subscription]] = {}
@@ -116,6 +118,7 @@ class Fanout:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.redis.aclose()
 
     def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
         return Subscription(match, self.maxsize, self.stuck_after_s)

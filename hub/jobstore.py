@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from hub import keys
 from hub.protocol import EventType, JobStatus, dumps, loads
+from hub.settings import Settings
 
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""
@@ -41,7 +42,7 @@ end
 
 # KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, idem_value, arq_job, score, created_ms,
-#       wake channel, field, value, ...
+#       wake channel, job id, field, value, ...
 _CREATE = (
     _APPEND
     + """
@@ -50,12 +51,12 @@ if KEYS[4] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3])
 end
-set_fields(11)
+set_fields(12)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
-redis.call('ZADD', KEYS[6], ARGV[8], ARGV[6])
-redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[11])
+redis.call('ZADD', KEYS[7], ARGV[9], ARGV[11])
 redis.call('PUBLISH', ARGV[10], '')
 return {1, id}
 """
@@ -63,7 +64,9 @@ return {1, id}
 
 # KEYS: record, job events, events log, cancel flag
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, allowed statuses (space separated),
-#       new status, field, value, ...
+#       new status, guard field, guard value, field, value, ...
+# The guard (a numeric record field that must be below the value) makes a transition happen
+# once: ``attempt`` for ``started``, ``done`` for ``progress``.
 # Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
 _TRANSITION = (
     _APPEND
@@ -74,15 +77,18 @@ local cancel = redis.call('EXISTS', KEYS[4])
 if not string.find(' ' .. ARGV[6] .. ' ', ' ' .. status .. ' ', 1, true) then
   return {0, status, '', cancel}
 end
+if ARGV[8] ~= '' and tonumber(redis.call('HGET', KEYS[1], ARGV[8]) or -1) >= tonumber(ARGV[9]) then
+  return {0, status, '', cancel}  -- already recorded: a retried command must not repeat it
+end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[7]) end
-set_fields(8)
+set_fields(10)
 local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return {1, status, id, cancel}
 """
 )
 
 # KEYS: record, job events, events log, cancel flag, arq job, queue
-# ARGV: channel, event, ttl, job_maxlen, log_maxlen, job id, finished_ms
+# ARGV: channel, event, ttl, job_maxlen, log_maxlen, job id, finished_at (unix seconds)
 # A queued job is taken off the queue and canceled at once; a running one is flagged and
 # stops at its next chunk. Returns the status found.
 _CANCEL = (
@@ -133,6 +139,10 @@ class Limits:
     ttl_s: int
     job_maxlen: int = 10_000
     log_maxlen: int = 100_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(settings.job_ttl_s, settings.job_stream_maxlen, settings.events_maxlen)
 
 
 class JobStore:
@@ -192,6 +202,7 @@ class JobStore:
                 now_ms - priority * 1000,
                 now_ms,
                 keys.wake(pool),
+                job_id,
                 *_flatten(record),
             ],
         )
@@ -208,8 +219,10 @@ class JobStore:
         status: JobStatus | None = None,
         data: Any = None,
         fields: Mapping[str, Any] | None = None,
+        guard: tuple[str, int] | None = None,
     ) -> tuple[bool, str, bool]:
-        """Append ``event`` (and move to ``status``) if the job is in one of ``allowed``.
+        """Append ``event`` (and move to ``status``) if the job is in one of ``allowed`` and the
+        record's ``guard`` field is below its value (the guard field is set to it).
 
         Returns (appended, the status found, cancel requested).
         """
@@ -225,7 +238,8 @@ class JobStore:
                 *self._common_args(raw),
                 " ".join(s.value for s in allowed),
                 status.value if status else "",
-                *_flatten(fields or {}),
+                *(guard or ("", "")),
+                *_flatten({**(fields or {}), **dict([guard] if guard else [])}),
             ],
         )
         return bool(appended), before.decode(), bool(cancel)
@@ -244,7 +258,7 @@ class JobStore:
                 job_key_prefix + job_id,
                 keys.queue(pool),
             ],
-            args=[*self._common_args(raw), job_id, int(time.time() * 1000)],
+            args=[*self._common_args(raw), job_id, time.time()],
         )
         return status.decode() if status else ""
 
@@ -319,7 +333,7 @@ def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
             record[name] = loads(value)
         elif name in _NUMBERS:
             record[name] = float(value)
-        elif name in ("attempt", "rows"):
+        elif name in ("attempt", "rows", "done"):
             record[name] = int(value)
         else:
             record[name] = value.decode()

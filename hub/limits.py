@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.errors import HubError, error_response
+from hub.responses import JSON
 
 
 class BodyLimit:
@@ -19,23 +20,46 @@ class BodyLimit:
             f"the request body is over {self.max_bytes} bytes; send fewer rows",
         )
 
+    def _response(self, scope: Scope) -> JSON:
+        err = self._error()
+        if scope["path"].startswith("/v2/"):  # the V2 protocol's error shape, as Triton's
+            return JSON({"error": err.message}, status_code=err.status)
+        return error_response(err.status, err.code, err.message)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            err = self._error()
-            await error_response(err.status, err.code, err.message)(scope, receive, send)
+            await self._response(scope)(scope, receive, send)
             return
         seen = 0
+        over = False  # the body went over the limit
+        started = False  # the app's response started before that
+        replaced = False  # the app's response is being replaced by the 413
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise self._error()  # reaches the app's HubError handler
+                over = True
+                raise self._error()
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Message) -> None:
+            # FastAPI turns an error raised while it parses the body into its own 400 ("There
+            # was an error parsing the body"): once the body went over the limit, answer 413.
+            nonlocal started, replaced
+            if replaced:
+                return
+            if over and not started:
+                replaced = True
+                await self._response(scope)(scope, receive, send)
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited, guarded)

@@ -38,24 +38,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A private, non-persistent Redis on 127.0.0.1:``port``; returns once it answers."""
+def start_redis(port: int, workdir: Path, *, persistent: bool = False) -> subprocess.Popen[bytes]:
+    """A private Redis on 127.0.0.1:``port``, append-only when ``persistent``; returns once it
+    answers."""
+    flags = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        "save": "",
+        "appendonly": "yes" if persistent else "no",
+        "appendfsync": "always",
+        "dir": str(workdir),
+        "logfile": str(workdir / "redis.log"),
+    }
     proc = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--logfile",
-            str(workdir / "redis.log"),
-        ],
+        [redis_server_binary(), *(x for k, v in flags.items() for x in (f"--{k}", v))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

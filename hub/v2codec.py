@@ -316,8 +316,12 @@ def encode_response(
             blobs.append(raw)
             shape = list(array.shape)
             tensors.append(
-                {"name": name, "datatype": datatype_of(array), "shape": shape,
-                 "parameters": {"binary_data_size": len(raw)}}
+                {
+                    "name": name,
+                    "datatype": datatype_of(array),
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
             )
         else:
             tensors.append(encode_tensor(name, array))

@@ -48,7 +48,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
             for version, mv in model.versions.items()
         }
         ctx["stats"] = {"running": 0, "done": 0, "started_at": time.time()}
-        ctx["store"] = JobStore(ctx["redis"], Limits(ttl_s=settings.job_ttl_s))
+        ctx["store"] = JobStore(ctx["redis"], Limits.of(settings))
         ctx["heartbeat"] = asyncio.create_task(
             heartbeat_forever(
                 ctx["redis"], worker_id, settings.pool, repo, ctx["stats"], settings.heartbeat_s

@@ -46,7 +46,8 @@ async def run_job(
         _RUNNABLE,
         status=JobStatus.STARTED,
         data={"attempt": attempt, "worker": ctx["worker_id"]},
-        fields={"attempt": attempt, "started_at": time.time(), "worker": ctx["worker_id"]},
+        fields={"started_at": time.time(), "worker": ctx["worker_id"], "done": 0},
+        guard=("attempt", attempt),
     )
     if not started:
         return  # canceled while queued, or already ended by an earlier attempt
@@ -101,6 +102,7 @@ async def _predict(
                         (JobStatus.STARTED,),
                         data={"done": done, "total": total},
                         fields={"progress": {"done": done, "total": total}},
+                        guard=("done", done),
                     )
                     if cancel and done < total:
                         return JobStatus.CANCELED, {"reason": "canceled by client", "done": done}
