@@ -6,13 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from hub.api import events, health, jobs, models, v2, ws
+from hub.api import dashboard, events, health, jobs, models, tickets, v2, ws
+from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.jobstore import JobStore, Limits
 from hub.limits import BodyLimit
+from hub.ratelimit import RateLimiter
 from hub.redisconn import connect
 from hub.responses import JSON
 from hub.service import JobService
@@ -35,8 +38,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await fanout.start()
         store = JobStore(redis, Limits.of(settings))
+        rate = (
+            RateLimiter(redis, settings.rate_limit_per_s, settings.rate_burst)
+            if settings.rate_limit_per_s
+            else None
+        )
         app.state.service = JobService(
-            store, Catalogue(redis, model_ttl_s=settings.job_ttl_s), fanout
+            store,
+            Catalogue(redis, model_ttl_s=settings.job_ttl_s),
+            fanout,
+            max_queued=settings.max_queued,
+            rate=rate,
         )
         try:
             yield
@@ -52,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSON,
     )
     app.state.settings = settings
+    app.state.keyring = KeyRing.load(settings.api_keys_file)
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(events.router)
@@ -59,5 +72,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    app.include_router(tickets.router)
+    app.include_router(dashboard.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "Prefer",
+                "Inference-Header-Content-Length",
+                "Content-Encoding",
+            ],
+            expose_headers=["Location", "Retry-After", "Inference-Header-Content-Length"],
+        )
     return app

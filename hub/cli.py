@@ -43,15 +43,41 @@ def _logging() -> None:
     logging.getLogger("arq.worker").setLevel(logging.WARNING)
 
 
+KeysFile = Annotated[Path | None, typer.Option(help="INFERHUB_API_KEYS_FILE")]
+Insecure = Annotated[
+    bool | None, typer.Option("--insecure", help="serve beyond loopback with no API keys")
+]
+
+
+def _check_exposure(settings: Settings) -> None:
+    from hub.auth import KeyRing, exposure_problem
+
+    problem = exposure_problem(
+        settings.host, KeyRing.load(settings.api_keys_file), settings.insecure
+    )
+    if problem:
+        console.print(f"[red]{problem}[/]")
+        raise typer.Exit(2)
+
+
 @app.command()
-def serve(redis_url: RedisUrl = None, host: Host = None, port: Port = None) -> None:
+def serve(
+    redis_url: RedisUrl = None,
+    host: Host = None,
+    port: Port = None,
+    api_keys_file: KeysFile = None,
+    insecure: Insecure = None,
+) -> None:
     """Run the hub (HTTP, SSE and WebSocket API)."""
     import uvicorn
 
     from hub.app import create_app
 
     _logging()
-    settings = _settings(redis_url=redis_url, host=host, port=port)
+    settings = _settings(
+        redis_url=redis_url, host=host, port=port, api_keys_file=api_keys_file, insecure=insecure
+    )
+    _check_exposure(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
@@ -70,12 +96,25 @@ def worker(
 
 @app.command()
 def up(
-    redis_url: RedisUrl = None, models: Models = None, host: Host = None, port: Port = None
+    redis_url: RedisUrl = None,
+    models: Models = None,
+    host: Host = None,
+    port: Port = None,
+    api_keys_file: KeysFile = None,
+    insecure: Insecure = None,
 ) -> None:
     """The whole stack on this machine: Redis (embedded unless INFERHUB_REDIS_URL), a worker, the hub."""
     from hub.processes import free_port, start_cli, start_redis, stop
 
-    settings = _settings(redis_url=redis_url, models=models, host=host, port=port)
+    settings = _settings(
+        redis_url=redis_url,
+        models=models,
+        host=host,
+        port=port,
+        api_keys_file=api_keys_file,
+        insecure=insecure,
+    )
+    _check_exposure(settings)
     if not settings.models.is_dir() or not any(settings.models.glob("*/config.toml")):
         console.print(
             f"[red]No models in {settings.models.resolve()}[/]: point --models (INFERHUB_MODELS) "
@@ -99,7 +138,10 @@ def up(
             "INFERHUB_MODELS": str(settings.models.resolve()),
             "INFERHUB_HOST": settings.host,
             "INFERHUB_PORT": str(settings.port),
+            "INFERHUB_INSECURE": str(settings.insecure).lower(),
         }
+        if settings.api_keys_file is not None:
+            env["INFERHUB_API_KEYS_FILE"] = str(settings.api_keys_file.resolve())
         procs.append(start_cli("worker", env=env))
         procs.append(start_cli("serve", env=env))
         base = f"http://{settings.host}:{settings.port}"
@@ -133,6 +175,36 @@ def _wait_ready(base: str, procs: list[Any], limit_s: float = 60) -> None:
             pass
         time.sleep(0.2)
     console.print(f"[yellow]{base}/readyz is not ready after {limit_s:g} s[/]")
+
+
+keys_app = typer.Typer(help="API keys: each has a tenant and scopes (submit, read, admin).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+def keys_add(
+    tenant: Annotated[str, typer.Option(help="whose jobs these are")],
+    scope: Annotated[list[str], typer.Option(help="submit, read, admin (repeatable)")] = [  # noqa: B006
+        "submit",
+        "read",
+    ],
+    file: Annotated[
+        Path, typer.Option(envvar="INFERHUB_API_KEYS_FILE", help="the keys file")
+    ] = Path("inferhub-keys.toml"),
+) -> None:
+    """Create a key, store its hash in the keys file, and print the key: the only time it is shown."""
+    from hub.auth import new_key
+
+    try:
+        key = new_key(file, tenant, scope)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"key for tenant [bold]{tenant}[/] ({', '.join(sorted(set(scope)))}), in {file}:")
+    print(key)
+    console.print(
+        f"serve with INFERHUB_API_KEYS_FILE={file.resolve()}; send Authorization: Bearer <key>"
+    )
 
 
 @app.command("models")

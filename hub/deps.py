@@ -1,35 +1,68 @@
-"""FastAPI dependencies, as ``Annotated`` aliases."""
+"""FastAPI dependencies, as ``Annotated`` aliases: the service, settings, and who is calling."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from hub.auth import ANONYMOUS, Principal, redeem_ticket
 from hub.catalogue import Catalogue
+from hub.errors import HubError
 from hub.service import JobService
 from hub.settings import Settings
 
 
-async def _service(request: HTTPConnection) -> JobService:
-    return request.app.state.service
+async def _service(conn: HTTPConnection) -> JobService:
+    return conn.app.state.service
 
 
-async def _catalogue(request: HTTPConnection) -> Catalogue:
-    return request.app.state.service.catalogue
+async def _catalogue(conn: HTTPConnection) -> Catalogue:
+    return conn.app.state.service.catalogue
 
 
-async def _settings(request: HTTPConnection) -> Settings:
-    return request.app.state.settings
+async def _settings(conn: HTTPConnection) -> Settings:
+    return conn.app.state.settings
 
 
-async def _owner(request: HTTPConnection) -> str:
-    # one tenant until API keys arrive; every job is already scoped by owner
-    return "anonymous"
+async def authenticate(conn: HTTPConnection, *, tickets: bool = False) -> Principal:
+    """The caller, from ``Authorization: Bearer <key>`` (or ``?ticket=`` where ``tickets``)."""
+    keyring = conn.app.state.keyring
+    if keyring.open:
+        return ANONYMOUS
+    scheme, _, key = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        principal = keyring.verify(key.strip())
+        if principal is None:
+            raise _unauthorized("the API key is not valid")
+        return principal
+    ticket = conn.query_params.get("ticket") if tickets else None
+    if ticket:
+        principal = await redeem_ticket(conn.app.state.service.store.redis, ticket)
+        if principal is None:
+            raise _unauthorized("the ticket is not valid: it is used once, within a minute")
+        return principal
+    how = "send Authorization: Bearer <key>"
+    raise _unauthorized(how + (", or ?ticket= from POST /v1/tickets" if tickets else ""))
+
+
+def _unauthorized(message: str) -> HubError:
+    return HubError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+def _needs(scope: str, tickets: bool = False) -> Callable[[HTTPConnection], Awaitable[Principal]]:
+    async def caller(conn: HTTPConnection) -> Principal:
+        return (await authenticate(conn, tickets=tickets)).need(scope)
+
+    return caller
 
 
 ServiceDep = Annotated[JobService, Depends(_service)]
 CatalogueDep = Annotated[Catalogue, Depends(_catalogue)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-OwnerDep = Annotated[str, Depends(_owner)]
+CallerDep = Annotated[Principal, Depends(authenticate)]
+SubmitterDep = Annotated[Principal, Depends(_needs("submit"))]
+ReaderDep = Annotated[Principal, Depends(_needs("read"))]
+StreamReaderDep = Annotated[Principal, Depends(_needs("read", tickets=True))]

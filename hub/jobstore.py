@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 from arq.constants import job_key_prefix
@@ -42,16 +43,17 @@ end
 
 # KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, idem_value, arq_job, score, created_ms,
-#       wake channel, job id, field, value, ...
+#       wake channel, job id, max queued, field, value, ...
+# Returns {1, event id} (created), {0, idempotency value} (a repeat), or {2, ''} (queue full).
 _CREATE = (
     _APPEND
     + """
-if KEYS[4] ~= '' then
-  local existing = redis.call('GET', KEYS[4])
-  if existing then return {0, existing} end
-  redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3])
-end
-set_fields(12)
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ''} end  -- a retried create
+local existing = KEYS[4] ~= '' and redis.call('GET', KEYS[4])
+if existing then return {0, existing} end
+if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[12]) then return {2, ''} end
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3]) end
+set_fields(13)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
@@ -65,8 +67,9 @@ return {1, id}
 # KEYS: record, job events, events log, cancel flag
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, allowed statuses (space separated),
 #       new status, guard field, guard value, field, value, ...
-# The guard (a numeric record field that must be below the value) makes a transition happen
-# once: ``attempt`` for ``started``, ``done`` for ``progress``.
+# The guard (a numeric record field and the value it moves to) makes a transition happen once:
+# ``attempt`` for ``started``, ``done`` for ``progress``. A retried command finds the value
+# already there and succeeds without repeating the event; a smaller value is refused.
 # Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
 _TRANSITION = (
     _APPEND
@@ -77,8 +80,11 @@ local cancel = redis.call('EXISTS', KEYS[4])
 if not string.find(' ' .. ARGV[6] .. ' ', ' ' .. status .. ' ', 1, true) then
   return {0, status, '', cancel}
 end
-if ARGV[8] ~= '' and tonumber(redis.call('HGET', KEYS[1], ARGV[8]) or -1) >= tonumber(ARGV[9]) then
-  return {0, status, '', cancel}  -- already recorded: a retried command must not repeat it
+if ARGV[8] ~= '' then
+  local recorded = tonumber(redis.call('HGET', KEYS[1], ARGV[8]) or -1)
+  local wanted = tonumber(ARGV[9])
+  if recorded > wanted then return {0, status, '', cancel} end  -- overtaken by a later one
+  if recorded == wanted then return {1, status, '', cancel} end  -- a retry: already done
 end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[7]) end
 set_fields(10)
@@ -106,6 +112,12 @@ end
 return status
 """
 )
+
+
+class Created(IntEnum):
+    REPEAT = 0
+    CREATED = 1
+    FULL = 2
 
 
 @dataclass(frozen=True)
@@ -171,11 +183,13 @@ class JobStore:
         pool: str,
         idempotency: tuple[str, str] | None = None,
         priority: int = 0,
-    ) -> tuple[bool, str]:
+        max_queued: int = 10_000,
+    ) -> tuple[Created, str]:
         """Write the record, its ``queued`` event and the arq job at once.
 
-        Returns ``(True, event id)``, or ``(False, existing idempotency value)`` when the
-        idempotency key was already used; then nothing is written.
+        Returns ``(CREATED, event id)``; ``(REPEAT, idempotency value)`` when the idempotency
+        key was already used, or ``(FULL, "")`` when the pool's queue holds ``max_queued``
+        jobs: then nothing is written.
         """
         job_id = record["id"]
         now_ms = int(record["created_at"] * 1000)
@@ -203,10 +217,11 @@ class JobStore:
                 now_ms,
                 keys.wake(pool),
                 job_id,
+                max_queued,
                 *_flatten(record),
             ],
         )
-        return bool(created), value.decode()
+        return Created(created), value.decode()
 
     async def transition(
         self,

@@ -47,6 +47,16 @@ def wake(pool: str) -> str:
     return f"{PREFIX}wake:{pool}"
 
 
+def ticket(digest: str) -> str:
+    """A browser ticket (by the SHA-256 of its secret), single use, short-lived."""
+    return f"{PREFIX}ticket:{digest}"
+
+
+def rate(tenant: str) -> str:
+    """The tenant's token bucket."""
+    return f"{PREFIX}rate:{tenant}"
+
+
 def worker(worker_id: str) -> str:
     """The worker's heartbeat record; it expires when the heartbeats stop."""
     return f"{PREFIX}worker:{worker_id}"

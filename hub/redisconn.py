@@ -13,7 +13,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError]
+# OSError too: a refused connect (Redis restarting) is raised as a bare OSError, which redis-py
+# retries only when told to
+RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, OSError]
 
 
 def _retry() -> Retry:

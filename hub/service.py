@@ -7,6 +7,7 @@ V2 protocol behave the same.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,8 +19,9 @@ import orjson
 from hub.catalogue import Catalogue
 from hub.errors import HubError, not_found
 from hub.fanout import GAP, Fanout
-from hub.jobstore import Event, JobStore, stream_key
+from hub.jobstore import Created, Event, JobStore, stream_key
 from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
+from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest
 from hub.validation import check_arrays, check_outputs, decode_inputs
 
@@ -28,11 +30,20 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 
 class JobService:
     def __init__(
-        self, store: JobStore, catalogue: Catalogue, fanout: Fanout, *, resync_s: float = 5.0
+        self,
+        store: JobStore,
+        catalogue: Catalogue,
+        fanout: Fanout,
+        *,
+        max_queued: int = 10_000,
+        rate: RateLimiter | None = None,
+        resync_s: float = 5.0,
     ) -> None:
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
+        self.max_queued = max_queued
+        self.rate = rate
         self.resync_s = resync_s
 
     async def submit(
@@ -73,6 +84,13 @@ class JobService:
         """Queue a job of decoded inputs (any transport); ``idempotency`` is (key, fingerprint)."""
         check_arrays(model, version, arrays)
         check_outputs(model, version, outputs)
+        if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
+            raise HubError(
+                429,
+                "rate_limited",
+                f"over {self.rate.per_s:g} submissions a second; retry in {wait_ms} ms",
+                {"Retry-After": str(math.ceil(wait_ms / 1000))},
+            )
         job_id = uuid.uuid4().hex
         record = {
             "id": job_id,
@@ -105,9 +123,18 @@ class JobService:
                 pool=model["pool"],
                 idempotency=(owner, idempotency[0]) if idempotency else None,
                 priority=priority,
+                max_queued=self.max_queued,
             )
-            if not created:
+            if created is Created.REPEAT:
                 return await self._repeat(existing, record["fingerprint"], owner)
+            if created is Created.FULL:
+                raise HubError(
+                    429,
+                    "queue_full",
+                    f"the queue of pool '{model['pool']}' holds {self.max_queued} jobs; "
+                    "retry later",
+                    {"Retry-After": "1"},
+                )
             deadline = time.monotonic() + wait_s
             while (remaining := deadline - time.monotonic()) > 0:
                 item = await sub.get(remaining)
@@ -118,7 +145,7 @@ class JobService:
                     break
         return job_view(record)
 
-    async def _repeat(self, existing: str, fingerprint: str, owner: str) -> dict[str, Any]:
+    async def _repeat(self, existing: str, fingerprint: str, owner: str | None) -> dict[str, Any]:
         job_id, _, first_fingerprint = existing.partition(" ")
         if first_fingerprint != fingerprint:
             raise HubError(
@@ -128,13 +155,19 @@ class JobService:
             )
         return await self.get(job_id, owner=owner)
 
-    async def get(self, job_id: str, *, owner: str) -> dict[str, Any]:
-        record = await self.store.get(job_id)
-        if record is None or record["owner"] != owner:
-            raise not_found("job", job_id)
-        return job_view(record)
+    async def get(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
+        """The job, if ``owner`` may see it (None: an admin, who sees every job)."""
+        return job_view(await self._record(job_id, owner))
 
-    async def follow(self, job_id: str, *, owner: str, after: str = "0") -> AsyncIterator[Event]:
+    async def _record(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        record = await self.store.get(job_id)
+        if record is None or (owner is not None and record["owner"] != owner):
+            raise not_found("job", job_id)  # the same answer as for a job that does not exist
+        return record
+
+    async def follow(
+        self, job_id: str, *, owner: str | None, after: str = "0"
+    ) -> AsyncIterator[Event]:
         """The job's events after ``after``, until its terminal event (404 first if unseen)."""
         _check_event_id(after)
         job = await self.get(job_id, owner=owner)
@@ -166,7 +199,7 @@ class JobService:
     async def feed(
         self,
         *,
-        owner: str,
+        owner: str | None,
         models: frozenset[str] = frozenset(),
         job_ids: frozenset[str] = frozenset(),
         after: str | None = None,
@@ -180,11 +213,11 @@ class JobService:
         return self._feed(owner, models, job_ids, after)
 
     async def _feed(
-        self, owner: str, models: frozenset[str], job_ids: frozenset[str], after: str | None
+        self, owner: str | None, models: frozenset[str], job_ids: frozenset[str], after: str | None
     ) -> AsyncIterator[Event | None]:
         def match(event: Event) -> bool:
             return (
-                event.owner == owner
+                (owner is None or event.owner == owner)
                 and (not models or event.model in models)
                 and (not job_ids or event.job_id in job_ids)
             )
@@ -194,7 +227,7 @@ class JobService:
         elif models:
             where = [("model", m) for m in models]
         else:
-            where = [("owner", owner)]
+            where = [("owner", owner) if owner is not None else ("all", "")]
         async with self.fanout.subscribe(*where, match=match) as sub:
             last = stream_key(after or "0")
             if after is not None:
@@ -219,7 +252,7 @@ class JobService:
     async def list(
         self,
         *,
-        owner: str,
+        owner: str | None,
         model: str | None = None,
         status: str | None = None,
         limit: int = 50,
@@ -236,7 +269,7 @@ class JobService:
                 ids, await self.store.get_many([i for i, _ in ids]), strict=True
             ):
                 before = score
-                if record is None or record["owner"] != owner:
+                if record is None or (owner is not None and record["owner"] != owner):
                     continue
                 if (model and record["model"] != model) or (status and record["status"] != status):
                     continue
@@ -245,12 +278,10 @@ class JobService:
                     return found, score
         return found, before
 
-    async def cancel(self, job_id: str, *, owner: str) -> dict[str, Any]:
-        record = await self.store.get(job_id)
-        if record is None or record["owner"] != owner:
-            raise not_found("job", job_id)
+    async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
+        record = await self._record(job_id, owner)
         status = await self.store.cancel(
-            job_id, model=record["model"], owner=owner, pool=record["pool"]
+            job_id, model=record["model"], owner=record["owner"], pool=record["pool"]
         )
         if status in FINISHED:
             raise HubError(

@@ -33,3 +33,13 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(256, gt=0, description="Events buffered per connection.")
     ws_max_subscriptions: int = Field(1000, gt=0)
     ws_max_message_bytes: int = Field(1024 * 1024, gt=0)
+    api_keys_file: Path | None = Field(None, description="TOML file of API keys; none: open hub.")
+    insecure: bool = Field(False, description="Serve beyond loopback with no API keys.")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the hub (CORS, WS)."
+    )
+    max_queued: int = Field(10_000, gt=0, description="Jobs a pool's queue holds; then 429.")
+    rate_limit_per_s: float = Field(
+        0, ge=0, description="Submissions per tenant per second; 0: off."
+    )
+    rate_burst: int = Field(100, gt=0, description="Submissions a tenant may make at once.")

@@ -26,6 +26,10 @@ from workers.wakeup import PushWorker
 
 log = logging.getLogger(__name__)
 
+# arq drops a job silently after this many runs: high, so that only a job that kills its
+# worker every time (or a Redis down for minutes) reaches it
+MAX_TRIES = 20
+
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker``; nothing is loaded until start-up."""
@@ -69,7 +73,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
     return {
         # the model's own timeout fails the job cleanly first; arq's is the backstop
-        "functions": [func(run_job, name=RUN_JOB, timeout=longest + 10, max_tries=5)],
+        "functions": [func(run_job, name=RUN_JOB, timeout=longest + 10, max_tries=MAX_TRIES)],
         "redis_settings": arq_settings(settings.redis_url),
         "queue_name": keys.queue(settings.pool),
         "on_startup": startup,

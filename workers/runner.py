@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import numpy as np
+from arq import Retry
+from redis.exceptions import RedisError
 
 from hub.jobstore import JobStore
 from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
@@ -19,7 +21,17 @@ log = logging.getLogger(__name__)
 _RUNNABLE = (JobStatus.QUEUED, JobStatus.STARTED)  # started: a re-run after a worker died
 
 
-async def run_job(
+async def run_job(ctx: dict[str, Any], **job: Any) -> None:
+    """Run one job; if Redis is away, leave it to arq to run again rather than lose it."""
+    try:
+        await _run(ctx, **job)
+    except RedisError as exc:
+        # the record still says queued or started, and the guarded events will not repeat
+        log.warning("job %s: redis unavailable (%s); it will run again", ctx["job_id"], exc)
+        raise Retry(defer=1) from exc
+
+
+async def _run(
     ctx: dict[str, Any],
     *,
     model: str,
@@ -57,6 +69,8 @@ async def run_job(
         served = ctx["models"][model]
         batcher = ctx["batchers"][model, version]
         status, data = await _predict(served, batcher, inputs, outputs, emit)
+    except RedisError:
+        raise
     except TimeoutError:
         status = JobStatus.FAILED
         data = {"error": f"timed out after {ctx['models'][model].config.timeout_s:g} s"}

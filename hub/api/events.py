@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from hub.deps import OwnerDep, ServiceDep, SettingsDep
+from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
 from hub.fanout import SlowConsumer
 from hub.jobstore import Event
 from hub.service import event_view
@@ -40,13 +40,13 @@ LastEventQuery = Annotated[
 async def job_events(
     job_id: str,
     service: ServiceDep,
-    owner: OwnerDep,
+    caller: StreamReaderDep,
     settings: SettingsDep,
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
 ) -> EventSourceResponse:
     after = last_event_id_header or last_event_id or "0"
-    events = await service.follow(job_id, owner=owner, after=after)
+    events = await service.follow(job_id, owner=caller.visible, after=after)
     return _respond(events, settings.slow_consumer_s)
 
 
@@ -61,7 +61,7 @@ async def job_events(
 )
 async def all_events(
     service: ServiceDep,
-    owner: OwnerDep,
+    caller: StreamReaderDep,
     settings: SettingsDep,
     model: Annotated[list[str] | None, Query()] = None,
     job_id: Annotated[list[str] | None, Query()] = None,
@@ -69,7 +69,7 @@ async def all_events(
     last_event_id: LastEventQuery = None,
 ) -> EventSourceResponse:
     events = await service.feed(
-        owner=owner,
+        owner=caller.visible,
         models=frozenset(model or ()),
         job_ids=frozenset(job_id or ()),
         after=last_event_id_header or last_event_id,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from hub.deps import OwnerDep, ServiceDep, SettingsDep
+from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.protocol import JobStatus
 from hub.schemas import JobRequest
 from hub.service import FINISHED
@@ -41,7 +41,7 @@ async def submit(
     body: JobRequest,
     response: Response,
     service: ServiceDep,
-    owner: OwnerDep,
+    caller: SubmitterDep,
     settings: SettingsDep,
     prefer: Annotated[
         str | None, Header(description="`wait=N`: answer when done, N s at most")
@@ -49,7 +49,9 @@ async def submit(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
-    job = await service.submit(body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s)
+    job = await service.submit(
+        body, owner=caller.tenant, idempotency_key=idempotency_key, wait_s=wait_s
+    )
     response.headers["Location"] = job["urls"]["self"]
     if job["status"] in FINISHED:
         response.status_code = status.HTTP_200_OK
@@ -59,14 +61,14 @@ async def submit(
 @router.get("", summary="List jobs, newest first")
 async def list_jobs(
     service: ServiceDep,
-    owner: OwnerDep,
+    caller: ReaderDep,
     model: str | None = None,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[float | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> dict[str, Any]:
     jobs, next_cursor = await service.list(
-        owner=owner,
+        owner=caller.visible,
         model=model,
         status=status.value if status else None,
         limit=limit,
@@ -76,8 +78,8 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", summary="One job", responses={404: {"description": "No such job"}})
-async def get_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
-    return await service.get(job_id, owner=owner)
+async def get_job(job_id: str, service: ServiceDep, caller: ReaderDep) -> dict[str, Any]:
+    return await service.get(job_id, owner=caller.visible)
 
 
 @router.post(
@@ -86,5 +88,5 @@ async def get_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str
     description="A queued job never runs; a running one stops at its next chunk.",
     responses={404: {"description": "No such job"}, 409: {"description": "Already finished"}},
 )
-async def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
-    return await service.cancel(job_id, owner=owner)
+async def cancel_job(job_id: str, service: ServiceDep, caller: SubmitterDep) -> dict[str, Any]:
+    return await service.cancel(job_id, owner=caller.visible)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hub.deps import CatalogueDep
+from hub.deps import CatalogueDep, ReaderDep
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -18,18 +18,18 @@ def _model_view(entry: dict[str, Any], workers: list[dict[str, Any]]) -> dict[st
 
 
 @router.get("/models", summary="Every model the workers serve")
-async def list_models(catalogue: CatalogueDep) -> dict[str, Any]:
+async def list_models(catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
     workers = await catalogue.workers()
     models = await catalogue.models()
     return {"models": [_model_view(m, workers) for _, m in sorted(models.items())]}
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"description": "Unknown"}})
-async def get_model(name: str, catalogue: CatalogueDep) -> dict[str, Any]:
+async def get_model(name: str, catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
     entry, _ = await catalogue.model(name)
     return _model_view(entry, await catalogue.workers())
 
 
 @router.get("/workers", summary="Live workers (and recently stopped ones)")
-async def list_workers(catalogue: CatalogueDep) -> dict[str, Any]:
+async def list_workers(catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
     return {"workers": await catalogue.workers(include_stopped=True)}

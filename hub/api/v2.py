@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from hub import v2codec
 from hub.catalogue import Catalogue
-from hub.deps import CatalogueDep, OwnerDep, ServiceDep, SettingsDep
+from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import HubError
 from hub.jobstore import Event
 from hub.protocol import EventType, unpack_tensor
@@ -115,7 +115,7 @@ async def _require_ready(catalogue: Catalogue, entry: dict[str, Any]) -> None:
 
 @_model_route("GET", "", "Model metadata")
 async def model_metadata(
-    model: str, catalogue: CatalogueDep, version: str | None = None
+    model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
 ) -> dict[str, Any]:
     entry, version = await catalogue.model(model, version)
     signature = entry["versions"][version]
@@ -129,7 +129,9 @@ async def model_metadata(
 
 
 @_model_route("GET", "/ready", "The model can serve now (a live worker has it)")
-async def model_ready(model: str, catalogue: CatalogueDep, version: str | None = None) -> Response:
+async def model_ready(
+    model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
+) -> Response:
     entry, _ = await catalogue.model(model, version)
     await _require_ready(catalogue, entry)
     return Response(status_code=200)
@@ -137,7 +139,7 @@ async def model_ready(model: str, catalogue: CatalogueDep, version: str | None =
 
 @_model_route("GET", "/config", "Model configuration, as Triton's JSON config")
 async def model_config(
-    model: str, catalogue: CatalogueDep, version: str | None = None
+    model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
 ) -> dict[str, Any]:
     entry, version = await catalogue.model(model, version)
     return triton_config(entry, version)
@@ -193,7 +195,9 @@ def triton_config(entry: dict[str, Any], version: str) -> dict[str, Any]:
 
 
 @router.post("/v2/repository/index", summary="Every model version and its state")
-async def repository_index(request: Request, catalogue: CatalogueDep) -> list[dict[str, Any]]:
+async def repository_index(
+    request: Request, catalogue: CatalogueDep, _: ReaderDep
+) -> list[dict[str, Any]]:
     body = await request.body()
     try:
         options = orjson.loads(body) if body.strip() else {}
@@ -247,7 +251,7 @@ async def infer(
     request: Request,
     model: str,
     service: ServiceDep,
-    owner: OwnerDep,
+    caller: SubmitterDep,
     settings: SettingsDep,
     version: str | None = None,
 ) -> Response:
@@ -263,13 +267,13 @@ async def infer(
         entry,
         version,
         parsed.arrays,
-        owner=owner,
+        owner=caller.tenant,
         outputs=wanted,
         priority=hub_priority(parsed.priority),
         parameters=parsed.parameters or None,
     )
     deadline_s = parsed.timeout_us / 1e6 if parsed.timeout_us else float(entry["timeout_s"])
-    end = await _outcome(request, service, job["id"], owner, deadline_s)
+    end = await _outcome(request, service, job["id"], caller.tenant, deadline_s)
     if end is None:  # the client left; nobody reads this answer
         return Response(status_code=499)
     if end.type is EventType.FAILED:

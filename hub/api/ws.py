@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from hub.deps import OwnerDep, ServiceDep, SettingsDep
+from hub.auth import Principal
+from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.errors import HubError
 from hub.fanout import GAP, SlowConsumer
 from hub.jobstore import Event, stream_key
@@ -27,16 +29,32 @@ from hub.settings import Settings
 
 router = APIRouter(tags=["websocket"])
 
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 
 
 @router.websocket("/v1/ws")
-async def websocket(
-    ws: WebSocket, service: ServiceDep, owner: OwnerDep, settings: SettingsDep
-) -> None:
+async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -> None:
+    if not origin_allowed(ws, settings.allowed_origins):
+        await ws.close(CLOSE_POLICY, "this origin may not connect: see INFERHUB_ALLOWED_ORIGINS")
+        return
+    try:
+        caller = (await authenticate(ws, tickets=True)).need("read")
+    except HubError as exc:
+        await ws.close(CLOSE_POLICY, exc.message[:120])
+        return
     await ws.accept()
-    await Connection(ws, service, settings, owner).run()
+    await Connection(ws, service, settings, caller).run()
+
+
+def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
+    """A browser's page may connect from the hub's own origin or an allowed one (this stops
+    cross-site WebSocket hijacking); clients that send no Origin are not browsers."""
+    origin = ws.headers.get("origin")
+    if origin is None or origin in allowed:
+        return True
+    return urlsplit(origin).netloc == ws.headers.get("host")
 
 
 @dataclass
@@ -60,14 +78,17 @@ class Connection:
     ws: WebSocket
     service: JobService
     settings: Settings
-    owner: str
+    caller: Principal
     jobs: dict[str, tuple[int, int]] = field(default_factory=dict)  # job -> last id sent
     models: set[str] = field(default_factory=set)
     feed_last: tuple[int, int] = (0, 0)  # last id sent through a model subscription
     held: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.sub = self.service.fanout.open(match=lambda e: e.owner == self.owner)
+        self.owner = self.caller.visible  # None: an admin, who sees every tenant's jobs
+        self.sub = self.service.fanout.open(
+            match=lambda e: self.owner is None or e.owner == self.owner
+        )
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -141,8 +162,9 @@ class Connection:
             self._reply({"type": "error", "code": "invalid_request", "message": detail, "ref": ref})
 
     async def _submit(self, message: dict[str, Any], ref: Any) -> None:
+        self.caller.need("submit")
         request = JobRequest.model_validate(message)
-        job = await self.service.submit(request, owner=self.owner)
+        job = await self.service.submit(request, owner=self.caller.tenant)
         self._reply({"type": "accepted", "ref": ref, "job": job})
         await self._subscribe_job(job["id"], "0")
 
@@ -205,6 +227,7 @@ class Connection:
         job_id = message.get("job_id")
         if not isinstance(job_id, str):
             raise ClientError("invalid_request", "cancel needs a 'job_id'")
+        self.caller.need("submit")
         job = await self.service.cancel(job_id, owner=self.owner)
         self._reply({"type": "accepted", "ref": ref, "job": job})
 
@@ -277,7 +300,7 @@ class Connection:
         if self.models:
             last = self.feed_last
             for event in await self.service.store.log_after(f"{last[0]}-{last[1]}"):
-                if event.model in self.models and event.owner == self.owner:
+                if event.model in self.models and self.sub.match(event):
                     await self._send_event(event)
 
     async def _send(self, message: dict[str, Any]) -> None:

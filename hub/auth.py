@@ -1,0 +1,155 @@
+"""API keys, tenants and scopes, and short-lived tickets for browsers.
+
+Keys live in a TOML file (``INFERHUB_API_KEYS_FILE``) that holds only their SHA-256: a key is
+``ih_<id>_<secret>``, its id finds the entry and the digest is compared in constant time.
+A key has a tenant and scopes: ``submit``, ``read``, ``admin`` (sees every tenant's jobs).
+With no keys file the hub has one tenant, ``anonymous``, with every scope, and serves only on
+a loopback address.
+
+EventSource and browser WebSockets cannot send headers: ``POST /v1/tickets`` trades a key for a
+single-use ticket, valid for a minute, accepted as ``?ticket=`` on the streaming routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from redis.asyncio import Redis
+
+from hub import keys
+from hub.errors import HubError
+
+SCOPES = ("submit", "read", "admin")
+TICKET_TTL_S = 60
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    scopes: frozenset[str]
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+    @property
+    def visible(self) -> str | None:
+        """The owner whose jobs this caller may see; None means every owner (admin)."""
+        return None if self.admin else self.tenant
+
+    def need(self, scope: str) -> Principal:
+        if scope not in self.scopes and not self.admin:
+            raise HubError(403, "forbidden", f"this key lacks the '{scope}' scope")
+        return self
+
+
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    digest: bytes
+    principal: Principal
+
+
+class KeyRing:
+    """The keys of ``INFERHUB_API_KEYS_FILE``; empty means the hub is open (one tenant)."""
+
+    def __init__(self, entries: dict[str, _Entry]) -> None:
+        self._entries = entries
+
+    @classmethod
+    def load(cls, path: Path | None) -> KeyRing:
+        if path is None:
+            return cls({})
+        raw = tomllib.loads(path.read_text()).get("keys", {})
+        entries = {}
+        for key_id, entry in raw.items():
+            scopes = frozenset(entry.get("scopes", []))
+            if not scopes <= set(SCOPES):
+                raise ValueError(
+                    f"{path}: key {key_id} has unknown scopes {sorted(scopes - set(SCOPES))}"
+                )
+            entries[key_id] = _Entry(
+                bytes.fromhex(entry["sha256"]), Principal(entry["tenant"], scopes)
+            )
+        return cls(entries)
+
+    @property
+    def open(self) -> bool:
+        return not self._entries
+
+    def verify(self, key: str) -> Principal | None:
+        _, key_id, secret = [*key.split("_", 2), "", ""][:3]
+        entry = self._entries.get(key_id)
+        digest = hashlib.sha256(key.encode()).digest()
+        # compare even for an unknown id, so that timing says nothing about which ids exist
+        expected = entry.digest if entry else b"\0" * 32
+        if hmac.compare_digest(digest, expected) and entry is not None and secret:
+            return entry.principal
+        return None
+
+
+def new_key(path: Path, tenant: str, scopes: list[str]) -> str:
+    """Append a new key to the file and return it: the only time it is ever shown."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    key_id = secrets.token_hex(4)
+    key = f"ih_{key_id}_{secrets.token_urlsafe(24)}"
+    entry = (
+        f"\n[keys.{key_id}]\n"
+        f"tenant = {orjson.dumps(tenant).decode()}\n"
+        f"scopes = {orjson.dumps(sorted(set(scopes))).decode()}\n"
+        f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+        f'created = "{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}"\n'
+    )
+    with path.open("a") as f:
+        f.write(entry)
+    KeyRing.load(path)  # the file still parses
+    return key
+
+
+async def issue_ticket(redis: Redis, principal: Principal) -> str:
+    ticket = secrets.token_urlsafe(24)
+    body = orjson.dumps({"tenant": principal.tenant, "scopes": sorted(principal.scopes)})
+    await redis.set(keys.ticket(_digest(ticket)), body, ex=TICKET_TTL_S)
+    return ticket
+
+
+async def redeem_ticket(redis: Redis, ticket: str) -> Principal | None:
+    """The ticket's principal, once: GETDEL makes a ticket single-use."""
+    raw = await redis.getdel(keys.ticket(_digest(ticket)))
+    if raw is None:
+        return None
+    body = orjson.loads(raw)
+    return Principal(body["tenant"], frozenset(body["scopes"]))
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def exposure_problem(host: str, keyring: KeyRing, insecure: bool) -> str | None:
+    """Why serving on ``host`` would be unsafe, or None."""
+    if not keyring.open or insecure:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"refusing to serve on {host} with no API keys: anyone who can reach it could run jobs "
+        "and read every result. Create a key (inferhub keys add --tenant NAME) and set "
+        "INFERHUB_API_KEYS_FILE, or pass --insecure if the network is yours alone."
+    )
