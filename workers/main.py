@@ -19,7 +19,8 @@ from hub.protocol import dumps, loads
 from hub.redisconn import arq_settings
 from hub.settings import Settings
 from workers.batcher import Batcher
-from workers.heartbeat import heartbeat_forever, leave
+from workers.heartbeat import beat, heartbeat_forever, leave
+from workers.reaper import reap_forever
 from workers.repository import load_repository
 from workers.runner import run_job
 from workers.wakeup import PushWorker
@@ -53,19 +54,27 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         }
         ctx["stats"] = {"running": 0, "done": 0, "started_at": time.time()}
         ctx["store"] = JobStore(ctx["redis"], Limits.of(settings))
+        # beat once before taking any job: the reaper of another worker must never see a
+        # job of ours while we have no heartbeat
+        await beat(
+            ctx["redis"], worker_id, settings.pool, repo, ctx["stats"], settings.heartbeat_s * 3
+        )
         ctx["heartbeat"] = asyncio.create_task(
             heartbeat_forever(
                 ctx["redis"], worker_id, settings.pool, repo, ctx["stats"], settings.heartbeat_s
             )
         )
+        ctx["reaper"] = asyncio.create_task(
+            reap_forever(ctx["redis"], settings.pool, every_s=settings.heartbeat_s)
+        )
         log.info("worker %s serves pool %r: %s", worker_id, settings.pool, ", ".join(repo.models))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        task = ctx.get("heartbeat")
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (ctx.get("heartbeat"), ctx.get("reaper")):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for batcher in ctx.get("batchers", {}).values():
             await batcher.close()
         with contextlib.suppress(Exception):
