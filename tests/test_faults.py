@@ -1,0 +1,120 @@
+"""Faults against real processes: a worker killed mid-job, a worker told to stop, a job past its
+timeout. Every accepted job still ends, exactly once.
+
+The workers here serve their own pool (``faults``), so the session's worker never takes these
+jobs and the test decides which process runs them.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import (
+    TestClient,
+    WorkerProcess,
+    build_slow,
+    job_events,
+    start_worker,
+    wait_for,
+    wait_job,
+)
+from redis import Redis
+
+from hub.protocol import EventType
+from hub.settings import Settings
+
+BULK = {"model": "heavy", "data": [[0.25] * 16] * 300}  # 150 chunks of 2 rows
+
+
+@pytest.fixture(scope="module")
+def faults_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    repo = tmp_path_factory.mktemp("faults") / "models"
+    build_slow(repo / "heavy")
+    (repo / "heavy" / "config.toml").write_text(
+        'pool = "faults"\nmax_batch_size = 2\ntimeout_s = 60\n'
+    )
+    build_slow(repo / "hasty")
+    (repo / "hasty" / "config.toml").write_text(
+        'pool = "faults"\nmax_batch_size = 2\ntimeout_s = 0.2\n'
+    )
+    return settings.model_copy(update={"models": repo})
+
+
+@pytest.fixture
+def start(
+    faults_settings: Settings, redis: Redis, tmp_path: Path
+) -> Iterator[list[Iterator[WorkerProcess]]]:
+    """Start workers of pool ``faults``; each is stopped at the end of the test."""
+    started: list[Iterator[WorkerProcess]] = []
+
+    def launch(name: str) -> WorkerProcess:
+        gen = start_worker(faults_settings, redis, tmp_path / f"{name}.log", INFERHUB_POOL="faults")
+        started.append(gen)
+        return next(gen)
+
+    yield launch  # type: ignore[misc]
+    for gen in started:
+        gen.close()
+
+
+def running(client: TestClient, job: str) -> bool:
+    body = client.get(f"/v1/jobs/{job}").json()
+    return body["status"] == "started" and (body["progress"] or {}).get("done", 0) >= 4
+
+
+def test_a_worker_killed_mid_job_the_job_runs_again_and_ends_once(
+    client: TestClient, redis: Redis, start: object
+) -> None:
+    victim = start("victim")  # type: ignore[operator]
+    wait_for(lambda: client.get("/v1/models/heavy").json().get("ready"), what="heavy ready")
+    job = client.post("/v1/jobs", json=BULK).json()["id"]
+    wait_for(lambda: running(client, job), what="the job running on the victim")
+    assert client.get(f"/v1/jobs/{job}").json()["attempt"] == 1
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(10)
+    start("rescuer")  # type: ignore[operator]
+    # the rescuer gets it once the victim's heartbeat expires (1.5 s), not after arq's 70 s
+    done = wait_job(client, job, {"succeeded", "failed", "canceled"}, timeout=30)
+    assert done["status"] == "succeeded" and done["attempt"] == 2
+    assert done["outputs"][0]["shape"] == [300, 1024]
+    events = job_events(redis, job)
+    starts = [e.data["attempt"] for e in events if e.type is EventType.STARTED]
+    assert starts == [1, 2]
+    assert sum(e.terminal for e in events) == 1 and events[-1].type is EventType.SUCCEEDED
+    after_restart = events[[e.type for e in events].index(EventType.STARTED, 2) :]
+    done_rows = [e.data["done"] for e in after_restart if e.type is EventType.PROGRESS]
+    assert done_rows == list(range(2, 301, 2))  # the second attempt reports from the start
+
+
+def test_a_worker_told_to_stop_leaves_no_job_behind(
+    client: TestClient, redis: Redis, start: object
+) -> None:
+    first = start("first")  # type: ignore[operator]
+    wait_for(lambda: client.get("/v1/models/heavy").json().get("ready"), what="heavy ready")
+    job = client.post("/v1/jobs", json=BULK).json()["id"]
+    wait_for(lambda: running(client, job), what="the job running")
+    start("second")  # type: ignore[operator]
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(30) is not None  # it exits
+    done = wait_job(client, job, {"succeeded", "failed", "canceled"}, timeout=30)
+    assert done["status"] == "succeeded"  # finished by the first, or handed to the second
+    assert sum(e.terminal for e in job_events(redis, job)) == 1
+
+
+def test_a_job_past_its_timeout_fails_and_the_worker_keeps_serving(
+    client: TestClient, start: object
+) -> None:
+    start("timer")  # type: ignore[operator]
+    wait_for(lambda: client.get("/v1/models/hasty").json().get("ready"), what="hasty ready")
+    slow = client.post("/v1/jobs", json={"model": "hasty", "data": [[0.25] * 16] * 3000}).json()[
+        "id"
+    ]
+    failed = wait_job(client, slow, {"succeeded", "failed", "canceled"})
+    assert failed["status"] == "failed" and failed["error"] == "timed out after 0.2 s"
+    quick = client.post(
+        "/v1/jobs", json={"model": "heavy", "data": [[0.25] * 16]}, headers={"Prefer": "wait=20"}
+    )
+    assert quick.status_code == 200 and quick.json()["status"] == "succeeded"
