@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +26,46 @@ class HubError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"],
+        }
+    },
+    "required": ["error"],
+}
+
+
+def error_responses(*statuses: int, schema: dict[str, Any] = _ERROR_SCHEMA) -> dict[int | str, Any]:
+    """OpenAPI entries for the errors a router may answer, all in one JSON shape."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "No valid API key",
+    403: "The key lacks the scope",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Invalid input",
+    429: "Over capacity or over the rate limit (see Retry-After)",
+    499: "The client went away",
+    500: "The model failed",
+    503: "Redis unreachable or no live worker",
+}
 
 
 def not_found(what: str, name: str) -> HubError:

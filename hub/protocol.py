@@ -73,7 +73,7 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
     """A V2 JSON tensor (flat or nested ``data``) as a numpy array of its shape."""
     name = tensor.get("name", "?")
     datatype = tensor.get("datatype") or datatype
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise ProtocolError(
             f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
         )

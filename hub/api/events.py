@@ -14,11 +14,14 @@ from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
+from hub.errors import error_responses
 from hub.fanout import SlowConsumer
 from hub.jobstore import Event
 from hub.service import event_view
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(
+    prefix="/v1", tags=["events"], responses=error_responses(400, 401, 403, 404, 422, 503)
+)
 
 PING_S = 15
 RETRY_MS = 1000

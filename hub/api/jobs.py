@@ -8,11 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response, status
 
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
+from hub.errors import error_responses
 from hub.protocol import JobStatus
 from hub.schemas import JobRequest
 from hub.service import FINISHED
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+)
 
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 

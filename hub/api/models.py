@@ -7,8 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from hub.deps import CatalogueDep, ReaderDep
+from hub.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(
+    prefix="/v1", tags=["models"], responses=error_responses(401, 403, 404, 422, 503)
+)
 
 
 def _model_view(entry: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:

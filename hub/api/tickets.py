@@ -9,8 +9,9 @@ from fastapi import APIRouter
 
 from hub.auth import TICKET_TTL_S, issue_ticket
 from hub.deps import CallerDep, ServiceDep
+from hub.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["auth"])
+router = APIRouter(prefix="/v1", tags=["auth"], responses=error_responses(401, 503))
 
 
 @router.post(

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from hub import v2codec
 from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
-from hub.errors import HubError
+from hub.errors import HubError, error_responses
 from hub.jobstore import Event
 from hub.protocol import EventType, unpack_tensor
 from hub.responses import JSON
@@ -60,15 +60,23 @@ class V2Route(APIRoute):
         return handle
 
 
-router = APIRouter(tags=["v2"], route_class=V2Route)
+# Triton's error shape: {"error": "message"}
+_V2_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+router = APIRouter(
+    tags=["v2"],
+    route_class=V2Route,
+    responses=error_responses(400, 401, 403, 404, 405, 413, 499, 500, 503, schema=_V2_ERROR),
+)
 
 
-def _model_route(method: str, suffix: str, summary: str) -> Callable[[Any], Any]:
+def _model_route(method: str, suffix: str, summary: str, **options: Any) -> Callable[[Any], Any]:
     """Register the endpoint at ``/v2/models/{model}`` and ``.../versions/{version}``."""
 
     def register(endpoint: Any) -> Any:
         for path in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            router.add_api_route(path + suffix, endpoint, methods=[method], summary=summary)
+            router.add_api_route(
+                path + suffix, endpoint, methods=[method], summary=summary, **options
+            )
         return endpoint
 
     return register
@@ -77,12 +85,14 @@ def _model_route(method: str, suffix: str, summary: str) -> Callable[[Any], Any]
 # --- health and metadata ---------------------------------------------------------------------
 
 
-@router.get("/v2/health/live", summary="The hub process is alive")
+@router.get("/v2/health/live", summary="The hub process is alive", response_class=Response)
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready", summary="Redis is reachable and a worker is alive")
+@router.get(
+    "/v2/health/ready", summary="Redis is reachable and a worker is alive", response_class=Response
+)
 async def ready(catalogue: CatalogueDep) -> Response:
     try:
         await catalogue.redis.ping()
@@ -128,7 +138,9 @@ async def model_metadata(
     }
 
 
-@_model_route("GET", "/ready", "The model can serve now (a live worker has it)")
+@_model_route(
+    "GET", "/ready", "The model can serve now (a live worker has it)", response_class=Response
+)
 async def model_ready(
     model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
 ) -> Response:
@@ -362,5 +374,16 @@ async def _disconnected(request: Request) -> None:
     include_in_schema=False,
 )
 async def unknown(request: Request, path: str) -> Response:
-    """Unknown ``/v2`` routes (statistics, shared memory, model load...) in Triton's shape."""
+    """Unknown ``/v2`` routes (statistics, shared memory, model load...) in Triton's shape; a
+    known route asked with the wrong method is 405, as anywhere else."""
+    allowed = sorted(
+        method
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and route.endpoint is not unknown
+        and route.path_regex.match(request.url.path)
+        for method in route.methods
+    )
+    if allowed:
+        return error(405, f"{request.method} is not allowed here", {"Allow": ", ".join(allowed)})
     raise HubError(404, "not_found", f"{request.method} /v2/{path} is not a route of inferhub")

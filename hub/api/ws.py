@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from starlette.websockets import WebSocketDisconnect
 
 from hub.auth import Principal
@@ -26,6 +27,8 @@ from hub.jobstore import Event, stream_key
 from hub.schemas import JobRequest
 from hub.service import JobService, event_view
 from hub.settings import Settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["websocket"])
 
@@ -64,6 +67,24 @@ class Replay:
     key: tuple[str, str]
     events: list[Event]
     reset: bool = False
+
+
+class Target(BaseModel):
+    """What ``subscribe``, ``unsubscribe`` and ``cancel`` name: one job, or one model."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str | None = None
+    model: str | None = None
+    last_event_id: str | None = None
+
+    @model_validator(mode="after")
+    def one(self) -> Target:
+        if (self.job_id is None) == (self.model is None):
+            raise ValueError("name one 'job_id' or one 'model'")
+        return self
+
+    def named(self) -> dict[str, str]:
+        return {"job_id": self.job_id} if self.job_id is not None else {"model": self.model or ""}
 
 
 class ClientError(Exception):
@@ -160,6 +181,10 @@ class Connection:
                 f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
             )
             self._reply({"type": "error", "code": "invalid_request", "message": detail, "ref": ref})
+        except Exception:  # a bug must cost one message its answer, never the socket
+            log.exception("websocket message failed: %.200s", text)
+            message = "the hub could not handle this message; it is logged"
+            self._reply({"type": "error", "code": "internal_error", "message": message, "ref": ref})
 
     async def _submit(self, message: dict[str, Any], ref: Any) -> None:
         self.caller.need("submit")
@@ -169,27 +194,22 @@ class Connection:
         await self._subscribe_job(job["id"], "0")
 
     async def _subscribe(self, message: dict[str, Any], ref: Any) -> None:
-        after = message.get("last_event_id")
-        if after is not None and not isinstance(after, str):
-            raise ClientError("invalid_request", "last_event_id is a string event id")
-        job_id, model = message.get("job_id"), message.get("model")
-        if (job_id is None) == (model is None) or not isinstance(job_id or model, str):
-            raise ClientError("invalid_request", "subscribe to one 'job_id' or one 'model'")
+        target = Target.model_validate(message)
         if len(self.jobs) + len(self.models) >= self.settings.ws_max_subscriptions:
             raise ClientError(
                 "too_many_subscriptions",
                 f"at most {self.settings.ws_max_subscriptions} subscriptions per socket; "
                 "unsubscribe first",
             )
+        after = target.last_event_id
         _check_event_id(after or "0")
-        if job_id:
-            await self.service.get(job_id, owner=self.owner)  # 404 for a job not the caller's
-        subscription = {"job_id": job_id} if job_id else {"model": model}
-        self._reply({"type": "accepted", "ref": ref, "subscription": subscription})
-        if job_id:
-            await self._subscribe_job(job_id, after or "0")
+        if target.job_id:
+            await self.service.get(target.job_id, owner=self.owner)  # 404 unless the caller's
+        self._reply({"type": "accepted", "ref": ref, "subscription": target.named()})
+        if target.job_id:
+            await self._subscribe_job(target.job_id, after or "0")
         else:
-            await self._subscribe_model(model, after)
+            await self._subscribe_model(target.model or "", after)
 
     async def _subscribe_job(self, job_id: str, after: str) -> None:
         key = ("job", job_id)
@@ -212,23 +232,23 @@ class Connection:
         self.sub.put(Replay(key, events, reset=reset))
 
     async def _unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
-        job_id, model = message.get("job_id"), message.get("model")
-        if job_id in self.jobs:
-            del self.jobs[job_id]
-            self.service.fanout.remove(self.sub, ("job", job_id))
-        elif model in self.models:
-            self.models.discard(model)
-            self.service.fanout.remove(self.sub, ("model", model))
+        target = Target.model_validate(message)
+        if target.job_id in self.jobs:
+            del self.jobs[target.job_id]
+            self.service.fanout.remove(self.sub, ("job", target.job_id))
+        elif target.model in self.models:
+            self.models.discard(target.model)
+            self.service.fanout.remove(self.sub, ("model", target.model))
         else:
-            raise ClientError("not_subscribed", "no subscription to that job_id or model")
+            raise ClientError("not_subscribed", f"no subscription to {target.named()}")
         self._reply({"type": "accepted", "ref": ref})
 
     async def _cancel(self, message: dict[str, Any], ref: Any) -> None:
-        job_id = message.get("job_id")
-        if not isinstance(job_id, str):
-            raise ClientError("invalid_request", "cancel needs a 'job_id'")
         self.caller.need("submit")
-        job = await self.service.cancel(job_id, owner=self.owner)
+        target = Target.model_validate(message)
+        if target.job_id is None:
+            raise ClientError("invalid_request", "cancel needs a 'job_id'")
+        job = await self.service.cancel(target.job_id, owner=self.owner)
         self._reply({"type": "accepted", "ref": ref, "job": job})
 
     async def _ping(self, message: dict[str, Any], ref: Any) -> None:
