@@ -412,3 +412,31 @@ def test_redis_restart_under_an_open_stream_loses_nothing(stack: Stack) -> None:
     # and the hub and worker are ready again by themselves
     wait_for(lambda: _ready(url), timeout=30, what="readyz after the restart")
     assert Redis.from_url(stack.redis_url).ping()
+
+
+def test_ws_resubscribing_to_several_models_replays_each_of_them(stack: Stack) -> None:
+    """One socket, two model subscriptions resumed from the same id: both replays arrive whole."""
+    url = stack.hubs["a"]
+    mark = sse(url, f"/v1/jobs/{submit(url, 'iris', 1, 4)}/events")[-1]["id"]
+    digits = submit(url, "digits", 1, 64)
+    iris = submit(url, "iris", 1, 4)
+    for job in (digits, iris):
+        sse(url, f"/v1/jobs/{job}/events")  # both have ended
+
+    async def run() -> dict[str, list[str]]:
+        seen: dict[str, list[str]] = {digits: [], iris: []}
+        async with websockets.connect(ws_url(url)) as ws:
+            for ref, model in enumerate(("iris", "digits")):
+                await ws.send(
+                    orjson.dumps(
+                        {"type": "subscribe", "ref": ref, "model": model, "last_event_id": mark}
+                    ).decode()
+                )
+            while len(seen[digits]) < 3 or len(seen[iris]) < 3:
+                message = await _recv(ws)
+                if message["type"] == "event" and message["event"]["job_id"] in seen:
+                    seen[message["event"]["job_id"]].append(message["event"]["type"])
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen == {job: ["queued", "started", "succeeded"] for job in (digits, iris)}

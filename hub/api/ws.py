@@ -101,8 +101,7 @@ class Connection:
     settings: Settings
     caller: Principal
     jobs: dict[str, tuple[int, int]] = field(default_factory=dict)  # job -> last id sent
-    models: set[str] = field(default_factory=set)
-    feed_last: tuple[int, int] = (0, 0)  # last id sent through a model subscription
+    models: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> last id sent
     held: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -220,7 +219,7 @@ class Connection:
 
     async def _subscribe_model(self, model: str, after: str | None) -> None:
         key = ("model", model)
-        self.models.add(model)
+        self.models[model] = max(self.models.get(model, (0, 0)), stream_key(after or "0"))
         self.held[key] = []
         self.service.fanout.add(self.sub, key)
         if after is None:
@@ -228,7 +227,6 @@ class Connection:
             return
         reset = not await self.service.store.log_holds(after)
         events = [e for e in await self.service.store.log_after(after) if e.model == model]
-        self.feed_last = max(self.feed_last, stream_key(after))
         self.sub.put(Replay(key, events, reset=reset))
 
     async def _unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
@@ -237,7 +235,7 @@ class Connection:
             del self.jobs[target.job_id]
             self.service.fanout.remove(self.sub, ("job", target.job_id))
         elif target.model in self.models:
-            self.models.discard(target.model)
+            del self.models[target.model]
             self.service.fanout.remove(self.sub, ("model", target.model))
         else:
             raise ClientError("not_subscribed", f"no subscription to {target.named()}")
@@ -302,11 +300,12 @@ class Connection:
                 return
             self.jobs[event.job_id] = key
         elif event.model in self.models:
-            if key <= self.feed_last:
+            if key <= self.models[event.model]:
                 return
         else:
             return  # unsubscribed meanwhile
-        self.feed_last = max(self.feed_last, key)
+        if event.model in self.models:
+            self.models[event.model] = max(self.models[event.model], key)
         await self._send({"type": "event", "event": event_view(event)})
         if event.terminal and event.job_id in self.jobs and event.model not in self.models:
             del self.jobs[event.job_id]  # nothing more will come
@@ -318,7 +317,7 @@ class Connection:
             for event in await self.service.store.events(job_id, f"{last[0]}-{last[1]}"):
                 await self._send_event(event)
         if self.models:
-            last = self.feed_last
+            last = min(self.models.values())  # each model's own last id filters in _send_event
             for event in await self.service.store.log_after(f"{last[0]}-{last[1]}"):
                 if event.model in self.models and self.sub.match(event):
                     await self._send_event(event)
