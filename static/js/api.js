@@ -6,6 +6,14 @@
 /** The hub's root URL, worked out from this module's own URL (/static/js/api.js). */
 export const BASE = new URL("../../", import.meta.url);
 
+/** The hub's clock as its Date headers tell it (one-second resolution), for resume points. */
+export const serverClock = {
+  skewMs: 0,
+  nowMs() {
+    return Date.now() + this.skewMs;
+  },
+};
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -27,6 +35,8 @@ export async function api(path, { method = "GET", body, headers = {}, signal } =
   } catch (exc) {
     throw new ApiError(0, "unreachable", `the hub did not answer (${exc.message})`);
   }
+  const date = Date.parse(response.headers.get("date") || "");
+  if (!Number.isNaN(date)) serverClock.skewMs = date - Date.now();
   const text = await response.text();
   let data = null;
   try {

@@ -2,7 +2,7 @@
 // events for the subscribed models and jobs, and reconnection with backoff that resumes every
 // subscription after the last event id seen, so that nothing shown goes stale.
 
-import { openSocket } from "./api.js";
+import { openSocket, serverClock } from "./api.js";
 import { compareIds } from "./util.js";
 
 const PING_EVERY_MS = 15000;
@@ -10,6 +10,9 @@ const PONG_TIMEOUT_MS = 10000;
 const REQUEST_TIMEOUT_MS = 30000;
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
+// Before the first event, a resume point this far before the first connection (event ids are
+// Redis stream ids, "<ms>-<seq>"); events seen twice are dropped by id.
+const FLOOR_MARGIN_MS = 10000;
 
 export class NotConnected extends Error {}
 
@@ -32,6 +35,7 @@ export class Hub extends EventTarget {
     this.attempt = 0;
     this.connectedOnce = false;
     this.lastEventId = null; // the newest event id seen, over every subscription
+    this.floorId = null; // where to resume when no event has been seen yet
     this.models = new Set(); // model subscriptions, kept across reconnects
     this.jobs = new Map(); // job subscriptions: job id -> last event id seen for it
     this.pending = new Map(); // ref -> {resolve, reject, timer}
@@ -82,7 +86,12 @@ export class Hub extends EventTarget {
   subscribeModel(model) {
     if (this.models.has(model)) return;
     this.models.add(model);
-    if (this.open) this._subscribe({ model }, this.lastEventId);
+    if (this.open) this._subscribe({ model }, this.lastEventId); // live, when nothing seen yet
+  }
+
+  /** Where model subscriptions resume: after the last event seen, or from the first connection. */
+  get resumeId() {
+    return this.lastEventId ?? this.floorId;
   }
 
   /** Follow one job from its first event (or after `after`). */
@@ -131,7 +140,8 @@ export class Hub extends EventTarget {
     const resumed = this.connectedOnce;
     this.connectedOnce = true;
     this.attempt = 0;
-    for (const model of this.models) this._subscribe({ model }, this.lastEventId);
+    if (this.floorId === null) this.floorId = `${Math.floor(serverClock.nowMs() - FLOOR_MARGIN_MS)}-0`;
+    for (const model of this.models) this._subscribe({ model }, resumed ? this.resumeId : null);
     for (const [jobId, after] of this.jobs) this._subscribe({ job_id: jobId }, after);
     this._setState("open", { resumed });
     this._emit("open", { resumed });

@@ -85,7 +85,7 @@ export function renderOutputs(outputs, labels, { maxRows = 8 } = {}) {
     const p = row.probabilities ? ` (p = ${fmtNumber(row.probabilities[row.index], 3)})` : "";
     list.append(el("li", {}, `${row.name}${p}`));
   }
-  if (rows.length > maxRows) list.append(el("li", { class: "muted" }, `… ${rows.length - maxRows} more`));
   box.append(list);
+  if (rows.length > maxRows) box.append(el("p", { class: "muted small" }, `… and ${rows.length - maxRows} more rows`));
   return box;
 }

@@ -47,6 +47,8 @@ export class JobStore extends EventTarget {
       worker: null,
       events: [],
       eventIds: new Set(),
+      progressSeen: 0,
+      stride: 1,
       lastEventId: null,
       order: this.seen++,
       finishedNotified: false,
@@ -149,18 +151,20 @@ export class JobStore extends EventTarget {
   }
 
   _remember(job, event) {
+    let kept = event.data?.outputs ? { ...event, data: { ...event.data, outputs: undefined } } : event;
+    if (event.type === "progress") {
+      // a bulk job's timeline keeps an even sample of its progress events: every `stride`th
+      const n = job.progressSeen++;
+      if (n % job.stride !== 0) return;
+      kept = { ...kept, n };
+    }
     const events = job.events;
     let at = events.length;
     while (at > 0 && compareIds(events[at - 1].id, event.id) > 0) at -= 1;
-    const kept = event.data?.outputs
-      ? { ...event, data: { ...event.data, outputs: undefined } }
-      : event;
     events.splice(at, 0, kept);
-    const progress = events.filter((e) => e.type === "progress");
-    if (progress.length > MAX_PROGRESS_EVENTS) {
-      // thin out: drop every other progress event of the older half
-      const drop = new Set(progress.slice(1, progress.length / 2).filter((_, i) => i % 2 === 0));
-      job.events = events.filter((e) => !drop.has(e));
+    if (kept.n !== undefined && events.filter((e) => e.n !== undefined).length > MAX_PROGRESS_EVENTS) {
+      job.stride *= 2;
+      job.events = events.filter((e) => e.n === undefined || e.n % job.stride === 0);
     }
   }
 

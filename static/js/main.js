@@ -1,0 +1,218 @@
+// The dashboard: one WebSocket for jobs (submit, follow, cancel), HTTP for the catalogue.
+
+import { api } from "./api.js";
+import { WorkersPanel, ModelsPanel } from "./catalogue.js";
+import { Hub } from "./hub.js";
+import { JobDetail, JobsTable } from "./jobs.js";
+import { LatencyChart, Metrics, ThroughputChart, renderQueues } from "./metrics.js";
+import { JobStore, TERMINAL } from "./store.js";
+import { DigitPad, TryPanel } from "./try.js";
+import { coalesce, fmtDuration } from "./util.js";
+
+// A submit frame larger than the hub's INFERHUB_WS_MAX_MESSAGE_BYTES (1 MiB by default) would
+// close the socket: such requests go over HTTP instead (their events still come on the socket).
+const WS_FRAME_LIMIT = 1000000;
+const JOBS_LOADED = 50;
+
+const $ = (selector) => document.querySelector(selector);
+
+const hub = new Hub();
+const store = new JobStore();
+const metrics = new Metrics();
+let models = new Map();
+
+// --- messages to the user ----------------------------------------------------------------
+
+let toastTimer = null;
+function toast(message) {
+  const box = $("#toast");
+  box.textContent = message;
+  box.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    box.hidden = true;
+  }, 6000);
+}
+
+function showConnection({ state, delayMs, attempt, resumed }) {
+  const box = $("#conn");
+  box.dataset.state = state;
+  const retry = $("#conn-retry");
+  retry.hidden = state !== "reconnecting";
+  let text;
+  if (state === "open") text = resumed ? "Live (reconnected)" : "Live";
+  else if (state === "connecting") text = "Connecting…";
+  else if (delayMs !== undefined) text = `Connection lost: retrying in ${fmtDuration(delayMs / 1000)} (attempt ${attempt})`;
+  else text = "Reconnecting…";
+  $("#conn-text").textContent = text;
+}
+
+// --- jobs ----------------------------------------------------------------------------------
+
+/** Submit over the socket (over HTTP when too big for one frame); the job joins the table. */
+async function submit(body) {
+  const job =
+    Hub.frameSize(body) > WS_FRAME_LIMIT
+      ? await api("/v1/jobs", { method: "POST", body })
+      : await hub.submit(body);
+  store.mergeView(job);
+  return job;
+}
+
+/** Resolve with the job once it has finished. */
+function waitFor(jobId) {
+  return new Promise((resolve) => {
+    const now = store.get(jobId);
+    if (now && TERMINAL.has(now.status)) {
+      resolve(now);
+      return;
+    }
+    const listener = ({ detail }) => {
+      if (detail.job.id === jobId && TERMINAL.has(detail.job.status)) {
+        store.removeEventListener("job", listener);
+        resolve(detail.job);
+      }
+    };
+    store.addEventListener("job", listener);
+  });
+}
+
+async function cancel(jobId, button) {
+  if (button) button.disabled = true;
+  try {
+    const job = hub.open
+      ? await hub.cancel(jobId)
+      : await api(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
+    store.mergeView(job);
+    if (!TERMINAL.has(job.status)) toast(`Job ${jobId.slice(0, 8)} stops at its next chunk.`);
+  } catch (exc) {
+    toast(`Cancel failed: ${exc.message}`);
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+async function loadJobs() {
+  const { jobs } = await api(`/v1/jobs?limit=${JOBS_LOADED}`);
+  for (const view of jobs.reverse()) store.mergeView(view);
+}
+
+// --- the catalogue -------------------------------------------------------------------------
+
+const workersPanel = new WorkersPanel($("#workers-body"), $("#workers-empty"));
+const modelsPanel = new ModelsPanel($("#models-list"), $("#models-empty"));
+
+async function refreshModels() {
+  const { models: list } = await api("/v1/models");
+  models = new Map(list.map((m) => [m.name, m]));
+  for (const m of list) hub.subscribeModel(m.name);
+  modelsPanel.update(list);
+  tryPanel.setModels(list);
+  $("#draw").hidden = !models.has("digits");
+}
+
+let latestWorkers = [];
+async function refreshWorkers() {
+  const { workers } = await api("/v1/workers");
+  latestWorkers = workers;
+  workersPanel.update(workers);
+  const alive = workers.filter((w) => w.alive);
+  $("#stat-workers").textContent = String(alive.length);
+  $("#stat-running").textContent = String(alive.reduce((n, w) => n + (w.running || 0), 0));
+}
+
+async function refreshQueues() {
+  const { pools } = await api("/v1/queues");
+  renderQueues($("#queues"), pools);
+  const waiting = pools.reduce((n, p) => n + Math.max(0, p.depth - Math.min(p.running, p.depth)), 0);
+  $("#stat-waiting").textContent = String(waiting);
+}
+
+/** Run refreshers, reporting failures once in the page instead of the console. */
+async function refresh(...steps) {
+  const results = await Promise.allSettled(steps.map((step) => step()));
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed && hub.open) toast(failed.reason.message);
+}
+
+// --- charts --------------------------------------------------------------------------------
+
+const throughput = new ThroughputChart($("#chart-rate"));
+const latency = new LatencyChart($("#chart-latency"));
+
+function drawCharts() {
+  const series = metrics.series();
+  throughput.data = series;
+  latency.data = series;
+  throughput.paint();
+  latency.paint();
+  const recent = metrics.recent();
+  const ms = (s) => (s == null ? "–" : fmtDuration(s));
+  $("#stat-rate").textContent = recent.rate.toFixed(recent.rate >= 10 ? 0 : 2);
+  $("#stat-p50").textContent = ms(recent.p50);
+  $("#stat-p95").textContent = ms(recent.p95);
+  const peak = Math.max(...series.map((b) => b.rate));
+  $("#chart-rate").setAttribute("aria-label", `jobs per second over the last 5 minutes; now ${recent.rate.toFixed(2)}, peak ${peak.toFixed(2)}`);
+  $("#chart-latency").setAttribute("aria-label", `latency over the last 5 minutes; last minute p50 ${ms(recent.p50)}, p95 ${ms(recent.p95)}`);
+}
+const redraw = coalesce(drawCharts, 500);
+
+// --- wiring --------------------------------------------------------------------------------
+
+const table = new JobsTable({
+  body: $("#jobs-body"),
+  empty: $("#jobs-empty"),
+  store,
+  onCancel: cancel,
+  onDetail: (id, opener) => detail.open(id, opener),
+});
+const detail = new JobDetail({
+  dialog: $("#detail"),
+  store,
+  hub,
+  models: () => models,
+  fetchJob: (id) => api(`/v1/jobs/${encodeURIComponent(id)}`),
+  onCancel: cancel,
+});
+const tryPanel = new TryPanel($("#try"), { submit, waitFor, cancel, store, models: () => models });
+const digitPad = new DigitPad($("#draw"), { submit, waitFor, model: () => models.get("digits") });
+digitPad.clear();
+void table;
+
+hub.addEventListener("state", ({ detail: d }) => showConnection(d));
+hub.addEventListener("event", ({ detail: event }) => {
+  store.applyEvent(event);
+  if (TERMINAL.has(event.type) && hub.jobs.has(event.job_id)) hub.unsubscribeJob(event.job_id);
+});
+hub.addEventListener("open", ({ detail: d }) => {
+  // After a reconnect the model subscriptions resume from the last event id. Unfinished jobs
+  // resume by id too (each from its own last event), and the job list and the catalogue are
+  // read again, for whatever happened while the page was away.
+  if (d.resumed) {
+    for (const job of store.jobs.values()) {
+      if (!TERMINAL.has(job.status)) hub.subscribeJob(job.id, job.lastEventId);
+    }
+  }
+  refresh(refreshModels, refreshWorkers, refreshQueues, loadJobs);
+});
+// the log no longer holds the events after our last id: what the list says is all there is
+hub.addEventListener("reset", () => refresh(loadJobs));
+hub.addEventListener("problem", ({ detail: d }) => toast(d.message));
+store.addEventListener("finished", ({ detail: d }) => {
+  metrics.record(d.job);
+  redraw();
+});
+$("#conn-retry").addEventListener("click", () => hub.reconnectNow());
+
+setInterval(() => {
+  if (hub.open) refresh(refreshWorkers, refreshQueues);
+}, 2000);
+setInterval(() => {
+  if (hub.open) refresh(refreshModels);
+}, 5000);
+setInterval(drawCharts, 2000);
+drawCharts();
+hub.start();
+
+// for the browser tests and the curious: the live state, read-only by convention
+window.inferhub = { hub, store, metrics };

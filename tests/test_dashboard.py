@@ -1,0 +1,344 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a
+real hub (``python -m hub serve`` on a free port), the session's worker and Redis.
+
+Playwright's own browser download does not work here; the tests use ``/usr/bin/chromium``
+(``apt-get install chromium``). Screenshots at 1280 and 390 px go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import httpx
+import pytest
+from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, wait_idle, worker_env
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from redis import Redis
+
+from hub.processes import stop
+from hub.settings import Settings
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+WAIT_MS = 15_000
+
+
+# --- a hub that can be stopped and started again on the same port ---------------------------
+
+
+@dataclass
+class HubServer:
+    port: int
+    env: dict[str, str]
+    log: IO[bytes]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve"],
+            env=self.env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._ready, timeout=60, every=0.05, what=f"{self.url}/readyz")
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, "the hub exited"
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop([self.process])
+            self.process = None
+
+    def submit(self, model: str, data: list[list[float]]) -> str:
+        r = httpx.post(f"{self.url}/v1/jobs", json={"model": model, "data": data}, timeout=10)
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def hub_server(
+    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HubServer]:
+    port = free_port()
+    log = (tmp_path_factory.mktemp("dashboard") / "hub.log").open("wb")
+    server = HubServer(port, worker_env(settings, INFERHUB_PORT=str(port)), log)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+# --- one page per test, with its console watched --------------------------------------------
+
+
+@dataclass
+class Dashboard:
+    page: Page
+    errors: list[str] = field(default_factory=list)
+
+    def console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    def row(self, job_id: str) -> Any:
+        return self.page.locator(f'#jobs-body tr[data-job="{job_id}"]')
+
+    def wait_status(self, job_id: str, status: str) -> None:
+        self.page.wait_for_selector(f'#jobs-body tr[data-job="{job_id}"][data-status="{status}"]')
+
+    def job(self, job_id: str) -> Any:
+        """The job as the page's store holds it (events as their types)."""
+        return self.page.evaluate(
+            """id => { const j = window.inferhub.store.get(id);
+                       return j && {status: j.status, events: j.events.map(e => e.type)}; }""",
+            job_id,
+        )
+
+
+@pytest.fixture
+def dash(browser: Browser, hub_server: HubServer) -> Iterator[Dashboard]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    dashboard = Dashboard(page)
+    page.on("console", dashboard.console)
+    page.on("pageerror", lambda exc: dashboard.errors.append(f"pageerror: {exc}"))
+    page.goto(hub_server.url + "/")
+    page.wait_for_selector("#conn[data-state=open]")
+    page.wait_for_selector("#models-list li[data-model=digits]")
+    try:
+        yield dashboard
+    finally:
+        context.close()
+
+
+def circle(n: int = 48, rx: float = 0.22, ry: float = 0.35) -> list[tuple[float, float]]:
+    return [
+        (0.5 + rx * math.sin(2 * math.pi * i / n), 0.5 - ry * math.cos(2 * math.pi * i / n))
+        for i in range(n + 1)
+    ]
+
+
+def draw(page: Page, stroke: list[tuple[float, float]]) -> None:
+    """One stroke with the mouse, in coordinates 0..1 of the drawing canvas."""
+    box = page.locator("#digit-canvas").bounding_box()
+    assert box is not None
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return box["x"] + x * box["width"], box["y"] + y * box["height"]
+
+    page.mouse.move(*at(*stroke[0]))
+    page.mouse.down()
+    for point in stroke[1:]:
+        page.mouse.move(*at(*point), steps=6)
+    page.mouse.up()
+
+
+def classify_drawing(page: Page, stroke: list[tuple[float, float]]) -> str:
+    page.click("#digit-clear")
+    draw(page, stroke)
+    page.wait_for_selector("#digit-result[data-state=done]")
+    return page.inner_text("#digit-answer").strip()
+
+
+def record_progress(page: Page, selector: str) -> None:
+    """Record every aria-valuenow the bar shows into window.recorded."""
+    page.evaluate(
+        """sel => { window.recorded = [];
+            const bar = document.querySelector(sel);
+            new MutationObserver(() => {
+                const v = bar.getAttribute('aria-valuenow');
+                if (v !== null && window.recorded.at(-1) !== Number(v)) window.recorded.push(Number(v));
+            }).observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']}); }""",
+        selector,
+    )
+
+
+def bulk(page: Page, model: str, rows: int) -> str:
+    """Submit ``rows`` random rows from the page's bulk form; the job id once accepted."""
+    page.select_option("#try-model", model)
+    page.fill("#bulk-rows", str(rows))
+    page.click("#bulk-submit")
+    page.wait_for_selector("#bulk-progress[data-job]")
+    return str(page.get_attribute("#bulk-progress", "data-job"))
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+
+def test_page_loads_and_lists_the_models_and_the_live_worker(
+    dash: Dashboard, worker: WorkerProcess, redis: Redis
+) -> None:
+    page = dash.page
+    for model in ("digits", "iris", "breast_cancer"):
+        card = page.locator(f"#models-list li[data-model={model}]")
+        assert card.get_attribute("data-ready") == "true"
+        assert "ready" in card.inner_text()
+    assert "input FP32 [-1, 64]" in page.inner_text("#models-list li[data-model=digits]")
+    record = worker.record(redis)
+    assert record is not None
+    row = page.locator(f'#workers-body tr[data-worker="{record["id"]}"]')
+    row.wait_for()
+    assert row.get_attribute("data-alive") == "true"
+    assert "default" in row.inner_text() and "digits" in row.inner_text()
+    page.wait_for_selector("#queues li[data-pool=default]")
+    assert page.inner_text("#stat-workers") != "0"
+    assert dash.errors == []
+
+
+def test_drawing_a_digit_on_the_canvas_classifies_it(dash: Dashboard) -> None:
+    page = dash.page
+    assert classify_drawing(page, [(0.5, 0.15), (0.5, 0.85)]) == "1"
+    job_id = page.get_attribute("#digit-result", "data-job")
+    assert job_id
+    dash.wait_status(job_id, "succeeded")
+    assert classify_drawing(page, circle()) == "0"
+    chosen = page.locator("#digit-probs li.chosen")
+    assert chosen.get_attribute("data-class") == "0"
+    assert page.locator("#digit-probs li").count() == 10
+    assert dash.errors == []
+
+
+def test_bulk_job_from_the_page_shows_its_progress_to_done(dash: Dashboard) -> None:
+    page = dash.page
+    record_progress(page, "#bulk-bar")
+    job_id = bulk(page, "slow", 200)  # slow: max_batch_size 2 -> 100 progress events
+    page.wait_for_selector("#bulk-progress[data-status=succeeded]")
+    seen = page.evaluate("window.recorded")
+    assert seen[-1] == 100
+    assert seen == sorted(seen), seen
+    assert len([v for v in seen if 0 < v < 100]) >= 3, seen
+    dash.wait_status(job_id, "succeeded")
+    assert dash.row(job_id).locator("[role=progressbar]").get_attribute("aria-valuenow") == "100"
+    assert "200/200" in dash.row(job_id).inner_text()
+    assert dash.errors == []
+
+
+def test_job_submitted_over_http_appears_live_and_succeeds(
+    dash: Dashboard, hub_server: HubServer
+) -> None:
+    page = dash.page
+    job_id = hub_server.submit("iris", [[5.1, 3.5, 1.4, 0.2]])
+    dash.wait_status(job_id, "succeeded")
+    assert dash.job(job_id)["events"] == ["queued", "started", "succeeded"]
+    dash.row(job_id).get_by_role("button", name=f"details of job {job_id}").click()
+    dialog = page.locator("#detail")
+    dialog.wait_for()
+    dialog.locator(".answer-value").wait_for()
+    assert dialog.locator(".answer-value").inner_text() == "setosa"
+    assert dialog.locator(".timeline li").count() == 3
+    inputs = dialog.locator(".tensors dt", has_text="input")  # from GET /v1/jobs/{id}
+    inputs.wait_for()
+    assert inputs.inner_text() == "input FP32 [1, 4]"
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert dash.errors == []
+
+
+def test_cancel_from_the_page_cancels_a_running_bulk_job(
+    dash: Dashboard, hub_server: HubServer, redis: Redis
+) -> None:
+    page = dash.page
+    job_id = bulk(page, "slow", 6000)  # about 6 s of work in 3000 chunks
+    page.wait_for_function(
+        "() => Number(document.querySelector('#bulk-bar').getAttribute('aria-valuenow')) > 0"
+    )
+    dash.row(job_id).get_by_role("button", name=f"cancel job {job_id}").click()
+    dash.wait_status(job_id, "canceled")
+    job = httpx.get(f"{hub_server.url}/v1/jobs/{job_id}", timeout=5).json()
+    assert job["status"] == "canceled"
+    assert 0 < job["progress"]["done"] < 6000
+    assert dash.row(job_id).get_by_role("button", name=f"cancel job {job_id}").is_hidden()
+    wait_idle(redis)
+    assert dash.errors == []
+
+
+def test_page_reconnects_after_a_hub_restart_and_replays_what_it_missed(
+    dash: Dashboard, hub_server: HubServer, client: TestClient
+) -> None:
+    page = dash.page
+    hub_server.stop()
+    page.wait_for_selector("#conn[data-state=reconnecting]")
+    # while the page's hub is down, another hub on the same Redis takes a job
+    r = client.post("/v1/jobs", json={"model": "iris", "data": [[6.7, 3.0, 5.2, 2.3]]})
+    assert r.status_code == 202, r.text
+    missed = r.json()["id"]
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{missed}").json()["status"] == "succeeded",
+        what="the job submitted during the outage to finish",
+    )
+    hub_server.start()
+    page.wait_for_selector("#conn[data-state=open]")
+    assert "reconnected" in page.inner_text("#conn")
+    # resumed from the last event id: the job's events came on the socket, not just its record
+    dash.wait_status(missed, "succeeded")
+    wait_for(lambda: dash.job(missed)["events"] == ["queued", "started", "succeeded"])
+    # and it keeps updating live
+    after = hub_server.submit("breast_cancer", [[1.0] * 30])
+    dash.wait_status(after, "succeeded")
+    assert dash.job(after)["events"] == ["queued", "started", "succeeded"]
+    # the only console errors allowed are Chromium's own reports of the refused connections
+    unexpected = [
+        e for e in dash.errors if "WebSocket connection to" not in e and "net::ERR_" not in e
+    ]
+    assert unexpected == []
+
+
+def test_screenshots_at_desktop_and_phone_widths(dash: Dashboard, hub_server: HubServer) -> None:
+    page = dash.page
+    for data in ([[5.1, 3.5, 1.4, 0.2]], [[6.0, 2.9, 4.5, 1.5]], [[6.7, 3.0, 5.2, 2.3]]):
+        dash.wait_status(hub_server.submit("iris", data), "succeeded")
+    assert classify_drawing(page, circle()) == "0"
+    page.wait_for_function("() => document.querySelector('#stat-rate').textContent !== '0.00'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-mobile.png"), full_page=True)
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    assert dash.errors == []
+
+
+def test_the_page_and_its_files_are_served(hub_server: HubServer) -> None:
+    index = httpx.get(hub_server.url + "/", timeout=5)
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert 'src="static/js/main.js"' in index.text
+    for path in ("static/app.css", "static/js/main.js", "static/js/hub.js"):
+        assert httpx.get(f"{hub_server.url}/{path}", timeout=5).status_code == 200
+    assert httpx.get(f"{hub_server.url}/static/nothing.js", timeout=5).status_code == 404
+    queues = httpx.get(f"{hub_server.url}/v1/queues", timeout=5).json()
+    default = next(p for p in queues["pools"] if p["pool"] == "default")
+    assert default["workers"] >= 1 and "digits" in default["models"] and default["depth"] >= 0
