@@ -77,9 +77,15 @@ def _result(response: httpx.Response) -> Any:
         raise HubError(response.status_code, "http_error", response.text[:200]) from None
 
 
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
-        self.http = httpx.Client(base_url=url, timeout=timeout)
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0, api_key: str | None = None
+    ) -> None:
+        self.http = httpx.Client(base_url=url, timeout=timeout, headers=_headers(api_key))
 
     def __enter__(self) -> Client:
         return self
@@ -158,8 +164,10 @@ class Client:
 
 
 class AsyncClient:
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
-        self.http = httpx.AsyncClient(base_url=url, timeout=timeout)
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0, api_key: str | None = None
+    ) -> None:
+        self.http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_headers(api_key))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -215,7 +223,12 @@ class AsyncClient:
     async def session(self) -> Session:
         """A WebSocket session on ``/v1/ws``; use it as ``async with``."""
         url = str(self.http.base_url).replace("http", "ws", 1).rstrip("/") + "/v1/ws"
-        return Session(await websockets.connect(url, max_size=None))
+        auth = (
+            {"Authorization": self.http.headers["Authorization"]}
+            if "Authorization" in self.http.headers
+            else {}
+        )
+        return Session(await websockets.connect(url, max_size=None, additional_headers=auth))
 
 
 class Session:
