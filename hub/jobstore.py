@@ -15,14 +15,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 
+import orjson
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from hub import keys
-from hub.protocol import EventType, JobStatus, dumps, loads
+from hub.protocol import EventType, JobStatus, dumps, loads, packed_to_json
 from hub.settings import Settings
 
 RUN_JOB = "run_job"
@@ -136,6 +138,16 @@ class Event:
     def from_wire(cls, event_id: str, raw: bytes) -> Event:
         body = loads(raw)
         return cls(id=event_id, type=EventType(body["type"]), **_without(body, "type"))
+
+    @cached_property
+    def json(self) -> bytes:
+        """The event as clients see it, the same on SSE and WebSocket: encoded once, however
+        many subscribers it goes to."""
+        data = dict(self.data)
+        if "outputs" in data:
+            data["outputs"] = [packed_to_json(o) for o in data["outputs"]]
+        view = {"id": self.id, "job_id": self.job_id, "type": self.type.value, "ts": self.ts}
+        return orjson.dumps({**view, "model": self.model, "data": data})
 
     @property
     def terminal(self) -> bool:

@@ -17,7 +17,6 @@ from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
 from hub.errors import error_responses
 from hub.fanout import SlowConsumer
 from hub.jobstore import Event
-from hub.service import event_view
 
 router = APIRouter(
     prefix="/v1", tags=["events"], responses=error_responses(400, 401, 403, 404, 422, 503)
@@ -100,5 +99,4 @@ _RESET = ServerSentEvent(
 
 
 def _sse(event: Event) -> ServerSentEvent:
-    view = event_view(event)
-    return ServerSentEvent(data=orjson.dumps(view).decode(), event=view["type"], id=view["id"])
+    return ServerSentEvent(data=event.json.decode(), event=event.type.value, id=event.id)

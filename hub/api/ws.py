@@ -25,7 +25,7 @@ from hub.errors import HubError
 from hub.fanout import GAP, SlowConsumer
 from hub.jobstore import Event, stream_key
 from hub.schemas import JobRequest
-from hub.service import JobService, event_view
+from hub.service import JobService
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ class Connection:
             return  # unsubscribed meanwhile
         if event.model in self.models:
             self.models[event.model] = max(self.models[event.model], key)
-        await self._send({"type": "event", "event": event_view(event)})
+        await self._send_text('{"type":"event","event":' + event.json.decode() + "}")
         if event.terminal and event.job_id in self.jobs and event.model not in self.models:
             del self.jobs[event.job_id]  # nothing more will come
             self.service.fanout.remove(self.sub, ("job", event.job_id))
@@ -323,9 +323,12 @@ class Connection:
                     await self._send_event(event)
 
     async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_text(orjson.dumps(message).decode())
+
+    async def _send_text(self, text: str) -> None:
         try:
             async with asyncio.timeout(self.settings.slow_consumer_s):
-                await self.ws.send_text(orjson.dumps(message).decode())
+                await self.ws.send_text(text)
         except TimeoutError:
             raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
 
