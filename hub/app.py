@@ -9,17 +9,20 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from hub.api import dashboard, events, health, jobs, models, tickets, v2, ws
+from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
-from hub.fanout import Fanout
-from hub.jobstore import JobStore, Limits
+from hub.jobstore import Limits
 from hub.limits import BodyLimit
+from hub.logs import RequestLog
+from hub.metrics import MeteredFanout, MeteredJobStore, Metrics
 from hub.ratelimit import RateLimiter
 from hub.redisconn import connect
 from hub.responses import JSON
 from hub.service import JobService
 from hub.settings import Settings
+from hub.shutdown import Drain, Streams
 
 DESCRIPTION = """A real-time inference hub: submit rows to an ONNX model, get the result inline,
 follow it live, or fetch it later. Every error is `{"error": {"code", "message"}}`."""
@@ -27,17 +30,20 @@ follow it live, or fetch it later. Every error is `{"error": {"code", "message"}
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    streams = Streams()  # open SSE streams and WebSockets, drained at shutdown
+    metrics = Metrics(streams.open)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url)
-        fanout = Fanout(
+        fanout = MeteredFanout(
             settings.redis_url,
+            metrics=metrics,
             maxsize=settings.subscriber_buffer,
             stuck_after_s=settings.slow_consumer_s,
         )
         await fanout.start()
-        store = JobStore(redis, Limits.of(settings))
+        store = MeteredJobStore(redis, Limits.of(settings), metrics=metrics)
         rate = (
             RateLimiter(redis, settings.rate_limit_per_s, settings.rate_burst)
             if settings.rate_limit_per_s
@@ -64,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSON,
     )
     app.state.settings = settings
+    app.state.streams = streams
+    app.state.metrics = metrics
     app.state.keyring = KeyRing.load(settings.api_keys_file)
     install_handlers(app)
     app.include_router(jobs.router)
@@ -74,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
+    app.include_router(metrics_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins:
         app.add_middleware(
@@ -91,4 +100,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             expose_headers=["Location", "Retry-After", "Inference-Header-Content-Length"],
         )
+    app.add_middleware(Drain, streams=streams)
+    app.add_middleware(RequestLog, observe=metrics.request)  # outermost: sees every request
     return app

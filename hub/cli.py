@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,12 +36,18 @@ def _settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # arq logs every job with its arguments (our raw tensors): costly and unreadable
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
+class LogFormats(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormat = Annotated[LogFormats | None, typer.Option(help="INFERHUB_LOG_FORMAT")]
+
+
+def _logging(log_format: str = "text") -> None:
+    from hub.logs import setup
+
+    setup(log_format, logging.INFO)
 
 
 KeysFile = Annotated[Path | None, typer.Option(help="INFERHUB_API_KEYS_FILE")]
@@ -67,18 +74,38 @@ def serve(
     port: Port = None,
     api_keys_file: KeysFile = None,
     insecure: Insecure = None,
+    log_format: LogFormat = None,
+    shutdown_grace_s: Annotated[
+        float | None, typer.Option(help="INFERHUB_SHUTDOWN_GRACE_S: exit within this on SIGTERM")
+    ] = None,
 ) -> None:
     """Run the hub (HTTP, SSE and WebSocket API)."""
     import uvicorn
 
     from hub.app import create_app
+    from hub.shutdown import Server
 
-    _logging()
     settings = _settings(
-        redis_url=redis_url, host=host, port=port, api_keys_file=api_keys_file, insecure=insecure
+        redis_url=redis_url,
+        host=host,
+        port=port,
+        api_keys_file=api_keys_file,
+        insecure=insecure,
+        log_format=log_format,
+        shutdown_grace_s=shutdown_grace_s,
     )
+    _logging(settings.log_format)
     _check_exposure(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    hub = create_app(settings)
+    config = uvicorn.Config(
+        hub,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our handlers (hub/logs.py), and our access line instead of uvicorn's
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+    )
+    Server(config, hub.state.streams, settings.shutdown_grace_s).run()
 
 
 @app.command()
@@ -86,12 +113,14 @@ def worker(
     redis_url: RedisUrl = None,
     models: Models = None,
     pool: Annotated[str | None, typer.Option(help="INFERHUB_POOL")] = None,
+    log_format: LogFormat = None,
 ) -> None:
     """Run a worker for one pool of the model repository."""
     from workers.main import run_worker
 
-    _logging()
-    run_worker(_settings(redis_url=redis_url, models=models, pool=pool))
+    settings = _settings(redis_url=redis_url, models=models, pool=pool, log_format=log_format)
+    _logging(settings.log_format)
+    run_worker(settings)
 
 
 @app.command()
@@ -102,6 +131,7 @@ def up(
     port: Port = None,
     api_keys_file: KeysFile = None,
     insecure: Insecure = None,
+    log_format: LogFormat = None,
 ) -> None:
     """The whole stack on this machine: Redis (embedded unless INFERHUB_REDIS_URL), a worker, the hub."""
     from hub.processes import free_port, start_cli, start_redis, stop
@@ -113,6 +143,7 @@ def up(
         port=port,
         api_keys_file=api_keys_file,
         insecure=insecure,
+        log_format=log_format,
     )
     _check_exposure(settings)
     if not settings.models.is_dir() or not any(settings.models.glob("*/config.toml")):
@@ -139,6 +170,7 @@ def up(
             "INFERHUB_HOST": settings.host,
             "INFERHUB_PORT": str(settings.port),
             "INFERHUB_INSECURE": str(settings.insecure).lower(),
+            "INFERHUB_LOG_FORMAT": settings.log_format,
         }
         if settings.api_keys_file is not None:
             env["INFERHUB_API_KEYS_FILE"] = str(settings.api_keys_file.resolve())
@@ -360,7 +392,7 @@ class _client:
     """A Client whose errors end the command with their message instead of a traceback."""
 
     def __init__(self, url: str) -> None:
-        self.client = Client(url)
+        self.client = Client(url, api_key=os.environ.get("INFERHUB_API_KEY"))
 
     def __enter__(self) -> Client:
         return self.client
@@ -376,3 +408,153 @@ class _client:
             console.print(f"[red]cannot reach the hub at {self.client.http.base_url}[/]: {exc}")
             sys.exit(1)
         return False
+
+
+# --- inferhub status: the operator's view, from a hub's /metrics -------------------------------
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+@app.command()
+def status(
+    url: Url = "http://127.0.0.1:8000",
+    interval: Annotated[float, typer.Option(help="seconds between the two scrapes (rates)")] = 5.0,
+    watch: Annotated[bool, typer.Option(help="refresh every --interval until Ctrl-C")] = False,
+) -> None:
+    """Workers, pools, queue depths and rates, read from the hub's /metrics."""
+    from rich.live import Live
+
+    interval = max(0.2, interval)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        try:
+            before, at = _scrape(http), time.monotonic()
+            if not watch:
+                time.sleep(interval)
+                console.print(_status_view(url, before, _scrape(http), time.monotonic() - at))
+                return
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    now, after = time.monotonic(), _scrape(http)
+                    live.update(_status_view(url, before, after, now - at), refresh=True)
+                    before, at = after, now
+        except httpx.HTTPError as exc:
+            console.print(f"[red]cannot read {url}/metrics[/]: {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            pass
+
+
+def _scrape(http: httpx.Client) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = http.get("/metrics")
+    response.raise_for_status()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def _by(samples: Samples, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The sum of the samples of ``name``, by the values of ``labels``."""
+    out: dict[tuple[str, ...], float] = {}
+    for tags, value in samples.get(name, ()):
+        key = tuple(tags.get(label, "") for label in labels)
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def _rate(
+    before: Samples, after: Samples, seconds: float, name: str, *labels: str
+) -> dict[tuple[str, ...], float]:
+    old = _by(before, name, *labels)  # a series new since then started from 0
+    return {
+        k: max(0.0, v - old.get(k, 0.0)) / seconds for k, v in _by(after, name, *labels).items()
+    }
+
+
+def _mean(after: Samples, before: Samples, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """Mean of a histogram over the interval (or since the start when nothing moved)."""
+    sums, counts = _by(after, f"{name}_sum", *labels), _by(after, f"{name}_count", *labels)
+    old_sums, old_counts = (
+        _by(before, f"{name}_sum", *labels),
+        _by(before, f"{name}_count", *labels),
+    )
+    out = {}
+    for key, count in counts.items():
+        delta = count - old_counts.get(key, 0.0)
+        if delta > 0:
+            out[key] = (sums[key] - old_sums.get(key, 0.0)) / delta
+        elif count:
+            out[key] = sums[key] / count
+    return out
+
+
+def _status_view(url: str, before: Samples, after: Samples, seconds: float) -> Any:
+    from rich.console import Group
+
+    one = lambda samples, name: sum(v for _, v in samples.get(name, ()))  # noqa: E731
+    redis_up = one(after, "inferhub_redis_up") == 1
+    events = sum(_rate(before, after, seconds, "inferhub_events_published_total").values())
+    head = (
+        f"[bold]{url}[/] redis {'[green]up[/]' if redis_up else '[red]unreachable[/]'}, "
+        f"{one(after, 'inferhub_sse_connections'):.0f} SSE streams and "
+        f"{one(after, 'inferhub_websocket_connections'):.0f} WebSockets on this hub, "
+        f"{events:.1f} events/s"
+    )
+
+    done = _rate(before, after, seconds, "inferhub_worker_jobs_total", "worker", "pool", "status")
+    pools = Table("pool", "workers", "queued", "running", "oldest queued", "jobs/s", title="pools")
+    depth = _by(after, "inferhub_queue_depth", "pool")
+    for (pool,), alive in sorted(_by(after, "inferhub_workers", "pool").items()):
+        rate = sum(v for (_, p, _), v in done.items() if p == pool)
+        pools.add_row(
+            pool,
+            f"{alive:.0f}" if alive else "[red]0[/]",
+            f"{depth.get((pool,), 0):.0f}",
+            f"{_by(after, 'inferhub_jobs_running', 'pool').get((pool,), 0):.0f}",
+            f"{_by(after, 'inferhub_queue_oldest_age_seconds', 'pool').get((pool,), 0):.1f} s",
+            f"{rate:.1f}",
+        )
+
+    workers = Table(
+        "worker", "pool", "running", "jobs done", "jobs/s", "failed", "heartbeat", title="workers"
+    )
+    totals = _by(after, "inferhub_worker_jobs_total", "worker", "pool", "status")
+    ages = _by(after, "inferhub_worker_heartbeat_age_seconds", "worker", "pool")
+    for (worker_id, pool), running in sorted(
+        _by(after, "inferhub_worker_running_jobs", "worker", "pool").items()
+    ):
+        mine = {s: v for (w, _, s), v in totals.items() if w == worker_id}
+        workers.add_row(
+            worker_id,
+            pool,
+            f"{running:.0f}",
+            f"{sum(mine.values()):.0f}",
+            f"{sum(v for (w, _, _), v in done.items() if w == worker_id):.1f}",
+            f"{mine.get('failed', 0):.0f}",
+            f"{ages.get((worker_id, pool), 0):.1f} s ago",
+        )
+
+    models = Table(
+        "model",
+        "succeeded/s",
+        "failed/s",
+        "canceled/s",
+        "inference",
+        "batch rows",
+        title="models (all workers)",
+    )
+    by_model = _rate(before, after, seconds, "inferhub_worker_jobs_total", "model", "status")
+    inference = _mean(after, before, "inferhub_inference_seconds", "model")
+    rows = _mean(after, before, "inferhub_batch_size_rows", "model")
+    for model in sorted({m for m, _ in by_model} | {m for (m,) in inference}):
+        models.add_row(
+            model,
+            *(f"{by_model.get((model, s), 0):.1f}" for s in ("succeeded", "failed", "canceled")),
+            f"{inference[(model,)] * 1000:.2f} ms" if (model,) in inference else "-",
+            f"{rows[(model,)]:.1f}" if (model,) in rows else "-",
+        )
+    return Group(head, pools, workers, models)

@@ -20,6 +20,7 @@ from hub.catalogue import Catalogue
 from hub.errors import HubError, not_found
 from hub.fanout import GAP, Fanout
 from hub.jobstore import Created, Event, JobStore, stream_key
+from hub.logs import current_request_id
 from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest
@@ -53,6 +54,7 @@ class JobService:
         owner: str,
         idempotency_key: str | None = None,
         wait_s: float = 0.0,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         """Check a ``/v1`` request, queue the job, and (with ``wait_s``) wait for it to end."""
         model, version = await self.catalogue.model(request.model, request.version)
@@ -66,6 +68,7 @@ class JobService:
             parameters=request.parameters,
             idempotency=(idempotency_key, _fingerprint(request)) if idempotency_key else None,
             wait_s=wait_s,
+            request_id=request_id,
         )
 
     async def submit_arrays(
@@ -80,8 +83,12 @@ class JobService:
         parameters: dict[str, Any] | None = None,
         idempotency: tuple[str, str] | None = None,
         wait_s: float = 0.0,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        """Queue a job of decoded inputs (any transport); ``idempotency`` is (key, fingerprint)."""
+        """Queue a job of decoded inputs (any transport); ``idempotency`` is (key, fingerprint).
+
+        ``request_id`` (by default the current request's) goes with the job into its record
+        and to the worker, for the log lines."""
         check_arrays(model, version, arrays)
         check_outputs(model, version, outputs)
         if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
@@ -108,6 +115,7 @@ class JobService:
             ],
             "parameters": parameters,
             "fingerprint": idempotency[1] if idempotency else None,
+            "request_id": request_id or current_request_id(),
         }
         job_kwargs = {
             "model": model["name"],
@@ -115,6 +123,7 @@ class JobService:
             "owner": owner,
             "inputs": [pack_tensor(n, a) for n, a in arrays.items()],
             "outputs": outputs,
+            "request_id": record["request_id"],
         }
         async with self.fanout.subscribe(("job", job_id)) as sub:
             created, existing = await self.store.create(

@@ -4,6 +4,7 @@ The CLI flags carry the same names (``--redis-url`` is ``INFERHUB_REDIS_URL``).
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,3 +44,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Submissions per tenant per second; 0: off."
     )
     rate_burst: int = Field(100, gt=0, description="Submissions a tenant may make at once.")
+    shutdown_grace_s: float = Field(
+        10.0, gt=0, description="On SIGTERM a hub closes its streams and exits within this."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log lines: text or json.")

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from workers.heartbeat import BATCH_BUCKETS, INFERENCE_BUCKETS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class Batcher:
         self.preferred = min(preferred_batch_size, max_batch_size) if batchable else 1
         self.max_delay_s = max_queue_delay_ms / 1000
         self.batches = 0  # how many onnxruntime calls, for the tests and the metrics
+        self.seconds = Histogram(INFERENCE_BUCKETS)  # per onnxruntime call, for the metrics
+        self.rows = Histogram(BATCH_BUCKETS)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._active = 0  # requests that are, or will soon be, waiting in the queue
         self._task: asyncio.Task[None] | None = None
@@ -125,7 +130,10 @@ class Batcher:
             feed = batch[0].inputs
         else:
             feed = {n: np.concatenate([r.inputs[n] for r in batch]) for n in batch[0].inputs}
+        began = time.perf_counter()
         outputs = self.session.run(self.output_names, feed)
+        self.seconds.observe(time.perf_counter() - began)
+        self.rows.observe(sum(r.rows for r in batch))
         results, start = [], 0
         for request in batch:
             end = start + request.rows

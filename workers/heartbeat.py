@@ -7,10 +7,13 @@ catalogue entries outlive it so that jobs for them are still accepted and wait i
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import socket
+import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -22,8 +25,69 @@ from workers.repository import Repository
 
 log = logging.getLogger(__name__)
 
+# --- the worker's figures, carried by the heartbeat so that any hub's /metrics shows them -----
 
-def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, int]) -> bytes:
+INFERENCE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+)  # fmt: skip
+"""Seconds of one onnxruntime call."""
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Rows of one onnxruntime call."""
+
+
+class Histogram:
+    """A cumulative histogram as Prometheus has it, in plain Python (sent as JSON)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def merge(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+
+    def to_json(self) -> dict[str, Any]:
+        """``le``: upper bounds; ``counts``: cumulative counts per bound; then count and sum."""
+        cumulative, total = [], 0
+        for n in self.counts[:-1]:
+            total += n
+            cumulative.append(total)
+        return {
+            "le": list(self.bounds),
+            "counts": cumulative,
+            "count": total + self.counts[-1],
+            "sum": self.sum,
+        }
+
+
+def count_job(stats: dict[str, Any], model: str, status: str) -> None:
+    """One more job of ``model`` ended with ``status`` on this worker."""
+    by_status = stats.setdefault("jobs", {}).setdefault(model, {})
+    by_status[status] = by_status.get(status, 0) + 1
+
+
+def figures(stats: dict[str, Any]) -> dict[str, Any]:
+    """Jobs by model and status, and per model the onnxruntime calls' seconds and rows."""
+    seconds: dict[str, Histogram] = {}
+    rows: dict[str, Histogram] = {}
+    for (name, _version), batcher in stats.get("batchers", {}).items():
+        seconds.setdefault(name, Histogram(INFERENCE_BUCKETS)).merge(batcher.seconds)
+        rows.setdefault(name, Histogram(BATCH_BUCKETS)).merge(batcher.rows)
+    return {
+        "jobs": stats.get("jobs", {}),
+        "inference_seconds": {m: h.to_json() for m, h in seconds.items() if h.sum},
+        "batch_rows": {m: h.to_json() for m, h in rows.items() if h.sum},
+    }
+
+
+def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, Any]) -> bytes:
     return orjson.dumps(
         {
             "id": worker_id,
@@ -36,6 +100,7 @@ def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, 
             "done": stats["done"],
             "started_at": stats["started_at"],
             "seen": time.time(),
+            "figures": figures(stats),
         }
     )
 
@@ -77,3 +142,27 @@ async def heartbeat_forever(
 async def leave(redis: Redis, worker_id: str) -> None:
     """Remove the heartbeat at a clean shutdown, so the hub sees the worker gone at once."""
     await redis.delete(keys.worker(worker_id))
+
+
+def alive_here(redis_url: str) -> bool:
+    """Whether a live worker of this host (container) has a heartbeat record in Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        pattern = keys.worker(f"{socket.gethostname()}-*")
+        return any(True for _ in client.scan_iter(match=pattern, count=1000))
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    # a container health check: `python -m workers.heartbeat` exits 0 while this host's worker
+    # heartbeats (INFERHUB_REDIS_URL), 1 otherwise
+    from hub.settings import Settings
+
+    try:
+        sys.exit(0 if alive_here(Settings().redis_url) else 1)
+    except Exception as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -12,8 +12,10 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from hub.jobstore import JobStore
+from hub.logs import JOBS, bound
 from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
 from workers.batcher import Batcher
+from workers.heartbeat import count_job
 from workers.repository import Model
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ _RUNNABLE = (JobStatus.QUEUED, JobStatus.STARTED)  # started: a re-run after a w
 async def run_job(ctx: dict[str, Any], **job: Any) -> None:
     """Run one job; if Redis is away, leave it to arq to run again rather than lose it."""
     try:
-        await _run(ctx, **job)
+        with bound(request_id=job.get("request_id"), job_id=ctx["job_id"]):
+            await _run(ctx, **job)
     except RedisError as exc:
         # the record still says queued or started, and the guarded events will not repeat
         log.warning("job %s: redis unavailable (%s); it will run again", ctx["job_id"], exc)
@@ -39,6 +42,7 @@ async def _run(
     owner: str,
     inputs: list[dict[str, Any]],
     outputs: list[str] | None = None,
+    request_id: str | None = None,  # the submitting request's, in every log line of the job
 ) -> None:
     store: JobStore = ctx["store"]
     job_id: str = ctx["job_id"]
@@ -63,6 +67,7 @@ async def _run(
     )
     if not started:
         return  # canceled while queued, or already ended by an earlier attempt
+    JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
 
     stats["running"] += 1
     try:
@@ -89,6 +94,10 @@ async def _run(
     await emit(
         EventType(status.value), (JobStatus.STARTED,), status=status, data=data, fields=fields
     )
+    count_job(stats, model, status.value)  # the worker's figures, sent with its heartbeat
+    stats.setdefault("batchers", ctx["batchers"])
+    detail = {"error": data["error"]} if "error" in data else {}
+    JOBS.info("job %s", status.value, extra={"event": status.value, "model": model, **detail})
 
 
 async def _predict(

@@ -1,0 +1,294 @@
+"""Scale-out, measured: one hub and one worker against two hubs and two workers.
+
+For each topology it starts its own stack on 127.0.0.1 (Redis, ``inferhub serve`` and
+``inferhub worker`` processes, as Compose runs them), then:
+
+1. sends N requests at concurrency C spread over the hubs (bench/load.py's closed loop) while
+   every hub's all-jobs feed (``GET /v1/events``) is read to the end: each replica must have
+   received every event of the run, in order, as the global event log in Redis holds them;
+2. submits J bulk jobs (progress events) alternately to each hub and follows each job's SSE
+   stream through the *other* hub: each must be the job's complete, ordered event sequence.
+
+It prints one JSON line per topology (rows/s, latency percentiles, errors, CPU seconds of each
+kind of process, and the event checks), then a line comparing the two.
+
+    python bench/scaleout.py --model digits --endpoint v2 --concurrency 32 --requests 4000
+    python bench/scaleout.py --model heavy --endpoint v2-binary --concurrency 16 --requests 600
+
+Bounded in count and time, loopback only. A benchmark, not a test: figures go to
+docs/operations.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+from httpx_sse import aconnect_sse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import (  # noqa: E402
+    Stack,
+    build_body,
+    cpu_seconds,
+    make_repo,
+    percentiles,
+    sample_rows,
+)
+from hub import keys  # noqa: E402
+from workers.repository import load_repository  # noqa: E402
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+# --- a light load generator: pre-built HTTP/1.1 requests on kept-alive sockets ----------------
+# (httpx spends milliseconds of CPU per request at high concurrency; on a 2-core machine the
+# client would be what is measured)
+
+
+def raw_request(url: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    host = url.split("://", 1)[1]
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def raw_closed_loop(
+    urls: list[str],
+    requests: list[tuple[str, bytes, dict[str, str]]],
+    concurrency: int,
+    limit_s: float,
+) -> tuple[list[float], int, float]:
+    """``concurrency`` users, user k on hub k % len(urls), each one request at a time."""
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    deadline = time.monotonic() + limit_s
+
+    async def user(k: int) -> None:
+        nonlocal next_index, errors
+        url = urls[k % len(urls)]
+        host, port = url.split("://", 1)[1].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while next_index < len(requests) and time.monotonic() < deadline:
+                path, body, headers = requests[next_index]
+                next_index += 1
+                started = time.perf_counter()
+                writer.write(raw_request(url, path, body, headers))
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, val = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(val)
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(k) for k in range(concurrency)))
+    return latencies, errors, time.perf_counter() - started
+
+
+async def read_feed(url: str, into: list[tuple[str, str, str]], ready: asyncio.Event) -> None:
+    """Every event of the all-jobs feed of one hub, as (id, job id, type), until cancelled."""
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None)) as client,
+        aconnect_sse(client, "GET", "/v1/events") as source,
+    ):
+        ready.set()
+        async for sse in source.aiter_sse():
+            if sse.event in ("close", "reset"):
+                into.append(("", "", sse.event))  # a slow reader was cut off: counted as loss
+            elif sse.data:
+                event = orjson.loads(sse.data)
+                into.append((event["id"], event["job_id"], event["type"]))
+
+
+def key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq)
+
+
+def check_feeds(
+    feeds: list[list[tuple[str, str, str]]], logged: list[str], after: str
+) -> dict[str, Any]:
+    """Each hub's feed against the global log in Redis, over the ids after ``after``."""
+    want = [i for i in logged if key(i) > key(after)]
+    report = []
+    for feed in feeds:
+        got = [e[0] for e in feed if e[0] and key(e[0]) > key(after)]
+        in_order = all(key(a) < key(b) for a, b in itertools.pairwise(got))
+        missing = len(set(want) - set(got))
+        cut = sum(1 for e in feed if not e[0])
+        report.append({"events": len(got), "missing": missing, "in_order": in_order, "cut": cut})
+    return {"logged": len(want), "hubs": report}
+
+
+async def follow_jobs(
+    urls: list[str], model: str, rows: list[list[float]], jobs: int, r: redis.Redis
+) -> dict[str, Any]:
+    """Bulk jobs submitted to hub i % n and followed through hub (i + 1) % n."""
+    n = len(urls)
+    clients = [httpx.AsyncClient(base_url=u, timeout=httpx.Timeout(30, read=120)) for u in urls]
+
+    async def one(i: int) -> tuple[str, list[tuple[str, str]]]:
+        body = {"model": model, "data": rows}
+        answer = await clients[i % n].post("/v1/jobs", json=body)
+        answer.raise_for_status()
+        job_id = answer.json()["id"]
+        seen: list[tuple[str, str]] = []
+        async with aconnect_sse(clients[(i + 1) % n], "GET", f"/v1/jobs/{job_id}/events") as src:
+            async for sse in src.aiter_sse():
+                if sse.data:
+                    event = orjson.loads(sse.data)
+                    seen.append((event["id"], event["type"]))
+        return job_id, seen
+
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(jobs)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    complete = lost = events = 0
+    for job_id, seen in results:
+        stored_ids = [eid.decode() for eid, _ in r.xrange(keys.job_events(job_id))]
+        types = [t for _, t in seen]
+        events += len(seen)
+        lost += len(set(stored_ids) - {i for i, _ in seen})
+        ok = (
+            types[:2] == ["queued", "started"]
+            and types[-1] in TERMINAL
+            and set(types[2:-1]) <= {"progress"}
+            and [i for i, _ in seen] == stored_ids
+        )
+        complete += ok
+    return {"jobs": jobs, "complete_in_order": complete, "events": events, "lost": lost}
+
+
+def run_topology(args: argparse.Namespace, repo: Path, hubs: int, workers: int) -> dict[str, Any]:
+    model = load_repository(repo).models[args.model]
+    spec = model.versions[model.latest].inputs[0]
+    data = sample_rows(args.model, spec, args.requests * args.rows)
+    requests = [
+        build_body(
+            args.endpoint, args.model, spec["name"], data[i * args.rows : (i + 1) * args.rows]
+        )
+        for i in range(args.requests)
+    ]
+    stack = Stack(repo, hubs=hubs, workers=workers)
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        # warm up every hub and worker (model sessions, connections), outside the measurement
+        asyncio.run(raw_closed_loop(stack.urls, requests[: 50 * hubs], 4 * hubs, 30))
+        before = {k: [cpu_seconds(p) for p in v] for k, v in stack.pids().items()}
+        loadgen_before = sum(os.times()[:2])
+
+        async def load() -> tuple[Any, list[list[tuple[str, str, str]]], str]:
+            feeds: list[list[tuple[str, str, str]]] = [[] for _ in stack.urls]
+            ready = [asyncio.Event() for _ in stack.urls]
+            readers = [
+                asyncio.create_task(read_feed(u, f, e))
+                for u, f, e in zip(stack.urls, feeds, ready, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 10)
+            last = r.xrevrange(keys.EVENTS_STREAM, count=1)
+            start_id = last[0][0].decode() if last else "0-0"
+            result = await raw_closed_loop(stack.urls, requests, args.concurrency, args.time_limit)
+            await asyncio.sleep(1.0)  # the last events reach the feeds
+            for reader in readers:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+            return result, feeds, start_id
+
+        (latencies, errors, wall), feeds, start_id = asyncio.run(load())
+        loadgen = round(sum(os.times()[:2]) - loadgen_before, 2)
+        cpu = {
+            k: round(sum(cpu_seconds(p) for p in v) - sum(before[k]), 2)
+            for k, v in stack.pids().items()
+        }
+        cpu["loadgen"] = loadgen  # with the feed readers
+        logged = [eid.decode() for eid, _ in r.xrange(keys.EVENTS_STREAM, min=f"({start_id}")]
+        feed_check = check_feeds(feeds, logged, start_id)
+        bulk_rows = data[: args.bulk_rows].tolist()
+        follow = asyncio.run(follow_jobs(stack.urls, args.model, bulk_rows, args.follow_jobs, r))
+    finally:
+        r.close()
+        stack.close()
+    return {
+        "hubs": hubs,
+        "workers": workers,
+        "model": args.model,
+        "endpoint": args.endpoint,
+        "concurrency": args.concurrency,
+        "requests": len(latencies),
+        "rows_per_s": round(len(latencies) * args.rows / wall, 1),
+        "latency_ms": percentiles(latencies),
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "cpu_s": cpu,
+        "feeds": feed_check,
+        "followed_through_other_hub": follow,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--endpoint", choices=["v1", "v2", "v2-binary"], default="v2")
+    parser.add_argument("--concurrency", "-c", type=int, default=32)
+    parser.add_argument("--requests", "-n", type=int, default=3000)
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    parser.add_argument("--time-limit", type=float, default=120, help="stop sending after this")
+    parser.add_argument("--follow-jobs", type=int, default=40, help="bulk jobs followed by SSE")
+    parser.add_argument("--bulk-rows", type=int, default=600, help="rows of each followed job")
+    args = parser.parse_args(argv)
+    args.requests = min(args.requests, 100_000)
+    args.follow_jobs = min(args.follow_jobs, 1000)
+
+    print(f"cpus: {os.cpu_count()}", file=sys.stderr)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="inferhub-scaleout-") as tmp:
+        repo = make_repo(Path(tmp))
+        for hubs, workers in ((1, 1), (2, 2)):
+            started = time.monotonic()
+            result = run_topology(args, repo, hubs, workers)
+            result["bench_s"] = round(time.monotonic() - started, 1)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    one, two = results
+    print(
+        json.dumps(
+            {
+                "speedup_rows_per_s": round(two["rows_per_s"] / one["rows_per_s"], 3),
+                "p50_ms": [one["latency_ms"]["p50"], two["latency_ms"]["p50"]],
+                "p99_ms": [one["latency_ms"]["p99"], two["latency_ms"]["p99"]],
+                "events_lost": sum(
+                    h["missing"] + h["cut"] for r in results for h in r["feeds"]["hubs"]
+                )
+                + sum(r["followed_through_other_hub"]["lost"] for r in results),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

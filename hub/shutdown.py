@@ -1,0 +1,263 @@
+"""Graceful shutdown of a hub: stop accepting, end every live stream as documented, exit in time.
+
+On SIGTERM (or Ctrl-C) ``inferhub serve``:
+
+1. stops listening; a request that still arrives on a kept-alive connection gets ``503`` with
+   ``Connection: close`` and ``Retry-After``, so a load balancer moves on to another replica;
+2. ends each open SSE stream with ``retry: 1000`` and an ``event: close`` whose data says why:
+   the client reconnects (through the load balancer, to another replica) with its
+   ``Last-Event-ID`` and misses nothing;
+3. closes each WebSocket with code ``1001`` (going away): the client reconnects and
+   resubscribes with its ``last_event_id``;
+4. lets requests in flight (a ``Prefer: wait``, a V2 inference) finish, and cancels whatever is
+   still running when ``INFERHUB_SHUTDOWN_GRACE_S`` is spent; the jobs themselves live on in
+   Redis and on the workers.
+
+``Streams`` is the registry of open SSE streams and WebSockets (also counted by the metrics);
+``Drain`` is the ASGI middleware that fills it and can end a stream from outside the route;
+``Server`` is uvicorn's server with the steps above before uvicorn's own shutdown (which would
+close WebSockets with 1012 and cut SSE streams without a word).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+import uvicorn
+
+from hub.logs import App, Message, Receive, Scope, Send, request_jobs
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+RETRY_MS = 1000
+REASON = "the server is shutting down; reconnect with your last event id"
+
+_SSE_FAREWELL = (
+    f"retry: {RETRY_MS}\r\nevent: close\r\ndata: "
+    + orjson.dumps({"reason": REASON}).decode()
+    + "\r\n\r\n"
+).encode()
+
+
+class _Stream:
+    """One HTTP request or WebSocket as the app sees it: its ``send`` and ``receive`` pass
+    through, and ``end()`` finishes it for the client, then tells the app the peer left."""
+
+    def __init__(self, kind: str, receive: Receive, send: Send) -> None:
+        self.kind = kind  # "http" until its response turns out to be SSE, or "websocket"
+        self.started = False  # the response (or the WebSocket handshake) began
+        self.live = False  # an SSE response started, or a WebSocket accepted, and not done
+        self.ended = False  # ended by us: the app's later sends go nowhere
+        self._receive = receive
+        self._send = send
+        self._lock = asyncio.Lock()
+        self._body_read = kind == "websocket"
+        self._stop = asyncio.Event()
+        self.returned = asyncio.Event()  # the route behind it returned
+        self._stop_wait: asyncio.Future[Any] | None = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        self.started = True
+        if kind == "http.response.start":
+            content_type = dict(message.get("headers", ())).get(b"content-type", b"")
+            if content_type.startswith(b"text/event-stream"):
+                self.kind, self.live = "sse", True
+        elif kind == "websocket.accept":
+            self.live = True
+        async with self._lock:
+            if self.ended:
+                return
+            await self._send(message)
+        if kind == "websocket.close" or (
+            kind == "http.response.body" and not message.get("more_body", False)
+        ):
+            self.live = False
+
+    async def receive(self) -> Message:
+        if not self._body_read:  # reading the request body: nothing to race
+            message = await self._receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self._body_read = True
+            return message
+        if self._stop.is_set():
+            return self._gone()
+        if self._stop_wait is None:
+            self._stop_wait = asyncio.ensure_future(self._stop.wait())
+        got = asyncio.ensure_future(self._receive())
+        try:
+            await asyncio.wait({got, self._stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            got.cancel()
+            raise
+        if got.done():
+            return got.result()
+        got.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await got
+        return self._gone()
+
+    def _gone(self) -> Message:
+        if self.kind == "websocket":
+            return {"type": "websocket.disconnect", "code": CLOSE_GOING_AWAY}
+        return {"type": "http.disconnect"}
+
+    async def end(self, timeout_s: float) -> None:
+        """Say goodbye to the client (SSE farewell, or WebSocket close 1001), then stop."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._lock:  # not in the middle of another frame
+                    if self.live and not self.ended:
+                        if self.kind == "sse":
+                            await self._send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": _SSE_FAREWELL,
+                                    "more_body": True,
+                                }
+                            )
+                            await self._send({"type": "http.response.body", "body": b""})
+                        else:
+                            await self._send(
+                                {
+                                    "type": "websocket.close",
+                                    "code": CLOSE_GOING_AWAY,
+                                    "reason": REASON,
+                                }
+                            )
+                    self.ended = True
+        except Exception as exc:  # a client that does not read, or is gone: cut below
+            log.info("could not say goodbye to a %s client: %r", self.kind, exc)
+            self.ended = True
+        finally:
+            self.live = False
+            self._stop.set()
+
+    def close(self) -> None:
+        self.returned.set()
+        if self._stop_wait is not None:
+            self._stop_wait.cancel()
+
+
+class Streams:
+    """The open SSE streams and WebSockets of one app, and the switch that drains them."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._all: set[_Stream] = set()
+
+    def open(self, kind: str) -> int:
+        """How many SSE streams (``"sse"``) or WebSockets (``"websocket"``) are open."""
+        return sum(1 for s in self._all if s.live and s.kind == kind)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests, end every live stream, and wait (at most ``timeout_s``) until
+        the routes behind them have returned."""
+        self.closing = True
+        live = [s for s in self._all if s.live]
+        if live:
+            log.info(
+                "shutting down: closing %d SSE stream(s) and %d WebSocket(s)",
+                sum(s.kind == "sse" for s in live),
+                sum(s.kind == "websocket" for s in live),
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(s.end(min(1.0, timeout_s)) for s in live))
+                await asyncio.gather(*(s.returned.wait() for s in live))
+
+    def add(self, stream: _Stream) -> None:
+        self._all.add(stream)
+
+    def discard(self, stream: _Stream) -> None:
+        self._all.discard(stream)
+
+
+class Drain:
+    """ASGI middleware: registers each request and WebSocket in ``streams``; once the
+    shutdown began, refuses new ones (``503``; a WebSocket handshake is denied)."""
+
+    def __init__(self, app: App, streams: Streams) -> None:
+        self.app = app
+        self.streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.streams.closing:
+            await _refuse(kind, send)
+            return
+        stream = _Stream(kind, receive, send)
+        self.streams.add(stream)
+        try:
+            await self.app(scope, stream.receive, stream.send)
+        except asyncio.CancelledError:
+            # the grace is spent and uvicorn cancels what still runs: answer a request that
+            # has no answer yet with a 503 that says where its job is, not uvicorn's bare 500
+            if not (self.streams.closing and kind == "http" and not stream.started):
+                raise
+            await _refuse(kind, send, cut=True)
+        finally:
+            self.streams.discard(stream)
+            stream.close()
+
+
+async def _refuse(kind: str, send: Send, *, cut: bool = False) -> None:
+    if kind == "websocket":
+        await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": REASON})
+        return
+    message = REASON
+    jobs = request_jobs() if cut else []
+    if cut:
+        message = "the server shut down before the answer was ready; " + (
+            f"job {jobs[0]} goes on: GET /v1/jobs/{jobs[0]}" if jobs else "retry"
+        )
+    body = orjson.dumps({"error": {"code": "shutting_down", "message": message}})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"retry-after", b"1"),
+        *([(b"location", f"/v1/jobs/{jobs[0]}".encode())] if jobs else []),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, shutting down in the steps of this module within ``grace_s``."""
+
+    def __init__(self, config: uvicorn.Config, streams: Streams, grace_s: float) -> None:
+        super().__init__(config)
+        self.streams = streams
+        self.grace_s = grace_s
+        # sse-starlette would cancel every SSE stream itself (mid-air, without a word) as soon
+        # as uvicorn begins to exit; here the drain ends them cleanly instead
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.disable_automatic_graceful_drain()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        deadline = time.monotonic() + self.grace_s
+        for server in self.servers:
+            server.close()  # stop accepting
+        await self.streams.drain(timeout_s=min(2.0, self.grace_s / 2))
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.should_exit = True  # a stream the drain could not end is cancelled now
+        # what is left of the grace period, for the requests in flight; then the lifespan
+        remaining = max(0.1, deadline - time.monotonic() - 0.5)
+        self.config.timeout_graceful_shutdown = remaining  # type: ignore[assignment]  # a float works
+        try:
+            async with asyncio.timeout(max(0.2, deadline - time.monotonic())):
+                await super().shutdown(sockets)
+        except TimeoutError:
+            log.warning("shutdown grace of %g s spent; exiting now", self.grace_s)

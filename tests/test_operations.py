@@ -1,0 +1,402 @@
+"""Operations: metrics, logs, graceful shutdown, Compose, and two hubs with two workers.
+
+Real processes throughout: hubs and workers are ``python -m hub serve|worker`` on a Redis of
+their own (JSON logs to files), next to the session's in-process hub for the metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from helpers import ROOT, free_port, wait_for, worker_env
+from httpx_sse import connect_sse
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from hub import keys
+from hub.logs import bound, handler
+from hub.processes import start_cli, start_redis, stop
+from hub.settings import Settings
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        v for tags, v in samples.get(name, ()) if all(tags.get(k) == x for k, x in labels.items())
+    )
+
+
+# --- the stack: Redis, two workers, two hubs -----------------------------------------------------
+
+
+@dataclass
+class Stack:
+    folder: Path
+    redis_url: str
+    redis: subprocess.Popen[bytes]
+    env: dict[str, str]
+    hubs: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
+
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.folder / f"{name}.log").open("wb")
+        self.logs.append(log)
+        return start_cli(*args, env={**self.env, **env}, log=log)
+
+    def lines(self, name: str) -> list[dict[str, Any]]:
+        """Every line of a process's log, each parsed as JSON (it must be JSON)."""
+        text = (self.folder / f"{name}.log").read_text()
+        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("operations")
+    port = free_port()
+    redis = start_redis(port, folder)
+    env = {
+        "INFERHUB_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "INFERHUB_MODELS": str(model_repo),
+        "INFERHUB_HEARTBEAT_S": "0.5",
+        "INFERHUB_LOG_FORMAT": "json",
+    }
+    s = Stack(folder, env["INFERHUB_REDIS_URL"], redis, env)
+    try:
+        for i in range(2):
+            s.procs.append(s.start(f"worker{i}", "worker"))
+        for i in range(2):
+            hub_port = free_port()
+            s.procs.append(s.start(f"hub{i}", "serve", INFERHUB_PORT=str(hub_port)))
+            s.hubs.append(f"http://127.0.0.1:{hub_port}")
+        for url in s.hubs:
+            wait_for(lambda url=url: _ready(url), timeout=60, what=f"{url}/readyz")
+        wait_for(
+            lambda: value(parse(httpx.get(f"{s.hubs[0]}/metrics").text), "inferhub_workers") == 2,
+            timeout=30,
+            what="two live workers",
+        )
+        yield s
+    finally:
+        stop(s.procs)
+        stop([s.redis])
+        for log in s.logs:
+            log.close()
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_metrics_appear_and_move_after_a_job(client: Any) -> None:
+    def scrape() -> Samples:
+        r = client.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        return parse(r.text)
+
+    before = scrape()
+    assert value(before, "inferhub_redis_up") == 1
+    assert value(before, "inferhub_workers", pool="default") >= 1
+    assert "inferhub_queue_depth" in before and "inferhub_queue_oldest_age_seconds" in before
+    assert "inferhub_sse_connections" in before and "inferhub_websocket_connections" in before
+
+    r = client.post(
+        "/v1/jobs",
+        json={"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]] * 300},  # 2 chunks: progress
+        headers={"Prefer": "wait=30"},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    after = scrape()
+
+    def moved(name: str, by: float = 1, **labels: str) -> bool:
+        return value(after, name, **labels) - value(before, name, **labels) >= by
+
+    assert moved("inferhub_jobs_submitted_total", model="iris")
+    assert moved("inferhub_jobs_succeeded_total", model="iris")
+    for name in ("queue_wait", "run", "end_to_end"):
+        assert moved(f"inferhub_job_{name}_seconds_count", model="iris"), name
+    for kind in ("queued", "started", "progress", "succeeded"):
+        assert moved("inferhub_events_published_total", type=kind), kind
+    assert moved("inferhub_events_delivered_total", by=4)
+    assert moved("inferhub_http_requests_total", method="POST", route="/v1/jobs", status="200")
+
+    # the worker's own figures arrive with its next heartbeat
+    def worker_moved() -> Samples | None:
+        now = scrape()
+        iris_ok = {"model": "iris", "status": "succeeded"}
+        done = value(now, "inferhub_worker_jobs_total", **iris_ok)
+        return now if done > value(before, "inferhub_worker_jobs_total", **iris_ok) else None
+
+    now = wait_for(worker_moved, timeout=10, what="the worker's figures to move")
+    for name in ("inferhub_inference_seconds", "inferhub_batch_size_rows"):
+        assert value(now, f"{name}_count", model="iris") > value(
+            before, f"{name}_count", model="iris"
+        )
+        assert value(now, f"{name}_bucket", model="iris", le="+Inf") == value(
+            now, f"{name}_count", model="iris"
+        )
+
+
+def test_two_hubs_two_workers_serve_one_job_stream_with_nothing_lost(stack: Stack) -> None:
+    """Jobs submitted through both hubs, each followed (SSE) through the other one."""
+    redis = Redis.from_url(stack.redis_url)
+    jobs: list[tuple[str, int]] = []  # (job id, index of the hub that accepted it)
+    with httpx.Client(timeout=30) as http:
+        for i in range(12):
+            rows = 600 if i % 3 == 0 else 2  # 600 rows: three chunks, three progress events
+            body = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]] * rows}
+            r = http.post(f"{stack.hubs[i % 2]}/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            jobs.append((r.json()["id"], i % 2))
+
+    followed: dict[str, list[dict[str, Any]]] = {}
+
+    def follow(job_id: str, hub: int) -> None:
+        url = f"{stack.hubs[1 - hub]}/v1/jobs/{job_id}/events"
+        with httpx.Client(timeout=30) as http, connect_sse(http, "GET", url) as source:
+            followed[job_id] = [orjson.loads(m.data) for m in source.iter_sse() if m.data]
+
+    threads = [threading.Thread(target=follow, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    workers = set()
+    for job_id, _ in jobs:
+        events = followed[job_id]
+        types = [e["type"] for e in events]
+        assert types[:2] == ["queued", "started"] and types[-1] == "succeeded", types
+        assert set(types[2:-1]) <= {"progress"}
+        stored = [eid.decode() for eid, _ in redis.xrange(keys.job_events(job_id))]
+        assert [e["id"] for e in events] == stored  # every event, in order, none twice
+        workers.add(events[1]["data"]["worker"])
+    assert workers  # the job stream was served by the stack's workers
+
+    # each job is counted once, by the hub that accepted it: the sums over hubs are exact
+    def totals() -> tuple[float, float]:
+        scrapes = [parse(httpx.get(f"{url}/metrics").text) for url in stack.hubs]
+        return (
+            sum(value(s, "inferhub_jobs_submitted_total", model="iris") for s in scrapes),
+            sum(value(s, "inferhub_jobs_succeeded_total", model="iris") for s in scrapes),
+        )
+
+    wait_for(lambda: totals() == (12, 12), timeout=10, what=f"12 jobs counted once: {totals()}")
+    redis.close()
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def test_log_lines_carry_request_and_job_ids_from_hub_to_worker(stack: Stack) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    cases = {
+        "req-operations-1": {"X-Request-ID": "req-operations-1"},
+        trace: {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    }
+    submitted = {}
+    for request_id, headers in cases.items():
+        r = httpx.post(
+            f"{stack.hubs[0]}/v1/jobs",
+            json={"model": "digits", "data": [[0.0] * 64]},
+            headers={**headers, "Prefer": "wait=30"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Request-ID"] == request_id
+        submitted[request_id] = r.json()["id"]
+
+    def lines_of(names: list[str], request_id: str) -> list[dict[str, Any]]:
+        return [
+            line for n in names for line in stack.lines(n) if line.get("request_id") == request_id
+        ]
+
+    for request_id, job_id in submitted.items():
+        hub = lines_of(["hub0"], request_id)
+        access = [x for x in hub if x["logger"] == "inferhub.access"]
+        assert [(x["method"], x["path"], x["status"]) for x in access] == [
+            ("POST", "/v1/jobs", 200)
+        ]
+        assert access[0]["job_id"] == job_id
+        assert {(x["message"], x["job_id"]) for x in hub if x["logger"] == "inferhub.jobs"} == {
+            ("job queued", job_id)
+        }
+
+        def worker_lines(rid: str = request_id) -> list[dict[str, Any]]:
+            found = lines_of(["worker0", "worker1"], rid)
+            return found if len(found) >= 2 else []
+
+        worker = wait_for(worker_lines, timeout=10, what="the worker's job lines")
+        assert [(x["message"], x["job_id"]) for x in worker] == [
+            ("job started", job_id),
+            ("job succeeded", job_id),
+        ]
+    for name in ("hub0", "hub1", "worker0", "worker1"):  # every line of every log is JSON
+        assert all({"ts", "level", "logger", "message"} <= set(x) for x in stack.lines(name))
+
+
+def test_text_log_lines_show_the_ids() -> None:
+    out = io.StringIO()
+    logger = logging.getLogger("inferhub.test-text")
+    logger.propagate = False
+    logger.addHandler(handler("text", out))
+    logger.setLevel(logging.INFO)
+    with bound(request_id="r-1"):
+        logger.info("job queued", extra={"job_id": "j-1", "model": "iris"})
+    logger.info("no ids")
+    first, second = out.getvalue().splitlines()
+    assert re.fullmatch(
+        r"\S+ \S+ INFO inferhub.test-text: job queued request_id=r-1 job_id=j-1", first
+    )
+    assert second.endswith("inferhub.test-text: no ids")
+
+    json_out = io.StringIO()
+    logger.handlers = [handler("json", json_out)]
+    with bound(request_id="r-2", job_id="j-2"):
+        logger.warning("job failed", extra={"error": "boom"})
+    line = orjson.loads(json_out.getvalue())
+    assert line["request_id"] == "r-2" and line["job_id"] == "j-2" and line["error"] == "boom"
+    assert line["level"] == "warning" and line["logger"] == "inferhub.test-text"
+
+
+# --- graceful shutdown ---------------------------------------------------------------------------
+
+
+def test_sigterm_ends_sse_with_retry_and_websockets_with_1001_then_exits(
+    settings: Settings, client: Any, orphan_model: str, tmp_path: Path
+) -> None:
+    """A hub with an SSE stream, a WebSocket and a request waiting for a job that cannot run
+    (its pool has no worker): SIGTERM ends each as docs/operations.md says, and the hub exits."""
+    grace = 3
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **worker_env(settings),
+        "INFERHUB_PORT": str(port),
+        "INFERHUB_SHUTDOWN_GRACE_S": str(grace),
+        "INFERHUB_LOG_FORMAT": "json",
+    }
+    log_path = tmp_path / "hub.log"
+    with log_path.open("wb") as log:
+        hub = start_cli("serve", env=env, log=log)
+    waiting: dict[str, Any] = {}
+    sse: dict[str, Any] = {"lines": []}
+    try:
+        wait_for(lambda: _ready(url), timeout=60, what=f"{url}/readyz")
+        wait_for(lambda: httpx.get(f"{url}/v1/models/{orphan_model}").status_code == 200)
+
+        def wait_request() -> None:
+            waiting["response"] = httpx.post(
+                f"{url}/v1/jobs",
+                json={"model": orphan_model, "data": [[5.1, 3.5, 1.4, 0.2]]},
+                headers={"Prefer": "wait=60"},
+                timeout=60,
+            )
+
+        def read_sse() -> None:
+            with (
+                httpx.Client(timeout=30) as http,
+                http.stream("GET", f"{url}/v1/events", params={"model": "iris"}) as response,
+            ):
+                sse["status"] = response.status_code
+                sse["lines"].extend(response.iter_lines())
+                sse["ended"] = True
+
+        threads = [threading.Thread(target=f) for f in (wait_request, read_sse)]
+        for t in threads:
+            t.start()
+        with ws_connect(url.replace("http", "ws") + "/v1/ws") as ws:
+            ws.send(orjson.dumps({"type": "subscribe", "ref": 1, "model": "iris"}).decode())
+            assert orjson.loads(ws.recv(timeout=10))["type"] == "accepted"
+
+            def all_open() -> bool:
+                m = parse(httpx.get(f"{url}/metrics").text)
+                return (
+                    value(m, "inferhub_sse_connections") == 1
+                    and value(m, "inferhub_websocket_connections") == 1
+                    and value(m, "inferhub_jobs_tracked") == 1  # the waiting request's job
+                )
+
+            wait_for(all_open, timeout=10, what="the SSE stream, WebSocket and waiting request")
+            hub.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=grace + 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert "shutting down" in closed.value.rcvd.reason
+        hub.wait(timeout=grace + 5)  # the grace, plus a margin for the interpreter's exit
+        for t in threads:
+            t.join(10)
+        # the SSE stream: told to retry (and why), then ended cleanly
+        assert sse["status"] == 200 and sse.get("ended"), sse
+        assert "retry: 1000\nevent: close\ndata: " in "\n".join(sse["lines"])
+        # the waiting request: 503 when the grace was spent, saying where its job is
+        cut = waiting["response"]
+        assert cut.status_code == 503 and cut.headers["Retry-After"] == "1", cut.text
+        assert cut.json()["error"]["code"] == "shutting_down"
+        job_id = cut.headers["Location"].rsplit("/", 1)[1]
+        with pytest.raises(httpx.ConnectError):  # nothing listens there any more
+            httpx.get(f"{url}/healthz", timeout=2)
+        lines = [orjson.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+        assert any("closing 1 SSE stream(s) and 1 WebSocket(s)" in x["message"] for x in lines)
+    finally:
+        stop([hub])
+    # the job lives on in Redis: another hub finds it (and here cancels it)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
+
+
+# --- Compose and image ---------------------------------------------------------------------------
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert tool, "install the test extra: check-jsonschema"
+    done = subprocess.run(
+        [tool, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_installs_with_the_commands_of_ci() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"python3 -m venv \.venv && \.venv/bin/pip install -q -e '\.\[test\]'", ci)
+    assert install, "the install line of .ci/run changed: update the Dockerfile with it"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert install.group(0) in dockerfile
+    assert "USER inferhub" in dockerfile and "scripts/build_example_models.py" in dockerfile
