@@ -104,6 +104,8 @@ def serve(
         log_config=None,  # our handlers (hub/logs.py), and our access line instead of uvicorn's
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        # events are small JSON: compression would cost each socket ~40 KiB of zlib state
+        ws_per_message_deflate=False,
     )
     Server(config, hub.state.streams, settings.shutdown_grace_s).run()
 

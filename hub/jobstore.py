@@ -116,6 +116,18 @@ return status
 )
 
 
+@dataclass(frozen=True)
+class Step:
+    """One transition of a job: the event to append, and when it may happen."""
+
+    event: EventType
+    allowed: tuple[JobStatus, ...]
+    status: JobStatus | None = None
+    data: Any = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    guard: tuple[str, int] | None = None
+
+
 class Created(IntEnum):
     REPEAT = 0
     CREATED = 1
@@ -236,40 +248,40 @@ class JobStore:
         return Created(created), value.decode()
 
     async def transition(
-        self,
-        job_id: str,
-        event: EventType,
-        *,
-        model: str,
-        owner: str,
-        allowed: Sequence[JobStatus],
-        status: JobStatus | None = None,
-        data: Any = None,
-        fields: Mapping[str, Any] | None = None,
-        guard: tuple[str, int] | None = None,
-    ) -> tuple[bool, str, bool]:
-        """Append ``event`` (and move to ``status``) if the job is in one of ``allowed`` and the
-        record's ``guard`` field is below its value (the guard field is set to it).
+        self, job_id: str, *steps: Step, model: str, owner: str
+    ) -> list[tuple[bool, str, bool]]:
+        """Apply each step in order, in one round trip.
 
-        Returns (appended, the status found, cancel requested).
+        A step appends its event (and moves to its status) if the job is in one of its
+        ``allowed`` statuses and the record's ``guard`` field is below the guard's value.
+        Returns, per step: (appended, the status found, cancel requested).
         """
-        raw = self._event(job_id, event, model, owner, data)
-        appended, before, _id, cancel = await self._transition(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                keys.EVENTS_STREAM,
-                keys.job_cancel(job_id),
-            ],
-            args=[
-                *self._common_args(raw),
-                " ".join(s.value for s in allowed),
-                status.value if status else "",
-                *(guard or ("", "")),
-                *_flatten({**(fields or {}), **dict([guard] if guard else [])}),
-            ],
-        )
-        return bool(appended), before.decode(), bool(cancel)
+        calls = [
+            (
+                [
+                    keys.job(job_id),
+                    keys.job_events(job_id),
+                    keys.EVENTS_STREAM,
+                    keys.job_cancel(job_id),
+                ],
+                [
+                    *self._common_args(self._event(job_id, st.event, model, owner, st.data)),
+                    " ".join(s.value for s in st.allowed),
+                    st.status.value if st.status else "",
+                    *(st.guard or ("", "")),
+                    *_flatten({**st.fields, **dict([st.guard] if st.guard else [])}),
+                ],
+            )
+            for st in steps
+        ]
+        if len(calls) == 1:
+            results = [await self._transition(keys=calls[0][0], args=calls[0][1])]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call_keys, args in calls:
+                    await self._transition(keys=call_keys, args=args, client=pipe)
+                results = await pipe.execute()
+        return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
 
     async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
         """Cancel: at once when queued, at the next chunk when running. Returns the status found."""

@@ -351,18 +351,3 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
             "cancel": f"/v1/jobs/{job_id}/cancel",
         },
     }
-
-
-def event_view(event: Event) -> dict[str, Any]:
-    """An event as clients see it (the same JSON on SSE and WebSocket)."""
-    data = dict(event.data)
-    if "outputs" in data:
-        data["outputs"] = [packed_to_json(o) for o in data["outputs"]]
-    return {
-        "id": event.id,
-        "job_id": event.job_id,
-        "type": event.type.value,
-        "ts": event.ts,
-        "model": event.model,
-        "data": data,
-    }

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
 
+INLINE_BELOW_S = 0.0002
+
 
 @dataclass
 class _Request:
@@ -57,7 +59,10 @@ class Batcher:
         self.seconds = Histogram(INFERENCE_BUCKETS)  # per onnxruntime call, for the metrics
         self.rows = Histogram(BATCH_BUCKETS)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._active = 0  # requests that are, or will soon be, waiting in the queue
+        self._active = 0
+        self._seconds_per_row = float(
+            "inf"
+        )  # unknown until the first call, made in a thread  # requests that are, or will soon be, waiting in the queue
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
@@ -107,9 +112,18 @@ class Batcher:
             if batch:
                 await self._run(batch)
 
+    async def _off_loop(self, batch: list[_Request]) -> list[Arrays]:
+        """Run the batch in a thread, or inline when it will take less than a thread hop is
+        worth: a tiny model answers in microseconds, and blocking the loop that long is cheaper
+        than handing over to a thread and back."""
+        rows = sum(r.rows for r in batch)
+        if self._seconds_per_row * rows < INLINE_BELOW_S:
+            return self._call(batch)
+        return await asyncio.to_thread(self._call, batch)
+
     async def _run(self, batch: list[_Request]) -> None:
         try:
-            results = await asyncio.to_thread(self._call, batch)
+            results = await self._off_loop(batch)
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -117,7 +131,7 @@ class Batcher:
             # find the culprit: each request alone, so the others still succeed
             for request in batch:
                 try:
-                    _settle(request, (await asyncio.to_thread(self._call, [request]))[0])
+                    _settle(request, (await self._off_loop([request]))[0])
                 except Exception as single:
                     _settle(request, single)
             return
@@ -132,8 +146,10 @@ class Batcher:
             feed = {n: np.concatenate([r.inputs[n] for r in batch]) for n in batch[0].inputs}
         began = time.perf_counter()
         outputs = self.session.run(self.output_names, feed)
-        self.seconds.observe(time.perf_counter() - began)
-        self.rows.observe(sum(r.rows for r in batch))
+        took, rows = time.perf_counter() - began, sum(r.rows for r in batch)
+        self.seconds.observe(took)
+        self.rows.observe(rows)
+        self._seconds_per_row = took / rows
         results, start = [], 0
         for request in batch:
             end = start + request.rows

@@ -11,7 +11,7 @@ import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
-from hub.jobstore import JobStore
+from hub.jobstore import JobStore, Step
 from hub.logs import JOBS, bound
 from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
 from workers.batcher import Batcher
@@ -21,6 +21,8 @@ from workers.repository import Model
 log = logging.getLogger(__name__)
 
 _RUNNABLE = (JobStatus.QUEUED, JobStatus.STARTED)  # started: a re-run after a worker died
+
+ANNOUNCE_AFTER_S = 0.05
 
 
 async def run_job(ctx: dict[str, Any], **job: Any) -> None:
@@ -47,17 +49,10 @@ async def _run(
     store: JobStore = ctx["store"]
     job_id: str = ctx["job_id"]
     attempt: int = ctx["job_try"]
-    stats: dict[str, int] = ctx["stats"]
-
-    async def emit(
-        event: EventType, allowed: tuple[JobStatus, ...], **kw: Any
-    ) -> tuple[bool, bool]:
-        appended, _, cancel = await store.transition(
-            job_id, event, model=model, owner=owner, allowed=allowed, **kw
-        )
-        return appended, cancel
-
-    started, _ = await emit(
+    stats: dict[str, Any] = ctx["stats"]
+    served = ctx["models"][model]
+    batcher = ctx["batchers"][model, version]
+    started = Step(
         EventType.STARTED,
         _RUNNABLE,
         status=JobStatus.STARTED,
@@ -65,24 +60,44 @@ async def _run(
         fields={"started_at": time.time(), "worker": ctx["worker_id"], "done": 0},
         guard=("attempt", attempt),
     )
-    if not started:
-        return  # canceled while queued, or already ended by an earlier attempt
-    JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
+
+    def log_started() -> None:
+        JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
+
+    async def emit(step: Step) -> tuple[bool, bool]:
+        ((appended, _, cancel),) = await store.transition(job_id, step, model=model, owner=owner)
+        return appended, cancel
+
+    # A quick job of one chunk says "started" together with its result, in one round trip;
+    # a bulk job, or one still running after ANNOUNCE_AFTER_S, says it first.
+    announced = False
+    if _rows(inputs) > batcher.max_batch_size:
+        if not (await emit(started))[0]:
+            return  # canceled while queued, or already ended by an earlier attempt
+        announced = True
+        log_started()
 
     stats["running"] += 1
+    work = asyncio.ensure_future(_predict(served, batcher, inputs, outputs, emit))
     try:
-        served = ctx["models"][model]
-        batcher = ctx["batchers"][model, version]
-        status, data = await _predict(served, batcher, inputs, outputs, emit)
+        if not announced:
+            await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
+            if not work.done():
+                if not (await emit(started))[0]:
+                    return
+                announced = True
+                log_started()
+        status, data = await work
     except RedisError:
         raise
     except TimeoutError:
         status = JobStatus.FAILED
-        data = {"error": f"timed out after {ctx['models'][model].config.timeout_s:g} s"}
+        data = {"error": f"timed out after {served.config.timeout_s:g} s"}
     except Exception as exc:
         log.exception("job %s failed", job_id)
         status, data = JobStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
     finally:
+        work.cancel()  # a no-op once it is done
         stats["running"] -= 1
         stats["done"] += 1
 
@@ -91,13 +106,22 @@ async def _run(
         fields["outputs"] = data["outputs"]
     elif status is JobStatus.FAILED:
         fields["error"] = data["error"]
-    await emit(
-        EventType(status.value), (JobStatus.STARTED,), status=status, data=data, fields=fields
-    )
+    ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, fields)
+    steps = (ended,) if announced else (started, ended)
+    results = await store.transition(job_id, *steps, model=model, owner=owner)
+    if not results[0][0]:
+        return  # canceled while queued: it ran for nothing, and nothing is recorded
+    if not announced:
+        log_started()
     count_job(stats, model, status.value)  # the worker's figures, sent with its heartbeat
     stats.setdefault("batchers", ctx["batchers"])
     detail = {"error": data["error"]} if "error" in data else {}
     JOBS.info("job %s", status.value, extra={"event": status.value, "model": model, **detail})
+
+
+def _rows(packed: list[dict[str, Any]]) -> int:
+    shape = packed[0]["shape"]
+    return int(shape[0]) if shape else 1
 
 
 async def _predict(
@@ -121,11 +145,13 @@ async def _predict(
                 done = min(start + step, total)
                 if total > step:  # a bulk job: report each chunk, and stop if asked to
                     _, cancel = await emit(
-                        EventType.PROGRESS,
-                        (JobStatus.STARTED,),
-                        data={"done": done, "total": total},
-                        fields={"progress": {"done": done, "total": total}},
-                        guard=("done", done),
+                        Step(
+                            EventType.PROGRESS,
+                            (JobStatus.STARTED,),
+                            data={"done": done, "total": total},
+                            fields={"progress": {"done": done, "total": total}},
+                            guard=("done", done),
+                        )
                     )
                     if cancel and done < total:
                         return JobStatus.CANCELED, {"reason": "canceled by client", "done": done}
