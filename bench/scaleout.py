@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from bench.load import (  # noqa: E402
     Stack,
     build_body,
+    closed_loop,
     cpu_seconds,
     make_repo,
     percentiles,
@@ -53,58 +54,6 @@ from hub import keys  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-# --- a light load generator: pre-built HTTP/1.1 requests on kept-alive sockets ----------------
-# (httpx spends milliseconds of CPU per request at high concurrency; on a 2-core machine the
-# client would be what is measured)
-
-
-def raw_request(url: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    host = url.split("://", 1)[1]
-    head = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-async def raw_closed_loop(
-    urls: list[str],
-    requests: list[tuple[str, bytes, dict[str, str]]],
-    concurrency: int,
-    limit_s: float,
-) -> tuple[list[float], int, float]:
-    """``concurrency`` users, user k on hub k % len(urls), each one request at a time."""
-    latencies: list[float] = []
-    errors = 0
-    next_index = 0
-    deadline = time.monotonic() + limit_s
-
-    async def user(k: int) -> None:
-        nonlocal next_index, errors
-        url = urls[k % len(urls)]
-        host, port = url.split("://", 1)[1].split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while next_index < len(requests) and time.monotonic() < deadline:
-                path, body, headers = requests[next_index]
-                next_index += 1
-                started = time.perf_counter()
-                writer.write(raw_request(url, path, body, headers))
-                status = int((await reader.readline()).split()[1])
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, val = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(val)
-                await reader.readexactly(length)
-                latencies.append(time.perf_counter() - started)
-                errors += status != 200
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user(k) for k in range(concurrency)))
-    return latencies, errors, time.perf_counter() - started
 
 
 async def read_feed(url: str, into: list[tuple[str, str, str]], ready: asyncio.Event) -> None:
@@ -197,7 +146,7 @@ def run_topology(args: argparse.Namespace, repo: Path, hubs: int, workers: int) 
     r = redis.Redis.from_url(stack.redis_url)
     try:
         # warm up every hub and worker (model sessions, connections), outside the measurement
-        asyncio.run(raw_closed_loop(stack.urls, requests[: 50 * hubs], 4 * hubs, 30))
+        asyncio.run(closed_loop(stack.urls, requests[: 50 * hubs], 4 * hubs, 30))
         before = {k: [cpu_seconds(p) for p in v] for k, v in stack.pids().items()}
         loadgen_before = sum(os.times()[:2])
 
@@ -211,7 +160,7 @@ def run_topology(args: argparse.Namespace, repo: Path, hubs: int, workers: int) 
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 10)
             last = r.xrevrange(keys.EVENTS_STREAM, count=1)
             start_id = last[0][0].decode() if last else "0-0"
-            result = await raw_closed_loop(stack.urls, requests, args.concurrency, args.time_limit)
+            result = await closed_loop(stack.urls, requests, args.concurrency, args.time_limit)
             await asyncio.sleep(1.0)  # the last events reach the feeds
             for reader in readers:
                 reader.cancel()
@@ -219,7 +168,7 @@ def run_topology(args: argparse.Namespace, repo: Path, hubs: int, workers: int) 
                     await reader
             return result, feeds, start_id
 
-        (latencies, errors, wall), feeds, start_id = asyncio.run(load())
+        (latencies, _, errors, wall), feeds, start_id = asyncio.run(load())
         loadgen = round(sum(os.times()[:2]) - loadgen_before, 2)
         cpu = {
             k: round(sum(cpu_seconds(p) for p in v) - sum(before[k]), 2)

@@ -22,6 +22,7 @@ import orjson
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from hub import keys
 from hub.protocol import EventType, JobStatus, dumps, loads, packed_to_json
@@ -277,11 +278,19 @@ class JobStore:
         if len(calls) == 1:
             results = [await self._transition(keys=calls[0][0], args=calls[0][1])]
         else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for call_keys, args in calls:
-                    await self._transition(keys=call_keys, args=args, client=pipe)
-                results = await pipe.execute()
+            try:
+                results = await self._pipelined(calls)
+            except NoScriptError:  # Redis restarted and forgot its scripts
+                await self.redis.script_load(_TRANSITION)
+                results = await self._pipelined(calls)
         return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
+
+    async def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        # EVALSHA by hand: redis-py's pipelined scripts send SCRIPT EXISTS on every execute
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_keys, args in calls:
+                pipe.evalsha(self._transition.sha, len(call_keys), *call_keys, *args)
+            return await pipe.execute()
 
     async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
         """Cancel: at once when queued, at the next chunk when running. Returns the status found."""

@@ -6,11 +6,13 @@ V2 protocol behave the same.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ import orjson
 
 from hub.catalogue import Catalogue
 from hub.errors import HubError, not_found
-from hub.fanout import GAP, Fanout
+from hub.fanout import GAP, Fanout, Subscription
 from hub.jobstore import Created, Event, JobStore, stream_key
 from hub.logs import current_request_id
 from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
@@ -27,6 +29,33 @@ from hub.schemas import JobRequest
 from hub.validation import check_arrays, check_outputs, decode_inputs
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+@dataclass
+class PendingJob:
+    """A job just queued, and its events as they come: the record keeps up with them."""
+
+    store: JobStore
+    record: dict[str, Any]
+    sub: Subscription | None  # None for a repeat of an earlier submission: nothing to follow
+
+    @property
+    def finished(self) -> bool:
+        return self.record["status"] in FINISHED
+
+    async def finish(self, wait_s: float) -> None:
+        """Follow the events until the job ends or ``wait_s`` passes; no read of the record,
+        except after a gap in the events (Redis reconnected), when the stored record decides."""
+        deadline = time.monotonic() + wait_s
+        while self.sub is not None and not self.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            item = await self.sub.get(remaining)
+            if isinstance(item, Event):
+                apply_event(self.record, item)
+            elif item is GAP:
+                self.record = await self.store.get(self.record["id"]) or self.record
 
 
 class JobService:
@@ -77,18 +106,33 @@ class JobService:
         version: str,
         arrays: dict[str, np.ndarray],
         *,
+        wait_s: float = 0.0,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Queue a job of decoded inputs (any transport) and, with ``wait_s``, wait for it to
+        end; ``options`` are ``open_job``'s."""
+        async with self.open_job(model, version, arrays, **options) as job:
+            if wait_s > 0:
+                await job.finish(wait_s)
+        return job_view(job.record)
+
+    @contextlib.asynccontextmanager
+    async def open_job(
+        self,
+        model: dict[str, Any],
+        version: str,
+        arrays: dict[str, np.ndarray],
+        *,
         owner: str,
         outputs: list[str] | None = None,
         priority: int = 0,
         parameters: dict[str, Any] | None = None,
         idempotency: tuple[str, str] | None = None,
-        wait_s: float = 0.0,
         request_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Queue a job of decoded inputs (any transport); ``idempotency`` is (key, fingerprint).
-
-        ``request_id`` (by default the current request's) goes with the job into its record
-        and to the worker, for the log lines."""
+    ) -> AsyncIterator[PendingJob]:
+        """Queue a job, and follow its events while the block runs (subscribed before the job
+        exists, so that none is missed). ``idempotency`` is (key, fingerprint); ``request_id``
+        (by default the current request's) goes with the job to the worker's log lines."""
         check_arrays(model, version, arrays)
         check_outputs(model, version, outputs)
         if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
@@ -134,8 +178,6 @@ class JobService:
                 priority=priority,
                 max_queued=self.max_queued,
             )
-            if created is Created.REPEAT:
-                return await self._repeat(existing, record["fingerprint"], owner)
             if created is Created.FULL:
                 raise HubError(
                     429,
@@ -144,25 +186,20 @@ class JobService:
                     "retry later",
                     {"Retry-After": "1"},
                 )
-            deadline = time.monotonic() + wait_s
-            while (remaining := deadline - time.monotonic()) > 0:
-                item = await sub.get(remaining)
-                if not isinstance(item, Event):
-                    return await self.get(job_id, owner=owner)  # a gap, or out of time
-                apply_event(record, item)  # the events carry all we need: no read back
-                if item.terminal:
-                    break
-        return job_view(record)
+            if created is Created.REPEAT:  # the first job of this key, as it is now
+                yield PendingJob(self.store, await self._repeat(existing, record, owner), None)
+            else:
+                yield PendingJob(self.store, record, sub)
 
-    async def _repeat(self, existing: str, fingerprint: str, owner: str | None) -> dict[str, Any]:
+    async def _repeat(self, existing: str, record: dict[str, Any], owner: str) -> dict[str, Any]:
         job_id, _, first_fingerprint = existing.partition(" ")
-        if first_fingerprint != fingerprint:
+        if first_fingerprint != record["fingerprint"]:
             raise HubError(
                 409,
                 "idempotency_conflict",
                 "this Idempotency-Key was already used for a different request; use a new key",
             )
-        return await self.get(job_id, owner=owner)
+        return await self._record(job_id, owner)
 
     async def get(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         """The job, if ``owner`` may see it (None: an admin, who sees every job)."""

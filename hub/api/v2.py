@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Coroutine
-from typing import Any, cast
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 import orjson
@@ -23,10 +23,9 @@ from hub import v2codec
 from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import HubError, error_responses
-from hub.jobstore import Event
-from hub.protocol import EventType, unpack_tensor
+from hub.protocol import unpack_tensor
 from hub.responses import JSON
-from hub.service import JobService
+from hub.service import JobService, PendingJob
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "schedule_policy"]
 
@@ -275,7 +274,8 @@ async def infer(
     _require_text(parsed.arrays)
     await _require_ready(service.catalogue, entry)
     wanted = [o.name for o in parsed.outputs] if parsed.outputs else None
-    job = await service.submit_arrays(
+    deadline_s = parsed.timeout_us / 1e6 if parsed.timeout_us else float(entry["timeout_s"])
+    async with service.open_job(
         entry,
         version,
         parsed.arrays,
@@ -283,30 +283,32 @@ async def infer(
         outputs=wanted,
         priority=hub_priority(parsed.priority),
         parameters=parsed.parameters or None,
-    )
-    deadline_s = parsed.timeout_us / 1e6 if parsed.timeout_us else float(entry["timeout_s"])
-    end = await _outcome(request, service, job["id"], caller.tenant, deadline_s)
-    if end is None:  # the client left; nobody reads this answer
-        return Response(status_code=499)
-    if end.type is EventType.FAILED:
-        raise HubError(500, "inference_failed", f"inference failed: {end.data.get('error')}")
-    if end.type is not EventType.SUCCEEDED:
-        raise HubError(503, "job_canceled", f"job '{job['id']}' was canceled before it finished")
+    ) as job:
+        if not await _outcome(request, service, job, deadline_s):
+            return Response(status_code=499)  # the client left; nobody reads this answer
+    record = job.record
+    if record["status"] == "failed":
+        raise HubError(500, "inference_failed", f"inference failed: {record.get('error')}")
+    if record["status"] != "succeeded":
+        raise HubError(503, "job_canceled", f"job '{record['id']}' was canceled before it finished")
     header: dict[str, Any] = {"model_name": entry["name"], "model_version": version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    header["parameters"] = {"job_id": job["id"]}
-    return _answer(header, parsed, end, request.headers.get("accept-encoding"))
+    header["parameters"] = {"job_id": record["id"]}
+    return _answer(header, parsed, record["outputs"], request.headers.get("accept-encoding"))
 
 
 def _answer(
-    header: dict[str, Any], parsed: v2codec.InferRequest, end: Event, accept: str | None
+    header: dict[str, Any],
+    parsed: v2codec.InferRequest,
+    packed_outputs: list[dict[str, Any]],
+    accept: str | None,
 ) -> Response:
     """The outputs, each binary or JSON as asked: its own ``binary_data``, else the request's
     ``binary_data_output``."""
     asked = {o.name: o.binary for o in parsed.outputs or []}
     outputs = []
-    for packed in end.data["outputs"]:
+    for packed in packed_outputs:
         binary = asked.get(packed["name"])
         as_binary = parsed.binary_output if binary is None else binary
         outputs.append((packed["name"], unpack_tensor(packed), as_binary))
@@ -322,44 +324,34 @@ def _answer(
 
 
 async def _outcome(
-    request: Request, service: JobService, job_id: str, owner: str, deadline_s: float
-) -> Event | None:
-    """The job's terminal event, or None if the client disconnected first.
+    request: Request, service: JobService, job: PendingJob, deadline_s: float
+) -> bool:
+    """Wait for the job to end; False if the client disconnected first.
 
     When the client leaves or the deadline passes the job is canceled: nobody would read its
     answer, and a queued job then never takes a worker's time.
     """
-    ended = asyncio.create_task(_terminal(service, job_id, owner))
+    ended = asyncio.create_task(job.finish(deadline_s))
     left = asyncio.create_task(_disconnected(request))
     try:
-        done, _ = await asyncio.wait(
-            {ended, left}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait({ended, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (ended, left):
             task.cancel()
         await asyncio.gather(ended, left, return_exceptions=True)
-    if ended in done:
-        return ended.result()
+    if job.finished:
+        return True
+    job_id = job.record["id"]
     with contextlib.suppress(HubError):  # it may have finished meanwhile: nothing to cancel
-        await service.cancel(job_id, owner=owner)
-    if left in done:
-        return None
+        await service.cancel(job_id, owner=job.record["owner"])
+    if left.done() and not left.cancelled():
+        return False
     raise HubError(
         503,
         "timeout",
         f"request timeout expired: job '{job_id}' did not finish within {deadline_s:g} s "
         "and was canceled",
     )
-
-
-async def _terminal(service: JobService, job_id: str, owner: str) -> Event:
-    events = cast(AsyncGenerator[Event, None], await service.follow(job_id, owner=owner))
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if event.terminal:
-                return event
-    raise HubError(500, "no_terminal_event", f"job '{job_id}' ended without a final event")
 
 
 async def _disconnected(request: Request) -> None:
