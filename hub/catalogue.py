@@ -22,6 +22,8 @@ class Catalogue:
         self.model_ttl_s = model_ttl_s
         self._models: dict[str, dict[str, Any]] = {}
         self._read_at = 0.0
+        self._workers: list[dict[str, Any]] = []
+        self._workers_read_at = 0.0
 
     async def models(self) -> dict[str, dict[str, Any]]:
         if time.monotonic() - self._read_at > self.max_age_s:
@@ -45,6 +47,14 @@ class Catalogue:
                 f"model '{name}' has no version '{version}'; it has {', '.join(entry['versions'])}",
             )
         return entry, version
+
+    async def live_workers(self) -> list[dict[str, Any]]:
+        """The live workers, read at most once per ``max_age_s``: a readiness check on every
+        request must not cost a round trip."""
+        if time.monotonic() - self._workers_read_at > self.max_age_s:
+            self._workers = await self.workers()
+            self._workers_read_at = time.monotonic()
+        return self._workers
 
     async def workers(self, include_stopped: bool = False) -> list[dict[str, Any]]:
         """Live workers (and, when asked, those seen in the last hour that stopped)."""

@@ -110,7 +110,7 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 
 async def _serving(catalogue: Catalogue, entry: dict[str, Any]) -> list[str]:
     """The live workers that serve the model."""
-    return [w["id"] for w in await catalogue.workers() if entry["name"] in w.get("models", ())]
+    return [w["id"] for w in await catalogue.live_workers() if entry["name"] in w.get("models", ())]
 
 
 async def _require_ready(catalogue: Catalogue, entry: dict[str, Any]) -> None:
