@@ -46,6 +46,9 @@ class SessionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     intra_op_num_threads: int = Field(1, ge=0)
     inter_op_num_threads: int = Field(1, ge=0)
+    # onnxruntime's threads spin between calls by default: fast alone, but on a machine
+    # shared with the hub and Redis they burn the cores those need
+    allow_spinning: bool = False
 
 
 class ModelConfig(BaseModel):
@@ -156,6 +159,9 @@ def _session(path: Path, options: SessionOptions) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_num_threads
     so.inter_op_num_threads = options.inter_op_num_threads
+    spinning = "1" if options.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 

@@ -1,9 +1,13 @@
-"""An arq worker that is woken by a publication when a job is queued, instead of polling fast,
-and that outlives a Redis outage.
+"""An arq worker that is woken by a publication when a job is queued, instead of polling fast;
+that claims the jobs it finds in one round trip; and that outlives a Redis outage.
 
 arq finds jobs by polling its queue every ``poll_delay``. Here the hub publishes on the pool's
 wake channel in the same script that queues the job; the worker listens and polls at once. The
 regular poll stays as a safety net at a slow interval, so an idle worker sends few commands.
+
+arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips a job. One Lua
+script does the same checks for every job of a poll at once (not already in progress, still
+queued, due), and sets the same in-progress keys, so arq's own ``run_job`` takes it from there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
@@ -20,11 +26,54 @@ from hub.redisconn import connect
 log = logging.getLogger(__name__)
 
 
+# ARGV: in-progress key prefix, in-progress ms, now ms, job id, ... Returns {id, score, ...}.
+_CLAIM = """
+local claimed = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= tonumber(ARGV[3]) then
+      redis.call('PSETEX', ARGV[1] .. id, ARGV[2], '1')
+      table.insert(claimed, id)
+      table.insert(claimed, score)
+    end
+  end
+end
+return claimed
+"""
+
+
 class PushWorker(Worker):
     def __init__(self, *, wake_channel: str, redis_url: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.wake_channel = wake_channel
         self.redis_url = redis_url
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim as many of ``job_ids`` as there is room for, in one round trip, and run them."""
+        room = self.max_jobs - self.job_counter
+        if room <= 0 or not job_ids:
+            return
+        self.job_counter += room  # reserved now: a concurrent poll must not claim past max_jobs
+        try:
+            claimed = await self.pool.register_script(_CLAIM)(
+                keys=[self.queue_name],
+                args=[
+                    in_progress_key_prefix,
+                    int(self.in_progress_timeout_s * 1000),
+                    timestamp_ms(),
+                    *job_ids[:room],
+                ],
+            )
+        finally:
+            self.job_counter -= room
+        for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
+            await self.sem.acquire()  # never waits: job_counter < max_jobs < the semaphore
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id.decode(), int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id.decode()] = task
 
     async def main(self) -> None:
         listener = asyncio.create_task(self._listen(), name="wake")
