@@ -211,6 +211,18 @@ def _wait_ready(base: str, procs: list[Any], limit_s: float = 60) -> None:
     console.print(f"[yellow]{base}/readyz is not ready after {limit_s:g} s[/]")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """The benchmark (bench/load.py; its own options follow): it starts its own stack and
+    prints one JSON line, with onnxruntime's in-process figure on the same model beside it.
+    Example: inferhub bench --model digits --endpoint v2 --concurrency 64 --requests 5000"""
+    script = Path(__file__).resolve().parent.parent / "bench" / "load.py"
+    if not script.exists():
+        console.print("[red]bench/ is not here: run it from a clone of the repository[/]")
+        raise typer.Exit(2)
+    os.execv(sys.executable, [sys.executable, str(script), *ctx.args])
+
+
 keys_app = typer.Typer(help="API keys: each has a tenant and scopes (submit, read, admin).")
 app.add_typer(keys_app, name="keys")
 
