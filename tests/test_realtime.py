@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,11 +176,16 @@ def test_sse_errors(stack: Stack) -> None:
 def test_all_jobs_feed_filters_and_resumes(stack: Stack) -> None:
     url = stack.hubs["b"]
     seen: list[dict[str, Any]] = []
+    # Start the feed after the last event so far: whenever its subscription begins, the log
+    # covers everything since, so the test does not race the jobs against the subscription.
+    mark = sse(url, f"/v1/jobs/{submit(url, 'digits', 1, 64)}/events")[-1]["id"]
 
     def read_feed() -> None:
         with (
             httpx.Client(timeout=30) as client,
-            connect_sse(client, "GET", f"{url}/v1/events?model=iris") as source,
+            connect_sse(
+                client, "GET", f"{url}/v1/events?model=iris", headers={"Last-Event-ID": mark}
+            ) as source,
         ):
             for message in source.iter_sse():
                 if message.data:
@@ -188,11 +193,8 @@ def test_all_jobs_feed_filters_and_resumes(stack: Stack) -> None:
                     if sum(e["type"] == "succeeded" for e in seen) == 2:
                         return
 
-    import threading
-
     reader = threading.Thread(target=read_feed)
     reader.start()
-    time.sleep(0.5)  # the feed is live-only: let it subscribe before the jobs exist
     jobs = [submit(stack.hubs["a"], "iris", 1, 4), submit(stack.hubs["a"], "digits", 1, 64)]
     jobs.append(submit(stack.hubs["a"], "iris", 2, 4))
     reader.join(30)
