@@ -156,14 +156,15 @@ def up(
         )
         raise typer.Exit(2)
 
-    procs = []
+    redis: list[Any] = []  # the embedded Redis, stopped last
+    procs: list[Any] = []  # the worker and the hub
     workdir = Path(tempfile.mkdtemp(prefix="inferhub-"))
     for signum in (signal.SIGINT, signal.SIGTERM):  # either stops the whole stack
         signal.signal(signum, _interrupt)
     try:
         if "INFERHUB_REDIS_URL" not in os.environ and redis_url is None:
             redis_port = free_port()
-            procs.append(start_redis(redis_port, workdir))
+            redis.append(start_redis(redis_port, workdir))
             settings.redis_url = f"redis://127.0.0.1:{redis_port}/0"
             console.print(f"embedded Redis on {settings.redis_url} (data in {workdir})")
         env = {
@@ -179,18 +180,19 @@ def up(
         procs.append(start_cli("worker", env=env))
         procs.append(start_cli("serve", env=env))
         base = f"http://{settings.host}:{settings.port}"
-        _wait_ready(base, procs)
+        _wait_ready(base, [*redis, *procs])
         console.print(
             f"[green]inferhub is up[/]: {base}/ (API docs {base}/docs). Ctrl-C stops everything."
         )
-        while all(p.poll() is None for p in procs):
+        while all(p.poll() is None for p in [*redis, *procs]):
             time.sleep(0.2)
         console.print("[red]a process of the stack exited; stopping the rest[/]")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
-        stop(procs)
+        stop(procs)  # the hub and worker first, while Redis still answers them
+        stop(redis)
 
 
 def _interrupt(*_: object) -> None:
