@@ -27,7 +27,7 @@ class Catalogue:
 
     async def models(self) -> dict[str, dict[str, Any]]:
         if time.monotonic() - self._read_at > self.max_age_s:
-            raw = await self.redis.hgetall(keys.MODELS)
+            raw = await self.redis.hgetall(keys.MODELS)  # type: ignore[misc]  # redis-py: sync|async
             cutoff = time.time() - self.model_ttl_s
             entries = (orjson.loads(v) for v in raw.values())
             self._models = {e["name"]: e for e in entries if e["seen"] >= cutoff}

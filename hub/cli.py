@@ -415,7 +415,7 @@ class _client:
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _: object
-    ) -> bool:
+    ) -> None:
         self.client.http.close()
         if isinstance(exc, HubError):
             console.print(f"[red]{exc.status} {exc.code}[/]: {exc.message}")
@@ -423,7 +423,6 @@ class _client:
         if isinstance(exc, httpx.TransportError):
             console.print(f"[red]cannot reach the hub at {self.client.http.base_url}[/]: {exc}")
             sys.exit(1)
-        return False
 
 
 # --- inferhub status: the operator's view, from a hub's /metrics -------------------------------

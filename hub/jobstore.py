@@ -311,7 +311,7 @@ class JobStore:
         return status.decode() if status else ""
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hgetall(keys.job(job_id))
+        raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one
         return _decode_record(raw) if raw else None
 
     async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:

@@ -29,7 +29,7 @@ async def list_models(catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
 
 @router.get("/models/{name}", summary="One model", responses={404: {"description": "Unknown"}})
 async def get_model(name: str, catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
-    entry, _ = await catalogue.model(name)
+    entry, _version = await catalogue.model(name)
     return _model_view(entry, await catalogue.workers())
 
 

@@ -143,7 +143,7 @@ async def model_metadata(
 async def model_ready(
     model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
 ) -> Response:
-    entry, _ = await catalogue.model(model, version)
+    entry, _version = await catalogue.model(model, version)
     await _require_ready(catalogue, entry)
     return Response(status_code=200)
 
@@ -374,7 +374,7 @@ async def unknown(request: Request, path: str) -> Response:
         if isinstance(route, APIRoute)
         and route.endpoint is not unknown
         and route.path_regex.match(request.url.path)
-        for method in route.methods
+        for method in route.methods or ()
     )
     if allowed:
         return error(405, f"{request.method} is not allowed here", {"Allow": ", ".join(allowed)})
