@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
@@ -20,6 +21,7 @@ from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, wait_i
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from redis import Redis
 
+from hub.auth import new_key
 from hub.processes import stop
 from hub.settings import Settings
 
@@ -342,3 +344,73 @@ def test_the_page_and_its_files_are_served(hub_server: HubServer) -> None:
     queues = httpx.get(f"{hub_server.url}/v1/queues", timeout=5).json()
     default = next(p for p in queues["pools"] if p["pool"] == "default")
     assert default["workers"] >= 1 and "digits" in default["models"] and default["depth"] >= 0
+
+
+def test_a_hub_with_keys_asks_for_one_once_and_connects_with_a_ticket(
+    browser: Browser, settings: Settings, worker: WorkerProcess, redis: Redis, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.toml"
+    key = new_key(keys_file, "ops", ["admin"])
+    wrong = "ih_00000000_not-a-key-of-this-hub"
+    port = free_port()
+    env = worker_env(settings, INFERHUB_PORT=str(port), INFERHUB_API_KEYS_FILE=str(keys_file))
+    with (tmp_path / "hub.log").open("wb") as log:
+        server = HubServer(port, env, log)
+        server.start()
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(WAIT_MS)
+        try:
+            assert httpx.get(f"{server.url}/v1/models", timeout=5).status_code == 401
+            page = context.new_page()
+            dash = Dashboard(page)
+            page.on("console", dash.console)
+            page.on("pageerror", lambda exc: dash.errors.append(f"pageerror: {exc}"))
+            page.goto(server.url + "/")
+            dialog = page.get_by_role("dialog", name="This hub asks for an API key")
+            dialog.wait_for()
+            assert "inferhub keys add --tenant NAME --scope admin" in dialog.inner_text()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-key.png"))
+            # a wrong key: the hub's message, and the dialog asks again
+            dialog.get_by_label("API key").fill(wrong)
+            dialog.get_by_role("button", name="Use this key").click()
+            error = dialog.get_by_role("alert")
+            error.wait_for()
+            assert error.inner_text() == "the API key is not valid"
+            assert dialog.is_visible() and page.get_attribute("#key-input", "aria-invalid")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-key-wrong.png"))
+            # the right key: the dialog goes, the socket connects with a ticket, the page fills
+            dialog.get_by_label("API key").fill(key)
+            dialog.get_by_role("button", name="Use this key").click()
+            dialog.wait_for(state="hidden")
+            page.wait_for_selector("#conn[data-state=open]")
+            page.wait_for_selector("#models-list li[data-model=digits][data-ready=true]")
+            record = worker.record(redis)
+            assert record is not None
+            row = page.locator(f'#workers-body tr[data-worker="{record["id"]}"]')
+            row.wait_for()
+            assert row.get_attribute("data-alive") == "true"
+            assert page.evaluate("sessionStorage.getItem('inferhub.key')") == key
+            # a job submitted over HTTP with the key comes live over the socket
+            r = httpx.post(
+                f"{server.url}/v1/jobs",
+                json={"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            dash.wait_status(job_id, "succeeded")
+            assert dash.job(job_id)["events"] == ["queued", "started", "succeeded"]
+            # asked once: a reload in the same tab connects with the stored key, no dialog
+            page.reload()
+            page.wait_for_selector("#conn[data-state=open]")
+            page.wait_for_selector(f'#jobs-body tr[data-job="{job_id}"]')
+            assert not dialog.is_visible()
+            # only Chromium's reports of the two refused requests (no key, then the wrong one)
+            unexpected = [e for e in dash.errors if "status of 401 (Unauthorized)" not in e]
+            assert unexpected == []
+            assert len(dash.errors) == 2, dash.errors
+        finally:
+            context.close()
+            server.stop()
