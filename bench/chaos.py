@@ -31,7 +31,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hub.processes import free_port, start_cli, start_redis, stop  # noqa: E402
+from hub.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -237,14 +237,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="inferhub-chaos-"))
     chaos = Chaos(folder, args.workers)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{chaos.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        if not wait_ready(chaos.url, 60):
+            raise RuntimeError("the stack did not become ready in 60 s")
         accepted, stats = asyncio.run(load(chaos.url, rows, args.seconds, args.seed, chaos))
         result = verify(
             chaos.url, chaos.env["INFERHUB_REDIS_URL"], accepted, rows, expected, deadline_s=120

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.models import build_mlp  # noqa: E402
-from hub.processes import free_port, start_cli, start_redis, stop  # noqa: E402
+from hub.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
 HEAVY_CONFIG = """description = "8 x (1024x1024 MatMul + Relu), generated for the benchmark"
@@ -82,7 +81,8 @@ class Stack:
                     start_cli("serve", env={**env, "INFERHUB_PORT": str(port)}, log=self.log)
                 )
             for url in self.urls:
-                _wait_ready(url, limit_s=60)
+                if not wait_ready(url, 60, watch=[self.redis, *self.workers, *self.hubs]):
+                    raise RuntimeError(f"{url} was not ready within 60 s; see {self.dir}")
         except BaseException:
             self.close()
             raise
@@ -99,18 +99,6 @@ class Stack:
         stop([self.redis])
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _wait_ready(url: str, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} was not ready after {limit_s:g} s")
 
 
 def cpu_seconds(pid: int) -> float:

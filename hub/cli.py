@@ -136,7 +136,7 @@ def up(
     log_format: LogFormat = None,
 ) -> None:
     """The whole stack on this machine: Redis (embedded unless INFERHUB_REDIS_URL), a worker, the hub."""
-    from hub.processes import free_port, start_cli, start_redis, stop
+    from hub.processes import free_port, start_cli, start_redis, stop, wait_ready
 
     settings = _settings(
         redis_url=redis_url,
@@ -180,7 +180,9 @@ def up(
         procs.append(start_cli("worker", env=env))
         procs.append(start_cli("serve", env=env))
         base = f"http://{settings.host}:{settings.port}"
-        _wait_ready(base, [*redis, *procs])
+        if not wait_ready(base, 60, watch=[*redis, *procs]):
+            console.print(f"[red]{base}/readyz did not answer ready within 60 s[/]")
+            raise typer.Exit(1)
         console.print(
             f"[green]inferhub is up[/]: {base}/ (API docs {base}/docs). Ctrl-C stops everything."
         )
@@ -197,20 +199,6 @@ def up(
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
-
-
-def _wait_ready(base: str, procs: list[Any], limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise typer.Exit(1)
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    console.print(f"[yellow]{base}/readyz is not ready after {limit_s:g} s[/]")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

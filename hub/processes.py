@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+import httpx
 import redis
 
 
@@ -83,6 +85,26 @@ def start_cli(
         stdout=log,
         stderr=subprocess.STDOUT if log else None,
     )
+
+
+def ready(url: str) -> bool:
+    """Whether the hub at ``url`` answers ``/readyz`` with 200 (Redis and a worker are up)."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_ready(
+    url: str, limit_s: float = 60, watch: Sequence[subprocess.Popen[bytes]] = ()
+) -> bool:
+    """Poll until the hub is ready; False after ``limit_s`` or if a ``watch`` process exits."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and all(p.poll() is None for p in watch):
+        if ready(url):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:

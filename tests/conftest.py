@@ -5,6 +5,7 @@ Nothing here talks to the Redis on port 6379: every Redis is started on a free p
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError
 
 from hub import keys
 from hub.app import create_app
+from hub.processes import ready, start_cli, stop
 from hub.settings import Settings
 
 
@@ -180,3 +182,23 @@ def client(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
             what="/readyz to be 200",
         )
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def hub_url(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
+    """A real hub process (``inferhub serve``) on the session's Redis, for the tests that need
+    HTTP from outside the app (the CLI, schemathesis)."""
+    port = free_port()
+    env = {
+        "INFERHUB_REDIS_URL": settings.redis_url,
+        "INFERHUB_PORT": str(port),
+        "INFERHUB_MAX_WAIT_S": "5",
+    }
+    with open(os.devnull, "wb") as devnull:
+        hub = start_cli("serve", env=env, log=devnull)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: ready(url), timeout=60, what="the hub")
+        yield url
+    finally:
+        stop([hub])

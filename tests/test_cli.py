@@ -7,15 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from helpers import ROOT, free_port, wait_for
 
-from hub.processes import start_cli, stop
-from hub.settings import Settings
+from hub.processes import ready
 
 
 def inferhub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -27,26 +24,6 @@ def inferhub(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         cwd=ROOT,
     )
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def hub_url(settings: Settings, worker: object) -> Iterator[str]:
-    port = free_port()
-    env = {"INFERHUB_REDIS_URL": settings.redis_url, "INFERHUB_PORT": str(port)}
-    hub = start_cli("serve", env=env, log=open(os.devnull, "wb"))  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(url), timeout=60, what="the hub")
-        yield url
-    finally:
-        stop([hub])
 
 
 def test_submit_wait_prints_the_labelled_result(hub_url: str) -> None:
@@ -124,7 +101,7 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
             timeout=90,
             what="inferhub up to say it is up",
         )
-        assert _ready(url)
+        assert ready(url)
         children = _children(up.pid)
         assert len(children) >= 3  # Redis, a worker, the hub
         r = httpx.post(

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
 import schemathesis
-from helpers import TestClient, free_port, wait_for
+from helpers import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from schemathesis.checks import allow_header_conformance, positive_data_acceptance
 
 from hub.app import create_app
-from hub.processes import start_cli, stop
 from hub.protocol import DTYPES, ProtocolError, decode_tensor, encode_tensor
 from hub.settings import Settings
 from hub.v2codec import V2Error, parse_request, serialize_bytes
@@ -210,30 +206,6 @@ def test_any_websocket_message_gets_a_documented_answer(
 # --- schemathesis over the OpenAPI schema ----------------------------------------------------
 
 SCHEMA = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
-
-
-@pytest.fixture(scope="module")
-def hub_url(settings: Settings, worker: object, tmp_path: Path | None = None) -> Iterator[str]:
-    port = free_port()
-    env = {
-        "INFERHUB_REDIS_URL": settings.redis_url,
-        "INFERHUB_PORT": str(port),
-        "INFERHUB_MAX_WAIT_S": "2",
-    }
-    hub = start_cli("serve", env=env, log=open(os.devnull, "wb"))  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(url), timeout=60, what="the hub")
-        yield url
-    finally:
-        stop([hub])
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # the all-jobs feed is live and never closes: it has its own tests

@@ -31,7 +31,7 @@ from websockets.sync.client import connect as ws_connect
 
 from hub import keys
 from hub.logs import bound, handler
-from hub.processes import start_cli, start_redis, stop
+from hub.processes import ready, start_cli, start_redis, stop
 from hub.settings import Settings
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -76,13 +76,6 @@ class Stack:
         return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("operations")
@@ -103,7 +96,7 @@ def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             s.procs.append(s.start(f"hub{i}", "serve", INFERHUB_PORT=str(hub_port)))
             s.hubs.append(f"http://127.0.0.1:{hub_port}")
         for url in s.hubs:
-            wait_for(lambda url=url: _ready(url), timeout=60, what=f"{url}/readyz")
+            wait_for(lambda url=url: ready(url), timeout=60, what=f"{url}/readyz")
         wait_for(
             lambda: value(parse(httpx.get(f"{s.hubs[0]}/metrics").text), "inferhub_workers") == 2,
             timeout=30,
@@ -315,7 +308,7 @@ def test_sigterm_ends_sse_with_retry_and_websockets_with_1001_then_exits(
     waiting: dict[str, Any] = {}
     sse: dict[str, Any] = {"lines": []}
     try:
-        wait_for(lambda: _ready(url), timeout=60, what=f"{url}/readyz")
+        wait_for(lambda: ready(url), timeout=60, what=f"{url}/readyz")
         wait_for(lambda: httpx.get(f"{url}/v1/models/{orphan_model}").status_code == 200)
 
         def wait_request() -> None:

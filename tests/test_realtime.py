@@ -25,7 +25,7 @@ from redis import Redis
 
 from hub.fanout import Subscription
 from hub.jobstore import Event
-from hub.processes import start_cli, start_redis, stop
+from hub.processes import ready, start_cli, start_redis, stop
 from hub.protocol import EventType
 
 
@@ -70,19 +70,12 @@ def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             )
             s.hubs[name] = f"http://127.0.0.1:{hub_port}"
         for url in s.hubs.values():
-            wait_for(lambda url=url: _ready(url), timeout=60, what=f"{url}/readyz")
+            wait_for(lambda url=url: ready(url), timeout=60, what=f"{url}/readyz")
         yield s
     finally:
         stop(s.procs)
         stop([s.redis])
         log.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def submit(url: str, model: str, rows: int, width: int) -> str:
@@ -412,7 +405,7 @@ def test_redis_restart_under_an_open_stream_loses_nothing(stack: Stack) -> None:
                 break
     check_sequence(events, rows=300, chunk=2)
     # and the hub and worker are ready again by themselves
-    wait_for(lambda: _ready(url), timeout=30, what="readyz after the restart")
+    wait_for(lambda: ready(url), timeout=30, what="readyz after the restart")
     assert Redis.from_url(stack.redis_url).ping()
 
 
