@@ -62,6 +62,7 @@ local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
 redis.call('ZADD', KEYS[6], ARGV[8], ARGV[11])
 redis.call('ZADD', KEYS[7], ARGV[9], ARGV[11])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (ARGV[9] - ARGV[3] * 1000))  -- expired
 redis.call('PUBLISH', ARGV[10], '')
 return {1, id}
 """
@@ -321,16 +322,24 @@ class JobStore:
             raws = await pipe.execute()
         return [_decode_record(raw) if raw else None for raw in raws]
 
-    async def recent_ids(self, before_ms: float, count: int) -> list[tuple[str, float]]:
-        """Job ids created before ``before_ms``, newest first."""
-        rows = await self.redis.zrevrangebyscore(
-            keys.JOBS_INDEX, f"({before_ms}", "-inf", start=0, num=count, withscores=True
-        )
-        return [(job_id.decode(), score) for job_id, score in rows]
+    async def recent_ids(
+        self, before: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
+        """Up to ``count`` job ids older than ``before`` (creation ms, job id), newest first.
 
-    async def prune_index(self) -> None:
-        cutoff = (time.time() - self.limits.ttl_s) * 1000
-        await self.redis.zremrangebyscore(keys.JOBS_INDEX, "-inf", cutoff)
+        Jobs created in the same millisecond share a score; Redis orders those by id, so the
+        id breaks the tie and a page boundary between them loses none.
+        """
+        top = "+inf" if before is None else before[0]
+        rows = await self.redis.zrevrangebyscore(
+            keys.JOBS_INDEX, top, "-inf", start=0, num=count + 16, withscores=True
+        )
+        found = [(job_id.decode(), score) for job_id, score in rows]
+        if before is not None:
+            found = [
+                (j, s) for j, s in found if s < before[0] or (s == before[0] and j < before[1])
+            ]
+        return found[:count]
 
     async def log_after(self, after: str, count: int = 10_000) -> list[Event]:
         """Events of the global log after the id ``after`` (at most ``count``)."""

@@ -302,27 +302,27 @@ class JobService:
         model: str | None = None,
         status: str | None = None,
         limit: int = 50,
-        cursor: float | None = None,
-    ) -> tuple[list[dict[str, Any]], float | None]:
-        """Jobs newest first; the cursor is the creation time (ms) to continue below."""
-        before = cursor if cursor is not None else float("inf")
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Jobs newest first; ``cursor`` (the last page's ``next_cursor``) continues below."""
+        before = _cursor(cursor)
         found: list[dict[str, Any]] = []
         for _ in range(20):  # bounded: a sparse filter returns a partial page and a cursor
             ids = await self.store.recent_ids(before, max(limit * 2, 50))
             if not ids:
                 return found, None
-            for (_job_id, score), record in zip(
+            for (job_id, score), record in zip(
                 ids, await self.store.get_many([i for i, _ in ids]), strict=True
             ):
-                before = score
+                before = (score, job_id)
                 if record is None or (owner is not None and record["owner"] != owner):
                     continue
                 if (model and record["model"] != model) or (status and record["status"] != status):
                     continue
                 found.append(job_view(record))
                 if len(found) == limit:
-                    return found, score
-        return found, before
+                    return found, f"{score:.0f}:{job_id}"
+        return found, f"{before[0]:.0f}:{before[1]}" if before else None
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         record = await self._record(job_id, owner)
@@ -334,6 +334,15 @@ class JobService:
                 409, "job_finished", f"job '{job_id}' already {status}; nothing to cancel"
             )
         return await self.get(job_id, owner=owner)
+
+
+def _cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    ms, _, job_id = cursor.partition(":")
+    if not ms.isdigit() or not job_id:
+        raise HubError(400, "invalid_cursor", f"{cursor!r} is not a next_cursor of /v1/jobs")
+    return float(ms), job_id
 
 
 def _check_event_id(event_id: str) -> None:

@@ -708,3 +708,27 @@ def test_list_filters_by_model_and_status(client: TestClient) -> None:
         client.get("/v1/jobs", params={"status": "done"}), 422, "invalid_request", "status"
     )
     assert_error(client.get("/v1/jobs", params={"limit": 0}), 422, "invalid_request", "limit")
+
+
+def test_pages_split_between_jobs_of_the_same_millisecond_lose_none(
+    client: TestClient, redis: Redis
+) -> None:
+    """Two jobs that share their creation millisecond: a page boundary between them must not
+    skip either (the cursor carries the id as a tie-breaker)."""
+    body = {"model": "breast_cancer", "data": [[1.0] * 30]}
+    ids = [submit(client, body, Prefer="wait=10").json()["id"] for _ in range(3)]
+    same_ms = redis.zscore(keys.JOBS_INDEX, ids[0])
+    for job_id in ids:
+        redis.zadd(keys.JOBS_INDEX, {job_id: same_ms})
+    listed, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"model": "breast_cancer", "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/jobs", params=params).json()
+        listed += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert set(ids) <= set(listed) and len(listed) == len(set(listed))
+    assert_error(client.get("/v1/jobs", params={"cursor": "yesterday"}), 400, "invalid_cursor", "")

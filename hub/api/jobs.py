@@ -70,7 +70,7 @@ async def list_jobs(
     model: str | None = None,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[float | None, Query(description="`next_cursor` of the previous page")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> dict[str, Any]:
     jobs, next_cursor = await service.list(
         owner=caller.visible,
