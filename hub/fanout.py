@@ -50,13 +50,19 @@ class Subscription:
         self.stuck_after_s = stuck_after_s
         self.keys: set[Key] = set()
         self.coalesced = 0
+        self.dropped = 0
         self._full_since: float | None = None
         self._stuck = False
         self._buffer: deque[Any] = deque()
         self._ready = asyncio.Event()
 
     def put(self, item: Any) -> None:
-        """Queue an event (coalescing progress when full) or any other item (never dropped)."""
+        """Queue an event (coalescing progress when full) or any other item. Nothing is dropped
+        while the subscriber keeps up; once it is stuck nothing more is queued (memory stays
+        bounded): it is closed at its next read and resumes from its last event id."""
+        if self._stuck:
+            self.dropped += isinstance(item, Event)
+            return
         if len(self._buffer) >= self.maxsize:
             if isinstance(item, Event) and item.type is EventType.PROGRESS:
                 for i, queued in enumerate(self._buffer):

@@ -376,10 +376,12 @@ class MeteredSubscription(Subscription):
         self._metrics = metrics
 
     def put(self, item: Any) -> None:
-        before = self.coalesced
+        coalesced, dropped = self.coalesced, self.dropped
         super().put(item)
-        if self.coalesced != before:
+        if self.coalesced != coalesced:
             self._metrics.coalesced.inc()
+        if self.dropped != dropped:
+            self._metrics.dropped.inc()
 
     async def get(self, wait_s: float | None = None) -> Any:
         try:

@@ -23,7 +23,7 @@ from helpers import free_port, wait_for
 from httpx_sse import connect_sse
 from redis import Redis
 
-from hub.fanout import Subscription
+from hub.fanout import SlowConsumer, Subscription
 from hub.jobstore import Event
 from hub.processes import ready, start_cli, start_redis, stop
 from hub.protocol import EventType
@@ -435,3 +435,15 @@ def test_ws_resubscribing_to_several_models_replays_each_of_them(stack: Stack) -
 
     seen = asyncio.run(run())
     assert seen == {job: ["queued", "started", "succeeded"] for job in (digits, iris)}
+
+
+def test_a_stuck_subscriber_holds_no_more_and_is_told_at_its_next_read() -> None:
+    async def run() -> None:
+        sub = Subscription(lambda _: True, maxsize=2, stuck_after_s=60)
+        for n in range(100):  # far past 4 x maxsize: it is stuck, and what follows is dropped
+            sub.put(_event(f"j{n}", EventType.SUCCEEDED, n))
+        assert len(sub._buffer) <= 4 * 2 + 1 and sub.dropped > 80
+        with pytest.raises(SlowConsumer, match="resume from the last event id"):
+            await sub.get(0)
+
+    asyncio.run(run())
