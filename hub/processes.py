@@ -56,6 +56,7 @@ def start_redis(port: int, workdir: Path, *, persistent: bool = False) -> subpro
         [redis_server_binary(), *(x for k, v in flags.items() for x in (f"--{k}", v))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches `inferhub up`, which stops Redis last
     )
     client = redis.Redis(port=port, socket_connect_timeout=0.2)
     deadline = time.monotonic() + 10
