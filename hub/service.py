@@ -199,13 +199,14 @@ class JobService:
                 "idempotency_conflict",
                 "this Idempotency-Key was already used for a different request; use a new key",
             )
-        return await self._record(job_id, owner)
+        return await self.record(job_id, owner)
 
     async def get(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         """The job, if ``owner`` may see it (None: an admin, who sees every job)."""
-        return job_view(await self._record(job_id, owner))
+        return job_view(await self.record(job_id, owner))
 
-    async def _record(self, job_id: str, owner: str | None) -> dict[str, Any]:
+    async def record(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        """The stored record (outputs still packed), if ``owner`` may see it; else 404."""
         record = await self.store.get(job_id)
         if record is None or (owner is not None and record["owner"] != owner):
             raise not_found("job", job_id)  # the same answer as for a job that does not exist
@@ -216,8 +217,8 @@ class JobService:
     ) -> AsyncIterator[Event]:
         """The job's events after ``after``, until its terminal event (404 first if unseen)."""
         _check_event_id(after)
-        job = await self.get(job_id, owner=owner)
-        return self._follow(job_id, after, finished=job["status"] in FINISHED)
+        record = await self.record(job_id, owner)  # the raw record: no outputs to convert
+        return self._follow(job_id, after, finished=record["status"] in FINISHED)
 
     async def _follow(self, job_id: str, after: str, *, finished: bool) -> AsyncIterator[Event]:
         # Subscribe first, then replay the stored events, then go live dropping what the replay
@@ -325,7 +326,7 @@ class JobService:
         return found, f"{before[0]:.0f}:{before[1]}" if before else None
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
-        record = await self._record(job_id, owner)
+        record = await self.record(job_id, owner)
         status = await self.store.cancel(
             job_id, model=record["model"], owner=record["owner"], pool=record["pool"]
         )

@@ -203,7 +203,7 @@ class Connection:
         after = target.last_event_id
         _check_event_id(after or "0")
         if target.job_id:
-            await self.service.get(target.job_id, owner=self.owner)  # 404 unless the caller's
+            await self.service.record(target.job_id, self.owner)  # 404 unless the caller's
         self._reply({"type": "accepted", "ref": ref, "subscription": target.named()})
         if target.job_id:
             await self._subscribe_job(target.job_id, after or "0")
