@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.redis_url,
             metrics=metrics,
             maxsize=settings.subscriber_buffer,
+            max_bytes=settings.subscriber_buffer_bytes,
             stuck_after_s=settings.slow_consumer_s,
         )
         await fanout.start()
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Catalogue(redis, model_ttl_s=settings.job_ttl_s),
             fanout,
             max_queued=settings.max_queued,
+            max_queued_per_tenant=settings.max_queued_per_tenant,
+            max_streams_per_tenant=settings.max_streams_per_tenant,
             rate=rate,
         )
         try:

@@ -1,7 +1,7 @@
 """One Redis pub/sub subscription per hub process, handed out to local subscribers.
 
 Subscribers register under keys (a job, a model, an owner) so that an event reaches only the
-buffers that may want it. Each buffer is bounded: when it is full, a newer ``progress`` event
+buffers that may want it. Each buffer is bounded in events and in bytes: when it is full, a newer ``progress`` event
 of a job replaces the older one still waiting (progress is coalesced); other events are never
 dropped, and a subscriber that stays full is marked ``stuck`` so that its transport closes it
 with a reason and the client resumes from its last event id.
@@ -44,13 +44,23 @@ class SlowConsumer(Exception):
 
 
 class Subscription:
-    def __init__(self, match: Callable[[Event], bool], maxsize: int, stuck_after_s: float) -> None:
+    """One subscriber's buffer, bounded in events and in bytes."""
+
+    def __init__(
+        self,
+        match: Callable[[Event], bool],
+        maxsize: int,
+        stuck_after_s: float,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.match = match
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
         self.keys: set[Key] = set()
         self.coalesced = 0
         self.dropped = 0
+        self.bytes = 0  # of the events waiting in the buffer
         self._full_since: float | None = None
         self._stuck = False
         self._buffer: deque[Any] = deque()
@@ -58,12 +68,13 @@ class Subscription:
 
     def put(self, item: Any) -> None:
         """Queue an event (coalescing progress when full) or any other item. Nothing is dropped
-        while the subscriber keeps up; once it is stuck nothing more is queued (memory stays
-        bounded): it is closed at its next read and resumes from its last event id."""
+        while the subscriber keeps up; once it is stuck its buffer is emptied and nothing more
+        is queued (memory stays bounded): it is closed at its next read and resumes from its
+        last event id. One event larger than the byte bound still passes an empty buffer."""
         if self._stuck:
             self.dropped += isinstance(item, Event)
             return
-        if len(self._buffer) >= self.maxsize:
+        if len(self._buffer) >= self.maxsize or self.bytes >= self.max_bytes:
             if isinstance(item, Event) and item.type is EventType.PROGRESS:
                 for i, queued in enumerate(self._buffer):
                     if (
@@ -72,18 +83,33 @@ class Subscription:
                         and queued.job_id == item.job_id
                     ):
                         self._buffer[i] = item
+                        self.bytes += item.size - queued.size
                         self.coalesced += 1
                         return
             now = time.monotonic()
             self._full_since = self._full_since or now
-            if now - self._full_since > self.stuck_after_s or len(self._buffer) > 4 * self.maxsize:
-                self._stuck = True
+            if (
+                now - self._full_since > self.stuck_after_s
+                or len(self._buffer) > 4 * self.maxsize
+                or self.bytes > 4 * self.max_bytes
+            ):
+                self._give_up()
+                self.dropped += isinstance(item, Event)
+                return
         self._buffer.append(item)
+        self.bytes += _size(item)
+        self._ready.set()
+
+    def _give_up(self) -> None:
+        self._stuck = True
+        self.dropped += sum(isinstance(x, Event) for x in self._buffer)
+        self._buffer.clear()
+        self.bytes = 0
         self._ready.set()
 
     async def get(self, wait_s: float | None = None) -> Any:
         """The next item, or None after ``wait_s`` seconds. Raises SlowConsumer when stuck."""
-        while not self._buffer:
+        while not self._buffer and not self._stuck:
             self._ready.clear()
             try:
                 async with asyncio.timeout(wait_s):
@@ -92,20 +118,35 @@ class Subscription:
                 return None
         if self._stuck:
             raise SlowConsumer(
-                f"the client read too slowly: its buffer of {self.maxsize} events stayed full "
-                f"for over {self.stuck_after_s:g} s; resume from the last event id"
+                f"the client read too slowly: its buffer ({self.maxsize} events, "
+                f"{self.max_bytes // 1024} KiB) stayed full for over {self.stuck_after_s:g} s; "
+                "resume from the last event id"
             )
-        if len(self._buffer) <= self.maxsize // 2:
+        item = self._buffer.popleft()
+        self.bytes -= _size(item)
+        if len(self._buffer) <= self.maxsize // 2 and self.bytes <= self.max_bytes // 2:
             self._full_since = None
-        return self._buffer.popleft()
+        return item
+
+
+def _size(item: Any) -> int:
+    return item.size if isinstance(item, Event) else 0
 
 
 class Fanout:
-    def __init__(self, redis_url: str, *, maxsize: int = 256, stuck_after_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        maxsize: int = 256,
+        max_bytes: int = 32 * 1024 * 1024,
+        stuck_after_s: float = 30.0,
+    ) -> None:
         # its own client, without retries: a dropped connection must surface here, so that
         # subscribers learn of the gap (redis-py would otherwise resubscribe silently)
         self.redis = Redis.from_url(redis_url, socket_connect_timeout=2)
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
         self._subs: dict[Key, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -127,7 +168,7 @@ class Fanout:
         await self.redis.aclose()
 
     def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
-        return Subscription(match, self.maxsize, self.stuck_after_s)
+        return Subscription(match, self.maxsize, self.stuck_after_s, self.max_bytes)
 
     def add(self, sub: Subscription, *keys_: Key) -> None:
         for key in keys_:

@@ -44,10 +44,12 @@ local function set_fields(first)
 end
 """
 
-# KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index
+# KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index,
+#       owner's jobs index, owner's queued jobs
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, idem_value, arq_job, score, created_ms,
-#       wake channel, job id, max queued, field, value, ...
-# Returns {1, event id} (created), {0, idempotency value} (a repeat), or {2, ''} (queue full).
+#       wake channel, job id, max queued, max queued per owner, field, value, ...
+# Returns {1, event id} (created), {0, idempotency value} (a repeat), {2, ''} (queue full) or
+# {3, ''} (the owner's share of the queue is full).
 _CREATE = (
     _APPEND
     + """
@@ -55,22 +57,28 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ''} end  -- a retried crea
 local existing = KEYS[4] ~= '' and redis.call('GET', KEYS[4])
 if existing then return {0, existing} end
 if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[12]) then return {2, ''} end
+local expired = '(' .. (ARGV[9] - ARGV[3] * 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', expired)
+if redis.call('ZCARD', KEYS[9]) >= tonumber(ARGV[13]) then return {3, ''} end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3]) end
-set_fields(13)
+set_fields(14)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
 redis.call('ZADD', KEYS[6], ARGV[8], ARGV[11])
-redis.call('ZADD', KEYS[7], ARGV[9], ARGV[11])
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (ARGV[9] - ARGV[3] * 1000))  -- expired
+for i = 7, 9 do
+  redis.call('ZADD', KEYS[i], ARGV[9], ARGV[11])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', expired)
+  redis.call('PEXPIRE', KEYS[i], ARGV[3] * 1000)
+end
 redis.call('PUBLISH', ARGV[10], '')
 return {1, id}
 """
 )
 
-# KEYS: record, job events, events log, cancel flag
+# KEYS: record, job events, events log, cancel flag, owner's queued jobs
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, allowed statuses (space separated),
-#       new status, guard field, guard value, field, value, ...
+#       new status, guard field, guard value, job id, field, value, ...
 # The guard (a numeric record field and the value it moves to) makes a transition happen once:
 # ``attempt`` for ``started``, ``done`` for ``progress``. A retried command finds the value
 # already there and succeeds without repeating the event; a smaller value is refused.
@@ -91,13 +99,14 @@ if ARGV[8] ~= '' then
   if recorded == wanted then return {1, status, '', cancel} end  -- a retry: already done
 end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[7]) end
-set_fields(10)
+if ARGV[7] ~= '' and ARGV[7] ~= 'queued' then redis.call('ZREM', KEYS[5], ARGV[10]) end
+set_fields(11)
 local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return {1, status, id, cancel}
 """
 )
 
-# KEYS: record, job events, events log, cancel flag, arq job, queue
+# KEYS: record, job events, events log, cancel flag, arq job, queue, owner's queued jobs
 # ARGV: channel, event, ttl, job_maxlen, log_maxlen, job id, finished_at (unix seconds)
 # A queued job is taken off the queue and canceled at once; a running one is flagged and
 # stops at its next chunk. Returns the status found.
@@ -107,6 +116,7 @@ _CANCEL = (
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
   redis.call('ZREM', KEYS[6], ARGV[6])
+  redis.call('ZREM', KEYS[7], ARGV[6])
   redis.call('DEL', KEYS[5])
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[7])
   append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
@@ -134,6 +144,7 @@ class Created(IntEnum):
     REPEAT = 0
     CREATED = 1
     FULL = 2
+    OWNER_FULL = 3
 
 
 @dataclass(frozen=True)
@@ -148,10 +159,14 @@ class Event:
     owner: str
     data: Mapping[str, Any] = field(default_factory=dict)
 
+    size: int = 0  # bytes as stored: what holding it costs, for the subscribers' byte bounds
+
     @classmethod
     def from_wire(cls, event_id: str, raw: bytes) -> Event:
         body = loads(raw)
-        return cls(id=event_id, type=EventType(body["type"]), **_without(body, "type"))
+        return cls(
+            id=event_id, type=EventType(body["type"]), size=len(raw), **_without(body, "type")
+        )
 
     @cached_property
     def json(self) -> bytes:
@@ -162,6 +177,20 @@ class Event:
             data["outputs"] = [packed_to_json(o) for o in data["outputs"]]
         view = {"id": self.id, "job_id": self.job_id, "type": self.type.value, "ts": self.ts}
         return orjson.dumps({**view, "model": self.model, "data": data})
+
+    @cached_property
+    def sse(self) -> bytes:
+        """The event as one Server-Sent Events frame (orjson writes no newlines)."""
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            self.id.encode(),
+            self.type.value.encode(),
+            self.json,
+        )
+
+    @cached_property
+    def ws(self) -> str:
+        """The event as one WebSocket message, shared by every socket it goes to."""
+        return '{"type":"event","event":' + self.json.decode() + "}"
 
     @property
     def terminal(self) -> bool:
@@ -210,12 +239,14 @@ class JobStore:
         idempotency: tuple[str, str] | None = None,
         priority: int = 0,
         max_queued: int = 10_000,
+        max_queued_per_owner: int = 10_000,
     ) -> tuple[Created, str]:
         """Write the record, its ``queued`` event and the arq job at once.
 
         Returns ``(CREATED, event id)``; ``(REPEAT, idempotency value)`` when the idempotency
-        key was already used, or ``(FULL, "")`` when the pool's queue holds ``max_queued``
-        jobs: then nothing is written.
+        key was already used, ``(FULL, "")`` when the pool's queue holds ``max_queued`` jobs,
+        or ``(OWNER_FULL, "")`` when the owner has ``max_queued_per_owner`` jobs waiting: then
+        nothing is written.
         """
         job_id = record["id"]
         now_ms = int(record["created_at"] * 1000)
@@ -234,6 +265,8 @@ class JobStore:
                 job_key_prefix + job_id,
                 keys.queue(pool),
                 keys.JOBS_INDEX,
+                keys.owner_jobs(record["owner"]),
+                keys.owner_queued(record["owner"]),
             ],
             args=[
                 *self._common_args(event),
@@ -244,6 +277,7 @@ class JobStore:
                 keys.wake(pool),
                 job_id,
                 max_queued,
+                max_queued_per_owner,
                 *_flatten(record),
             ],
         )
@@ -265,12 +299,14 @@ class JobStore:
                     keys.job_events(job_id),
                     keys.EVENTS_STREAM,
                     keys.job_cancel(job_id),
+                    keys.owner_queued(owner),
                 ],
                 [
                     *self._common_args(self._event(job_id, st.event, model, owner, st.data)),
                     " ".join(s.value for s in st.allowed),
                     st.status.value if st.status else "",
                     *(st.guard or ("", "")),
+                    job_id,
                     *_flatten({**st.fields, **dict([st.guard] if st.guard else [])}),
                 ],
             )
@@ -306,6 +342,7 @@ class JobStore:
                 keys.job_cancel(job_id),
                 job_key_prefix + job_id,
                 keys.queue(pool),
+                keys.owner_queued(owner),
             ],
             args=[*self._common_args(raw), job_id, time.time()],
         )
@@ -323,16 +360,18 @@ class JobStore:
         return [_decode_record(raw) if raw else None for raw in raws]
 
     async def recent_ids(
-        self, before: tuple[float, str] | None, count: int
+        self, owner: str | None, before: tuple[float, str] | None, count: int
     ) -> list[tuple[str, float]]:
-        """Up to ``count`` job ids older than ``before`` (creation ms, job id), newest first.
+        """Up to ``count`` ids of the owner's jobs (None: every job) older than ``before``
+        (creation ms, job id), newest first.
 
         Jobs created in the same millisecond share a score; Redis orders those by id, so the
         id breaks the tie and a page boundary between them loses none.
         """
         top = "+inf" if before is None else before[0]
+        index = keys.JOBS_INDEX if owner is None else keys.owner_jobs(owner)
         rows = await self.redis.zrevrangebyscore(
-            keys.JOBS_INDEX, top, "-inf", start=0, num=count + 16, withscores=True
+            index, top, "-inf", start=0, num=count + 16, withscores=True
         )
         found = [(job_id.decode(), score) for job_id, score in rows]
         if before is not None:
@@ -341,7 +380,7 @@ class JobStore:
             ]
         return found[:count]
 
-    async def log_after(self, after: str, count: int = 10_000) -> list[Event]:
+    async def log_after(self, after: str, count: int | None = None) -> list[Event]:
         """Events of the global log after the id ``after`` (at most ``count``)."""
         rows = await self.redis.xrange(keys.EVENTS_STREAM, min=f"({after}", count=count)
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
@@ -351,10 +390,10 @@ class JobStore:
         first = await self.redis.xrange(keys.EVENTS_STREAM, count=1)
         return not first or stream_key(first[0][0].decode()) <= stream_key(after)
 
-    async def events(self, job_id: str, after: str = "0") -> list[Event]:
-        """The job's stored events after the id ``after``."""
+    async def events(self, job_id: str, after: str = "0", count: int | None = None) -> list[Event]:
+        """The job's stored events after the id ``after`` (at most ``count``)."""
         rows = await self.redis.xrange(
-            keys.job_events(job_id), min=f"({after}" if after != "0" else "-"
+            keys.job_events(job_id), min=f"({after}" if after != "0" else "-", count=count
         )
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
 
@@ -362,8 +401,12 @@ class JobStore:
 def stream_key(event_id: str) -> tuple[int, int]:
     """An event id (a stream id ``ms-seq``; "0" is before all) as a comparable tuple."""
     ms, _, seq = event_id.partition("-")
-    if not (ms.isdigit() and (seq.isdigit() or not seq)):
-        raise ValueError(f"{event_id!r} is not an event id (like 1700000000000-0)")
+    parts = (ms, seq or "0")
+    # isdigit() alone takes other scripts' digits ("١٢"), which Redis refuses
+    if not all(p.isascii() and p.isdigit() and int(p) < 2**64 for p in parts):
+        raise ValueError(
+            f"{event_id[:40]!r} is not an event id (like 1700000000000-0, each part below 2^64)"
+        )
     return int(ms), int(seq or 0)
 
 

@@ -9,7 +9,7 @@ EVENTS_STREAM = PREFIX + "events:log"
 """Capped stream of every event, for resuming the all-jobs feed."""
 
 JOBS_INDEX = PREFIX + "jobs"
-"""Sorted set of job ids scored by creation time (ms), newest last."""
+"""Sorted set of every job id scored by creation time (ms), newest last: the admin's listing."""
 
 MODELS = PREFIX + "models"
 """Hash: model name -> JSON catalogue entry written by the workers that serve it."""
@@ -31,6 +31,16 @@ def job_events(job_id: str) -> str:
 def job_cancel(job_id: str) -> str:
     """Set when a running job must stop at its next chunk."""
     return f"{PREFIX}job:{job_id}:cancel"
+
+
+def owner_jobs(owner: str) -> str:
+    """Sorted set of the owner's job ids scored by creation time (ms): the tenant's listing."""
+    return f"{PREFIX}owner:{owner}:jobs"
+
+
+def owner_queued(owner: str) -> str:
+    """Sorted set of the owner's jobs not yet started, for the per-tenant queue bound."""
+    return f"{PREFIX}owner:{owner}:queued"
 
 
 def idempotency(owner: str, key: str) -> str:

@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 
 from hub import keys
 from hub.catalogue import Catalogue
-from hub.fanout import Fanout, SlowConsumer, Subscription
+from hub.fanout import Fanout, Subscription
 from hub.jobstore import Created, Event, JobStore
 from hub.logs import JOBS, Scope, note_job
 from hub.protocol import EventType
@@ -381,14 +381,10 @@ class MeteredSubscription(Subscription):
         if self.coalesced != coalesced:
             self._metrics.coalesced.inc()
         if self.dropped != dropped:
-            self._metrics.dropped.inc()
+            self._metrics.dropped.inc(self.dropped - dropped)
 
     async def get(self, wait_s: float | None = None) -> Any:
-        try:
-            item = await super().get(wait_s)
-        except SlowConsumer:
-            self._metrics.dropped.inc(sum(isinstance(x, Event) for x in self._buffer))
-            raise
+        item = await super().get(wait_s)
         if isinstance(item, Event):
             self._metrics.delivered.inc()
         return item
@@ -403,7 +399,9 @@ class MeteredFanout(Fanout):
         metrics.fanout = self
 
     def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
-        return MeteredSubscription(self.metrics, match, self.maxsize, self.stuck_after_s)
+        return MeteredSubscription(
+            self.metrics, match, self.maxsize, self.stuck_after_s, self.max_bytes
+        )
 
     def dispatch(self, event: Event) -> None:
         self.metrics.event(event)

@@ -11,7 +11,8 @@ import hashlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,9 @@ import numpy as np
 import orjson
 
 from hub.catalogue import Catalogue
+from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.errors import HubError, not_found
-from hub.fanout import GAP, Fanout, Subscription
+from hub.fanout import Fanout
 from hub.jobstore import Created, Event, JobStore, stream_key
 from hub.logs import current_request_id
 from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
@@ -35,27 +37,23 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 class PendingJob:
     """A job just queued, and its events as they come: the record keeps up with them."""
 
-    store: JobStore
     record: dict[str, Any]
-    sub: Subscription | None  # None for a repeat of an earlier submission: nothing to follow
+    feed: Delivery
 
     @property
     def finished(self) -> bool:
         return self.record["status"] in FINISHED
 
     async def finish(self, wait_s: float) -> None:
-        """Follow the events until the job ends or ``wait_s`` passes; no read of the record,
-        except after a gap in the events (Redis reconnected), when the stored record decides."""
+        """Follow the events until the job ends or ``wait_s`` passes; no read of the record."""
         deadline = time.monotonic() + wait_s
-        while self.sub is not None and not self.finished:
+        while not self.finished:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            item = await self.feed.get(remaining) if remaining > 0 else None
+            if item is None:
                 return
-            item = await self.sub.get(remaining)
             if isinstance(item, Event):
                 apply_event(self.record, item)
-            elif item is GAP:
-                self.record = await self.store.get(self.record["id"]) or self.record
 
 
 class JobService:
@@ -66,15 +64,18 @@ class JobService:
         fanout: Fanout,
         *,
         max_queued: int = 10_000,
+        max_queued_per_tenant: int = 1_000,
+        max_streams_per_tenant: int = 100,
         rate: RateLimiter | None = None,
-        resync_s: float = 5.0,
     ) -> None:
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
         self.max_queued = max_queued
+        self.max_queued_per_tenant = max_queued_per_tenant
+        self.max_streams_per_tenant = max_streams_per_tenant
         self.rate = rate
-        self.resync_s = resync_s
+        self._streams: Counter[str | None] = Counter()  # open event streams, per tenant
 
     async def submit(
         self,
@@ -169,7 +170,8 @@ class JobService:
             "outputs": outputs,
             "request_id": record["request_id"],
         }
-        async with self.fanout.subscribe(("job", job_id)) as sub:
+        async with delivery(self.store, self.fanout, owner) as feed:
+            feed.follow(job_id, Topic.job(job_id))  # before the job exists: nothing is missed
             created, existing = await self.store.create(
                 record,
                 job_kwargs,
@@ -177,6 +179,7 @@ class JobService:
                 idempotency=(owner, idempotency[0]) if idempotency else None,
                 priority=priority,
                 max_queued=self.max_queued,
+                max_queued_per_owner=self.max_queued_per_tenant,
             )
             if created is Created.FULL:
                 raise HubError(
@@ -186,12 +189,22 @@ class JobService:
                     "retry later",
                     {"Retry-After": "1"},
                 )
-            if created is Created.REPEAT:  # the first job of this key, as it is now
-                yield PendingJob(self.store, await self._repeat(existing, record, owner), None)
-            else:
-                yield PendingJob(self.store, record, sub)
+            if created is Created.OWNER_FULL:
+                raise HubError(
+                    429,
+                    "tenant_queue_full",
+                    f"you have {self.max_queued_per_tenant} jobs waiting to start "
+                    "(INFERHUB_MAX_QUEUED_PER_TENANT); retry when some have started",
+                    {"Retry-After": "1"},
+                )
+            if created is Created.REPEAT:  # the first job of this key, followed as it is now
+                feed.drop(job_id)
+                first = self._repeat(existing, record)
+                feed.follow(first, Topic.job(first))
+                record = await self.record(first, owner)
+            yield PendingJob(record, feed)
 
-    async def _repeat(self, existing: str, record: dict[str, Any], owner: str) -> dict[str, Any]:
+    def _repeat(self, existing: str, record: dict[str, Any]) -> str:
         job_id, _, first_fingerprint = existing.partition(" ")
         if first_fingerprint != record["fingerprint"]:
             raise HubError(
@@ -199,7 +212,7 @@ class JobService:
                 "idempotency_conflict",
                 "this Idempotency-Key was already used for a different request; use a new key",
             )
-        return await self.record(job_id, owner)
+        return job_id
 
     async def get(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         """The job, if ``owner`` may see it (None: an admin, who sees every job)."""
@@ -214,34 +227,15 @@ class JobService:
 
     async def follow(
         self, job_id: str, *, owner: str | None, after: str = "0"
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[Event | Reset]:
         """The job's events after ``after``, until its terminal event (404 first if unseen)."""
         _check_event_id(after)
         record = await self.record(job_id, owner)  # the raw record: no outputs to convert
-        return self._follow(job_id, after, finished=record["status"] in FINISHED)
-
-    async def _follow(self, job_id: str, after: str, *, finished: bool) -> AsyncIterator[Event]:
-        # Subscribe first, then replay the stored events, then go live dropping what the replay
-        # already gave: no event is lost however the race falls. A quiet spell re-reads the
-        # stream, which recovers anything pub/sub lost while Redis was away.
-        async with self.fanout.subscribe(("job", job_id)) as sub:
-            last = stream_key(after)
-            pending = await self.store.events(job_id, after)
-            while True:
-                for event in pending:
-                    if stream_key(event.id) <= last:
-                        continue
-                    last = stream_key(event.id)
-                    yield event
-                    if event.terminal:
-                        return
-                if finished:
-                    return  # resumed after the terminal event: nothing more will come
-                live = await sub.get(self.resync_s)
-                if isinstance(live, Event):
-                    pending = [live]
-                else:  # a gap, or a quiet spell: catch up from the log
-                    pending = await self.store.events(job_id, _event_id(last))
+        self.check_streams(owner)
+        topic, finished = Topic.job(job_id), record["status"] in FINISHED
+        return self._stream(
+            owner, lambda feed: feed.follow(job_id, topic, after, finished=finished)
+        )
 
     async def feed(
         self,
@@ -250,51 +244,55 @@ class JobService:
         models: frozenset[str] = frozenset(),
         job_ids: frozenset[str] = frozenset(),
         after: str | None = None,
-    ) -> AsyncIterator[Event | None]:
-        """Live events of the caller's jobs (filtered by model and job), from ``after`` when given.
-
-        The iterator yields None when ``after`` is older than what the capped log still holds:
-        events were lost, and the client must reload its state.
-        """
+    ) -> AsyncIterator[Event | Reset]:
+        """Live events of the caller's jobs (filtered by model and job), from ``after`` when
+        given; a Reset first when ``after`` is older than what the capped log still holds."""
         _check_event_id(after or "0")
-        return self._feed(owner, models, job_ids, after)
+        self.check_streams(owner)
 
-    async def _feed(
-        self, owner: str | None, models: frozenset[str], job_ids: frozenset[str], after: str | None
-    ) -> AsyncIterator[Event | None]:
-        def match(event: Event) -> bool:
-            return (
-                (owner is None or event.owner == owner)
-                and (not models or event.model in models)
-                and (not job_ids or event.job_id in job_ids)
+        def accepts(event: Event) -> bool:
+            return (not models or event.model in models) and (
+                not job_ids or event.job_id in job_ids
             )
 
         if job_ids:
-            where = [("job", j) for j in job_ids]
+            routes = tuple(("job", j) for j in job_ids)
         elif models:
-            where = [("model", m) for m in models]
+            routes = tuple(("model", m) for m in models)
         else:
-            where = [("owner", owner) if owner is not None else ("all", "")]
-        async with self.fanout.subscribe(*where, match=match) as sub:
-            last = stream_key(after or "0")
-            if after is not None:
-                if not await self.store.log_holds(after):
-                    yield None
-                pending = [e for e in await self.store.log_after(after) if match(e)]
-            else:
-                pending = []
-            while True:
-                for event in pending:
-                    if stream_key(event.id) > last:
-                        last = stream_key(event.id)
-                        yield event
-                live = await sub.get(self.resync_s)
-                if isinstance(live, Event):
-                    pending = [live]
-                elif live is GAP:
-                    pending = [e for e in await self.store.log_after(_event_id(last)) if match(e)]
-                else:
-                    pending = []
+            routes = (("owner", owner) if owner is not None else ("all", ""),)
+        topic = Topic(routes, accepts=accepts)
+        return self._stream(owner, lambda feed: feed.follow("feed", topic, after))
+
+    async def _stream(
+        self, owner: str | None, start: Callable[[Delivery], None]
+    ) -> AsyncIterator[Event | Reset]:
+        with self.stream_slot(owner):
+            async with delivery(self.store, self.fanout, owner) as feed:
+                start(feed)
+                while not isinstance(item := await feed.get(), Done):
+                    yield item
+
+    @contextlib.contextmanager
+    def stream_slot(self, owner: str | None) -> Iterator[None]:
+        """Count an open event stream of the tenant (None: the admins) while the block runs;
+        ``check_streams`` first says whether it may open."""
+        self._streams[owner] += 1
+        try:
+            yield
+        finally:
+            self._streams[owner] -= 1
+
+    def check_streams(self, owner: str | None) -> None:
+        if self._streams[owner] >= self.max_streams_per_tenant:
+            raise HubError(
+                429,
+                "too_many_streams",
+                f"you have {self.max_streams_per_tenant} event streams open on this hub "
+                "(INFERHUB_MAX_STREAMS_PER_TENANT); close one, or follow several jobs on one "
+                "WebSocket or one /v1/events feed",
+                {"Retry-After": "1"},
+            )
 
     async def list(
         self,
@@ -309,14 +307,15 @@ class JobService:
         before = _cursor(cursor)
         found: list[dict[str, Any]] = []
         for _ in range(20):  # bounded: a sparse filter returns a partial page and a cursor
-            ids = await self.store.recent_ids(before, max(limit * 2, 50))
+            # the owner's own index: no other tenant's job is read, nor shows in the cursor
+            ids = await self.store.recent_ids(owner, before, max(limit * 2, 50))
             if not ids:
                 return found, None
             for (job_id, score), record in zip(
                 ids, await self.store.get_many([i for i, _ in ids]), strict=True
             ):
                 before = (score, job_id)
-                if record is None or (owner is not None and record["owner"] != owner):
+                if record is None:  # expired
                     continue
                 if (model and record["model"] != model) or (status and record["status"] != status):
                     continue
@@ -341,7 +340,7 @@ def _cursor(cursor: str | None) -> tuple[float, str] | None:
     if cursor is None:
         return None
     ms, _, job_id = cursor.partition(":")
-    if not ms.isdigit() or not job_id:
+    if not (ms.isascii() and ms.isdigit()) or not job_id:
         raise HubError(400, "invalid_cursor", f"{cursor!r} is not a next_cursor of /v1/jobs")
     return float(ms), job_id
 
@@ -351,10 +350,6 @@ def _check_event_id(event_id: str) -> None:
         stream_key(event_id)
     except ValueError as exc:
         raise HubError(400, "invalid_event_id", str(exc)) from None
-
-
-def _event_id(key: tuple[int, int]) -> str:
-    return f"{key[0]}-{key[1]}"
 
 
 def _fingerprint(request: JobRequest) -> str:

@@ -32,6 +32,15 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A client whose buffer stays full this long is disconnected."
     )
     subscriber_buffer: int = Field(256, gt=0, description="Events buffered per connection.")
+    subscriber_buffer_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Bytes of events buffered per connection."
+    )
+    max_streams_per_tenant: int = Field(
+        100, gt=0, description="Event streams (SSE, WebSocket) a tenant may hold open per hub."
+    )
+    max_queued_per_tenant: int = Field(
+        1_000, gt=0, description="Jobs a tenant may have waiting to start; then 429."
+    )
     ws_max_subscriptions: int = Field(1000, gt=0)
     ws_max_message_bytes: int = Field(1024 * 1024, gt=0)
     api_keys_file: Path | None = Field(None, description="TOML file of API keys; none: open hub.")

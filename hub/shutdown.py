@@ -151,6 +151,15 @@ class Streams:
     def __init__(self) -> None:
         self.closing = False
         self._all: set[_Stream] = set()
+        self.connections: set[Any] = set()  # uvicorn's, once a Server runs the app
+
+    def cut(self, scope: Scope) -> None:
+        """Drop the connection of ``scope`` at once, unsent bytes and all: closing it politely
+        would keep those bytes in the hub until a client that stopped reading goes away."""
+        client = tuple(scope.get("client") or ())
+        for connection in list(self.connections):
+            if client and tuple(getattr(connection, "client", None) or ()) == client:
+                connection.transport.abort()
 
     def open(self, kind: str) -> int:
         """How many SSE streams (``"sse"``) or WebSockets (``"websocket"``) are open."""
@@ -238,6 +247,7 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, streams: Streams, grace_s: float) -> None:
         super().__init__(config)
         self.streams = streams
+        streams.connections = self.server_state.connections
         self.grace_s = grace_s
         # sse-starlette would cancel every SSE stream itself (mid-air, without a word) as soon
         # as uvicorn begins to exit; here the drain ends them cleanly instead

@@ -6,24 +6,31 @@ clients that cannot set headers): the event ids are Redis stream ids, the same i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
+from hub.delivery import Reset
 from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
 from hub.errors import error_responses
 from hub.fanout import SlowConsumer
 from hub.jobstore import Event
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(
-    prefix="/v1", tags=["events"], responses=error_responses(400, 401, 403, 404, 422, 503)
+    prefix="/v1", tags=["events"], responses=error_responses(400, 401, 403, 404, 422, 429, 503)
 )
 
 PING_S = 15
 RETRY_MS = 1000
+SLICE_BYTES = 64 * 1024
 
 LastEventHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
 LastEventQuery = Annotated[
@@ -79,24 +86,47 @@ async def all_events(
     return _respond(events, settings.slow_consumer_s)
 
 
-def _respond(events: AsyncIterator[Event | None], slow_s: float) -> EventSourceResponse:
-    async def stream() -> AsyncIterator[ServerSentEvent]:
+def _respond(events: AsyncIterator[Event | Reset], slow_s: float) -> EventSourceResponse:
+    async def stream() -> AsyncIterator[memoryview | ServerSentEvent]:
         yield ServerSentEvent(comment="inferhub events", retry=RETRY_MS)
         try:
-            async for event in events:
-                yield _sse(event) if event is not None else _RESET
+            async for item in events:
+                if isinstance(item, Reset):
+                    yield _RESET
+                    continue
+                # the frame is encoded once for every subscriber, and written in slices: a
+                # client that reads slowly holds one slice of it here, whatever its size
+                frame = memoryview(item.sse)
+                for start in range(0, len(frame), SLICE_BYTES):
+                    yield frame[start : start + SLICE_BYTES]
         except SlowConsumer as exc:
             yield ServerSentEvent(data=orjson.dumps({"reason": str(exc)}).decode(), event="close")
 
     # a client that stops reading altogether is cut off by the send timeout
-    return EventSourceResponse(stream(), ping=PING_S, send_timeout=slow_s)
+    return EventStream(stream(), ping=PING_S, send_timeout=slow_s)
+
+
+class EventStream(EventSourceResponse):
+    """An SSE response that ends a client that stopped reading with one log line."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            scope["app"].state.streams.cut(scope)
+            log.info(
+                "closed the event stream of %s: it read nothing for %g s",
+                _peer(scope),
+                self.send_timeout,
+            )
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "a client"
 
 
 _RESET = ServerSentEvent(
     data='{"reason": "events after your Last-Event-ID are no longer kept: reload the state"}',
     event="reset",
 )
-
-
-def _sse(event: Event) -> ServerSentEvent:
-    return ServerSentEvent(data=event.json.decode(), event=event.type.value, id=event.id)

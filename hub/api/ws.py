@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from starlette.websockets import WebSocketDisconnect
 
 from hub.auth import Principal
+from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.errors import HubError
-from hub.fanout import GAP, SlowConsumer
+from hub.fanout import SlowConsumer
 from hub.jobstore import Event, stream_key
 from hub.schemas import JobRequest
-from hub.service import JobService
+from hub.service import FINISHED, JobService
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,15 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
     except HubError as exc:
         await ws.close(CLOSE_POLICY, exc.message[:120])
         return
+    try:
+        service.check_streams(caller.visible)
+    except HubError as exc:
+        await ws.close(CLOSE_TRY_AGAIN, exc.message[:120])
+        return
     await ws.accept()
-    await Connection(ws, service, settings, caller).run()
+    with service.stream_slot(caller.visible):
+        async with delivery(service.store, service.fanout, caller.visible) as feed:
+            await Connection(ws, service, settings, caller, feed).run()
 
 
 def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
@@ -58,15 +66,6 @@ def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
     if origin is None or origin in allowed:
         return True
     return urlsplit(origin).netloc == ws.headers.get("host")
-
-
-@dataclass
-class Replay:
-    """Stored events to send before the live ones held back for the same job or model."""
-
-    key: tuple[str, str]
-    events: list[Event]
-    reset: bool = False
 
 
 class Target(BaseModel):
@@ -100,15 +99,7 @@ class Connection:
     service: JobService
     settings: Settings
     caller: Principal
-    jobs: dict[str, tuple[int, int]] = field(default_factory=dict)  # job -> last id sent
-    models: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> last id sent
-    held: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.owner = self.caller.visible  # None: an admin, who sees every tenant's jobs
-        self.sub = self.service.fanout.open(
-            match=lambda e: self.owner is None or e.owner == self.owner
-        )
+    feed: Delivery  # every event and reply leaves through it, in order
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -118,12 +109,16 @@ class Connection:
             for task in done:
                 task.result()  # a close reason travels as an exception
         except _Close as close:
-            with contextlib.suppress(Exception):
-                await self.ws.close(close.code, close.reason)
+            try:  # the reason reaches a client that reads again within the same allowance
+                async with asyncio.timeout(self.settings.slow_consumer_s):
+                    await self.ws.close(close.code, close.reason)
+            except TimeoutError:
+                self.ws.scope["app"].state.streams.cut(self.ws.scope)
+            except Exception:  # the client left meanwhile
+                pass
         except WebSocketDisconnect:
             pass
         finally:
-            self.service.fanout.remove(self.sub)
             for task in (reader, writer):
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -188,56 +183,38 @@ class Connection:
     async def _submit(self, message: dict[str, Any], ref: Any) -> None:
         self.caller.need("submit")
         request = JobRequest.model_validate(message)
+        self._check_room()  # the job's events are a subscription too
         job = await self.service.submit(request, owner=self.caller.tenant)
         self._reply({"type": "accepted", "ref": ref, "job": job})
-        await self._subscribe_job(job["id"], "0")
+        self.feed.follow(("job", job["id"]), Topic.job(job["id"]), "0")
 
     async def _subscribe(self, message: dict[str, Any], ref: Any) -> None:
         target = Target.model_validate(message)
-        if len(self.jobs) + len(self.models) >= self.settings.ws_max_subscriptions:
+        self._check_room()
+        after = target.last_event_id
+        _check_event_id(after or "0")
+        if target.job_id:
+            record = await self.service.record(target.job_id, self.caller.visible)  # else 404
+            finished = record["status"] in FINISHED
+        self._reply({"type": "accepted", "ref": ref, "subscription": target.named()})
+        if target.job_id:
+            topic = Topic.job(target.job_id)
+            self.feed.follow(("job", target.job_id), topic, after or "0", finished=finished)
+        else:
+            self.feed.follow(("model", target.model), Topic.model(target.model or ""), after)
+
+    def _check_room(self) -> None:
+        if len(self.feed) >= self.settings.ws_max_subscriptions:
             raise ClientError(
                 "too_many_subscriptions",
                 f"at most {self.settings.ws_max_subscriptions} subscriptions per socket; "
                 "unsubscribe first",
             )
-        after = target.last_event_id
-        _check_event_id(after or "0")
-        if target.job_id:
-            await self.service.record(target.job_id, self.owner)  # 404 unless the caller's
-        self._reply({"type": "accepted", "ref": ref, "subscription": target.named()})
-        if target.job_id:
-            await self._subscribe_job(target.job_id, after or "0")
-        else:
-            await self._subscribe_model(target.model or "", after)
-
-    async def _subscribe_job(self, job_id: str, after: str) -> None:
-        key = ("job", job_id)
-        self.jobs[job_id] = max(self.jobs.get(job_id, (0, 0)), stream_key(after))
-        self.held[key] = []  # live events wait until the replay is queued
-        self.service.fanout.add(self.sub, key)
-        self.sub.put(Replay(key, await self.service.store.events(job_id, after)))
-
-    async def _subscribe_model(self, model: str, after: str | None) -> None:
-        key = ("model", model)
-        self.models[model] = max(self.models.get(model, (0, 0)), stream_key(after or "0"))
-        self.held[key] = []
-        self.service.fanout.add(self.sub, key)
-        if after is None:
-            self.sub.put(Replay(key, []))
-            return
-        reset = not await self.service.store.log_holds(after)
-        events = [e for e in await self.service.store.log_after(after) if e.model == model]
-        self.sub.put(Replay(key, events, reset=reset))
 
     async def _unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
         target = Target.model_validate(message)
-        if target.job_id in self.jobs:
-            del self.jobs[target.job_id]
-            self.service.fanout.remove(self.sub, ("job", target.job_id))
-        elif target.model in self.models:
-            del self.models[target.model]
-            self.service.fanout.remove(self.sub, ("model", target.model))
-        else:
+        name = ("job", target.job_id) if target.job_id else ("model", target.model)
+        if not self.feed.drop(name):
             raise ClientError("not_subscribed", f"no subscription to {target.named()}")
         self._reply({"type": "accepted", "ref": ref})
 
@@ -246,7 +223,7 @@ class Connection:
         target = Target.model_validate(message)
         if target.job_id is None:
             raise ClientError("invalid_request", "cancel needs a 'job_id'")
-        job = await self.service.cancel(target.job_id, owner=self.owner)
+        job = await self.service.cancel(target.job_id, owner=self.caller.visible)
         self._reply({"type": "accepted", "ref": ref, "job": job})
 
     async def _ping(self, message: dict[str, Any], ref: Any) -> None:
@@ -261,66 +238,24 @@ class Connection:
     }
 
     def _reply(self, message: dict[str, Any]) -> None:
-        self.sub.put(message)
+        self.feed.put(message)
 
     # --- writing ---------------------------------------------------------------------------
 
     async def _write(self) -> None:
         while True:
             try:
-                item = await self.sub.get()
+                item = await self.feed.get()
             except SlowConsumer as exc:
                 raise _Close(CLOSE_TRY_AGAIN, str(exc)[:120]) from None
             if isinstance(item, Event):
-                held = self.held.get(("job", item.job_id), self.held.get(("model", item.model)))
-                if held is not None:
-                    held.append(item)
-                else:
-                    await self._send_event(item)
-            elif isinstance(item, Replay):
-                if item.reset:
-                    await self._send(
-                        {
-                            "type": "reset",
-                            "model": item.key[1],
-                            "message": "events after last_event_id are no longer kept: reload",
-                        }
-                    )
-                for event in [*item.events, *self.held.pop(item.key, [])]:
-                    await self._send_event(event)
-            elif item is GAP:
-                await self._catch_up()
-            else:
+                await self._send_text(item.ws)
+            elif isinstance(item, Reset):
+                model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
+                message = "events after last_event_id are no longer kept: reload"
+                await self._send({"type": "reset", "model": model, "message": message})
+            elif not isinstance(item, Done):  # a job that ended needs no word: its event said
                 await self._send(item)
-
-    async def _send_event(self, event: Event) -> None:
-        key = stream_key(event.id)
-        if event.job_id in self.jobs:
-            if key <= self.jobs[event.job_id]:
-                return
-            self.jobs[event.job_id] = key
-        elif event.model in self.models:
-            if key <= self.models[event.model]:
-                return
-        else:
-            return  # unsubscribed meanwhile
-        if event.model in self.models:
-            self.models[event.model] = max(self.models[event.model], key)
-        await self._send_text('{"type":"event","event":' + event.json.decode() + "}")
-        if event.terminal and event.job_id in self.jobs and event.model not in self.models:
-            del self.jobs[event.job_id]  # nothing more will come
-            self.service.fanout.remove(self.sub, ("job", event.job_id))
-
-    async def _catch_up(self) -> None:
-        """After a Redis reconnect: what pub/sub lost is in the logs."""
-        for job_id, last in list(self.jobs.items()):
-            for event in await self.service.store.events(job_id, f"{last[0]}-{last[1]}"):
-                await self._send_event(event)
-        if self.models:
-            last = min(self.models.values())  # each model's own last id filters in _send_event
-            for event in await self.service.store.log_after(f"{last[0]}-{last[1]}"):
-                if event.model in self.models and self.sub.match(event):
-                    await self._send_event(event)
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self._send_text(orjson.dumps(message).decode())

@@ -1,0 +1,212 @@
+"""The delivery engine: the events one subscriber may see, in order, none lost, none twice.
+
+Every consumer (an SSE stream, a WebSocket, a request waiting for its job) holds one
+``Delivery``. It follows *topics* (a job, a model, a filtered feed). A topic is routed through
+the process's fan-out first, then its stored events are replayed from the client's last id in
+pages, then live events follow, de-duplicated by id per topic. After a gap (Redis reconnected)
+every topic re-reads its log from the last id it delivered.
+
+Which tenant's events may reach the subscriber is decided here, in ``visible``, once, for
+replayed and live events alike; transports only turn what ``get`` returns into frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from hub.fanout import GAP, Fanout, Key
+from hub.jobstore import Event, JobStore, stream_key
+
+PAGE_BYTES = 4 * 1024 * 1024
+"""A replay reads the log in pages of about this size, so a long replay holds one at a time."""
+
+
+def _anything(_: Event) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Topic:
+    """What a subscriber follows: its fan-out routes, where its stored events are, and which
+    of the events it takes."""
+
+    routes: tuple[Key, ...]
+    job_id: str | None = None  # its stored events are the job's stream; None: the global log
+    accepts: Callable[[Event], bool] = _anything
+
+    @classmethod
+    def job(cls, job_id: str) -> Topic:
+        return cls((("job", job_id),), job_id, lambda e: e.job_id == job_id)
+
+    @classmethod
+    def model(cls, name: str) -> Topic:
+        return cls((("model", name),), None, lambda e: e.model == name)
+
+
+@dataclass(frozen=True)
+class Reset:
+    """The events after the topic's last id are no longer kept: the client must reload."""
+
+    topic: Hashable
+
+
+@dataclass(frozen=True)
+class Done:
+    """The topic's job has ended and its terminal event was delivered: nothing more comes."""
+
+    topic: Hashable
+
+
+@dataclass
+class _Following:
+    topic: Topic
+    last: tuple[int, int]  # the id of the last event delivered for this topic
+    finished: bool  # the job had ended when the topic was followed
+    page: int = 64  # events per replay page, sized by the last page read
+
+
+@dataclass(frozen=True)
+class _Replay:
+    name: Hashable
+    after: str
+    check_log: bool  # say Reset when the global log no longer holds ``after``
+
+
+class Delivery:
+    """One subscriber's events (see the module's docstring). ``owner`` None is an admin, who
+    sees every tenant's events."""
+
+    def __init__(self, store: JobStore, fanout: Fanout, owner: str | None) -> None:
+        self.store = store
+        self.fanout = fanout
+        self.owner = owner
+        self.sub = fanout.open(self.visible)
+        self._following: dict[Hashable, _Following] = {}
+        self._out: deque[Any] = deque()
+        self._replays: deque[_Replay] = deque()
+
+    def visible(self, event: Event) -> bool:
+        return self.owner is None or event.owner == self.owner
+
+    def __len__(self) -> int:
+        return len(self._following)
+
+    def __contains__(self, name: Hashable) -> bool:
+        return name in self._following
+
+    def follow(
+        self, name: Hashable, topic: Topic, after: str | None = None, *, finished: bool = False
+    ) -> None:
+        """Follow ``topic`` under ``name``: its stored events after ``after`` first (None: only
+        what happens from now on), then the live ones. ``finished`` says the job has already
+        ended, so that a replay past its terminal event ends the topic."""
+        last = stream_key(after or "0")
+        if name in self._following:  # followed again: what was delivered stays delivered
+            last = max(last, self._following[name].last)
+        self._following[name] = _Following(topic, last, finished)
+        self.fanout.add(self.sub, *topic.routes)
+        if after is not None:
+            # queued behind the live events already waiting, ahead of those still to come:
+            # the replay happens in order, and what it gives, the live events after it skip
+            self.sub.put(_Replay(name, after, check_log=topic.job_id is None))
+
+    def drop(self, name: Hashable) -> bool:
+        following = self._following.pop(name, None)
+        if following is None:
+            return False
+        still = {r for f in self._following.values() for r in f.topic.routes}
+        self.fanout.remove(self.sub, *(r for r in following.topic.routes if r not in still))
+        return True
+
+    def put(self, message: Any) -> None:
+        """Queue a message of the transport's own (a reply), in order with the events."""
+        self.sub.put(message)
+
+    def close(self) -> None:
+        self.fanout.remove(self.sub)
+        self._following.clear()
+
+    async def get(self, wait_s: float | None = None) -> Any:
+        """The next Event, Reset, Done or queued message; None after ``wait_s`` seconds
+        with nothing. Raises SlowConsumer once the subscriber fell too far behind."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while not self._out:
+            if self._replays:
+                await self._replay_page()
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            item = await self.sub.get(remaining)
+            if item is None:
+                return None
+            if isinstance(item, Event):
+                self._deliver(item)
+            elif isinstance(item, _Replay):
+                self._replays.append(item)
+            elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
+                for name, following in self._following.items():
+                    last = f"{following.last[0]}-{following.last[1]}"
+                    self._replays.append(_Replay(name, last, following.topic.job_id is None))
+            else:
+                self._out.append(item)
+        return self._out.popleft()
+
+    async def _replay_page(self) -> None:
+        replay = self._replays[0]
+        following = self._following.get(replay.name)
+        if following is None:  # dropped meanwhile
+            self._replays.popleft()
+            return
+        job_id = following.topic.job_id
+        if replay.check_log:
+            if replay.after != "0" and not await self.store.log_holds(replay.after):
+                self._out.append(Reset(replay.name))
+            replay = self._replays[0] = _Replay(replay.name, replay.after, check_log=False)
+        count = following.page
+        if job_id is not None:
+            page = await self.store.events(job_id, replay.after, count)
+        else:
+            page = await self.store.log_after(replay.after, count)
+        if page:
+            per_event = max(1, sum(e.size for e in page) // len(page))
+            following.page = max(1, min(1024, PAGE_BYTES // per_event))
+        for event in page:
+            if following.topic.accepts(event):
+                self._deliver(event)
+        if len(page) == count:
+            self._replays[0] = _Replay(replay.name, page[-1].id, check_log=False)
+            return
+        self._replays.popleft()
+        if following.finished and replay.name in self._following and job_id is not None:
+            self._end(replay.name)  # resumed after the terminal event: nothing more will come
+
+    def _deliver(self, event: Event) -> None:
+        if not self.visible(event):
+            return
+        key = stream_key(event.id)
+        matched = [(name, f) for name, f in self._following.items() if f.topic.accepts(event)]
+        if any(key > f.last for _, f in matched):
+            self._out.append(event)
+        for name, f in matched:
+            f.last = max(f.last, key)
+            if event.terminal and f.topic.job_id == event.job_id:
+                self._end(name)
+
+    def _end(self, name: Hashable) -> None:
+        self.drop(name)
+        self._out.append(Done(name))
+
+
+@contextlib.asynccontextmanager
+async def delivery(store: JobStore, fanout: Fanout, owner: str | None) -> AsyncIterator[Delivery]:
+    feed = Delivery(store, fanout, owner)
+    try:
+        yield feed
+    finally:
+        feed.close()
