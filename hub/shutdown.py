@@ -153,13 +153,28 @@ class Streams:
         self._all: set[_Stream] = set()
         self.connections: set[Any] = set()  # uvicorn's, once a Server runs the app
 
-    def cut(self, scope: Scope) -> None:
-        """Drop the connection of ``scope`` at once, unsent bytes and all: closing it politely
-        would keep those bytes in the hub until a client that stopped reading goes away."""
+    def connection(self, scope: Scope) -> Any | None:
+        """uvicorn's protocol object serving ``scope`` (None under a test client)."""
         client = tuple(scope.get("client") or ())
         for connection in list(self.connections):
             if client and tuple(getattr(connection, "client", None) or ()) == client:
-                connection.transport.abort()
+                return connection
+        return None
+
+    async def drained(self, scope: Scope) -> None:
+        """Wait until the WebSocket of ``scope`` has written what it was given: uvicorn hands a
+        whole message to the socket's buffer at once and waits only before the next one, so
+        a client that stopped reading after a large message would otherwise go unnoticed."""
+        writable = getattr(self.connection(scope), "writable", None)
+        if isinstance(writable, asyncio.Event):
+            await writable.wait()
+
+    def cut(self, scope: Scope) -> None:
+        """Drop the connection of ``scope`` at once, unsent bytes and all: closing it politely
+        would keep those bytes in the hub until a client that stopped reading goes away."""
+        connection = self.connection(scope)
+        if connection is not None:
+            connection.transport.abort()
 
     def open(self, kind: str) -> int:
         """How many SSE streams (``"sse"``) or WebSockets (``"websocket"``) are open."""

@@ -99,9 +99,7 @@ def test_an_admin_replay_shows_every_tenant(hub: TestClient, key: Keys) -> None:
         assert types[0] == "queued"
 
 
-def test_the_listing_cursor_never_holds_another_tenants_job(
-    hub: TestClient, key: Keys
-) -> None:
+def test_the_listing_cursor_never_holds_another_tenants_job(hub: TestClient, key: Keys) -> None:
     done(hub, key["alpha"])
     page = hub.get("/v1/jobs?limit=1", headers=key["gamma"]).json()  # gamma has no jobs
     assert page == {"jobs": [], "next_cursor": None}

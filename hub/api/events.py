@@ -6,6 +6,7 @@ clients that cannot set headers): the event ids are Redis stream ids, the same i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -114,6 +115,7 @@ class EventStream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             scope["app"].state.streams.cut(scope)
+            await asyncio.sleep(0)  # uvicorn learns the connection is gone, and says nothing
             log.info(
                 "closed the event stream of %s: it read nothing for %g s",
                 _peer(scope),

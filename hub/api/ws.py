@@ -109,6 +109,8 @@ class Connection:
             for task in done:
                 task.result()  # a close reason travels as an exception
         except _Close as close:
+            client = self.ws.client
+            log.info("closing the WebSocket of %s: %s", client and client.host, close.reason)
             try:  # the reason reaches a client that reads again within the same allowance
                 async with asyncio.timeout(self.settings.slow_consumer_s):
                     await self.ws.close(close.code, close.reason)
@@ -264,6 +266,7 @@ class Connection:
         try:
             async with asyncio.timeout(self.settings.slow_consumer_s):
                 await self.ws.send_text(text)
+                await self.ws.scope["app"].state.streams.drained(self.ws.scope)
         except TimeoutError:
             raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
 
