@@ -13,10 +13,11 @@ from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
-from hub.jobstore import Limits
+from hub.fanout import Fanout
+from hub.jobstore import JobStore, Limits
 from hub.limits import BodyLimit
 from hub.logs import RequestLog
-from hub.metrics import MeteredFanout, MeteredJobStore, Metrics
+from hub.metrics import Metrics
 from hub.ratelimit import RateLimiter
 from hub.redisconn import connect
 from hub.responses import JSON
@@ -36,15 +37,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url)
-        fanout = MeteredFanout(
+        fanout = Fanout(
             settings.redis_url,
-            metrics=metrics,
+            observer=metrics,
             maxsize=settings.subscriber_buffer,
             max_bytes=settings.subscriber_buffer_bytes,
             stuck_after_s=settings.slow_consumer_s,
         )
         await fanout.start()
-        store = MeteredJobStore(redis, Limits.of(settings), metrics=metrics)
+        metrics.fanout = fanout
+        store = JobStore(redis, Limits.of(settings))
         rate = (
             RateLimiter(redis, settings.rate_limit_per_s, settings.rate_burst)
             if settings.rate_limit_per_s
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_queued_per_tenant=settings.max_queued_per_tenant,
             max_streams_per_tenant=settings.max_streams_per_tenant,
             rate=rate,
+            observer=metrics,
         )
         try:
             yield

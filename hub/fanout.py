@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from hub import keys
 from hub.jobstore import Event
+from hub.observer import NOBODY, Observer
 from hub.protocol import EventType
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,10 @@ class Subscription:
         maxsize: int,
         stuck_after_s: float,
         max_bytes: int = 32 * 1024 * 1024,
+        observer: Observer = NOBODY,
     ) -> None:
         self.match = match
+        self.observer = observer
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
@@ -72,7 +75,7 @@ class Subscription:
         is queued (memory stays bounded): it is closed at its next read and resumes from its
         last event id. One event larger than the byte bound still passes an empty buffer."""
         if self._stuck:
-            self.dropped += isinstance(item, Event)
+            self._drop(isinstance(item, Event))
             return
         if len(self._buffer) >= self.maxsize or self.bytes >= self.max_bytes:
             if isinstance(item, Event) and item.type is EventType.PROGRESS:
@@ -85,6 +88,7 @@ class Subscription:
                         self._buffer[i] = item
                         self.bytes += item.size - queued.size
                         self.coalesced += 1
+                        self.observer.events_coalesced(1)
                         return
             now = time.monotonic()
             self._full_since = self._full_since or now
@@ -94,7 +98,7 @@ class Subscription:
                 or self.bytes > 4 * self.max_bytes
             ):
                 self._give_up()
-                self.dropped += isinstance(item, Event)
+                self._drop(isinstance(item, Event))
                 return
         self._buffer.append(item)
         self.bytes += _size(item)
@@ -102,10 +106,15 @@ class Subscription:
 
     def _give_up(self) -> None:
         self._stuck = True
-        self.dropped += sum(isinstance(x, Event) for x in self._buffer)
+        self._drop(sum(isinstance(x, Event) for x in self._buffer))
         self._buffer.clear()
         self.bytes = 0
         self._ready.set()
+
+    def _drop(self, count: int) -> None:
+        if count:
+            self.dropped += count
+            self.observer.events_dropped(count)
 
     async def get(self, wait_s: float | None = None) -> Any:
         """The next item, or None after ``wait_s`` seconds. Raises SlowConsumer when stuck."""
@@ -124,6 +133,8 @@ class Subscription:
             )
         item = self._buffer.popleft()
         self.bytes -= _size(item)
+        if isinstance(item, Event):
+            self.observer.events_delivered(1)
         if len(self._buffer) <= self.maxsize // 2 and self.bytes <= self.max_bytes // 2:
             self._full_since = None
         return item
@@ -141,7 +152,9 @@ class Fanout:
         maxsize: int = 256,
         max_bytes: int = 32 * 1024 * 1024,
         stuck_after_s: float = 30.0,
+        observer: Observer = NOBODY,
     ) -> None:
+        self.observer = observer
         # its own client, without retries: a dropped connection must surface here, so that
         # subscribers learn of the gap (redis-py would otherwise resubscribe silently)
         self.redis = Redis.from_url(redis_url, socket_connect_timeout=2)
@@ -168,7 +181,7 @@ class Fanout:
         await self.redis.aclose()
 
     def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
-        return Subscription(match, self.maxsize, self.stuck_after_s, self.max_bytes)
+        return Subscription(match, self.maxsize, self.stuck_after_s, self.max_bytes, self.observer)
 
     def add(self, sub: Subscription, *keys_: Key) -> None:
         for key in keys_:
@@ -196,6 +209,7 @@ class Fanout:
             self.remove(sub)
 
     def dispatch(self, event: Event) -> None:
+        self.observer.event_received(event)
         for sub in self._targets(event):
             if sub.match(event):
                 sub.put(event)
@@ -234,6 +248,7 @@ class Fanout:
                     await pubsub.aclose()
 
     def _signal_gap(self) -> None:
+        self.observer.subscription_gap()
         for sub in {s for subs in self._subs.values() for s in subs}:
             sub.put(GAP)
 

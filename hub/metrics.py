@@ -42,9 +42,10 @@ from redis.exceptions import RedisError
 
 from hub import keys
 from hub.catalogue import Catalogue
-from hub.fanout import Fanout, Subscription
-from hub.jobstore import Created, Event, JobStore
-from hub.logs import JOBS, Scope, note_job
+from hub.fanout import Fanout
+from hub.jobstore import Event
+from hub.logs import Scope
+from hub.observer import Observer
 from hub.protocol import EventType
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,9 @@ class Snapshot:
     error: str | None = None
 
 
-class Metrics:
-    """The metrics of one hub app, in a registry of its own."""
+class Metrics(Observer):
+    """The metrics of one hub app, in a registry of its own; the service and its fan-out feed
+    them through the observer's hooks."""
 
     def __init__(self, open_streams: Callable[[str], int] | None = None) -> None:
         self.registry = r = CollectorRegistry()
@@ -202,20 +204,30 @@ class Metrics:
 
     # --- jobs accepted here --------------------------------------------------------------------
 
-    def expect(self, record: Mapping[str, Any]) -> None:
-        """A job is about to be created here: follow it (before its ``started`` can arrive)."""
+    def job_creating(self, record: Mapping[str, Any]) -> None:
         self._jobs[record["id"]] = _Tracked(record["model"], float(record["created_at"]))
         while len(self._jobs) > TRACKED_MAX:
             self._jobs.popitem(last=False)
 
-    def accepted(self, record: Mapping[str, Any]) -> None:
-        self.submitted.labels(record["model"]).inc()
+    def job_created(self, record: Mapping[str, Any], created: bool) -> None:
+        if created:
+            self.submitted.labels(record["model"]).inc()
+        else:
+            self._jobs.pop(record["id"], None)
 
-    def forget(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+    def events_delivered(self, count: int) -> None:
+        self.delivered.inc(count)
 
-    def event(self, event: Event) -> None:
-        """Every event this replica receives from Redis."""
+    def events_coalesced(self, count: int) -> None:
+        self.coalesced.inc(count)
+
+    def events_dropped(self, count: int) -> None:
+        self.dropped.inc(count)
+
+    def subscription_gap(self) -> None:
+        self.gaps.inc()
+
+    def event_received(self, event: Event) -> None:
         self.published.labels(event.type.value).inc()
         tracked = self._jobs.get(event.job_id)
         if tracked is None:
@@ -363,93 +375,3 @@ def _workers(snap: Snapshot) -> Iterator[Any]:
                 buckets.append(("+Inf", hist["count"]))
                 family.add_metric([*ids, model], buckets, hist["sum"])
     yield from (busy, age, broken, jobs, seconds, rows)
-
-
-# --- the instrumented parts --------------------------------------------------------------------
-
-
-class MeteredSubscription(Subscription):
-    """A fan-out buffer that counts what it delivers, coalesces and drops."""
-
-    def __init__(self, metrics: Metrics, *args: Any) -> None:
-        super().__init__(*args)
-        self._metrics = metrics
-
-    def put(self, item: Any) -> None:
-        coalesced, dropped = self.coalesced, self.dropped
-        super().put(item)
-        if self.coalesced != coalesced:
-            self._metrics.coalesced.inc()
-        if self.dropped != dropped:
-            self._metrics.dropped.inc(self.dropped - dropped)
-
-    async def get(self, wait_s: float | None = None) -> Any:
-        item = await super().get(wait_s)
-        if isinstance(item, Event):
-            self._metrics.delivered.inc()
-        return item
-
-
-class MeteredFanout(Fanout):
-    """The fan-out, feeding every received event to the metrics first."""
-
-    def __init__(self, *args: Any, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.metrics = metrics
-        metrics.fanout = self
-
-    def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
-        return MeteredSubscription(
-            self.metrics, match, self.maxsize, self.stuck_after_s, self.max_bytes
-        )
-
-    def dispatch(self, event: Event) -> None:
-        self.metrics.event(event)
-        super().dispatch(event)
-
-    def _signal_gap(self) -> None:
-        self.metrics.gaps.inc()
-        super()._signal_gap()
-
-
-class MeteredJobStore(JobStore):
-    """The job store of a hub: counts and logs the jobs created and canceled through it."""
-
-    def __init__(self, *args: Any, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.metrics = metrics
-
-    async def create(  # type: ignore[override]
-        self, record: Mapping[str, Any], job_kwargs: Mapping[str, Any], **kwargs: Any
-    ) -> tuple[Created, str]:
-        self.metrics.expect(record)
-        try:
-            created, value = await super().create(record, job_kwargs, **kwargs)
-        except BaseException:
-            self.metrics.forget(record["id"])
-            raise
-        if created is not Created.CREATED:
-            self.metrics.forget(record["id"])
-            return created, value
-        self.metrics.accepted(record)
-        note_job(record["id"])
-        JOBS.info(
-            "job queued",
-            extra={
-                "event": "queued",
-                "job_id": record["id"],
-                "model": record["model"],
-                "rows": record.get("rows"),
-                "pool": kwargs.get("pool"),
-            },
-        )
-        return created, value
-
-    async def cancel(self, job_id: str, **kwargs: Any) -> str:  # type: ignore[override]
-        found = await super().cancel(job_id, **kwargs)
-        if found in ("queued", "started"):
-            JOBS.info(
-                "job canceled" if found == "queued" else "job cancel requested",
-                extra={"event": "cancel", "job_id": job_id, "status_found": found},
-            )
-        return found

@@ -24,7 +24,8 @@ from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.errors import HubError, not_found
 from hub.fanout import Fanout
 from hub.jobstore import Created, Event, JobStore, stream_key
-from hub.logs import current_request_id
+from hub.logs import JOBS, current_request_id, note_job
+from hub.observer import NOBODY, Observer
 from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest
@@ -67,7 +68,9 @@ class JobService:
         max_queued_per_tenant: int = 1_000,
         max_streams_per_tenant: int = 100,
         rate: RateLimiter | None = None,
+        observer: Observer = NOBODY,
     ) -> None:
+        self.observer = observer
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
@@ -172,14 +175,12 @@ class JobService:
         }
         async with delivery(self.store, self.fanout, owner) as feed:
             feed.follow(job_id, Topic.job(job_id))  # before the job exists: nothing is missed
-            created, existing = await self.store.create(
+            created, existing = await self._create(
                 record,
                 job_kwargs,
                 pool=model["pool"],
                 idempotency=(owner, idempotency[0]) if idempotency else None,
                 priority=priority,
-                max_queued=self.max_queued,
-                max_queued_per_owner=self.max_queued_per_tenant,
             )
             if created is Created.FULL:
                 raise HubError(
@@ -203,6 +204,35 @@ class JobService:
                 feed.follow(first, Topic.job(first))
                 record = await self.record(first, owner)
             yield PendingJob(record, feed)
+
+    async def _create(
+        self, record: dict[str, Any], job_kwargs: dict[str, Any], **options: Any
+    ) -> tuple[Created, str]:
+        self.observer.job_creating(record)
+        created = Created.FULL
+        try:
+            created, existing = await self.store.create(
+                record,
+                job_kwargs,
+                max_queued=self.max_queued,
+                max_queued_per_owner=self.max_queued_per_tenant,
+                **options,
+            )
+        finally:
+            self.observer.job_created(record, created is Created.CREATED)
+        if created is Created.CREATED:
+            note_job(record["id"])
+            JOBS.info(
+                "job queued",
+                extra={
+                    "event": "queued",
+                    "job_id": record["id"],
+                    "model": record["model"],
+                    "rows": record["rows"],
+                    "pool": record["pool"],
+                },
+            )
+        return created, existing
 
     def _repeat(self, existing: str, record: dict[str, Any]) -> str:
         job_id, _, first_fingerprint = existing.partition(" ")
@@ -333,6 +363,10 @@ class JobService:
             raise HubError(
                 409, "job_finished", f"job '{job_id}' already {status}; nothing to cancel"
             )
+        JOBS.info(
+            "job canceled" if status == JobStatus.QUEUED else "job cancel requested",
+            extra={"event": "cancel", "job_id": job_id, "status_found": status},
+        )
         return await self.get(job_id, owner=owner)
 
 
