@@ -160,3 +160,48 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
         f"{claims_settings.heartbeat_s * 3:g} s; arq's in-progress timeout {LONG_TIMEOUT_S + 10} s)"
     )
     stop_process(victim)
+
+
+def test_a_low_priority_runs_at_once_on_an_idle_worker(
+    client: TestClient, redis: Redis, start: Start
+) -> None:
+    start("idle")
+    # the lowest priority was once a run-at time 100 s ahead: -5 took 6 s, -100 over 100 s
+    for priority in (-5, -100):
+        job = submit(client, QUICK, priority=priority)
+        assert wait_job(client, job, TERMINAL, timeout=3)["status"] == "succeeded"
+    # Triton's level 201 and beyond is the lowest; 3 s is the request's own deadline
+    r = client.post(
+        "/v2/models/quick/infer",
+        json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}],
+            "parameters": {"priority": 201, "timeout": 3_000_000},
+        },
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_higher_priority_runs_first_and_equal_ones_in_order(
+    client: TestClient, redis: Redis, start: Start
+) -> None:
+    wanted = [("low1", -5), ("low2", -5), ("mid", 0), ("high1", 5), ("high2", 5)]
+    jobs = {submit(client, QUICK, priority=p): name for name, p in wanted}  # none runs yet
+    start("single", max_jobs=1)  # one job at a time, in queue order
+    done = [wait_job(client, job, TERMINAL) for job in jobs]
+    assert {job["status"] for job in done} == {"succeeded"}
+    ran = [jobs[job["id"]] for job in sorted(done, key=lambda job: job["finished_at"])]
+    assert ran == ["high1", "high2", "mid", "low1", "low2"]
+
+
+def test_the_worker_registry_forgets_workers_gone_for_an_hour(
+    redis: Redis, worker: WorkerProcess
+) -> None:
+    now = time.time()
+    redis.zadd(keys.WORKERS, {"gone-2h": now - 7200, "gone-30m": now - 1800})
+    try:
+        # a live worker's next heartbeat prunes the registry
+        wait_for(lambda: redis.zscore(keys.WORKERS, "gone-2h") is None, what="gone-2h pruned")
+        assert redis.zscore(keys.WORKERS, "gone-30m") is not None  # /v1/workers still lists it
+        assert redis.zscore(keys.WORKERS, worker.record(redis)["id"])  # type: ignore[index]
+    finally:
+        redis.zrem(keys.WORKERS, "gone-2h", "gone-30m")
