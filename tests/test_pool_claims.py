@@ -127,23 +127,23 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
     jobs = [submit(client, QUICK) for _ in range(200)]  # no worker of the pool runs yet
     claims = redis.pubsub(ignore_subscribe_messages=True)
     previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
-    redis.config_set("notify-keyspace-events", "K$")  # string commands: arq's PSETEX claim
-    claims.psubscribe(f"__keyspace@0__:arq:in-progress:*")
+    redis.config_set("notify-keyspace-events", "K$")  # string commands: the claim's SET
+    claims.psubscribe("__keyspace@0__:arq:in-progress:*")
     log = (tmp_path / "victim.log").open("wb")
+    victim = subprocess.Popen(
+        [sys.executable, "-c", WORKER_CODE],
+        env=worker_env(claims_settings, INFERHUB_POOL=POOL, INFERHUB_MAX_JOBS="64"),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        victim = subprocess.Popen(
-            [sys.executable, "-c", WORKER_CODE],
-            env=worker_env(claims_settings, INFERHUB_POOL=POOL, INFERHUB_MAX_JOBS="64"),
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
         # SIGKILL as soon as the victim's first claim lands, before it can start those jobs
         wait_for(lambda: claims.get_message(timeout=0.01), timeout=60, every=0, what="a claim")
         victim.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        victim.wait(10)
     finally:
+        stop_process(victim)  # reaps the killed process; stops it if no claim came
         claims.close()
         redis.config_set("notify-keyspace-events", previous)
         log.close()
@@ -159,7 +159,6 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
         f" all done {took:.3f} s after the kill (heartbeat expiry "
         f"{claims_settings.heartbeat_s * 3:g} s; arq's in-progress timeout {LONG_TIMEOUT_S + 10} s)"
     )
-    stop_process(victim)
 
 
 def test_a_low_priority_runs_at_once_on_an_idle_worker(
