@@ -88,7 +88,7 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS_KEPT_S = 3600.0
-"""How long a stopped worker stays in the registry (``/v1/workers`` lists those of the last hour)."""
+"""How long a stopped worker stays in the registry: ``/v1/workers`` lists those of the last hour."""
 
 
 def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, Any]) -> bytes:

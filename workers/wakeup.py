@@ -5,16 +5,15 @@ arq finds jobs by polling its queue every ``poll_delay``. Here the hub publishes
 wake channel in the same script that queues the job; the worker listens and polls at once. The
 regular poll stays as a safety net at a slow interval, so an idle worker sends few commands.
 
-arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips a job. One Lua
-script does the same checks for every job of a poll at once (not already in progress, still
-queued, due), and sets the same in-progress keys, so arq's own ``run_job`` takes it from there.
-
-A worker takes what no other worker holds: the script reads the due queue itself, in score order,
-past the jobs others hold, until this worker's room is full (given only the first ids arq read,
-a worker beside a busy one found them all held and took nothing). The in-progress key holds the claiming worker's id (arq only tests whether the
-key exists), so that ``workers/reaper.py`` can hand back the jobs of a worker that died between
-claiming them and starting them. A worker claims nothing while its own heartbeat record is
-missing (before its first beat, or after a lapse): the reaper would take those jobs back at once.
+arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips a job. Here one
+Lua script claims for the whole poll: it reads the due jobs itself, in score order, skips those
+another worker holds (their in-progress key exists) and takes free ones until this worker's room
+is full, however far into the queue that is (given only the first ids arq read, a worker beside a
+busy one found them all held and took nothing). It sets arq's in-progress keys, so arq's own
+``run_job`` takes it from there; their value is the claiming worker's id (arq only tests whether
+the key exists), so that ``workers/reaper.py`` can hand back the jobs of a worker that died after
+claiming them, started or not. A worker claims nothing while its own heartbeat record is missing
+(before its first beat, or after a lapse): the reaper would take those jobs back at once.
 """
 
 from __future__ import annotations
@@ -42,7 +41,8 @@ _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
 local claimed, room, page, offset = {}, tonumber(ARGV[4]), tonumber(ARGV[6]), 0
 while room > 0 do
-  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', offset, page)
+  local due = redis.call(
+    'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', offset, page)
   for i = 1, #due, 2 do
     if redis.call('SET', ARGV[1] .. due[i], ARGV[5], 'PX', ARGV[2], 'NX') then
       table.insert(claimed, due[i])
