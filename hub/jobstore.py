@@ -272,7 +272,10 @@ class JobStore:
                 *self._common_args(event),
                 idem_value,
                 arq_job,
-                now_ms - priority * 1000,
+                # arq runs only jobs whose score (a run-at time) has passed: every priority the
+                # API accepts (-100 to 100, hub/schemas.py) is a time in the past, so priority
+                # orders the queue (one level outranks a second of waiting) and never delays
+                now_ms - (priority + 100) * 1000,
                 now_ms,
                 keys.wake(pool),
                 job_id,

@@ -87,6 +87,10 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WORKERS_KEPT_S = 3600.0
+"""How long a stopped worker stays in the registry: ``/v1/workers`` lists those of the last hour."""
+
+
 def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, Any]) -> bytes:
     return orjson.dumps(
         {
@@ -117,6 +121,8 @@ async def beat(
             px=int(ttl_s * 1000),
         )
         pipe.zadd(keys.WORKERS, {worker_id: now})
+        # every start adds an id: forget those silent for longer than anyone lists stopped ones
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", now - WORKERS_KEPT_S)
         if repo.models:
             pipe.hset(
                 keys.MODELS,

@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 20
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
+def new_worker_id() -> str:
+    """``host-pid-random``: unique per start, and it says where the worker runs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def worker_settings(settings: Settings, worker_id: str) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker``; nothing is loaded until start-up."""
-    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     repo = load_repository(settings.models, settings.pool)
     longest = max((m.config.timeout_s for m in repo.models.values()), default=30.0)
 
@@ -101,8 +105,10 @@ def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT or SIGTERM."""
     # uvloop (a dependency of uvicorn[standard]) cuts the event loop's cost per Redis round trip
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    worker_id = new_worker_id()
     PushWorker(
         wake_channel=keys.wake(settings.pool),
         redis_url=settings.redis_url,
-        **worker_settings(settings),
+        worker_id=worker_id,
+        **worker_settings(settings, worker_id),
     ).run()

@@ -5,9 +5,15 @@ arq finds jobs by polling its queue every ``poll_delay``. Here the hub publishes
 wake channel in the same script that queues the job; the worker listens and polls at once. The
 regular poll stays as a safety net at a slow interval, so an idle worker sends few commands.
 
-arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips a job. One Lua
-script does the same checks for every job of a poll at once (not already in progress, still
-queued, due), and sets the same in-progress keys, so arq's own ``run_job`` takes it from there.
+arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips a job. Here one
+Lua script claims for the whole poll: it reads the due jobs itself, in score order, skips those
+another worker holds (their in-progress key exists) and takes free ones until this worker's room
+is full, however far into the queue that is (given only the first ids arq read, a worker beside a
+busy one found them all held and took nothing). It sets arq's in-progress keys, so arq's own
+``run_job`` takes it from there; their value is the claiming worker's id (arq only tests whether
+the key exists), so that ``workers/reaper.py`` can hand back the jobs of a worker that died after
+claiming them, started or not. A worker claims nothing while its own heartbeat record is missing
+(before its first beat, or after a lapse): the reaper would take those jobs back at once.
 """
 
 from __future__ import annotations
@@ -21,49 +27,69 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from hub import keys
 from hub.redisconn import connect
 
 log = logging.getLogger(__name__)
 
 
-# ARGV: in-progress key prefix, in-progress ms, now ms, job id, ... Returns {id, score, ...}.
+# KEYS: queue, this worker's heartbeat record.
+# ARGV: in-progress key prefix, in-progress ms, now ms, room, worker id, page size.
+# Returns {id, score, ...}, lowest scores first. Held jobs are skipped, so the scan costs about
+# as many looks as the pool holds jobs, plus ``room``.
 _CLAIM = """
-local claimed = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= tonumber(ARGV[3]) then
-      redis.call('PSETEX', ARGV[1] .. id, ARGV[2], '1')
-      table.insert(claimed, id)
-      table.insert(claimed, score)
+if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+local claimed, room, page, offset = {}, tonumber(ARGV[4]), tonumber(ARGV[6]), 0
+while room > 0 do
+  local due = redis.call(
+    'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', offset, page)
+  for i = 1, #due, 2 do
+    if redis.call('SET', ARGV[1] .. due[i], ARGV[5], 'PX', ARGV[2], 'NX') then
+      table.insert(claimed, due[i])
+      table.insert(claimed, due[i + 1])
+      room = room - 1
+      if room == 0 then break end
     end
   end
+  if #due < 2 * page then break end
+  offset = offset + page
 end
 return claimed
 """
 
+CLAIM_PAGE = 256
+"""Queue entries read per step of the claim script."""
+
 
 class PushWorker(Worker):
-    def __init__(self, *, wake_channel: str, redis_url: str, **kwargs: object) -> None:
+    def __init__(
+        self, *, wake_channel: str, redis_url: str, worker_id: str, **kwargs: object
+    ) -> None:
+        # arq's own read of the queue only tells whether any job is due: the claim script
+        # reads the queue itself, so one id is enough
+        kwargs.setdefault("queue_read_limit", 1)
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.wake_channel = wake_channel
         self.redis_url = redis_url
+        self.worker_id = worker_id
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim as many of ``job_ids`` as there is room for, in one round trip, and run them."""
+        """Claim up to the room there is of the due jobs no worker holds, in one round trip,
+        and run them. ``job_ids`` (arq's read of the queue) only says whether any is due."""
         room = self.max_jobs - self.job_counter
         if room <= 0 or not job_ids:
             return
         self.job_counter += room  # reserved now: a concurrent poll must not claim past max_jobs
         try:
             claimed = await self.pool.register_script(_CLAIM)(
-                keys=[self.queue_name],
+                keys=[self.queue_name, keys.worker(self.worker_id)],
                 args=[
                     in_progress_key_prefix,
                     int(self.in_progress_timeout_s * 1000),
                     timestamp_ms(),
-                    *job_ids[:room],
+                    room,
+                    self.worker_id,
+                    CLAIM_PAGE,
                 ],
             )
         finally:

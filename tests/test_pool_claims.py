@@ -1,0 +1,206 @@
+"""How the workers of one pool share its queue: each takes what the others do not hold, a dead
+worker's claims go to the living at once, priority orders jobs without delaying any, and the
+worker registry forgets workers gone for an hour.
+
+The workers here serve their own pool (``claims``), so the session's worker never takes these
+jobs and each test decides which processes run them. Figures are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from helpers import (
+    ROOT,
+    WORKER_CODE,
+    TestClient,
+    WorkerProcess,
+    build_slow,
+    start_worker,
+    stop_process,
+    wait_for,
+    wait_job,
+    worker_env,
+)
+from redis import Redis
+
+from hub import keys
+from hub.settings import Settings
+
+POOL = "claims"
+TERMINAL = {"succeeded", "failed", "canceled"}
+QUICK = {"model": "quick", "data": [[5.1, 3.5, 1.4, 0.2]]}
+LONG = {"model": "long", "data": [[0.25] * 16] * 20_000}  # 10,000 chunks: many seconds
+LONG_TIMEOUT_S = 120  # arq's in-progress key then lives 130 s: far beyond every wait below
+
+
+class Start(Protocol):
+    def __call__(self, name: str, max_jobs: int = 64) -> WorkerProcess: ...
+
+
+@pytest.fixture(scope="module")
+def claims_settings(
+    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Models of pool ``claims``, in the catalogue, with no worker of the pool running."""
+    repo = tmp_path_factory.mktemp("claims") / "models"
+    build_slow(repo / "long")
+    (repo / "long" / "config.toml").write_text(
+        f'pool = "{POOL}"\nmax_batch_size = 2\ntimeout_s = {LONG_TIMEOUT_S}\n'
+    )
+    shutil.copytree(ROOT / "models" / "iris" / "1", repo / "quick" / "1")
+    (repo / "quick" / "config.toml").write_text(f'pool = "{POOL}"\n')
+    claims = settings.model_copy(update={"models": repo})
+    registrar = start_worker(claims, redis, repo.parent / "registrar.log", INFERHUB_POOL=POOL)
+    next(registrar)
+    wait_for(lambda: redis.hexists(keys.MODELS, "long"), what="the claims models catalogued")
+    registrar.close()
+    return claims
+
+
+@pytest.fixture
+def start(claims_settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[Start]:
+    """Start workers of pool ``claims``; each is stopped at the end of the test."""
+    started: list[Iterator[WorkerProcess]] = []
+
+    def launch(name: str, max_jobs: int = 64) -> WorkerProcess:
+        gen = start_worker(
+            claims_settings,
+            redis,
+            tmp_path / f"{name}.log",
+            INFERHUB_POOL=POOL,
+            INFERHUB_MAX_JOBS=str(max_jobs),
+        )
+        started.append(gen)
+        return next(gen)
+
+    yield launch
+    for gen in started:
+        gen.close()
+
+
+def submit(client: TestClient, body: dict, **extra: object) -> str:
+    r = client.post("/v1/jobs", json={**body, **extra})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def ran_on(redis: Redis, job_id: str) -> str:
+    return (redis.hget(keys.job(job_id), "worker") or b"").decode()
+
+
+def test_an_idle_worker_takes_the_jobs_a_busy_worker_cannot(
+    client: TestClient, redis: Redis, start: Start
+) -> None:
+    busy = start("busy", max_jobs=2)
+    longs = [submit(client, LONG) for _ in range(2)]
+    for job in longs:  # the busy worker's room is full with them
+        wait_job(client, job, {"started"})
+        assert ran_on(redis, job) == busy.record(redis)["id"]  # type: ignore[index]
+    idle = start("idle", max_jobs=2)
+    began = time.monotonic()
+    quick = [submit(client, QUICK) for _ in range(6)]
+    done = [wait_job(client, job, TERMINAL, timeout=20) for job in quick]
+    took = time.monotonic() - began
+    assert [job["status"] for job in done] == ["succeeded"] * 6
+    idle_id = idle.record(redis)["id"]  # type: ignore[index]
+    assert {ran_on(redis, job) for job in quick} == {idle_id}
+    # the busy worker is still on its long jobs: the idle one did not wait for them
+    assert [client.get(f"/v1/jobs/{job}").json()["status"] for job in longs] == ["started"] * 2
+    print(f"\nidle worker beside a busy one: 6 quick jobs done {took:.3f} s after submission")
+    for job in longs:
+        client.post(f"/v1/jobs/{job}/cancel")
+        assert wait_job(client, job, TERMINAL)["status"] == "canceled"
+
+
+def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
+    client: TestClient, redis: Redis, start: Start, claims_settings: Settings, tmp_path: Path
+) -> None:
+    jobs = [submit(client, QUICK) for _ in range(200)]  # no worker of the pool runs yet
+    claims = redis.pubsub(ignore_subscribe_messages=True)
+    previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    redis.config_set("notify-keyspace-events", "K$")  # string commands: the claim's SET
+    claims.psubscribe("__keyspace@0__:arq:in-progress:*")
+    log = (tmp_path / "victim.log").open("wb")
+    victim = subprocess.Popen(
+        [sys.executable, "-c", WORKER_CODE],
+        env=worker_env(claims_settings, INFERHUB_POOL=POOL, INFERHUB_MAX_JOBS="64"),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # SIGKILL as soon as the victim's first claim lands, before it can start those jobs
+        wait_for(lambda: claims.get_message(timeout=0.01), timeout=60, every=0, what="a claim")
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+    finally:
+        stop_process(victim)  # reaps the killed process; stops it if no claim came
+        claims.close()
+        redis.config_set("notify-keyspace-events", previous)
+        log.close()
+    held = [job for job in jobs if redis.exists(f"arq:in-progress:{job}")]
+    unstarted = [job for job in held if redis.hget(keys.job(job), "status") == b"queued"]
+    assert unstarted, "the victim should have died holding jobs it had not started"
+    start("rescuer")
+    done = [wait_job(client, job, TERMINAL, timeout=20) for job in jobs]
+    took = time.monotonic() - killed
+    assert [job["status"] for job in done] == ["succeeded"] * len(jobs)
+    print(
+        f"\nworker killed holding {len(held)} of {len(jobs)} jobs ({len(unstarted)} unstarted):"
+        f" all done {took:.3f} s after the kill (heartbeat expiry "
+        f"{claims_settings.heartbeat_s * 3:g} s; arq's in-progress timeout {LONG_TIMEOUT_S + 10} s)"
+    )
+
+
+def test_a_low_priority_runs_at_once_on_an_idle_worker(
+    client: TestClient, redis: Redis, start: Start
+) -> None:
+    start("idle")
+    # the lowest priority was once a run-at time 100 s ahead: -5 took 6 s, -100 over 100 s
+    for priority in (-5, -100):
+        job = submit(client, QUICK, priority=priority)
+        assert wait_job(client, job, TERMINAL, timeout=3)["status"] == "succeeded"
+    # Triton's level 201 and beyond is the lowest; 3 s is the request's own deadline
+    r = client.post(
+        "/v2/models/quick/infer",
+        json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}],
+            "parameters": {"priority": 201, "timeout": 3_000_000},
+        },
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_higher_priority_runs_first_and_equal_ones_in_order(
+    client: TestClient, redis: Redis, start: Start
+) -> None:
+    wanted = [("low1", -5), ("low2", -5), ("mid", 0), ("high1", 5), ("high2", 5)]
+    jobs = {submit(client, QUICK, priority=p): name for name, p in wanted}  # none runs yet
+    start("single", max_jobs=1)  # one job at a time, in queue order
+    done = [wait_job(client, job, TERMINAL) for job in jobs]
+    assert {job["status"] for job in done} == {"succeeded"}
+    ran = [jobs[job["id"]] for job in sorted(done, key=lambda job: job["finished_at"])]
+    assert ran == ["high1", "high2", "mid", "low1", "low2"]
+
+
+def test_the_worker_registry_forgets_workers_gone_for_an_hour(
+    redis: Redis, worker: WorkerProcess
+) -> None:
+    now = time.time()
+    redis.zadd(keys.WORKERS, {"gone-2h": now - 7200, "gone-30m": now - 1800})
+    try:
+        # a live worker's next heartbeat prunes the registry
+        wait_for(lambda: redis.zscore(keys.WORKERS, "gone-2h") is None, what="gone-2h pruned")
+        assert redis.zscore(keys.WORKERS, "gone-30m") is not None  # /v1/workers still lists it
+        assert redis.zscore(keys.WORKERS, worker.record(redis)["id"])  # type: ignore[index]
+    finally:
+        redis.zrem(keys.WORKERS, "gone-2h", "gone-30m")
