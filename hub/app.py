@@ -13,6 +13,7 @@ from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
+from hub.hosts import AllowedHosts
 from hub.jobstore import Limits
 from hub.limits import BodyLimit
 from hub.logs import RequestLog
@@ -101,5 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "Inference-Header-Content-Length"],
         )
     app.add_middleware(Drain, streams=streams)
+    app.add_middleware(
+        AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open
+    )
     app.add_middleware(RequestLog, observe=metrics.request)  # outermost: sees every request
     return app
