@@ -45,9 +45,10 @@ class Principal:
         """The owner whose jobs this caller may see; None means every owner (admin)."""
         return None if self.admin else self.tenant
 
-    def need(self, scope: str) -> Principal:
+    def need(self, scope: str, why: str = "") -> Principal:
         if scope not in self.scopes and not self.admin:
-            raise HubError(403, "forbidden", f"this key lacks the '{scope}' scope")
+            message = f"this key lacks the '{scope}' scope"
+            raise HubError(403, "forbidden", f"{message}: {why}" if why else message)
         return self
 
 

@@ -445,11 +445,15 @@ def status(
     interval: Annotated[float, typer.Option(help="seconds between the two scrapes (rates)")] = 5.0,
     watch: Annotated[bool, typer.Option(help="refresh every --interval until Ctrl-C")] = False,
 ) -> None:
-    """Workers, pools, queue depths and rates, read from the hub's /metrics."""
+    """Workers, pools, queue depths and rates, read from the hub's /metrics (with a key, send
+    INFERHUB_METRICS_TOKEN or an admin INFERHUB_API_KEY)."""
     from rich.live import Live
 
     interval = max(0.2, interval)
-    with httpx.Client(base_url=url, timeout=10) as http:
+    # a keyed hub shows /metrics to an admin key or to its metrics token
+    token = os.environ.get("INFERHUB_METRICS_TOKEN") or os.environ.get("INFERHUB_API_KEY")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as http:
         try:
             before, at = _scrape(http), time.monotonic()
             if not watch:
