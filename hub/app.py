@@ -102,8 +102,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "Inference-Header-Content-Length"],
         )
     app.add_middleware(Drain, streams=streams)
-    app.add_middleware(
-        AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open
-    )
+    app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open)
     app.add_middleware(RequestLog, observe=metrics.request)  # outermost: sees every request
     return app

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, worker_env
 from playwright.sync_api import sync_playwright
+from pydantic import SecretStr
 
 from hub.app import create_app
 from hub.auth import KeysFileError, new_key
@@ -125,7 +125,9 @@ def test_the_app_refuses_an_empty_keys_file_rather_than_serving_open(
 
 
 @pytest.fixture(scope="module")
-def open_hub(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def open_hub(
+    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
     """A keyless ``inferhub serve`` on loopback, with no allowed hosts configured."""
     port = free_port()
     log = (tmp_path_factory.mktemp("hosts") / "hub.log").open("wb")
@@ -162,10 +164,20 @@ def ws_upgrade(host: str) -> str:
 
 def test_a_keyless_hub_answers_only_to_loopback_host_names(open_hub: int) -> None:
     url = f"http://127.0.0.1:{open_hub}"
-    for host in (f"localhost:{open_hub}", f"127.0.0.1:{open_hub}", f"[::1]:{open_hub}", "localhost"):
+    for host in (
+        f"localhost:{open_hub}",
+        f"127.0.0.1:{open_hub}",
+        f"[::1]:{open_hub}",
+        "localhost",
+    ):
         r = httpx.get(f"{url}/v1/models", headers={"Host": host}, timeout=10)
         assert r.status_code == 200, (host, r.text)
-    for host in ("evil.example", f"evil.example:{open_hub}", "127.0.0.1.evil.example", "x@localhost"):
+    for host in (
+        "evil.example",
+        f"evil.example:{open_hub}",
+        "127.0.0.1.evil.example",
+        "x@localhost",
+    ):
         r = httpx.get(f"{url}/v1/models", headers={"Host": host}, timeout=10)
         assert r.status_code == 400, (host, r.text)
         error = r.json()["error"]
@@ -186,7 +198,9 @@ def test_allowed_hosts_lists_more_names_and_a_keyed_hub_checks_only_a_list(
     key = new_key(keys_file, "acme", ["read"])
     keyed = settings.model_copy(update={"api_keys_file": keys_file, "allowed_hosts": []})
     with TestClient(create_app(keyed)) as client:
-        r = client.get("/v1/models", headers={"Host": "any.example", "Authorization": f"Bearer {key}"})
+        r = client.get(
+            "/v1/models", headers={"Host": "any.example", "Authorization": f"Bearer {key}"}
+        )
         assert r.status_code == 200, r.text
 
 
@@ -278,7 +292,7 @@ def test_the_dashboard_with_a_tenant_key_notes_the_admin_only_panels(
                 page.wait_for_selector("#workers-admin", state="visible")
                 page.wait_for_selector("#queues-admin", state="visible")
                 assert not page.is_visible("#workers-table")
-                assert page.inner_text("#stat-workers") == "–"
+                assert page.inner_text("#stat-workers") == "\u2013"  # an en dash: nothing to show
                 assert not page.is_visible("#toast")
                 # Chromium reports each refused request once; the page asks no more
                 assert all("403" in e for e in errors), errors
