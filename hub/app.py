@@ -14,6 +14,7 @@ from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
+from hub.hosts import AllowedHosts
 from hub.jobstore import JobStore, Limits
 from hub.limits import BodyLimit
 from hub.logs import RequestLog
@@ -107,5 +108,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "Inference-Header-Content-Length"],
         )
     app.add_middleware(Drain, streams=streams)
+    app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open)
     app.add_middleware(RequestLog, observe=metrics.request)  # outermost: sees every request
     return app

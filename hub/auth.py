@@ -45,9 +45,10 @@ class Principal:
         """The owner whose jobs this caller may see; None means every owner (admin)."""
         return None if self.admin else self.tenant
 
-    def need(self, scope: str) -> Principal:
+    def need(self, scope: str, why: str = "") -> Principal:
         if scope not in self.scopes and not self.admin:
-            raise HubError(403, "forbidden", f"this key lacks the '{scope}' scope")
+            message = f"this key lacks the '{scope}' scope"
+            raise HubError(403, "forbidden", f"{message}: {why}" if why else message)
         return self
 
 
@@ -60,26 +61,41 @@ class _Entry:
     principal: Principal
 
 
+class KeysFileError(ValueError):
+    """A keys file the hub must not start with: it names the file, the entry and the fault."""
+
+
 class KeyRing:
-    """The keys of ``INFERHUB_API_KEYS_FILE``; empty means the hub is open (one tenant)."""
+    """The keys of ``INFERHUB_API_KEYS_FILE``; empty (no file) means the hub is open."""
 
     def __init__(self, entries: dict[str, _Entry]) -> None:
         self._entries = entries
 
     @classmethod
     def load(cls, path: Path | None) -> KeyRing:
+        """The file's keys. Every fault is fatal: a file that was meant to close the hub must
+        never leave it open (a typo in a table name once did), nor half-read."""
         if path is None:
             return cls({})
-        raw = tomllib.loads(path.read_text()).get("keys", {})
-        entries = {}
-        for key_id, entry in raw.items():
-            scopes = frozenset(entry.get("scopes", []))
-            if not scopes <= set(SCOPES):
-                raise ValueError(
-                    f"{path}: key {key_id} has unknown scopes {sorted(scopes - set(SCOPES))}"
-                )
-            entries[key_id] = _Entry(
-                bytes.fromhex(entry["sha256"]), Principal(entry["tenant"], scopes)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise KeysFileError(f"keys file {path}: cannot read it: {exc}") from None
+        unknown = sorted(set(doc) - {"keys"})
+        if unknown:
+            raise KeysFileError(
+                f"keys file {path}: unknown top-level entry '{unknown[0]}': "
+                "keys go in tables named [keys.<id>] (inferhub keys add writes them)"
+            )
+        raw = doc.get("keys", {})
+        if not isinstance(raw, dict):
+            raise KeysFileError(f"keys file {path}: 'keys' must be tables [keys.<id>]")
+        entries = {key_id: _parse_entry(path, key_id, entry) for key_id, entry in raw.items()}
+        if not entries:
+            raise KeysFileError(
+                f"keys file {path}: holds no key, so the hub would be open to anyone: add one "
+                "(inferhub keys add --tenant NAME --file FILE), or unset INFERHUB_API_KEYS_FILE "
+                "to serve one tenant on loopback"
             )
         return cls(entries)
 
@@ -96,6 +112,38 @@ class KeyRing:
         if hmac.compare_digest(digest, expected) and entry is not None and secret:
             return entry.principal
         return None
+
+
+_FIELDS = {"tenant", "scopes", "sha256", "created"}
+
+
+def _parse_entry(path: Path, key_id: str, entry: object) -> _Entry:
+    def fault(what: str) -> KeysFileError:
+        return KeysFileError(f"keys file {path}: entry [keys.{key_id}]: {what}")
+
+    if not isinstance(entry, dict):
+        raise fault("must be a table with tenant, scopes and sha256")
+    if not key_id or "_" in key_id:  # a key is ih_<id>_<secret>: such an id could never match
+        raise fault("the id must be non-empty and hold no '_'")
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise fault(f"unknown field '{unknown[0]}' (fields: {', '.join(sorted(_FIELDS))})")
+    tenant, scopes, sha256 = entry.get("tenant"), entry.get("scopes"), entry.get("sha256")
+    if not isinstance(tenant, str) or not tenant:
+        raise fault("'tenant' must be a non-empty string")
+    if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
+        raise fault(f"'scopes' must be a non-empty list among {', '.join(SCOPES)}")
+    if set(scopes) - set(SCOPES):
+        raise fault(
+            f"unknown scopes {sorted(set(scopes) - set(SCOPES))} (scopes: {', '.join(SCOPES)})"
+        )
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise fault("'sha256' must be the key's SHA-256 as 64 hex digits")
+    try:
+        digest = bytes.fromhex(sha256)
+    except ValueError:
+        raise fault("'sha256' must be the key's SHA-256 as 64 hex digits") from None
+    return _Entry(digest, Principal(tenant, frozenset(scopes)))
 
 
 def new_key(path: Path, tenant: str, scopes: list[str]) -> str:

@@ -10,7 +10,7 @@ import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import orjson
@@ -56,15 +56,31 @@ Insecure = Annotated[
 ]
 
 
-def _check_exposure(settings: Settings) -> None:
-    from hub.auth import KeyRing, exposure_problem
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``message`` on one line of stderr: no markup (a keys file's
+    ``[keys.…]`` is not a style), no wrapping, no traceback."""
+    print(f"inferhub: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
 
-    problem = exposure_problem(
-        settings.host, KeyRing.load(settings.api_keys_file), settings.insecure
-    )
+
+def _check_port(settings: Settings) -> None:
+    from hub.processes import bind_problem
+
+    problem = bind_problem(settings.host, settings.port)
     if problem:
-        console.print(f"[red]{problem}[/]")
-        raise typer.Exit(2)
+        _fail(problem)
+
+
+def _check_exposure(settings: Settings) -> None:
+    from hub.auth import KeyRing, KeysFileError, exposure_problem
+
+    try:
+        keyring = KeyRing.load(settings.api_keys_file)
+    except KeysFileError as exc:
+        _fail(str(exc))
+    problem = exposure_problem(settings.host, keyring, settings.insecure)
+    if problem:
+        _fail(problem)
 
 
 @app.command()
@@ -96,6 +112,7 @@ def serve(
     )
     _logging(settings.log_format)
     _check_exposure(settings)
+    _check_port(settings)
     hub = create_app(settings)
     config = uvicorn.Config(
         hub,
@@ -148,6 +165,7 @@ def up(
         log_format=log_format,
     )
     _check_exposure(settings)
+    _check_port(settings)
     if not settings.models.is_dir() or not any(settings.models.glob("*/config.toml")):
         console.print(
             f"[red]No models in {settings.models.resolve()}[/]: point --models (INFERHUB_MODELS) "
@@ -181,7 +199,10 @@ def up(
         procs.append(start_cli("serve", env=env))
         base = f"http://{settings.host}:{settings.port}"
         if not wait_ready(base, 60, watch=[*redis, *procs]):
-            console.print(f"[red]{base}/readyz did not answer ready within 60 s[/]")
+            if any(p.poll() is not None for p in [*redis, *procs]):
+                console.print("[red]a process of the stack exited before the hub was ready[/]")
+            else:
+                console.print(f"[red]{base}/readyz did not answer ready within 60 s[/]")
             raise typer.Exit(1)
         console.print(
             f"[green]inferhub is up[/]: {base}/ (API docs {base}/docs). Ctrl-C stops everything."
@@ -424,11 +445,15 @@ def status(
     interval: Annotated[float, typer.Option(help="seconds between the two scrapes (rates)")] = 5.0,
     watch: Annotated[bool, typer.Option(help="refresh every --interval until Ctrl-C")] = False,
 ) -> None:
-    """Workers, pools, queue depths and rates, read from the hub's /metrics."""
+    """Workers, pools, queue depths and rates, read from the hub's /metrics (with a key, send
+    INFERHUB_METRICS_TOKEN or an admin INFERHUB_API_KEY)."""
     from rich.live import Live
 
     interval = max(0.2, interval)
-    with httpx.Client(base_url=url, timeout=10) as http:
+    # a keyed hub shows /metrics to an admin key or to its metrics token
+    token = os.environ.get("INFERHUB_METRICS_TOKEN") or os.environ.get("INFERHUB_API_KEY")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as http:
         try:
             before, at = _scrape(http), time.monotonic()
             if not watch:

@@ -6,7 +6,7 @@ The CLI flags carry the same names (``--redis-url`` is ``INFERHUB_REDIS_URL``).
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     insecure: bool = Field(False, description="Serve beyond loopback with no API keys.")
     allowed_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed to call the hub (CORS, WS)."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the hub answers to besides loopback ones; with no API keys only "
+        "loopback names are accepted unless listed here ('*': any).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="A bearer token that may read /metrics (else an admin key)."
     )
     max_queued: int = Field(10_000, gt=0, description="Jobs a pool's queue holds; then 429.")
     rate_limit_per_s: float = Field(

@@ -16,7 +16,8 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from hub import keys
-from hub.deps import CatalogueDep, ReaderDep
+from hub.deps import CallerDep, CatalogueDep
+from hub.errors import error_responses
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 
@@ -38,10 +39,16 @@ async def index() -> Response:
     return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/v1/queues", summary="Jobs in each pool's queue (waiting or running)")
-async def queues(catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
+@router.get(
+    "/v1/queues",
+    summary="Jobs in each pool's queue (waiting or running); admin only",
+    responses=error_responses(401, 403, 503),
+)
+async def queues(catalogue: CatalogueDep, caller: CallerDep) -> dict[str, Any]:
     """Per pool: the jobs in its arq queue (waiting or running; arq keeps a job there until it
-    ends), the live workers and the jobs they run, and the models it serves."""
+    ends), the live workers and the jobs they run, and the models it serves. Every tenant's
+    jobs count there, hence admin only."""
+    caller.need("admin", "/v1/queues shows every tenant's activity")
     workers = await catalogue.workers()
     models = await catalogue.models()
     pools: dict[str, dict[str, Any]] = {}

@@ -1,4 +1,5 @@
-"""``/v1/models`` and ``/v1/workers``: what is served, and by whom."""
+"""``/v1/models`` and ``/v1/workers``: what is served, and by whom (the workers, with the jobs
+they run for every tenant, only to ``admin``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hub.deps import CatalogueDep, ReaderDep
+from hub.deps import CallerDep, CatalogueDep, ReaderDep
 from hub.errors import error_responses
 
 router = APIRouter(
@@ -33,6 +34,7 @@ async def get_model(name: str, catalogue: CatalogueDep, _: ReaderDep) -> dict[st
     return _model_view(entry, await catalogue.workers())
 
 
-@router.get("/workers", summary="Live workers (and recently stopped ones)")
-async def list_workers(catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
+@router.get("/workers", summary="Live workers (and recently stopped ones); admin only")
+async def list_workers(catalogue: CatalogueDep, caller: CallerDep) -> dict[str, Any]:
+    caller.need("admin", "/v1/workers shows every tenant's activity")
     return {"workers": await catalogue.workers(include_stopped=True)}

@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
 from hub import v2codec
+from hub.api.health import probe_workers
 from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import HubError, error_responses
@@ -93,11 +94,9 @@ async def live() -> Response:
     "/v2/health/ready", summary="Redis is reachable and a worker is alive", response_class=Response
 )
 async def ready(catalogue: CatalogueDep) -> Response:
-    try:
-        await catalogue.redis.ping()
-        workers = await catalogue.workers()
-    except (RedisError, OSError) as exc:
-        return error(503, f"not ready: Redis is unreachable: {exc}")
+    workers = await probe_workers(catalogue)
+    if isinstance(workers, str):
+        return error(503, f"not ready: Redis is unreachable: {workers}")
     if not workers:
         return error(503, "not ready: no worker is alive")
     return Response(status_code=200)

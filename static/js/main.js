@@ -1,6 +1,6 @@
 // The dashboard: one WebSocket for jobs (submit, follow, cancel), HTTP for the catalogue.
 
-import { api } from "./api.js";
+import { ApiError, api } from "./api.js";
 import { WorkersPanel, ModelsPanel } from "./catalogue.js";
 import { Hub } from "./hub.js";
 import { JobDetail, JobsTable } from "./jobs.js";
@@ -111,8 +111,39 @@ async function refreshModels() {
   $("#draw").hidden = !models.has("digits");
 }
 
+// /v1/workers and /v1/queues tell every tenant's activity, so a key without the admin scope
+// gets 403: the panel then says so, once, instead of failing at every refresh.
+const adminOnly = new Set();
+async function ifAllowed(panel, load) {
+  if (adminOnly.has(panel)) return;
+  try {
+    await load();
+  } catch (exc) {
+    if (!(exc instanceof ApiError && exc.status === 403)) throw exc;
+    adminOnly.add(panel);
+    if (panel === "workers") {
+      $("#workers-table").hidden = true;
+      $("#workers-admin").hidden = false;
+      $("#stat-workers").textContent = "–";
+      $("#stat-running").textContent = "–";
+    } else {
+      $("#queues").replaceChildren();
+      $("#queues-admin").hidden = false;
+      $("#stat-waiting").textContent = "–";
+    }
+  }
+}
+
 let latestWorkers = [];
 async function refreshWorkers() {
+  await ifAllowed("workers", loadWorkers);
+}
+
+async function refreshQueues() {
+  await ifAllowed("queues", loadQueues);
+}
+
+async function loadWorkers() {
   const { workers } = await api("/v1/workers");
   latestWorkers = workers;
   workersPanel.update(workers);
@@ -121,7 +152,7 @@ async function refreshWorkers() {
   $("#stat-running").textContent = String(alive.reduce((n, w) => n + (w.running || 0), 0));
 }
 
-async function refreshQueues() {
+async function loadQueues() {
   const { pools } = await api("/v1/queues");
   renderQueues($("#queues"), pools);
   const waiting = pools.reduce((n, p) => n + Math.max(0, p.depth - Math.min(p.running, p.depth)), 0);
