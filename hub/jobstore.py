@@ -1,7 +1,7 @@
 """The Redis data layer for jobs: records, event logs, the arq queue. Shared by hub and workers.
 
 A job lives in three keys: its record (a hash), its event stream, and, until a worker takes it,
-arq's job key and queue entry. Every state change is one Lua script, so that the record, the
+arq's job key and queue entry. Every state change is one Lua script (``contract/lua/``), so that the record, the
 event log and the publication move together in a single round trip, and a transition that is
 no longer allowed (a finished job finishing again) changes nothing.
 
@@ -24,6 +24,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from contract import scripts
 from hub import keys
 from hub.protocol import EventType, JobStatus, dumps, loads, packed_to_json
 from hub.settings import Settings
@@ -31,101 +32,9 @@ from hub.settings import Settings
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""
 
-_APPEND = """
-local function append(event, ttl, job_maxlen, log_maxlen)
-  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', log_maxlen, '*', 'e', event)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', job_maxlen, id, 'e', event)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('PUBLISH', ARGV[1], id .. ' ' .. event)
-  return id
-end
-local function set_fields(first)
-  for i = first, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-"""
-
-# KEYS: record, job events, events log, idempotency (or ''), arq job, queue, jobs index,
-#       owner's jobs index, owner's queued jobs
-# ARGV: channel, event, ttl, job_maxlen, log_maxlen, idem_value, arq_job, score, created_ms,
-#       wake channel, job id, max queued, max queued per owner, field, value, ...
-# Returns {1, event id} (created), {0, idempotency value} (a repeat), {2, ''} (queue full) or
-# {3, ''} (the owner's share of the queue is full).
-_CREATE = (
-    _APPEND
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ''} end  -- a retried create
-local existing = KEYS[4] ~= '' and redis.call('GET', KEYS[4])
-if existing then return {0, existing} end
-if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[12]) then return {2, ''} end
-local expired = '(' .. (ARGV[9] - ARGV[3] * 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', expired)
-if redis.call('ZCARD', KEYS[9]) >= tonumber(ARGV[13]) then return {3, ''} end
-if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3]) end
-set_fields(14)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-redis.call('PSETEX', KEYS[5], tonumber(ARGV[3]) * 1000, ARGV[7])
-redis.call('ZADD', KEYS[6], ARGV[8], ARGV[11])
-for i = 7, 9 do
-  redis.call('ZADD', KEYS[i], ARGV[9], ARGV[11])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', expired)
-  redis.call('PEXPIRE', KEYS[i], ARGV[3] * 1000)
-end
-redis.call('PUBLISH', ARGV[10], '')
-return {1, id}
-"""
-)
-
-# KEYS: record, job events, events log, cancel flag, owner's queued jobs
-# ARGV: channel, event, ttl, job_maxlen, log_maxlen, allowed statuses (space separated),
-#       new status, guard field, guard value, job id, field, value, ...
-# The guard (a numeric record field and the value it moves to) makes a transition happen once:
-# ``attempt`` for ``started``, ``done`` for ``progress``. A retried command finds the value
-# already there and succeeds without repeating the event; a smaller value is refused.
-# Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
-_TRANSITION = (
-    _APPEND
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {0, '', '', 0} end
-local cancel = redis.call('EXISTS', KEYS[4])
-if not string.find(' ' .. ARGV[6] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return {0, status, '', cancel}
-end
-if ARGV[8] ~= '' then
-  local recorded = tonumber(redis.call('HGET', KEYS[1], ARGV[8]) or -1)
-  local wanted = tonumber(ARGV[9])
-  if recorded > wanted then return {0, status, '', cancel} end  -- overtaken by a later one
-  if recorded == wanted then return {1, status, '', cancel} end  -- a retry: already done
-end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[7]) end
-if ARGV[7] ~= '' and ARGV[7] ~= 'queued' then redis.call('ZREM', KEYS[5], ARGV[10]) end
-set_fields(11)
-local id = append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-return {1, status, id, cancel}
-"""
-)
-
-# KEYS: record, job events, events log, cancel flag, arq job, queue, owner's queued jobs
-# ARGV: channel, event, ttl, job_maxlen, log_maxlen, job id, finished_at (unix seconds)
-# A queued job is taken off the queue and canceled at once; a running one is flagged and
-# stops at its next chunk. Returns the status found.
-_CANCEL = (
-    _APPEND
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' then
-  redis.call('ZREM', KEYS[6], ARGV[6])
-  redis.call('ZREM', KEYS[7], ARGV[6])
-  redis.call('DEL', KEYS[5])
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[7])
-  append(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-elseif status == 'started' then
-  redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
-end
-return status
-"""
-)
+CREATE = scripts.load("create")
+TRANSITION = scripts.load("transition")
+CANCEL = scripts.load("cancel")
 
 
 @dataclass(frozen=True)
@@ -218,17 +127,21 @@ class JobStore:
     def __init__(self, redis: Redis, limits: Limits) -> None:
         self.redis = redis
         self.limits = limits
-        self._create = redis.register_script(_CREATE)
-        self._transition = redis.register_script(_TRANSITION)
-        self._cancel = redis.register_script(_CANCEL)
 
     def _event(self, job_id: str, type_: EventType, model: str, owner: str, data: Any) -> bytes:
         body = {"job_id": job_id, "type": type_.value, "ts": time.time(), "model": model}
         return dumps({**body, "owner": owner, "data": data or {}})
 
-    def _common_args(self, event: bytes) -> list[Any]:
+    def _common_args(self, event: bytes) -> dict[str, Any]:
+        """The arguments every script that appends an event takes."""
         lim = self.limits
-        return [keys.EVENTS_CHANNEL, event, lim.ttl_s, lim.job_maxlen, lim.log_maxlen]
+        return {
+            "channel": keys.EVENTS_CHANNEL,
+            "event": event,
+            "ttl": lim.ttl_s,
+            "job_maxlen": lim.job_maxlen,
+            "log_maxlen": lim.log_maxlen,
+        }
 
     async def create(
         self,
@@ -256,33 +169,34 @@ class JobStore:
             idem_key = keys.idempotency(idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
         event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
-        created, value = await self._create(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                keys.EVENTS_STREAM,
-                idem_key,
-                job_key_prefix + job_id,
-                keys.queue(pool),
-                keys.JOBS_INDEX,
-                keys.owner_jobs(record["owner"]),
-                keys.owner_queued(record["owner"]),
-            ],
-            args=[
-                *self._common_args(event),
-                idem_value,
-                arq_job,
+        created, value = await CREATE(
+            self.redis,
+            keys={
+                "record": keys.job(job_id),
+                "events": keys.job_events(job_id),
+                "log": keys.EVENTS_STREAM,
+                "idempotency": idem_key,
+                "arq_job": job_key_prefix + job_id,
+                "queue": keys.queue(pool),
+                "index": keys.JOBS_INDEX,
+                "owner_index": keys.owner_jobs(record["owner"]),
+                "owner_queued": keys.owner_queued(record["owner"]),
+            },
+            args={
+                **self._common_args(event),
+                "idem_value": idem_value,
+                "arq_payload": arq_job,
                 # arq runs only jobs whose score (a run-at time) has passed: every priority the
                 # API accepts (-100 to 100, hub/schemas.py) is a time in the past, so priority
                 # orders the queue (one level outranks a second of waiting) and never delays
-                now_ms - (priority + 100) * 1000,
-                now_ms,
-                keys.wake(pool),
-                job_id,
-                max_queued,
-                max_queued_per_owner,
-                *_flatten(record),
-            ],
+                "score": now_ms - (priority + 100) * 1000,
+                "created_ms": now_ms,
+                "wake": keys.wake(pool),
+                "job_id": job_id,
+                "max_queued": max_queued,
+                "max_owner_queued": max_queued_per_owner,
+                "fields": _flatten(record),
+            },
         )
         return Created(created), value.decode()
 
@@ -297,39 +211,39 @@ class JobStore:
         """
         calls = [
             (
-                [
-                    keys.job(job_id),
-                    keys.job_events(job_id),
-                    keys.EVENTS_STREAM,
-                    keys.job_cancel(job_id),
-                    keys.owner_queued(owner),
-                ],
-                [
-                    *self._common_args(self._event(job_id, st.event, model, owner, st.data)),
-                    " ".join(s.value for s in st.allowed),
-                    st.status.value if st.status else "",
-                    *(st.guard or ("", "")),
-                    job_id,
-                    *_flatten({**st.fields, **dict([st.guard] if st.guard else [])}),
-                ],
+                {
+                    "record": keys.job(job_id),
+                    "events": keys.job_events(job_id),
+                    "log": keys.EVENTS_STREAM,
+                    "cancel": keys.job_cancel(job_id),
+                    "owner_queued": keys.owner_queued(owner),
+                },
+                {
+                    **self._common_args(self._event(job_id, st.event, model, owner, st.data)),
+                    "allowed": " ".join(s.value for s in st.allowed),
+                    "status": st.status.value if st.status else "",
+                    "guard_field": st.guard[0] if st.guard else "",
+                    "guard_value": st.guard[1] if st.guard else "",
+                    "job_id": job_id,
+                    "fields": _flatten({**st.fields, **dict([st.guard] if st.guard else [])}),
+                },
             )
             for st in steps
         ]
         if len(calls) == 1:
-            results = [await self._transition(keys=calls[0][0], args=calls[0][1])]
+            results = [await TRANSITION(self.redis, *calls[0])]
         else:
             try:
                 results = await self._pipelined(calls)
             except NoScriptError:  # Redis restarted and forgot its scripts
-                await self.redis.script_load(_TRANSITION)
+                await TRANSITION.ensure(self.redis)
                 results = await self._pipelined(calls)
         return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
 
-    async def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        # EVALSHA by hand: redis-py's pipelined scripts send SCRIPT EXISTS on every execute
+    async def _pipelined(self, calls: list[tuple[dict[str, str], dict[str, Any]]]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for call_keys, args in calls:
-                pipe.evalsha(self._transition.sha, len(call_keys), *call_keys, *args)
+                TRANSITION.queue(pipe, call_keys, args)
             return await pipe.execute()
 
     async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
@@ -337,17 +251,18 @@ class JobStore:
         raw = self._event(
             job_id, EventType.CANCELED, model, owner, {"reason": "canceled by client"}
         )
-        status = await self._cancel(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                keys.EVENTS_STREAM,
-                keys.job_cancel(job_id),
-                job_key_prefix + job_id,
-                keys.queue(pool),
-                keys.owner_queued(owner),
-            ],
-            args=[*self._common_args(raw), job_id, time.time()],
+        status = await CANCEL(
+            self.redis,
+            keys={
+                "record": keys.job(job_id),
+                "events": keys.job_events(job_id),
+                "log": keys.EVENTS_STREAM,
+                "cancel": keys.job_cancel(job_id),
+                "arq_job": job_key_prefix + job_id,
+                "queue": keys.queue(pool),
+                "owner_queued": keys.owner_queued(owner),
+            },
+            args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
         )
         return status.decode() if status else ""
 

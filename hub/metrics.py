@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
+from contract import scripts
 from hub import keys
 from hub.catalogue import Catalogue
 from hub.fanout import Fanout
@@ -64,23 +65,7 @@ TRACKED_MAX = 100_000
 QUEUE_SCAN = 1000
 """Queue entries looked at per pool and scrape to tell waiting jobs from running ones."""
 
-# KEYS: the pool's arq queue. ARGV: arq's in-progress key prefix, the job record prefix, scan.
-# arq keeps a job in its queue until it ends; a job with an in-progress key is running.
-_QUEUE = """
-local total = redis.call('ZCARD', KEYS[1])
-local running, oldest = 0, nil
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 1 then
-    running = running + 1
-  else
-    local created = redis.call('HGET', ARGV[2] .. id, 'created_at')
-    if created and (oldest == nil or tonumber(created) < tonumber(oldest)) then
-      oldest = created
-    end
-  end
-end
-return {total, running, oldest or ''}
-"""
+QUEUE_STATS = scripts.load("queue_stats")
 
 
 @dataclass
@@ -267,11 +252,15 @@ async def _snapshot(catalogue: Catalogue) -> Snapshot:
         snapshot.workers = await catalogue.workers()
         pools = {w["pool"] for w in snapshot.workers if "pool" in w}
         pools.update(m.get("pool", "default") for m in (await catalogue.models()).values())
-        script = redis.register_script(_QUEUE)
         for pool in sorted(pools):
-            total, running, oldest = await script(
-                keys=[keys.queue(pool)],
-                args=[in_progress_key_prefix, keys.job(""), QUEUE_SCAN],
+            total, running, oldest = await QUEUE_STATS(
+                redis,
+                keys={"queue": keys.queue(pool)},
+                args={
+                    "in_progress_prefix": in_progress_key_prefix,
+                    "job_prefix": keys.job(""),
+                    "scan": QUEUE_SCAN,
+                },
             )
             snapshot.queues[pool] = (int(total), int(running), float(oldest) if oldest else None)
     except (RedisError, OSError) as exc:

@@ -18,42 +18,26 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from contract import scripts
 from hub import keys
 
 log = logging.getLogger(__name__)
 
-# KEYS: queue, wake channel; ARGV: in-progress prefix, job prefix, worker prefix, scan limit.
-# Returns the ids of the jobs released. arq's own claim writes '1' (a worker of an earlier
-# release, during a rolling upgrade): then the job record names its worker once it started.
-_REAP = """
-local released = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
-  local holder = redis.call('GET', ARGV[1] .. id)
-  if holder == '1' then
-    local job = redis.call('HMGET', ARGV[2] .. id, 'status', 'worker')
-    holder = job[1] == 'started' and job[2]
-  end
-  if holder and redis.call('EXISTS', ARGV[3] .. holder) == 0 then
-    redis.call('DEL', ARGV[1] .. id)
-    table.insert(released, id)
-  end
-end
-if #released > 0 then redis.call('PUBLISH', KEYS[2], '') end
-return released
-"""
+REAP = scripts.load("reap")
 
 
 async def reap_forever(redis: Redis, pool: str, every_s: float, scan: int = 1000) -> None:
-    reap = redis.register_script(_REAP)
-    job_prefix = keys.job("")
-    worker_prefix = keys.worker("")
+    names = {"queue": keys.queue(pool), "wake": keys.wake(pool)}
+    args = {
+        "in_progress_prefix": in_progress_key_prefix,
+        "job_prefix": keys.job(""),
+        "worker_prefix": keys.worker(""),
+        "scan": scan,
+    }
     while True:
         await asyncio.sleep(every_s)
         try:
-            released = await reap(
-                keys=[keys.queue(pool), keys.wake(pool)],
-                args=[in_progress_key_prefix, job_prefix, worker_prefix, scan],
-            )
+            released = await REAP(redis, keys=names, args=args)
         except (RedisError, OSError) as exc:
             log.warning("could not look for orphaned jobs: %s", exc)
             continue

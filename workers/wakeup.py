@@ -27,35 +27,14 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from contract import scripts
 from hub import keys
 from hub.redisconn import connect
 
 log = logging.getLogger(__name__)
 
 
-# KEYS: queue, this worker's heartbeat record.
-# ARGV: in-progress key prefix, in-progress ms, now ms, room, worker id, page size.
-# Returns {id, score, ...}, lowest scores first. Held jobs are skipped, so the scan costs about
-# as many looks as the pool holds jobs, plus ``room``.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
-local claimed, room, page, offset = {}, tonumber(ARGV[4]), tonumber(ARGV[6]), 0
-while room > 0 do
-  local due = redis.call(
-    'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', offset, page)
-  for i = 1, #due, 2 do
-    if redis.call('SET', ARGV[1] .. due[i], ARGV[5], 'PX', ARGV[2], 'NX') then
-      table.insert(claimed, due[i])
-      table.insert(claimed, due[i + 1])
-      room = room - 1
-      if room == 0 then break end
-    end
-  end
-  if #due < 2 * page then break end
-  offset = offset + page
-end
-return claimed
-"""
+CLAIM = scripts.load("claim")
 
 CLAIM_PAGE = 256
 """Queue entries read per step of the claim script."""
@@ -81,16 +60,17 @@ class PushWorker(Worker):
             return
         self.job_counter += room  # reserved now: a concurrent poll must not claim past max_jobs
         try:
-            claimed = await self.pool.register_script(_CLAIM)(
-                keys=[self.queue_name, keys.worker(self.worker_id)],
-                args=[
-                    in_progress_key_prefix,
-                    int(self.in_progress_timeout_s * 1000),
-                    timestamp_ms(),
-                    room,
-                    self.worker_id,
-                    CLAIM_PAGE,
-                ],
+            claimed = await CLAIM(
+                self.pool,
+                keys={"queue": self.queue_name, "heartbeat": keys.worker(self.worker_id)},
+                args={
+                    "in_progress_prefix": in_progress_key_prefix,
+                    "in_progress_ms": int(self.in_progress_timeout_s * 1000),
+                    "now_ms": timestamp_ms(),
+                    "room": room,
+                    "worker_id": self.worker_id,
+                    "page": CLAIM_PAGE,
+                },
             )
         finally:
             self.job_counter -= room

@@ -1,0 +1,16 @@
+-- Shared by the job scripts (prepended to each that says "uses: append").
+
+-- Add an event to the global log and, under the same id, to the job's stream; publish it.
+local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen)
+  local id = redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, '*', 'e', event)
+  redis.call('XADD', stream, 'MAXLEN', '~', job_maxlen, id, 'e', event)
+  redis.call('EXPIRE', stream, ttl)
+  redis.call('PUBLISH', channel, id .. ' ' .. event)
+  return id
+end
+
+-- Set the record's fields from ARGV[first], ARGV[first + 1], ... (field, value pairs).
+local function set_fields(record, first)
+  for i = first, #ARGV, 2 do redis.call('HSET', record, ARGV[i], ARGV[i + 1]) end
+end
+

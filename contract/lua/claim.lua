@@ -1,0 +1,26 @@
+-- A worker claims due jobs of its pool's queue, in score order, up to its room: it skips the
+-- jobs another worker holds (their arq in-progress key exists) and sets the key of each free
+-- one, its value the worker's id, so the reaper can hand back a dead worker's jobs. A worker
+-- whose heartbeat record is missing claims nothing: the reaper would take them back at once.
+-- Returns {id, score, ...}.
+-- KEYS: queue heartbeat
+-- ARGV: in_progress_prefix in_progress_ms now_ms room worker_id page
+local queue, prefix, hold_ms, now_ms = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local room, worker_id, page = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+
+if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+local claimed, offset = {}, 0
+while room > 0 do
+  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'WITHSCORES', 'LIMIT', offset, page)
+  for i = 1, #due, 2 do
+    if redis.call('SET', prefix .. due[i], worker_id, 'PX', hold_ms, 'NX') then
+      table.insert(claimed, due[i])
+      table.insert(claimed, due[i + 1])
+      room = room - 1
+      if room == 0 then break end
+    end
+  end
+  if #due < 2 * page then break end
+  offset = offset + page
+end
+return claimed

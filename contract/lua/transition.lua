@@ -1,0 +1,31 @@
+-- One step of a job on a worker: append its event and move to its status, if the job is in
+-- one of the `allowed` statuses. The guard (a numeric record field and the value it moves
+-- to: `attempt` for `started`, `done` for `progress`) makes a step happen once: a retried
+-- step finds the value already there and succeeds without a second event; an older one is
+-- refused. Leaving `queued` takes the job off its owner's queued set.
+-- Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
+-- uses: append
+-- KEYS: record events log cancel owner_queued
+-- ARGV: channel event ttl job_maxlen log_maxlen allowed status guard_field guard_value job_id fields...
+local K, A = KEYS, ARGV
+local record, allowed, new_status, guard_field = K[1], A[6], A[7], A[8]
+
+local status = redis.call('HGET', record, 'status')
+if not status then return {0, '', '', 0} end
+local cancel = redis.call('EXISTS', K[4])
+if not string.find(' ' .. allowed .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {0, status, '', cancel}
+end
+if guard_field ~= '' then
+  local recorded = tonumber(redis.call('HGET', record, guard_field) or -1)
+  local wanted = tonumber(A[9])
+  if recorded > wanted then return {0, status, '', cancel} end  -- overtaken by a later one
+  if recorded == wanted then return {1, status, '', cancel} end  -- a retry: already done
+end
+if new_status ~= '' then
+  redis.call('HSET', record, 'status', new_status)
+  if new_status ~= 'queued' then redis.call('ZREM', K[5], A[10]) end
+end
+set_fields(record, 11)
+local id = append(K[3], K[2], A[1], A[2], A[3], A[4], A[5])
+return {1, status, id, cancel}
