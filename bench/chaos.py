@@ -184,8 +184,8 @@ def verify(
 ) -> dict[str, int]:
     import redis as redis_sync
 
-    from hub import keys
-    from hub.jobstore import Event
+    from contract import keys
+    from contract.events import Event
 
     client = httpx.Client(base_url=url, timeout=10)
     pending = set(accepted)

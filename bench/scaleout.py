@@ -50,7 +50,7 @@ from bench.load import (  # noqa: E402
     percentiles,
     sample_rows,
 )
-from hub import keys  # noqa: E402
+from contract import keys  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from contract.connection import connect
+from contract.jobstore import JobStore, Limits
 from hub.api import dashboard, events, health, jobs, models, tickets, v2, ws
 from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
@@ -15,16 +17,14 @@ from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.hosts import AllowedHosts
-from hub.jobstore import JobStore, Limits
-from hub.limits import BodyLimit
-from hub.logs import RequestLog
 from hub.metrics import Metrics
+from hub.middleware.body_limit import BodyLimit
+from hub.middleware.drain import Drain, Streams
+from hub.middleware.request_log import RequestLog
 from hub.ratelimit import RateLimiter
-from hub.redisconn import connect
 from hub.responses import JSON
 from hub.service import JobService
 from hub.settings import Settings
-from hub.shutdown import Drain, Streams
 
 DESCRIPTION = """A real-time inference hub: submit rows to an ONNX model, get the result inline,
 follow it live, or fetch it later. Every error is `{"error": {"code", "message"}}`."""

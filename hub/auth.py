@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
-from hub import keys
+from contract import keys
 from hub.errors import HubError
 
 SCOPES = ("submit", "read", "admin")

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from hub import keys
+from contract import keys
 from hub.errors import HubError, not_found
 
 

@@ -45,7 +45,7 @@ LogFormat = Annotated[LogFormats | None, typer.Option(help="INFERHUB_LOG_FORMAT"
 
 
 def _logging(log_format: str = "text") -> None:
-    from hub.logs import setup
+    from contract.logs import setup
 
     setup(log_format, logging.INFO)
 
@@ -99,7 +99,7 @@ def serve(
     import uvicorn
 
     from hub.app import create_app
-    from hub.shutdown import Server
+    from hub.server import Server
 
     settings = _settings(
         redis_url=redis_url,
@@ -118,7 +118,7 @@ def serve(
         hub,
         host=settings.host,
         port=settings.port,
-        log_config=None,  # our handlers (hub/logs.py), and our access line instead of uvicorn's
+        log_config=None,  # our handlers (contract/logs.py), and our access line instead of uvicorn's
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         # events are small JSON: compression would cost each socket ~40 KiB of zlib state

@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from contract.events import Event, stream_key
+from contract.jobstore import JobStore
 from hub.fanout import GAP, Fanout, Key
-from hub.jobstore import Event, JobStore, stream_key
 
 PAGE_BYTES = 4 * 1024 * 1024
 """A replay reads the log in pages of about this size, so a long replay holds one at a time."""

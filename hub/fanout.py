@@ -23,8 +23,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from hub import keys
-from hub.jobstore import Event
+from contract import keys
+from contract.events import Event
 from hub.observer import NOBODY, Observer
 from hub.protocol import EventType
 

@@ -39,13 +39,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
+from starlette.types import Scope
 
-from contract import scripts
-from hub import keys
+from contract import keys, scripts
+from contract.events import Event
 from hub.catalogue import Catalogue
 from hub.fanout import Fanout
-from hub.jobstore import Event
-from hub.logs import Scope
 from hub.observer import Observer
 from hub.protocol import EventType
 

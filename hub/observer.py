@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hub.jobstore import Event
+from contract.events import Event
 
 
 class Observer:

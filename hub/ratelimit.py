@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from contract import scripts
-from hub import keys
+from contract import keys, scripts
 
 TAKE_TOKEN = scripts.load("take_token")
 

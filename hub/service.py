@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.events import Event, stream_key
+from contract.jobstore import Created, JobStore
+from contract.logs import JOBS, current_request_id, note_job
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.errors import HubError, not_found
 from hub.fanout import Fanout
-from hub.jobstore import Created, Event, JobStore, stream_key
-from hub.logs import JOBS, current_request_id, note_job
 from hub.observer import NOBODY, Observer
 from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.ratelimit import RateLimiter

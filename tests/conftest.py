@@ -29,7 +29,7 @@ from helpers import (
 from redis import Redis
 from redis.exceptions import RedisError
 
-from hub import keys
+from contract import keys
 from hub.app import create_app
 from hub.processes import ready, start_cli, stop
 from hub.settings import Settings

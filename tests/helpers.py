@@ -21,8 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from redis import Redis
 from starlette.exceptions import StarletteDeprecationWarning
 
-from hub import keys
-from hub.jobstore import Event
+from contract import keys
+from contract.events import Event
 from hub.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from helpers import (
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
 
-from hub import keys
+from contract import keys
 from hub.app import create_app
 from hub.settings import Settings
 

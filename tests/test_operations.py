@@ -29,8 +29,8 @@ from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from hub import keys
-from hub.logs import bound, handler
+from contract import keys
+from contract.logs import bound, handler
 from hub.processes import ready, start_cli, start_redis, stop
 from hub.settings import Settings
 

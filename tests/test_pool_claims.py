@@ -32,7 +32,7 @@ from helpers import (
 )
 from redis import Redis
 
-from hub import keys
+from contract import keys
 from hub.settings import Settings
 
 POOL = "claims"

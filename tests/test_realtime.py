@@ -23,8 +23,8 @@ from helpers import free_port, wait_for
 from httpx_sse import connect_sse
 from redis import Redis
 
+from contract.events import Event
 from hub.fanout import SlowConsumer, Subscription
-from hub.jobstore import Event
 from hub.processes import ready, start_cli, start_redis, stop
 from hub.protocol import EventType
 

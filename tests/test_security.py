@@ -17,7 +17,7 @@ from helpers import TestClient, WorkerProcess, wait_for
 from redis import Redis
 from starlette.websockets import WebSocketDisconnect
 
-from hub import keys
+from contract import keys
 from hub.app import create_app
 from hub.auth import KeyRing, exposure_problem, new_key
 from hub.settings import Settings

@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from hub import keys
+from contract import keys
 from workers.repository import Repository
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from typing import Any
 import uvloop
 from arq import func
 
-from hub import keys
-from hub.jobstore import RUN_JOB, JobStore, Limits
+from contract import keys
+from contract.connection import arq_settings
+from contract.jobstore import RUN_JOB, JobStore, Limits
 from hub.protocol import dumps, loads
-from hub.redisconn import arq_settings
 from hub.settings import Settings
 from workers.batcher import Batcher
 from workers.heartbeat import beat, heartbeat_forever, leave

@@ -18,8 +18,7 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from contract import scripts
-from hub import keys
+from contract import keys, scripts
 
 log = logging.getLogger(__name__)
 

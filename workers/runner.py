@@ -11,8 +11,8 @@ import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
-from hub.jobstore import JobStore, Step
-from hub.logs import JOBS, bound
+from contract.jobstore import JobStore, Step
+from contract.logs import JOBS, bound
 from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job

@@ -27,9 +27,8 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from contract import scripts
-from hub import keys
-from hub.redisconn import connect
+from contract import keys, scripts
+from contract.connection import connect
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hub import keys
+from contract import keys
 from hub.deps import CallerDep, CatalogueDep
 from hub.errors import error_responses
 

@@ -17,11 +17,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
+from contract.events import Event
 from hub.delivery import Reset
 from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
 from hub.errors import error_responses
 from hub.fanout import SlowConsumer
-from hub.jobstore import Event
 
 log = logging.getLogger(__name__)
 

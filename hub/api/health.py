@@ -15,7 +15,7 @@ from hub.responses import JSON
 router = APIRouter(tags=["health"])
 
 READY_TIMEOUT_S = 0.8
-"""The hub's Redis client retries a dropped connection for seconds (hub/redisconn.py); a
+"""The hub's Redis client retries a dropped connection for seconds (contract/connection.py); a
 readiness probe must answer within a second, so it gives up first."""
 
 

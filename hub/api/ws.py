@@ -19,12 +19,12 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from starlette.websockets import WebSocketDisconnect
 
+from contract.events import Event, stream_key
 from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.errors import HubError
 from hub.fanout import SlowConsumer
-from hub.jobstore import Event, stream_key
 from hub.schemas import JobRequest
 from hub.service import FINISHED, JobService
 from hub.settings import Settings

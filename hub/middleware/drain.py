@@ -15,8 +15,8 @@ On SIGTERM (or Ctrl-C) ``inferhub serve``:
 
 ``Streams`` is the registry of open SSE streams and WebSockets (also counted by the metrics);
 ``Drain`` is the ASGI middleware that fills it and can end a stream from outside the route;
-``Server`` is uvicorn's server with the steps above before uvicorn's own shutdown (which would
-close WebSockets with 1012 and cut SSE streams without a word).
+``hub/server.py`` runs the steps above before uvicorn's own shutdown (which would close
+WebSockets with 1012 and cut SSE streams without a word).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import orjson
-import uvicorn
+from starlette.types import ASGIApp as App
+from starlette.types import Message, Receive, Scope, Send
 
-from hub.logs import App, Message, Receive, Scope, Send, request_jobs
+from contract.logs import request_jobs
 
 log = logging.getLogger(__name__)
 
@@ -254,35 +254,3 @@ async def _refuse(kind: str, send: Send, *, cut: bool = False) -> None:
     ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-class Server(uvicorn.Server):
-    """uvicorn's server, shutting down in the steps of this module within ``grace_s``."""
-
-    def __init__(self, config: uvicorn.Config, streams: Streams, grace_s: float) -> None:
-        super().__init__(config)
-        self.streams = streams
-        streams.connections = self.server_state.connections
-        self.grace_s = grace_s
-        # sse-starlette would cancel every SSE stream itself (mid-air, without a word) as soon
-        # as uvicorn begins to exit; here the drain ends them cleanly instead
-        from sse_starlette.sse import AppStatus
-
-        AppStatus.disable_automatic_graceful_drain()
-
-    async def shutdown(self, sockets: Any = None) -> None:
-        deadline = time.monotonic() + self.grace_s
-        for server in self.servers:
-            server.close()  # stop accepting
-        await self.streams.drain(timeout_s=min(2.0, self.grace_s / 2))
-        from sse_starlette.sse import AppStatus
-
-        AppStatus.should_exit = True  # a stream the drain could not end is cancelled now
-        # what is left of the grace period, for the requests in flight; then the lifespan
-        remaining = max(0.1, deadline - time.monotonic() - 0.5)
-        self.config.timeout_graceful_shutdown = remaining  # type: ignore[assignment]  # a float works
-        try:
-            async with asyncio.timeout(max(0.2, deadline - time.monotonic())):
-                await super().shutdown(sockets)
-        except TimeoutError:
-            log.warning("shutdown grace of %g s spent; exiting now", self.grace_s)

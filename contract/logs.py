@@ -1,25 +1,21 @@
 """Logging: plain text for a terminal, JSON lines for a log pipeline (``--log-format json``).
 
-One line per request (``inferhub.access``) and one per job transition (``inferhub.jobs``). Each
-request gets a request id, taken from ``X-Request-ID`` or from the trace id of a W3C
-``traceparent`` header, else made up; it is echoed in the ``X-Request-ID`` response header,
-stored with every job the request submits, and travels with the job to the worker, so that the
-lines of one request can be found across hub and worker processes.
+One line per request (``inferhub.access``, written by ``hub/middleware/request_log.py``) and one
+per job transition (``inferhub.jobs``). A request's id is stored with every job it submits and
+travels with the job to the worker, so that the lines of one request can be found across hub
+and worker processes.
 
 Ids reach the lines through a context variable: any line logged while a request (hub) or a job
 (worker) is being handled carries ``request_id`` and ``job_id``. This module imports only the
-standard library and orjson, so that workers use it too.
+standard library and orjson.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -32,12 +28,6 @@ JOBS = logging.getLogger("inferhub.jobs")
 # fields a text line shows after the message; a JSON line carries every extra field
 CONTEXT_FIELDS = ("request_id", "job_id")
 
-# probes and scrapes are logged at DEBUG: every few seconds, forever
-QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
-
 _context: ContextVar[MutableMapping[str, Any] | None] = ContextVar("inferhub_log", default=None)
 
 # the attributes every LogRecord has; anything else was passed with ``extra=``
@@ -45,18 +35,6 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 
 
 # --- ids -------------------------------------------------------------------------------------
-
-
-def request_id_from(headers: MutableMapping[str, str] | dict[str, str]) -> str:
-    """The request id: ``X-Request-ID`` when it is a sane token, else the ``traceparent``
-    trace id, else a new one. ``headers`` has lower-case names."""
-    given = headers.get("x-request-id", "").strip()
-    if _SAFE_ID.fullmatch(given):
-        return given
-    match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip().lower())
-    if match and match.group(1) != "0" * 32:
-        return match.group(1)
-    return uuid.uuid4().hex
 
 
 def current_request_id() -> str | None:
@@ -157,99 +135,6 @@ def setup(log_format: str = "text", level: int | str = logging.INFO) -> None:
 
 
 # --- the request line ------------------------------------------------------------------------
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-RequestObserver = Callable[[Scope, int, float], None]
-
-
-class RequestLog:
-    """ASGI middleware: a request id for every request and WebSocket, echoed in
-    ``X-Request-ID``, and one log line when it ends (method, path, status, duration, ids).
-
-    ``observe(scope, status, seconds)`` is called at the end as well (the HTTP metrics).
-    """
-
-    def __init__(self, app: App, observe: RequestObserver | None = None) -> None:
-        self.app = app
-        self.observe = observe
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = request_id_from(headers)
-        echo = (b"x-request-id", request_id.encode())
-        status = 0
-        close_code: int | None = None
-        start = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, close_code
-            kind = message["type"]
-            if kind in ("http.response.start", "websocket.accept"):
-                status = message.get("status", 101)
-                message = {**message, "headers": [*message.get("headers", ()), echo]}
-            elif kind == "websocket.close":
-                close_code = message.get("code", 1000)
-                status = status or 403  # closed before the handshake: a refusal
-            await send(message)
-
-        with bound(request_id=request_id) as context:
-            try:
-                await self.app(scope, receive, send_with_id)
-            except BaseException:
-                status = status or 500
-                raise
-            finally:
-                seconds = time.perf_counter() - start
-                self._line(scope, status, close_code, seconds, context)
-                if self.observe is not None:
-                    self.observe(scope, status, seconds)
-
-    @staticmethod
-    def _line(
-        scope: Scope,
-        status: int,
-        close_code: int | None,
-        seconds: float,
-        context: MutableMapping[str, Any],
-    ) -> None:
-        path = scope.get("path", "")
-        method = scope.get("method", "WS")
-        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
-        if not ACCESS.isEnabledFor(level):
-            return
-        client = scope.get("client")
-        fields: dict[str, Any] = {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "client": f"{client[0]}:{client[1]}" if client else None,
-        }
-        if close_code is not None:
-            fields["close_code"] = close_code
-        jobs: list[str] = context.get("_jobs") or []
-        if len(jobs) == 1:
-            fields["job_id"] = jobs[0]
-        elif jobs:
-            fields["job_ids"] = jobs
-        closed = f" close {close_code}" if close_code is not None else ""
-        ACCESS.log(
-            level,
-            "%s %s %s%s %.1fms",
-            method,
-            path,
-            status,
-            closed,
-            seconds * 1000,
-            extra=fields,
-        )
 
 
 def note_job(job_id: str) -> None:

@@ -1,0 +1,125 @@
+"""ASGI middleware: a request id for every request and WebSocket, and its access log line.
+
+The id is taken from ``X-Request-ID`` or from the trace id of a W3C ``traceparent`` header,
+else made up; it is echoed in the ``X-Request-ID`` response header and bound to the log context
+(``contract/logs.py``) while the request runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from contract.logs import ACCESS, bound
+
+RequestObserver = Callable[[Scope, int, float], None]
+
+# probes and scrapes are logged at DEBUG: every few seconds, forever
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def request_id_from(headers: MutableMapping[str, str] | dict[str, str]) -> str:
+    """The request id: ``X-Request-ID`` when it is a sane token, else the ``traceparent``
+    trace id, else a new one. ``headers`` has lower-case names."""
+    given = headers.get("x-request-id", "").strip()
+    if _SAFE_ID.fullmatch(given):
+        return given
+    match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip().lower())
+    if match and match.group(1) != "0" * 32:
+        return match.group(1)
+    return uuid.uuid4().hex
+
+
+class RequestLog:
+    """ASGI middleware: a request id for every request and WebSocket, echoed in
+    ``X-Request-ID``, and one log line when it ends (method, path, status, duration, ids).
+
+    ``observe(scope, status, seconds)`` is called at the end as well (the HTTP metrics).
+    """
+
+    def __init__(self, app: ASGIApp, observe: RequestObserver | None = None) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = request_id_from(headers)
+        echo = (b"x-request-id", request_id.encode())
+        status = 0
+        close_code: int | None = None
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, close_code
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept"):
+                status = message.get("status", 101)
+                message = {**message, "headers": [*message.get("headers", ()), echo]}
+            elif kind == "websocket.close":
+                close_code = message.get("code", 1000)
+                status = status or 403  # closed before the handshake: a refusal
+            await send(message)
+
+        with bound(request_id=request_id) as context:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except BaseException:
+                status = status or 500
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                self._line(scope, status, close_code, seconds, context)
+                if self.observe is not None:
+                    self.observe(scope, status, seconds)
+
+    @staticmethod
+    def _line(
+        scope: Scope,
+        status: int,
+        close_code: int | None,
+        seconds: float,
+        context: MutableMapping[str, Any],
+    ) -> None:
+        path = scope.get("path", "")
+        method = scope.get("method", "WS")
+        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+        if not ACCESS.isEnabledFor(level):
+            return
+        client = scope.get("client")
+        fields: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        if close_code is not None:
+            fields["close_code"] = close_code
+        jobs: list[str] = context.get("_jobs") or []
+        if len(jobs) == 1:
+            fields["job_id"] = jobs[0]
+        elif jobs:
+            fields["job_ids"] = jobs
+        closed = f" close {close_code}" if close_code is not None else ""
+        ACCESS.log(
+            level,
+            "%s %s %s%s %.1fms",
+            method,
+            path,
+            status,
+            closed,
+            seconds * 1000,
+            extra=fields,
+        )

@@ -1,0 +1,46 @@
+"""uvicorn's server, shutting down as ``hub/middleware/drain.py`` describes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import uvicorn
+
+from hub.middleware.drain import Streams
+
+log = logging.getLogger(__name__)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, shutting down in the steps of this module within ``grace_s``."""
+
+    def __init__(self, config: uvicorn.Config, streams: Streams, grace_s: float) -> None:
+        super().__init__(config)
+        self.streams = streams
+        streams.connections = self.server_state.connections
+        self.grace_s = grace_s
+        # sse-starlette would cancel every SSE stream itself (mid-air, without a word) as soon
+        # as uvicorn begins to exit; here the drain ends them cleanly instead
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.disable_automatic_graceful_drain()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        deadline = time.monotonic() + self.grace_s
+        for server in self.servers:
+            server.close()  # stop accepting
+        await self.streams.drain(timeout_s=min(2.0, self.grace_s / 2))
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.should_exit = True  # a stream the drain could not end is cancelled now
+        # what is left of the grace period, for the requests in flight; then the lifespan
+        remaining = max(0.1, deadline - time.monotonic() - 0.5)
+        self.config.timeout_graceful_shutdown = remaining  # type: ignore[assignment]  # a float works
+        try:
+            async with asyncio.timeout(max(0.2, deadline - time.monotonic())):
+                await super().shutdown(sockets)
+        except TimeoutError:
+            log.warning("shutdown grace of %g s spent; exiting now", self.grace_s)
