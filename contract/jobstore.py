@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 
 from contract import keys, scripts
 from contract.events import Event, stream_key
+from contract.records import step_fields
 from hub.protocol import EventType, JobStatus, dumps, loads
 from hub.settings import Settings
 
@@ -37,13 +38,13 @@ CANCEL = scripts.load("cancel")
 
 @dataclass(frozen=True)
 class Step:
-    """One transition of a job: the event to append, and when it may happen."""
+    """One transition of a job: the event to append, and when it may happen. The record
+    fields it sets follow from the event (``contract.records.step_fields``)."""
 
     event: EventType
     allowed: tuple[JobStatus, ...]
     status: JobStatus | None = None
-    data: Any = None
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
     guard: tuple[str, int] | None = None
 
 
@@ -72,8 +73,10 @@ class JobStore:
         self.redis = redis
         self.limits = limits
 
-    def _event(self, job_id: str, type_: EventType, model: str, owner: str, data: Any) -> bytes:
-        body = {"job_id": job_id, "type": type_.value, "ts": time.time(), "model": model}
+    def _event(
+        self, job_id: str, type_: EventType, model: str, owner: str, data: Any, ts: float = 0.0
+    ) -> bytes:
+        body = {"job_id": job_id, "type": type_.value, "ts": ts or time.time(), "model": model}
         return dumps({**body, "owner": owner, "data": data or {}})
 
     def _common_args(self, event: bytes) -> dict[str, Any]:
@@ -153,6 +156,7 @@ class JobStore:
         ``allowed`` statuses and the record's ``guard`` field is below the guard's value.
         Returns, per step: (appended, the status found, cancel requested).
         """
+        now = time.time()
         calls = [
             (
                 {
@@ -163,13 +167,18 @@ class JobStore:
                     "owner_queued": keys.owner_queued(owner),
                 },
                 {
-                    **self._common_args(self._event(job_id, st.event, model, owner, st.data)),
+                    **self._common_args(self._event(job_id, st.event, model, owner, st.data, now)),
                     "allowed": " ".join(s.value for s in st.allowed),
                     "status": st.status.value if st.status else "",
                     "guard_field": st.guard[0] if st.guard else "",
                     "guard_value": st.guard[1] if st.guard else "",
                     "job_id": job_id,
-                    "fields": _flatten({**st.fields, **dict([st.guard] if st.guard else [])}),
+                    "fields": _flatten(
+                        {
+                            **step_fields(st.event, st.data, now),
+                            **dict([st.guard] if st.guard else []),
+                        }
+                    ),
                 },
             )
             for st in steps

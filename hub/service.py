@@ -22,6 +22,7 @@ import orjson
 from contract.events import Event, stream_key
 from contract.jobstore import Created, JobStore
 from contract.logs import JOBS, current_request_id, note_job
+from contract.records import step_fields
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.errors import HubError, not_found
@@ -394,14 +395,9 @@ def _fingerprint(request: JobRequest) -> str:
 
 def apply_event(record: dict[str, Any], event: Event) -> None:
     """Bring a job record up to date with one of its events, as the worker changed it."""
-    data = event.data
-    if event.type is EventType.STARTED:
-        record.update(status="started", attempt=data["attempt"], started_at=event.ts)
-    elif event.type is EventType.PROGRESS:
-        record["progress"] = {"done": data["done"], "total": data["total"]}
-    elif event.terminal:
-        record.update(status=event.type.value, finished_at=event.ts)
-        record.update({k: data[k] for k in ("outputs", "error") if k in data})
+    if event.type not in (EventType.PROGRESS, EventType.OUTPUT):
+        record["status"] = event.type.value
+    record.update(step_fields(event.type, event.data, event.ts))
 
 
 def job_view(record: dict[str, Any]) -> dict[str, Any]:

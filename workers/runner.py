@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -57,7 +56,6 @@ async def _run(
         _RUNNABLE,
         status=JobStatus.STARTED,
         data={"attempt": attempt, "worker": ctx["worker_id"]},
-        fields={"started_at": time.time(), "worker": ctx["worker_id"], "done": 0},
         guard=("attempt", attempt),
     )
 
@@ -101,12 +99,7 @@ async def _run(
         stats["running"] -= 1
         stats["done"] += 1
 
-    fields: dict[str, Any] = {"finished_at": time.time()}
-    if status is JobStatus.SUCCEEDED:
-        fields["outputs"] = data["outputs"]
-    elif status is JobStatus.FAILED:
-        fields["error"] = data["error"]
-    ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, fields)
+    ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data)
     steps = (ended,) if announced else (started, ended)
     results = await store.transition(job_id, *steps, model=model, owner=owner)
     if not results[0][0]:
@@ -149,7 +142,6 @@ async def _predict(
                             EventType.PROGRESS,
                             (JobStatus.STARTED,),
                             data={"done": done, "total": total},
-                            fields={"progress": {"done": done, "total": total}},
                             guard=("done", done),
                         )
                     )

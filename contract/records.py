@@ -1,0 +1,118 @@
+"""The records hub and workers exchange through Redis, typed in one place.
+
+- ``JobRecord``: the job's hash (``keys.job``), written by the create script and by every step.
+- ``JobArgs``: the arq job's keyword arguments, from the hub's submission to ``run_job``.
+- ``CatalogueEntry``: a model as a worker's heartbeat describes it (``keys.MODELS``).
+- ``WorkerRecord``: a worker's heartbeat (``keys.worker``).
+
+``step_fields`` is the one definition of what an event changes in a job record: the worker
+writes those fields with the event, and the hub brings a record it holds up to date with the
+same function, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict
+
+from contract.events import EventType
+
+
+class TensorSpec(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class PackedTensor(TypedDict):
+    """A tensor inside Redis: raw little-endian bytes (BYTES: a list of bytes) + type + shape."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: bytes | list[bytes]
+
+
+class Progress(TypedDict):
+    done: int
+    total: int
+
+
+class JobRecord(TypedDict):
+    id: str
+    model: str
+    version: str
+    owner: str
+    pool: str
+    status: str  # a JobStatus value
+    attempt: int
+    created_at: float
+    rows: int
+    inputs: list[TensorSpec]
+    parameters: dict[str, Any] | None
+    fingerprint: str | None  # of the request, for its Idempotency-Key
+    request_id: str | None
+    started_at: NotRequired[float]
+    finished_at: NotRequired[float]
+    worker: NotRequired[str]
+    done: NotRequired[int]  # rows done: the progress step's guard
+    progress: NotRequired[Progress]
+    outputs: NotRequired[list[PackedTensor]]
+    error: NotRequired[str]
+
+
+class JobArgs(TypedDict):
+    model: str
+    version: str
+    owner: str
+    inputs: list[PackedTensor]
+    outputs: list[str] | None  # the outputs asked for; None: all
+    request_id: str | None
+
+
+class ModelVersionEntry(TypedDict):
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class CatalogueEntry(TypedDict):
+    """A model's ``config.toml`` fields (workers/repository.py ``ModelConfig``), its versions'
+    signatures, and when a worker last described it."""
+
+    name: str
+    platform: str
+    latest: str
+    versions: dict[str, ModelVersionEntry]
+    description: str
+    pool: str
+    max_batch_size: int
+    timeout_s: float
+    labels: list[str]
+    batching: dict[str, Any]
+    onnxruntime: dict[str, Any]
+    seen: NotRequired[float]
+
+
+class WorkerRecord(TypedDict):
+    id: str
+    host: str
+    pid: int
+    pool: str
+    models: list[str]
+    errors: list[str]
+    running: int
+    done: int
+    started_at: float
+    seen: float
+    figures: dict[str, Any]
+
+
+def step_fields(event: EventType, data: Mapping[str, Any], ts: float) -> dict[str, Any]:
+    """The record fields (beside ``status``) that an event of this type and data sets."""
+    if event is EventType.STARTED:
+        return {"attempt": data["attempt"], "started_at": ts, "worker": data["worker"], "done": 0}
+    if event is EventType.PROGRESS:
+        return {"progress": {"done": data["done"], "total": data["total"]}}
+    if event in (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED):
+        return {"finished_at": ts, **{k: data[k] for k in ("outputs", "error") if k in data}}
+    return {}
