@@ -1,7 +1,12 @@
-"""A plain ASGI middleware that refuses request bodies over a size limit with 413."""
+"""Request bodies: a plain ASGI middleware that refuses those over a size limit with 413, and
+decoding the large ones in a thread, off the event loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.errors import HubError, error_response
@@ -63,3 +68,18 @@ class BodyLimit:
             await send(message)
 
         await self.app(scope, limited, guarded)
+
+
+# Above this, decoding a body takes long enough (tens of ms for JSON) to stall every other
+# connection of the process: it runs in a thread, and the event loop keeps answering.
+OFF_LOOP_BYTES = 1024 * 1024
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def decode_body(heavy: bool, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``fn(*args, **kwargs)``, in a thread when ``heavy`` (a body over ``OFF_LOOP_BYTES``)."""
+    if heavy:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
