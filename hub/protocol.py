@@ -90,9 +90,14 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
             array = np.empty(len(flat), dtype=object)
             array[:] = flat
         else:
-            array = np.asarray(data, dtype=DTYPES[datatype])
+            with np.errstate(over="raise"):  # 1e39 as FP32 would be Infinity
+                array = np.asarray(data, dtype=DTYPES[datatype])
     except ProtocolError:
         raise
+    except FloatingPointError:
+        raise ProtocolError(
+            f"input '{name}': data holds a number beyond {datatype}'s range"
+        ) from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None
     shape = tensor.get("shape")

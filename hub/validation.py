@@ -91,10 +91,7 @@ def decode_inputs(
             raise invalid_input(str(exc)) from None
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             at = int(np.flatnonzero(~np.isfinite(array))[0])
-            raise invalid_input(
-                f"input '{name}': element {at} is NaN, infinite or beyond {spec['datatype']}'s "
-                f"range; {_NON_FINITE}"
-            )
+            raise invalid_input(f"input '{name}': element {at} is NaN or infinite; {_NON_FINITE}")
         if request.data is not None:
             array = _add_batch_dim(array, spec["shape"])
         arrays[name] = array
