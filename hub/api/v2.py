@@ -269,6 +269,8 @@ async def infer(
     version: str | None = None,
 ) -> Response:
     entry, version = await service.catalogue.model(model, version)
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding")
 
     def inspect(declared: v2codec.Declared) -> None:
         check_parameters(declared.parameters, settings.max_parameters_bytes)
@@ -281,8 +283,6 @@ async def infer(
         _require_text(parsed.arrays)
         return parsed
 
-    raw = await request.body()
-    encoding = request.headers.get("content-encoding")
     # a compressed body's size says nothing of the decoded one's: it is decoded in a thread too
     compressed = (encoding or "identity").strip().lower() != "identity"
     parsed = await decode_body(compressed or len(raw) > OFF_LOOP_BYTES, decode, raw)
