@@ -8,7 +8,7 @@ inside Redis they travel packed: raw little-endian bytes + datatype + shape, in 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +30,10 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype("object"),
 }
+
+
+# how deep nested ``data`` may be: numpy's bound on an array's dimensions
+MAX_NESTING = 64
 
 
 class ProtocolError(ValueError):
@@ -82,11 +86,18 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
         raise ProtocolError(f"input '{name}': 'data' is missing")
     try:
         if datatype == "BYTES":
-            flat = [_to_bytes(item) for item in _flatten(data)]
+            flat = [_to_bytes(item) for item in _leaves(data, name)]
             array = np.empty(len(flat), dtype=object)
             array[:] = flat
         else:
-            array = np.asarray(data, dtype=DTYPES[datatype])
+            with np.errstate(over="raise"):  # 1e39 as FP32 would be Infinity
+                array = np.asarray(data, dtype=DTYPES[datatype])
+    except ProtocolError:
+        raise
+    except FloatingPointError:
+        raise ProtocolError(
+            f"input '{name}': data holds a number beyond {datatype}'s range"
+        ) from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None
     shape = tensor.get("shape")
@@ -101,12 +112,27 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
     return array.reshape(shape)
 
 
-def _flatten(data: Any) -> Iterable[Any]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+def _leaves(data: Any, name: str) -> list[Any]:
+    """Nested lists' elements in row-major order. Iterative, and at most ``MAX_NESTING`` deep
+    (numpy's own bound on dimensions), so that no nesting can exhaust the stack."""
+    if not isinstance(data, list):
+        return [data]
+    leaves: list[Any] = []
+    levels: list[Iterator[Any]] = [iter(data)]
+    while levels:
+        for item in levels[-1]:
+            if isinstance(item, list):
+                if len(levels) == MAX_NESTING:
+                    raise ProtocolError(
+                        f"input '{name}': data is nested more than {MAX_NESTING} lists deep; "
+                        "send it flat and give 'shape'"
+                    )
+                levels.append(iter(item))
+                break
+            leaves.append(item)
+        else:
+            levels.pop()
+    return leaves
 
 
 def _to_bytes(item: Any) -> bytes:

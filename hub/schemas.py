@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -51,3 +53,27 @@ class JobRequest(BaseModel):
         if (self.inputs is None) == (self.data is None):
             raise ValueError("give either 'inputs' (V2 tensors) or 'data' (rows), not both")
         return self
+
+    @classmethod
+    def openapi_body(cls) -> dict[str, Any]:
+        """The request body for a route that reads it itself (after authenticating): the JSON
+        schema with its definitions inlined, since it sits outside the document's components."""
+        schema = cls.model_json_schema()
+        defs = schema.pop("$defs", {})
+
+        def inline(node: Any) -> Any:
+            if isinstance(node, dict):
+                ref = node.get("$ref", "")
+                if ref.startswith("#/$defs/"):
+                    return inline(defs[ref.removeprefix("#/$defs/")])
+                return {k: inline(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [inline(v) for v in node]
+            return node
+
+        return {"required": True, "content": {"application/json": {"schema": inline(schema)}}}
+
+    def fingerprint(self) -> str:
+        """What an Idempotency-Key is bound to: a repeat with another body is a conflict."""
+        body = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(body).hexdigest()[:32]

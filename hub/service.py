@@ -7,7 +7,6 @@ V2 protocol behave the same.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 import uuid
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
 from contract.events import Event, stream_key
 from contract.jobstore import Created, JobStore
@@ -101,7 +99,7 @@ class JobService:
             outputs=request.outputs,
             priority=request.priority,
             parameters=request.parameters,
-            idempotency=(idempotency_key, _fingerprint(request)) if idempotency_key else None,
+            idempotency=(idempotency_key, request.fingerprint()) if idempotency_key else None,
             wait_s=wait_s,
             request_id=request_id,
         )
@@ -386,11 +384,6 @@ def _check_event_id(event_id: str) -> None:
         stream_key(event_id)
     except ValueError as exc:
         raise HubError(400, "invalid_event_id", str(exc)) from None
-
-
-def _fingerprint(request: JobRequest) -> str:
-    body = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(body).hexdigest()[:32]
 
 
 def apply_event(record: dict[str, Any], event: Event) -> None:

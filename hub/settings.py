@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     port: int = 8000
     job_ttl_s: int = Field(24 * 3600, gt=0, description="How long job records and events live.")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_parameters_bytes: int = Field(
+        16 * 1024, gt=0, description="What a job's `parameters` may hold, as JSON; then 413."
+    )
     max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
     job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
     heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")

@@ -15,6 +15,7 @@ import gzip
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,8 +106,27 @@ def _accepted(header: str) -> set[str]:
 # --- requests --------------------------------------------------------------------------------
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """An inference request body (JSON, or JSON + binary tensors) as arrays and options."""
+@dataclass(frozen=True)
+class DeclaredInput:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a request says of itself before any tensor data is decoded, so that a request the
+    model cannot take is refused at once, however much data it carries."""
+
+    inputs: list[DeclaredInput]
+    parameters: dict[str, Any]  # the client's own: the protocol's reserved ones left out
+
+
+def parse_request(
+    body: bytes, header_length: str | None, inspect: Callable[[Declared], None] | None = None
+) -> InferRequest:
+    """An inference request body (JSON, or JSON + binary tensors) as arrays and options;
+    ``inspect`` may refuse what the header declares (by raising) before the data is decoded."""
     header, binary = _split(body, header_length)
     try:
         doc = orjson.loads(header)
@@ -118,17 +138,23 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise V2Error("'inputs' must be a non-empty list of tensors")
-
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
+    declared: dict[str, DeclaredInput] = {}
     for i, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise V2Error(f"inputs[{i}] must be an object")
         name = _string(tensor.get("name"), f"inputs[{i}].name")
-        if name in arrays:
+        if name in declared:
             raise V2Error(f"input '{name}' is given twice")
-        array, used = _input(name, tensor, binary, offset)
-        arrays[name] = array
+        declared[name] = _declare(name, tensor)
+    own = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
+    if inspect is not None:
+        inspect(Declared(list(declared.values()), own))
+
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor, spec in zip(inputs, declared.values(), strict=True):
+        array, used = _input(spec, tensor, binary, offset)
+        arrays[spec.name] = array
         offset += used
     if offset != len(binary):
         raise V2Error(
@@ -146,7 +172,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         binary_output=_flag(parameters, "binary_data_output", "parameters"),
         priority=_count(parameters, "priority"),
         timeout_us=_count(parameters, "timeout"),
-        parameters={k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS},
+        parameters=own,
     )
 
 
@@ -162,8 +188,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _input(name: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, int]:
-    """The input's array and how many bytes of the binary section it used."""
+def _declare(name: str, tensor: dict[str, Any]) -> DeclaredInput:
     parameters = _object(tensor.get("parameters"), f"input '{name}': parameters")
     if "shared_memory_region" in parameters:
         raise V2Error(f"input '{name}': shared memory is not supported; send the data in the body")
@@ -175,6 +200,15 @@ def _input(name: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tup
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise V2Error(f"input '{name}': shape must be a list of non-negative integers")
+    return DeclaredInput(name, datatype, shape)
+
+
+def _input(
+    spec: DeclaredInput, tensor: dict[str, Any], binary: bytes, offset: int
+) -> tuple[np.ndarray, int]:
+    """The input's array and how many bytes of the binary section it used."""
+    name = spec.name
+    parameters = _object(tensor.get("parameters"), f"input '{name}': parameters")
     if "binary_data_size" not in parameters:
         try:
             return decode_tensor({**tensor, "name": name}), 0
@@ -189,13 +223,13 @@ def _input(name: str, tensor: dict[str, Any], binary: bytes, offset: int) -> tup
             f"({len(binary) - offset} bytes are left)"
         )
     raw = binary[offset : offset + size]
-    return _from_raw(name, datatype, shape, raw), size
+    return _from_raw(name, spec.datatype, spec.shape, raw), size
 
 
 def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        items = deserialize_bytes(raw, name)
+        items = deserialize_bytes(raw, name, count)
         if len(items) != count:
             raise V2Error(
                 f"input '{name}': shape {shape} needs {count} BYTES elements, "
@@ -215,11 +249,17 @@ def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndar
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def deserialize_bytes(raw: bytes, name: str = "?") -> list[bytes]:
-    """BYTES elements: each a 4-byte little-endian length and that many bytes."""
-    items = []
+def deserialize_bytes(raw: bytes, name: str = "?", most: int | None = None) -> list[bytes]:
+    """BYTES elements: each a 4-byte little-endian length and that many bytes; more than
+    ``most`` of them is refused as soon as the next one starts."""
+    items: list[bytes] = []
     at = 0
     while at < len(raw):
+        if most is not None and len(items) == most:
+            raise V2Error(
+                f"input '{name}': the shape needs {most} BYTES elements, the binary data has "
+                f"more (bytes left over from byte {at})"
+            )
         if at + 4 > len(raw):
             raise V2Error(f"input '{name}': a BYTES element length is cut short at byte {at}")
         (length,) = struct.unpack_from("<I", raw, at)

@@ -1,14 +1,63 @@
-"""A job's inputs checked against the model's signature, before anything is written."""
+"""A job's request parsed and its inputs checked against the model's signature, before anything
+is written; what a request declares (datatype, shape) is checked before its data is decoded."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
-from hub.errors import invalid_input
-from hub.protocol import ProtocolError, datatype_of, decode_tensor
+from hub.errors import HubError, invalid_input
+from hub.protocol import DTYPES, ProtocolError, datatype_of, decode_tensor
 from hub.schemas import JobRequest
+
+_NON_FINITE = "inputs must be finite numbers: JSON has no NaN or Infinity"
+
+
+def parse_job_request(body: bytes, max_parameters_bytes: int) -> JobRequest:
+    """A ``/v1/jobs`` body as a request: 400 if it is not JSON, 422 if it is not a request."""
+    if not body.strip():
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required"}]
+        )
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _non_finite(exc):
+            raise invalid_input(
+                f"{_NON_FINITE} (at line {exc.lineno}, column {exc.colno})"
+            ) from None
+        raise HubError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        request = JobRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    check_parameters(request.parameters, max_parameters_bytes)
+    return request
+
+
+def _non_finite(exc: orjson.JSONDecodeError) -> bool:
+    """Whether orjson stopped at NaN, Infinity, -Infinity or a number past a double's range."""
+    if exc.msg.startswith("number is infinity"):
+        return True
+    return exc.doc[exc.pos : exc.pos + 8].startswith(("NaN", "Infinity"))
+
+
+def check_parameters(parameters: dict[str, Any] | None, limit: int) -> None:
+    """``parameters`` are stored with the job for its whole TTL: bound what they may hold."""
+    if not parameters:
+        return
+    size = len(orjson.dumps(parameters))
+    if size > limit:
+        raise HubError(
+            413,
+            "parameters_too_large",
+            f"'parameters' take {size} bytes as JSON, over the {limit} allowed "
+            "(INFERHUB_MAX_PARAMETERS_BYTES); send large values as inputs",
+        )
 
 
 def decode_inputs(
@@ -31,18 +80,53 @@ def decode_inputs(
     arrays: dict[str, np.ndarray] = {}
     for tensor in tensors:
         name = tensor["name"]
-        if name not in signature:
-            raise _unknown_input(model, name)
         if name in arrays:
             raise invalid_input(f"input '{name}' is given twice")
+        spec = _spec(model, signature, name)
+        # what the tensor declares, checked before its data is decoded, which may be long
+        check_tensor(spec, tensor.get("datatype", spec["datatype"]), tensor.get("shape"))
         try:
-            array = decode_tensor(tensor, signature[name]["datatype"])
+            array = decode_tensor(tensor, spec["datatype"])
         except ProtocolError as exc:
             raise invalid_input(str(exc)) from None
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            at = int(np.flatnonzero(~np.isfinite(array))[0])
+            raise invalid_input(f"input '{name}': element {at} is NaN or infinite; {_NON_FINITE}")
         if request.data is not None:
-            array = _add_batch_dim(array, signature[name]["shape"])
+            array = _add_batch_dim(array, spec["shape"])
         arrays[name] = array
     return arrays
+
+
+def check_tensor(spec: dict[str, Any], datatype: str, shape: list[int] | None) -> None:
+    """One input's datatype and (when known) shape against its ``spec`` in the signature."""
+    name = spec["name"]
+    if datatype not in DTYPES:
+        raise invalid_input(
+            f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
+        )
+    if datatype != spec["datatype"]:
+        raise invalid_input(
+            f"input '{name}': datatype {datatype} does not match the model's {spec['datatype']}"
+        )
+    expected = spec["shape"]
+    if shape is None:
+        return
+    fits = len(shape) == len(expected) and all(
+        e == -1 or e == a for e, a in zip(expected, shape, strict=True)
+    )
+    if not fits:
+        raise invalid_input(
+            f"input '{name}': shape {list(shape)} does not match the model's {expected} "
+            "(-1 is any size)"
+        )
+
+
+def check_declared(
+    model: dict[str, Any], version: str, name: str, datatype: str, shape: list[int]
+) -> None:
+    """A tensor's name, datatype and shape as a request declares them, before its data."""
+    check_tensor(_spec(model, _inputs(model, version), name), datatype, shape)
 
 
 def check_arrays(
@@ -51,23 +135,7 @@ def check_arrays(
     """Names, datatypes, shapes and row counts as the model wants them, or a 422 that says how."""
     signature = _inputs(model, version)
     for name, array in arrays.items():
-        spec = signature.get(name)
-        if spec is None:
-            raise _unknown_input(model, name)
-        if datatype_of(array) != spec["datatype"]:
-            raise invalid_input(
-                f"input '{name}': datatype {datatype_of(array)} does not match the model's "
-                f"{spec['datatype']}"
-            )
-        expected = spec["shape"]
-        fits = array.ndim == len(expected) and all(
-            e == -1 or e == a for e, a in zip(expected, array.shape, strict=True)
-        )
-        if not fits:
-            raise invalid_input(
-                f"input '{name}': shape {list(array.shape)} does not match the model's {expected} "
-                "(-1 is any size)"
-            )
+        check_tensor(_spec(model, signature, name), datatype_of(array), list(array.shape))
     missing = [n for n in signature if n not in arrays]
     if missing:
         raise invalid_input(
@@ -94,9 +162,14 @@ def _inputs(model: dict[str, Any], version: str) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in model["versions"][version]["inputs"]}
 
 
-def _unknown_input(model: dict[str, Any], name: str) -> Exception:
-    names = ", ".join(s["name"] for s in model["versions"][model["latest"]]["inputs"])
-    return invalid_input(f"model '{model['name']}' has no input '{name}'; its inputs are {names}")
+def _spec(model: dict[str, Any], signature: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    spec = signature.get(name)
+    if spec is None:
+        names = ", ".join(signature)
+        raise invalid_input(
+            f"model '{model['name']}' has no input '{name}'; its inputs are {names}"
+        )
+    return spec
 
 
 def _add_batch_dim(array: np.ndarray, expected: list[int]) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""The shared contract: V2 JSON tensors, packed tensors for Redis, msgpack."""
+"""The shared contract: V2 JSON tensors, packed tensors for Redis, msgpack; and the V2 codec's bounds."""
 
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from hub.protocol import (
@@ -16,6 +17,14 @@ from hub.protocol import (
     pack_tensor,
     packed_to_json,
     unpack_tensor,
+)
+from hub.v2codec import (
+    Declared,
+    DeclaredInput,
+    V2Error,
+    deserialize_bytes,
+    parse_request,
+    serialize_bytes,
 )
 
 NUMERIC = [name for name in DTYPES if name != "BYTES"]
@@ -190,3 +199,61 @@ def test_array_without_v2_datatype_is_refused() -> None:
 def test_msgpack_keeps_bytes_and_text_apart() -> None:
     body = {"text": "é", "raw": b"\x00\xff", "n": [1, 2.5, None, True]}
     assert loads(dumps(body)) == body
+
+
+def test_bytes_nested_deeper_than_numpy_allows_is_refused_with_what_to_do() -> None:
+    data: object = ["a"]
+    for _ in range(990):  # deeper than Python's recursion limit lets a recursive walk go
+        data = [data]
+    with pytest.raises(ProtocolError, match=r"nested more than 64 lists deep; send it flat"):
+        decode_tensor({"name": "s", "datatype": "BYTES", "data": data})
+
+
+def test_bytes_nested_64_deep_decodes_in_row_major_order() -> None:
+    data: object = [["a", "b"], ["c"]]
+    for _ in range(62):
+        data = [data]
+    array = decode_tensor({"name": "s", "datatype": "BYTES", "data": data})
+    assert list(array) == [b"a", b"b", b"c"]
+
+
+@pytest.mark.parametrize(("datatype", "value"), [("FP32", 1e39), ("FP16", 70000.0)])
+def test_a_number_beyond_the_datatypes_range_is_refused(datatype: str, value: float) -> None:
+    with pytest.raises(ProtocolError, match=f"beyond {datatype}'s range"):
+        decode_tensor({"name": "x", "datatype": datatype, "data": [1.0, value]})
+
+
+def test_v2_header_is_inspected_before_any_data_is_decoded() -> None:
+    seen: list[Declared] = []
+
+    class Refused(Exception):
+        pass
+
+    def inspect(declared: Declared) -> None:
+        seen.append(declared)
+        raise Refused
+
+    # the BYTES data is cut short: decoding it would raise a V2Error
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "s",
+                    "datatype": "BYTES",
+                    "shape": [3],
+                    "parameters": {"binary_data_size": 6},
+                }
+            ],
+            "parameters": {"priority": 1, "tag": "x"},
+        }
+    )
+    with pytest.raises(Refused):
+        parse_request(header + b"\x09\x00\x00\x00ab", str(len(header)), inspect)
+    assert seen == [Declared([DeclaredInput("s", "BYTES", [3])], {"tag": "x"})]
+
+
+def test_bytes_past_the_shapes_count_are_refused_at_the_first_extra_element() -> None:
+    raw = serialize_bytes(np.array([b"a", b"b", b"c"], dtype=object)) + b"\xff"
+    with pytest.raises(V2Error, match="needs 2 BYTES elements, the binary data has more"):
+        deserialize_bytes(raw, "s", 2)
+    assert deserialize_bytes(raw[:-1], "s", 3) == [b"a", b"b", b"c"]

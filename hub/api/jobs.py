@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
+from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.protocol import JobStatus
 from hub.schemas import JobRequest
 from hub.service import FINISHED
+from hub.validation import decode_inputs, parse_job_request
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -37,13 +39,19 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
         400: {"description": "The body is not valid JSON"},
         404: {"description": "Unknown model or version"},
         409: {"description": "The Idempotency-Key was used for a different request"},
-        413: {"description": "The body is over INFERHUB_MAX_BODY_BYTES"},
+        413: {
+            "description": "The body is over INFERHUB_MAX_BODY_BYTES, or its `parameters` "
+            "over INFERHUB_MAX_PARAMETERS_BYTES"
+        },
         422: {"description": "An input's name, datatype, shape or row count is wrong"},
         503: {"description": "Redis is unreachable"},
     },
+    # The body is read by the route, not by FastAPI, which would parse it before the
+    # dependencies run: an unauthenticated caller is refused before a byte of it is decoded.
+    openapi_extra={"requestBody": JobRequest.openapi_body()},
 )
 async def submit(
-    body: JobRequest,
+    request: Request,
     response: Response,
     service: ServiceDep,
     caller: SubmitterDep,
@@ -54,8 +62,24 @@ async def submit(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
-    job = await service.submit(
-        body, owner=caller.tenant, idempotency_key=idempotency_key, wait_s=wait_s
+    raw = await request.body()
+    heavy = len(raw) > OFF_LOOP_BYTES
+    body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
+    model, version = await service.catalogue.model(body.model, body.version)
+    arrays = await decode_body(heavy, decode_inputs, model, version, body)
+    idempotency = None
+    if idempotency_key:
+        idempotency = (idempotency_key, await decode_body(heavy, body.fingerprint))
+    job = await service.submit_arrays(
+        model,
+        version,
+        arrays,
+        owner=caller.tenant,
+        outputs=body.outputs,
+        priority=body.priority,
+        parameters=body.parameters,
+        idempotency=idempotency,
+        wait_s=wait_s,
     )
     response.headers["Location"] = job["urls"]["self"]
     if job["status"] in FINISHED:

@@ -24,9 +24,11 @@ from hub.api.health import probe_workers
 from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import HubError, error_responses
+from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.protocol import unpack_tensor
 from hub.responses import JSON
 from hub.service import JobService, PendingJob
+from hub.validation import check_declared, check_parameters
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "schedule_policy"]
 
@@ -266,11 +268,23 @@ async def infer(
     version: str | None = None,
 ) -> Response:
     entry, version = await service.catalogue.model(model, version)
-    body = v2codec.decompress(
-        await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
-    )
-    parsed = v2codec.parse_request(body, request.headers.get(v2codec.HEADER_LENGTH))
-    _require_text(parsed.arrays)
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding")
+
+    def inspect(declared: v2codec.Declared) -> None:
+        check_parameters(declared.parameters, settings.max_parameters_bytes)
+        for tensor in declared.inputs:
+            check_declared(entry, version, tensor.name, tensor.datatype, tensor.shape)
+
+    def decode(raw: bytes) -> v2codec.InferRequest:
+        body = v2codec.decompress(raw, encoding, settings.max_body_bytes)
+        parsed = v2codec.parse_request(body, request.headers.get(v2codec.HEADER_LENGTH), inspect)
+        _require_text(parsed.arrays)
+        return parsed
+
+    # a compressed body's size says nothing of the decoded one's: it is decoded in a thread too
+    compressed = (encoding or "identity").strip().lower() != "identity"
+    parsed = await decode_body(compressed or len(raw) > OFF_LOOP_BYTES, decode, raw)
     await _require_ready(service.catalogue, entry)
     wanted = [o.name for o in parsed.outputs] if parsed.outputs else None
     deadline_s = parsed.timeout_us / 1e6 if parsed.timeout_us else float(entry["timeout_s"])
