@@ -716,7 +716,9 @@ def test_timeout_parameter_cancels_the_job(http: httpx.Client) -> None:
 
 
 def test_client_disconnect_cancels_the_job(http: httpx.Client, hub_url: str) -> None:
-    rows = 4002  # a row count no other test uses, to find the job
+    # a row count no other test uses, to find the job; about 10 s of work, so that it still
+    # runs when a listing crowded by the other tests' jobs finds it (the cancel ends it early)
+    rows = 20002
     body, headers = _slow_request(rows)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     request = (
