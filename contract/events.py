@@ -5,12 +5,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
 import orjson
 
-from hub.protocol import EventType, loads, packed_to_json
+from contract.tensors import packed_to_json
+from contract.wire import loads
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    OUTPUT = "output"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED})
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from contract import keys, scripts
-from contract.events import Event, stream_key
+from contract.events import Event, EventType, JobStatus, stream_key
 from contract.records import step_fields
-from hub.protocol import EventType, JobStatus, dumps, loads
-from hub.settings import Settings
+from contract.settings import Settings
+from contract.wire import dumps, loads
 
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""

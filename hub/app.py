@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from contract.connection import connect
 from contract.jobstore import JobStore, Limits
+from contract.settings import Settings
 from hub.api import dashboard, events, health, jobs, models, tickets, v2, ws
 from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
@@ -24,7 +25,6 @@ from hub.middleware.request_log import RequestLog
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
-from hub.settings import Settings
 
 DESCRIPTION = """A real-time inference hub: submit rows to an ONNX model, get the result inline,
 follow it live, or fetch it later. Every error is `{"error": {"code", "message"}}`."""

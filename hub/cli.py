@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from contract.settings import Settings
 from hub.client import Client, HubError
-from hub.settings import Settings
 
 app = typer.Typer(help="inferhub: a real-time inference hub for ONNX models.", no_args_is_help=True)
 console = Console()

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from contract.settings import Settings
 from hub.auth import ANONYMOUS, Principal, redeem_ticket
 from hub.catalogue import Catalogue
 from hub.errors import HubError
 from hub.service import JobService
-from hub.settings import Settings
 
 
 async def _service(conn: HTTPConnection) -> JobService:

@@ -24,9 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
-from contract.events import Event
+from contract.events import Event, EventType
 from hub.observer import NOBODY, Observer
-from hub.protocol import EventType
 
 log = logging.getLogger(__name__)
 

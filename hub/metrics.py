@@ -42,11 +42,10 @@ from redis.exceptions import RedisError
 from starlette.types import Scope
 
 from contract import keys, scripts
-from contract.events import Event
+from contract.events import Event, EventType
 from hub.catalogue import Catalogue
 from hub.fanout import Fanout
 from hub.observer import Observer
-from hub.protocol import EventType
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from contract.events import Event, stream_key
+from contract.events import Event, EventType, JobStatus, stream_key
 from contract.jobstore import Created, JobStore
 from contract.logs import JOBS, current_request_id, note_job
 from contract.records import step_fields
+from contract.tensors import datatype_of, pack_tensor, packed_to_json
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.errors import HubError, not_found
 from hub.fanout import Fanout
 from hub.observer import NOBODY, Observer
-from hub.protocol import EventType, JobStatus, datatype_of, pack_tensor, packed_to_json
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest
 from hub.validation import check_arrays, check_outputs, decode_inputs

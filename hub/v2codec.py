@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from hub.protocol import DTYPES, ProtocolError, datatype_of, decode_tensor, encode_tensor
+from contract.tensors import DTYPES, ProtocolError, datatype_of, decode_tensor, encode_tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -10,8 +10,8 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from contract.tensors import DTYPES, ProtocolError, datatype_of, decode_tensor
 from hub.errors import HubError, invalid_input
-from hub.protocol import DTYPES, ProtocolError, datatype_of, decode_tensor
 from hub.schemas import JobRequest
 
 _NON_FINITE = "inputs must be finite numbers: JSON has no NaN or Infinity"

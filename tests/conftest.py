@@ -30,9 +30,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
+from contract.settings import Settings
 from hub.app import create_app
 from hub.processes import ready, start_cli, stop
-from hub.settings import Settings
 
 # Starlette's TestClient sends "Host: testserver", which a keyless hub refuses (hub/hosts.py):
 # in the environment, every Settings() of the tests allows it, whoever builds one.

@@ -23,7 +23,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from contract import keys
 from contract.events import Event
-from hub.settings import Settings
+from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPSET = 17
@@ -125,9 +125,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-WORKER_CODE = (
-    "from hub.settings import Settings; from workers.main import run_worker; run_worker(Settings())"
-)
+WORKER_CODE = "from contract.settings import Settings; from workers.main import run_worker; run_worker(Settings())"
 
 
 @dataclass

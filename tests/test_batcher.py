@@ -18,7 +18,7 @@ import pytest
 from helpers import ROOT, TestClient, start_worker, wait_for
 from redis import Redis
 
-from hub.settings import Settings
+from contract.settings import Settings
 from workers.batcher import Batcher
 
 DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"

@@ -21,9 +21,9 @@ from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, wait_i
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from redis import Redis
 
+from contract.settings import Settings
 from hub.auth import new_key
 from hub.processes import stop
-from hub.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -23,8 +23,8 @@ from helpers import (
 )
 from redis import Redis
 
-from hub.protocol import EventType
-from hub.settings import Settings
+from contract.events import EventType
+from contract.settings import Settings
 
 BULK = {"model": "heavy", "data": [[0.25] * 16] * 300}  # 150 chunks of 2 rows
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from schemathesis.checks import allow_header_conformance, positive_data_acceptance
 
+from contract.settings import Settings
+from contract.tensors import DTYPES, ProtocolError, decode_tensor, encode_tensor
 from hub.app import create_app
-from hub.protocol import DTYPES, ProtocolError, decode_tensor, encode_tensor
-from hub.settings import Settings
 from hub.v2codec import V2Error, parse_request, serialize_bytes
 
 settings.register_profile("default", max_examples=60, deadline=None)

@@ -18,10 +18,10 @@ from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, worker
 from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
 
+from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import KeysFileError, new_key
 from hub.processes import ready, stop
-from hub.settings import Settings
 
 DIGEST = "0" * 64
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1

@@ -23,12 +23,12 @@ from helpers import IR_VERSION, OPSET, TestClient, WorkerProcess, start_worker, 
 from onnx import TensorProto, helper
 from redis import Redis
 
+from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import new_key
 from hub.errors import HubError
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
-from hub.settings import Settings
 from hub.validation import decode_inputs
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]

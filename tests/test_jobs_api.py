@@ -26,8 +26,8 @@ from redis import Redis
 from sklearn.datasets import load_digits, load_iris
 
 from contract import keys
+from contract.settings import Settings
 from hub.app import create_app
-from hub.settings import Settings
 
 FINISHED = {"succeeded", "failed", "canceled"}
 

@@ -31,8 +31,8 @@ from websockets.sync.client import connect as ws_connect
 
 from contract import keys
 from contract.logs import bound, handler
+from contract.settings import Settings
 from hub.processes import ready, start_cli, start_redis, stop
-from hub.settings import Settings
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -33,7 +33,7 @@ from helpers import (
 from redis import Redis
 
 from contract import keys
-from hub.settings import Settings
+from contract.settings import Settings
 
 POOL = "claims"
 TERMINAL = {"succeeded", "failed", "canceled"}

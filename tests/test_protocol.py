@@ -6,18 +6,17 @@ import numpy as np
 import orjson
 import pytest
 
-from hub.protocol import (
+from contract.tensors import (
     DTYPES,
     ProtocolError,
     datatype_of,
     decode_tensor,
-    dumps,
     encode_tensor,
-    loads,
     pack_tensor,
     packed_to_json,
     unpack_tensor,
 )
+from contract.wire import dumps, loads
 from hub.v2codec import (
     Declared,
     DeclaredInput,

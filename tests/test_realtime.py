@@ -23,10 +23,9 @@ from helpers import free_port, wait_for
 from httpx_sse import connect_sse
 from redis import Redis
 
-from contract.events import Event
+from contract.events import Event, EventType
 from hub.fanout import SlowConsumer, Subscription
 from hub.processes import ready, start_cli, start_redis, stop
-from hub.protocol import EventType
 
 
 @dataclass

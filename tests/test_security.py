@@ -18,9 +18,9 @@ from redis import Redis
 from starlette.websockets import WebSocketDisconnect
 
 from contract import keys
+from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import KeyRing, exposure_problem, new_key
-from hub.settings import Settings
 
 IRIS = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
 

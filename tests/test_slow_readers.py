@@ -18,8 +18,8 @@ import httpx
 import pytest
 from helpers import WorkerProcess, free_port, wait_for
 
+from contract.settings import Settings
 from hub.processes import ready, start_cli, stop
-from hub.settings import Settings
 
 READERS = 24
 ESTABLISHED = "01"  # in /proc/net/tcp

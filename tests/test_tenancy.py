@@ -11,9 +11,9 @@ import pytest
 from helpers import TestClient, WorkerProcess, wait_for
 from starlette.websockets import WebSocketDisconnect
 
+from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import new_key
-from hub.settings import Settings
 
 IRIS = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
 Keys = dict[str, dict[str, str]]

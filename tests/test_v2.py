@@ -34,9 +34,9 @@ from redis import Redis
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris
 from tritonclient.utils import InferenceServerException
 
+from contract.settings import Settings
 from hub.api.v2 import hub_priority
 from hub.app import create_app
-from hub.settings import Settings
 from hub.v2codec import V2Error, decompress, parse_request
 
 MAX_BODY = 4 * 1024 * 1024  # the test hub's body limit, small so that 413 is cheap to reach

@@ -165,7 +165,7 @@ def alive_here(redis_url: str) -> bool:
 if __name__ == "__main__":
     # a container health check: `python -m workers.heartbeat` exits 0 while this host's worker
     # heartbeats (INFERHUB_REDIS_URL), 1 otherwise
-    from hub.settings import Settings
+    from contract.settings import Settings
 
     try:
         sys.exit(0 if alive_here(Settings().redis_url) else 1)

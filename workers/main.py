@@ -17,8 +17,8 @@ from arq import func
 from contract import keys
 from contract.connection import arq_settings
 from contract.jobstore import RUN_JOB, JobStore, Limits
-from hub.protocol import dumps, loads
-from hub.settings import Settings
+from contract.settings import Settings
+from contract.wire import dumps, loads
 from workers.batcher import Batcher
 from workers.heartbeat import beat, heartbeat_forever, leave
 from workers.reaper import reap_forever

@@ -10,9 +10,10 @@ import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
+from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
 from contract.logs import JOBS, bound
-from hub.protocol import EventType, JobStatus, pack_tensor, unpack_tensor
+from contract.tensors import pack_tensor, unpack_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from contract.events import JobStatus
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
-from hub.protocol import JobStatus
 from hub.schemas import JobRequest
 from hub.service import FINISHED
 from hub.validation import decode_inputs, parse_job_request

@@ -19,13 +19,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
+from contract.tensors import unpack_tensor
 from hub import v2codec
 from hub.api.health import probe_workers
 from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import HubError, error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
-from hub.protocol import unpack_tensor
 from hub.responses import JSON
 from hub.service import JobService, PendingJob
 from hub.validation import check_declared, check_parameters

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from starlette.websockets import WebSocketDisconnect
 
 from contract.events import Event, stream_key
+from contract.settings import Settings
 from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
@@ -27,7 +28,6 @@ from hub.errors import HubError
 from hub.fanout import SlowConsumer
 from hub.schemas import JobRequest
 from hub.service import FINISHED, JobService
-from hub.settings import Settings
 
 log = logging.getLogger(__name__)
 

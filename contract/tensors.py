@@ -1,6 +1,5 @@
-"""The contract between hub and workers: tensors, events, job states and the arq serializer.
+"""Tensors: their datatypes, the KServe V2 JSON form, and the packed form inside Redis.
 
-This module imports neither FastAPI nor onnxruntime, so that both sides can share it.
 Tensors reach clients in the KServe V2 JSON form ``{"name", "datatype", "shape", "data"}``;
 inside Redis they travel packed: raw little-endian bytes + datatype + shape, in msgpack.
 """
@@ -9,10 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from enum import StrEnum
 from typing import Any
 
-import msgpack
 import numpy as np
 
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -38,27 +35,6 @@ MAX_NESTING = 64
 
 class ProtocolError(ValueError):
     """A request that does not fit the contract; the message says what to fix."""
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    STARTED = "started"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-class EventType(StrEnum):
-    QUEUED = "queued"
-    STARTED = "started"
-    PROGRESS = "progress"
-    OUTPUT = "output"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-TERMINAL = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED})
 
 
 # --- tensors ---------------------------------------------------------------------------------
@@ -178,12 +154,3 @@ def packed_to_json(packed: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- serialization ---------------------------------------------------------------------------
-
-
-def dumps(obj: Any) -> bytes:
-    """msgpack, used for arq jobs and events: data only, nothing that can run code."""
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def loads(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False)
