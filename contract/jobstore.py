@@ -53,6 +53,7 @@ class Created(IntEnum):
     CREATED = 1
     FULL = 2
     OWNER_FULL = 3
+    OWNER_STORAGE_FULL = 4
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,16 @@ class JobStore:
         priority: int = 0,
         max_queued: int = 10_000,
         max_queued_per_owner: int = 10_000,
+        max_stored_per_owner: int = 2**62,
     ) -> tuple[Created, str]:
         """Write the record, its ``queued`` event and the arq job at once.
 
         Returns ``(CREATED, event id)``; ``(REPEAT, idempotency value)`` when the idempotency
         key was already used, ``(FULL, "")`` when the pool's queue holds ``max_queued`` jobs,
-        or ``(OWNER_FULL, "")`` when the owner has ``max_queued_per_owner`` jobs waiting: then
-        nothing is written.
+        ``(OWNER_FULL, "")`` when the owner has ``max_queued_per_owner`` jobs waiting, or
+        ``(OWNER_STORAGE_FULL, bytes held)`` when the owner's jobs of the last TTL would store
+        more than ``max_stored_per_owner`` bytes (inputs and parameters): then nothing is
+        written.
         """
         job_id = record["id"]
         now_ms = int(record["created_at"] * 1000)
@@ -128,6 +132,7 @@ class JobStore:
                 "index": keys.JOBS_INDEX,
                 "owner_index": keys.owner_jobs(record["owner"]),
                 "owner_queued": keys.owner_queued(record["owner"]),
+                "owner_bytes": keys.owner_bytes(record["owner"]),
             },
             args={
                 **self._common_args(event),
@@ -142,6 +147,8 @@ class JobStore:
                 "job_id": job_id,
                 "max_queued": max_queued,
                 "max_owner_queued": max_queued_per_owner,
+                "stored_bytes": len(arq_job) + len(dumps(record.get("parameters"))),
+                "max_owner_bytes": max_stored_per_owner,
                 "fields": _flatten(record),
             },
         )

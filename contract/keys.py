@@ -43,6 +43,11 @@ def owner_queued(owner: str) -> str:
     return f"{PREFIX}owner:{owner}:queued"
 
 
+def owner_bytes(owner: str) -> str:
+    """Hash of the bytes each of the owner's jobs stores (inputs, parameters), and ``_total``."""
+    return f"{PREFIX}owner:{owner}:bytes"
+
+
 def idempotency(owner: str, key: str) -> str:
     return f"{PREFIX}idem:{owner}:{key}"
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = Field(
         1_000, gt=0, description="Jobs a tenant may have waiting to start; then 429."
     )
+    max_stored_bytes_per_tenant: int = Field(
+        2 * 1024**3,
+        gt=0,
+        description="Bytes of inputs and parameters a tenant's jobs of the last TTL may store.",
+    )
     ws_max_subscriptions: int = Field(1000, gt=0)
     ws_max_message_bytes: int = Field(1024 * 1024, gt=0)
     api_keys_file: Path | None = Field(None, description="TOML file of API keys; none: open hub.")

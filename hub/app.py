@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fanout,
             max_queued=settings.max_queued,
             max_queued_per_tenant=settings.max_queued_per_tenant,
+            max_stored_per_tenant=settings.max_stored_bytes_per_tenant,
             max_streams_per_tenant=settings.max_streams_per_tenant,
             rate=rate,
             observer=metrics,

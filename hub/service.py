@@ -66,6 +66,7 @@ class JobService:
         *,
         max_queued: int = 10_000,
         max_queued_per_tenant: int = 1_000,
+        max_stored_per_tenant: int = 2 * 1024**3,
         max_streams_per_tenant: int = 100,
         rate: RateLimiter | None = None,
         observer: Observer = NOBODY,
@@ -76,6 +77,7 @@ class JobService:
         self.fanout = fanout
         self.max_queued = max_queued
         self.max_queued_per_tenant = max_queued_per_tenant
+        self.max_stored_per_tenant = max_stored_per_tenant
         self.max_streams_per_tenant = max_streams_per_tenant
         self.rate = rate
         self._streams: Counter[str | None] = Counter()  # open event streams, per tenant
@@ -198,6 +200,16 @@ class JobService:
                     "(INFERHUB_MAX_QUEUED_PER_TENANT); retry when some have started",
                     {"Retry-After": "1"},
                 )
+            if created is Created.OWNER_STORAGE_FULL:
+                raise HubError(
+                    429,
+                    "tenant_storage_full",
+                    f"your jobs of the last {self.store.limits.ttl_s} s store {int(existing):,} "
+                    f"bytes of inputs and parameters; this one would pass "
+                    f"INFERHUB_MAX_STORED_BYTES_PER_TENANT ({self.max_stored_per_tenant:,}); "
+                    "retry when older jobs expire",
+                    {"Retry-After": "60"},
+                )
             if created is Created.REPEAT:  # the first job of this key, followed as it is now
                 feed.drop(job_id)
                 first = self._repeat(existing, record)
@@ -216,6 +228,7 @@ class JobService:
                 job_kwargs,
                 max_queued=self.max_queued,
                 max_queued_per_owner=self.max_queued_per_tenant,
+                max_stored_per_owner=self.max_stored_per_tenant,
                 **options,
             )
         finally:

@@ -213,3 +213,23 @@ def test_a_repeated_idempotency_key_honours_prefer_wait(hub: TestClient, key: Ke
     assert repeat.status_code == 200, repeat.text
     assert repeat.json()["id"] == first.json()["id"]
     assert repeat.json()["status"] == "succeeded"
+
+
+def test_a_tenant_may_store_only_its_share_of_redis(
+    settings: Settings, worker: WorkerProcess, tenants: tuple[Path, Keys]
+) -> None:
+    """Inputs and parameters count against INFERHUB_MAX_STORED_BYTES_PER_TENANT for the jobs'
+    lifetime (the attack: 25 MB of parameters per request, kept for a day)."""
+    bounded = settings.model_copy(
+        update={"api_keys_file": tenants[0], "max_stored_bytes_per_tenant": 50_000}
+    )
+    key = tenants[1]
+    body = {**IRIS, "parameters": {"note": "x" * 10_000}}  # ~10 KB stored per job
+    with TestClient(create_app(bounded)) as hub:
+        answers = [hub.post("/v1/jobs", json=body, headers=key["gamma"]) for _ in range(6)]
+        codes = [r.status_code for r in answers]
+        assert codes[:4] == [202] * 4 and codes[-1] == 429, codes
+        refused = answers[-1].json()["error"]
+        assert refused["code"] == "tenant_storage_full"
+        assert "INFERHUB_MAX_STORED_BYTES_PER_TENANT" in refused["message"]
+        assert hub.post("/v1/jobs", json=body, headers=key["beta"]).status_code == 202
