@@ -22,7 +22,7 @@ Keys = dict[str, dict[str, str]]
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys]:
     path = tmp_path_factory.mktemp("tenancy") / "keys.toml"
-    made = {name: new_key(path, name, ["submit", "read"]) for name in ("alpha", "beta", "gamma")}
+    made = {name: new_key(path, name, ["submit", "read"]) for name in ("alpha", "beta", "gamma", "delta", "epsilon")}
     made["admin"] = new_key(path, "ops", ["admin"])
     return path, {name: {"Authorization": f"Bearer {key}"} for name, key in made.items()}
 
@@ -226,10 +226,10 @@ def test_a_tenant_may_store_only_its_share_of_redis(
     key = tenants[1]
     body = {**IRIS, "parameters": {"note": "x" * 10_000}}  # ~10 KB stored per job
     with TestClient(create_app(bounded)) as hub:
-        answers = [hub.post("/v1/jobs", json=body, headers=key["gamma"]) for _ in range(6)]
+        answers = [hub.post("/v1/jobs", json=body, headers=key["delta"]) for _ in range(6)]
         codes = [r.status_code for r in answers]
         assert codes[:4] == [202] * 4 and codes[-1] == 429, codes
         refused = answers[-1].json()["error"]
         assert refused["code"] == "tenant_storage_full"
         assert "INFERHUB_MAX_STORED_BYTES_PER_TENANT" in refused["message"]
-        assert hub.post("/v1/jobs", json=body, headers=key["beta"]).status_code == 202
+        assert hub.post("/v1/jobs", json=body, headers=key["epsilon"]).status_code == 202
