@@ -22,7 +22,10 @@ Keys = dict[str, dict[str, str]]
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys]:
     path = tmp_path_factory.mktemp("tenancy") / "keys.toml"
-    made = {name: new_key(path, name, ["submit", "read"]) for name in ("alpha", "beta", "gamma", "delta", "epsilon")}
+    made = {
+        name: new_key(path, name, ["submit", "read"])
+        for name in ("alpha", "beta", "gamma", "delta", "epsilon")
+    }
     made["admin"] = new_key(path, "ops", ["admin"])
     return path, {name: {"Authorization": f"Bearer {key}"} for name, key in made.items()}
 

@@ -1,0 +1,955 @@
+"""The Lua scripts of ``contract/lua/``, called directly through ``contract.scripts`` on the
+session's real Redis, one table of cases per script.
+
+Each row is (case, setup, call, expected): the keys written before, what the script is called
+with, and what it returns plus the keys afterwards. Every key lives under a prefix of its own
+(``t:lua:<uuid>:``), channels included, so no other test sees these jobs or their events.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from contract import scripts
+
+TTL = 60
+T0 = 1_700_000_000_000  # a creation time (ms)
+EXPIRED = T0 - TTL * 1000  # an index entry scored below this is older than the TTL
+
+
+# ---- state: what a row writes before the call and expects after it
+
+
+@dataclass(frozen=True)
+class Hash:
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ZSet:
+    members: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Str:
+    value: str
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A stream's event payloads, in order (read-only: the scripts write the streams)."""
+
+    events: Sequence[str]
+
+
+Value = Hash | ZSet | Str | Stream
+State = Mapping[str, Value | None]  # key name (under the test's prefix) -> value; None: absent
+
+
+@dataclass
+class Keys:
+    """Key and channel names under a prefix of the test's own."""
+
+    prefix: str = field(default_factory=lambda: f"t:lua:{uuid.uuid4().hex}")
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}:{name}" if name else ""
+
+    def many(self, *names: str) -> dict[str, str]:
+        return {name: self(name) for name in names}
+
+
+async def write(r: Redis, k: Keys, state: State) -> None:
+    for name, value in state.items():
+        match value:
+            case Hash(fields):
+                await r.hset(k(name), mapping=dict(fields))  # type: ignore[misc]
+            case ZSet(members):
+                await r.zadd(k(name), dict(members))
+            case Str(text):
+                await r.set(k(name), text)
+            case _:
+                raise AssertionError(f"cannot set up {value!r}")
+
+
+async def read(r: Redis, key: str) -> Value | None:
+    kind = await r.type(key)
+    if kind == "hash":
+        return Hash(await r.hgetall(key))  # type: ignore[misc]
+    if kind == "zset":
+        return ZSet(dict(await r.zrange(key, 0, -1, withscores=True)))
+    if kind == "string":
+        return Str(await r.get(key))
+    if kind == "stream":
+        return Stream([body["e"] for _, body in await r.xrange(key)])
+    assert kind == "none", f"{key} is a {kind}"
+    return None
+
+
+async def check(r: Redis, k: Keys, expected: State) -> None:
+    for name, value in expected.items():
+        assert await read(r, k(name)) == value, name
+
+
+async def snapshot(r: Redis, k: Keys) -> dict[str, Value | None]:
+    """Every key under the test's prefix, for the rows that must write nothing."""
+    return {key: await read(r, key) async for key in r.scan_iter(f"{k.prefix}:*", count=1000)}
+
+
+async def subscribed(r: Redis, channel: str) -> PubSub:
+    """A pubsub on ``channel``, its subscription confirmed (so no publish can precede it)."""
+    pubsub = r.pubsub()
+    await pubsub.subscribe(channel)
+    confirm = await pubsub.get_message(timeout=5)
+    assert confirm is not None and confirm["type"] == "subscribe"
+    return pubsub
+
+
+async def next_message(pubsub: PubSub) -> str:
+    message = await pubsub.get_message(timeout=5)
+    assert message is not None and message["type"] == "message", message
+    return str(message["data"])
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def k(redis: SyncRedis) -> Iterator[Keys]:
+    names = Keys()
+    yield names
+    found = list(redis.scan_iter(f"{names.prefix}:*", count=1000))
+    if found:
+        redis.delete(*found)
+
+
+# ---- transition
+
+
+TRANSITION = scripts.load("transition")
+STATUSES = ("queued", "started", "succeeded", "failed", "canceled")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step as workers/runner.py builds it (the guard's value is among its fields)."""
+
+    event: str
+    allowed: str
+    status: str = ""
+    guard: tuple[str, int] | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    def args(self, k: Keys) -> dict[str, Any]:
+        guard = dict([(self.guard[0], str(self.guard[1]))]) if self.guard else {}
+        return {
+            "channel": k("channel"),
+            "event": self.event,
+            "ttl": TTL,
+            "job_maxlen": 100,
+            "log_maxlen": 1000,
+            "allowed": self.allowed,
+            "status": self.status,
+            "guard_field": self.guard[0] if self.guard else "",
+            "guard_value": self.guard[1] if self.guard else "",
+            "job_id": "j",
+            "fields": [x for kv in {**self.fields, **guard}.items() for x in kv],
+        }
+
+    def after(self, record: Mapping[str, str]) -> dict[str, str]:
+        """The record once this step is appended."""
+        guard = dict([(self.guard[0], str(self.guard[1]))]) if self.guard else {}
+        status = {"status": self.status} if self.status else {}
+        return {**record, **status, **self.fields, **guard}
+
+
+def started(attempt: int) -> Step:
+    worker = {"worker": "w1"}
+    return Step(f"started {attempt}", "queued started", "started", ("attempt", attempt), worker)
+
+
+def progress(done: int) -> Step:
+    return Step(f"progress {done}", "started", guard=("done", done))
+
+
+def ended(status: str) -> Step:
+    return Step(status, "started", status, fields={"finished_at": "2.5"})
+
+
+# the steps workers/runner.py takes, each from every status
+MATRIX_STEPS = (started(2), progress(1), ended("succeeded"), ended("failed"), ended("canceled"))
+
+
+def matrix_rows() -> Iterator[Any]:
+    for before in STATUSES:
+        # a job that left `queued` has run once; a stray owner_queued entry shows who removes it
+        record = {"status": before} if before == "queued" else {"status": before, "attempt": "1"}
+        setup: State = {"record": Hash(record), "owner_queued": ZSet({"j": T0, "other": T0})}
+        for step in MATRIX_STEPS:
+            allowed = before in step.allowed.split()
+            leaves = allowed and step.status != ""
+            expected = {
+                "record": Hash(step.after(record) if allowed else record),
+                "owner_queued": ZSet({"other": T0} if leaves else {"j": T0, "other": T0}),
+                "log": Stream([step.event]) if allowed else None,
+                "events": Stream([step.event]) if allowed else None,
+            }
+            case = f"{step.event.split()[0]} from {before}: {'appended' if allowed else 'refused'}"
+            yield pytest.param(
+                setup, (step,), ([int(allowed), before, allowed, 0],), expected, id=case
+            )
+
+
+GUARDED = {"status": "started", "attempt": "2", "worker": "w0", "done": "4"}
+
+TRANSITION_ROWS = [
+    *matrix_rows(),
+    pytest.param(
+        {}, (started(1),), ([0, "", False, 0],), {"record": None, "log": None}, id="missing job"
+    ),
+    pytest.param(
+        {"record": Hash({"status": "started"}), "cancel": Str("1")},
+        (progress(1), ended("succeeded")),
+        ([1, "started", True, 1], [1, "started", True, 1]),
+        {"record": Hash({"status": "succeeded", "done": "1", "finished_at": "2.5"})},
+        id="cancel requested: reported with each step",
+    ),
+    pytest.param(
+        {"record": Hash({"status": "succeeded"}), "cancel": Str("1")},
+        (progress(1),),
+        ([0, "succeeded", False, 1],),
+        {"record": Hash({"status": "succeeded"})},
+        id="cancel requested: reported when refused too",
+    ),
+    # the retry guard
+    pytest.param(
+        {"record": Hash(GUARDED)},
+        (started(2),),
+        ([1, "started", False, 0],),
+        {"record": Hash(GUARDED), "log": None, "events": None},
+        id="guard: same attempt again is a no-op that succeeds",
+    ),
+    pytest.param(
+        {"record": Hash(GUARDED)},
+        (started(1),),
+        ([0, "started", False, 0],),
+        {"record": Hash(GUARDED), "log": None, "events": None},
+        id="guard: older attempt refused",
+    ),
+    pytest.param(
+        {"record": Hash(GUARDED)},
+        (started(3),),
+        ([1, "started", True, 0],),
+        {
+            "record": Hash({**GUARDED, "attempt": "3", "worker": "w1"}),
+            "events": Stream(["started 3"]),
+        },
+        id="guard: newer attempt appended",
+    ),
+    pytest.param(
+        {"record": Hash(GUARDED)},
+        (progress(4),),
+        ([1, "started", False, 0],),
+        {"record": Hash(GUARDED), "events": None},
+        id="guard: same progress again is a no-op that succeeds",
+    ),
+    pytest.param(
+        {"record": Hash(GUARDED)},
+        (progress(3),),
+        ([0, "started", False, 0],),
+        {"record": Hash(GUARDED), "events": None},
+        id="guard: older progress refused",
+    ),
+    pytest.param(
+        {"record": Hash(GUARDED)},
+        (progress(10),),
+        ([1, "started", True, 0],),
+        {"record": Hash({**GUARDED, "done": "10"}), "events": Stream(["progress 10"])},
+        id="guard: compared as numbers (10 after 4)",
+    ),
+    pytest.param(
+        {"record": Hash({"status": "queued"}), "owner_queued": ZSet({"j": T0})},
+        (started(1), started(1), progress(5), progress(5), ended("failed"), ended("failed")),
+        (
+            [1, "queued", True, 0],
+            [1, "started", False, 0],
+            [1, "started", True, 0],
+            [1, "started", False, 0],
+            [1, "started", True, 0],
+            [0, "failed", False, 0],
+        ),
+        {
+            "record": Hash(
+                {
+                    "status": "failed",
+                    "attempt": "1",
+                    "worker": "w1",
+                    "done": "5",
+                    "finished_at": "2.5",
+                }
+            ),
+            "owner_queued": None,
+            "log": Stream(["started 1", "progress 5", "failed"]),
+            "events": Stream(["started 1", "progress 5", "failed"]),
+        },
+        id="a whole job, every step sent twice: each event once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "calls", "returns", "expected"), TRANSITION_ROWS)
+async def test_transition(
+    r: Redis,
+    k: Keys,
+    setup: State,
+    calls: Sequence[Step],
+    returns: Sequence[list[Any]],
+    expected: State,
+) -> None:
+    await write(r, k, setup)
+    names = k.many("record", "events", "log", "cancel", "owner_queued")
+    for step, want in zip(calls, returns, strict=True):
+        appended, before, event_id, cancel = await TRANSITION(r, keys=names, args=step.args(k))
+        assert [appended, before, event_id != "", cancel] == want, step
+    await check(r, k, expected)
+    # one id for an event in both streams, so either feed resumes from it
+    log_ids = [i for i, _ in await r.xrange(k("log"))]
+    assert [i for i, _ in await r.xrange(k("events"))] == log_ids
+    if log_ids:
+        assert 0 < await r.ttl(k("events")) <= TTL
+
+
+async def test_transition_publishes_its_event(r: Redis, k: Keys) -> None:
+    await write(r, k, {"record": Hash({"status": "queued"})})
+    pubsub = await subscribed(r, k("channel"))
+    try:
+        names = k.many("record", "events", "log", "cancel", "owner_queued")
+        _, _, event_id, _ = await TRANSITION(r, keys=names, args=started(1).args(k))
+        assert await next_message(pubsub) == f"{event_id} started 1"
+    finally:
+        await pubsub.aclose()
+
+
+# ---- cancel
+
+CANCEL = scripts.load("cancel")
+QUEUED_JOB: State = {
+    "queue": ZSet({"j": 5, "other": 6}),
+    "owner_queued": ZSet({"j": T0, "other": T0}),
+    "arq_job": Str("payload"),
+}
+
+
+def cancel_row(status: str, expected: State | None, *, id: str) -> Any:
+    return pytest.param({**QUEUED_JOB, "record": Hash({"status": status})}, status, expected, id=id)
+
+
+CANCEL_ROWS = [
+    cancel_row(
+        "queued",
+        {
+            "record": Hash({"status": "canceled", "finished_at": "123.5"}),
+            "queue": ZSet({"other": 6}),
+            "owner_queued": ZSet({"other": T0}),
+            "arq_job": None,
+            "cancel": None,
+            "log": Stream(["canceled"]),
+            "events": Stream(["canceled"]),
+        },
+        id="queued: canceled at once",
+    ),
+    cancel_row(
+        "started",
+        {
+            **QUEUED_JOB,
+            "record": Hash({"status": "started"}),
+            "cancel": Str("1"),
+            "log": None,
+            "events": None,
+        },
+        id="started: flagged, no event",
+    ),
+    *(cancel_row(s, None, id=f"{s}: nothing changes") for s in ("succeeded", "failed", "canceled")),
+    pytest.param(QUEUED_JOB, "", None, id="missing: nothing changes"),
+]
+
+
+@pytest.mark.parametrize(("setup", "returns", "expected"), CANCEL_ROWS)
+async def test_cancel(
+    r: Redis, k: Keys, setup: State, returns: str, expected: State | None
+) -> None:
+    await write(r, k, setup)
+    before = await snapshot(r, k)
+    status = await CANCEL(
+        r,
+        keys=k.many("record", "events", "log", "cancel", "arq_job", "queue", "owner_queued"),
+        args={
+            "channel": k("channel"),
+            "event": "canceled",
+            "ttl": TTL,
+            "job_maxlen": 100,
+            "log_maxlen": 1000,
+            "job_id": "j",
+            "finished_at": "123.5",
+        },
+    )
+    assert status == returns
+    if expected is None:
+        assert await snapshot(r, k) == before
+    else:
+        await check(r, k, expected)
+    if expected and expected.get("cancel"):
+        assert 0 < await r.ttl(k("cancel")) <= TTL
+
+
+# ---- create
+
+CREATE = scripts.load("create")
+CREATE_KEYS = (
+    "record",
+    "events",
+    "log",
+    "idempotency",
+    "arq_job",
+    "queue",
+    "index",
+    "owner_index",
+    "owner_queued",
+    "owner_bytes",
+)
+RECORD = {"id": "j", "status": "queued", "model": "m", "owner": "o", "created_at": "1700000000.0"}
+
+
+def create_args(k: Keys, **changes: Any) -> dict[str, Any]:
+    return {
+        "channel": k("channel"),
+        "event": "queued",
+        "ttl": TTL,
+        "job_maxlen": 100,
+        "log_maxlen": 1000,
+        "idem_value": "j fp",
+        "arq_payload": "payload",
+        "score": T0 - 100_000,
+        "created_ms": T0,
+        "wake": k("wake"),
+        "job_id": "j",
+        "max_queued": 2,
+        "max_owner_queued": 2,
+        "stored_bytes": 100,
+        "max_owner_bytes": 1000,
+        "fields": [x for kv in RECORD.items() for x in kv],
+        **changes,
+    }
+
+
+CREATED: State = {
+    "record": Hash(RECORD),
+    "log": Stream(["queued"]),
+    "events": Stream(["queued"]),
+    "idempotency": Str("j fp"),
+    "arq_job": Str("payload"),
+    "queue": ZSet({"j": T0 - 100_000}),
+    "index": ZSet({"j": T0}),
+    "owner_index": ZSet({"j": T0}),
+    "owner_queued": ZSet({"j": T0}),
+    "owner_bytes": Hash({"j": "100", "_total": "100"}),
+}
+FULL_QUEUE: State = {"queue": ZSet({"a": 1, "b": 2})}
+FULL_OWNER: State = {"owner_queued": ZSet({"a": T0 - 1, "b": EXPIRED})}  # both still count
+
+CREATE_ROWS = [
+    pytest.param({}, {}, {}, (1, True), CREATED, id="created"),
+    pytest.param(
+        {},
+        {"idempotency": ""},
+        {},
+        (1, True),
+        {**CREATED, "idempotency": None},
+        id="created without an idempotency key",
+    ),
+    pytest.param(
+        {"record": Hash({"status": "started"})}, {}, {}, (1, ""), None, id="retried create"
+    ),
+    pytest.param({"idempotency": Str("i fp")}, {}, {}, (0, "i fp"), None, id="idempotency repeat"),
+    pytest.param(
+        {"idempotency": Str("i fp"), **FULL_QUEUE},
+        {},
+        {},
+        (0, "i fp"),
+        None,
+        id="idempotency repeat, queue full: the repeat",
+    ),
+    pytest.param(FULL_QUEUE, {}, {}, (2, ""), None, id="pool queue full"),
+    pytest.param(FULL_OWNER, {}, {}, (3, ""), None, id="owner share full"),
+    pytest.param(
+        {"owner_queued": ZSet({"a": EXPIRED - 1, "b": EXPIRED - 10_000, "c": EXPIRED})},
+        {},
+        {},
+        (1, True),
+        {**CREATED, "owner_queued": ZSet({"c": EXPIRED, "j": T0})},
+        id="expired owner_queued entries pruned first",
+    ),
+    pytest.param(
+        {"owner_bytes": Hash({"x": "950", "_total": "950"}), "owner_index": ZSet({"x": EXPIRED})},
+        {},
+        {},
+        (4, "950"),
+        None,
+        id="owner storage full",
+    ),
+    pytest.param(
+        {
+            "owner_bytes": Hash({"x": "950", "y": "20", "_total": "970"}),
+            "owner_index": ZSet({"x": EXPIRED - 1, "y": T0 - 5}),
+            "index": ZSet({"x": EXPIRED - 1, "y": T0 - 5}),
+        },
+        {},
+        {},
+        (1, True),
+        {
+            **CREATED,
+            "owner_bytes": Hash({"y": "20", "j": "100", "_total": "120"}),
+            "owner_index": ZSet({"y": T0 - 5, "j": T0}),
+            "index": ZSet({"y": T0 - 5, "j": T0}),
+        },
+        id="expired jobs' bytes and index entries released",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "key_changes", "arg_changes", "returns", "expected"), CREATE_ROWS
+)
+async def test_create(
+    r: Redis,
+    k: Keys,
+    setup: State,
+    key_changes: Mapping[str, str],
+    arg_changes: Mapping[str, Any],
+    returns: tuple[int, str | bool],
+    expected: State | None,
+) -> None:
+    await write(r, k, setup)
+    before = await snapshot(r, k)
+    names = {**k.many(*CREATE_KEYS), **key_changes}
+    code, value = await CREATE(r, keys=names, args=create_args(k, **arg_changes))
+    if returns[1] is True:  # the new event's id
+        assert code == returns[0] and value == (await r.xrange(k("log")))[0][0]
+    else:
+        assert (code, value) == returns
+    if expected is None:
+        assert await snapshot(r, k) == before
+        return
+    await check(r, k, expected)
+    assert [i for i, _ in await r.xrange(k("events"))] == [value]
+    # everything a job writes expires with it, but the global log and arq's queue
+    for key in await snapshot(r, k):
+        if key not in (k("log"), k("queue")):
+            assert 0 < await r.pttl(key) <= TTL * 1000, key
+
+
+async def test_create_wakes_the_pool(r: Redis, k: Keys) -> None:
+    pubsub = await subscribed(r, k("wake"))
+    try:
+        code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+        assert code == 1
+        assert await next_message(pubsub) == ""
+    finally:
+        await pubsub.aclose()
+
+
+# ---- claim
+
+CLAIM = scripts.load("claim")
+ALIVE: State = {"worker:w1": Str("{}")}
+HOLD_MS = 30_000
+
+CLAIM_ROWS = [
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"c": 3, "a": 1, "b": 2})},
+        {"room": 2},
+        ["a", "1", "b", "2"],
+        {"ip:a": Str("w1"), "ip:b": Str("w1"), "ip:c": None},
+        id="free jobs in score order, up to the room",
+    ),
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"a": 1, "b": 2})},
+        {"room": 5},
+        ["a", "1", "b", "2"],
+        {"ip:a": Str("w1"), "ip:b": Str("w1")},
+        id="room beyond the queue",
+    ),
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"a": 1, "b": 2, "c": 3}), "ip:b": Str("w2")},
+        {"room": 2},
+        ["a", "1", "c", "3"],
+        {"ip:a": Str("w1"), "ip:b": Str("w2"), "ip:c": Str("w1")},
+        id="skips a held job",
+    ),
+    pytest.param(
+        {
+            **ALIVE,
+            "queue": ZSet({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}),
+            **{f"ip:{j}": Str("w2") for j in "abcd"},
+        },
+        {"room": 1, "page": 2},
+        ["e", "5"],
+        {**{f"ip:{j}": Str("w2") for j in "abcd"}, "ip:e": Str("w1")},
+        id="reads past pages of held jobs",
+    ),
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"a": 1, "b": 2}), "ip:a": Str("w2"), "ip:b": Str("w2")},
+        {"room": 1, "page": 2},
+        [],
+        {"ip:a": Str("w2"), "ip:b": Str("w2")},
+        id="every job held, a page exactly",
+    ),
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"a": 500, "b": 1000, "c": 1001})},
+        {"room": 3},
+        ["a", "500", "b", "1000"],
+        {"ip:c": None},
+        id="not before its score",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1})},
+        {"room": 1},
+        [],
+        {"ip:a": None},
+        id="no heartbeat: nothing",
+    ),
+    pytest.param(ALIVE, {"room": 1}, [], {}, id="empty queue"),
+]
+
+
+@pytest.mark.parametrize(("setup", "arg_changes", "returns", "expected"), CLAIM_ROWS)
+async def test_claim(
+    r: Redis,
+    k: Keys,
+    setup: State,
+    arg_changes: Mapping[str, Any],
+    returns: list[str],
+    expected: State,
+) -> None:
+    await write(r, k, setup)
+    args = {
+        "in_progress_prefix": k("ip:"),
+        "in_progress_ms": HOLD_MS,
+        "now_ms": 1000,
+        "room": 1,
+        "worker_id": "w1",
+        "page": 256,
+        **arg_changes,
+    }
+    claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
+    assert claimed == returns
+    await check(r, k, expected)
+    for job_id in claimed[::2]:
+        assert 0 < await r.pttl(k(f"ip:{job_id}")) <= HOLD_MS
+
+
+# ---- reap
+
+REAP = scripts.load("reap")
+
+REAP_ROWS = [
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("gone")},
+        ["a"],
+        {"ip:a": None},
+        id="dead holder: released",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("w1"), "worker:w1": Str("{}")},
+        [],
+        {"ip:a": Str("w1")},
+        id="live holder: kept",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1}),
+            "ip:a": Str("1"),
+            "job:a": Hash({"status": "started", "worker": "gone"}),
+        },
+        ["a"],
+        {"ip:a": None},
+        id="legacy '1', started by a dead worker: released",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1}),
+            "ip:a": Str("1"),
+            "job:a": Hash({"status": "started", "worker": "w1"}),
+            "worker:w1": Str("{}"),
+        },
+        [],
+        {"ip:a": Str("1")},
+        id="legacy '1', started by a live worker: kept",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("1"), "job:a": Hash({"status": "queued"})},
+        [],
+        {"ip:a": Str("1")},
+        id="legacy '1', not started: kept",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("1"), "job:a": Hash({"status": "started"})},
+        [],
+        {"ip:a": Str("1")},
+        id="legacy '1', started, no worker named: kept",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1}),
+            "ip:a": Str("1"),
+            "job:a": Hash({"status": "succeeded", "worker": "gone"}),
+        },
+        [],
+        {"ip:a": Str("1")},
+        id="legacy '1', finished by a dead worker: kept",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("1")},
+        [],
+        {"ip:a": Str("1")},
+        id="legacy '1', no record: kept",
+    ),
+    pytest.param({"queue": ZSet({"a": 1})}, [], {"ip:a": None}, id="free job: nothing to do"),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1, "b": 2, "c": 3, "d": 4}),
+            "ip:a": Str("gone"),
+            "ip:b": Str("w1"),
+            "worker:w1": Str("{}"),
+            "ip:d": Str("1"),
+            "job:d": Hash({"status": "started", "worker": "gone"}),
+        },
+        ["a", "d"],
+        {"ip:a": None, "ip:b": Str("w1"), "ip:c": None, "ip:d": None},
+        id="mixed queue: the dead ones, in queue order",
+    ),
+]
+
+
+def reap_args(k: Keys, scan: int = 1000) -> dict[str, Any]:
+    return {
+        "in_progress_prefix": k("ip:"),
+        "job_prefix": k("job:"),
+        "worker_prefix": k("worker:"),
+        "scan": scan,
+    }
+
+
+@pytest.mark.parametrize(("setup", "returns", "expected"), REAP_ROWS)
+async def test_reap(r: Redis, k: Keys, setup: State, returns: list[str], expected: State) -> None:
+    await write(r, k, setup)
+    released = await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k))
+    assert released == returns
+    await check(r, k, expected)
+
+
+async def test_reap_looks_at_the_first_scan_entries_only(r: Redis, k: Keys) -> None:
+    await write(r, k, {"queue": ZSet({"a": 1, "b": 2}), "ip:a": Str("gone"), "ip:b": Str("gone")})
+    assert await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k, scan=1)) == ["a"]
+    await check(r, k, {"ip:b": Str("gone")})
+
+
+@pytest.mark.parametrize(
+    ("setup", "wakes"),
+    [
+        pytest.param({"queue": ZSet({"a": 1}), "ip:a": Str("gone")}, True, id="released: wakes"),
+        pytest.param({"queue": ZSet({"a": 1})}, False, id="nothing released: silent"),
+    ],
+)
+async def test_reap_wakes_the_pool_only_when_it_released(
+    r: Redis, k: Keys, setup: State, wakes: bool
+) -> None:
+    await write(r, k, setup)
+    pubsub = await subscribed(r, k("wake"))
+    try:
+        await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k))
+        await r.publish(k("wake"), "marker")  # what comes first: the reaper's or this
+        assert await next_message(pubsub) == ("" if wakes else "marker")
+    finally:
+        await pubsub.aclose()
+
+
+# ---- queue_stats
+
+QUEUE_STATS = scripts.load("queue_stats")
+
+QUEUE_STATS_ROWS = [
+    pytest.param({}, 1000, [0, 0, ""], id="empty"),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1, "b": 2, "c": 3, "d": 4}),
+            "ip:a": Str("w1"),
+            "job:a": Hash({"created_at": "5"}),  # the oldest, but running
+            "job:b": Hash({"created_at": "20"}),
+            "job:c": Hash({"created_at": "10"}),
+        },
+        1000,
+        [4, 1, "10"],
+        id="total, running, oldest waiting (d has no record)",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1, "b": 2}), "ip:a": Str("w1"), "ip:b": Str("w1")},
+        1000,
+        [2, 2, ""],
+        id="all running",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1, "b": 2}),
+            "job:a": Hash({"created_at": "10.25"}),
+            "job:b": Hash({"created_at": "9.5"}),
+        },
+        1000,
+        [2, 0, "9.5"],
+        id="created_at compared as numbers",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1, "b": 2, "c": 3}),
+            "ip:a": Str("w1"),
+            "job:b": Hash({"created_at": "20"}),
+            "job:c": Hash({"created_at": "1"}),
+        },
+        2,
+        [3, 1, "20"],
+        id="looks at the first `scan` entries only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "scan", "returns"), QUEUE_STATS_ROWS)
+async def test_queue_stats(r: Redis, k: Keys, setup: State, scan: int, returns: list[Any]) -> None:
+    await write(r, k, setup)
+    args = {"in_progress_prefix": k("ip:"), "job_prefix": k("job:"), "scan": scan}
+    assert await QUEUE_STATS(r, keys={"queue": k("queue")}, args=args) == returns
+
+
+# ---- take_token
+
+TAKE_TOKEN = scripts.load("take_token")
+
+
+@pytest.mark.parametrize(
+    ("burst", "rate"),
+    [
+        pytest.param(1, 0.01, id="burst 1"),
+        pytest.param(3, 0.01, id="burst 3"),
+        pytest.param(2, 0.5, id="rate 0.5/s"),
+    ],
+)
+async def test_take_token_burst_then_wait(r: Redis, k: Keys, burst: int, rate: float) -> None:
+    """At these rates a token takes 2 s or more to come back: the calls are far quicker."""
+    take = {"keys": {"bucket": k("bucket")}, "args": {"rate": rate, "burst": burst}}
+    assert [await TAKE_TOKEN(r, **take) for _ in range(burst)] == [0] * burst
+    wait = await TAKE_TOKEN(r, **take)
+    assert 0 < wait <= 1000 / rate
+    assert 0 < await r.pttl(k("bucket")) <= burst * 1000 / rate + 1000
+
+
+async def test_take_token_refills_with_time(r: Redis, k: Keys) -> None:
+    seconds, micros = await r.time()
+    now_ms = seconds * 1000 + micros // 1000
+    await write(r, k, {"bucket": Hash({"tokens": "0", "ts": str(now_ms - 2000)})})
+    take = {"keys": {"bucket": k("bucket")}, "args": {"rate": 1, "burst": 5}}
+    assert [await TAKE_TOKEN(r, **take) for _ in range(2)] == [0, 0]  # 2 s at 1/s: two tokens
+    assert await TAKE_TOKEN(r, **take) > 0
+
+
+# ---- the loader
+
+LOADER_ROWS = [
+    pytest.param({"bucket": "b"}, {"rate": 1, "burst": 1}, None, id="right names"),
+    pytest.param({"bukket": "b"}, {"rate": 1, "burst": 1}, "KEYS", id="wrong key name"),
+    pytest.param({}, {"rate": 1, "burst": 1}, "KEYS", id="missing key"),
+    pytest.param({"bucket": "b", "other": "o"}, {"rate": 1, "burst": 1}, "KEYS", id="extra key"),
+    pytest.param({"bucket": "b"}, {"rate": 1}, "ARGV", id="missing argument"),
+    pytest.param({"bucket": "b"}, {"rate": 1, "burts": 1}, "ARGV", id="wrong argument name"),
+    pytest.param({"bucket": "b"}, {"rate": 1, "burst": 1, "x": 2}, "ARGV", id="extra argument"),
+]
+
+
+@pytest.mark.parametrize(("names", "args", "refused"), LOADER_ROWS)
+def test_loader_takes_the_header_names_only(
+    names: dict[str, str], args: dict[str, Any], refused: str | None
+) -> None:
+    if refused is None:
+        assert TAKE_TOKEN.positions(names, args) == (["b"], [1, 1])
+    else:
+        with pytest.raises(TypeError, match=refused):
+            TAKE_TOKEN.positions(names, args)
+
+
+def test_loader_flattens_the_trailing_list() -> None:
+    step = started(1)
+    names = {n: n for n in TRANSITION.keys}
+    key_list, arg_list = TRANSITION.positions(names, step.args(Keys("p")))
+    assert key_list == ["record", "events", "log", "cancel", "owner_queued"]
+    assert arg_list[9:] == ["j", "worker", "w1", "attempt", "1"]
+
+
+NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_header_matches_the_positions_the_script_reads(name: str) -> None:
+    """Every KEYS[n] / ARGV[n] the body reads (also as K[n], A[n]) is a name of its header, and
+    a trailing list starts right after the named arguments."""
+    script = scripts.load(name)
+    body = (scripts.LUA / f"{name}.lua").read_text()
+    body = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
+    read_keys = {int(n) for n in re.findall(r"\b(?:KEYS|K)\[(\d+)\]", body)}
+    read_args = {int(n) for n in re.findall(r"\b(?:ARGV|A)\[(\d+)\]", body)}
+    named = [a for a in script.args if not a.endswith("...")]
+    assert read_keys == set(range(1, len(script.keys) + 1))
+    assert read_args == set(range(1, len(named) + 1))
+    if len(named) < len(script.args):
+        assert re.findall(r"set_fields\(\w+, (\d+)\)", body) == [str(len(named) + 1)]
+    assert scripts.load(name) is script  # loaded once
+
+
+async def test_script_survives_script_flush(r: Redis, k: Keys) -> None:
+    take = {"keys": {"bucket": k("bucket")}, "args": {"rate": 0.01, "burst": 5}}
+    assert await TAKE_TOKEN(r, **take) == 0
+    assert await r.script_exists(TAKE_TOKEN.sha) == [True]
+    await r.script_flush()  # as after a Redis restart
+    assert await r.script_exists(TAKE_TOKEN.sha) == [False]
+    assert await TAKE_TOKEN(r, **take) == 0  # NoScriptError: loaded again, run again
+    assert await r.script_exists(TAKE_TOKEN.sha) == [True]
+    assert await r.script_load(TAKE_TOKEN.source) == TAKE_TOKEN.sha
+
+
+async def test_pipelined_calls(r: Redis, k: Keys) -> None:
+    """How the job store sends several steps in one round trip."""
+    await TRANSITION.ensure(r)
+    await write(r, k, {"record": Hash({"status": "queued"})})
+    names = k.many("record", "events", "log", "cancel", "owner_queued")
+    async with r.pipeline(transaction=False) as pipe:
+        for step in (started(1), ended("succeeded")):
+            TRANSITION.queue(pipe, names, step.args(k))
+        results = await pipe.execute()
+    assert [(a, before) for a, before, _, _ in results] == [(1, "queued"), (1, "started")]
+    await check(r, k, {"events": Stream(["started 1", "succeeded"])})
+
+
+def test_tables_have_unique_cases() -> None:
+    for rows in (TRANSITION_ROWS, CANCEL_ROWS, CREATE_ROWS, CLAIM_ROWS, REAP_ROWS):
+        ids = [row.id for row in rows]
+        assert len(ids) == len(set(ids))
