@@ -36,6 +36,14 @@ TRANSITION = scripts.load("transition")
 CANCEL = scripts.load("cancel")
 
 
+def queue_score(now_ms: int, priority: int) -> int:
+    """A job's score in its pool's queue, for both lanes."""
+    # arq runs only jobs whose score (a run-at time) has passed: every priority the API
+    # accepts (-100 to 100, hub/schemas.py) is a time in the past, so priority orders the
+    # queue (one level outranks a second of waiting) and never delays
+    return now_ms - (priority + 100) * 1000
+
+
 @dataclass(frozen=True)
 class Step:
     """One transition of a job: the event to append, and when it may happen. The record
@@ -138,10 +146,7 @@ class JobStore:
                 **self._common_args(event),
                 "idem_value": idem_value,
                 "arq_payload": arq_job,
-                # arq runs only jobs whose score (a run-at time) has passed: every priority the
-                # API accepts (-100 to 100, hub/schemas.py) is a time in the past, so priority
-                # orders the queue (one level outranks a second of waiting) and never delays
-                "score": now_ms - (priority + 100) * 1000,
+                "score": queue_score(now_ms, priority),
                 "created_ms": now_ms,
                 "wake": keys.wake(pool),
                 "job_id": job_id,

@@ -75,3 +75,8 @@ def rate(tenant: str) -> str:
 def worker(worker_id: str) -> str:
     """The worker's heartbeat record; it expires when the heartbeats stop."""
     return f"{PREFIX}worker:{worker_id}"
+
+
+def reply(hub_id: str) -> str:
+    """Pub/sub channel on which workers answer the online batches of one hub process."""
+    return f"{PREFIX}reply:{hub_id}"

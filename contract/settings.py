@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         None, description="A bearer token that may read /metrics (else an admin key)."
     )
     max_queued: int = Field(10_000, gt=0, description="Jobs a pool's queue holds; then 429.")
+    online_max_rows: int = Field(
+        65_536,
+        gt=0,
+        description="Rows of online (/v2 infer) requests a hub holds per pool, waiting or in "
+        "flight; then 503 with Retry-After.",
+    )
     rate_limit_per_s: float = Field(
         0, ge=0, description="Submissions per tenant per second; 0: off."
     )

@@ -22,6 +22,7 @@ from hub.metrics import Metrics
 from hub.middleware.body_limit import BodyLimit
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
+from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_bytes=settings.subscriber_buffer_bytes,
             stuck_after_s=settings.slow_consumer_s,
         )
+        online = OnlineLane(redis, max_rows_per_pool=settings.online_max_rows, observer=metrics)
+        fanout.listen(online.reply_channel, online.on_reply)
         await fanout.start()
         metrics.fanout = fanout
         store = JobStore(redis, Limits.of(settings))
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store,
             Catalogue(redis, model_ttl_s=settings.job_ttl_s),
             fanout,
+            online,
             max_queued=settings.max_queued,
             max_queued_per_tenant=settings.max_queued_per_tenant,
             max_stored_per_tenant=settings.max_stored_bytes_per_tenant,
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await online.close()
             await fanout.stop()
             await redis.aclose()
 

@@ -56,6 +56,10 @@ class Catalogue:
             self._workers_read_at = time.monotonic()
         return self._workers
 
+    async def serving(self, model: str) -> list[str]:
+        """The ids of the live workers that serve the model."""
+        return [w["id"] for w in await self.live_workers() if model in w.get("models", ())]
+
     async def workers(self, include_stopped: bool = False) -> list[dict[str, Any]]:
         """Live workers (and, when asked, those seen in the last hour that stopped)."""
         ids = await self.redis.zrangebyscore(keys.WORKERS, time.time() - 3600, "+inf")

@@ -161,6 +161,7 @@ class Fanout:
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
         self._subs: dict[Key, set[Subscription]] = {}
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.connected = False
@@ -178,6 +179,11 @@ class Fanout:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.redis.aclose()
+
+    def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Hand every message of ``channel`` to ``handler`` (on this one subscription: a hub
+        holds one pub/sub connection). Call before ``start``."""
+        self._handlers[channel.encode()] = handler
 
     def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
         return Subscription(match, self.maxsize, self.stuck_after_s, self.max_bytes, self.observer)
@@ -229,7 +235,7 @@ class Fanout:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.EVENTS_CHANNEL)
+                await pubsub.subscribe(keys.EVENTS_CHANNEL, *self._handlers)
                 if self._subscribed.is_set():
                     self._signal_gap()  # events published while we were away are in the logs
                 self._subscribed.set()
@@ -253,6 +259,10 @@ class Fanout:
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
+            return
+        handler = self._handlers.get(message["channel"])
+        if handler is not None:
+            handler(message["data"])
             return
         event_id, _, raw = message["data"].partition(b" ")
         try:

@@ -33,6 +33,14 @@ class Observer:
     def events_dropped(self, count: int) -> None:
         """Events left undelivered when a stuck consumer was given up."""
 
+    def online_batch(self, model: str, requests: int, rows: int) -> None:
+        """A batch of online requests was sent to the workers."""
+
+    def online_answered(
+        self, model: str, rows: int, seconds: float, answer: Mapping[str, Any]
+    ) -> None:
+        """An online request was answered (``answer`` holds ``error`` if it failed)."""
+
     def subscription_gap(self) -> None:
         """The event subscription reconnected: events in between are re-read from the logs."""
 

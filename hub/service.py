@@ -27,6 +27,7 @@ from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.errors import HubError, not_found
 from hub.fanout import Fanout
 from hub.observer import NOBODY, Observer
+from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest
 from hub.validation import check_arrays, check_outputs, decode_inputs
@@ -63,6 +64,7 @@ class JobService:
         store: JobStore,
         catalogue: Catalogue,
         fanout: Fanout,
+        online: OnlineLane,
         *,
         max_queued: int = 10_000,
         max_queued_per_tenant: int = 1_000,
@@ -75,6 +77,7 @@ class JobService:
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
+        self.online = online
         self.max_queued = max_queued
         self.max_queued_per_tenant = max_queued_per_tenant
         self.max_stored_per_tenant = max_stored_per_tenant
@@ -139,15 +142,7 @@ class JobService:
         """Queue a job, and follow its events while the block runs (subscribed before the job
         exists, so that none is missed). ``idempotency`` is (key, fingerprint); ``request_id``
         (by default the current request's) goes with the job to the worker's log lines."""
-        check_arrays(model, version, arrays)
-        check_outputs(model, version, outputs)
-        if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
-            raise HubError(
-                429,
-                "rate_limited",
-                f"over {self.rate.per_s:g} submissions a second; retry in {wait_ms} ms",
-                {"Retry-After": str(math.ceil(wait_ms / 1000))},
-            )
+        await self._admit(model, version, arrays, outputs, owner)
         job_id = uuid.uuid4().hex
         record = {
             "id": job_id,
@@ -216,6 +211,56 @@ class JobService:
                 feed.follow(first, Topic.job(first))
                 record = await self.record(first, owner)
             yield PendingJob(record, feed)
+
+    async def infer(
+        self,
+        model: dict[str, Any],
+        version: str,
+        arrays: dict[str, np.ndarray],
+        *,
+        owner: str,
+        outputs: list[str] | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run one request on the online lane (no record, no events): its packed outputs."""
+        await self._admit(model, version, arrays, outputs, owner)
+        workers = await self.catalogue.serving(model["name"])
+        if not workers:
+            raise HubError(
+                503,
+                "model_not_ready",
+                f"model '{model['name']}' is not ready: no live worker of pool '{model['pool']}'",
+            )
+        return await self.online.infer(
+            model,
+            version,
+            [pack_tensor(n, a) for n, a in arrays.items()],
+            rows=next(iter(arrays.values())).shape[0],
+            outputs=outputs,
+            priority=priority,
+            timeout_s=timeout_s or float(model["timeout_s"]),
+            workers=len(workers),
+        )
+
+    async def _admit(
+        self,
+        model: dict[str, Any],
+        version: str,
+        arrays: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        owner: str,
+    ) -> None:
+        """What both lanes check before a request goes anywhere."""
+        check_arrays(model, version, arrays)
+        check_outputs(model, version, outputs)
+        if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
+            raise HubError(
+                429,
+                "rate_limited",
+                f"over {self.rate.per_s:g} submissions a second; retry in {wait_ms} ms",
+                {"Retry-After": str(math.ceil(wait_ms / 1000))},
+            )
 
     async def _create(
         self, record: dict[str, Any], job_kwargs: dict[str, Any], **options: Any

@@ -10,8 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import re
-import socket
 import struct
 import threading
 import zlib
@@ -28,12 +26,13 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 import uvicorn
 from conftest import TestClient, WorkerProcess, start_worker
-from helpers import IR_VERSION, OPSET, free_port, wait_for, wait_job
+from helpers import IR_VERSION, OPSET, free_port, wait_for
 from onnx import TensorProto, helper
 from redis import Redis
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris
 from tritonclient.utils import InferenceServerException
 
+from contract import keys
 from contract.settings import Settings
 from hub.api.v2 import hub_priority
 from hub.app import create_app
@@ -491,7 +490,8 @@ def test_nested_data(http: httpx.Client, model_repo: Path) -> None:
     )
 
 
-def test_infer_is_a_job(http: httpx.Client) -> None:
+def test_infer_is_online_and_leaves_no_job(http: httpx.Client, redis: Redis) -> None:
+    jobs_before = redis.zcard(keys.JOBS_INDEX)
     rows = ROWS["iris"][:2].astype(np.float32).tolist()
     response = http.post(
         "/v2/models/iris/infer",
@@ -503,9 +503,9 @@ def test_infer_is_a_job(http: httpx.Client) -> None:
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["id"] == "abc"
-    job = http.get(f"/v1/jobs/{body['parameters']['job_id']}").json()
-    assert job["status"] == "succeeded" and job["model"] == "iris" and job["rows"] == 2
+    assert body["id"] == "abc" and "parameters" not in body
+    assert body["outputs"][0]["name"] == "label" and body["outputs"][0]["shape"] == [2]
+    assert redis.zcard(keys.JOBS_INDEX) == jobs_before  # no record, no event log
 
 
 def test_response_compression_follows_accept_encoding(http: httpx.Client) -> None:
@@ -705,39 +705,10 @@ def _slow_request(rows: int, **parameters: Any) -> tuple[bytes, dict[str, str]]:
     )
 
 
-def test_timeout_parameter_cancels_the_job(http: httpx.Client) -> None:
+def test_timeout_parameter_is_the_deadline(http: httpx.Client) -> None:
     body, headers = _slow_request(4000, timeout=1)  # one microsecond: expired at once
     response = http.post("/v2/models/slow/infer", content=body, headers=headers)
-    message = assert_error(response, 503, "request timeout expired", "was canceled")
-    match = re.search(r"job '([0-9a-f]+)'", message)
-    assert match is not None
-    job = wait_job(http, match.group(1), {"succeeded", "failed", "canceled"})
-    assert job["status"] == "canceled"
-
-
-def test_client_disconnect_cancels_the_job(http: httpx.Client, hub_url: str) -> None:
-    # a row count no other test uses, to find the job; about 10 s of work, so that it still
-    # runs when a listing crowded by the other tests' jobs finds it (the cancel ends it early)
-    rows = 20002
-    body, headers = _slow_request(rows)
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (
-        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: {hub_url}\r\n{head}"
-        f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    host, port = hub_url.split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(request)
-
-        def running() -> dict[str, Any] | None:
-            jobs = http.get("/v1/jobs", params={"model": "slow", "limit": 20}).json()["jobs"]
-            return next((j for j in jobs if j["rows"] == rows), None)
-
-        job = wait_for(running, what="the infer request's job")
-        assert job["status"] in ("queued", "started")
-    # the socket is closed: the hub cancels the job it was waiting for
-    job = wait_job(http, job["id"], {"succeeded", "failed", "canceled"})
-    assert job["status"] == "canceled"
+    assert_error(response, 503, "request timeout expired", "no answer within 1e-06 s")
 
 
 def test_not_ready_without_worker(settings: Settings) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +66,33 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
-    def expecting(self) -> Iterator[None]:
-        """Mark a job of this model as running: the batcher may wait for its rows."""
-        self._active += 1
+    def expecting(self, requests: int = 1) -> Iterator[None]:
+        """Mark requests of this model as running: the batcher may wait for their rows."""
+        self._active += requests
         try:
             yield
         finally:
-            self._active -= 1
+            self._active -= requests
+
+    async def run_rows(
+        self, inputs: Arrays, progress: Callable[[int, int], Awaitable[bool]] | None = None
+    ) -> Arrays | None:
+        """Run every row of ``inputs``, in chunks of at most ``max_batch_size``. After each
+        chunk of a request of several, ``progress(done, total)`` may say to stop (False): then
+        None is returned."""
+        total = len(next(iter(inputs.values())))
+        step = self.max_batch_size if self.batchable else total
+        chunks: list[Arrays] = []
+        for start in range(0, total, step):
+            chunks.append(await self.run({n: a[start : start + step] for n, a in inputs.items()}))
+            done = min(start + step, total)
+            if progress is not None and total > step:
+                go_on = await progress(done, total)  # after the last chunk too: done = total
+                if not go_on and done < total:
+                    return None
+        if len(chunks) == 1:
+            return chunks[0]
+        return {n: np.concatenate([c[n] for c in chunks]) for n in self.output_names}
 
     async def run(self, inputs: Arrays) -> Arrays:
         """Run the rows of ``inputs`` (at most ``max_batch_size``) with other requests' rows."""

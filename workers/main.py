@@ -17,10 +17,12 @@ from arq import func
 from contract import keys
 from contract.connection import arq_settings
 from contract.jobstore import RUN_JOB, JobStore, Limits
+from contract.online import RUN_BATCH
 from contract.settings import Settings
 from contract.wire import dumps, loads
 from workers.batcher import Batcher
 from workers.heartbeat import beat, heartbeat_forever, leave
+from workers.online import run_batch
 from workers.reaper import reap_forever
 from workers.repository import load_repository
 from workers.runner import run_job
@@ -87,7 +89,11 @@ def worker_settings(settings: Settings, worker_id: str) -> dict[str, Any]:
 
     return {
         # the model's own timeout fails the job cleanly first; arq's is the backstop
-        "functions": [func(run_job, name=RUN_JOB, timeout=longest + 10, max_tries=MAX_TRIES)],
+        "functions": [
+            func(run_job, name=RUN_JOB, timeout=longest + 10, max_tries=MAX_TRIES),
+            # a batch that kills its worker runs again while its requests' deadlines allow
+            func(run_batch, name=RUN_BATCH, timeout=longest + 10, max_tries=MAX_TRIES),
+        ],
         "redis_settings": arq_settings(settings.redis_url),
         "queue_name": keys.queue(settings.pool),
         "on_startup": startup,

@@ -126,34 +126,31 @@ async def _predict(
     emit: Any,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress and honouring cancel."""
-    arrays = {p["name"]: _text_for_onnxruntime(unpack_tensor(p)) for p in packed}
-    total = len(next(iter(arrays.values())))
-    step = model.config.max_batch_size if batcher.batchable else total
-    chunks: list[dict[str, np.ndarray]] = []
+    arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in packed}
+    stopped_at = 0
+
+    async def progress(done: int, total: int) -> bool:
+        nonlocal stopped_at
+        step = Step(
+            EventType.PROGRESS,
+            (JobStatus.STARTED,),
+            data={"done": done, "total": total},
+            guard=("done", done),
+        )
+        _, cancel = await emit(step)
+        stopped_at = done
+        return not cancel
+
     async with asyncio.timeout(model.config.timeout_s):
         with batcher.expecting():
-            for start in range(0, total, step):
-                chunks.append(
-                    await batcher.run({n: a[start : start + step] for n, a in arrays.items()})
-                )
-                done = min(start + step, total)
-                if total > step:  # a bulk job: report each chunk, and stop if asked to
-                    _, cancel = await emit(
-                        Step(
-                            EventType.PROGRESS,
-                            (JobStatus.STARTED,),
-                            data={"done": done, "total": total},
-                            guard=("done", done),
-                        )
-                    )
-                    if cancel and done < total:
-                        return JobStatus.CANCELED, {"reason": "canceled by client", "done": done}
+            results = await batcher.run_rows(arrays, progress)
+    if results is None:
+        return JobStatus.CANCELED, {"reason": "canceled by client", "done": stopped_at}
     names = wanted or batcher.output_names
-    outputs = [pack_tensor(n, np.concatenate([c[n] for c in chunks])) for n in names]
-    return JobStatus.SUCCEEDED, {"outputs": outputs}
+    return JobStatus.SUCCEEDED, {"outputs": [pack_tensor(n, results[n]) for n in names]}
 
 
-def _text_for_onnxruntime(array: np.ndarray) -> np.ndarray:
+def text_for_onnxruntime(array: np.ndarray) -> np.ndarray:
     """BYTES elements as str: onnxruntime str()s any other object, so b"abc" became "b'abc'".
 
     Its string tensors are UTF-8 text; an element that is not fails the job with the reason.

@@ -9,7 +9,6 @@ keeps its own error shape.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -27,7 +26,6 @@ from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, Submitter
 from hub.errors import HubError, error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.responses import JSON
-from hub.service import JobService, PendingJob
 from hub.validation import check_declared, check_parameters
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "schedule_policy"]
@@ -109,13 +107,8 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "inferhub", "version": request.app.version, "extensions": EXTENSIONS}
 
 
-async def _serving(catalogue: Catalogue, entry: dict[str, Any]) -> list[str]:
-    """The live workers that serve the model."""
-    return [w["id"] for w in await catalogue.live_workers() if entry["name"] in w.get("models", ())]
-
-
 async def _require_ready(catalogue: Catalogue, entry: dict[str, Any]) -> None:
-    if not await _serving(catalogue, entry):
+    if not await catalogue.serving(entry["name"]):
         raise HubError(
             503,
             "model_not_ready",
@@ -285,30 +278,25 @@ async def infer(
     # a compressed body's size says nothing of the decoded one's: it is decoded in a thread too
     compressed = (encoding or "identity").strip().lower() != "identity"
     parsed = await decode_body(compressed or len(raw) > OFF_LOOP_BYTES, decode, raw)
-    await _require_ready(service.catalogue, entry)
     wanted = [o.name for o in parsed.outputs] if parsed.outputs else None
-    deadline_s = parsed.timeout_us / 1e6 if parsed.timeout_us else float(entry["timeout_s"])
-    async with service.open_job(
-        entry,
-        version,
-        parsed.arrays,
-        owner=caller.tenant,
-        outputs=wanted,
-        priority=hub_priority(parsed.priority),
-        parameters=parsed.parameters or None,
-    ) as job:
-        if not await _outcome(request, service, job, deadline_s):
-            return Response(status_code=499)  # the client left; nobody reads this answer
-    record = job.record
-    if record["status"] == "failed":
-        raise HubError(500, "inference_failed", f"inference failed: {record.get('error')}")
-    if record["status"] != "succeeded":
-        raise HubError(503, "job_canceled", f"job '{record['id']}' was canceled before it finished")
+    timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else None
+    answered = asyncio.ensure_future(
+        service.infer(
+            entry,
+            version,
+            parsed.arrays,
+            owner=caller.tenant,
+            outputs=wanted,
+            priority=hub_priority(parsed.priority),
+            timeout_s=timeout_s,
+        )
+    )
+    if not await _answered_before_leaving(request, answered):
+        return Response(status_code=499)  # the client left; nobody reads this answer
     header: dict[str, Any] = {"model_name": entry["name"], "model_version": version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    header["parameters"] = {"job_id": record["id"]}
-    return _answer(header, parsed, record["outputs"], request.headers.get("accept-encoding"))
+    return _answer(header, parsed, answered.result(), request.headers.get("accept-encoding"))
 
 
 def _answer(
@@ -336,35 +324,18 @@ def _answer(
     return Response(content, media_type=media_type, headers=headers)
 
 
-async def _outcome(
-    request: Request, service: JobService, job: PendingJob, deadline_s: float
-) -> bool:
-    """Wait for the job to end; False if the client disconnected first.
-
-    When the client leaves or the deadline passes the job is canceled: nobody would read its
-    answer, and a queued job then never takes a worker's time.
-    """
-    ended = asyncio.create_task(job.finish(deadline_s))
-    left = asyncio.create_task(_disconnected(request))
+async def _answered_before_leaving(request: Request, answered: asyncio.Future[Any]) -> bool:
+    """Wait for the answer; False if the client disconnected first. A request that leaves
+    before its batch is sent is not run."""
+    left = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({ended, left}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({answered, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (ended, left):
-            task.cancel()
-        await asyncio.gather(ended, left, return_exceptions=True)
-    if job.finished:
-        return True
-    job_id = job.record["id"]
-    with contextlib.suppress(HubError):  # it may have finished meanwhile: nothing to cancel
-        await service.cancel(job_id, owner=job.record["owner"])
-    if left.done() and not left.cancelled():
-        return False
-    raise HubError(
-        503,
-        "timeout",
-        f"request timeout expired: job '{job_id}' did not finish within {deadline_s:g} s "
-        "and was canceled",
-    )
+        left.cancel()
+        if not answered.done():
+            answered.cancel()
+        await asyncio.gather(answered, left, return_exceptions=True)
+    return not answered.cancelled()
 
 
 async def _disconnected(request: Request) -> None:

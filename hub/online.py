@@ -1,0 +1,265 @@
+"""The online lane: requests held in the hub's memory and sent to the workers in batches.
+
+A request of ``/v2 infer`` has no record and no event log. It joins the *line* of its model
+version and priority. A line sends a batch at once while fewer than its capacity are in flight
+(so a lone request never waits); while batches are in flight, arriving requests gather into
+the next one, which leaves when the model's ``max_batch_size`` rows are in, or
+``max_queue_delay_ms`` after its first request, or when a batch in flight comes back. One batch
+is one arq job (``contract.online``), queued in one round trip; the worker answers every
+request of it in one publication on this hub's reply channel, read by the hub's one pub/sub
+connection (``hub.fanout``).
+
+A request that leaves before its batch is sent (its client went away, its deadline passed) is
+not sent. A batch whose worker dies runs again elsewhere (arq and the reaper see to it) while
+its requests' deadlines allow; a request past its deadline gets 503. Admission is bounded in
+rows waiting or in flight per pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.constants import job_key_prefix
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from contract import keys
+from contract.jobstore import queue_score
+from contract.online import Answer, BatchArgs, OnlineRequest, Reply, batch_payload
+from contract.wire import loads
+from hub.errors import HubError
+from hub.observer import NOBODY, Observer
+
+log = logging.getLogger(__name__)
+
+Line = tuple[str, str, int]  # model, version, priority
+
+
+@dataclass(eq=False)
+class _Waiting:
+    request: OnlineRequest
+    rows: int
+    line: _Queue
+    future: asyncio.Future[Answer]
+    batch: _Batch | None = None  # once sent
+
+
+@dataclass(eq=False)
+class _Batch:
+    id: str
+    line: _Queue
+    requests: list[_Waiting]
+
+
+@dataclass(eq=False)
+class _Queue:
+    """One line: the requests gathering for its next batch, and its batches in flight."""
+
+    key: Line
+    pool: str
+    max_rows: int
+    max_delay_s: float
+    capacity: int = 1
+    pending: list[_Waiting] = field(default_factory=list)
+    pending_rows: int = 0
+    in_flight: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class OnlineLane:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        max_rows_per_pool: int,
+        batches_per_worker: int = 2,
+        observer: Observer = NOBODY,
+    ) -> None:
+        self.redis = redis
+        self.max_rows_per_pool = max_rows_per_pool
+        self.batches_per_worker = batches_per_worker
+        self.observer = observer
+        self.reply_channel = keys.reply(uuid.uuid4().hex)
+        self.batches = 0  # batches sent, for the metrics and the tests
+        self._lines: dict[Line, _Queue] = {}
+        self._in_flight: dict[str, _Batch] = {}
+        self._rows: Counter[str] = Counter()  # per pool: rows waiting here or in flight
+        self._sends: set[asyncio.Task[None]] = set()
+
+    async def infer(
+        self,
+        entry: dict[str, Any],
+        version: str,
+        inputs: list[dict[str, Any]],
+        *,
+        rows: int,
+        outputs: list[str] | None,
+        priority: int,
+        timeout_s: float,
+        workers: int,
+    ) -> list[dict[str, Any]]:
+        """The packed outputs of one request, run in a batch by one of ``workers`` serving
+        the model; a HubError if it failed, was refused or ran out of time."""
+        pool = entry["pool"]
+        if self._rows[pool] + rows > self.max_rows_per_pool:
+            raise HubError(
+                503,
+                "server_busy",
+                f"pool '{pool}' has {self._rows[pool]:,} rows of online requests in flight on "
+                f"this hub (INFERHUB_ONLINE_MAX_ROWS {self.max_rows_per_pool:,}); retry shortly",
+                {"Retry-After": "1"},
+            )
+        line = self._line(entry, version, priority)
+        line.capacity = max(1, workers * self.batches_per_worker)
+        request: OnlineRequest = {
+            "id": uuid.uuid4().hex,
+            "inputs": inputs,
+            "outputs": outputs,
+            "deadline": time.time() + timeout_s,
+        }
+        waiting = _Waiting(request, rows, line, asyncio.get_running_loop().create_future())
+        self._rows[pool] += rows
+        line.pending.append(waiting)
+        line.pending_rows += rows
+        began = time.perf_counter()
+        try:
+            self._send_what_may_go(line)
+            async with asyncio.timeout(timeout_s):
+                answer = await waiting.future
+        except TimeoutError:
+            raise HubError(
+                503,
+                "timeout",
+                f"request timeout expired: no answer within {timeout_s:g} s "
+                f"(model '{entry['name']}')",
+            ) from None
+        finally:
+            self._rows[pool] -= rows
+            self._leave(waiting)
+        self.observer.online_answered(entry["name"], rows, time.perf_counter() - began, answer)
+        if "error" in answer:
+            status = answer.get("status", 500)
+            code = "inference_failed" if status == 500 else "unavailable"
+            raise HubError(status, code, f"inference failed: {answer['error']}")
+        return answer["outputs"]
+
+    def _line(self, entry: dict[str, Any], version: str, priority: int) -> _Queue:
+        key = (entry["name"], version, priority)
+        line = self._lines.get(key)
+        if line is None:
+            delay_ms = entry.get("batching", {}).get("max_queue_delay_ms", 5)
+            line = _Queue(key, entry["pool"], entry["max_batch_size"], delay_ms / 1000)
+            self._lines[key] = line
+        return line
+
+    def _send_what_may_go(self, line: _Queue) -> None:
+        """Send while the line has room in flight, or a full batch gathered; else make sure
+        the gathering batch leaves after the line's delay."""
+        while line.pending and (
+            line.in_flight < line.capacity or line.pending_rows >= line.max_rows
+        ):
+            self._send(line)
+        if line.pending and line.timer is None:
+            line.timer = asyncio.get_running_loop().call_later(
+                line.max_delay_s, self._delay_passed, line
+            )
+
+    def _delay_passed(self, line: _Queue) -> None:
+        line.timer = None
+        if line.pending:
+            self._send(line)
+        self._send_what_may_go(line)
+
+    def _send(self, line: _Queue) -> None:
+        taken: list[_Waiting] = []
+        rows = 0
+        while line.pending and (not taken or rows + line.pending[0].rows <= line.max_rows):
+            waiting = line.pending.pop(0)
+            taken.append(waiting)
+            rows += waiting.rows
+        line.pending_rows -= rows
+        if line.timer is not None and not line.pending:
+            line.timer.cancel()
+            line.timer = None
+        batch = _Batch(uuid.uuid4().hex, line, taken)
+        for waiting in taken:
+            waiting.batch = batch
+        line.in_flight += 1
+        self._in_flight[batch.id] = batch
+        self.batches += 1
+        self.observer.online_batch(line.key[0], len(taken), rows)
+        task = asyncio.create_task(self._enqueue(batch))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _enqueue(self, batch: _Batch) -> None:
+        model, version, priority = batch.line.key
+        args: BatchArgs = {
+            "model": model,
+            "version": version,
+            "reply": self.reply_channel,
+            "batch": batch.id,
+            "requests": [w.request for w in batch.requests],
+        }
+        now_ms = int(time.time() * 1000)
+        # the arq job outlives the last deadline a little, then expires unrun
+        last = max(w.request["deadline"] for w in batch.requests)
+        ttl_ms = max(1000, int(last * 1000) - now_ms + 1000)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.psetex(job_key_prefix + batch.id, ttl_ms, batch_payload(args, now_ms))
+                pipe.zadd(keys.queue(batch.line.pool), {batch.id: queue_score(now_ms, priority)})
+                pipe.publish(keys.wake(batch.line.pool), "")
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("online batch %s not queued: %s", batch.id, exc)
+            why = f"the queue is unavailable ({exc})"
+            self._answer(batch, lambda w: _failed(w, why))
+
+    def on_reply(self, raw: bytes) -> None:
+        """A worker's answers to one batch (the fan-out's handler of the reply channel)."""
+        reply: Reply = loads(raw)
+        batch = self._in_flight.get(reply["batch"])
+        if batch is None:
+            return  # every request of it left already, or a re-run answered twice
+        answers = {a["id"]: a for a in reply["answers"]}
+        self._answer(batch, lambda w: answers.get(w.request["id"]) or _failed(w, "no answer"))
+
+    def _answer(self, batch: _Batch, answer_of: Any) -> None:
+        for waiting in batch.requests:
+            if not waiting.future.done():
+                waiting.future.set_result(answer_of(waiting))
+        self._retire(batch)
+
+    def _leave(self, waiting: _Waiting) -> None:
+        """The request is answered or gone: off its line if it was not sent yet; its batch
+        retires when none of its requests waits any more."""
+        batch, line = waiting.batch, waiting.line
+        if batch is None:
+            line.pending.remove(waiting)
+            line.pending_rows -= waiting.rows
+            if not line.pending and line.timer is not None:
+                line.timer.cancel()
+                line.timer = None
+        elif all(w.future.done() for w in batch.requests):
+            self._retire(batch)
+
+    def _retire(self, batch: _Batch) -> None:
+        if self._in_flight.pop(batch.id, None) is not None:
+            batch.line.in_flight -= 1
+            self._send_what_may_go(batch.line)
+
+    async def close(self) -> None:
+        for task in list(self._sends):
+            task.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)
+
+
+def _failed(waiting: _Waiting, why: str) -> Answer:
+    return {"id": waiting.request["id"], "error": why, "status": 503}

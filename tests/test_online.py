@@ -1,0 +1,279 @@
+"""The online lane (hub/online.py, workers/online.py) across a real Redis and real workers.
+
+The lane runs here in the test's own event loop, beside a real worker process, so that what it
+holds (requests gathering, batches sent) can be looked at directly; the V2 route on top of it
+is tested through HTTP in tests/test_v2.py, and once more here.
+
+These tests use a Redis database of their own, so that no other module's jobs or workers mix in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import ROOT, TestClient, WorkerProcess, build_failing, build_slow, start_worker
+from redis import Redis
+
+from contract.connection import connect
+from contract.settings import Settings
+from contract.tensors import pack_tensor, unpack_tensor
+from hub.app import create_app
+from hub.catalogue import Catalogue
+from hub.errors import HubError
+from hub.fanout import Fanout
+from hub.online import OnlineLane
+
+DB = 5
+SLOW_CONFIG = """description = "Heavy rows, and a batch that gathers for a minute while the line is full"
+max_batch_size = 64
+timeout_s = 60
+
+[batching]
+max_queue_delay_ms = 60000
+"""
+
+
+@pytest.fixture(scope="module")
+def online_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("online") / "models"
+    for name in ("iris", "digits"):
+        shutil.copytree(ROOT / "models" / name, root / name)
+    build_failing(root / "failing")
+    build_slow(root / "slow")
+    (root / "slow" / "config.toml").write_text(SLOW_CONFIG)
+    shutil.copytree(root / "slow", root / "spare")  # the same, served by a pool of its own
+    (root / "spare" / "config.toml").write_text('pool = "spare"\n' + SLOW_CONFIG)
+    return Settings(
+        redis_url=redis_url.rsplit("/", 1)[0] + f"/{DB}",
+        models=root,
+        poll_delay_s=0.02,
+        heartbeat_s=0.5,
+    )
+
+
+@pytest.fixture(scope="module")
+def online_redis(online_settings: Settings) -> Iterator[Redis]:
+    client = Redis.from_url(online_settings.redis_url)
+    yield client
+    client.flushdb()  # this module's database only
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def online_worker(
+    online_settings: Settings, online_redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    log_path = tmp_path_factory.mktemp("online-worker") / "worker.log"
+    yield from start_worker(online_settings, online_redis, log_path)
+
+
+class Lane:
+    """An online lane of the test's own, with the catalogue it reads its models from."""
+
+    def __init__(self, lane: OnlineLane, catalogue: Catalogue) -> None:
+        self.lane = lane
+        self.catalogue = catalogue
+
+    async def infer(
+        self, model: str, arrays: dict[str, np.ndarray], *, timeout_s: float = 30, **options: Any
+    ) -> dict[str, np.ndarray]:
+        entry, version = await self.catalogue.model(model)
+        workers = len(await self.catalogue.serving(model))
+        packed = await self.lane.infer(
+            entry,
+            version,
+            [pack_tensor(n, a) for n, a in arrays.items()],
+            rows=len(next(iter(arrays.values()))),
+            outputs=options.get("outputs"),
+            priority=options.get("priority", 0),
+            timeout_s=timeout_s,
+            workers=workers,
+        )
+        return {p["name"]: unpack_tensor(p) for p in packed}
+
+    def waiting(self, model: str) -> int:
+        """Requests of the model gathering in the hub, not sent yet."""
+        return sum(len(q.pending) for key, q in self.lane._lines.items() if key[0] == model)
+
+
+@pytest.fixture
+async def lane(online_settings: Settings, online_worker: WorkerProcess) -> AsyncIterator[Lane]:
+    redis = connect(online_settings.redis_url)
+    online = OnlineLane(redis, max_rows_per_pool=online_settings.online_max_rows)
+    fanout = Fanout(online_settings.redis_url)
+    fanout.listen(online.reply_channel, online.on_reply)
+    await fanout.start()
+    try:
+        yield Lane(online, Catalogue(redis))
+    finally:
+        await online.close()
+        await fanout.stop()
+        await redis.aclose()
+
+
+def digits_rows(n: int, seed: int) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(seed).uniform(0, 16, (n, 64)).astype(np.float32)}
+
+
+def slow_rows(n: int) -> dict[str, np.ndarray]:
+    return {"x": np.ones((n, 16), dtype=np.float32)}
+
+
+async def test_concurrent_requests_share_batches_and_get_their_own_answers(lane: Lane) -> None:
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    feeds = [digits_rows(1 + i % 3, seed=i) for i in range(48)]
+    before = lane.lane.batches
+    answers = await asyncio.gather(*(lane.infer("digits", f) for f in feeds))
+    assert lane.lane.batches - before < len(feeds)  # they were gathered into batches
+    names = [o.name for o in session.get_outputs()]
+    for feed, answer in zip(feeds, answers, strict=True):
+        for name, expected in zip(names, session.run(None, feed), strict=True):
+            assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
+
+
+async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
+    # ``failing`` takes one row at a time: a two-row request fails at run time, and the
+    # batcher then runs the batch's requests one by one
+    one = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
+    two = {"x": np.zeros((2, 4), dtype=np.float32)}
+    results = await asyncio.gather(
+        *(lane.infer("failing", f) for f in (one, two, one, one)), return_exceptions=True
+    )
+    assert isinstance(results[1], HubError) and results[1].status == 500, results[1]
+    assert "inference failed" in results[1].message
+    for result in (results[0], results[2], results[3]):
+        assert isinstance(result, dict), result
+        assert np.array_equal(result["y"], one["x"])
+
+
+async def test_a_request_that_leaves_before_its_batch_is_sent_is_not_run(lane: Lane) -> None:
+    # one worker: the line holds two batches in flight; a third request gathers (for up to a
+    # minute, the model's max_queue_delay_ms) until one comes back
+    first = [asyncio.ensure_future(lane.infer("slow", slow_rows(600))) for _ in range(2)]
+    await _until(lambda: lane.lane.batches >= 2 and lane.waiting("slow") == 0)
+    sent = lane.lane.batches
+    third = asyncio.ensure_future(lane.infer("slow", slow_rows(1)))
+    await _until(lambda: lane.waiting("slow") == 1)
+    third.cancel()  # what the V2 route does when its client disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    assert lane.waiting("slow") == 0
+    for answer in await asyncio.gather(*first):
+        assert answer["y"].shape == (600, 1024)
+    assert lane.lane.batches == sent  # the batches that came back sent nothing more
+
+
+async def test_over_the_admission_bound_is_503_with_retry_after(
+    online_settings: Settings, online_worker: WorkerProcess
+) -> None:
+    redis = connect(online_settings.redis_url)
+    small = OnlineLane(redis, max_rows_per_pool=100)
+    fanout = Fanout(online_settings.redis_url)
+    fanout.listen(small.reply_channel, small.on_reply)
+    await fanout.start()
+    try:
+        bounded = Lane(small, Catalogue(redis))
+        held = asyncio.ensure_future(bounded.infer("slow", slow_rows(90)))
+        await _until(lambda: small.batches == 1)
+        with pytest.raises(HubError) as refused:
+            await bounded.infer("slow", slow_rows(20))
+        assert refused.value.status == 503 and refused.value.code == "server_busy"
+        assert refused.value.headers == {"Retry-After": "1"}
+        assert "INFERHUB_ONLINE_MAX_ROWS" in refused.value.message
+        assert (await held)["y"].shape == (90, 1024)
+        # the rows are given back with the answer: the same request now fits
+        assert (await bounded.infer("slow", slow_rows(20)))["y"].shape == (20, 1024)
+    finally:
+        await small.close()
+        await fanout.stop()
+        await redis.aclose()
+
+
+async def test_the_deadline_holds_while_the_batch_runs(lane: Lane) -> None:
+    with pytest.raises(HubError) as late:
+        await lane.infer("slow", slow_rows(4000), timeout_s=0.2)
+    assert late.value.status == 503 and "request timeout expired" in late.value.message
+
+
+async def test_a_worker_killed_mid_batch_answers_or_503s_every_request(
+    online_settings: Settings,
+    online_redis: Redis,
+    lane: Lane,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two workers of pool ``spare``, one batch at a time each; one is killed while it runs a
+    batch. The reaper of the other hands the batch back once the dead worker's heartbeat
+    lapses, and it runs again while its requests' deadlines allow; no request hangs."""
+    started = [
+        start_worker(
+            online_settings,
+            online_redis,
+            tmp_path_factory.mktemp("spare") / "worker.log",
+            INFERHUB_POOL="spare",
+            INFERHUB_MAX_JOBS="1",
+        )
+        for _ in range(2)
+    ]
+    victim, _ = (next(gen) for gen in started)
+    try:
+        requests = [
+            asyncio.ensure_future(lane.infer("spare", slow_rows(800), timeout_s=t))
+            for t in (30, 30, 30, 0.5)
+        ]
+        victim_id = victim.record(online_redis)["id"]
+        await _until(lambda: victim_id.encode() in _holders(online_redis))
+        os.kill(victim.pid, signal.SIGKILL)
+        results = await asyncio.gather(*requests, return_exceptions=True)
+    finally:
+        for gen in started:
+            gen.close()
+    for result in results:
+        if isinstance(result, HubError):
+            assert result.status == 503, result
+        else:
+            assert isinstance(result, dict) and result["y"].shape == (800, 1024), result
+    assert all(isinstance(r, dict) for r in results[:3])  # their deadlines allowed a re-run
+
+
+def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: WorkerProcess) -> None:
+    rows = digits_rows(3, seed=7)["input"]
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    with TestClient(create_app(online_settings)) as client:
+        response = client.post(
+            "/v2/models/digits/infer",
+            json={
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [3, 64], "data": rows.tolist()}
+                ],
+                "outputs": [{"name": "label"}],
+            },
+        )
+    assert response.status_code == 200, response.text
+    (label,) = response.json()["outputs"]
+    assert label["data"] == session.run(["label"], {"input": rows})[0].tolist()
+
+
+def _holders(redis: Redis) -> list[bytes]:
+    """The workers holding a batch (arq's in-progress keys hold the claiming worker's id)."""
+    found = list(redis.scan_iter(match="arq:in-progress:*"))
+    return [v for v in redis.mget(found) if v is not None] if found else []
+
+
+async def _until(condition: Any) -> None:
+    """Wait (30 s at most) until ``condition()``: state in Redis or in the lane, which signals
+    nothing when it changes, so it is looked at every 10 ms."""
+    async with asyncio.timeout(30):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
