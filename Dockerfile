@@ -10,8 +10,10 @@
 FROM python:3.11-slim AS build
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY contract contract
 COPY hub hub
 COPY workers workers
+COPY cli cli
 COPY scripts scripts
 RUN python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'
 RUN .venv/bin/python scripts/build_example_models.py --out /app/models
@@ -28,8 +30,10 @@ FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin inferhub
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY contract contract
 COPY hub hub
 COPY workers workers
+COPY cli cli
 COPY static static
 RUN python3 -m venv .venv && .venv/bin/pip install -q -e .
 COPY --from=build /app/models models

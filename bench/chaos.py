@@ -31,7 +31,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hub.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
+from cli.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 

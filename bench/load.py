@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.models import build_mlp  # noqa: E402
-from hub.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
+from cli.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
 HEAVY_CONFIG = """description = "8 x (1024x1024 MatMul + Relu), generated for the benchmark"

@@ -29,10 +29,10 @@ from helpers import (
 from redis import Redis
 from redis.exceptions import RedisError
 
+from cli.processes import ready, start_cli, stop
 from contract import keys
 from contract.settings import Settings
 from hub.app import create_app
-from hub.processes import ready, start_cli, stop
 
 # Starlette's TestClient sends "Host: testserver", which a keyless hub refuses (hub/hosts.py):
 # in the environment, every Settings() of the tests allows it, whoever builds one.

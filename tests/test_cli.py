@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 from helpers import ROOT, free_port, wait_for
 
-from hub.processes import ready
+from cli.processes import ready
 
 
 def inferhub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hub", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,7 +88,7 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "hub", "up", "--port", str(port), "--models", str(ROOT / "models")],
+        [sys.executable, "-m", "cli", "up", "--port", str(port), "--models", str(ROOT / "models")],
         env=env,
         cwd=tmp_path,
         stdout=log,

@@ -1,5 +1,5 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a
-real hub (``python -m hub serve`` on a free port), the session's worker and Redis.
+real hub (``python -m cli serve`` on a free port), the session's worker and Redis.
 
 Playwright's own browser download does not work here; the tests use ``/usr/bin/chromium``
 (``apt-get install chromium``). Screenshots at 1280 and 390 px go to ``test-artifacts/``.
@@ -21,9 +21,9 @@ from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, wait_i
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from redis import Redis
 
+from cli.processes import stop
 from contract.settings import Settings
 from hub.auth import new_key
-from hub.processes import stop
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -53,7 +53,7 @@ class HubServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             env=self.env,
             cwd=ROOT,
             start_new_session=True,

@@ -18,10 +18,10 @@ from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, worker
 from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
 
+from cli.processes import ready, stop
 from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import KeysFileError, new_key
-from hub.processes import ready, stop
 
 DIGEST = "0" * 64
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -29,7 +29,7 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def inferhub(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hub", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -133,7 +133,7 @@ def open_hub(
     log = (tmp_path_factory.mktemp("hosts") / "hub.log").open("wb")
     env = worker_env(settings, INFERHUB_PORT=str(port))
     hub = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve"],
+        [sys.executable, "-m", "cli", "serve"],
         env=env,
         cwd=ROOT,
         stdout=log,
@@ -266,7 +266,7 @@ def test_the_dashboard_with_a_tenant_key_notes_the_admin_only_panels(
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "hub.log").open("wb") as log:
         hub = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             env=env,
             cwd=ROOT,
             stdout=log,

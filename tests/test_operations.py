@@ -1,6 +1,6 @@
 """Operations: metrics, logs, graceful shutdown, Compose, and two hubs with two workers.
 
-Real processes throughout: hubs and workers are ``python -m hub serve|worker`` on a Redis of
+Real processes throughout: hubs and workers are ``python -m cli serve|worker`` on a Redis of
 their own (JSON logs to files), next to the session's in-process hub for the metrics.
 """
 
@@ -29,10 +29,10 @@ from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+from cli.processes import ready, start_cli, start_redis, stop
 from contract import keys
 from contract.logs import bound, handler
 from contract.settings import Settings
-from hub.processes import ready, start_cli, start_redis, stop
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

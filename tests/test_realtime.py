@@ -1,7 +1,7 @@
 """Real-time delivery across real processes: Redis, a worker, and hub processes run by the CLI.
 
 SSE needs real servers (httpx's ASGI transport buffers a streamed response), so every hub here
-is ``python -m hub serve`` on its own port. Two of them share the Redis (one job stream seen
+is ``python -m cli serve`` on its own port. Two of them share the Redis (one job stream seen
 through either); a third has a tiny buffer and a short slow-consumer limit.
 """
 
@@ -23,9 +23,9 @@ from helpers import free_port, wait_for
 from httpx_sse import connect_sse
 from redis import Redis
 
+from cli.processes import ready, start_cli, start_redis, stop
 from contract.events import Event, EventType
 from hub.fanout import SlowConsumer, Subscription
-from hub.processes import ready, start_cli, start_redis, stop
 
 
 @dataclass

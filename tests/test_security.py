@@ -221,7 +221,7 @@ def test_an_open_hub_binds_only_to_loopback(tmp_path: Path) -> None:
     new_key(keyfile, "acme", ["read"])
     assert exposure_problem("0.0.0.0", KeyRing.load(keyfile), insecure=False) is None
     cli = subprocess.run(
-        [sys.executable, "-m", "hub", "serve", "--host", "0.0.0.0", "--port", "1"],
+        [sys.executable, "-m", "cli", "serve", "--host", "0.0.0.0", "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from helpers import WorkerProcess, free_port, wait_for
 
+from cli.processes import ready, start_cli, stop
 from contract.settings import Settings
-from hub.processes import ready, start_cli, stop
 
 READERS = 24
 ESTABLISHED = "01"  # in /proc/net/tcp

@@ -96,7 +96,7 @@ def start_cli(
 ) -> subprocess.Popen[bytes]:
     """``inferhub <args>`` as a child process, in its own process group (output to ``log``)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "hub", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**os.environ, **(env or {})},
         start_new_session=True,
         stdout=log,

@@ -1,3 +1,3 @@
-from hub.cli import app
+from cli import app
 
 app(prog_name="inferhub")

@@ -1,0 +1,222 @@
+"""The stack's processes: ``inferhub serve`` (a hub), ``worker``, ``up`` (Redis, a worker and a hub
+as child processes, stopped together) and ``bench``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from cli.common import console
+from contract.settings import Settings
+
+RedisUrl = Annotated[str | None, typer.Option(help="INFERHUB_REDIS_URL")]
+Models = Annotated[Path | None, typer.Option(help="the model repository (INFERHUB_MODELS)")]
+Host = Annotated[str | None, typer.Option(help="INFERHUB_HOST")]
+Port = Annotated[int | None, typer.Option(help="INFERHUB_PORT")]
+
+
+def _settings(**flags: Any) -> Settings:
+    return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+class LogFormats(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormat = Annotated[LogFormats | None, typer.Option(help="INFERHUB_LOG_FORMAT")]
+
+
+def _logging(log_format: str = "text") -> None:
+    from contract.logs import setup
+
+    setup(log_format, logging.INFO)
+
+
+KeysFile = Annotated[Path | None, typer.Option(help="INFERHUB_API_KEYS_FILE")]
+Insecure = Annotated[
+    bool | None, typer.Option("--insecure", help="serve beyond loopback with no API keys")
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``message`` on one line of stderr: no markup (a keys file's
+    ``[keys.…]`` is not a style), no wrapping, no traceback."""
+    print(f"inferhub: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def _check_port(settings: Settings) -> None:
+    from cli.processes import bind_problem
+
+    problem = bind_problem(settings.host, settings.port)
+    if problem:
+        _fail(problem)
+
+
+def _check_exposure(settings: Settings) -> None:
+    from hub.auth import KeyRing, KeysFileError, exposure_problem
+
+    try:
+        keyring = KeyRing.load(settings.api_keys_file)
+    except KeysFileError as exc:
+        _fail(str(exc))
+    problem = exposure_problem(settings.host, keyring, settings.insecure)
+    if problem:
+        _fail(problem)
+
+
+def serve(
+    redis_url: RedisUrl = None,
+    host: Host = None,
+    port: Port = None,
+    api_keys_file: KeysFile = None,
+    insecure: Insecure = None,
+    log_format: LogFormat = None,
+    shutdown_grace_s: Annotated[
+        float | None, typer.Option(help="INFERHUB_SHUTDOWN_GRACE_S: exit within this on SIGTERM")
+    ] = None,
+) -> None:
+    """Run the hub (HTTP, SSE and WebSocket API)."""
+    import uvicorn
+
+    from hub.app import create_app
+    from hub.server import Server
+
+    settings = _settings(
+        redis_url=redis_url,
+        host=host,
+        port=port,
+        api_keys_file=api_keys_file,
+        insecure=insecure,
+        log_format=log_format,
+        shutdown_grace_s=shutdown_grace_s,
+    )
+    _logging(settings.log_format)
+    _check_exposure(settings)
+    _check_port(settings)
+    hub = create_app(settings)
+    config = uvicorn.Config(
+        hub,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our handlers (contract/logs.py), and our access line instead of uvicorn's
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        # events are small JSON: compression would cost each socket ~40 KiB of zlib state
+        ws_per_message_deflate=False,
+    )
+    Server(config, hub.state.streams, settings.shutdown_grace_s).run()
+
+
+def worker(
+    redis_url: RedisUrl = None,
+    models: Models = None,
+    pool: Annotated[str | None, typer.Option(help="INFERHUB_POOL")] = None,
+    log_format: LogFormat = None,
+) -> None:
+    """Run a worker for one pool of the model repository."""
+    from workers.main import run_worker
+
+    settings = _settings(redis_url=redis_url, models=models, pool=pool, log_format=log_format)
+    _logging(settings.log_format)
+    run_worker(settings)
+
+
+def up(
+    redis_url: RedisUrl = None,
+    models: Models = None,
+    host: Host = None,
+    port: Port = None,
+    api_keys_file: KeysFile = None,
+    insecure: Insecure = None,
+    log_format: LogFormat = None,
+) -> None:
+    """The whole stack on this machine: Redis (embedded unless INFERHUB_REDIS_URL), a worker, the hub."""
+    from cli.processes import free_port, start_cli, start_redis, stop, wait_ready
+
+    settings = _settings(
+        redis_url=redis_url,
+        models=models,
+        host=host,
+        port=port,
+        api_keys_file=api_keys_file,
+        insecure=insecure,
+        log_format=log_format,
+    )
+    _check_exposure(settings)
+    _check_port(settings)
+    if not settings.models.is_dir() or not any(settings.models.glob("*/config.toml")):
+        console.print(
+            f"[red]No models in {settings.models.resolve()}[/]: point --models (INFERHUB_MODELS) "
+            "at a model repository (<name>/config.toml, <name>/1/model.onnx), or run "
+            "`python scripts/build_example_models.py`."
+        )
+        raise typer.Exit(2)
+
+    redis: list[Any] = []  # the embedded Redis, stopped last
+    procs: list[Any] = []  # the worker and the hub
+    workdir = Path(tempfile.mkdtemp(prefix="inferhub-"))
+    for signum in (signal.SIGINT, signal.SIGTERM):  # either stops the whole stack
+        signal.signal(signum, _interrupt)
+    try:
+        if "INFERHUB_REDIS_URL" not in os.environ and redis_url is None:
+            redis_port = free_port()
+            redis.append(start_redis(redis_port, workdir))
+            settings.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            console.print(f"embedded Redis on {settings.redis_url} (data in {workdir})")
+        env = {
+            "INFERHUB_REDIS_URL": settings.redis_url,
+            "INFERHUB_MODELS": str(settings.models.resolve()),
+            "INFERHUB_HOST": settings.host,
+            "INFERHUB_PORT": str(settings.port),
+            "INFERHUB_INSECURE": str(settings.insecure).lower(),
+            "INFERHUB_LOG_FORMAT": settings.log_format,
+        }
+        if settings.api_keys_file is not None:
+            env["INFERHUB_API_KEYS_FILE"] = str(settings.api_keys_file.resolve())
+        procs.append(start_cli("worker", env=env))
+        procs.append(start_cli("serve", env=env))
+        base = f"http://{settings.host}:{settings.port}"
+        if not wait_ready(base, 60, watch=[*redis, *procs]):
+            if any(p.poll() is not None for p in [*redis, *procs]):
+                console.print("[red]a process of the stack exited before the hub was ready[/]")
+            else:
+                console.print(f"[red]{base}/readyz did not answer ready within 60 s[/]")
+            raise typer.Exit(1)
+        console.print(
+            f"[green]inferhub is up[/]: {base}/ (API docs {base}/docs). Ctrl-C stops everything."
+        )
+        while all(p.poll() is None for p in [*redis, *procs]):
+            time.sleep(0.2)
+        console.print("[red]a process of the stack exited; stopping the rest[/]")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        stop(procs)  # the hub and worker first, while Redis still answers them
+        stop(redis)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def bench(ctx: typer.Context) -> None:
+    """The benchmark (bench/load.py; its own options follow): it starts its own stack and
+    prints one JSON line, with onnxruntime's in-process figure on the same model beside it.
+    Example: inferhub bench --model digits --endpoint v2 --concurrency 64 --requests 5000"""
+    script = Path(__file__).resolve().parent.parent / "bench" / "load.py"
+    if not script.exists():
+        console.print("[red]bench/ is not here: run it from a clone of the repository[/]")
+        raise typer.Exit(2)
+    os.execv(sys.executable, [sys.executable, str(script), *ctx.args])
