@@ -212,10 +212,10 @@ def _interrupt(*_: object) -> None:
 
 
 def bench(ctx: typer.Context) -> None:
-    """The benchmark (bench/load.py; its own options follow): it starts its own stack and
-    prints one JSON line, with onnxruntime's in-process figure on the same model beside it.
-    Example: inferhub bench --model digits --endpoint v2 --concurrency 64 --requests 5000"""
-    script = Path(__file__).resolve().parent.parent / "bench" / "load.py"
+    """The benchmark (bench/lanes.py; its own options follow): both lanes beside the no-queue
+    baseline and onnxruntime in process, with their ratios and Redis commands per request.
+    Example: inferhub bench --seconds 5 --only tiny-c64"""
+    script = Path(__file__).resolve().parent.parent / "bench" / "lanes.py"
     if not script.exists():
         console.print("[red]bench/ is not here: run it from a clone of the repository[/]")
         raise typer.Exit(2)

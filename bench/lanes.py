@@ -1,0 +1,201 @@
+"""Both lanes of inferhub beside the two references, on the same models, in one run.
+
+For each scenario it drives a closed loop (one row per request, V2 JSON) against inferhub's
+online lane (``/v2 infer``), the no-queue baseline (bench/baseline.py: FastAPI calling
+onnxruntime in the event loop) and, for the jobs lane, ``/v1/jobs`` with ``Prefer: wait``; it
+measures onnxruntime in process on the same model, counts the Redis commands per request
+(``INFO commandstats`` before and after), and prints the ratios.
+
+    python bench/lanes.py                     # every scenario, ~10 s each
+    python bench/lanes.py --seconds 5 --only tiny-c64
+    inferhub bench                            # the same
+
+It starts its own Redis, hub, worker and baseline on 127.0.0.1; bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import (  # noqa: E402
+    Stack,
+    build_body,
+    closed_loop,
+    make_repo,
+    onnxruntime_rows_per_s,
+    percentiles,
+    rss_mib,
+    sample_rows,
+)
+from cli.processes import free_port, stop, wait_ready  # noqa: E402
+from workers.repository import load_repository  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    concurrency: int
+
+
+SCENARIOS = (
+    Scenario("tiny-c1", "digits", 1),
+    Scenario("tiny-c64", "digits", 64),
+    Scenario("heavy-c32", "heavy", 32),
+)
+
+
+def redis_calls(client: redis.Redis) -> int:
+    """Commands Redis has run so far (every command, those inside scripts too)."""
+    return sum(v["calls"] for k, v in client.info("commandstats").items())
+
+
+def drive(
+    url: str, endpoint: str, model: str, concurrency: int, seconds: float, rows: Any
+) -> dict[str, Any]:
+    requests = [
+        build_body(endpoint, model, "x" if model == "heavy" else "input", r[None]) for r in rows
+    ]
+    latencies, _, errors, wall = asyncio.run(closed_loop([url], requests, concurrency, seconds))
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rows_per_s": round(len(latencies) / wall, 1),
+        "latency_ms": percentiles(latencies),
+    }
+
+
+def measure(
+    stack: Stack, baseline_url: str, scenario: Scenario, repo: Path, seconds: float
+) -> dict[str, Any]:
+    model = load_repository(repo).models[scenario.model]
+    version = model.versions[model.latest]
+    rows = sample_rows(
+        scenario.model, version.inputs[0], 50_000 if scenario.model != "heavy" else 5_000
+    )
+    counter = redis.Redis.from_url(stack.redis_url)
+    result: dict[str, Any] = {"scenario": scenario.name, "model": scenario.model}
+    targets = [("baseline", baseline_url, "v2"), ("online", stack.urls[0], "v2")]
+    if scenario.model != "heavy":
+        targets.append(("jobs", stack.urls[0], "v1"))
+    for name, url, endpoint in targets:
+        drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
+        before = redis_calls(counter)
+        figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
+        figures["redis_commands_per_request"] = round(
+            (redis_calls(counter) - before - 1) / max(figures["requests"], 1), 2
+        )
+        result[name] = figures
+    threads = model.config.onnxruntime.intra_op_num_threads
+    result["onnxruntime"] = {
+        f"batch_{n}": round(onnxruntime_rows_per_s(version.path, rows[:n], threads), 1)
+        for n in (1, 32, 128)
+    }
+    base, online = result["baseline"], result["online"]
+    result["ratios"] = {
+        "online/baseline rows/s": round(online["rows_per_s"] / base["rows_per_s"], 3),
+        "online/baseline p50": round(online["latency_ms"]["p50"] / base["latency_ms"]["p50"], 3),
+        "online/onnxruntime b32": round(
+            online["rows_per_s"] / result["onnxruntime"]["batch_32"], 4
+        ),
+    }
+    if "jobs" in result:
+        result["ratios"]["jobs/baseline rows/s"] = round(
+            result["jobs"]["rows_per_s"] / base["rows_per_s"], 3
+        )
+    counter.close()
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'scenario':<10} {'target':<9} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'redis cmd/req':>13}"
+    ]
+    for r in results:
+        for target in ("baseline", "online", "jobs"):
+            if target in r:
+                f = r[target]
+                lines.append(
+                    f"{r['scenario']:<10} {target:<9} {f['rows_per_s']:>9,.0f} "
+                    f"{f['latency_ms']['p50']:>8.2f} {f['latency_ms']['p99']:>8.2f} "
+                    f"{f['redis_commands_per_request']:>13.2f}"
+                )
+        ort_figures = ", ".join(f"{k} {v:,.0f}" for k, v in r["onnxruntime"].items())
+        lines.append(f"{r['scenario']:<10} onnxruntime in process rows/s: {ort_figures}")
+        lines.append(
+            f"{r['scenario']:<10} ratios: "
+            + ", ".join(f"{k} {v:g}" for k, v in r["ratios"].items())
+        )
+    return "\n".join(lines)
+
+
+def idle(stack: Stack, seconds: float) -> dict[str, Any]:
+    client = redis.Redis.from_url(stack.redis_url)
+    time.sleep(2)  # start-up and the scenarios' tails settle
+    before = redis_calls(client)
+    time.sleep(seconds)
+    per_s = (redis_calls(client) - before - 1) / seconds
+    client.close()
+    pids = stack.pids()
+    return {
+        "redis_commands_per_s": round(per_s, 2),
+        "rss_mib": {k: round(sum(rss_mib(p) for p in v), 1) for k, v in pids.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per target and scenario")
+    parser.add_argument("--only", choices=[s.name for s in SCENARIOS], action="append")
+    parser.add_argument("--idle", type=float, default=5, help="idle figures over N s; 0: skip")
+    parser.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+    args = parser.parse_args(argv)
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    with tempfile.TemporaryDirectory(prefix="inferhub-lanes-") as tmp:
+        repo = make_repo(Path(tmp))
+        stack = Stack(repo)
+        port = free_port()
+        baseline = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "baseline.py"),
+                "--models",
+                str(repo),
+                "--port",
+                str(port),
+            ]
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            if not wait_ready(url, 60, watch=[baseline]):
+                raise RuntimeError("the baseline did not start")
+            idle_figures = idle(stack, args.idle) if args.idle else None
+            results = [measure(stack, url, s, repo, args.seconds) for s in scenarios]
+        finally:
+            stop([baseline])
+            stack.close()
+    if args.json:
+        print(json.dumps({"scenarios": results, "idle": idle_figures}))
+        return
+    print(table(results))
+    if idle_figures:
+        print(f"idle: {json.dumps(idle_figures)}")
+
+
+if __name__ == "__main__":
+    main()
