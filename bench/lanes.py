@@ -59,9 +59,16 @@ SCENARIOS = (
 )
 
 
-def redis_calls(client: redis.Redis) -> int:
-    """Commands Redis has run so far (every command, those inside scripts too)."""
-    return sum(v["calls"] for k, v in client.info("commandstats").items())
+def redis_calls(client: redis.Redis) -> dict[str, int]:
+    """Commands Redis has run so far, by name (those inside scripts too)."""
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+
+
+def per_request(before: dict[str, int], after: dict[str, int], requests: int) -> dict[str, float]:
+    """Commands per request between two counts, the most frequent first (less the INFO)."""
+    counts = {k: n - before.get(k, 0) - (k == "info") for k, n in after.items()}
+    ranked = sorted(((n / max(requests, 1), k) for k, n in counts.items()), reverse=True)
+    return {k: round(n, 2) for n, k in ranked if round(n, 2) > 0}
 
 
 def drive(
@@ -96,9 +103,9 @@ def measure(
         drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
         before = redis_calls(counter)
         figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
-        figures["redis_commands_per_request"] = round(
-            (redis_calls(counter) - before - 1) / max(figures["requests"], 1), 2
-        )
+        commands = per_request(before, redis_calls(counter), figures["requests"])
+        figures["redis_commands_per_request"] = round(sum(commands.values()), 2)
+        figures["redis_commands"] = commands
         result[name] = figures
     threads = model.config.onnxruntime.intra_op_num_threads
     result["onnxruntime"] = {
@@ -135,6 +142,9 @@ def table(results: list[dict[str, Any]]) -> str:
                     f"{f['latency_ms']['p50']:>8.2f} {f['latency_ms']['p99']:>8.2f} "
                     f"{f['redis_commands_per_request']:>13.2f}"
                 )
+                top = ", ".join(f"{k} {v:g}" for k, v in list(f["redis_commands"].items())[:8])
+                if top:
+                    lines.append(f"{'':<10} {target} per request: {top}")
         ort_figures = ", ".join(f"{k} {v:,.0f}" for k, v in r["onnxruntime"].items())
         lines.append(f"{r['scenario']:<10} onnxruntime in process rows/s: {ort_figures}")
         lines.append(
@@ -149,7 +159,7 @@ def idle(stack: Stack, seconds: float) -> dict[str, Any]:
     time.sleep(2)  # start-up and the scenarios' tails settle
     before = redis_calls(client)
     time.sleep(seconds)
-    per_s = (redis_calls(client) - before - 1) / seconds
+    per_s = sum(per_request(before, redis_calls(client), 1).values()) / seconds
     client.close()
     pids = stack.pids()
     return {

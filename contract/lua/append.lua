@@ -9,8 +9,9 @@ local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen)
   return id
 end
 
--- Set the record's fields from ARGV[first], ARGV[first + 1], ... (field, value pairs).
+-- Set the record's fields from ARGV[first], ARGV[first + 1], ... (field, value pairs), in one
+-- command (a record has tens of fields, far below Lua's bound on unpacked values).
 local function set_fields(record, first)
-  for i = first, #ARGV, 2 do redis.call('HSET', record, ARGV[i], ARGV[i + 1]) end
+  if #ARGV >= first then redis.call('HSET', record, unpack(ARGV, first, #ARGV)) end
 end
 
