@@ -18,6 +18,7 @@ rows waiting or in flight per pool.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -85,7 +86,9 @@ class OnlineLane:
         self.max_rows_per_pool = max_rows_per_pool
         self.batches_per_worker = batches_per_worker
         self.observer = observer
-        self.reply_channel = keys.reply(uuid.uuid4().hex)
+        self.hub_id = uuid.uuid4().hex
+        self.reply_channel = keys.reply(self.hub_id)
+        self._ids = itertools.count()  # request and batch ids: unique on this hub's channel
         self.batches = 0  # batches sent, for the metrics and the tests
         self._lines: dict[Line, _Queue] = {}
         self._in_flight: dict[str, _Batch] = {}
@@ -118,7 +121,7 @@ class OnlineLane:
         line = self._line(entry, version, priority)
         line.capacity = max(1, workers * self.batches_per_worker)
         request: OnlineRequest = {
-            "id": uuid.uuid4().hex,
+            "id": str(next(self._ids)),
             "inputs": inputs,
             "outputs": outputs,
             "deadline": time.time() + timeout_s,
@@ -187,7 +190,7 @@ class OnlineLane:
         if line.timer is not None and not line.pending:
             line.timer.cancel()
             line.timer = None
-        batch = _Batch(uuid.uuid4().hex, line, taken)
+        batch = _Batch(f"{self.hub_id}-{next(self._ids)}", line, taken)
         for waiting in taken:
             waiting.batch = batch
         line.in_flight += 1

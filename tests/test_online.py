@@ -13,13 +13,28 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
-from helpers import ROOT, TestClient, WorkerProcess, build_failing, build_slow, start_worker
+import uvicorn
+from helpers import (
+    ROOT,
+    TestClient,
+    WorkerProcess,
+    build_failing,
+    build_slow,
+    free_port,
+    start_worker,
+    wait_for,
+)
 from redis import Redis
 
 from contract.connection import connect
@@ -263,6 +278,56 @@ def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Work
     assert response.status_code == 200, response.text
     (label,) = response.json()["outputs"]
     assert label["data"] == session.run(["label"], {"input": rows})[0].tolist()
+
+
+def test_a_client_that_disconnects_before_dispatch_is_not_run(
+    online_settings: Settings, online_worker: WorkerProcess
+) -> None:
+    """Through HTTP: the route cancels the request when its client goes, and the request
+    leaves the gathering batch (the line is full: two slow batches in flight)."""
+    app = create_app(online_settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
+        lane: OnlineLane = app.state.service.online
+        url = f"http://127.0.0.1:{port}"
+        slow = [{"name": "x", "datatype": "FP32", "shape": [600, 16], "data": [1.0] * 9600}]
+        with ThreadPoolExecutor(2) as pool:
+            first = [
+                pool.submit(
+                    httpx.post, f"{url}/v2/models/slow/infer", json={"inputs": slow}, timeout=60
+                )
+                for _ in range(2)
+            ]
+            wait_for(lambda: lane.batches == 2, what="two batches in flight")
+            sent = lane.batches
+            body = orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}
+                    ]
+                }
+            )
+            head = (
+                f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(head.encode() + body)
+                wait_for(lambda: _gathering(lane) == 1, what="the request gathering")
+            wait_for(lambda: _gathering(lane) == 0, what="the request to leave its batch")
+            assert [f.result().status_code for f in first] == [200, 200]
+        assert lane.batches == sent  # nothing more was sent: the third request never ran
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _gathering(lane: OnlineLane) -> int:
+    return sum(len(line.pending) for line in lane._lines.values())
 
 
 def _holders(redis: Redis) -> list[bytes]:

@@ -9,7 +9,9 @@ keeps its own error shape.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -280,8 +282,8 @@ async def infer(
     parsed = await decode_body(compressed or len(raw) > OFF_LOOP_BYTES, decode, raw)
     wanted = [o.name for o in parsed.outputs] if parsed.outputs else None
     timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else None
-    answered = asyncio.ensure_future(
-        service.infer(
+    async with _canceled_if_the_client_leaves(request) as client:
+        outputs = await service.infer(
             entry,
             version,
             parsed.arrays,
@@ -290,13 +292,12 @@ async def infer(
             priority=hub_priority(parsed.priority),
             timeout_s=timeout_s,
         )
-    )
-    if not await _answered_before_leaving(request, answered):
+    if client.left:
         return Response(status_code=499)  # the client left; nobody reads this answer
     header: dict[str, Any] = {"model_name": entry["name"], "model_version": version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    return _answer(header, parsed, answered.result(), request.headers.get("accept-encoding"))
+    return _answer(header, parsed, outputs, request.headers.get("accept-encoding"))
 
 
 def _answer(
@@ -324,18 +325,32 @@ def _answer(
     return Response(content, media_type=media_type, headers=headers)
 
 
-async def _answered_before_leaving(request: Request, answered: asyncio.Future[Any]) -> bool:
-    """Wait for the answer; False if the client disconnected first. A request that leaves
-    before its batch is sent is not run."""
-    left = asyncio.ensure_future(_disconnected(request))
+@dataclass
+class _Client:
+    left: bool = False
+
+
+@contextlib.asynccontextmanager
+async def _canceled_if_the_client_leaves(request: Request) -> AsyncIterator[_Client]:
+    """Run the block, canceled if the client disconnects first (``left`` then says so, and
+    the cancellation ends here). A request that leaves before its batch is sent is not run."""
+    client, task = _Client(), asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        await _disconnected(request)
+        client.left = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({answered, left}, return_when=asyncio.FIRST_COMPLETED)
+        yield client
+    except asyncio.CancelledError:
+        if not client.left:
+            raise
+        task.uncancel()
     finally:
-        left.cancel()
-        if not answered.done():
-            answered.cancel()
-        await asyncio.gather(answered, left, return_exceptions=True)
-    return not answered.cancelled()
+        watcher.cancel()
 
 
 async def _disconnected(request: Request) -> None:
