@@ -5,8 +5,11 @@ The model list is cached for a moment so that validating a request costs no roun
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -14,25 +17,51 @@ from redis.asyncio import Redis
 from contract import keys
 from hub.errors import HubError, not_found
 
+T = TypeVar("T")
+
+
+class Cached(Generic[T]):
+    """A value read at most once per ``max_age_s``; requests that find it stale while it is
+    being read wait for that one read instead of each sending their own."""
+
+    def __init__(self, read: Callable[[], Awaitable[T]], max_age_s: float) -> None:
+        self.read = read
+        self.max_age_s = max_age_s
+        self._value: T | None = None
+        self._read_at = -math.inf
+        self._reading: asyncio.Task[T] | None = None
+
+    async def get(self) -> T:
+        if self._value is not None and time.monotonic() - self._read_at <= self.max_age_s:
+            return self._value
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self.read())
+        reading = self._reading
+        try:
+            self._value = await asyncio.shield(reading)
+            self._read_at = time.monotonic()
+        finally:
+            if self._reading is reading and reading.done():
+                self._reading = None
+        return self._value
+
 
 class Catalogue:
     def __init__(self, redis: Redis, *, max_age_s: float = 1.0, model_ttl_s: float = 86400) -> None:
         self.redis = redis
-        self.max_age_s = max_age_s
         self.model_ttl_s = model_ttl_s
-        self._models: dict[str, dict[str, Any]] = {}
-        self._read_at = 0.0
-        self._workers: list[dict[str, Any]] = []
-        self._workers_read_at = 0.0
+        self._models = Cached(self._read_models, max_age_s)
+        # a readiness check on every request must not cost a round trip
+        self._live = Cached(self.workers, max_age_s)
 
     async def models(self) -> dict[str, dict[str, Any]]:
-        if time.monotonic() - self._read_at > self.max_age_s:
-            raw = await self.redis.hgetall(keys.MODELS)  # type: ignore[misc]  # redis-py: sync|async
-            cutoff = time.time() - self.model_ttl_s
-            entries = (orjson.loads(v) for v in raw.values())
-            self._models = {e["name"]: e for e in entries if e["seen"] >= cutoff}
-            self._read_at = time.monotonic()
-        return self._models
+        return await self._models.get()
+
+    async def _read_models(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(keys.MODELS)  # type: ignore[misc]  # redis-py: sync|async
+        cutoff = time.time() - self.model_ttl_s
+        entries = (orjson.loads(v) for v in raw.values())
+        return {e["name"]: e for e in entries if e["seen"] >= cutoff}
 
     async def model(self, name: str, version: str | None = None) -> tuple[dict[str, Any], str]:
         """The model's entry and the version asked for (the latest when None)."""
@@ -49,12 +78,8 @@ class Catalogue:
         return entry, version
 
     async def live_workers(self) -> list[dict[str, Any]]:
-        """The live workers, read at most once per ``max_age_s``: a readiness check on every
-        request must not cost a round trip."""
-        if time.monotonic() - self._workers_read_at > self.max_age_s:
-            self._workers = await self.workers()
-            self._workers_read_at = time.monotonic()
-        return self._workers
+        """The live workers, read at most once per ``max_age_s``."""
+        return await self._live.get()
 
     async def serving(self, model: str) -> list[str]:
         """The ids of the live workers that serve the model."""
