@@ -12,7 +12,7 @@ import orjson
 from redis.asyncio import Redis
 
 from contract import keys
-from hub.errors import HubError, not_found
+from contract.errors import NotFound
 
 
 class Catalogue:
@@ -38,13 +38,12 @@ class Catalogue:
         """The model's entry and the version asked for (the latest when None)."""
         entry = (await self.models()).get(name)
         if entry is None:
-            raise not_found("model", name)
+            raise NotFound(f"model '{name}' does not exist", "model_not_found")
         version = version or entry["latest"]
         if version not in entry["versions"]:
-            raise HubError(
-                404,
-                "version_not_found",
+            raise NotFound(
                 f"model '{name}' has no version '{version}'; it has {', '.join(entry['versions'])}",
+                "version_not_found",
             )
         return entry, version
 
