@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import InvalidInput
+
 DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("bool"),
     "UINT8": np.dtype("<u1"),
@@ -33,10 +35,6 @@ DTYPES: dict[str, np.dtype[Any]] = {
 MAX_NESTING = 64
 
 
-class ProtocolError(ValueError):
-    """A request that does not fit the contract; the message says what to fix."""
-
-
 # --- tensors ---------------------------------------------------------------------------------
 
 
@@ -46,7 +44,7 @@ def datatype_of(array: np.ndarray) -> str:
     for name, dtype in DTYPES.items():
         if dtype == array.dtype.newbyteorder("<"):
             return name
-    raise ProtocolError(f"arrays of dtype {array.dtype} have no V2 datatype")
+    raise InvalidInput(f"arrays of dtype {array.dtype} have no V2 datatype")
 
 
 def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.ndarray:
@@ -54,12 +52,12 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
     name = tensor.get("name", "?")
     datatype = tensor.get("datatype") or datatype
     if not isinstance(datatype, str) or datatype not in DTYPES:
-        raise ProtocolError(
+        raise InvalidInput(
             f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
         )
     data = tensor.get("data")
     if data is None:
-        raise ProtocolError(f"input '{name}': 'data' is missing")
+        raise InvalidInput(f"input '{name}': 'data' is missing")
     try:
         if datatype == "BYTES":
             flat = [_to_bytes(item) for item in _leaves(data, name)]
@@ -68,21 +66,19 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
         else:
             with np.errstate(over="raise"):  # 1e39 as FP32 would be Infinity
                 array = np.asarray(data, dtype=DTYPES[datatype])
-    except ProtocolError:
-        raise
     except FloatingPointError:
-        raise ProtocolError(
+        raise InvalidInput(
             f"input '{name}': data holds a number beyond {datatype}'s range"
         ) from None
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None
+        raise InvalidInput(f"input '{name}': data is not {datatype}: {exc}") from None
     shape = tensor.get("shape")
     if shape is None:
         return array
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ProtocolError(f"input '{name}': shape must be a list of non-negative integers")
+        raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers")
     if array.size != math.prod(shape):
-        raise ProtocolError(
+        raise InvalidInput(
             f"input '{name}': shape {shape} needs {math.prod(shape)} elements, data has {array.size}"
         )
     return array.reshape(shape)
@@ -99,7 +95,7 @@ def _leaves(data: Any, name: str) -> list[Any]:
         for item in levels[-1]:
             if isinstance(item, list):
                 if len(levels) == MAX_NESTING:
-                    raise ProtocolError(
+                    raise InvalidInput(
                         f"input '{name}': data is nested more than {MAX_NESTING} lists deep; "
                         "send it flat and give 'shape'"
                     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from contract.connection import connect
 from contract.jobstore import JobStore, Limits
 from contract.settings import Settings
-from hub.api import dashboard, events, health, jobs, models, tickets, v2, ws
+from hub.api import dashboard, events, health, jobs, models, tickets, ws
 from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
 from hub.catalogue import Catalogue
@@ -19,13 +19,14 @@ from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.hosts import AllowedHosts
 from hub.metrics import Metrics
-from hub.middleware.body_limit import BodyLimit
+from hub.middleware.body_limit import BodyLimit, refuse_oversized
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
+from hub.v2.routes import router as v2_router
 
 DESCRIPTION = """A real-time inference hub: submit rows to an ONNX model, get the result inline,
 follow it live, or fetch it later. Every error is `{"error": {"code", "message"}}`."""
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=JSON,
+        dependencies=[Depends(refuse_oversized)],
     )
     app.state.settings = settings
     app.state.streams = streams
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ws.router)
     app.include_router(health.router)
-    app.include_router(v2.router)
+    app.include_router(v2_router)
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)

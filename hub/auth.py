@@ -25,7 +25,7 @@ import orjson
 from redis.asyncio import Redis
 
 from contract import keys
-from hub.errors import HubError
+from contract.errors import Forbidden
 
 SCOPES = ("submit", "read", "admin")
 TICKET_TTL_S = 60
@@ -48,7 +48,7 @@ class Principal:
     def need(self, scope: str, why: str = "") -> Principal:
         if scope not in self.scopes and not self.admin:
             message = f"this key lacks the '{scope}' scope"
-            raise HubError(403, "forbidden", f"{message}: {why}" if why else message)
+            raise Forbidden(f"{message}: {why}" if why else message)
         return self
 
 

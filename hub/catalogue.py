@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import orjson
 from redis.asyncio import Redis
 
 from contract import keys
-from hub.errors import HubError, not_found
+from contract.errors import NotFound
 
 T = TypeVar("T")
 
@@ -67,13 +67,12 @@ class Catalogue:
         """The model's entry and the version asked for (the latest when None)."""
         entry = (await self.models()).get(name)
         if entry is None:
-            raise not_found("model", name)
+            raise NotFound(f"model '{name}' does not exist", "model_not_found")
         version = version or entry["latest"]
         if version not in entry["versions"]:
-            raise HubError(
-                404,
-                "version_not_found",
+            raise NotFound(
                 f"model '{name}' has no version '{version}'; it has {', '.join(entry['versions'])}",
+                "version_not_found",
             )
         return entry, version
 
@@ -83,7 +82,7 @@ class Catalogue:
 
     async def serving(self, model: str) -> list[str]:
         """The ids of the live workers that serve the model."""
-        return [w["id"] for w in await self.live_workers() if model in w.get("models", ())]
+        return serving(model, await self.live_workers())
 
     async def workers(self, include_stopped: bool = False) -> list[dict[str, Any]]:
         """Live workers (and, when asked, those seen in the last hour that stopped)."""
@@ -98,3 +97,8 @@ class Catalogue:
             elif include_stopped:
                 out.append({"id": worker_id.decode(), "alive": False})
         return out
+
+
+def serving(model: str, workers: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The ids of the workers (of those given) that serve the model."""
+    return [w["id"] for w in workers if model in w.get("models", ())]

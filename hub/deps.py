@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from contract.errors import Unauthorized
 from contract.settings import Settings
 from hub.auth import ANONYMOUS, Principal, redeem_ticket
 from hub.catalogue import Catalogue
-from hub.errors import HubError
 from hub.service import JobService
 
 
@@ -48,8 +48,8 @@ async def authenticate(conn: HTTPConnection, *, tickets: bool = False) -> Princi
     raise _unauthorized(how + (", or ?ticket= from POST /v1/tickets" if tickets else ""))
 
 
-def _unauthorized(message: str) -> HubError:
-    return HubError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+def _unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _needs(scope: str, tickets: bool = False) -> Callable[[HTTPConnection], Awaitable[Principal]]:

@@ -1,5 +1,6 @@
-"""Errors that carry their HTTP status, and the handlers that give every error one JSON shape:
-``{"error": {"code": "...", "message": "..."}}``.
+"""``/v1``'s error shape, ``{"error": {"code": "...", "message": "..."}}``, rendered in this one
+place: the app's handlers turn every ``InferhubError`` (contract/errors.py) and every error of
+FastAPI, Starlette and Redis into it. The V2 routes render their own (hub/v2/errors.py).
 """
 
 from __future__ import annotations
@@ -12,20 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from contract.errors import InferhubError, Unavailable
 from hub.responses import JSON
 
 log = logging.getLogger(__name__)
-
-
-class HubError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
 
 
 _ERROR_SCHEMA = {
@@ -68,12 +59,17 @@ _DESCRIPTIONS = {
 }
 
 
-def not_found(what: str, name: str) -> HubError:
-    return HubError(404, f"{what}_not_found", f"{what} '{name}' does not exist")
+def store_unreachable() -> Unavailable:
+    """What a ``RedisError`` means to a client, on every transport."""
+    return Unavailable(
+        "the job store is unreachable; retry shortly",
+        "redis_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
-def invalid_input(message: str) -> HubError:
-    return HubError(422, "invalid_input", message)
+def render(exc: InferhubError) -> JSON:
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 def error_response(
@@ -97,9 +93,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(HubError)
-    async def hub_error(_: Request, exc: HubError) -> JSON:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    @app.exception_handler(InferhubError)
+    async def inferhub_error(_: Request, exc: InferhubError) -> JSON:
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSON:
@@ -114,9 +110,4 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, exc: RedisError) -> JSON:
         log.warning("redis unavailable: %s", exc)
-        return error_response(
-            503,
-            "redis_unavailable",
-            "the job store is unreachable; retry shortly",
-            {"Retry-After": "1"},
-        )
+        return render(store_unreachable())

@@ -31,10 +31,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
+from contract.errors import InferenceFailed, Unavailable
 from contract.jobstore import queue_score
 from contract.online import Answer, BatchArgs, OnlineRequest, Reply, batch_payload
 from contract.wire import loads
-from hub.errors import HubError
 from hub.observer import NOBODY, Observer
 
 log = logging.getLogger(__name__)
@@ -108,15 +108,14 @@ class OnlineLane:
         workers: int,
     ) -> list[dict[str, Any]]:
         """The packed outputs of one request, run in a batch by one of ``workers`` serving
-        the model; a HubError if it failed, was refused or ran out of time."""
+        the model; an InferhubError if it failed, was refused or ran out of time."""
         pool = entry["pool"]
         if self._rows[pool] + rows > self.max_rows_per_pool:
-            raise HubError(
-                503,
-                "server_busy",
+            raise Unavailable(
                 f"pool '{pool}' has {self._rows[pool]:,} rows of online requests in flight on "
                 f"this hub (INFERHUB_ONLINE_MAX_ROWS {self.max_rows_per_pool:,}); retry shortly",
-                {"Retry-After": "1"},
+                "server_busy",
+                headers={"Retry-After": "1"},
             )
         line = self._line(entry, version, priority)
         line.capacity = max(1, workers * self.batches_per_worker)
@@ -136,20 +135,18 @@ class OnlineLane:
             async with asyncio.timeout(timeout_s):
                 answer = await waiting.future
         except TimeoutError:
-            raise HubError(
-                503,
-                "timeout",
+            raise Unavailable(
                 f"request timeout expired: no answer within {timeout_s:g} s "
                 f"(model '{entry['name']}')",
+                "timeout",
             ) from None
         finally:
             self._rows[pool] -= rows
             self._leave(waiting)
         self.observer.online_answered(entry["name"], rows, time.perf_counter() - began, answer)
         if "error" in answer:
-            status = answer.get("status", 500)
-            code = "inference_failed" if status == 500 else "unavailable"
-            raise HubError(status, code, f"inference failed: {answer['error']}")
+            failed = InferenceFailed if answer.get("status", 500) == 500 else Unavailable
+            raise failed(f"inference failed: {answer['error']}")
         return answer["outputs"]
 
     def _line(self, entry: dict[str, Any], version: str, priority: int) -> _Queue:

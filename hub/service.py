@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
 from contract.jobstore import Created, JobStore
 from contract.logs import JOBS, current_request_id, note_job
@@ -24,7 +25,6 @@ from contract.records import step_fields
 from contract.tensors import datatype_of, pack_tensor, packed_to_json
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
-from hub.errors import HubError, not_found
 from hub.fanout import Fanout
 from hub.observer import NOBODY, Observer
 from hub.online import OnlineLane
@@ -180,30 +180,27 @@ class JobService:
                 priority=priority,
             )
             if created is Created.FULL:
-                raise HubError(
-                    429,
-                    "queue_full",
+                raise OverCapacity(
                     f"the queue of pool '{model['pool']}' holds {self.max_queued} jobs; "
                     "retry later",
-                    {"Retry-After": "1"},
+                    "queue_full",
+                    headers={"Retry-After": "1"},
                 )
             if created is Created.OWNER_FULL:
-                raise HubError(
-                    429,
-                    "tenant_queue_full",
+                raise OverCapacity(
                     f"you have {self.max_queued_per_tenant} jobs waiting to start "
                     "(INFERHUB_MAX_QUEUED_PER_TENANT); retry when some have started",
-                    {"Retry-After": "1"},
+                    "tenant_queue_full",
+                    headers={"Retry-After": "1"},
                 )
             if created is Created.OWNER_STORAGE_FULL:
-                raise HubError(
-                    429,
-                    "tenant_storage_full",
+                raise OverCapacity(
                     f"your jobs of the last {self.store.limits.ttl_s} s store {int(existing):,} "
                     f"bytes of inputs and parameters; this one would pass "
                     f"INFERHUB_MAX_STORED_BYTES_PER_TENANT ({self.max_stored_per_tenant:,}); "
                     "retry when older jobs expire",
-                    {"Retry-After": "60"},
+                    "tenant_storage_full",
+                    headers={"Retry-After": "60"},
                 )
             if created is Created.REPEAT:  # the first job of this key, followed as it is now
                 feed.drop(job_id)
@@ -227,10 +224,9 @@ class JobService:
         await self._admit(model, version, arrays, outputs, owner)
         workers = await self.catalogue.serving(model["name"])
         if not workers:
-            raise HubError(
-                503,
-                "model_not_ready",
+            raise Unavailable(
                 f"model '{model['name']}' is not ready: no live worker of pool '{model['pool']}'",
+                "model_not_ready",
             )
         return await self.online.infer(
             model,
@@ -255,11 +251,10 @@ class JobService:
         check_arrays(model, version, arrays)
         check_outputs(model, version, outputs)
         if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
-            raise HubError(
-                429,
-                "rate_limited",
+            raise OverCapacity(
                 f"over {self.rate.per_s:g} submissions a second; retry in {wait_ms} ms",
-                {"Retry-After": str(math.ceil(wait_ms / 1000))},
+                "rate_limited",
+                headers={"Retry-After": str(math.ceil(wait_ms / 1000))},
             )
 
     async def _create(
@@ -295,10 +290,9 @@ class JobService:
     def _repeat(self, existing: str, record: dict[str, Any]) -> str:
         job_id, _, first_fingerprint = existing.partition(" ")
         if first_fingerprint != record["fingerprint"]:
-            raise HubError(
-                409,
-                "idempotency_conflict",
+            raise Conflict(
                 "this Idempotency-Key was already used for a different request; use a new key",
+                "idempotency_conflict",
             )
         return job_id
 
@@ -310,7 +304,8 @@ class JobService:
         """The stored record (outputs still packed), if ``owner`` may see it; else 404."""
         record = await self.store.get(job_id)
         if record is None or (owner is not None and record["owner"] != owner):
-            raise not_found("job", job_id)  # the same answer as for a job that does not exist
+            # the same answer as for a job that does not exist
+            raise NotFound(f"job '{job_id}' does not exist", "job_not_found")
         return record
 
     async def follow(
@@ -373,13 +368,12 @@ class JobService:
 
     def check_streams(self, owner: str | None) -> None:
         if self._streams[owner] >= self.max_streams_per_tenant:
-            raise HubError(
-                429,
-                "too_many_streams",
+            raise OverCapacity(
                 f"you have {self.max_streams_per_tenant} event streams open on this hub "
                 "(INFERHUB_MAX_STREAMS_PER_TENANT); close one, or follow several jobs on one "
                 "WebSocket or one /v1/events feed",
-                {"Retry-After": "1"},
+                "too_many_streams",
+                headers={"Retry-After": "1"},
             )
 
     async def list(
@@ -418,9 +412,7 @@ class JobService:
             job_id, model=record["model"], owner=record["owner"], pool=record["pool"]
         )
         if status in FINISHED:
-            raise HubError(
-                409, "job_finished", f"job '{job_id}' already {status}; nothing to cancel"
-            )
+            raise Conflict(f"job '{job_id}' already {status}; nothing to cancel", "job_finished")
         JOBS.info(
             "job canceled" if status == JobStatus.QUEUED else "job cancel requested",
             extra={"event": "cancel", "job_id": job_id, "status_found": status},
@@ -433,7 +425,7 @@ def _cursor(cursor: str | None) -> tuple[float, str] | None:
         return None
     ms, _, job_id = cursor.partition(":")
     if not (ms.isascii() and ms.isdigit()) or not job_id:
-        raise HubError(400, "invalid_cursor", f"{cursor!r} is not a next_cursor of /v1/jobs")
+        raise MalformedRequest(f"{cursor!r} is not a next_cursor of /v1/jobs", "invalid_cursor")
     return float(ms), job_id
 
 
@@ -441,7 +433,7 @@ def _check_event_id(event_id: str) -> None:
     try:
         stream_key(event_id)
     except ValueError as exc:
-        raise HubError(400, "invalid_event_id", str(exc)) from None
+        raise MalformedRequest(str(exc), "invalid_event_id") from None
 
 
 def apply_event(record: dict[str, Any], event: Event) -> None:

@@ -10,8 +10,8 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from contract.tensors import DTYPES, ProtocolError, datatype_of, decode_tensor
-from hub.errors import HubError, invalid_input
+from contract.errors import InvalidInput, MalformedRequest, TooLarge
+from contract.tensors import DTYPES, datatype_of, decode_tensor
 from hub.schemas import JobRequest
 
 _NON_FINITE = "inputs must be finite numbers: JSON has no NaN or Infinity"
@@ -27,10 +27,10 @@ def parse_job_request(body: bytes, max_parameters_bytes: int) -> JobRequest:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if _non_finite(exc):
-            raise invalid_input(
+            raise InvalidInput(
                 f"{_NON_FINITE} (at line {exc.lineno}, column {exc.colno})"
             ) from None
-        raise HubError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+        raise MalformedRequest(f"the body is not valid JSON: {exc}", "malformed_json") from None
     try:
         request = JobRequest.model_validate(doc)
     except ValidationError as exc:
@@ -52,11 +52,10 @@ def check_parameters(parameters: dict[str, Any] | None, limit: int) -> None:
         return
     size = len(orjson.dumps(parameters))
     if size > limit:
-        raise HubError(
-            413,
-            "parameters_too_large",
+        raise TooLarge(
             f"'parameters' take {size} bytes as JSON, over the {limit} allowed "
             "(INFERHUB_MAX_PARAMETERS_BYTES); send large values as inputs",
+            "parameters_too_large",
         )
 
 
@@ -68,7 +67,7 @@ def decode_inputs(
     signature = _inputs(model, version)
     if request.data is not None:
         if len(signature) != 1:
-            raise invalid_input(
+            raise InvalidInput(
                 f"model '{model['name']}' has {len(signature)} inputs "
                 f"({', '.join(signature)}): send them as 'inputs'"
             )
@@ -81,17 +80,14 @@ def decode_inputs(
     for tensor in tensors:
         name = tensor["name"]
         if name in arrays:
-            raise invalid_input(f"input '{name}' is given twice")
+            raise InvalidInput(f"input '{name}' is given twice")
         spec = _spec(model, signature, name)
         # what the tensor declares, checked before its data is decoded, which may be long
         check_tensor(spec, tensor.get("datatype", spec["datatype"]), tensor.get("shape"))
-        try:
-            array = decode_tensor(tensor, spec["datatype"])
-        except ProtocolError as exc:
-            raise invalid_input(str(exc)) from None
+        array = decode_tensor(tensor, spec["datatype"])
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             at = int(np.flatnonzero(~np.isfinite(array))[0])
-            raise invalid_input(f"input '{name}': element {at} is NaN or infinite; {_NON_FINITE}")
+            raise InvalidInput(f"input '{name}': element {at} is NaN or infinite; {_NON_FINITE}")
         if request.data is not None:
             array = _add_batch_dim(array, spec["shape"])
         arrays[name] = array
@@ -102,11 +98,11 @@ def check_tensor(spec: dict[str, Any], datatype: str, shape: list[int] | None) -
     """One input's datatype and (when known) shape against its ``spec`` in the signature."""
     name = spec["name"]
     if datatype not in DTYPES:
-        raise invalid_input(
+        raise InvalidInput(
             f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
         )
     if datatype != spec["datatype"]:
-        raise invalid_input(
+        raise InvalidInput(
             f"input '{name}': datatype {datatype} does not match the model's {spec['datatype']}"
         )
     expected = spec["shape"]
@@ -116,7 +112,7 @@ def check_tensor(spec: dict[str, Any], datatype: str, shape: list[int] | None) -
         e == -1 or e == a for e, a in zip(expected, shape, strict=True)
     )
     if not fits:
-        raise invalid_input(
+        raise InvalidInput(
             f"input '{name}': shape {list(shape)} does not match the model's {expected} "
             "(-1 is any size)"
         )
@@ -138,14 +134,14 @@ def check_arrays(
         check_tensor(_spec(model, signature, name), datatype_of(array), list(array.shape))
     missing = [n for n in signature if n not in arrays]
     if missing:
-        raise invalid_input(
+        raise InvalidInput(
             f"input '{missing[0]}' is missing; the model needs {', '.join(signature)}"
         )
     rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
     if len(rows) > 1:
-        raise invalid_input(f"inputs disagree on the number of rows: {sorted(rows)}")
+        raise InvalidInput(f"inputs disagree on the number of rows: {sorted(rows)}")
     if rows == {0}:
-        raise invalid_input("the request has no rows")
+        raise InvalidInput("the request has no rows")
     return arrays
 
 
@@ -153,7 +149,7 @@ def check_outputs(model: dict[str, Any], version: str, wanted: list[str] | None)
     names = [o["name"] for o in model["versions"][version]["outputs"]]
     for name in wanted or []:
         if name not in names:
-            raise invalid_input(
+            raise InvalidInput(
                 f"model '{model['name']}' has no output '{name}'; its outputs are {', '.join(names)}"
             )
 
@@ -166,9 +162,7 @@ def _spec(model: dict[str, Any], signature: dict[str, dict[str, Any]], name: str
     spec = signature.get(name)
     if spec is None:
         names = ", ".join(signature)
-        raise invalid_input(
-            f"model '{model['name']}' has no input '{name}'; its inputs are {names}"
-        )
+        raise InvalidInput(f"model '{model['name']}' has no input '{name}'; its inputs are {names}")
     return spec
 
 

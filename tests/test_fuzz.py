@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from schemathesis.checks import allow_header_conformance, positive_data_acceptance
 
+from contract.errors import InferhubError, InvalidInput
 from contract.settings import Settings
-from contract.tensors import DTYPES, ProtocolError, decode_tensor, encode_tensor
+from contract.tensors import DTYPES, decode_tensor, encode_tensor
 from hub.app import create_app
-from hub.v2codec import V2Error, parse_request, serialize_bytes
+from hub.v2.codec import parse_request, serialize_bytes
 
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile("long", max_examples=2000, deadline=None)
@@ -74,10 +75,10 @@ def test_json_tensors_round_trip_flat_or_nested(case: tuple[str, np.ndarray], ne
 
 
 @given(st.dictionaries(st.sampled_from(["name", "datatype", "shape", "data"]), JSON))
-def test_any_json_tensor_decodes_or_raises_protocol_error(tensor: dict[str, Any]) -> None:
+def test_any_json_tensor_decodes_or_raises_invalid_input(tensor: dict[str, Any]) -> None:
     try:
         array = decode_tensor(tensor)
-    except ProtocolError as exc:
+    except InvalidInput as exc:
         assert str(exc)
     else:
         assert isinstance(array, np.ndarray)
@@ -121,10 +122,10 @@ def test_binary_requests_round_trip(case: tuple[str, np.ndarray], texts: list[by
     st.binary(max_size=200),
     st.one_of(st.none(), st.integers(-5, 250).map(str), st.text(max_size=4)),
 )
-def test_any_body_parses_or_raises_v2_error(body: bytes, length: str | None) -> None:
+def test_any_body_parses_or_raises_an_inferhub_error(body: bytes, length: str | None) -> None:
     try:
         parsed = parse_request(body, length)
-    except V2Error as exc:
+    except InferhubError as exc:
         assert 400 <= exc.status < 500 and str(exc)
     else:
         assert parsed.arrays
@@ -144,7 +145,7 @@ def test_a_damaged_binary_body_is_refused(
         body = body + b"\0" * n
     else:
         length = str(int(length) + n)
-    with pytest.raises(V2Error):
+    with pytest.raises(InferhubError):
         parse_request(body, length)
 
 
@@ -161,7 +162,7 @@ def test_a_truncated_bytes_element_is_refused() -> None:
             ]
         }
     )
-    with pytest.raises(V2Error, match=r"truncated|cut short"):
+    with pytest.raises(InferhubError, match=r"truncated|cut short"):
         parse_request(header + struct.pack("<I", 10) + b"ab", str(len(header)))
 
 

@@ -23,10 +23,10 @@ from helpers import IR_VERSION, OPSET, TestClient, WorkerProcess, start_worker, 
 from onnx import TensorProto, helper
 from redis import Redis
 
+from contract.errors import InvalidInput
 from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import new_key
-from hub.errors import HubError
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
 from hub.validation import decode_inputs
@@ -401,5 +401,5 @@ def test_decode_inputs_refuses_nan_however_the_request_was_made(client: TestClie
     """Not only JSON bodies: a request built in Python (the WebSocket's, a script's) too."""
     entry = client.get("/v1/models/iris").json()  # the catalogue's entry, as the hub holds it
     request = JobRequest(model="iris", data=[[1.0, float("-inf"), 2.0, 3.0]])
-    with pytest.raises(HubError, match="element 1 is NaN or infinite"):
+    with pytest.raises(InvalidInput, match="element 1 is NaN or infinite"):
         decode_inputs(entry, entry["latest"], request)

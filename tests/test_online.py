@@ -38,11 +38,11 @@ from helpers import (
 from redis import Redis
 
 from contract.connection import connect
+from contract.errors import InferhubError
 from contract.settings import Settings
 from contract.tensors import pack_tensor, unpack_tensor
 from hub.app import create_app
 from hub.catalogue import Catalogue
-from hub.errors import HubError
 from hub.fanout import Fanout
 from hub.online import OnlineLane
 
@@ -164,7 +164,7 @@ async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
     results = await asyncio.gather(
         *(lane.infer("failing", f) for f in (one, two, one, one)), return_exceptions=True
     )
-    assert isinstance(results[1], HubError) and results[1].status == 500, results[1]
+    assert isinstance(results[1], InferhubError) and results[1].status == 500, results[1]
     assert "inference failed" in results[1].message
     for result in (results[0], results[2], results[3]):
         assert isinstance(result, dict), result
@@ -200,7 +200,7 @@ async def test_over_the_admission_bound_is_503_with_retry_after(
         bounded = Lane(small, Catalogue(redis))
         held = asyncio.ensure_future(bounded.infer("slow", slow_rows(90)))
         await _until(lambda: small.batches == 1)
-        with pytest.raises(HubError) as refused:
+        with pytest.raises(InferhubError) as refused:
             await bounded.infer("slow", slow_rows(20))
         assert refused.value.status == 503 and refused.value.code == "server_busy"
         assert refused.value.headers == {"Retry-After": "1"}
@@ -215,7 +215,7 @@ async def test_over_the_admission_bound_is_503_with_retry_after(
 
 
 async def test_the_deadline_holds_while_the_batch_runs(lane: Lane) -> None:
-    with pytest.raises(HubError) as late:
+    with pytest.raises(InferhubError) as late:
         await lane.infer("slow", slow_rows(4000), timeout_s=0.2)
     assert late.value.status == 503 and "request timeout expired" in late.value.message
 
@@ -253,7 +253,7 @@ async def test_a_worker_killed_mid_batch_answers_or_503s_every_request(
         for gen in started:
             gen.close()
     for result in results:
-        if isinstance(result, HubError):
+        if isinstance(result, InferhubError):
             assert result.status == 503, result
         else:
             assert isinstance(result, dict) and result["y"].shape == (800, 1024), result

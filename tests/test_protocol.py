@@ -6,9 +6,9 @@ import numpy as np
 import orjson
 import pytest
 
+from contract.errors import InvalidInput
 from contract.tensors import (
     DTYPES,
-    ProtocolError,
     datatype_of,
     decode_tensor,
     encode_tensor,
@@ -17,10 +17,9 @@ from contract.tensors import (
     unpack_tensor,
 )
 from contract.wire import dumps, loads
-from hub.v2codec import (
+from hub.v2.codec import (
     Declared,
     DeclaredInput,
-    V2Error,
     deserialize_bytes,
     parse_request,
     serialize_bytes,
@@ -140,12 +139,12 @@ def test_bytes_round_trip_pack_and_encode() -> None:
 
 
 def test_bytes_elements_must_be_strings() -> None:
-    with pytest.raises(ProtocolError, match=r"input 's': data is not BYTES.*got int"):
+    with pytest.raises(InvalidInput, match=r"input 's': data is not BYTES.*got int"):
         decode_tensor({"name": "s", "datatype": "BYTES", "data": ["ok", 3]})
 
 
 def test_shape_and_size_mismatch_names_both() -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(InvalidInput) as info:
         decode_tensor({"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4]})
     message = str(info.value)
     assert "input 'x'" in message
@@ -156,33 +155,33 @@ def test_shape_and_size_mismatch_names_both() -> None:
 
 def test_negative_or_non_integer_shape_is_refused() -> None:
     for shape in ([-1, 2], [1.5, 2], "2x2"):
-        with pytest.raises(ProtocolError, match="shape must be a list of non-negative integers"):
+        with pytest.raises(InvalidInput, match="shape must be a list of non-negative integers"):
             decode_tensor({"name": "x", "datatype": "FP32", "shape": shape, "data": [1, 2]})
 
 
 def test_ragged_data_is_refused() -> None:
-    with pytest.raises(ProtocolError, match=r"input 'x': data is not FP32"):
+    with pytest.raises(InvalidInput, match=r"input 'x': data is not FP32"):
         decode_tensor({"name": "x", "datatype": "FP32", "data": [[1, 2], [3]]})
 
 
 def test_non_numeric_data_is_refused() -> None:
-    with pytest.raises(ProtocolError, match=r"input 'x': data is not INT32"):
+    with pytest.raises(InvalidInput, match=r"input 'x': data is not INT32"):
         decode_tensor({"name": "x", "datatype": "INT32", "data": ["one", "two"]})
 
 
 def test_out_of_range_integer_is_refused() -> None:
-    with pytest.raises(ProtocolError, match=r"input 'x': data is not UINT8"):
+    with pytest.raises(InvalidInput, match=r"input 'x': data is not UINT8"):
         decode_tensor({"name": "x", "datatype": "UINT8", "data": [1, 300]})
 
 
 def test_missing_data_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="input 'x': 'data' is missing"):
+    with pytest.raises(InvalidInput, match="input 'x': 'data' is missing"):
         decode_tensor({"name": "x", "datatype": "FP32", "shape": [1]})
 
 
 @pytest.mark.parametrize("datatype", ["FLOAT32", "fp32", None, "STRING"])
 def test_bad_datatype_name_lists_the_valid_ones(datatype: str | None) -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(InvalidInput) as info:
         decode_tensor({"name": "x", "datatype": datatype, "data": [1.0]})
     message = str(info.value)
     assert "input 'x'" in message
@@ -191,7 +190,7 @@ def test_bad_datatype_name_lists_the_valid_ones(datatype: str | None) -> None:
 
 
 def test_array_without_v2_datatype_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="complex128"):
+    with pytest.raises(InvalidInput, match="complex128"):
         datatype_of(np.zeros(2, dtype=np.complex128))
 
 
@@ -204,7 +203,7 @@ def test_bytes_nested_deeper_than_numpy_allows_is_refused_with_what_to_do() -> N
     data: object = ["a"]
     for _ in range(990):  # deeper than Python's recursion limit lets a recursive walk go
         data = [data]
-    with pytest.raises(ProtocolError, match=r"nested more than 64 lists deep; send it flat"):
+    with pytest.raises(InvalidInput, match=r"nested more than 64 lists deep; send it flat"):
         decode_tensor({"name": "s", "datatype": "BYTES", "data": data})
 
 
@@ -218,7 +217,7 @@ def test_bytes_nested_64_deep_decodes_in_row_major_order() -> None:
 
 @pytest.mark.parametrize(("datatype", "value"), [("FP32", 1e39), ("FP16", 70000.0)])
 def test_a_number_beyond_the_datatypes_range_is_refused(datatype: str, value: float) -> None:
-    with pytest.raises(ProtocolError, match=f"beyond {datatype}'s range"):
+    with pytest.raises(InvalidInput, match=f"beyond {datatype}'s range"):
         decode_tensor({"name": "x", "datatype": datatype, "data": [1.0, value]})
 
 
@@ -232,7 +231,7 @@ def test_v2_header_is_inspected_before_any_data_is_decoded() -> None:
         seen.append(declared)
         raise Refused
 
-    # the BYTES data is cut short: decoding it would raise a V2Error
+    # the BYTES data is cut short: decoding it would raise an error
     header = orjson.dumps(
         {
             "inputs": [
@@ -253,6 +252,6 @@ def test_v2_header_is_inspected_before_any_data_is_decoded() -> None:
 
 def test_bytes_past_the_shapes_count_are_refused_at_the_first_extra_element() -> None:
     raw = serialize_bytes(np.array([b"a", b"b", b"c"], dtype=object)) + b"\xff"
-    with pytest.raises(V2Error, match="needs 2 BYTES elements, the binary data has more"):
+    with pytest.raises(InvalidInput, match="needs 2 BYTES elements, the binary data has more"):
         deserialize_bytes(raw, "s", 2)
     assert deserialize_bytes(raw[:-1], "s", 3) == [b"a", b"b", b"c"]

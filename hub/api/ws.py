@@ -19,12 +19,12 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from starlette.websockets import WebSocketDisconnect
 
+from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
 from contract.events import Event, stream_key
 from contract.settings import Settings
 from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
-from hub.errors import HubError
 from hub.fanout import SlowConsumer
 from hub.schemas import JobRequest
 from hub.service import FINISHED, JobService
@@ -45,18 +45,20 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
         return
     try:
         caller = (await authenticate(ws, tickets=True)).need("read")
-    except HubError as exc:
-        await ws.close(CLOSE_POLICY, exc.message[:120])
-        return
-    try:
         service.check_streams(caller.visible)
-    except HubError as exc:
-        await ws.close(CLOSE_TRY_AGAIN, exc.message[:120])
+    except InferhubError as exc:
+        await ws.close(close_code(exc), exc.message[:120])
         return
     await ws.accept()
     with service.stream_slot(caller.visible):
         async with delivery(service.store, service.fanout, caller.visible) as feed:
             await Connection(ws, service, settings, caller, feed).run()
+
+
+def close_code(exc: InferhubError) -> int:
+    """An error before the socket is accepted, as its close code: try again later when over
+    capacity or unavailable, else a policy violation (no valid key, a missing scope)."""
+    return CLOSE_TRY_AGAIN if exc.status in (429, 503) else CLOSE_POLICY
 
 
 def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
@@ -84,13 +86,6 @@ class Target(BaseModel):
 
     def named(self) -> dict[str, str]:
         return {"job_id": self.job_id} if self.job_id is not None else {"model": self.model or ""}
-
-
-class ClientError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -156,21 +151,23 @@ class Connection:
             try:
                 message = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
-                raise ClientError("invalid_json", f"the message is not valid JSON: {exc}") from None
+                raise MalformedRequest(
+                    f"the message is not valid JSON: {exc}", "invalid_json"
+                ) from None
             if not isinstance(message, dict):
-                raise ClientError("invalid_message", "a message is a JSON object with a 'type'")
+                raise MalformedRequest(
+                    "a message is a JSON object with a 'type'", "invalid_message"
+                )
             ref = message.pop("ref", None)
             kind = message.pop("type", None)
             handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise ClientError(
-                    "unknown_type",
+                raise MalformedRequest(
                     f"unknown message type {kind!r}; use one of {', '.join(self._handlers)}",
+                    "unknown_type",
                 )
             await handler(self, message, ref)
-        except ClientError as exc:
-            self._reply({"type": "error", "code": exc.code, "message": exc.message, "ref": ref})
-        except HubError as exc:
+        except InferhubError as exc:
             self._reply({"type": "error", "code": exc.code, "message": exc.message, "ref": ref})
         except ValidationError as exc:
             detail = "; ".join(
@@ -207,24 +204,24 @@ class Connection:
 
     def _check_room(self) -> None:
         if len(self.feed) >= self.settings.ws_max_subscriptions:
-            raise ClientError(
-                "too_many_subscriptions",
+            raise OverCapacity(
                 f"at most {self.settings.ws_max_subscriptions} subscriptions per socket; "
                 "unsubscribe first",
+                "too_many_subscriptions",
             )
 
     async def _unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
         target = Target.model_validate(message)
         name = ("job", target.job_id) if target.job_id else ("model", target.model)
         if not self.feed.drop(name):
-            raise ClientError("not_subscribed", f"no subscription to {target.named()}")
+            raise NotFound(f"no subscription to {target.named()}", "not_subscribed")
         self._reply({"type": "accepted", "ref": ref})
 
     async def _cancel(self, message: dict[str, Any], ref: Any) -> None:
         self.caller.need("submit")
         target = Target.model_validate(message)
         if target.job_id is None:
-            raise ClientError("invalid_request", "cancel needs a 'job_id'")
+            raise InvalidInput("cancel needs a 'job_id'", "invalid_request")
         job = await self.service.cancel(target.job_id, owner=self.caller.visible)
         self._reply({"type": "accepted", "ref": ref, "job": job})
 
@@ -282,4 +279,4 @@ def _check_event_id(event_id: str) -> None:
     try:
         stream_key(event_id)
     except ValueError as exc:
-        raise ClientError("invalid_event_id", str(exc)) from None
+        raise MalformedRequest(str(exc), "invalid_event_id") from None

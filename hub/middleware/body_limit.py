@@ -1,11 +1,22 @@
-"""A plain ASGI middleware that refuses request bodies over a size limit with 413."""
+"""Request bodies bounded at ``max_bytes``, refused with 413 in the shape of the route's transport.
+
+The middleware answers nothing itself, so it never needs to know which transport a request is
+for. A body that declares itself too large (``Content-Length``) is recorded in the scope, and
+``refuse_oversized``, a dependency of every route, raises it before anything else runs
+(authentication included), so that nothing of the body is read. A body that grows too large as
+it streams raises ``TooLarge`` from ``receive`` where the route reads it. Either way the error
+is raised inside the route, and its transport renders it (the app's handlers for ``/v1``, the
+V2 route class for ``/v2``).
+"""
 
 from __future__ import annotations
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.errors import HubError, error_response
-from hub.responses import JSON
+from contract.errors import TooLarge
+
+REFUSED = "inferhub.body_too_large"  # the scope key of a body declared over the limit
 
 
 class BodyLimit:
@@ -13,53 +24,31 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _error(self) -> HubError:
-        return HubError(
-            413,
-            "body_too_large",
-            f"the request body is over {self.max_bytes} bytes; send fewer rows",
-        )
-
-    def _response(self, scope: Scope) -> JSON:
-        err = self._error()
-        if scope["path"].startswith("/v2/"):  # the V2 protocol's error shape, as Triton's
-            return JSON({"error": err.message}, status_code=err.status)
-        return error_response(err.status, err.code, err.message)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._response(scope)(scope, receive, send)
-            return
+            scope[REFUSED] = self._error()
         seen = 0
-        over = False  # the body went over the limit
-        started = False  # the app's response started before that
-        replaced = False  # the app's response is being replaced by the 413
 
         async def limited() -> Message:
-            nonlocal seen, over
+            nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                over = True
                 raise self._error()
             return message
 
-        async def guarded(message: Message) -> None:
-            # FastAPI turns an error raised while it parses the body into its own 400 ("There
-            # was an error parsing the body"): once the body went over the limit, answer 413.
-            nonlocal started, replaced
-            if replaced:
-                return
-            if over and not started:
-                replaced = True
-                await self._response(scope)(scope, receive, send)
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        await self.app(scope, limited, send)
 
-        await self.app(scope, limited, guarded)
+    def _error(self) -> TooLarge:
+        return TooLarge(f"the request body is over {self.max_bytes} bytes; send fewer rows")
+
+
+async def refuse_oversized(conn: HTTPConnection) -> None:
+    """The app's first dependency: a body declared over the limit is refused at once."""
+    error = conn.scope.get(REFUSED)
+    if error is not None:
+        raise error

@@ -1,8 +1,11 @@
 """The KServe V2 (Open Inference Protocol) HTTP wire format, with Triton's binary tensor extension.
 
 Pure functions from bytes to arrays and back; no FastAPI, no Redis, so that every malformed body
-can be tried here directly. Every problem with a request is a ``V2Error`` whose message says
-what to fix: the router answers it as ``{"error": message}``, never as a 500.
+can be tried here directly (tests/test_v2_codec.py). Every problem with a request is an
+``InferhubError`` whose message says what to fix, never a 500: ``MalformedRequest`` when the
+body cannot be read (``malformed_json``, ``malformed_binary``, ``unsupported``),
+``InvalidInput`` when it is not a V2 request (``invalid_request``) or its tensors do not fit
+(``invalid_input``). The router answers each as Triton does (``hub/v2/errors.py``).
 
 Binary tensor data: the body is the JSON header (``Inference-Header-Content-Length`` bytes)
 followed by each binary input's raw bytes in input order, ``parameters.binary_data_size`` bytes
@@ -11,10 +14,8 @@ each, little-endian, BYTES elements as a 4-byte little-endian length and the byt
 
 from __future__ import annotations
 
-import gzip
 import math
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from contract.tensors import DTYPES, ProtocolError, datatype_of, decode_tensor, encode_tensor
+from contract.errors import InvalidInput, MalformedRequest
+from contract.tensors import DTYPES, datatype_of, decode_tensor, encode_tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -30,10 +32,18 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 RESERVED_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout"})
 
 
-class V2Error(ValueError):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+def _schema(message: str) -> InvalidInput:
+    """JSON that is not a V2 inference request: a field of the wrong type, or missing."""
+    return InvalidInput(message, "invalid_request")
+
+
+def _framing(message: str) -> MalformedRequest:
+    """Binary tensor data whose sizes and lengths do not add up."""
+    return MalformedRequest(message, "malformed_binary")
+
+
+def _unsupported(message: str) -> MalformedRequest:
+    return MalformedRequest(message, "unsupported")
 
 
 @dataclass(frozen=True)
@@ -51,56 +61,6 @@ class InferRequest:
     priority: int = 0  # Triton's: 0 the default, 1 the highest, 2 the next...
     timeout_us: int = 0  # 0: none given
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-# --- content encoding ------------------------------------------------------------------------
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body as sent before ``Content-Encoding``; at most ``limit`` bytes once expanded."""
-    name = (encoding or "identity").strip().lower()
-    if name == "identity":
-        return body
-    # "deflate" is the zlib format (RFC 9110), which tritonclient sends
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-    if name not in wbits:
-        raise V2Error(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
-    inflater = zlib.decompressobj(wbits[name])
-    try:
-        # bounded, so that a small compressed body cannot expand into memory without limit
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise V2Error(f"the body is not valid {name} data: {exc}") from None
-    if len(out) > limit:
-        raise V2Error(f"the decompressed body is over {limit} bytes; send fewer rows", 413)
-    if not inflater.eof or inflater.unused_data:
-        raise V2Error(f"the {name} body is truncated or has bytes after its end")
-    return out
-
-
-def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
-    """The response body in the first of gzip, deflate that ``Accept-Encoding`` allows."""
-    accepted = _accepted(accept_encoding or "")
-    if "gzip" in accepted:
-        return gzip.compress(body, compresslevel=6, mtime=0), "gzip"
-    if "deflate" in accepted:
-        return zlib.compress(body, 6), "deflate"
-    return body, None
-
-
-def _accepted(header: str) -> set[str]:
-    names = set()
-    for item in header.split(","):
-        name, _, params = item.strip().lower().partition(";")
-        q = params.strip()
-        if q.startswith("q="):
-            try:
-                if float(q[2:]) <= 0:
-                    continue
-            except ValueError:
-                continue
-        names.add(name.strip())
-    return names
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -131,20 +91,22 @@ def parse_request(
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise V2Error(f"the inference header is not valid JSON: {exc}") from None
+        raise MalformedRequest(
+            f"the inference header is not valid JSON: {exc}", "malformed_json"
+        ) from None
     if not isinstance(doc, dict):
-        raise V2Error("the inference request must be a JSON object")
+        raise _schema("the inference request must be a JSON object")
     parameters = _object(doc.get("parameters"), "parameters")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise V2Error("'inputs' must be a non-empty list of tensors")
+        raise _schema("'inputs' must be a non-empty list of tensors")
     declared: dict[str, DeclaredInput] = {}
     for i, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
-            raise V2Error(f"inputs[{i}] must be an object")
+            raise _schema(f"inputs[{i}] must be an object")
         name = _string(tensor.get("name"), f"inputs[{i}].name")
         if name in declared:
-            raise V2Error(f"input '{name}' is given twice")
+            raise InvalidInput(f"input '{name}' is given twice")
         declared[name] = _declare(name, tensor)
     own = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
     if inspect is not None:
@@ -157,14 +119,14 @@ def parse_request(
         arrays[spec.name] = array
         offset += used
     if offset != len(binary):
-        raise V2Error(
+        raise _framing(
             f"the binary data sizes add up to {offset} bytes but {len(binary)} bytes follow "
             "the inference header"
         )
 
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise V2Error("'id' must be a string")
+        raise _schema("'id' must be a string")
     return InferRequest(
         arrays=arrays,
         id=request_id,
@@ -176,30 +138,50 @@ def parse_request(
     )
 
 
+def require_text(arrays: dict[str, np.ndarray]) -> None:
+    """The wire carries any bytes, but onnxruntime's string tensors hold UTF-8 text only: say
+    so now rather than fail the job later."""
+    for name, array in arrays.items():
+        if array.dtype != object:
+            continue
+        for i, item in enumerate(array.flat):
+            try:
+                item.decode()
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"input '{name}': BYTES element {i} is not UTF-8 text, which onnxruntime "
+                    "string tensors need"
+                ) from None
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     text = header_length.strip()
     if not text.isascii() or not text.isdigit():
-        raise V2Error(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+        raise _framing(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
     length = int(text)
     if length > len(body):
-        raise V2Error(f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes")
+        raise _framing(f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes")
     return body[:length], body[length:]
 
 
 def _declare(name: str, tensor: dict[str, Any]) -> DeclaredInput:
     parameters = _object(tensor.get("parameters"), f"input '{name}': parameters")
     if "shared_memory_region" in parameters:
-        raise V2Error(f"input '{name}': shared memory is not supported; send the data in the body")
+        raise _unsupported(
+            f"input '{name}': shared memory is not supported; send the data in the body"
+        )
     datatype = tensor.get("datatype")
     if datatype not in DTYPES:
-        raise V2Error(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}")
+        raise InvalidInput(
+            f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
+        )
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise V2Error(f"input '{name}': shape must be a list of non-negative integers")
+        raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers")
     return DeclaredInput(name, datatype, shape)
 
 
@@ -210,15 +192,12 @@ def _input(
     name = spec.name
     parameters = _object(tensor.get("parameters"), f"input '{name}': parameters")
     if "binary_data_size" not in parameters:
-        try:
-            return decode_tensor({**tensor, "name": name}), 0
-        except ProtocolError as exc:
-            raise V2Error(str(exc)) from None
+        return decode_tensor({**tensor, "name": name}), 0
     if tensor.get("data") is not None:
-        raise V2Error(f"input '{name}': give either 'data' or binary_data_size, not both")
+        raise _schema(f"input '{name}': give either 'data' or binary_data_size, not both")
     size = _count(parameters, "binary_data_size", f"input '{name}': parameters")
     if offset + size > len(binary):
-        raise V2Error(
+        raise _framing(
             f"input '{name}': binary_data_size {size} runs past the end of the body "
             f"({len(binary) - offset} bytes are left)"
         )
@@ -231,7 +210,7 @@ def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndar
     if datatype == "BYTES":
         items = deserialize_bytes(raw, name, count)
         if len(items) != count:
-            raise V2Error(
+            raise InvalidInput(
                 f"input '{name}': shape {shape} needs {count} BYTES elements, "
                 f"the binary data has {len(items)}"
             )
@@ -240,7 +219,7 @@ def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndar
         return array.reshape(shape)
     dtype = DTYPES[datatype]
     if len(raw) != count * dtype.itemsize:
-        raise V2Error(
+        raise InvalidInput(
             f"input '{name}': {datatype} {shape} needs {count * dtype.itemsize} bytes, "
             f"binary_data_size is {len(raw)}"
         )
@@ -256,16 +235,16 @@ def deserialize_bytes(raw: bytes, name: str = "?", most: int | None = None) -> l
     at = 0
     while at < len(raw):
         if most is not None and len(items) == most:
-            raise V2Error(
+            raise InvalidInput(
                 f"input '{name}': the shape needs {most} BYTES elements, the binary data has "
                 f"more (bytes left over from byte {at})"
             )
         if at + 4 > len(raw):
-            raise V2Error(f"input '{name}': a BYTES element length is cut short at byte {at}")
+            raise _framing(f"input '{name}': a BYTES element length is cut short at byte {at}")
         (length,) = struct.unpack_from("<I", raw, at)
         at += 4
         if at + length > len(raw):
-            raise V2Error(
+            raise _framing(
                 f"input '{name}': a BYTES element of {length} bytes is truncated "
                 f"({len(raw) - at} bytes are left)"
             )
@@ -287,19 +266,19 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise V2Error("'outputs' must be a list")
+        raise _schema("'outputs' must be a list")
     outputs: list[RequestedOutput] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise V2Error(f"outputs[{i}] must be an object")
+            raise _schema(f"outputs[{i}] must be an object")
         name = _string(item.get("name"), f"outputs[{i}].name")
         if any(o.name == name for o in outputs):
-            raise V2Error(f"output '{name}' is requested twice")
+            raise InvalidInput(f"output '{name}' is requested twice")
         parameters = _object(item.get("parameters"), f"output '{name}': parameters")
         if parameters.get("classification"):
-            raise V2Error("the classification extension is not supported")
+            raise _unsupported("the classification extension is not supported")
         if "shared_memory_region" in parameters:
-            raise V2Error(f"output '{name}': shared memory is not supported")
+            raise _unsupported(f"output '{name}': shared memory is not supported")
         binary = (
             _flag(parameters, "binary_data", f"output '{name}'")
             if "binary_data" in parameters
@@ -313,27 +292,27 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise V2Error(f"{where} must be an object")
+        raise _schema(f"{where} must be an object")
     return value
 
 
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise V2Error(f"{where} must be a non-empty string")
+        raise _schema(f"{where} must be a non-empty string")
     return value
 
 
 def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
     value = parameters.get(key, False)
     if not isinstance(value, bool):
-        raise V2Error(f"{where}: '{key}' must be true or false")
+        raise _schema(f"{where}: '{key}' must be true or false")
     return value
 
 
 def _count(parameters: dict[str, Any], key: str, where: str = "parameters") -> int:
     value = parameters.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise V2Error(f"{where}: '{key}' must be a non-negative integer, got {value!r}")
+        raise _schema(f"{where}: '{key}' must be a non-negative integer, got {value!r}")
     return value
 
 

@@ -1,0 +1,231 @@
+"""``/v2``: the KServe V2 / Triton HTTP protocol, so that ``tritonclient[http]`` works unchanged.
+
+Only conversion lives here: the wire format is ``codec`` (and ``compression``), the model's
+metadata and config are ``config``, and an inference is one job of the same service ``/v1``
+uses (visible in ``/v1/jobs``), awaited through the fan-out and canceled when nobody will read
+its answer (``wait``). Every error is answered as Triton does by the route class (``errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
+
+from contract.errors import (
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+)
+from contract.tensors import unpack_tensor
+from hub.api.health import probe_workers
+from hub.catalogue import Catalogue
+from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
+from hub.errors import error_responses
+from hub.offload import OFF_LOOP_BYTES, decode_body
+from hub.v2 import codec, compression, config
+from hub.v2.errors import SCHEMA, V2Route
+from hub.v2.wait import canceled_if_the_client_leaves
+from hub.validation import check_declared, check_parameters
+
+router = APIRouter(
+    tags=["v2"],
+    route_class=V2Route,
+    responses=error_responses(400, 401, 403, 404, 405, 413, 499, 500, 503, schema=SCHEMA),
+)
+
+
+def _model_route(method: str, suffix: str, summary: str, **options: Any) -> Callable[[Any], Any]:
+    """Register the endpoint at ``/v2/models/{model}`` and ``.../versions/{version}``."""
+
+    def register(endpoint: Any) -> Any:
+        for path in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            router.add_api_route(
+                path + suffix, endpoint, methods=[method], summary=summary, **options
+            )
+        return endpoint
+
+    return register
+
+
+# --- health and metadata ---------------------------------------------------------------------
+
+
+@router.get("/v2/health/live", summary="The hub process is alive", response_class=Response)
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get(
+    "/v2/health/ready", summary="Redis is reachable and a worker is alive", response_class=Response
+)
+async def ready(catalogue: CatalogueDep) -> Response:
+    workers = await probe_workers(catalogue)
+    if isinstance(workers, str):
+        raise Unavailable(f"not ready: Redis is unreachable: {workers}", "not_ready")
+    if not workers:
+        raise Unavailable("not ready: no worker is alive", "not_ready")
+    return Response(status_code=200)
+
+
+@router.get("/v2", summary="Server metadata")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {"name": "inferhub", "version": request.app.version, "extensions": config.EXTENSIONS}
+
+
+async def _require_ready(catalogue: Catalogue, entry: dict[str, Any]) -> None:
+    if not await catalogue.serving(entry["name"]):
+        raise Unavailable(
+            f"model '{entry['name']}' is not ready: {config.not_ready_reason(entry)}",
+            "model_not_ready",
+        )
+
+
+@_model_route("GET", "", "Model metadata")
+async def model_metadata(
+    model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
+) -> dict[str, Any]:
+    entry, version = await catalogue.model(model, version)
+    return config.metadata(entry, version)
+
+
+@_model_route(
+    "GET", "/ready", "The model can serve now (a live worker has it)", response_class=Response
+)
+async def model_ready(
+    model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
+) -> Response:
+    entry, _version = await catalogue.model(model, version)
+    await _require_ready(catalogue, entry)
+    return Response(status_code=200)
+
+
+@_model_route("GET", "/config", "Model configuration, as Triton's JSON config")
+async def model_config(
+    model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
+) -> dict[str, Any]:
+    entry, version = await catalogue.model(model, version)
+    return config.triton_config(entry, version)
+
+
+@router.post("/v2/repository/index", summary="Every model version and its state")
+async def repository_index(
+    request: Request, catalogue: CatalogueDep, _: ReaderDep
+) -> list[dict[str, Any]]:
+    body = await request.body()
+    try:
+        options = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}", "malformed_json") from None
+    only_ready = isinstance(options, dict) and options.get("ready") is True
+    return config.repository_index(await catalogue.models(), await catalogue.workers(), only_ready)
+
+
+# --- inference -------------------------------------------------------------------------------
+
+
+def hub_priority(triton: int) -> int:
+    """Triton's priority (0 the default, 1 the highest, then 2...) as the service's (-100..100,
+    0 the default, higher sooner): level 1 is 100, level 101 the default, 201 and on -100."""
+    if triton == 0:
+        return 0
+    return max(-100, min(100, 101 - triton))
+
+
+@_model_route("POST", "/infer", "Run the model on the request's inputs")
+async def infer(
+    request: Request,
+    model: str,
+    service: ServiceDep,
+    caller: SubmitterDep,
+    settings: SettingsDep,
+    version: str | None = None,
+) -> Response:
+    entry, version = await service.catalogue.model(model, version)
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding")
+
+    def inspect(declared: codec.Declared) -> None:
+        check_parameters(declared.parameters, settings.max_parameters_bytes)
+        for tensor in declared.inputs:
+            check_declared(entry, version, tensor.name, tensor.datatype, tensor.shape)
+
+    def decode(raw: bytes) -> codec.InferRequest:
+        body = compression.decompress(raw, encoding, settings.max_body_bytes)
+        parsed = codec.parse_request(body, request.headers.get(codec.HEADER_LENGTH), inspect)
+        codec.require_text(parsed.arrays)
+        return parsed
+
+    # a compressed body's size says nothing of the decoded one's: it is decoded in a thread too
+    heavy = not compression.is_identity(encoding) or len(raw) > OFF_LOOP_BYTES
+    parsed = await decode_body(heavy, decode, raw)
+    wanted = [o.name for o in parsed.outputs] if parsed.outputs else None
+    timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else None
+    async with canceled_if_the_client_leaves(request) as client:
+        outputs = await service.infer(
+            entry,
+            version,
+            parsed.arrays,
+            owner=caller.tenant,
+            outputs=wanted,
+            priority=hub_priority(parsed.priority),
+            timeout_s=timeout_s,
+        )
+    if client.left:
+        return Response(status_code=499)  # the client left; nobody reads this answer
+    header: dict[str, Any] = {"model_name": entry["name"], "model_version": version}
+    if parsed.id is not None:
+        header["id"] = parsed.id
+    return _answer(header, parsed, outputs, request.headers.get("accept-encoding"))
+
+
+def _answer(
+    header: dict[str, Any],
+    parsed: codec.InferRequest,
+    packed_outputs: list[dict[str, Any]],
+    accept: str | None,
+) -> Response:
+    """The outputs, each binary or JSON as asked: its own ``binary_data``, else the request's
+    ``binary_data_output``."""
+    asked = {o.name: o.binary for o in parsed.outputs or []}
+    outputs = []
+    for packed in packed_outputs:
+        binary = asked.get(packed["name"])
+        as_binary = parsed.binary_output if binary is None else binary
+        outputs.append((packed["name"], unpack_tensor(packed), as_binary))
+    content, header_length = codec.encode_response(header, outputs)
+    content, encoding = compression.compress(content, accept)
+    headers = {}
+    if header_length is not None:
+        headers[codec.HEADER_LENGTH] = str(header_length)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    media_type = "application/octet-stream" if header_length is not None else "application/json"
+    return Response(content, media_type=media_type, headers=headers)
+
+
+@router.api_route(
+    "/v2/{path:path}",
+    methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+    include_in_schema=False,
+)
+async def unknown(request: Request, path: str) -> Response:
+    """Unknown ``/v2`` routes (statistics, shared memory, model load...) in Triton's shape; a
+    known route asked with the wrong method is 405, as anywhere else."""
+    allowed = sorted(
+        method
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and route.endpoint is not unknown
+        and route.path_regex.match(request.url.path)
+        for method in route.methods or ()
+    )
+    if allowed:
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)}
+        )
+    raise NotFound(f"{request.method} /v2/{path} is not a route of inferhub")
