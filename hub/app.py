@@ -18,7 +18,7 @@ from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.hosts import AllowedHosts
-from hub.metrics import Metrics
+from hub.metrics.registry import Metrics
 from hub.middleware.body_limit import BodyLimit
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
