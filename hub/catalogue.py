@@ -1,6 +1,7 @@
 """What the workers say they serve: models (with signatures) and live workers, read from Redis.
 
 The model list is cached for a moment so that validating a request costs no round trip.
+``model_view`` is a model as clients see it (``/v1/models`` and the WebSocket's ``stats``).
 """
 
 from __future__ import annotations
@@ -69,3 +70,17 @@ class Catalogue:
             elif include_stopped:
                 out.append({"id": worker_id.decode(), "alive": False})
         return out
+
+
+def model_view(entry: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A catalogue entry as clients see it: ready when a live worker serves it, and which."""
+    serving = [w["id"] for w in workers if entry["name"] in w.get("models", ())]
+    view = {k: v for k, v in entry.items() if k != "seen"}
+    return {**view, "ready": bool(serving), "workers": serving}
+
+
+def model_views(
+    models: dict[str, dict[str, Any]], workers: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every model's view, by name."""
+    return [model_view(entry, workers) for _, entry in sorted(models.items())]
