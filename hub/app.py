@@ -19,6 +19,7 @@ from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.hosts import AllowedHosts
 from hub.metrics.registry import Metrics
+from hub.metrics.stats import StatsFeed
 from hub.middleware.body_limit import BodyLimit
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
@@ -53,9 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.rate_limit_per_s
             else None
         )
+        catalogue = Catalogue(redis, model_ttl_s=settings.job_ttl_s)
         app.state.service = JobService(
             store,
-            Catalogue(redis, model_ttl_s=settings.job_ttl_s),
+            catalogue,
             fanout,
             max_queued=settings.max_queued,
             max_queued_per_tenant=settings.max_queued_per_tenant,
@@ -64,9 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rate=rate,
             observer=metrics,
         )
+        app.state.stats = stats = StatsFeed(catalogue, settings.stats_interval_s)
+        stats.start()
         try:
             yield
         finally:
+            await stats.stop()
             await fanout.stop()
             await redis.aclose()
 

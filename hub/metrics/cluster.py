@@ -57,7 +57,7 @@ class Snapshot:
     """What Redis said at ``at`` (unix seconds); ``error`` says why it could not be read."""
 
     at: float
-    workers: list[dict[str, Any]] = field(default_factory=list)  # live, then recently stopped
+    workers: list[dict[str, Any]] = field(default_factory=list)  # as /v1/workers lists them
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # the catalogue's entries
     pools: list[PoolStats] = field(default_factory=list)  # by name
     error: str | None = None
