@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     )
     ws_max_subscriptions: int = Field(1000, gt=0)
     ws_max_message_bytes: int = Field(1024 * 1024, gt=0)
+    stats_interval_s: float = Field(
+        2.0, gt=0, description="How often a WebSocket that asked gets the deployment's stats."
+    )
     api_keys_file: Path | None = Field(None, description="TOML file of API keys; none: open hub.")
     insecure: bool = Field(False, description="Serve beyond loopback with no API keys.")
     allowed_origins: list[str] = Field(

@@ -18,7 +18,8 @@ from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
 from hub.hosts import AllowedHosts
-from hub.metrics import Metrics
+from hub.metrics.registry import Metrics
+from hub.metrics.stats import StatsFeed
 from hub.middleware.body_limit import BodyLimit, refuse_oversized
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
@@ -57,9 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.rate_limit_per_s
             else None
         )
+        catalogue = Catalogue(redis, model_ttl_s=settings.job_ttl_s)
         app.state.service = JobService(
             store,
-            Catalogue(redis, model_ttl_s=settings.job_ttl_s),
+            catalogue,
             fanout,
             online,
             max_queued=settings.max_queued,
@@ -69,9 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rate=rate,
             observer=metrics,
         )
+        app.state.stats = stats = StatsFeed(catalogue, settings.stats_interval_s)
+        stats.start()
         try:
             yield
         finally:
+            await stats.stop()
             await online.close()
             await fanout.stop()
             await redis.aclose()

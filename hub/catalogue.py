@@ -1,6 +1,7 @@
 """What the workers say they serve: models (with signatures) and live workers, read from Redis.
 
 The model list is cached for a moment so that validating a request costs no round trip.
+``model_view`` is a model as clients see it (``/v1/models`` and the WebSocket's ``stats``).
 """
 
 from __future__ import annotations
@@ -102,3 +103,17 @@ class Catalogue:
 def serving(model: str, workers: Iterable[Mapping[str, Any]]) -> list[str]:
     """The ids of the workers (of those given) that serve the model."""
     return [w["id"] for w in workers if model in w.get("models", ())]
+
+
+def model_view(entry: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A catalogue entry as clients see it: ready when a live worker serves it, and which."""
+    ids = serving(entry["name"], workers)
+    view = {k: v for k, v in entry.items() if k != "seen"}
+    return {**view, "ready": bool(ids), "workers": ids}
+
+
+def model_views(
+    models: dict[str, dict[str, Any]], workers: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every model's view, by name."""
+    return [model_view(entry, workers) for _, entry in sorted(models.items())]

@@ -1,5 +1,7 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a
-real hub (``python -m cli serve`` on a free port), the session's worker and Redis.
+real hub (``python -m cli serve`` on a free port), the session's worker and Redis. Everything
+live on the page comes from its WebSocket: job events, and the hub's ``stats`` message for the
+models, queues and workers (the page polls no HTTP route).
 
 Playwright's own browser download does not work here; the tests use ``/usr/bin/chromium``
 (``apt-get install chromium``). Screenshots at 1280 and 390 px go to ``test-artifacts/``.
@@ -14,14 +16,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, wait_idle, worker_env
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 from redis import Redis
 
 from cli.processes import stop
+from contract import keys
 from contract.settings import Settings
 from hub.auth import new_key
 
@@ -110,10 +114,14 @@ def browser() -> Iterator[Browser]:
 class Dashboard:
     page: Page
     errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # the paths of the page's HTTP requests
 
     def console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
             self.errors.append(f"console: {message.text}")
+
+    def request(self, request: Request) -> None:
+        self.requests.append(urlsplit(request.url).path)
 
     def row(self, job_id: str) -> Any:
         return self.page.locator(f'#jobs-body tr[data-job="{job_id}"]')
@@ -138,6 +146,7 @@ def dash(browser: Browser, hub_server: HubServer) -> Iterator[Dashboard]:
     dashboard = Dashboard(page)
     page.on("console", dashboard.console)
     page.on("pageerror", lambda exc: dashboard.errors.append(f"pageerror: {exc}"))
+    page.on("request", dashboard.request)
     page.goto(hub_server.url + "/")
     page.wait_for_selector("#conn[data-state=open]")
     page.wait_for_selector("#models-list li[data-model=digits]")
@@ -218,6 +227,33 @@ def test_page_loads_and_lists_the_models_and_the_live_worker(
     assert "default" in row.inner_text() and "digits" in row.inner_text()
     page.wait_for_selector("#queues li[data-pool=default]")
     assert page.inner_text("#stat-workers") != "0"
+    assert dash.errors == []
+
+
+def test_queues_workers_and_models_come_live_from_the_socket(
+    dash: Dashboard, hub_server: HubServer, redis: Redis, orphan_model: str
+) -> None:
+    page = dash.page
+    page.wait_for_selector(f"#models-list li[data-model={orphan_model}][data-ready=false]")
+    jobs = [hub_server.submit(orphan_model, [[5.1, 3.5, 1.4, 0.2]]) for _ in range(2)]
+
+    def shows_the_queue() -> None:
+        """The page shows the pool's queue as Redis holds it: no worker serves pool "nobody",
+        so every job in its queue waits (queue depth: hub/metrics/cluster.py)."""
+        depth = redis.zcard(keys.queue("nobody"))
+        pool = page.locator(f'#queues li[data-pool=nobody][data-depth="{depth}"]')
+        pool.wait_for()
+        assert f"{depth} waiting" in pool.inner_text()
+        assert pool.get_attribute("data-running") == "0"
+
+    shows_the_queue()
+    assert redis.zcard(keys.queue("nobody")) >= 2
+    for job_id in jobs:  # and it follows, live
+        r = httpx.post(f"{hub_server.url}/v1/jobs/{job_id}/cancel", timeout=10)
+        assert r.status_code == 200, r.text
+    shows_the_queue()
+    polled = {"/v1/models", "/v1/workers", "/v1/queues"} & set(dash.requests)
+    assert polled == set(), dash.requests
     assert dash.errors == []
 
 

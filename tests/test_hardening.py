@@ -293,10 +293,11 @@ def test_the_dashboard_with_a_tenant_key_notes_the_admin_only_panels(
                 page.wait_for_selector("#queues-admin", state="visible")
                 assert not page.is_visible("#workers-table")
                 assert page.inner_text("#stat-workers") == "\u2013"  # an en dash: nothing to show
+                assert page.inner_text("#stat-waiting") == "\u2013"
+                assert page.locator("#queues li").count() == 0
                 assert not page.is_visible("#toast")
-                # Chromium reports each refused request once; the page asks no more
-                assert all("403" in e for e in errors), errors
-                assert len(errors) == 2, errors
+                # the page asks for nothing it may not see: its stats come without those panels
+                assert errors == []
                 browser.close()
         finally:
             stop([hub])

@@ -2,8 +2,8 @@
 
 The page itself (plain HTML, CSS and JS modules, no build step) lives in the repository's
 ``static/`` folder, next to ``hub/``; an editable install serves it from the source tree.
-Everything else the page shows comes from the WebSocket and the other ``/v1`` routes; the one
-thing they do not tell is how many jobs wait in each pool's arq queue, hence ``/v1/queues``.
+Everything live it shows comes from the WebSocket (events, and the ``stats`` message for
+models, workers and queues). ``/v1/queues`` gives the ``stats`` message's pools over HTTP.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from redis.exceptions import RedisError
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from contract import keys
 from hub.deps import CallerDep, CatalogueDep
 from hub.errors import error_responses
+from hub.metrics import cluster
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 
@@ -41,33 +42,15 @@ async def index() -> Response:
 
 @router.get(
     "/v1/queues",
-    summary="Jobs in each pool's queue (waiting or running); admin only",
+    summary="Jobs waiting and running in each pool's queue; admin only",
     responses=error_responses(401, 403, 503),
 )
 async def queues(catalogue: CatalogueDep, caller: CallerDep) -> dict[str, Any]:
-    """Per pool: the jobs in its arq queue (waiting or running; arq keeps a job there until it
-    ends), the live workers and the jobs they run, and the models it serves. Every tenant's
-    jobs count there, hence admin only."""
+    """Per pool: the jobs waiting in its queue (``depth``, as ``inferhub_queue_depth``), those a
+    worker runs, the oldest waiting job's age, the live workers and the models it serves
+    (hub/metrics/cluster.py defines each). Every tenant's jobs count there, hence admin only."""
     caller.need("admin", "/v1/queues shows every tenant's activity")
-    workers = await catalogue.workers()
-    models = await catalogue.models()
-    pools: dict[str, dict[str, Any]] = {}
-
-    def pool(name: str) -> dict[str, Any]:
-        return pools.setdefault(name, {"pool": name, "workers": 0, "running": 0, "models": []})
-
-    for entry in models.values():
-        pool(entry.get("pool", "default"))["models"].append(entry["name"])
-    for worker in workers:
-        p = pool(worker.get("pool", "default"))
-        p["workers"] += 1
-        p["running"] += int(worker.get("running", 0))
-    names = sorted(pools)
-    async with catalogue.redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.zcard(keys.queue(name))
-        depths = await pipe.execute()
-    for name, depth in zip(names, depths, strict=True):
-        pools[name]["depth"] = int(depth)
-        pools[name]["models"].sort()
-    return {"pools": [pools[name] for name in names]}
+    snapshot = await cluster.read(catalogue)
+    if snapshot.error is not None:
+        raise RedisError(snapshot.error)  # the one 503 answer for an unreachable Redis
+    return {"pools": [pool.view() for pool in snapshot.pools]}

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus metrics of this replica and of the deployment (hub/metrics.py).
+"""``GET /metrics``: Prometheus metrics of this replica and of the deployment (hub/metrics/).
 
 They tell every tenant's activity (queues, workers, models), so a keyed hub shows them to an
 ``admin`` key or to ``INFERHUB_METRICS_TOKEN``, the bearer token a Prometheus scrape sends.
@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from hub.deps import authenticate
 from hub.errors import error_responses
+from hub.metrics import cluster
 
 router = APIRouter(tags=["health"])
 
@@ -42,5 +43,6 @@ async def _may_scrape(request: Request) -> None:
 )
 async def metrics(request: Request) -> Response:
     await _may_scrape(request)
-    body = await request.app.state.metrics.render(request.app.state.service.catalogue)
+    snapshot = await cluster.read(request.app.state.service.catalogue)
+    body = request.app.state.metrics.render(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

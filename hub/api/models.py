@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from hub.catalogue import model_view, model_views
 from hub.deps import CallerDep, CatalogueDep, ReaderDep
 from hub.errors import error_responses
 
@@ -15,23 +16,17 @@ router = APIRouter(
 )
 
 
-def _model_view(entry: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:
-    serving = [w["id"] for w in workers if entry["name"] in w.get("models", ())]
-    view = {k: v for k, v in entry.items() if k != "seen"}
-    return {**view, "ready": bool(serving), "workers": serving}
-
-
 @router.get("/models", summary="Every model the workers serve")
 async def list_models(catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
     workers = await catalogue.workers()
     models = await catalogue.models()
-    return {"models": [_model_view(m, workers) for _, m in sorted(models.items())]}
+    return {"models": model_views(models, workers)}
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"description": "Unknown"}})
 async def get_model(name: str, catalogue: CatalogueDep, _: ReaderDep) -> dict[str, Any]:
     entry, _version = await catalogue.model(name)
-    return _model_view(entry, await catalogue.workers())
+    return model_view(entry, await catalogue.workers())
 
 
 @router.get("/workers", summary="Live workers (and recently stopped ones); admin only")

@@ -1,4 +1,5 @@
-"""``/v1/ws``: one WebSocket that submits, subscribes, unsubscribes and cancels (docs/protocol.md).
+"""``/v1/ws``: one WebSocket that submits, subscribes, unsubscribes and cancels, and sends the
+deployment's ``stats`` to connections that ask (hub/metrics/stats.py; docs/protocol.md).
 
 A connection has one reader (client messages) and one writer (everything the server sends),
 joined by the connection's bounded subscription buffer, so that replies and events leave in
@@ -26,6 +27,7 @@ from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.fanout import SlowConsumer
+from hub.metrics.stats import Frame, StatsFeed
 from hub.schemas import JobRequest
 from hub.service import FINISHED, JobService
 
@@ -52,7 +54,7 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
     await ws.accept()
     with service.stream_slot(caller.visible):
         async with delivery(service.store, service.fanout, caller.visible) as feed:
-            await Connection(ws, service, settings, caller, feed).run()
+            await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
 
 
 def close_code(exc: InferhubError) -> int:
@@ -88,6 +90,13 @@ class Target(BaseModel):
         return {"job_id": self.job_id} if self.job_id is not None else {"model": self.model or ""}
 
 
+class StatsRequest(BaseModel):
+    """``stats``: start (``on``, the default) or stop the periodic ``stats`` message."""
+
+    model_config = ConfigDict(extra="forbid")
+    on: bool = True
+
+
 @dataclass
 class Connection:
     ws: WebSocket
@@ -95,6 +104,7 @@ class Connection:
     settings: Settings
     caller: Principal
     feed: Delivery  # every event and reply leaves through it, in order
+    stats: StatsFeed
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -116,6 +126,7 @@ class Connection:
         except WebSocketDisconnect:
             pass
         finally:
+            self.stats.discard(self.feed)
             for task in (reader, writer):
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -228,12 +239,22 @@ class Connection:
     async def _ping(self, message: dict[str, Any], ref: Any) -> None:
         self._reply({"type": "pong", "ref": ref})
 
+    async def _stats(self, message: dict[str, Any], ref: Any) -> None:
+        on = StatsRequest.model_validate(message).on
+        stats = {"on": on, "interval_s": self.stats.interval_s}
+        self._reply({"type": "accepted", "ref": ref, "stats": stats})  # before the first frame
+        if on:
+            self.stats.add(self.feed, self.caller.admin, self.feed.put)
+        else:
+            self.stats.discard(self.feed)
+
     _handlers: ClassVar[dict[str, Any]] = {
         "submit": _submit,
         "subscribe": _subscribe,
         "unsubscribe": _unsubscribe,
         "cancel": _cancel,
         "ping": _ping,
+        "stats": _stats,
     }
 
     def _reply(self, message: dict[str, Any]) -> None:
@@ -249,6 +270,8 @@ class Connection:
                 raise _Close(CLOSE_TRY_AGAIN, str(exc)[:120]) from None
             if isinstance(item, Event):
                 await self._send_text(item.ws)
+            elif isinstance(item, Frame):  # encoded once for every connection
+                await self._send_text(item.text)
             elif isinstance(item, Reset):
                 model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
                 message = "events after last_event_id are no longer kept: reload"

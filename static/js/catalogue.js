@@ -1,4 +1,5 @@
-// Workers and models, as GET /v1/workers and GET /v1/models describe them.
+// Workers and models, as the hub's stats message describes them (as GET /v1/workers and
+// GET /v1/models do).
 
 import { clock, el, fill, fmtAgo } from "./util.js";
 

@@ -1,6 +1,7 @@
 // One WebSocket to the hub: requests with a `ref` answered by `accepted` / `error` / `pong`,
-// events for the subscribed models and jobs, and reconnection with backoff that resumes every
-// subscription after the last event id seen, so that nothing shown goes stale.
+// events for the subscribed models and jobs, the hub's periodic `stats` (models, queues,
+// workers), and reconnection with backoff that resumes every subscription after the last
+// event id seen, so that nothing shown goes stale.
 
 import { openSocket, serverClock } from "./api.js";
 import { compareIds } from "./util.js";
@@ -25,7 +26,8 @@ export class HubError extends Error {
 
 /**
  * Emits "state" ({state: "connecting" | "open" | "reconnecting", attempt, delayMs, resumed}),
- * "event" (an event JSON), "reset" ({model, message}) and "open" after (re)subscribing.
+ * "event" (an event JSON), "reset" ({model, message}), "stats" (the hub's stats message, once
+ * `subscribeStats` was called) and "open" after (re)subscribing.
  */
 export class Hub extends EventTarget {
   constructor() {
@@ -38,6 +40,7 @@ export class Hub extends EventTarget {
     this.floorId = null; // where to resume when no event has been seen yet
     this.models = new Set(); // model subscriptions, kept across reconnects
     this.jobs = new Map(); // job subscriptions: job id -> last event id seen for it
+    this.stats = false; // whether the hub's stats message is wanted, kept across reconnects
     this.pending = new Map(); // ref -> {resolve, reject, timer}
     this.nextRef = 1;
     this.pingTimer = null;
@@ -87,6 +90,20 @@ export class Hub extends EventTarget {
     if (this.models.has(model)) return;
     this.models.add(model);
     if (this.open) this._subscribe({ model }, this.lastEventId); // live, when nothing seen yet
+  }
+
+  /** Ask for the hub's periodic stats message, on this connection and every later one. */
+  subscribeStats() {
+    if (this.stats) return;
+    this.stats = true;
+    if (this.open) this._askStats();
+  }
+
+  _askStats() {
+    this.request({ type: "stats" }).catch((exc) => {
+      if (exc instanceof NotConnected) return; // asked again on the next open
+      this._emit("problem", { message: `stats: ${exc.message}` });
+    });
   }
 
   /** Where model subscriptions resume: after the last event seen, or from the first connection. */
@@ -143,6 +160,7 @@ export class Hub extends EventTarget {
     if (this.floorId === null) this.floorId = `${Math.floor(serverClock.nowMs() - FLOOR_MARGIN_MS)}-0`;
     for (const model of this.models) this._subscribe({ model }, resumed ? this.resumeId : null);
     for (const [jobId, after] of this.jobs) this._subscribe({ job_id: jobId }, after);
+    if (this.stats) this._askStats();
     this._setState("open", { resumed });
     this._emit("open", { resumed });
     this._schedulePing();
@@ -216,7 +234,8 @@ export class Hub extends EventTarget {
         this._event(message.event);
         return;
       case "reset":
-        this._emit("reset", message);
+      case "stats":
+        this._emit(message.type, message);
         return;
       case "accepted":
       case "pong":

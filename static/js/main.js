@@ -1,6 +1,8 @@
-// The dashboard: one WebSocket for jobs (submit, follow, cancel), HTTP for the catalogue.
+// The dashboard: one WebSocket for everything live (jobs submitted, followed and canceled; the
+// hub's stats message for models, queues and workers); HTTP for the job list at each
+// (re)connect, a job's details, and submissions too big for one frame.
 
-import { ApiError, api } from "./api.js";
+import { api } from "./api.js";
 import { WorkersPanel, ModelsPanel } from "./catalogue.js";
 import { Hub } from "./hub.js";
 import { JobDetail, JobsTable } from "./jobs.js";
@@ -92,18 +94,27 @@ async function cancel(jobId, button) {
   }
 }
 
+/** Read the newest jobs (at each (re)connect and after a reset); a failure shows in the page. */
 async function loadJobs() {
-  const { jobs } = await api(`/v1/jobs?limit=${JOBS_LOADED}`);
-  for (const view of jobs.reverse()) store.mergeView(view);
+  try {
+    const { jobs } = await api(`/v1/jobs?limit=${JOBS_LOADED}`);
+    for (const view of jobs.reverse()) store.mergeView(view);
+  } catch (exc) {
+    if (hub.open) toast(exc.message);
+  }
 }
 
-// --- the catalogue -------------------------------------------------------------------------
+// --- the deployment, from the hub's stats message ------------------------------------------
 
 const workersPanel = new WorkersPanel($("#workers-body"), $("#workers-empty"));
 const modelsPanel = new ModelsPanel($("#models-list"), $("#models-empty"));
+let shownModels = null; // the models as last drawn (JSON), so that an unchanged list is not redrawn
+let statsFailed = false;
 
-async function refreshModels() {
-  const { models: list } = await api("/v1/models");
+function showModels(list) {
+  const json = JSON.stringify(list);
+  if (json === shownModels) return;
+  shownModels = json;
   models = new Map(list.map((m) => [m.name, m]));
   for (const m of list) hub.subscribeModel(m.name);
   modelsPanel.update(list);
@@ -111,59 +122,33 @@ async function refreshModels() {
   $("#draw").hidden = !models.has("digits");
 }
 
-// /v1/workers and /v1/queues tell every tenant's activity, so a key without the admin scope
-// gets 403: the panel then says so, once, instead of failing at every refresh.
-const adminOnly = new Set();
-async function ifAllowed(panel, load) {
-  if (adminOnly.has(panel)) return;
-  try {
-    await load();
-  } catch (exc) {
-    if (!(exc instanceof ApiError && exc.status === 403)) throw exc;
-    adminOnly.add(panel);
-    if (panel === "workers") {
-      $("#workers-table").hidden = true;
-      $("#workers-admin").hidden = false;
-      $("#stat-workers").textContent = "–";
-      $("#stat-running").textContent = "–";
-    } else {
-      $("#queues").replaceChildren();
-      $("#queues-admin").hidden = false;
-      $("#stat-waiting").textContent = "–";
-    }
+function sum(pools, field) {
+  return String(pools.reduce((n, p) => n + p[field], 0));
+}
+
+// Pools and workers tell every tenant's activity: the hub sends them to admin keys only (as
+// /v1/queues and /v1/workers), and the panels then say so instead.
+function showDeployment({ pools, workers }) {
+  $("#workers-table").hidden = !workers;
+  $("#workers-admin").hidden = Boolean(workers);
+  $("#queues-admin").hidden = Boolean(pools);
+  if (workers) workersPanel.update(workers);
+  if (pools) renderQueues($("#queues"), pools);
+  else $("#queues").replaceChildren();
+  $("#stat-workers").textContent = pools ? sum(pools, "workers") : "–";
+  $("#stat-running").textContent = pools ? sum(pools, "running") : "–";
+  $("#stat-waiting").textContent = pools ? sum(pools, "depth") : "–";
+}
+
+function showStats(stats) {
+  if (stats.error) {
+    if (!statsFailed) toast(stats.error); // the figures shown stay until the hub reads again
+    statsFailed = true;
+    return;
   }
-}
-
-let latestWorkers = [];
-async function refreshWorkers() {
-  await ifAllowed("workers", loadWorkers);
-}
-
-async function refreshQueues() {
-  await ifAllowed("queues", loadQueues);
-}
-
-async function loadWorkers() {
-  const { workers } = await api("/v1/workers");
-  latestWorkers = workers;
-  workersPanel.update(workers);
-  const alive = workers.filter((w) => w.alive);
-  $("#stat-workers").textContent = String(alive.length);
-  $("#stat-running").textContent = String(alive.reduce((n, w) => n + (w.running || 0), 0));
-}
-
-async function loadQueues() {
-  const { pools } = await api("/v1/queues");
-  renderQueues($("#queues"), pools);
-  const waiting = pools.reduce((n, p) => n + Math.max(0, p.depth - Math.min(p.running, p.depth)), 0);
-  $("#stat-waiting").textContent = String(waiting);
-}
-
-/** Run refreshers, reporting failures once in the page instead of the console. */
-async function refresh(...steps) {
-  const results = await Promise.allSettled(steps.map((step) => step()));
-  const failed = results.find((r) => r.status === "rejected");
-  if (failed && hub.open) toast(failed.reason.message);
+  statsFailed = false;
+  showModels(stats.models);
+  showDeployment(stats);
 }
 
 // --- charts --------------------------------------------------------------------------------
@@ -217,17 +202,18 @@ hub.addEventListener("event", ({ detail: event }) => {
 });
 hub.addEventListener("open", ({ detail: d }) => {
   // After a reconnect the model subscriptions resume from the last event id. Unfinished jobs
-  // resume by id too (each from its own last event), and the job list and the catalogue are
-  // read again, for whatever happened while the page was away.
+  // resume by id too (each from its own last event), and the job list is read again, for
+  // whatever happened while the page was away; the hub's stats come again on the socket.
   if (d.resumed) {
     for (const job of store.jobs.values()) {
       if (!TERMINAL.has(job.status)) hub.subscribeJob(job.id, job.lastEventId);
     }
   }
-  refresh(refreshModels, refreshWorkers, refreshQueues, loadJobs);
+  loadJobs();
 });
 // the log no longer holds the events after our last id: what the list says is all there is
-hub.addEventListener("reset", () => refresh(loadJobs));
+hub.addEventListener("reset", () => loadJobs());
+hub.addEventListener("stats", ({ detail: stats }) => showStats(stats));
 hub.addEventListener("problem", ({ detail: d }) => toast(d.message));
 store.addEventListener("finished", ({ detail: d }) => {
   metrics.record(d.job);
@@ -235,14 +221,9 @@ store.addEventListener("finished", ({ detail: d }) => {
 });
 $("#conn-retry").addEventListener("click", () => hub.reconnectNow());
 
-setInterval(() => {
-  if (hub.open) refresh(refreshWorkers, refreshQueues);
-}, 2000);
-setInterval(() => {
-  if (hub.open) refresh(refreshModels);
-}, 5000);
-setInterval(drawCharts, 2000);
+setInterval(drawCharts, 2000); // the charts' window slides: no request, a repaint
 drawCharts();
+hub.subscribeStats();
 hub.start();
 
 // for the browser tests and the curious: the live state, read-only by convention

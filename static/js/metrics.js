@@ -174,34 +174,33 @@ export class LatencyChart extends CanvasChart {
   }
 }
 
-/** Queue depth per pool: waiting and running jobs, and the workers serving the pool. */
+/** Per pool: jobs waiting (its queue depth) and running, and the workers serving it. */
 export function renderQueues(list, pools) {
   if (!pools.length) {
     fill(list, el("li", { class: "muted" }, "no pools yet"));
     return;
   }
-  const most = Math.max(1, ...pools.map((p) => p.depth));
+  const most = Math.max(1, ...pools.map((p) => p.depth + p.running));
   fill(
     list,
-    pools.map((p) => {
-      const running = Math.min(p.running, p.depth);
-      const waiting = Math.max(0, p.depth - running);
-      return el(
+    pools.map((p) =>
+      el(
         "li",
-        { dataset: { pool: p.pool } },
+        { dataset: { pool: p.pool, depth: String(p.depth), running: String(p.running) } },
         el("span", { class: "pool-name" }, p.pool),
         el(
           "span",
           { class: "stack", "aria-hidden": "true" },
-          el("span", { class: "stack-run", style: { width: `${(100 * running) / most}%` } }),
-          el("span", { class: "stack-wait", style: { width: `${(100 * waiting) / most}%` } }),
+          el("span", { class: "stack-run", style: { width: `${(100 * p.running) / most}%` } }),
+          el("span", { class: "stack-wait", style: { width: `${(100 * p.depth) / most}%` } }),
         ),
         el(
           "span",
           { class: "pool-text" },
-          `${waiting} waiting · ${running} running · ${p.workers} worker${p.workers === 1 ? "" : "s"}`,
+          `${p.depth} waiting${p.depth ? ` (oldest ${fmtDuration(p.oldest_age_s)})` : ""} · ` +
+            `${p.running} running · ${p.workers} worker${p.workers === 1 ? "" : "s"}`,
         ),
-      );
-    }),
+      ),
+    ),
   );
 }

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a hub replica, and of the whole deployment as Redis knows it.
+"""The hub's Prometheus registry: this replica's metrics, fed by the observer's hooks.
 
 Two scopes, told apart in ``docs/operations.md``:
 
@@ -7,10 +7,9 @@ Two scopes, told apart in ``docs/operations.md``:
   and WebSockets, and what its event fan-out received, delivered, coalesced and dropped.
   A job is counted by the replica that accepted it only: every replica sees every event
   through pub/sub, so counting what one sees would count each job once per replica.
-- **the deployment** (the same on every replica; take one, e.g. ``max without (instance)``),
-  read from Redis at scrape time: queue depth and oldest queued age per pool, live workers per
-  pool, and each worker's own figures (jobs by model and outcome, onnxruntime call seconds and
-  rows per call) that its heartbeat carries.
+- **the deployment** (the same on every replica; take one, e.g. ``max without (instance)``):
+  a cluster snapshot read from Redis at scrape time (``hub/metrics/cluster.py``), turned into
+  series by ``hub/metrics/deployment.py``.
 
 So one scrape of any replica gives the whole picture of the workers and queues, and the sum
 over replicas gives the traffic.
@@ -18,14 +17,11 @@ over replicas gives the traffic.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -35,19 +31,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
-from redis.exceptions import RedisError
 from starlette.types import Scope
 
-from contract import keys, scripts
 from contract.events import Event, EventType
-from hub.catalogue import Catalogue
 from hub.fanout import Fanout
+from hub.metrics.cluster import Snapshot
+from hub.metrics.deployment import DeploymentCollector
 from hub.observer import Observer
-
-log = logging.getLogger(__name__)
 
 disable_created_metrics()  # no ``*_created`` series next to every counter
 
@@ -60,27 +50,12 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 TRACKED_MAX = 100_000
 """Jobs accepted here whose end is still awaited; beyond this the oldest are forgotten."""
 
-QUEUE_SCAN = 1000
-"""Queue entries looked at per pool and scrape to tell waiting jobs from running ones."""
-
-QUEUE_STATS = scripts.load("queue_stats")
-
 
 @dataclass
 class _Tracked:
     model: str
     created: float
     started: float | None = None
-
-
-@dataclass
-class Snapshot:
-    """What Redis said at scrape time."""
-
-    at: float
-    workers: list[dict[str, Any]] = field(default_factory=list)
-    queues: dict[str, tuple[int, int, float | None]] = field(default_factory=dict)
-    error: str | None = None
 
 
 class Metrics(Observer):
@@ -182,8 +157,6 @@ class Metrics(Observer):
             registry=r,
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
-        self.cluster = _ClusterCollector()
-        r.register(self.cluster)
 
     # --- jobs accepted here --------------------------------------------------------------------
 
@@ -236,129 +209,9 @@ class Metrics(Observer):
 
     # --- the scrape ----------------------------------------------------------------------------
 
-    async def render(self, catalogue: Catalogue) -> bytes:
-        """The text exposition: this replica's metrics, then Redis's view read just now."""
-        snapshot = await _snapshot(catalogue)
-        self.cluster.snapshot = snapshot  # no await from here to the end: one scrape at a time
-        return generate_latest(self.registry)
-
-
-async def _snapshot(catalogue: Catalogue) -> Snapshot:
-    snapshot = Snapshot(at=time.time())
-    redis = catalogue.redis
-    try:
-        snapshot.workers = await catalogue.workers()
-        pools = {w["pool"] for w in snapshot.workers if "pool" in w}
-        pools.update(m.get("pool", "default") for m in (await catalogue.models()).values())
-        for pool in sorted(pools):
-            total, running, oldest = await QUEUE_STATS(
-                redis,
-                keys={"queue": keys.queue(pool)},
-                args={
-                    "in_progress_prefix": in_progress_key_prefix,
-                    "job_prefix": keys.job(""),
-                    "scan": QUEUE_SCAN,
-                },
-            )
-            snapshot.queues[pool] = (int(total), int(running), float(oldest) if oldest else None)
-    except (RedisError, OSError) as exc:
-        snapshot.error = str(exc)
-    return snapshot
-
-
-class _ClusterCollector(Collector):
-    """Yields the deployment's metrics from the snapshot taken for this scrape."""
-
-    def __init__(self) -> None:
-        self.snapshot: Snapshot | None = None
-
-    def describe(self) -> list[Any]:
-        return []  # its series depend on Redis: no collect() at registration
-
-    def collect(self) -> Iterator[Any]:
-        snap = self.snapshot
-        up = GaugeMetricFamily(
-            "inferhub_redis_up", "1 if this replica read the deployment's state from Redis."
-        )
-        up.add_metric([], 0 if snap is None or snap.error else 1)
-        yield up
-        if snap is None or snap.error:
-            return
-        yield from _queues(snap)
-        yield from _workers(snap)
-
-
-def _queues(snap: Snapshot) -> Iterator[Any]:
-    depth = GaugeMetricFamily(
-        "inferhub_queue_depth", "Jobs waiting in the pool's queue (not yet taken).", labels=["pool"]
-    )
-    running = GaugeMetricFamily(
-        "inferhub_jobs_running", "Jobs of the pool a worker is running.", labels=["pool"]
-    )
-    oldest = GaugeMetricFamily(
-        "inferhub_queue_oldest_age_seconds",
-        "Age of the oldest job waiting in the pool's queue (0 when none waits).",
-        labels=["pool"],
-    )
-    workers = GaugeMetricFamily("inferhub_workers", "Live workers of the pool.", labels=["pool"])
-    alive: dict[str, int] = {}
-    for w in snap.workers:
-        if w.get("alive") and "pool" in w:
-            alive[w["pool"]] = alive.get(w["pool"], 0) + 1
-    for pool in sorted(set(snap.queues) | set(alive)):
-        total, taken, created = snap.queues.get(pool, (0, 0, None))
-        depth.add_metric([pool], max(0, total - taken))
-        running.add_metric([pool], taken)
-        oldest.add_metric([pool], max(0.0, snap.at - created) if created is not None else 0.0)
-        workers.add_metric([pool], alive.get(pool, 0))
-    yield from (depth, running, oldest, workers)
-
-
-def _workers(snap: Snapshot) -> Iterator[Any]:
-    labels = ["worker", "pool"]
-    busy = GaugeMetricFamily(
-        "inferhub_worker_running_jobs", "Jobs the worker is running.", labels=labels
-    )
-    age = GaugeMetricFamily(
-        "inferhub_worker_heartbeat_age_seconds",
-        "Seconds since the worker's last heartbeat (its figures are this old).",
-        labels=labels,
-    )
-    broken = GaugeMetricFamily(
-        "inferhub_worker_broken_models", "Models the worker could not load.", labels=labels
-    )
-    jobs = CounterMetricFamily(
-        "inferhub_worker_jobs",
-        "Jobs the worker ran to an end, by model and outcome.",
-        labels=[*labels, "model", "status"],
-    )
-    seconds = HistogramMetricFamily(
-        "inferhub_inference_seconds",
-        "Seconds of one onnxruntime call (a batch), by model.",
-        labels=[*labels, "model"],
-    )
-    rows = HistogramMetricFamily(
-        "inferhub_batch_size_rows",
-        "Rows in one onnxruntime call (the batch size), by model.",
-        labels=[*labels, "model"],
-    )
-    for w in snap.workers:
-        if not w.get("alive") or "pool" not in w:
-            continue
-        ids = [w["id"], w["pool"]]
-        busy.add_metric(ids, w.get("running", 0))
-        age.add_metric(ids, max(0.0, snap.at - w.get("seen", snap.at)))
-        broken.add_metric(ids, len(w.get("errors") or ()))
-        figures = w.get("figures") or {}
-        for model, by_status in sorted(figures.get("jobs", {}).items()):
-            for status, count in sorted(by_status.items()):
-                jobs.add_metric([*ids, model, status], count)
-        for family, name in ((seconds, "inference_seconds"), (rows, "batch_rows")):
-            for model, hist in sorted(figures.get(name, {}).items()):
-                buckets = [
-                    (floatToGoString(le), count)
-                    for le, count in zip(hist["le"], hist["counts"], strict=True)
-                ]
-                buckets.append(("+Inf", hist["count"]))
-                family.add_metric([*ids, model], buckets, hist["sum"])
-    yield from (busy, age, broken, jobs, seconds, rows)
+    def render(self, snapshot: Snapshot) -> bytes:
+        """The text exposition: this replica's metrics, then the deployment's in ``snapshot``
+        (a registry per scrape, so that concurrent scrapes never share a snapshot)."""
+        deployment = CollectorRegistry(auto_describe=False)
+        deployment.register(DeploymentCollector(snapshot))
+        return generate_latest(self.registry) + generate_latest(deployment)
