@@ -18,10 +18,10 @@ import orjson
 import pytest
 import websockets
 from helpers import free_port, wait_for
-from cli.processes import ready, start_cli, start_redis, stop
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
+from cli.processes import ready, start_cli, start_redis, stop
 from contract import keys
 from hub.auth import new_key
 from hub.metrics import cluster, stats
