@@ -36,10 +36,9 @@ class Observer:
     def online_batch(self, model: str, requests: int, rows: int) -> None:
         """A batch of online requests was sent to the workers."""
 
-    def online_answered(
-        self, model: str, rows: int, seconds: float, answer: Mapping[str, Any]
-    ) -> None:
-        """An online request was answered (``answer`` holds ``error`` if it failed)."""
+    def online_answered(self, model: str, rows: int, seconds: float, outcome: str) -> None:
+        """An online request ended: ``succeeded``, ``failed`` (the model's error, or no time
+        left after a worker was lost), ``timeout`` or ``refused`` (over the admission bound)."""
 
     def subscription_gap(self) -> None:
         """The event subscription reconnected: events in between are re-read from the logs."""

@@ -111,6 +111,7 @@ class OnlineLane:
         the model; an InferhubError if it failed, was refused or ran out of time."""
         pool = entry["pool"]
         if self._rows[pool] + rows > self.max_rows_per_pool:
+            self.observer.online_answered(entry["name"], rows, 0.0, "refused")
             raise Unavailable(
                 f"pool '{pool}' has {self._rows[pool]:,} rows of online requests in flight on "
                 f"this hub (INFERHUB_ONLINE_MAX_ROWS {self.max_rows_per_pool:,}); retry shortly",
@@ -135,6 +136,8 @@ class OnlineLane:
             async with asyncio.timeout(timeout_s):
                 answer = await waiting.future
         except TimeoutError:
+            seconds = time.perf_counter() - began
+            self.observer.online_answered(entry["name"], rows, seconds, "timeout")
             raise Unavailable(
                 f"request timeout expired: no answer within {timeout_s:g} s "
                 f"(model '{entry['name']}')",
@@ -143,7 +146,8 @@ class OnlineLane:
         finally:
             self._rows[pool] -= rows
             self._leave(waiting)
-        self.observer.online_answered(entry["name"], rows, time.perf_counter() - began, answer)
+        outcome = "failed" if "error" in answer else "succeeded"
+        self.observer.online_answered(entry["name"], rows, time.perf_counter() - began, outcome)
         if "error" in answer:
             failed = InferenceFailed if answer.get("status", 500) == 500 else Unavailable
             raise failed(f"inference failed: {answer['error']}")

@@ -35,6 +35,7 @@ from helpers import (
     start_worker,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from contract.connection import connect
@@ -275,9 +276,21 @@ def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Work
                 "outputs": [{"name": "label"}],
             },
         )
+        metrics = client.get("/metrics").text
     assert response.status_code == 200, response.text
     (label,) = response.json()["outputs"]
     assert label["data"] == session.run(["label"], {"input": rows})[0].tolist()
+    # visible without records: this replica's online counters
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    digits = (("model", "digits"),)
+    assert found["inferhub_online_requests_total", (*digits, ("outcome", "succeeded"))] == 1
+    assert found["inferhub_online_rows_total", digits] == 3
+    assert found["inferhub_online_batches_total", digits] == 1
+    assert found["inferhub_online_request_seconds_count", digits] == 1
 
 
 def test_a_client_that_disconnects_before_dispatch_is_not_run(

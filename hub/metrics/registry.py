@@ -156,6 +156,39 @@ class Metrics(Observer):
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        model = ["model"]
+        self.online_requests = Counter(
+            "inferhub_online_requests",
+            "Online (/v2 infer) requests this replica ended, by outcome: succeeded, failed, "
+            "timeout, refused (over INFERHUB_ONLINE_MAX_ROWS).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.online_rows = Counter(
+            "inferhub_online_rows",
+            "Rows of the online requests that succeeded on this replica.",
+            model,
+            registry=r,
+        )
+        self.online_seconds = Histogram(
+            "inferhub_online_request_seconds",
+            "From an online request joining its line to its answer, on this replica.",
+            model,
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.online_batches = Counter(
+            "inferhub_online_batches",
+            "Batches of online requests this replica sent to the workers.",
+            model,
+            registry=r,
+        )
+        self.online_batch_requests = Counter(
+            "inferhub_online_batched_requests",
+            "Requests in those batches (divided by the batches: the mean batch).",
+            model,
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
     # --- jobs accepted here --------------------------------------------------------------------
@@ -170,6 +203,19 @@ class Metrics(Observer):
             self.submitted.labels(record["model"]).inc()
         else:
             self._jobs.pop(record["id"], None)
+
+    # --- online requests -------------------------------------------------------------------------
+
+    def online_batch(self, model: str, requests: int, rows: int) -> None:
+        self.online_batches.labels(model).inc()
+        self.online_batch_requests.labels(model).inc(requests)
+
+    def online_answered(self, model: str, rows: int, seconds: float, outcome: str) -> None:
+        self.online_requests.labels(model, outcome).inc()
+        if outcome == "succeeded":
+            self.online_rows.labels(model).inc(rows)
+        if outcome != "refused":
+            self.online_seconds.labels(model).observe(seconds)
 
     def events_delivered(self, count: int) -> None:
         self.delivered.inc(count)
