@@ -71,7 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rate=rate,
             observer=metrics,
         )
-        app.state.stats = stats = StatsFeed(catalogue, settings.stats_interval_s)
+        app.state.stats = stats = StatsFeed(
+            catalogue, settings.stats_interval_s, metrics.online_totals
+        )
         stats.start()
         try:
             yield

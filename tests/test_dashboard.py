@@ -257,6 +257,23 @@ def test_queues_workers_and_models_come_live_from_the_socket(
     assert dash.errors == []
 
 
+def test_online_traffic_shows_beside_the_jobs(dash: Dashboard, hub_server: HubServer) -> None:
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
+    for _ in range(4):
+        r = httpx.post(
+            f"{hub_server.url}/v2/models/iris/infer", json={"inputs": [tensor]}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+    # the page shows this hub's online counters from its stats message (no job record exists)
+    line = dash.page.locator("#online li[data-model=iris]")
+    line.wait_for()
+    dash.page.wait_for_function(
+        "() => Number(document.querySelector('#online li[data-model=iris]').dataset.total) >= 4"
+    )
+    assert "req/s" in line.inner_text() and "mean batch" in line.inner_text()
+    assert dash.errors == []
+
+
 def test_drawing_a_digit_on_the_canvas_classifies_it(dash: Dashboard) -> None:
     page = dash.page
     assert classify_drawing(page, [(0.5, 0.15), (0.5, 0.85)]) == "1"

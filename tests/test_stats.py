@@ -185,7 +185,7 @@ def test_an_admin_gets_the_queues_the_workers_and_the_models_as_queued(stack: St
             return frame
 
     frame = asyncio.run(run())
-    assert set(frame) == {"type", "ts", "models", "pools", "workers"}
+    assert set(frame) == {"type", "ts", "models", "pools", "workers", "online"}
     nobody = pool(frame, "nobody")
     assert nobody == {
         "pool": "nobody",
@@ -242,6 +242,22 @@ def test_a_tenant_gets_the_models_only(stack: Stack) -> None:
     assert frame["models"] == stack.http("GET", "/v1/models", stack.tenant).json()["models"]
     for route in ("/v1/queues", "/v1/workers", "/metrics"):  # as over HTTP
         assert stack.http("GET", route, stack.tenant).status_code == 403
+
+
+def test_an_admin_sees_this_hubs_online_traffic(stack: Stack) -> None:
+    tensor = {"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [0.5] * 8}
+    for _ in range(3):
+        r = stack.http("POST", "/v2/models/iris/infer", stack.tenant, json={"inputs": [tensor]})
+        assert r.status_code == 200, r.text
+
+    async def run() -> dict[str, Any]:
+        async with stack.socket(stack.admin) as ws:
+            await ask_stats(ws)
+            return await frame_where(ws, lambda f: "iris" in f["online"])
+
+    iris = asyncio.run(run())["online"]["iris"]
+    assert iris["succeeded"] == 3 and iris["rows"] == 6
+    assert 1 <= iris["batches"] <= 3 and iris["batched_requests"] == 3
 
 
 def test_every_connection_gets_the_same_snapshot_and_stops_when_it_asks(stack: Stack) -> None:

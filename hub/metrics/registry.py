@@ -217,6 +217,24 @@ class Metrics(Observer):
         if outcome != "refused":
             self.online_seconds.labels(model).observe(seconds)
 
+    def online_totals(self) -> dict[str, dict[str, float]]:
+        """Per model, this replica's online counters as they stand: requests by outcome,
+        ``rows``, ``batches`` and ``batched_requests`` (for the WebSocket's stats message)."""
+        totals: dict[str, dict[str, float]] = {}
+        for metric in (
+            self.online_requests,
+            self.online_rows,
+            self.online_batches,
+            self.online_batch_requests,
+        ):
+            for family in metric.collect():
+                name = family.name.removeprefix("inferhub_online_")
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = sample.labels.get("outcome", name)
+                        totals.setdefault(sample.labels["model"], {})[key] = sample.value
+        return totals
+
     def events_delivered(self, count: int) -> None:
         self.delivered.inc(count)
 

@@ -8,6 +8,8 @@ scope:
 - **admin** (an ``admin`` key, or any caller of a keyless hub): ``models``, ``pools`` and
   ``workers``, as ``GET /v1/models``, ``/v1/queues`` and ``/v1/workers`` show them (without
   the workers' ``figures``: histograms for ``/metrics``, not for a page);
+  and ``online``: per model, this hub's online counters so far (requests by outcome, rows,
+  batches and the requests in them), from which the page draws rates;
 - **a tenant**: ``models`` only, as ``GET /v1/models`` shows them to it. Pools and workers
   tell every tenant's activity, and the HTTP routes that show them answer a tenant ``403``.
 """
@@ -41,7 +43,12 @@ class Frame:
 Sink = Callable[[Frame], None]
 
 
-def message(snapshot: cluster.Snapshot, *, admin: bool) -> dict[str, Any]:
+Online = Callable[[], dict[str, dict[str, float]]]
+
+
+def message(
+    snapshot: cluster.Snapshot, *, admin: bool, online: dict[str, dict[str, float]] | None = None
+) -> dict[str, Any]:
     """The ``stats`` message of one snapshot, for one scope (see the module's docstring)."""
     out: dict[str, Any] = {"type": "stats", "ts": snapshot.at}
     if snapshot.error is not None:
@@ -52,14 +59,16 @@ def message(snapshot: cluster.Snapshot, *, admin: bool) -> dict[str, Any]:
         out["workers"] = [
             {k: v for k, v in worker.items() if k != "figures"} for worker in snapshot.workers
         ]
+        out["online"] = online or {}
     return out
 
 
 class StatsFeed:
     """Every ``interval_s``, while a sink listens: one snapshot, one frame per scope, to all."""
 
-    def __init__(self, catalogue: Catalogue, interval_s: float) -> None:
+    def __init__(self, catalogue: Catalogue, interval_s: float, online: Online = dict) -> None:
         self.catalogue = catalogue
+        self.online = online
         self.interval_s = interval_s
         self._sinks: dict[Hashable, tuple[bool, Sink]] = {}
         self._latest: dict[bool, Frame] = {}  # by admin or not
@@ -108,8 +117,9 @@ class StatsFeed:
     async def _publish(self) -> None:
         read_at = time.monotonic()
         snapshot = await cluster.read(self.catalogue)
+        online = self.online()
         self._latest = {
-            admin: Frame(orjson.dumps(message(snapshot, admin=admin)).decode())
+            admin: Frame(orjson.dumps(message(snapshot, admin=admin, online=online)).decode())
             for admin in (True, False)
         }
         self._latest_at = read_at

@@ -6,7 +6,14 @@ import { api } from "./api.js";
 import { WorkersPanel, ModelsPanel } from "./catalogue.js";
 import { Hub } from "./hub.js";
 import { JobDetail, JobsTable } from "./jobs.js";
-import { LatencyChart, Metrics, ThroughputChart, renderQueues } from "./metrics.js";
+import {
+  LatencyChart,
+  Metrics,
+  OnlineTraffic,
+  ThroughputChart,
+  renderOnline,
+  renderQueues,
+} from "./metrics.js";
 import { JobStore, TERMINAL } from "./store.js";
 import { DigitPad, TryPanel } from "./try.js";
 import { coalesce, fmtDuration } from "./util.js";
@@ -128,13 +135,17 @@ function sum(pools, field) {
 
 // Pools and workers tell every tenant's activity: the hub sends them to admin keys only (as
 // /v1/queues and /v1/workers), and the panels then say so instead.
-function showDeployment({ pools, workers }) {
+const onlineTraffic = new OnlineTraffic();
+
+function showDeployment({ ts, pools, workers, online }) {
   $("#workers-table").hidden = !workers;
   $("#workers-admin").hidden = Boolean(workers);
   $("#queues-admin").hidden = Boolean(pools);
   if (workers) workersPanel.update(workers);
   if (pools) renderQueues($("#queues"), pools);
   else $("#queues").replaceChildren();
+  $("#online").hidden = !online;
+  if (online) renderOnline($("#online"), onlineTraffic.rates(ts, online));
   $("#stat-workers").textContent = pools ? sum(pools, "workers") : "–";
   $("#stat-running").textContent = pools ? sum(pools, "running") : "–";
   $("#stat-waiting").textContent = pools ? sum(pools, "depth") : "–";

@@ -204,3 +204,60 @@ export function renderQueues(list, pools) {
     ),
   );
 }
+
+/**
+ * The hub's online (/v2 infer) traffic per model, as rates between two stats messages: their
+ * `online` counters are this hub's totals so far, so a rate is a difference over the time
+ * between the messages. Before a second message there is no rate yet, only the totals.
+ */
+export class OnlineTraffic {
+  constructor() {
+    this.previous = null; // {ts, online}
+  }
+
+  rates(ts, online) {
+    const before = this.previous;
+    this.previous = { ts, online };
+    const dt = before ? ts - before.ts : 0;
+    return Object.entries(online)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([model, now]) => {
+        const then = (before && before.online[model]) || {};
+        const rate = (key) => (dt > 0 ? ((now[key] || 0) - (then[key] || 0)) / dt : null);
+        const batches = (now.batches || 0) - (then.batches || 0);
+        const batched = (now.batched_requests || 0) - (then.batched_requests || 0);
+        return {
+          model,
+          requests: rate("succeeded"),
+          rows: rate("rows"),
+          failed: ["failed", "timeout", "refused"].reduce((n, k) => n + (rate(k) || 0), 0),
+          batch: batches > 0 ? batched / batches : null,
+          total: now.succeeded || 0,
+        };
+      });
+  }
+}
+
+export function renderOnline(list, rows) {
+  if (!rows.length) {
+    fill(list, el("li", { class: "muted" }, "no online requests on this hub yet"));
+    return;
+  }
+  const num = (x, digits = 1) => (x == null ? "–" : x.toFixed(x >= 10 ? 0 : digits));
+  fill(
+    list,
+    rows.map((r) =>
+      el(
+        "li",
+        { dataset: { model: r.model, total: String(r.total) } },
+        el("span", { class: "pool-name" }, r.model),
+        el(
+          "span",
+          { class: "pool-text" },
+          `${num(r.requests)} req/s · ${num(r.rows)} rows/s · mean batch ${num(r.batch)} · ` +
+            `${num(r.failed)} failed/s · ${r.total} answered`,
+        ),
+      ),
+    ),
+  );
+}
