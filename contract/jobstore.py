@@ -54,6 +54,7 @@ class Step:
     status: JobStatus | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     guard: tuple[str, int] | None = None
+    outputs: bytes = b""  # the packed outputs to store once (contract/outputs.py), if any
 
 
 class Created(IntEnum):
@@ -69,10 +70,16 @@ class Limits:
     ttl_s: int
     job_maxlen: int = 10_000
     log_maxlen: int = 100_000
+    inline_output_bytes: int = 64 * 1024
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(settings.job_ttl_s, settings.job_stream_maxlen, settings.events_maxlen)
+        return cls(
+            settings.job_ttl_s,
+            settings.job_stream_maxlen,
+            settings.events_maxlen,
+            settings.inline_output_bytes,
+        )
 
 
 class JobStore:
@@ -177,6 +184,7 @@ class JobStore:
                     "log": keys.EVENTS_STREAM,
                     "cancel": keys.job_cancel(job_id),
                     "owner_queued": keys.owner_queued(owner),
+                    "outputs": keys.job_outputs(job_id),
                 },
                 {
                     **self._common_args(self._event(job_id, st.event, model, owner, st.data, now)),
@@ -185,6 +193,7 @@ class JobStore:
                     "guard_field": st.guard[0] if st.guard else "",
                     "guard_value": st.guard[1] if st.guard else "",
                     "job_id": job_id,
+                    "outputs_blob": st.outputs,
                     "fields": _flatten(
                         {
                             **step_fields(st.event, st.data, now),
@@ -230,6 +239,11 @@ class JobStore:
             args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
         )
         return status.decode() if status else ""
+
+    async def outputs(self, job_id: str) -> bytes | None:
+        """The job's stored outputs (contract/outputs.py), or None (none yet, or expired)."""
+        blob: bytes | None = await self.redis.get(keys.job_outputs(job_id))
+        return blob
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one
@@ -282,7 +296,7 @@ class JobStore:
 
 
 # Record fields whose values are msgpack; the rest are text or numbers.
-_PACKED = ("inputs", "outputs", "parameters", "progress")
+_PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
 _NUMBERS = ("created_at", "started_at", "finished_at")
 
 
@@ -304,7 +318,7 @@ def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
             record[name] = loads(value)
         elif name in _NUMBERS:
             record[name] = float(value)
-        elif name in ("attempt", "rows", "done"):
+        elif name in ("attempt", "rows", "done", "outputs_bytes"):
             record[name] = int(value)
         else:
             record[name] = value.decode()

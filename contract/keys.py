@@ -28,6 +28,11 @@ def job_events(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:events"
 
 
+def job_outputs(job_id: str) -> str:
+    """The job's outputs, packed (contract/outputs.py), stored once with the job's TTL."""
+    return f"{PREFIX}job:{job_id}:outputs"
+
+
 def job_cancel(job_id: str) -> str:
     """Set when a running job must stop at its next chunk."""
     return f"{PREFIX}job:{job_id}:cancel"

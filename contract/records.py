@@ -30,7 +30,7 @@ class PackedTensor(TypedDict):
     name: str
     datatype: str
     shape: list[int]
-    data: bytes | list[bytes]
+    raw: bytes | list[bytes]
 
 
 class Progress(TypedDict):
@@ -57,7 +57,10 @@ class JobRecord(TypedDict):
     worker: NotRequired[str]
     done: NotRequired[int]  # rows done: the progress step's guard
     progress: NotRequired[Progress]
-    outputs: NotRequired[list[PackedTensor]]
+    outputs: NotRequired[list[PackedTensor]]  # when small; else:
+    outputs_summary: NotRequired[list[dict[str, Any]]]  # contract/outputs.py
+    outputs_bytes: NotRequired[int]
+    outputs_url: NotRequired[str]
     error: NotRequired[str]
 
 
@@ -114,5 +117,6 @@ def step_fields(event: EventType, data: Mapping[str, Any], ts: float) -> dict[st
     if event is EventType.PROGRESS:
         return {"progress": {"done": data["done"], "total": data["total"]}}
     if event in (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED):
-        return {"finished_at": ts, **{k: data[k] for k in ("outputs", "error") if k in data}}
+        kept = ("outputs", "outputs_summary", "outputs_bytes", "outputs_url", "error")
+        return {"finished_at": ts, **{k: data[k] for k in kept if k in data}}
     return {}

@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     max_parameters_bytes: int = Field(
         16 * 1024, gt=0, description="What a job's `parameters` may hold, as JSON; then 413."
     )
+    inline_output_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Outputs up to this size (packed) ride inline in the succeeded event and "
+        "the job; larger ones are a summary and the outputs URL.",
+    )
     max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
     job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
     heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")

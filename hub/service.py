@@ -11,12 +11,13 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
 from contract.jobstore import Created, JobStore
@@ -384,8 +385,10 @@ class JobService:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        with_outputs: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Jobs newest first; ``cursor`` (the last page's ``next_cursor``) continues below."""
+        """Jobs newest first; ``cursor`` (the last page's ``next_cursor``) continues below.
+        Without ``with_outputs`` no outputs are read out: a listing stays small."""
         before = _cursor(cursor)
         found: list[dict[str, Any]] = []
         for _ in range(20):  # bounded: a sparse filter returns a partial page and a cursor
@@ -401,10 +404,25 @@ class JobService:
                     continue
                 if (model and record["model"] != model) or (status and record["status"] != status):
                     continue
-                found.append(job_view(record))
+                found.append(job_view(record, with_outputs=with_outputs))
                 if len(found) == limit:
                     return found, f"{score:.0f}:{job_id}"
         return found, f"{before[0]:.0f}:{before[1]}" if before else None
+
+    async def outputs(
+        self, job_id: str, *, owner: str | None
+    ) -> tuple[dict[str, Any], Sequence[dict[str, Any]]]:
+        """The job's record and its stored outputs (packed), if ``owner`` may see it."""
+        record = await self.record(job_id, owner)
+        if record["status"] != JobStatus.SUCCEEDED:
+            raise Conflict(
+                f"job '{job_id}' is {record['status']}: only a succeeded job has outputs",
+                "no_outputs",
+            )
+        blob = await self.store.outputs(job_id)
+        if blob is None:
+            raise NotFound(f"the outputs of job '{job_id}' have expired", "outputs_expired")
+        return record, outputs_store.load(blob)
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         record = await self.record(job_id, owner)
@@ -443,11 +461,19 @@ def apply_event(record: dict[str, Any], event: Event) -> None:
     record.update(step_fields(event.type, event.data, event.ts))
 
 
-def job_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A job as clients see it: outputs as V2 JSON tensors, and its URLs."""
+def job_view(record: dict[str, Any], *, with_outputs: bool = True) -> dict[str, Any]:
+    """A job as clients see it: small outputs as V2 JSON tensors (``with_outputs``), large
+    ones as their summary, and its URLs."""
     job_id = record["id"]
-    outputs = record.get("outputs")
-    return {
+    outputs = record.get("outputs") if with_outputs else None
+    urls = {
+        "self": f"/v1/jobs/{job_id}",
+        "events": f"/v1/jobs/{job_id}/events",
+        "cancel": f"/v1/jobs/{job_id}/cancel",
+    }
+    if record["status"] == JobStatus.SUCCEEDED:
+        urls["outputs"] = outputs_store.url(job_id)
+    view = {
         "id": job_id,
         "model": record["model"],
         "version": record["version"],
@@ -461,9 +487,9 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "inputs": record.get("inputs"),
         "outputs": [packed_to_json(o) for o in outputs] if outputs else None,
         "error": record.get("error"),
-        "urls": {
-            "self": f"/v1/jobs/{job_id}",
-            "events": f"/v1/jobs/{job_id}/events",
-            "cancel": f"/v1/jobs/{job_id}/cancel",
-        },
+        "urls": urls,
     }
+    if "outputs_summary" in record:
+        view["outputs_summary"] = record["outputs_summary"]
+        view["outputs_bytes"] = record.get("outputs_bytes")
+    return view

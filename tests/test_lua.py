@@ -152,6 +152,7 @@ class Step:
     status: str = ""
     guard: tuple[str, int] | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
+    outputs: str = ""  # the packed outputs an ending step stores
 
     def args(self, k: Keys) -> dict[str, Any]:
         guard = dict([(self.guard[0], str(self.guard[1]))]) if self.guard else {}
@@ -166,6 +167,7 @@ class Step:
             "guard_field": self.guard[0] if self.guard else "",
             "guard_value": self.guard[1] if self.guard else "",
             "job_id": "j",
+            "outputs_blob": self.outputs,
             "fields": [x for kv in {**self.fields, **guard}.items() for x in kv],
         }
 
@@ -233,6 +235,21 @@ TRANSITION_ROWS = [
         ([0, "succeeded", False, 1],),
         {"record": Hash({"status": "succeeded"})},
         id="cancel requested: reported when refused too",
+    ),
+    # outputs are stored once, by the step that ends the job, and only if it is applied
+    pytest.param(
+        {"record": Hash({"status": "started"})},
+        (Step("succeeded", "started", "succeeded", outputs="packed"),),
+        ([1, "started", True, 0],),
+        {"record": Hash({"status": "succeeded"}), "outputs": Str("packed")},
+        id="succeeded: stores the outputs",
+    ),
+    pytest.param(
+        {"record": Hash({"status": "canceled"})},
+        (Step("succeeded", "started", "succeeded", outputs="packed"),),
+        ([0, "canceled", False, 0],),
+        {"record": Hash({"status": "canceled"}), "outputs": None},
+        id="succeeded refused: stores nothing",
     ),
     # the retry guard
     pytest.param(
@@ -320,7 +337,7 @@ async def test_transition(
     expected: State,
 ) -> None:
     await write(r, k, setup)
-    names = k.many("record", "events", "log", "cancel", "owner_queued")
+    names = k.many("record", "events", "log", "cancel", "owner_queued", "outputs")
     for step, want in zip(calls, returns, strict=True):
         appended, before, event_id, cancel = await TRANSITION(r, keys=names, args=step.args(k))
         assert [appended, before, event_id != "", cancel] == want, step
@@ -336,7 +353,7 @@ async def test_transition_publishes_its_event(r: Redis, k: Keys) -> None:
     await write(r, k, {"record": Hash({"status": "queued"})})
     pubsub = await subscribed(r, k("channel"))
     try:
-        names = k.many("record", "events", "log", "cancel", "owner_queued")
+        names = k.many("record", "events", "log", "cancel", "owner_queued", "outputs")
         _, _, event_id, _ = await TRANSITION(r, keys=names, args=started(1).args(k))
         assert await next_message(pubsub) == f"{event_id} started 1"
     finally:
@@ -901,8 +918,8 @@ def test_loader_flattens_the_trailing_list() -> None:
     step = started(1)
     names = {n: n for n in TRANSITION.keys}
     key_list, arg_list = TRANSITION.positions(names, step.args(Keys("p")))
-    assert key_list == ["record", "events", "log", "cancel", "owner_queued"]
-    assert arg_list[9:] == ["j", "worker", "w1", "attempt", "1"]
+    assert key_list == ["record", "events", "log", "cancel", "owner_queued", "outputs"]
+    assert arg_list[9:] == ["j", "", "worker", "w1", "attempt", "1"]
 
 
 NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
@@ -940,7 +957,7 @@ async def test_pipelined_calls(r: Redis, k: Keys) -> None:
     """How the job store sends several steps in one round trip."""
     await TRANSITION.ensure(r)
     await write(r, k, {"record": Hash({"status": "queued"})})
-    names = k.many("record", "events", "log", "cancel", "owner_queued")
+    names = k.many("record", "events", "log", "cancel", "owner_queued", "outputs")
     async with r.pipeline(transaction=False) as pipe:
         for step in (started(1), ended("succeeded")):
             TRANSITION.queue(pipe, names, step.args(k))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from contract.events import JobStatus
+from hub import outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
@@ -95,6 +97,10 @@ async def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    include: Annotated[
+        Literal["outputs"] | None,
+        Query(description="`outputs`: each job's inline outputs too (large ones never are)"),
+    ] = None,
 ) -> dict[str, Any]:
     jobs, next_cursor = await service.list(
         owner=caller.visible,
@@ -102,6 +108,7 @@ async def list_jobs(
         status=status.value if status else None,
         limit=limit,
         cursor=cursor,
+        with_outputs=include == "outputs",
     )
     return {"jobs": jobs, "next_cursor": next_cursor}
 
@@ -109,6 +116,37 @@ async def list_jobs(
 @router.get("/{job_id}", summary="One job", responses={404: {"description": "No such job"}})
 async def get_job(job_id: str, service: ServiceDep, caller: ReaderDep) -> dict[str, Any]:
     return await service.get(job_id, owner=caller.visible)
+
+
+@router.get(
+    "/{job_id}/outputs",
+    summary="A succeeded job's outputs: JSON, Triton's binary form, .npy or .npz",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {media: {} for media in outputs.MEDIA.values()},
+            "description": "The outputs in the format of `?format=`, else of `Accept`",
+        },
+        404: {"description": "No such job, or its outputs expired"},
+        409: {"description": "The job has not succeeded"},
+    },
+)
+async def job_outputs(
+    job_id: str,
+    request: Request,
+    service: ServiceDep,
+    caller: ReaderDep,
+    format: Annotated[
+        Literal["json", "binary", "npy", "npz"] | None,
+        Query(description="overrides `Accept`"),
+    ] = None,
+    output: Annotated[str | None, Query(description="the output (npy: needed if several)")] = None,
+) -> StreamingResponse:
+    fmt = outputs.choose(format, request.headers.get("accept"))
+    record, packed = await service.outputs(job_id, owner=caller.visible)
+    header = {"id": job_id, "model_name": record["model"], "model_version": record["version"]}
+    answer = outputs.body(fmt, packed, header, output)
+    return StreamingResponse(answer.chunks, media_type=answer.media_type, headers=answer.headers)
 
 
 @router.post(
