@@ -55,7 +55,7 @@ class JobRequest(BaseModel):
         return self
 
     @classmethod
-    def openapi_body(cls) -> dict[str, Any]:
+    def openapi_body(cls, binary: dict[str, str] | None = None) -> dict[str, Any]:
         """The request body for a route that reads it itself (after authenticating): the JSON
         schema with its definitions inlined, since it sits outside the document's components."""
         schema = cls.model_json_schema()
@@ -71,7 +71,13 @@ class JobRequest(BaseModel):
                 return [inline(v) for v in node]
             return node
 
-        return {"required": True, "content": {"application/json": {"schema": inline(schema)}}}
+        content = {"application/json": {"schema": inline(schema)}}
+        for media, description in (binary or {}).items():
+            content[media] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": description,
+            }
+        return {"required": True, "content": content}
 
     def fingerprint(self) -> str:
         """What an Idempotency-Key is bound to: a repeat with another body is a conflict."""
