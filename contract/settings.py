@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     models: Path = Field(Path("models"), description="The model repository (Triton layout).")
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Where the hub serves Triton's GRPCInferenceService (on `host`); 0: no gRPC.",
+    )
     job_ttl_s: int = Field(24 * 3600, gt=0, description="How long job records and events live.")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_parameters_bytes: int = Field(

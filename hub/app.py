@@ -17,6 +17,7 @@ from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
+from hub.grpc.server import GrpcServer
 from hub.hosts import AllowedHosts
 from hub.metrics.registry import Metrics
 from hub.metrics.stats import StatsFeed
@@ -75,9 +76,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalogue, settings.stats_interval_s, metrics.online_totals
         )
         stats.start()
+        grpc_server = (
+            GrpcServer(app.state.service, app.state.keyring, settings, app.version)
+            if settings.grpc_port
+            else None
+        )
         try:
+            if grpc_server is not None:
+                await grpc_server.start()
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             await stats.stop()
             await online.close()
             await fanout.stop()

@@ -25,7 +25,7 @@ import orjson
 from redis.asyncio import Redis
 
 from contract import keys
-from contract.errors import Forbidden
+from contract.errors import Forbidden, Unauthorized
 
 SCOPES = ("submit", "read", "admin")
 TICKET_TTL_S = 60
@@ -112,6 +112,25 @@ class KeyRing:
         if hmac.compare_digest(digest, expected) and entry is not None and secret:
             return entry.principal
         return None
+
+
+def bearer(keyring: KeyRing, authorization: str | None) -> Principal | None:
+    """The caller an ``Authorization`` value names, for every transport (HTTP headers, gRPC
+    metadata): everyone is ANONYMOUS on an open hub; None when it holds no bearer key; a key
+    that is not valid is 401."""
+    if keyring.open:
+        return ANONYMOUS
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    principal = keyring.verify(key.strip())
+    if principal is None:
+        raise unauthorized("the API key is not valid")
+    return principal
+
+
+def unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 _FIELDS = {"tenant", "scopes", "sha256", "created"}

@@ -49,14 +49,23 @@ class PendingJob:
 
     async def finish(self, wait_s: float) -> None:
         """Follow the events until the job ends or ``wait_s`` passes; no read of the record."""
-        deadline = time.monotonic() + wait_s
+        async for _ in self.events(wait_s):
+            pass
+
+    async def events(self, wait_s: float | None = None) -> AsyncIterator[Event]:
+        """The job's events as they come, each applied to the record first, until the job ends
+        or ``wait_s`` passes (None: until it ends)."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         while not self.finished:
-            remaining = deadline - time.monotonic()
-            item = await self.feed.get(remaining) if remaining > 0 else None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            item = await self.feed.get(remaining)
             if item is None:
                 return
             if isinstance(item, Event):
                 apply_event(self.record, item)
+                yield item
 
 
 class JobService:
