@@ -9,7 +9,7 @@ problem is an ``InferhubError`` that says what to fix, of the kinds the HTTP cod
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -235,7 +235,7 @@ def response(
     model: str,
     version: str,
     request_id: str,
-    packed_outputs: list[dict[str, Any]] | None = None,
+    packed_outputs: Sequence[Mapping[str, Any]] | None = None,
     *,
     raw: bool = True,
     parameters: Mapping[str, bool | int | float | str] | None = None,

@@ -145,11 +145,14 @@ class StreamAnswers:
             raise InferenceFailed(f"job {record['id']} failed: {record.get('error')}")
         if record["status"] != JobStatus.SUCCEEDED:
             raise InferenceFailed(f"job {record['id']} was {record['status']}", "job_canceled")
+        packed = record.get("outputs")  # small ones ride in the record; else they are stored once
+        if packed is None:
+            _, packed = await self.service.outputs(record["id"], owner=record["owner"])
         answer = convert.response(
             entry["name"],
             version,
             parsed.id,
-            record["outputs"],
+            packed,
             raw=parsed.raw,
             parameters=progress(total, final=True),
         )
