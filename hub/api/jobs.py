@@ -80,6 +80,7 @@ async def submit(
         outputs=body.outputs,
         priority=body.priority,
         parameters=body.parameters,
+        webhook=body.webhook,
         idempotency=idempotency,
         wait_s=wait_s,
     )
