@@ -148,6 +148,7 @@ class JobStore:
                 "owner_index": keys.owner_jobs(record["owner"]),
                 "owner_queued": keys.owner_queued(record["owner"]),
                 "owner_bytes": keys.owner_bytes(record["owner"]),
+                "webhooks": keys.WEBHOOKS,
             },
             args={
                 **self._common_args(event),
@@ -185,6 +186,7 @@ class JobStore:
                     "cancel": keys.job_cancel(job_id),
                     "owner_queued": keys.owner_queued(owner),
                     "outputs": keys.job_outputs(job_id),
+                    "webhooks": keys.WEBHOOKS,
                 },
                 {
                     **self._common_args(self._event(job_id, st.event, model, owner, st.data, now)),
@@ -235,6 +237,7 @@ class JobStore:
                 "arq_job": job_key_prefix + job_id,
                 "queue": keys.queue(pool),
                 "owner_queued": keys.owner_queued(owner),
+                "webhooks": keys.WEBHOOKS,
             },
             args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
         )
@@ -287,6 +290,11 @@ class JobStore:
         first = await self.redis.xrange(keys.EVENTS_STREAM, count=1)
         return not first or stream_key(first[0][0].decode()) <= stream_key(after)
 
+    async def event(self, job_id: str, event_id: str) -> Event | None:
+        """One of the job's stored events, by its id."""
+        rows = await self.redis.xrange(keys.job_events(job_id), min=event_id, max=event_id)
+        return Event.from_wire(event_id, rows[0][1][b"e"]) if rows else None
+
     async def events(self, job_id: str, after: str = "0", count: int | None = None) -> list[Event]:
         """The job's stored events after the id ``after`` (at most ``count``)."""
         rows = await self.redis.xrange(
@@ -297,7 +305,8 @@ class JobStore:
 
 # Record fields whose values are msgpack; the rest are text or numbers.
 _PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
-_NUMBERS = ("created_at", "started_at", "finished_at")
+_NUMBERS = ("created_at", "started_at", "finished_at", "webhook_delivered_at")
+_INTEGERS = ("attempt", "rows", "done", "outputs_bytes", "webhook_attempts", "webhook_status")
 
 
 def _flatten(record: Mapping[str, Any]) -> list[Any]:
@@ -318,7 +327,7 @@ def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
             record[name] = loads(value)
         elif name in _NUMBERS:
             record[name] = float(value)
-        elif name in ("attempt", "rows", "done", "outputs_bytes"):
+        elif name in _INTEGERS:
             record[name] = int(value)
         else:
             record[name] = value.decode()

@@ -62,6 +62,14 @@ class JobRecord(TypedDict):
     outputs_bytes: NotRequired[int]
     outputs_url: NotRequired[str]
     error: NotRequired[str]
+    # a webhook (hub/webhooks/): where, for which statuses (space-separated: what the job
+    # scripts read), and how its deliveries went (the last attempt's HTTP status or error)
+    webhook_url: NotRequired[str]
+    webhook_on: NotRequired[str]
+    webhook_attempts: NotRequired[int]
+    webhook_status: NotRequired[int]
+    webhook_error: NotRequired[str]
+    webhook_delivered_at: NotRequired[float]
 
 
 class JobArgs(TypedDict):

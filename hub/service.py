@@ -30,8 +30,10 @@ from hub.fanout import Fanout
 from hub.observer import NOBODY, Observer
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
-from hub.schemas import JobRequest
+from hub.schemas import JobRequest, Webhook
 from hub.validation import check_arrays, check_outputs, decode_inputs
+from hub.webhooks import record as webhook_record
+from hub.webhooks.policy import WebhookPolicy
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
@@ -76,6 +78,7 @@ class JobService:
         fanout: Fanout,
         online: OnlineLane,
         *,
+        webhooks: WebhookPolicy,
         max_queued: int = 10_000,
         max_queued_per_tenant: int = 1_000,
         max_stored_per_tenant: int = 2 * 1024**3,
@@ -84,6 +87,7 @@ class JobService:
         observer: Observer = NOBODY,
     ) -> None:
         self.observer = observer
+        self.webhooks = webhooks
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
@@ -114,6 +118,7 @@ class JobService:
             outputs=request.outputs,
             priority=request.priority,
             parameters=request.parameters,
+            webhook=request.webhook,
             idempotency=(idempotency_key, request.fingerprint()) if idempotency_key else None,
             wait_s=wait_s,
             request_id=request_id,
@@ -146,6 +151,7 @@ class JobService:
         outputs: list[str] | None = None,
         priority: int = 0,
         parameters: dict[str, Any] | None = None,
+        webhook: Webhook | None = None,
         idempotency: tuple[str, str] | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[PendingJob]:
@@ -153,6 +159,8 @@ class JobService:
         exists, so that none is missed). ``idempotency`` is (key, fingerprint); ``request_id``
         (by default the current request's) goes with the job to the worker's log lines."""
         await self._admit(model, version, arrays, outputs, owner)
+        if webhook is not None:
+            await self.webhooks.check(webhook.url, owner)
         job_id = uuid.uuid4().hex
         record = {
             "id": job_id,
@@ -172,6 +180,8 @@ class JobService:
             "fingerprint": idempotency[1] if idempotency else None,
             "request_id": request_id or current_request_id(),
         }
+        if webhook is not None:
+            record.update(webhook_record.fields(webhook))
         job_kwargs = {
             "model": model["name"],
             "version": version,
@@ -501,4 +511,6 @@ def job_view(record: dict[str, Any], *, with_outputs: bool = True) -> dict[str, 
     if "outputs_summary" in record:
         view["outputs_summary"] = record["outputs_summary"]
         view["outputs_bytes"] = record.get("outputs_bytes")
+    if "webhook_url" in record:
+        view["webhook"] = webhook_record.view(record)
     return view

@@ -115,11 +115,13 @@ async def submit(
         arrays = bodies.name_inputs(form, names, model["name"], binary.input)
         outputs, priority = binary.wanted() or form.outputs, binary.priority
         parameters, fingerprint = form.parameters or None, f"{form.fingerprint}:{binary}"
+        webhook = None  # a binary body has no room for one: submit it as JSON
     else:
         body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
         model, version = await service.catalogue.model(body.model, body.version)
         arrays = await decode_body(heavy, decode_inputs, model, version, body)
         outputs, priority, parameters = body.outputs, body.priority, body.parameters
+        webhook = body.webhook
         fingerprint = await decode_body(heavy, body.fingerprint) if idempotency_key else ""
     job = await service.submit_arrays(
         model,
@@ -129,6 +131,7 @@ async def submit(
         outputs=outputs,
         priority=priority,
         parameters=parameters,
+        webhook=webhook,
         idempotency=(idempotency_key, fingerprint) if idempotency_key else None,
         wait_s=wait_s,
     )
