@@ -14,9 +14,9 @@ from contract.events import JobStatus
 from hub import bodies, outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
+from hub.jobview import FINISHED
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
-from hub.service import FINISHED
 from hub.v2 import codec
 from hub.validation import decode_inputs, parse_job_request
 
