@@ -11,6 +11,8 @@ import gzip
 import json
 import random
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -226,6 +228,29 @@ def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
 
 
 # --- tritonclient, sync ----------------------------------------------------------------------
+
+
+def test_kserves_rest_client(hub_url: str) -> None:
+    """KServe's InferenceRESTClient reads the health bodies ({"live": true}...), then infers;
+    run by tests/kserve_rest_client.py in a process of its own."""
+    script = Path(__file__).parent / "kserve_rest_client.py"
+    done = subprocess.run(
+        [sys.executable, str(script), f"http://{hub_url}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["live"] is True and got["ready"] is True and got["model_ready"] is True
+    assert got["outputs"]["label"] == [0, 2]
+
+
+def test_health_bodies_and_the_trailing_slash(http: httpx.Client) -> None:
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").json() == {"ready": True}
+    assert http.get("/v2/models/iris/ready").json() == {"name": "iris", "ready": True}
+    assert http.get("/v2/").json() == http.get("/v2").json()
 
 
 def test_health_and_server_metadata(tc: triton.InferenceServerClient) -> None:

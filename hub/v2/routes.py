@@ -55,23 +55,26 @@ def _model_route(method: str, suffix: str, summary: str, **options: Any) -> Call
 # --- health and metadata ---------------------------------------------------------------------
 
 
-@router.get("/v2/health/live", summary="The hub process is alive", response_class=Response)
-async def live() -> Response:
-    return Response(status_code=200)
+# The bodies are the Open Inference Protocol's ({"live": true}...): Triton's clients read only
+# the status, KServe's read the body.
 
 
-@router.get(
-    "/v2/health/ready", summary="Redis is reachable and a worker is alive", response_class=Response
-)
-async def ready(catalogue: CatalogueDep) -> Response:
+@router.get("/v2/health/live", summary="The hub process is alive")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", summary="Redis is reachable and a worker is alive")
+async def ready(catalogue: CatalogueDep) -> dict[str, bool]:
     workers = await probe_workers(catalogue)
     if isinstance(workers, str):
         raise Unavailable(f"not ready: Redis is unreachable: {workers}", "not_ready")
     if not workers:
         raise Unavailable("not ready: no worker is alive", "not_ready")
-    return Response(status_code=200)
+    return {"ready": True}
 
 
+@router.get("/v2/", include_in_schema=False)  # as the OIP's YAML writes the path
 @router.get("/v2", summary="Server metadata")
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "inferhub", "version": request.app.version, "extensions": config.EXTENSIONS}
@@ -93,15 +96,13 @@ async def model_metadata(
     return config.metadata(entry, version)
 
 
-@_model_route(
-    "GET", "/ready", "The model can serve now (a live worker has it)", response_class=Response
-)
+@_model_route("GET", "/ready", "The model can serve now (a live worker has it)")
 async def model_ready(
     model: str, catalogue: CatalogueDep, _: ReaderDep, version: str | None = None
-) -> Response:
+) -> dict[str, Any]:
     entry, _version = await catalogue.model(model, version)
     await _require_ready(catalogue, entry)
-    return Response(status_code=200)
+    return {"name": entry["name"], "ready": True}
 
 
 @_model_route("GET", "/config", "Model configuration, as Triton's JSON config")
