@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console
+from cli.common import Command, console, new_app
 
-app = typer.Typer(help="API keys: each has a tenant and scopes (submit, read, admin).")
+app = new_app(help="API keys: each has a tenant and scopes (submit, read, admin).")
 
 
-@app.command("add")
+@app.command("add", cls=Command)
 def keys_add(
     tenant: Annotated[str, typer.Option(help="whose jobs these are")],
     scope: Annotated[list[str], typer.Option(help="submit, read, admin (repeatable)")] = [  # noqa: B006
