@@ -14,9 +14,8 @@ the plain status code with ``Retry-After``.
 
 from __future__ import annotations
 
-from starlette.types import Scope
-
 import orjson
+from starlette.types import Scope
 
 MEDIA_TYPE = "text/event-stream"
 
