@@ -31,8 +31,11 @@ def keys_add(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
-    console.print(f"key for tenant [bold]{tenant}[/] ({', '.join(sorted(set(scope)))}), in {file}:")
+    scopes = ", ".join(sorted(set(scope)))
+    # soft wrap: a long path folded by the terminal, not cut in two by us, stays copyable
+    console.print(f"key for tenant [bold]{tenant}[/] ({scopes}), in {file}:", soft_wrap=True)
     print(key)
     console.print(
-        f"serve with INFERHUB_API_KEYS_FILE={file.resolve()}; send Authorization: Bearer <key>"
+        f"serve with INFERHUB_API_KEYS_FILE={file.resolve()}; send Authorization: Bearer <key>",
+        soft_wrap=True,
     )
