@@ -176,3 +176,30 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
         log.close()
+
+
+def test_status_shows_a_first_frame_before_its_rates(hub_url: str) -> None:
+    """On a terminal, the figures come at once and the rates after --interval (here longer
+    than the test waits): read through a pseudo-terminal until the first frame is drawn."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: inferhub status on the terminal
+        env = {**os.environ, "COLUMNS": "100"}
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "cli", "status", "--interval", "600", "--url", hub_url],
+            env,
+        )
+    screen = b""
+    try:
+        while b"until the next scrape" not in screen or b"default" not in screen:
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"no first frame within a minute: {screen!r}"
+            screen += os.read(fd, 65536)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"pools" in screen and b"workers" in screen
