@@ -208,7 +208,6 @@ def hub_url(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
         stop([hub])
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """schemathesis leaves each API operation's item the test function's node id, which pytest's
     progress counter counts once (the run ended at 90%): give each its operation, as
