@@ -33,8 +33,9 @@ ENV PATH=/app/.venv/bin:$PATH \
     INFERHUB_MODELS=/app/models \
     INFERHUB_HOST=0.0.0.0 \
     INFERHUB_PORT=8000 \
+    INFERHUB_GRPC_PORT=8001 \
     INFERHUB_LOG_FORMAT=json
-EXPOSE 8000
+EXPOSE 8000 8001
 # SIGTERM: the hub closes its streams and exits within INFERHUB_SHUTDOWN_GRACE_S
 STOPSIGNAL SIGTERM
 CMD ["inferhub", "serve"]

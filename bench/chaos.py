@@ -45,6 +45,7 @@ class Chaos:
             "INFERHUB_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "INFERHUB_MODELS": str(ROOT / "models"),
             "INFERHUB_PORT": str(self.hub_port),
+            "INFERHUB_GRPC_PORT": str(free_port()),
             "INFERHUB_HEARTBEAT_S": "0.5",
         }
         self.url = f"http://127.0.0.1:{self.hub_port}"

@@ -77,9 +77,9 @@ class Stack:
             for _ in range(workers):
                 self.workers.append(start_cli("worker", env=env, log=self.log))
             for port in self.ports:
-                self.hubs.append(
-                    start_cli("serve", env={**env, "INFERHUB_PORT": str(port)}, log=self.log)
-                )
+                # each hub its own gRPC port: on the default one, the second hub would not start
+                ports = {"INFERHUB_PORT": str(port), "INFERHUB_GRPC_PORT": str(free_port())}
+                self.hubs.append(start_cli("serve", env={**env, **ports}, log=self.log))
             for url in self.urls:
                 if not wait_ready(url, 60, watch=[self.redis, *self.workers, *self.hubs]):
                     raise RuntimeError(f"{url} was not ready within 60 s; see {self.dir}")

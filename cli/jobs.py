@@ -129,6 +129,12 @@ def submit(
             job = hub.job(job["id"])
         if json:
             print_json(job)
+        elif job["status"] == "succeeded" and job["outputs"] is None:  # large: stored once
+            for out in job["outputs_summary"]:
+                console.print(
+                    f"{out['name']} {out['datatype']} {out['shape']} {out['bytes']:,} bytes"
+                )
+            console.print(f"outputs: {job['urls']['outputs']}?format=npz (or json, binary, npy)")
         elif job["status"] == "succeeded":
             console.print(_result_table(job, hub.model(model).get("labels") or []))
         elif job["status"] in ("failed", "canceled"):
@@ -162,7 +168,8 @@ def _event_line(event: dict[str, Any]) -> str:
     if event["type"] == "progress":
         detail = f"{data['done']}/{data['total']}"
     elif event["type"] == "succeeded":
-        detail = ", ".join(f"{o['name']}{o['shape']}" for o in data["outputs"])
+        shown = data.get("outputs") or data.get("outputs_summary") or []
+        detail = ", ".join(f"{o['name']}{o['shape']}" for o in shown)
     else:
         detail = " ".join(f"{k}={v}" for k, v in data.items())
     return f"{when} {event['job_id']} {event['model']:<14} {event['type']:<10} {detail}"

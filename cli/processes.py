@@ -41,7 +41,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bind_problem(host: str, port: int) -> str | None:
+def bind_problem(host: str, port: int, what: str = "port", flag: str = "--port") -> str | None:
     """Why a server could not listen on ``host:port`` now, or None. Checked before starting:
     otherwise a second ``inferhub up`` reads the first one's /readyz and says it is up."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn picks it
@@ -51,7 +51,7 @@ def bind_problem(host: str, port: int) -> str | None:
             s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return f"port {port} is in use; pass --port"
+                return f"{what} {port} is in use; pass {flag}"
             return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None
 

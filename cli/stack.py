@@ -23,6 +23,7 @@ RedisUrl = Annotated[str | None, typer.Option(help="INFERHUB_REDIS_URL")]
 Models = Annotated[Path | None, typer.Option(help="the model repository (INFERHUB_MODELS)")]
 Host = Annotated[str | None, typer.Option(help="INFERHUB_HOST")]
 Port = Annotated[int | None, typer.Option(help="INFERHUB_PORT")]
+GrpcPort = Annotated[int | None, typer.Option(help="INFERHUB_GRPC_PORT (0: no gRPC)")]
 
 
 def _settings(**flags: Any) -> Settings:
@@ -60,6 +61,8 @@ def _check_port(settings: Settings) -> None:
     from cli.processes import bind_problem
 
     problem = bind_problem(settings.host, settings.port)
+    if not problem and settings.grpc_port:
+        problem = bind_problem(settings.host, settings.grpc_port, "gRPC port", "--grpc-port")
     if problem:
         _fail(problem)
 
@@ -80,6 +83,7 @@ def serve(
     redis_url: RedisUrl = None,
     host: Host = None,
     port: Port = None,
+    grpc_port: GrpcPort = None,
     api_keys_file: KeysFile = None,
     insecure: Insecure = None,
     log_format: LogFormat = None,
@@ -87,7 +91,7 @@ def serve(
         float | None, typer.Option(help="INFERHUB_SHUTDOWN_GRACE_S: exit within this on SIGTERM")
     ] = None,
 ) -> None:
-    """Run the hub (HTTP, SSE and WebSocket API)."""
+    """Run the hub (HTTP, SSE and WebSocket API; V2 over gRPC)."""
     import uvicorn
 
     from hub.app import create_app
@@ -97,6 +101,7 @@ def serve(
         redis_url=redis_url,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         api_keys_file=api_keys_file,
         insecure=insecure,
         log_format=log_format,
@@ -138,6 +143,7 @@ def up(
     models: Models = None,
     host: Host = None,
     port: Port = None,
+    grpc_port: GrpcPort = None,
     api_keys_file: KeysFile = None,
     insecure: Insecure = None,
     log_format: LogFormat = None,
@@ -153,6 +159,7 @@ def up(
         models=models,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         api_keys_file=api_keys_file,
         insecure=insecure,
         log_format=log_format,
@@ -186,6 +193,7 @@ def up(
             "INFERHUB_MODELS": str(settings.models.resolve()),
             "INFERHUB_HOST": settings.host,
             "INFERHUB_PORT": str(settings.port),
+            "INFERHUB_GRPC_PORT": str(settings.grpc_port),
             "INFERHUB_INSECURE": str(settings.insecure).lower(),
             "INFERHUB_LOG_FORMAT": settings.log_format,
         }

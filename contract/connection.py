@@ -7,7 +7,6 @@ change is a guarded Lua script, so a retried command cannot end a job twice.
 
 from __future__ import annotations
 
-from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -31,11 +30,3 @@ def connect(url: str) -> Redis:
         retry=_retry(),
         retry_on_error=RETRY_ON,
     )
-
-
-def arq_settings(url: str) -> RedisSettings:
-    settings = RedisSettings.from_dsn(url)
-    settings.retry = _retry()
-    settings.retry_on_error = RETRY_ON
-    settings.conn_retries = 30  # a worker started before Redis waits for it
-    return settings

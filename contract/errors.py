@@ -85,6 +85,14 @@ class InferenceFailed(InferhubError):
     default_code = "inference_failed"
 
 
+class NotSupported(InferhubError):
+    """A part of the protocol the hub does not serve (shared memory, say): not a fault of the
+    request's form, and retrying will not help."""
+
+    status = 501
+    default_code = "not_supported"
+
+
 class Unavailable(InferhubError):
     """The hub cannot serve it now: Redis unreachable, no worker, a deadline passed."""
 

@@ -54,6 +54,7 @@ class Step:
     status: JobStatus | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     guard: tuple[str, int] | None = None
+    outputs: bytes = b""  # the packed outputs to store once (contract/outputs.py), if any
 
 
 class Created(IntEnum):
@@ -69,10 +70,16 @@ class Limits:
     ttl_s: int
     job_maxlen: int = 10_000
     log_maxlen: int = 100_000
+    inline_output_bytes: int = 64 * 1024
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(settings.job_ttl_s, settings.job_stream_maxlen, settings.events_maxlen)
+        return cls(
+            settings.job_ttl_s,
+            settings.job_stream_maxlen,
+            settings.events_maxlen,
+            settings.inline_output_bytes,
+        )
 
 
 class JobStore:
@@ -141,6 +148,7 @@ class JobStore:
                 "owner_index": keys.owner_jobs(record["owner"]),
                 "owner_queued": keys.owner_queued(record["owner"]),
                 "owner_bytes": keys.owner_bytes(record["owner"]),
+                "webhooks": keys.WEBHOOKS,
             },
             args={
                 **self._common_args(event),
@@ -177,6 +185,8 @@ class JobStore:
                     "log": keys.EVENTS_STREAM,
                     "cancel": keys.job_cancel(job_id),
                     "owner_queued": keys.owner_queued(owner),
+                    "outputs": keys.job_outputs(job_id),
+                    "webhooks": keys.WEBHOOKS,
                 },
                 {
                     **self._common_args(self._event(job_id, st.event, model, owner, st.data, now)),
@@ -185,6 +195,7 @@ class JobStore:
                     "guard_field": st.guard[0] if st.guard else "",
                     "guard_value": st.guard[1] if st.guard else "",
                     "job_id": job_id,
+                    "outputs_blob": st.outputs,
                     "fields": _flatten(
                         {
                             **step_fields(st.event, st.data, now),
@@ -226,10 +237,16 @@ class JobStore:
                 "arq_job": job_key_prefix + job_id,
                 "queue": keys.queue(pool),
                 "owner_queued": keys.owner_queued(owner),
+                "webhooks": keys.WEBHOOKS,
             },
             args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
         )
         return status.decode() if status else ""
+
+    async def outputs(self, job_id: str) -> bytes | None:
+        """The job's stored outputs (contract/outputs.py), or None (none yet, or expired)."""
+        blob: bytes | None = await self.redis.get(keys.job_outputs(job_id))
+        return blob
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one
@@ -273,6 +290,11 @@ class JobStore:
         first = await self.redis.xrange(keys.EVENTS_STREAM, count=1)
         return not first or stream_key(first[0][0].decode()) <= stream_key(after)
 
+    async def event(self, job_id: str, event_id: str) -> Event | None:
+        """One of the job's stored events, by its id."""
+        rows = await self.redis.xrange(keys.job_events(job_id), min=event_id, max=event_id)
+        return Event.from_wire(event_id, rows[0][1][b"e"]) if rows else None
+
     async def events(self, job_id: str, after: str = "0", count: int | None = None) -> list[Event]:
         """The job's stored events after the id ``after`` (at most ``count``)."""
         rows = await self.redis.xrange(
@@ -282,8 +304,9 @@ class JobStore:
 
 
 # Record fields whose values are msgpack; the rest are text or numbers.
-_PACKED = ("inputs", "outputs", "parameters", "progress")
-_NUMBERS = ("created_at", "started_at", "finished_at")
+_PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
+_NUMBERS = ("created_at", "started_at", "finished_at", "webhook_delivered_at")
+_INTEGERS = ("attempt", "rows", "done", "outputs_bytes", "webhook_attempts", "webhook_status")
 
 
 def _flatten(record: Mapping[str, Any]) -> list[Any]:
@@ -304,7 +327,7 @@ def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
             record[name] = loads(value)
         elif name in _NUMBERS:
             record[name] = float(value)
-        elif name in ("attempt", "rows", "done"):
+        elif name in _INTEGERS:
             record[name] = int(value)
         else:
             record[name] = value.decode()

@@ -17,6 +17,11 @@ MODELS = PREFIX + "models"
 WORKERS = PREFIX + "workers"
 """Sorted set of worker ids scored by their last heartbeat (unix seconds)."""
 
+WEBHOOKS = PREFIX + "webhooks"
+"""Sorted set of the webhook deliveries to make, ``"<job id> <event id> <attempt>"``, scored by
+when (ms, Redis's clock) the next attempt is due; also the channel that wakes the hubs' senders
+when one is added (hub/webhooks/sender.py)."""
+
 
 def job(job_id: str) -> str:
     """Hash holding the job record."""
@@ -26,6 +31,11 @@ def job(job_id: str) -> str:
 def job_events(job_id: str) -> str:
     """Stream of the job's events; its ids are the event ids."""
     return f"{PREFIX}job:{job_id}:events"
+
+
+def job_outputs(job_id: str) -> str:
+    """The job's outputs, packed (contract/outputs.py), stored once with the job's TTL."""
+    return f"{PREFIX}job:{job_id}:outputs"
 
 
 def job_cancel(job_id: str) -> str:

@@ -125,8 +125,6 @@ def setup(log_format: str = "text", level: int | str = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(new)
     root.setLevel(level)
-    # arq logs every job with its arguments (our raw tensors): costly and unreadable
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
     # uvicorn's own lines go through the root handler; its access log is replaced by ours
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()

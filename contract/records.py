@@ -30,7 +30,7 @@ class PackedTensor(TypedDict):
     name: str
     datatype: str
     shape: list[int]
-    data: bytes | list[bytes]
+    raw: bytes | list[bytes]
 
 
 class Progress(TypedDict):
@@ -57,8 +57,19 @@ class JobRecord(TypedDict):
     worker: NotRequired[str]
     done: NotRequired[int]  # rows done: the progress step's guard
     progress: NotRequired[Progress]
-    outputs: NotRequired[list[PackedTensor]]
+    outputs: NotRequired[list[PackedTensor]]  # when small; else:
+    outputs_summary: NotRequired[list[dict[str, Any]]]  # contract/outputs.py
+    outputs_bytes: NotRequired[int]
+    outputs_url: NotRequired[str]
     error: NotRequired[str]
+    # a webhook (hub/webhooks/): where, for which statuses (space-separated: what the job
+    # scripts read), and how its deliveries went (the last attempt's HTTP status or error)
+    webhook_url: NotRequired[str]
+    webhook_on: NotRequired[str]
+    webhook_attempts: NotRequired[int]
+    webhook_status: NotRequired[int]
+    webhook_error: NotRequired[str]
+    webhook_delivered_at: NotRequired[float]
 
 
 class JobArgs(TypedDict):
@@ -116,5 +127,6 @@ def step_fields(event: EventType, data: Mapping[str, Any], ts: float) -> dict[st
     if event is EventType.PROGRESS:
         return {"progress": {"done": data["done"], "total": data["total"]}}
     if event in (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED):
-        return {"finished_at": ts, **{k: data[k] for k in ("outputs", "error") if k in data}}
+        kept = ("outputs", "outputs_summary", "outputs_bytes", "outputs_url", "error")
+        return {"finished_at": ts, **{k: data[k] for k in kept if k in data}}
     return {}

@@ -17,10 +17,22 @@ class Settings(BaseSettings):
     models: Path = Field(Path("models"), description="The model repository (Triton layout).")
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Where the hub serves Triton's GRPCInferenceService (on `host`); 0: no gRPC.",
+    )
     job_ttl_s: int = Field(24 * 3600, gt=0, description="How long job records and events live.")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_parameters_bytes: int = Field(
         16 * 1024, gt=0, description="What a job's `parameters` may hold, as JSON; then 413."
+    )
+    inline_output_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Outputs up to this size (packed) ride inline in the succeeded event and "
+        "the job; larger ones are a summary and the outputs URL.",
     )
     max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
     job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
@@ -82,3 +94,22 @@ class Settings(BaseSettings):
         10.0, gt=0, description="On SIGTERM a hub closes its streams and exits within this."
     )
     log_format: Literal["text", "json"] = Field("text", description="Log lines: text or json.")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description="Where webhooks may go: host names, '*.example.org', '*' (any name), and "
+        "addresses or networks ('10.0.0.0/8'); an address that is not public must be listed "
+        "as one, whatever its name (hub/webhooks/targets.py).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="The whsec_ secret that signs a keyless hub's webhooks (a keyed hub signs "
+        "with each tenant's, from the keys file); unset: a keyless hub takes no webhook.",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="One webhook delivery attempt.")
+    webhook_backoff_s: float = Field(
+        2.0, gt=0, description="The wait before a failed webhook's first retry; doubled each time."
+    )
+    webhook_backoff_max_s: float = Field(
+        300.0, gt=0, description="The longest wait between two attempts of a webhook."
+    )
+    webhook_concurrency: int = Field(16, gt=0, description="Deliveries one hub sends at once.")

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
+from redis.asyncio import Redis
 
+from contract import keys
 from contract.connection import connect
 from contract.jobstore import JobStore, Limits
 from contract.settings import Settings
@@ -18,6 +20,7 @@ from hub.auth import KeyRing
 from hub.catalogue import Catalogue
 from hub.errors import install_handlers
 from hub.fanout import Fanout
+from hub.grpc.server import GrpcServer
 from hub.hosts import AllowedHosts
 from hub.metrics.registry import Metrics
 from hub.metrics.stats import StatsFeed
@@ -29,6 +32,8 @@ from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
 from hub.v2.routes import router as v2_router
+from hub.webhooks.policy import WebhookPolicy
+from hub.webhooks.sender import Backoff, WebhookSender
 
 DESCRIPTION = """A real-time inference hub: submit rows to an ONNX model, get the result inline,
 follow it live, or fetch it later. Every error is `{"error": {"code", "message"}}`."""
@@ -51,9 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         online = OnlineLane(redis, max_rows_per_pool=settings.online_max_rows, observer=metrics)
         fanout.listen(online.reply_channel, online.on_reply)
+        store = JobStore(redis, Limits.of(settings))
+        sender = _webhook_sender(settings, redis, store, webhooks)
+        if sender is not None:
+            fanout.listen(keys.WEBHOOKS, sender.wake)
         await fanout.start()
         metrics.fanout = fanout
-        store = JobStore(redis, Limits.of(settings))
         rate = (
             RateLimiter(redis, settings.rate_limit_per_s, settings.rate_burst)
             if settings.rate_limit_per_s
@@ -71,14 +79,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_streams_per_tenant=settings.max_streams_per_tenant,
             rate=rate,
             observer=metrics,
+            webhooks=webhooks,
         )
         app.state.stats = stats = StatsFeed(
             catalogue, settings.stats_interval_s, metrics.online_totals
         )
         stats.start()
+        grpc_server = (
+            GrpcServer(app.state.service, app.state.keyring, settings, app.version)
+            if settings.grpc_port
+            else None
+        )
+        if sender is not None:
+            sender.start()
         try:
+            if grpc_server is not None:
+                await grpc_server.start()
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
+            if sender is not None:
+                await sender.stop()
             await stats.stop()
             await online.close()
             await fanout.stop()
@@ -98,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.streams = streams
     app.state.metrics = metrics
     app.state.keyring = KeyRing.load(settings.api_keys_file)
+    webhooks = WebhookPolicy.of(settings, app.state.keyring)
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(events.router)
@@ -129,3 +152,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open)
     app.add_middleware(RequestLog, observe=metrics.request)  # outermost: sees every request
     return app
+
+
+def _webhook_sender(
+    settings: Settings, redis: Redis, store: JobStore, policy: WebhookPolicy
+) -> WebhookSender | None:
+    """The hub's webhook sender; none on a hub that holds no secret to sign with."""
+    if not policy.signs:
+        return None
+    return WebhookSender(
+        redis,
+        store,
+        policy,
+        timeout_s=settings.webhook_timeout_s,
+        backoff=Backoff(settings.webhook_backoff_s, settings.webhook_backoff_max_s),
+        concurrency=settings.webhook_concurrency,
+    )

@@ -6,6 +6,10 @@ A key has a tenant and scopes: ``submit``, ``read``, ``admin`` (sees every tenan
 With no keys file the hub has one tenant, ``anonymous``, with every scope, and serves only on
 a loopback address.
 
+The file also holds, per tenant, the secret its webhooks are signed with (``[tenants.<name>]
+webhook_secret = "whsec_..."``): the hub needs it in the clear to sign, so the file is kept
+readable by its owner only.
+
 EventSource and browser WebSockets cannot send headers: ``POST /v1/tickets`` trades a key for a
 single-use ticket, valid for a minute, accepted as ``?ticket=`` on the streaming routes.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
+import re
 import secrets
 import time
 import tomllib
@@ -25,7 +31,8 @@ import orjson
 from redis.asyncio import Redis
 
 from contract import keys
-from contract.errors import Forbidden
+from contract.errors import Forbidden, Unauthorized
+from hub.webhooks.signing import new_secret, secret_key
 
 SCOPES = ("submit", "read", "admin")
 TICKET_TTL_S = 60
@@ -68,20 +75,21 @@ class KeysFileError(ValueError):
 class KeyRing:
     """The keys of ``INFERHUB_API_KEYS_FILE``; empty (no file) means the hub is open."""
 
-    def __init__(self, entries: dict[str, _Entry]) -> None:
+    def __init__(self, entries: dict[str, _Entry], webhook_secrets: dict[str, str]) -> None:
         self._entries = entries
+        self._webhook_secrets = webhook_secrets
 
     @classmethod
     def load(cls, path: Path | None) -> KeyRing:
         """The file's keys. Every fault is fatal: a file that was meant to close the hub must
         never leave it open (a typo in a table name once did), nor half-read."""
         if path is None:
-            return cls({})
+            return cls({}, {})
         try:
             doc = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise KeysFileError(f"keys file {path}: cannot read it: {exc}") from None
-        unknown = sorted(set(doc) - {"keys"})
+        unknown = sorted(set(doc) - {"keys", "tenants"})
         if unknown:
             raise KeysFileError(
                 f"keys file {path}: unknown top-level entry '{unknown[0]}': "
@@ -97,11 +105,19 @@ class KeyRing:
                 "(inferhub keys add --tenant NAME --file FILE), or unset INFERHUB_API_KEYS_FILE "
                 "to serve one tenant on loopback"
             )
-        return cls(entries)
+        return cls(entries, _webhook_secrets(path, doc.get("tenants", {})))
 
     @property
     def open(self) -> bool:
         return not self._entries
+
+    @property
+    def signs(self) -> bool:
+        """Whether any tenant has a webhook secret."""
+        return bool(self._webhook_secrets)
+
+    def webhook_secret(self, tenant: str) -> str | None:
+        return self._webhook_secrets.get(tenant)
 
     def verify(self, key: str) -> Principal | None:
         _, key_id, secret = [*key.split("_", 2), "", ""][:3]
@@ -112,6 +128,25 @@ class KeyRing:
         if hmac.compare_digest(digest, expected) and entry is not None and secret:
             return entry.principal
         return None
+
+
+def bearer(keyring: KeyRing, authorization: str | None) -> Principal | None:
+    """The caller an ``Authorization`` value names, for every transport (HTTP headers, gRPC
+    metadata): everyone is ANONYMOUS on an open hub; None when it holds no bearer key; a key
+    that is not valid is 401."""
+    if keyring.open:
+        return ANONYMOUS
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    principal = keyring.verify(key.strip())
+    if principal is None:
+        raise unauthorized("the API key is not valid")
+    return principal
+
+
+def unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 _FIELDS = {"tenant", "scopes", "sha256", "created"}
@@ -144,6 +179,46 @@ def _parse_entry(path: Path, key_id: str, entry: object) -> _Entry:
     except ValueError:
         raise fault("'sha256' must be the key's SHA-256 as 64 hex digits") from None
     return _Entry(digest, Principal(tenant, frozenset(scopes)))
+
+
+def _webhook_secrets(path: Path, tenants: object) -> dict[str, str]:
+    if not isinstance(tenants, dict):
+        raise KeysFileError(f"keys file {path}: 'tenants' must be tables [tenants.<name>]")
+    found: dict[str, str] = {}
+    for tenant, entry in tenants.items():
+        where = f"keys file {path}: entry [tenants.{tenant}]"
+        if not isinstance(entry, dict) or set(entry) != {"webhook_secret"}:
+            raise KeysFileError(f"{where}: holds one field, webhook_secret")
+        secret = entry["webhook_secret"]
+        try:
+            secret_key(secret if isinstance(secret, str) else "")
+        except ValueError as exc:
+            raise KeysFileError(f"{where}: {exc}") from None
+        found[tenant] = secret
+    return found
+
+
+def set_webhook_secret(path: Path, tenant: str) -> str:
+    """Give the tenant a new webhook secret in the keys file (replacing its old one) and return
+    it: the only time it is shown. The file is then readable by its owner only."""
+    header = f"[tenants.{orjson.dumps(tenant).decode()}]\n"
+    secret = new_secret()
+    line = f'webhook_secret = "{secret}"\n'
+    text = path.read_text() if path.exists() else ""
+    if header in text:
+        text, count = re.subn(
+            re.escape(header) + r'webhook_secret = "[^"\n]*"\n', lambda _: header + line, text
+        )
+        if count != 1:
+            raise ValueError(f"{path}: the entry {header.strip()} is not as written; edit it")
+    else:
+        text += f"\n{header}{line}"
+    # written whole then renamed, so that a crash leaves the old file, never half of one
+    fresh = path.with_name(path.name + ".new")
+    with os.fdopen(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text)
+    fresh.replace(path)
+    return secret
 
 
 def new_key(path: Path, tenant: str, scopes: list[str]) -> str:

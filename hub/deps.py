@@ -8,9 +8,8 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from contract.errors import Unauthorized
 from contract.settings import Settings
-from hub.auth import ANONYMOUS, Principal, redeem_ticket
+from hub.auth import Principal, bearer, redeem_ticket, unauthorized
 from hub.catalogue import Catalogue
 from hub.service import JobService
 
@@ -29,27 +28,17 @@ async def _settings(conn: HTTPConnection) -> Settings:
 
 async def authenticate(conn: HTTPConnection, *, tickets: bool = False) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` (or ``?ticket=`` where ``tickets``)."""
-    keyring = conn.app.state.keyring
-    if keyring.open:
-        return ANONYMOUS
-    scheme, _, key = conn.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and key.strip():
-        principal = keyring.verify(key.strip())
-        if principal is None:
-            raise _unauthorized("the API key is not valid")
+    principal = bearer(conn.app.state.keyring, conn.headers.get("authorization"))
+    if principal is not None:
         return principal
     ticket = conn.query_params.get("ticket") if tickets else None
     if ticket:
         principal = await redeem_ticket(conn.app.state.service.store.redis, ticket)
         if principal is None:
-            raise _unauthorized("the ticket is not valid: it is used once, within a minute")
+            raise unauthorized("the ticket is not valid: it is used once, within a minute")
         return principal
     how = "send Authorization: Bearer <key>"
-    raise _unauthorized(how + (", or ?ticket= from POST /v1/tickets" if tickets else ""))
-
-
-def _unauthorized(message: str) -> Unauthorized:
-    return Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
+    raise unauthorized(how + (", or ?ticket= from POST /v1/tickets" if tickets else ""))
 
 
 def _needs(scope: str, tickets: bool = False) -> Callable[[HTTPConnection], Awaitable[Principal]]:

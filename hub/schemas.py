@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.events import JobStatus
+
 
 class Tensor(BaseModel):
     """A KServe V2 tensor; ``data`` flat or nested, in row-major order."""
@@ -18,6 +20,21 @@ class Tensor(BaseModel):
     shape: list[int] | None = Field(None, description="taken from nested data when omitted")
     data: Any
     parameters: dict[str, Any] | None = None
+
+
+class Webhook(BaseModel):
+    """Where the job's events are pushed, signed (docs/protocol.md, "Webhooks")."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(
+        max_length=2048,
+        description="http(s) URL; its host must be allowed by INFERHUB_WEBHOOK_ALLOWED_HOSTS",
+    )
+    events: list[JobStatus] = Field(
+        default_factory=lambda: [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED],
+        min_length=1,
+        description="the statuses whose events are pushed; by default the terminal one",
+    )
 
 
 class JobRequest(BaseModel):
@@ -47,6 +64,7 @@ class JobRequest(BaseModel):
     outputs: list[str] | None = Field(None, description="the outputs wanted; all when omitted")
     priority: int = Field(0, ge=-100, le=100, description="higher runs sooner")
     parameters: dict[str, Any] | None = None
+    webhook: Webhook | None = Field(None, description="push the job's events to a URL")
 
     @model_validator(mode="after")
     def one_form(self) -> JobRequest:
@@ -55,7 +73,7 @@ class JobRequest(BaseModel):
         return self
 
     @classmethod
-    def openapi_body(cls) -> dict[str, Any]:
+    def openapi_body(cls, binary: dict[str, str] | None = None) -> dict[str, Any]:
         """The request body for a route that reads it itself (after authenticating): the JSON
         schema with its definitions inlined, since it sits outside the document's components."""
         schema = cls.model_json_schema()
@@ -71,7 +89,13 @@ class JobRequest(BaseModel):
                 return [inline(v) for v in node]
             return node
 
-        return {"required": True, "content": {"application/json": {"schema": inline(schema)}}}
+        content = {"application/json": {"schema": inline(schema)}}
+        for media, description in (binary or {}).items():
+            content[media] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": description,
+            }
+        return {"required": True, "content": content}
 
     def fingerprint(self) -> str:
         """What an Idempotency-Key is bound to: a repeat with another body is a conflict."""

@@ -11,51 +11,28 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
-from contract.events import Event, EventType, JobStatus, stream_key
+from contract.events import Event, JobStatus, stream_key
 from contract.jobstore import Created, JobStore
 from contract.logs import JOBS, current_request_id, note_job
-from contract.records import step_fields
-from contract.tensors import datatype_of, pack_tensor, packed_to_json
+from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.fanout import Fanout
+from hub.jobview import FINISHED, PendingJob, job_view
 from hub.observer import NOBODY, Observer
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
-from hub.schemas import JobRequest
+from hub.schemas import JobRequest, Webhook
 from hub.validation import check_arrays, check_outputs, decode_inputs
-
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
-
-
-@dataclass
-class PendingJob:
-    """A job just queued, and its events as they come: the record keeps up with them."""
-
-    record: dict[str, Any]
-    feed: Delivery
-
-    @property
-    def finished(self) -> bool:
-        return self.record["status"] in FINISHED
-
-    async def finish(self, wait_s: float) -> None:
-        """Follow the events until the job ends or ``wait_s`` passes; no read of the record."""
-        deadline = time.monotonic() + wait_s
-        while not self.finished:
-            remaining = deadline - time.monotonic()
-            item = await self.feed.get(remaining) if remaining > 0 else None
-            if item is None:
-                return
-            if isinstance(item, Event):
-                apply_event(self.record, item)
+from hub.webhooks import record as webhook_record
+from hub.webhooks.policy import WebhookPolicy
 
 
 class JobService:
@@ -66,6 +43,7 @@ class JobService:
         fanout: Fanout,
         online: OnlineLane,
         *,
+        webhooks: WebhookPolicy,
         max_queued: int = 10_000,
         max_queued_per_tenant: int = 1_000,
         max_stored_per_tenant: int = 2 * 1024**3,
@@ -74,6 +52,7 @@ class JobService:
         observer: Observer = NOBODY,
     ) -> None:
         self.observer = observer
+        self.webhooks = webhooks
         self.store = store
         self.catalogue = catalogue
         self.fanout = fanout
@@ -104,6 +83,7 @@ class JobService:
             outputs=request.outputs,
             priority=request.priority,
             parameters=request.parameters,
+            webhook=request.webhook,
             idempotency=(idempotency_key, request.fingerprint()) if idempotency_key else None,
             wait_s=wait_s,
             request_id=request_id,
@@ -136,6 +116,7 @@ class JobService:
         outputs: list[str] | None = None,
         priority: int = 0,
         parameters: dict[str, Any] | None = None,
+        webhook: Webhook | None = None,
         idempotency: tuple[str, str] | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[PendingJob]:
@@ -143,6 +124,8 @@ class JobService:
         exists, so that none is missed). ``idempotency`` is (key, fingerprint); ``request_id``
         (by default the current request's) goes with the job to the worker's log lines."""
         await self._admit(model, version, arrays, outputs, owner)
+        if webhook is not None:
+            await self.webhooks.check(webhook.url, owner)
         job_id = uuid.uuid4().hex
         record = {
             "id": job_id,
@@ -162,6 +145,8 @@ class JobService:
             "fingerprint": idempotency[1] if idempotency else None,
             "request_id": request_id or current_request_id(),
         }
+        if webhook is not None:
+            record.update(webhook_record.fields(webhook))
         job_kwargs = {
             "model": model["name"],
             "version": version,
@@ -388,8 +373,10 @@ class JobService:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        with_outputs: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Jobs newest first; ``cursor`` (the last page's ``next_cursor``) continues below."""
+        """Jobs newest first; ``cursor`` (the last page's ``next_cursor``) continues below.
+        Without ``with_outputs`` no outputs are read out: a listing stays small."""
         before = _cursor(cursor)
         found: list[dict[str, Any]] = []
         for _ in range(20):  # bounded: a sparse filter returns a partial page and a cursor
@@ -405,10 +392,25 @@ class JobService:
                     continue
                 if (model and record["model"] != model) or (status and record["status"] != status):
                     continue
-                found.append(job_view(record))
+                found.append(job_view(record, with_outputs=with_outputs))
                 if len(found) == limit:
                     return found, f"{score:.0f}:{job_id}"
         return found, f"{before[0]:.0f}:{before[1]}" if before else None
+
+    async def outputs(
+        self, job_id: str, *, owner: str | None
+    ) -> tuple[dict[str, Any], Sequence[dict[str, Any]]]:
+        """The job's record and its stored outputs (packed), if ``owner`` may see it."""
+        record = await self.record(job_id, owner)
+        if record["status"] != JobStatus.SUCCEEDED:
+            raise Conflict(
+                f"job '{job_id}' is {record['status']}: only a succeeded job has outputs",
+                "no_outputs",
+            )
+        blob = await self.store.outputs(job_id)
+        if blob is None:
+            raise NotFound(f"the outputs of job '{job_id}' have expired", "outputs_expired")
+        return record, outputs_store.load(blob)
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         record = await self.record(job_id, owner)
@@ -438,36 +440,3 @@ def _check_event_id(event_id: str) -> None:
         stream_key(event_id)
     except ValueError as exc:
         raise MalformedRequest(str(exc), "invalid_event_id") from None
-
-
-def apply_event(record: dict[str, Any], event: Event) -> None:
-    """Bring a job record up to date with one of its events, as the worker changed it."""
-    if event.type not in (EventType.PROGRESS, EventType.OUTPUT):
-        record["status"] = event.type.value
-    record.update(step_fields(event.type, event.data, event.ts))
-
-
-def job_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A job as clients see it: outputs as V2 JSON tensors, and its URLs."""
-    job_id = record["id"]
-    outputs = record.get("outputs")
-    return {
-        "id": job_id,
-        "model": record["model"],
-        "version": record["version"],
-        "status": record["status"],
-        "attempt": record.get("attempt", 0),
-        "rows": record.get("rows"),
-        "created_at": record["created_at"],
-        "started_at": record.get("started_at"),
-        "finished_at": record.get("finished_at"),
-        "progress": record.get("progress"),
-        "inputs": record.get("inputs"),
-        "outputs": [packed_to_json(o) for o in outputs] if outputs else None,
-        "error": record.get("error"),
-        "urls": {
-            "self": f"/v1/jobs/{job_id}",
-            "events": f"/v1/jobs/{job_id}/events",
-            "cancel": f"/v1/jobs/{job_id}/cancel",
-        },
-    }

@@ -37,6 +37,9 @@ from hub.app import create_app
 # Starlette's TestClient sends "Host: testserver", which a keyless hub refuses (hub/hosts.py):
 # in the environment, every Settings() of the tests allows it, whoever builds one.
 os.environ.setdefault("INFERHUB_ALLOWED_HOSTS", '["testserver"]')
+# Hubs serve gRPC on 8001 by default, where several hubs of the tests would collide: they serve
+# none unless a test gives a free port (tests/test_grpc.py).
+os.environ.setdefault("INFERHUB_GRPC_PORT", "0")
 
 
 def _redis_server_binary() -> str:

@@ -119,6 +119,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         INFERHUB_MODELS=str(settings.models),
         INFERHUB_POLL_DELAY_S=str(settings.poll_delay_s),
         INFERHUB_HEARTBEAT_S=str(settings.heartbeat_s),
+        INFERHUB_GRPC_PORT="0",  # a hub started with this env serves no gRPC unless told
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         **extra,
     )

@@ -83,6 +83,7 @@ _VOLATILE = [
     (r"[0-9a-f]*…", r".*?"),  # an elision (with the start of the id it shortens)
     (r"[0-9a-f]{32}", r"[0-9a-f]{32}"),  # a job id
     (r"ih_[0-9a-f]{8}_[\w-]+", r"ih_[0-9a-f]{8}_[\w-]+"),  # an API key
+    (r"whsec_[\w+/=]+", r"whsec_[\w+/=]+"),  # a webhook secret
     (r"\d{13}-\d+", r"\d+-\d+"),  # an event id
     (r"1[6-9]\d{8}(?:\.\d+)?", r"\d+(?:\.\d+)?"),  # a unix time
     (r"\d{1,2}:\d\d:\d\d", r"\d{1,2}:\d\d:\d\d"),  # a clock time, a time elapsed

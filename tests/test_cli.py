@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import tritonclient.grpc as grpcclient
 from helpers import ROOT, free_port, wait_for
 
 from cli.processes import ready
@@ -134,6 +135,7 @@ def _children(pid: int) -> set[int]:
 def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
+    env["INFERHUB_GRPC_PORT"] = str(grpc_port := free_port())
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "cli", "up", "--port", str(port), "--models", str(ROOT / "models")],
@@ -159,6 +161,8 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
             timeout=20,
         )
         assert r.status_code == 200 and r.json()["status"] == "succeeded"
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
+            assert triton.is_server_live()  # the hub serves gRPC too
         said = (tmp_path / "up.log").read_text()
         folder = Path(said.split("(files in ", 1)[1].split(",", 1)[0])
         assert (folder / "redis.log").exists()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from browser import (
     ARTIFACTS,
@@ -194,6 +195,20 @@ def test_bulk_job_from_the_page_shows_its_progress_to_done(dash: Dashboard) -> N
     dash.wait_status(job_id, "succeeded")
     assert dash.row(job_id).locator("[role=progressbar]").get_attribute("aria-valuenow") == "100"
     assert "200/200" in dash.row(job_id).inner_text()
+    # 200 x 1024 floats are stored once and only summarised in the events: the detail shows
+    # the summary, and fetches the whole outputs on asking
+    dash.row(job_id).get_by_role("button", name=f"details of job {job_id}").click()
+    dialog = page.locator("#detail")
+    summary = dialog.locator(".tensors dt", has_text="FP32 [200, 1024]")
+    summary.wait_for()
+    assert "800.0 KiB" in summary.inner_text()
+    with page.expect_download() as caught:
+        dialog.locator("button[data-format=npz]").click()
+    saved = caught.value.path()
+    with np.load(saved) as archive:
+        assert archive["y"].shape == (200, 1024)
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
     assert dash.errors == []
 
 

@@ -79,7 +79,7 @@ def test_a_worker_killed_mid_job_the_job_runs_again_and_ends_once(
     # the rescuer gets it once the victim's heartbeat expires (1.5 s), not after arq's 70 s
     done = wait_job(client, job, {"succeeded", "failed", "canceled"}, timeout=30)
     assert done["status"] == "succeeded" and done["attempt"] == 2
-    assert done["outputs"][0]["shape"] == [300, 1024]
+    assert done["outputs_summary"][0]["shape"] == [300, 1024]  # stored once, fetched by URL
     events = job_events(redis, job)
     starts = [e.data["attempt"] for e in events if e.type is EventType.STARTED]
     assert starts == [1, 2]

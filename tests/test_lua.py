@@ -152,6 +152,7 @@ class Step:
     status: str = ""
     guard: tuple[str, int] | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
+    outputs: str = ""  # the packed outputs an ending step stores
 
     def args(self, k: Keys) -> dict[str, Any]:
         guard = dict([(self.guard[0], str(self.guard[1]))]) if self.guard else {}
@@ -166,6 +167,7 @@ class Step:
             "guard_field": self.guard[0] if self.guard else "",
             "guard_value": self.guard[1] if self.guard else "",
             "job_id": "j",
+            "outputs_blob": self.outputs,
             "fields": [x for kv in {**self.fields, **guard}.items() for x in kv],
         }
 
@@ -233,6 +235,21 @@ TRANSITION_ROWS = [
         ([0, "succeeded", False, 1],),
         {"record": Hash({"status": "succeeded"})},
         id="cancel requested: reported when refused too",
+    ),
+    # outputs are stored once, by the step that ends the job, and only if it is applied
+    pytest.param(
+        {"record": Hash({"status": "started"})},
+        (Step("succeeded", "started", "succeeded", outputs="packed"),),
+        ([1, "started", True, 0],),
+        {"record": Hash({"status": "succeeded"}), "outputs": Str("packed")},
+        id="succeeded: stores the outputs",
+    ),
+    pytest.param(
+        {"record": Hash({"status": "canceled"})},
+        (Step("succeeded", "started", "succeeded", outputs="packed"),),
+        ([0, "canceled", False, 0],),
+        {"record": Hash({"status": "canceled"}), "outputs": None},
+        id="succeeded refused: stores nothing",
     ),
     # the retry guard
     pytest.param(
@@ -320,11 +337,12 @@ async def test_transition(
     expected: State,
 ) -> None:
     await write(r, k, setup)
-    names = k.many("record", "events", "log", "cancel", "owner_queued")
+    names = k.many(*TRANSITION.keys)
     for step, want in zip(calls, returns, strict=True):
         appended, before, event_id, cancel = await TRANSITION(r, keys=names, args=step.args(k))
         assert [appended, before, event_id != "", cancel] == want, step
     await check(r, k, expected)
+    assert not await r.exists(k("webhooks"))  # the record names no webhook
     # one id for an event in both streams, so either feed resumes from it
     log_ids = [i for i, _ in await r.xrange(k("log"))]
     assert [i for i, _ in await r.xrange(k("events"))] == log_ids
@@ -336,7 +354,7 @@ async def test_transition_publishes_its_event(r: Redis, k: Keys) -> None:
     await write(r, k, {"record": Hash({"status": "queued"})})
     pubsub = await subscribed(r, k("channel"))
     try:
-        names = k.many("record", "events", "log", "cancel", "owner_queued")
+        names = k.many(*TRANSITION.keys)
         _, _, event_id, _ = await TRANSITION(r, keys=names, args=started(1).args(k))
         assert await next_message(pubsub) == f"{event_id} started 1"
     finally:
@@ -395,7 +413,7 @@ async def test_cancel(
     before = await snapshot(r, k)
     status = await CANCEL(
         r,
-        keys=k.many("record", "events", "log", "cancel", "arq_job", "queue", "owner_queued"),
+        keys=k.many(*CANCEL.keys),
         args={
             "channel": k("channel"),
             "event": "canceled",
@@ -429,6 +447,7 @@ CREATE_KEYS = (
     "owner_index",
     "owner_queued",
     "owner_bytes",
+    "webhooks",
 )
 RECORD = {"id": "j", "status": "queued", "model": "m", "owner": "o", "created_at": "1700000000.0"}
 
@@ -873,6 +892,190 @@ async def test_take_token_refills_with_time(r: Redis, k: Keys) -> None:
     assert await TAKE_TOKEN(r, **take) > 0
 
 
+# ---- webhooks: queued by the job scripts (append.lua), claimed and recorded by the hubs
+
+WEBHOOK_CLAIM = scripts.load("webhook_claim")
+WEBHOOK_DONE = scripts.load("webhook_done")
+TERMINAL_ON = "succeeded failed canceled"
+FAR = 9_000_000_000_000  # ms: due long after the test
+LEASE_MS = 60_000
+
+
+def queued_member(event_id: str) -> dict[str, float]:
+    """What the job scripts queue for job "j"'s event: due when the event was appended."""
+    return {f"j {event_id} 1": float(event_id.split("-")[0])}
+
+
+WEBHOOK_STEPS = [
+    pytest.param(TERMINAL_ON, "started", ended("succeeded"), True, id="terminal: wanted"),
+    pytest.param("succeeded", "started", ended("failed"), False, id="a status not wanted"),
+    pytest.param("started succeeded", "queued", started(1), True, id="started: wanted"),
+    pytest.param(
+        "queued started succeeded failed canceled", "started", progress(1), False, id="progress"
+    ),
+    pytest.param(TERMINAL_ON, "succeeded", ended("failed"), False, id="a refused step"),
+]
+
+
+@pytest.mark.parametrize(("wanted", "status", "step", "queued"), WEBHOOK_STEPS)
+async def test_transition_queues_a_wanted_webhook(
+    r: Redis, k: Keys, wanted: str, status: str, step: Step, queued: bool
+) -> None:
+    await write(r, k, {"record": Hash({"status": status, "webhook_on": wanted})})
+    pubsub = await subscribed(r, k("webhooks"))  # the due set's name is its wake-up channel
+    try:
+        _, _, event_id, _ = await TRANSITION(r, keys=k.many(*TRANSITION.keys), args=step.args(k))
+        await check(r, k, {"webhooks": ZSet(queued_member(event_id)) if queued else None})
+        if queued:
+            assert await next_message(pubsub) == ""
+    finally:
+        await pubsub.aclose()
+
+
+async def test_create_queues_a_webhook_that_wants_queued(r: Redis, k: Keys) -> None:
+    fields = [x for kv in {**RECORD, "webhook_on": "queued succeeded"}.items() for x in kv]
+    code, event_id = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k, fields=fields))
+    assert code == 1
+    await check(r, k, {"webhooks": ZSet(queued_member(event_id))})
+
+
+async def test_cancel_queues_a_webhook_that_wants_canceled(r: Redis, k: Keys) -> None:
+    await write(
+        r, k, {**QUEUED_JOB, "record": Hash({"status": "queued", "webhook_on": TERMINAL_ON})}
+    )
+    args = {
+        "channel": k("channel"),
+        "event": "canceled",
+        "ttl": TTL,
+        "job_maxlen": 100,
+        "log_maxlen": 1000,
+        "job_id": "j",
+        "finished_at": "1.5",
+    }
+    assert await CANCEL(r, keys=k.many(*CANCEL.keys), args=args) == "queued"
+    ((event_id, _),) = await r.xrange(k("events"))
+    await check(r, k, {"webhooks": ZSet(queued_member(event_id))})
+
+
+async def redis_ms(r: Redis) -> int:
+    seconds, micros = await r.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_webhook_claim_leases_what_is_due(r: Redis, k: Keys) -> None:
+    await write(r, k, {"webhooks": ZSet({"a": 1, "b": 2, "c": 3, "later": FAR})})
+    before = await redis_ms(r)
+    lease, wait_ms, members = await WEBHOOK_CLAIM(
+        r, keys={"due": k("webhooks")}, args={"lease_ms": LEASE_MS, "count": 2}
+    )
+    after = await redis_ms(r)
+    assert members == ["a", "b"]  # the oldest first, at most `count`
+    assert before + LEASE_MS <= lease <= after + LEASE_MS
+    assert wait_ms == 0  # "c" is due still
+    await check(r, k, {"webhooks": ZSet({"a": lease, "b": lease, "c": 3, "later": FAR})})
+    # a second hub takes what is left, never what is leased
+    _, wait_ms, members = await WEBHOOK_CLAIM(
+        r, keys={"due": k("webhooks")}, args={"lease_ms": LEASE_MS, "count": 10}
+    )
+    assert members == ["c"]
+    assert LEASE_MS - 5_000 < wait_ms <= LEASE_MS  # until the first lease ends
+    _, wait_ms, members = await WEBHOOK_CLAIM(
+        r, keys={"due": k("empty")}, args={"lease_ms": LEASE_MS, "count": 10}
+    )
+    assert (members, wait_ms) == ([], -1)
+
+
+def done_args(**changes: Any) -> dict[str, Any]:
+    return {
+        "member": "j e 1",
+        "lease": 500,
+        "attempted": 1,
+        "status": "503",
+        "error": "",
+        "delivered_at": "",
+        "next": "j e 2",
+        "delay_ms": LEASE_MS,
+        **changes,
+    }
+
+
+JOB_DONE = {"status": "succeeded", "webhook_error": "old"}
+ATTEMPTED = {"status": "succeeded", "webhook_attempts": "1"}
+SOON = -1.0  # a score of `delay_ms` from the call
+WEBHOOK_DONE_ROWS = [
+    pytest.param(
+        {},
+        1,
+        {**ATTEMPTED, "webhook_status": "503"},
+        {"j e 2": SOON, "other": FAR},
+        id="failed: recorded, retried later",
+    ),
+    pytest.param(
+        {"status": "200", "delivered_at": "7.5", "next": ""},
+        1,
+        {**ATTEMPTED, "webhook_status": "200", "webhook_delivered_at": "7.5"},
+        {"other": FAR},
+        id="delivered: recorded, no retry",
+    ),
+    pytest.param(
+        {"status": "", "error": "connection refused"},
+        1,
+        {**ATTEMPTED, "webhook_error": "connection refused"},
+        {"j e 2": SOON, "other": FAR},
+        id="no answer: the error recorded",
+    ),
+    pytest.param(
+        {"lease": 499},
+        0,
+        JOB_DONE,
+        {"j e 1": 500, "other": FAR},
+        id="another hub holds the lease: nothing changes",
+    ),
+    pytest.param(
+        {"attempted": 0, "status": "", "next": "j e 1", "delay_ms": 0},
+        1,
+        JOB_DONE,
+        {"j e 1": SOON, "other": FAR},
+        id="handed back unsent: due at once, not counted",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "returns", "record", "due"), WEBHOOK_DONE_ROWS)
+async def test_webhook_done(
+    r: Redis,
+    k: Keys,
+    changes: dict[str, Any],
+    returns: int,
+    record: dict[str, str],
+    due: dict[str, float],
+) -> None:
+    await write(r, k, {"record": Hash(JOB_DONE), "webhooks": ZSet({"j e 1": 500, "other": FAR})})
+    args = done_args(**changes)
+    now = await redis_ms(r)
+    assert (
+        await WEBHOOK_DONE(r, keys={"due": k("webhooks"), "record": k("record")}, args=args)
+        == returns
+    )
+    await check(r, k, {"record": Hash(record)})
+    found = dict(await r.zrange(k("webhooks"), 0, -1, withscores=True))
+    assert set(found) == set(due)
+    for member, score in due.items():
+        if score == SOON:
+            assert now + args["delay_ms"] <= found[member] <= now + args["delay_ms"] + 5_000
+        else:
+            assert found[member] == score
+
+
+async def test_webhook_done_retries_nothing_once_the_job_expired(r: Redis, k: Keys) -> None:
+    await write(r, k, {"webhooks": ZSet({"j e 1": 500})})
+    assert (
+        await WEBHOOK_DONE(r, keys={"due": k("webhooks"), "record": k("record")}, args=done_args())
+        == 0
+    )
+    await check(r, k, {"webhooks": None, "record": None})
+
+
 # ---- the loader
 
 LOADER_ROWS = [
@@ -901,8 +1104,8 @@ def test_loader_flattens_the_trailing_list() -> None:
     step = started(1)
     names = {n: n for n in TRANSITION.keys}
     key_list, arg_list = TRANSITION.positions(names, step.args(Keys("p")))
-    assert key_list == ["record", "events", "log", "cancel", "owner_queued"]
-    assert arg_list[9:] == ["j", "worker", "w1", "attempt", "1"]
+    assert key_list == ["record", "events", "log", "cancel", "owner_queued", "outputs", "webhooks"]
+    assert arg_list[9:] == ["j", "", "worker", "w1", "attempt", "1"]
 
 
 NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
@@ -940,7 +1143,7 @@ async def test_pipelined_calls(r: Redis, k: Keys) -> None:
     """How the job store sends several steps in one round trip."""
     await TRANSITION.ensure(r)
     await write(r, k, {"record": Hash({"status": "queued"})})
-    names = k.many("record", "events", "log", "cancel", "owner_queued")
+    names = k.many(*TRANSITION.keys)
     async with r.pipeline(transaction=False) as pipe:
         for step in (started(1), ended("succeeded")):
             TRANSITION.queue(pipe, names, step.args(k))
@@ -950,6 +1153,14 @@ async def test_pipelined_calls(r: Redis, k: Keys) -> None:
 
 
 def test_tables_have_unique_cases() -> None:
-    for rows in (TRANSITION_ROWS, CANCEL_ROWS, CREATE_ROWS, CLAIM_ROWS, REAP_ROWS):
+    for rows in (
+        TRANSITION_ROWS,
+        CANCEL_ROWS,
+        CREATE_ROWS,
+        CLAIM_ROWS,
+        REAP_ROWS,
+        WEBHOOK_STEPS,
+        WEBHOOK_DONE_ROWS,
+    ):
         ids = [row.id for row in rows]
         assert len(ids) == len(set(ids))

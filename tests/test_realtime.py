@@ -58,7 +58,9 @@ def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "INFERHUB_MODELS": str(model_repo),
         "INFERHUB_HEARTBEAT_S": "0.5",
     }
-    worker = start_cli("worker", env=env, log=log)
+    # outputs inline in their events whatever their size (an operator's choice): the slow
+    # consumer tests need events that fill the sockets
+    worker = start_cli("worker", env={**env, "INFERHUB_INLINE_OUTPUT_BYTES": str(2**26)}, log=log)
     s = Stack(port, folder, log, redis, worker, procs=[worker])
     tiny = {"INFERHUB_SUBSCRIBER_BUFFER": "4", "INFERHUB_SLOW_CONSUMER_S": "1"}
     try:

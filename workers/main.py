@@ -1,4 +1,4 @@
-"""The arq worker of one pool: settings factory and entry point."""
+"""The worker of one pool: its job function, start-up and shutdown, and the entry point."""
 
 from __future__ import annotations
 
@@ -12,26 +12,23 @@ import uuid
 from typing import Any
 
 import uvloop
-from arq import func
 
-from contract import keys
-from contract.connection import arq_settings
 from contract.jobstore import RUN_JOB, JobStore, Limits
 from contract.online import RUN_BATCH
 from contract.settings import Settings
-from contract.wire import dumps, loads
+from workers.attempt import Function
 from workers.batcher import Batcher
 from workers.heartbeat import beat, heartbeat_forever, leave
+from workers.loop import WorkerLoop, serve_until_signalled
 from workers.online import run_batch
 from workers.reaper import reap_forever
 from workers.repository import load_repository
 from workers.runner import run_job
-from workers.wakeup import PushWorker
 
 log = logging.getLogger(__name__)
 
-# arq drops a job silently after this many runs: high, so that only a job that kills its
-# worker every time (or a Redis down for minutes) reaches it
+# a job is dropped silently after this many runs (as arq drops it): high, so that only a job
+# that kills its worker every time (or a Redis down for minutes) reaches it
 MAX_TRIES = 20
 
 
@@ -40,8 +37,8 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def worker_settings(settings: Settings, worker_id: str) -> dict[str, Any]:
-    """Keyword arguments for ``arq.worker.Worker``; nothing is loaded until start-up."""
+def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
+    """The worker of ``settings.pool``; nothing is loaded until start-up."""
     repo = load_repository(settings.models, settings.pool)
     longest = max((m.config.timeout_s for m in repo.models.values()), default=30.0)
 
@@ -87,34 +84,25 @@ def worker_settings(settings: Settings, worker_id: str) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             await leave(ctx["redis"], worker_id)
 
-    return {
-        # the model's own timeout fails the job cleanly first; arq's is the backstop
-        "functions": [
-            func(run_job, name=RUN_JOB, timeout=longest + 10, max_tries=MAX_TRIES),
+    return WorkerLoop(
+        # the model's own timeout fails the job cleanly first; this one is the backstop
+        [
+            Function(RUN_JOB, run_job, timeout_s=longest + 10, max_tries=MAX_TRIES),
             # a batch that kills its worker runs again while its requests' deadlines allow
-            func(run_batch, name=RUN_BATCH, timeout=longest + 10, max_tries=MAX_TRIES),
+            Function(RUN_BATCH, run_batch, timeout_s=longest + 10, max_tries=MAX_TRIES),
         ],
-        "redis_settings": arq_settings(settings.redis_url),
-        "queue_name": keys.queue(settings.pool),
-        "on_startup": startup,
-        "on_shutdown": shutdown,
-        "job_serializer": dumps,
-        "job_deserializer": loads,
-        "keep_result": 0,
-        "poll_delay": settings.poll_delay_s,
-        "max_jobs": settings.max_jobs,
-        "handle_signals": True,
-    }
+        redis_url=settings.redis_url,
+        pool=settings.pool,
+        worker_id=worker_id,
+        max_jobs=settings.max_jobs,
+        poll_delay_s=settings.poll_delay_s,
+        on_startup=startup,
+        on_shutdown=shutdown,
+    )
 
 
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT or SIGTERM."""
     # uvloop (a dependency of uvicorn[standard]) cuts the event loop's cost per Redis round trip
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    worker_id = new_worker_id()
-    PushWorker(
-        wake_channel=keys.wake(settings.pool),
-        redis_url=settings.redis_url,
-        worker_id=worker_id,
-        **worker_settings(settings, worker_id),
-    ).run()
+    serve_until_signalled(worker_loop(settings, new_worker_id()))

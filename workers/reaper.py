@@ -2,7 +2,7 @@
 
 arq keeps a job in its queue until it ends and guards it with ``arq:in-progress:<id>``, which
 expires only after the job's timeout plus 10 s: a worker killed after claiming jobs would hold
-them that long, whether it had started them or not. The claim (``workers/wakeup.py``) stores the
+them that long, whether it had started them or not. The claim (``workers/loop.py``) stores the
 claiming worker's id in that key. Every worker of a pool also watches the others: a job held by
 a worker whose heartbeat has expired gets its in-progress key deleted, the pool is woken, and
 the next poll of any worker runs it (a started job as its next attempt). A live worker's

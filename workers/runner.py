@@ -10,6 +10,7 @@ import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
+from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
 from contract.logs import JOBS, bound
@@ -100,7 +101,13 @@ async def _run(
         stats["running"] -= 1
         stats["done"] += 1
 
-    ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data)
+    blob = b""
+    if status is JobStatus.SUCCEEDED:  # stored once; inline in the event only when small
+        packed = data["outputs"]
+        blob = outputs_store.stored(packed)
+        limit = store.limits.inline_output_bytes
+        data = outputs_store.event_data(job_id, packed, blob, limit, served.config.labels)
+    ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
     results = await store.transition(job_id, *steps, model=model, owner=owner)
     if not results[0][0]:

@@ -4,9 +4,10 @@
 -- kept per job in a hash beside their total (field `_total`); entries of expired jobs go first.
 -- Returns {1, event id} (created; {1, ''} for a retried create), {0, idempotency value} (the
 -- key was used: a repeat), {2, ''} (the pool's queue is full), {3, ''} (the owner's share of
--- it is), or {4, total} (the owner's stored bytes would pass the bound).
+-- it is), or {4, total} (the owner's stored bytes would pass the bound). A webhook that wants
+-- `queued` is queued (append.lua).
 -- uses: append
--- KEYS: record events log idempotency arq_job queue index owner_index owner_queued owner_bytes
+-- KEYS: record events log idempotency arq_job queue index owner_index owner_queued owner_bytes webhooks
 -- ARGV: channel event ttl job_maxlen log_maxlen idem_value arq_payload score created_ms wake job_id max_queued max_owner_queued stored_bytes max_owner_bytes fields...
 local K, A = KEYS, ARGV
 local record, idempotency, arq_job, queue = K[1], K[4], K[5], K[6]
@@ -35,6 +36,9 @@ if idempotency ~= '' then redis.call('SET', idempotency, A[6], 'EX', ttl) end
 set_fields(record, 16)
 redis.call('EXPIRE', record, ttl)
 local id = append(K[3], K[2], A[1], A[2], ttl, A[4], A[5])
+for i = 16, #A - 1, 2 do  -- the record's fields
+  if A[i] == 'webhook_on' then push_webhook(K[11], job_id, 'queued', id, A[i + 1]) end
+end
 redis.call('PSETEX', arq_job, ttl * 1000, A[7])
 redis.call('ZADD', queue, A[8], job_id)
 for _, index in ipairs({K[7], owner_index, owner_queued}) do

@@ -2,15 +2,17 @@
 -- one of the `allowed` statuses. The guard (a numeric record field and the value it moves
 -- to: `attempt` for `started`, `done` for `progress`) makes a step happen once: a retried
 -- step finds the value already there and succeeds without a second event; an older one is
--- refused. Leaving `queued` takes the job off its owner's queued set.
+-- refused. Leaving `queued` takes the job off its owner's queued set. A step that ends the job
+-- with outputs stores them (packed, `outputs_blob`) under `outputs`, with the job's TTL. A new
+-- status the job's webhook wants queues its delivery (`webhooks`, append.lua).
 -- Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
 -- uses: append
--- KEYS: record events log cancel owner_queued
--- ARGV: channel event ttl job_maxlen log_maxlen allowed status guard_field guard_value job_id fields...
+-- KEYS: record events log cancel owner_queued outputs webhooks
+-- ARGV: channel event ttl job_maxlen log_maxlen allowed status guard_field guard_value job_id outputs_blob fields...
 local K, A = KEYS, ARGV
 local record, allowed, new_status, guard_field = K[1], A[6], A[7], A[8]
 
-local status = redis.call('HGET', record, 'status')
+local status, webhook_on = unpack(redis.call('HMGET', record, 'status', 'webhook_on'))
 if not status then return {0, '', '', 0} end
 local cancel = redis.call('EXISTS', K[4])
 if not string.find(' ' .. allowed .. ' ', ' ' .. status .. ' ', 1, true) then
@@ -26,6 +28,8 @@ if new_status ~= '' then
   redis.call('HSET', record, 'status', new_status)
   if new_status ~= 'queued' then redis.call('ZREM', K[5], A[10]) end
 end
-set_fields(record, 11)
+if A[11] ~= '' then redis.call('SET', K[6], A[11], 'EX', A[3]) end
+set_fields(record, 12)
 local id = append(K[3], K[2], A[1], A[2], A[3], A[4], A[5])
+if new_status ~= '' then push_webhook(K[7], A[10], new_status, id, webhook_on) end
 return {1, status, id, cancel}

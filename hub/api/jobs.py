@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
+from contract.errors import MalformedRequest
 from contract.events import JobStatus
+from hub import bodies, outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
+from hub.jobview import FINISHED
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
-from hub.service import FINISHED
+from hub.v2 import codec
 from hub.validation import decode_inputs, parse_job_request
 
 router = APIRouter(
@@ -20,6 +25,39 @@ router = APIRouter(
     tags=["jobs"],
     responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
 )
+
+
+@dataclass(frozen=True)
+class BinaryQuery:
+    """What a binary body (V2 binary form, .npy, .npz) cannot say itself: the query's."""
+
+    model: Annotated[str | None, Query(description="binary bodies: the model")] = None
+    version: Annotated[str | None, Query(description="binary bodies: the version")] = None
+    input: Annotated[str | None, Query(description="an .npy body: the input it is")] = None
+    outputs: Annotated[
+        str | None, Query(description="binary bodies: the outputs wanted, comma-separated")
+    ] = None
+    priority: Annotated[int, Query(ge=-100, le=100, description="binary bodies")] = 0
+
+    def require_model(self) -> str:
+        if not self.model:
+            raise MalformedRequest(
+                "a binary body (V2 binary form, .npy or .npz) names its model in the query: "
+                "POST /v1/jobs?model=NAME",
+                "model_missing",
+            )
+        return self.model
+
+    def wanted(self) -> list[str] | None:
+        return [o.strip() for o in self.outputs.split(",") if o.strip()] if self.outputs else None
+
+
+BINARY_DEFAULTS = BinaryQuery()
+BINARY_MEDIA = {
+    bodies.NPY: "one array, numpy's .npy format, for the model's input (?input= if several)",
+    bodies.NPZ: "one array per input, named as the inputs (numpy.savez)",
+    "application/octet-stream": "the V2 binary tensor form, with Inference-Header-Content-Length",
+}
 
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
@@ -48,7 +86,7 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
     },
     # The body is read by the route, not by FastAPI, which would parse it before the
     # dependencies run: an unauthenticated caller is refused before a byte of it is decoded.
-    openapi_extra={"requestBody": JobRequest.openapi_body()},
+    openapi_extra={"requestBody": JobRequest.openapi_body(binary=BINARY_MEDIA)},
 )
 async def submit(
     request: Request,
@@ -60,25 +98,41 @@ async def submit(
         str | None, Header(description="`wait=N`: answer when done, N s at most")
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    binary: Annotated[BinaryQuery, Depends()] = BINARY_DEFAULTS,
 ) -> dict[str, Any]:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
     raw = await request.body()
     heavy = len(raw) > OFF_LOOP_BYTES
-    body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
-    model, version = await service.catalogue.model(body.model, body.version)
-    arrays = await decode_body(heavy, decode_inputs, model, version, body)
-    idempotency = None
-    if idempotency_key:
-        idempotency = (idempotency_key, await decode_body(heavy, body.fingerprint))
+    content_type = request.headers.get("content-type")
+    header_length = request.headers.get(codec.HEADER_LENGTH)
+    if bodies.is_binary(content_type, header_length):
+        form = await decode_body(
+            heavy, bodies.parse, content_type, header_length, raw, settings.max_body_bytes
+        )
+        model, version = await service.catalogue.model(binary.require_model(), binary.version)
+        signature = model["versions"][version]["inputs"]
+        names = {spec["name"]: spec for spec in signature}
+        arrays = bodies.name_inputs(form, names, model["name"], binary.input)
+        outputs, priority = binary.wanted() or form.outputs, binary.priority
+        parameters, fingerprint = form.parameters or None, f"{form.fingerprint}:{binary}"
+        webhook = None  # a binary body has no room for one: submit it as JSON
+    else:
+        body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
+        model, version = await service.catalogue.model(body.model, body.version)
+        arrays = await decode_body(heavy, decode_inputs, model, version, body)
+        outputs, priority, parameters = body.outputs, body.priority, body.parameters
+        webhook = body.webhook
+        fingerprint = await decode_body(heavy, body.fingerprint) if idempotency_key else ""
     job = await service.submit_arrays(
         model,
         version,
         arrays,
         owner=caller.tenant,
-        outputs=body.outputs,
-        priority=body.priority,
-        parameters=body.parameters,
-        idempotency=idempotency,
+        outputs=outputs,
+        priority=priority,
+        parameters=parameters,
+        webhook=webhook,
+        idempotency=(idempotency_key, fingerprint) if idempotency_key else None,
         wait_s=wait_s,
     )
     response.headers["Location"] = job["urls"]["self"]
@@ -95,6 +149,10 @@ async def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    include: Annotated[
+        Literal["outputs"] | None,
+        Query(description="`outputs`: each job's inline outputs too (large ones never are)"),
+    ] = None,
 ) -> dict[str, Any]:
     jobs, next_cursor = await service.list(
         owner=caller.visible,
@@ -102,6 +160,7 @@ async def list_jobs(
         status=status.value if status else None,
         limit=limit,
         cursor=cursor,
+        with_outputs=include == "outputs",
     )
     return {"jobs": jobs, "next_cursor": next_cursor}
 
@@ -109,6 +168,37 @@ async def list_jobs(
 @router.get("/{job_id}", summary="One job", responses={404: {"description": "No such job"}})
 async def get_job(job_id: str, service: ServiceDep, caller: ReaderDep) -> dict[str, Any]:
     return await service.get(job_id, owner=caller.visible)
+
+
+@router.get(
+    "/{job_id}/outputs",
+    summary="A succeeded job's outputs: JSON, Triton's binary form, .npy or .npz",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {media: {} for media in outputs.MEDIA.values()},
+            "description": "The outputs in the format of `?format=`, else of `Accept`",
+        },
+        404: {"description": "No such job, or its outputs expired"},
+        409: {"description": "The job has not succeeded"},
+    },
+)
+async def job_outputs(
+    job_id: str,
+    request: Request,
+    service: ServiceDep,
+    caller: ReaderDep,
+    format: Annotated[
+        Literal["json", "binary", "npy", "npz"] | None,
+        Query(description="overrides `Accept`"),
+    ] = None,
+    output: Annotated[str | None, Query(description="the output (npy: needed if several)")] = None,
+) -> StreamingResponse:
+    fmt = outputs.choose(format, request.headers.get("accept"))
+    record, packed = await service.outputs(job_id, owner=caller.visible)
+    header = {"id": job_id, "model_name": record["model"], "model_version": record["version"]}
+    answer = outputs.body(fmt, packed, header, output)
+    return StreamingResponse(answer.chunks, media_type=answer.media_type, headers=answer.headers)
 
 
 @router.post(

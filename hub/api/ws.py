@@ -27,9 +27,10 @@ from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.fanout import SlowConsumer
+from hub.jobview import FINISHED
 from hub.metrics.stats import Frame, StatsFeed
 from hub.schemas import JobRequest
-from hub.service import FINISHED, JobService
+from hub.service import JobService
 
 log = logging.getLogger(__name__)
 

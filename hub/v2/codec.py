@@ -202,10 +202,14 @@ def _input(
             f"({len(binary) - offset} bytes are left)"
         )
     raw = binary[offset : offset + size]
-    return _from_raw(name, spec.datatype, spec.shape, raw), size
+    return from_raw(name, spec.datatype, spec.shape, raw), size
 
 
-def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+def from_raw(
+    name: str, datatype: str, shape: list[int], raw: bytes, source: str = "binary_data_size is"
+) -> np.ndarray:
+    """An input's array from its binary tensor data (``to_raw``'s form); ``source`` names
+    where the bytes came from in the message that says they do not fit."""
     count = math.prod(shape)
     if datatype == "BYTES":
         items = deserialize_bytes(raw, name, count)
@@ -221,7 +225,7 @@ def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndar
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"input '{name}': {datatype} {shape} needs {count * dtype.itemsize} bytes, "
-            f"binary_data_size is {len(raw)}"
+            f"{source} {len(raw)}"
         )
     if datatype == "BOOL":  # any non-zero byte is true, as in C
         return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)

@@ -208,3 +208,15 @@ export async function openSocket() {
   });
   return ws;
 }
+
+/** Fetch `path` with the stored key (if any) and save it as `filename`: large outputs. */
+export async function download(path, filename) {
+  const key = storedKey();
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  const response = await fetch(new URL(path.replace(/^\//, ""), BASE), { headers });
+  if (!response.ok) throw new ApiError(response.status, `http_${response.status}`, response.statusText);
+  const url = URL.createObjectURL(await response.blob());
+  const link = Object.assign(document.createElement("a"), { href: url, download: filename });
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}

@@ -4,7 +4,7 @@
 
 import { TERMINAL } from "./store.js";
 import { progressBar, showProgress } from "./jobs.js";
-import { renderOutputs } from "./outputs.js";
+import { renderOutputs, renderSummary } from "./outputs.js";
 import { el, fill, fmtDuration } from "./util.js";
 
 const MAX_ROWS = 100000;
@@ -106,8 +106,8 @@ export class BulkPanel {
     }
   }
 
-  /** Once a job succeeded: how long it took, and its answers (fetched when the page kept
-   *  none, as for large outputs). */
+  /** Once a job succeeded: how long it took, and its answers: as the page holds them, or,
+   *  for outputs too large to ride in events, their summary (class counts, downloads). */
   async _summary(job) {
     const took = job.finished_at != null && job.created_at != null ? job.finished_at - job.created_at : null;
     const ran = job.finished_at != null && job.started_at != null ? job.finished_at - job.started_at : null;
@@ -118,13 +118,30 @@ export class BulkPanel {
           (ran ? ` (ran ${fmtDuration(ran)}, ${Math.round(job.rows / ran).toLocaleString()} rows/s)` : "") +
           ".";
     const head = el("p", { class: "bulk-summary" }, timing);
+    const labels = this.models().get(job.model)?.labels;
     fill(this.result, head, el("p", { class: "muted small" }, "Reading the answers…"));
     try {
-      const outputs = job.outputs ?? (await this.fetchJob(job.id)).outputs;
+      let { outputs, outputsSummary: summary } = job;
+      if (!outputs && !summary) {
+        const view = await this.fetchJob(job.id); // the page let go of them: read them back
+        outputs = view.outputs;
+        summary = view.outputs_summary;
+      }
       if (this.summarized !== job.id) return;
-      fill(this.result, head, renderOutputs(outputs, this.models().get(job.model)?.labels, { maxRows: 3 }));
+      if (outputs) fill(this.result, head, renderOutputs(outputs, labels, { maxRows: 3 }));
+      else fill(this.result, head, countsLine(job.rows, summary, labels), renderSummary(job.id, summary || []));
     } catch (exc) {
       fill(this.result, head, el("p", { class: "error-text" }, `The answers could not be read: ${exc.message}`));
     }
   }
+}
+
+/** "N rows: setosa × 6000, …" from a summary's class counts (as renderOutputs says it). */
+function countsLine(rows, summary, labels) {
+  const classes = (summary || []).find((t) => t.name === "label")?.classes;
+  if (!classes) return null;
+  const counts = Object.entries(classes)
+    .map(([index, n]) => [labels?.[Number(index)] ?? index, n])
+    .sort((a, b) => b[1] - a[1]);
+  return el("p", {}, `${rows} rows: `, counts.map(([name, n]) => `${name} × ${n}`).join(", "));
 }

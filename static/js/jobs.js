@@ -1,7 +1,7 @@
 // The live jobs table and the job detail dialog.
 
 import { TERMINAL } from "./store.js";
-import { renderOutputs, tensorList } from "./outputs.js";
+import { renderOutputs, renderSummary, tensorList } from "./outputs.js";
 import { clock, coalesce, el, fill, fmtClock, fmtDuration, shortId } from "./util.js";
 
 const SHOWN = 50;
@@ -240,6 +240,7 @@ export class JobDetail {
     parts.push(job.inputs ? tensorList(job.inputs, { withData: false }) : el("p", { class: "muted" }, "loading…"));
     parts.push(el("h3", {}, "Outputs"));
     if (job.outputs) parts.push(renderOutputs(job.outputs, labels));
+    else if (job.outputsSummary) parts.push(renderSummary(job.id, job.outputsSummary));
     else if (job.status === "succeeded") parts.push(el("p", { class: "muted" }, "loading…"));
     else parts.push(el("p", { class: "muted" }, "none yet"));
     parts.push(el("h3", {}, "Events"));

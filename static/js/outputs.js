@@ -1,5 +1,6 @@
 // Showing a job's outputs: class answers with their probabilities, or the tensors themselves.
 
+import { download } from "./api.js";
 import { el, fmtNumber } from "./util.js";
 
 /** For classifiers (an integer `label` output and a float `probabilities` [N, C]): per row,
@@ -52,6 +53,36 @@ export function tensorList(tensors, { maxValues = 48, withData = true } = {}) {
     }
   }
   return list;
+}
+
+/** Outputs too large to ride in events: their summary, and links to fetch them whole. */
+export function renderSummary(jobId, summary) {
+  const box = el("div", { class: "outputs" });
+  const list = el("dl", { class: "tensors" });
+  for (const t of summary) {
+    list.append(el("dt", {}, t.name, " ", el("span", { class: "muted" }, `${t.datatype} [${t.shape.join(", ")}] · ${fmtBytes(t.bytes)}`)));
+    if (t.classes) {
+      const counts = Object.entries(t.classes).map(([label, n]) => `${label}: ${n}`).join(", ");
+      list.append(el("dd", { class: "mono" }, counts));
+    }
+  }
+  const url = `/v1/jobs/${encodeURIComponent(jobId)}/outputs`;
+  const links = el("p", { class: "downloads" }, "Download: ");
+  for (const [format, name] of [["npz", `${jobId}.npz`], ["json", `${jobId}.json`]]) {
+    const button = el("button", { class: "btn", type: "button", dataset: { format } }, format === "npz" ? ".npz" : "JSON");
+    button.addEventListener("click", () => download(`${url}?format=${format}`, name).catch((exc) => {
+      button.textContent = `failed: ${exc.message}`;
+    }));
+    links.append(button, " ");
+  }
+  box.append(list, links);
+  return box;
+}
+
+function fmtBytes(n) {
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} B`;
 }
 
 /** Outputs for a person: per-row classes when the model is a classifier, else tensors. */

@@ -42,6 +42,7 @@ export class JobStore extends EventTarget {
       inputs: null,
       outputs: null,
       outputsDropped: false,
+      outputsSummary: null, // large outputs: names, shapes, bytes, class counts (stored once)
       error: null,
       reason: null,
       worker: null,
@@ -102,6 +103,7 @@ export class JobStore extends EventTarget {
         advance(event.type);
         job.finished_at = job.finished_at ?? event.ts;
         if (data.outputs) this._setOutputs(job, data.outputs);
+        if (data.outputs_summary) job.outputsSummary = data.outputs_summary;
         if (data.error) job.error = data.error;
         if (data.reason) job.reason = data.reason;
         if (event.type === "canceled" && typeof data.done === "number") {
@@ -136,6 +138,7 @@ export class JobStore extends EventTarget {
       job.outputs = view.outputs;
       job.outputsDropped = false;
     }
+    if (view.outputs_summary) job.outputsSummary = view.outputs_summary;
     job.error = job.error ?? view.error;
     this._changed(job, added, null);
     return job;

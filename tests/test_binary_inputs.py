@@ -1,0 +1,192 @@
+"""Binary bodies for ``POST /v1/jobs`` (hub/bodies.py): .npy, .npz and the V2 binary tensor
+form, across the session's real Redis and worker; malformed ones refused with a 4xx that says
+what is wrong, and nothing written.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+from helpers import ROOT, TestClient, WorkerProcess, wait_for
+from redis import Redis
+from sklearn.datasets import load_digits, load_iris
+
+from contract import keys
+from contract.settings import Settings
+from hub.app import create_app
+
+WAIT = {"Prefer": "wait=30"}
+NPY = {"Content-Type": "application/x-npy", **WAIT}
+NPZ = {"Content-Type": "application/x-npz", **WAIT}
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def npz(compressed: bool = False, **arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(out, **arrays)
+    return out.getvalue()
+
+
+def onnxruntime(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    path = ROOT / "models" / model / "1" / "model.onnx"
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def outputs(job: dict[str, Any]) -> dict[str, np.ndarray]:
+    assert job["status"] == "succeeded", job
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in job["outputs"]}
+
+
+@pytest.fixture(scope="module")
+def small_body_client(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
+    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 2**20}))) as c:
+        wait_for(lambda: c.get("/readyz").status_code == 200, what="/readyz")
+        yield c
+
+
+def test_an_npy_body(client: TestClient) -> None:
+    rows = load_digits().data[:5].astype(np.float32)
+    r = client.post("/v1/jobs", params={"model": "digits"}, content=npy(rows), headers=NPY)
+    assert r.status_code == 200, r.text
+    got = outputs(r.json())
+    label, probabilities = onnxruntime("digits", {"input": rows})
+    assert np.array_equal(got["label"], label)
+    assert np.array_equal(got["probabilities"].astype(np.float32), probabilities)
+
+
+def test_an_npz_body_with_every_input(client: TestClient) -> None:
+    a = np.arange(6, dtype=np.float32).reshape(3, 2)
+    b = np.ones((3, 2), dtype=np.float32)
+    for compressed in (False, True):
+        body = npz(compressed, a=a, b=b)
+        r = client.post("/v1/jobs", params={"model": "pair"}, content=body, headers=NPZ)
+        assert r.status_code == 200, r.text
+        assert np.array_equal(outputs(r.json())["sum"], a + b)
+
+
+def test_the_v2_binary_form_with_outputs_and_priority(client: TestClient) -> None:
+    rows = load_iris().data[[0, 60, 120]].astype(np.float32)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [3, 4],
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "outputs": [{"name": "label"}],
+        }
+    )
+    r = client.post(
+        "/v1/jobs",
+        params={"model": "iris", "priority": 5},
+        content=header + rows.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), **WAIT},
+    )
+    assert r.status_code == 200, r.text
+    got = outputs(r.json())
+    assert list(got) == ["label"] and got["label"].tolist() == [0, 1, 2]
+
+
+def test_an_npy_for_a_model_of_several_inputs_names_its_input(client: TestClient) -> None:
+    a = np.zeros((2, 2), dtype=np.float32)
+    r = client.post("/v1/jobs", params={"model": "pair"}, content=npy(a), headers=NPY)
+    assert r.status_code == 422 and "?input=" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", params={"model": "pair", "input": "a"}, content=npy(a), headers=NPY)
+    assert r.status_code == 422 and "'b'" in r.json()["error"]["message"]  # b is missing
+
+
+def test_idempotency_key_with_a_binary_body(client: TestClient) -> None:
+    body = npy(load_digits().data[:2].astype(np.float32))
+    headers = {**NPY, "Idempotency-Key": "binary-once"}
+    first = client.post("/v1/jobs", params={"model": "digits"}, content=body, headers=headers)
+    again = client.post("/v1/jobs", params={"model": "digits"}, content=body, headers=headers)
+    assert first.json()["id"] == again.json()["id"]
+    other = client.post(
+        "/v1/jobs",
+        params={"model": "digits"},
+        content=npy(np.zeros((2, 64), np.float32)),
+        headers=headers,
+    )
+    assert other.status_code == 409
+
+
+def truncated_npy() -> bytes:
+    return npy(np.zeros((10, 64), dtype=np.float32))[:-7]
+
+
+def object_npy() -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.array([b"a", 1], dtype=object), allow_pickle=True)
+    return out.getvalue()
+
+
+def bomb() -> bytes:
+    """Two MiB of zeros, compressed to a few kilobytes."""
+    return npz(True, input=np.zeros((8192, 64), dtype=np.float32))
+
+
+BAD = [
+    pytest.param({}, NPY, npy(np.zeros((1, 64), np.float32)), 400, "?model=NAME", id="no model"),
+    pytest.param({"model": "digits"}, NPY, b"not numpy at all", 400, "not an .npy", id="garbage"),
+    pytest.param({"model": "digits"}, NPY, truncated_npy(), 400, "holds fewer", id="truncated"),
+    pytest.param(
+        {"model": "digits"},
+        NPY,
+        npy(np.zeros((1, 64), np.float32)) + b"xx",
+        400,
+        "past its array",
+        id="trailing bytes",
+    ),
+    pytest.param({"model": "digits"}, NPY, object_npy(), 422, "pickled", id="objects"),
+    pytest.param({"model": "digits"}, NPZ, b"PK\x03\x04broken", 400, "not an .npz", id="bad zip"),
+    pytest.param(
+        {"model": "digits"}, NPY, npy(np.zeros((1, 64), np.float64)), 422, "FP64", id="dtype"
+    ),
+    pytest.param(
+        {"model": "digits"}, NPY, npy(np.zeros((1, 63), np.float32)), 422, "shape", id="shape"
+    ),
+    pytest.param(
+        {"model": "nope"}, NPY, npy(np.zeros((1, 4), np.float32)), 404, "nope", id="model"
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "headers", "body", "status", "fragment"), BAD)
+def test_a_bad_binary_body_is_refused_and_writes_nothing(
+    client: TestClient,
+    redis: Redis,
+    query: dict[str, str],
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    fragment: str,
+) -> None:
+    before = redis.zcard(keys.JOBS_INDEX)
+    r = client.post("/v1/jobs", params=query, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]["message"], r.text
+    assert redis.zcard(keys.JOBS_INDEX) == before
+
+
+def test_an_npz_that_would_inflate_past_the_body_limit(small_body_client: TestClient) -> None:
+    body = bomb()
+    assert len(body) < 2**20  # small on the wire
+    r = small_body_client.post("/v1/jobs", params={"model": "digits"}, content=body, headers=NPZ)
+    assert r.status_code == 413 and "once inflated" in r.json()["error"]["message"]
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert names == ["input.npy"]

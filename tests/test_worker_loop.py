@@ -1,0 +1,312 @@
+"""The worker's own loop (``workers/loop.py``, ``workers/attempt.py``) and the pieces of arq 0.28
+it relies on, on the session's real Redis: the job the hub's enqueue writes (``serialize_job``
+under ``arq:job:``) is the job the worker runs; ``Retry`` and ``CancelledError`` put it back (a
+deferred retry ``defer`` from now); a timeout ends it; past its tries it is dropped; a killed
+worker's job is reaped and runs again; SIGTERM and SIGINT hand the running job back at once and
+run the shutdown hook.
+
+Each test serves a pool of its own, so no other worker sees its jobs. The tests wait on Redis
+itself: keyspace notifications of a job's keys, or BLPOP on the notes the job functions push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq import Retry
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import deserialize_job_raw
+from helpers import ROOT
+from loop_worker import notes, worker
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from contract import keys
+from contract.connection import connect
+from contract.jobstore import RUN_JOB, Created, JobStore, Limits
+from contract.records import JobArgs, JobRecord
+from contract.wire import loads
+from workers.attempt import Function
+from workers.loop import WorkerLoop
+
+WAIT_S = 30
+"""The longest any wait here takes before it fails."""
+
+LONG_S = 60.0
+"""A function timeout whose in-progress key (+ 10 s) outlives every wait: a job can run again
+within a test only if its attempt or the reaper deleted that key."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keyspace_events(redis: SyncRedis) -> Iterator[None]:
+    """Keyspace notifications of generic commands (DEL), for the waits."""
+    previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    redis.config_set("notify-keyspace-events", "Kg")
+    yield
+    redis.config_set("notify-keyspace-events", previous)
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def pool() -> str:
+    return f"loop-{uuid.uuid4().hex[:8]}"
+
+
+def job_args(pool: str) -> JobArgs:
+    return {
+        "model": "loop-test",
+        "version": "1",
+        "owner": f"t-{pool}",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": b"\x00" * 8}],
+        "outputs": None,
+        "request_id": "r-1",
+    }
+
+
+async def enqueue(r: Redis, pool: str) -> tuple[str, JobArgs]:
+    """Queue a job as the hub does (``JobStore.create``: one script writes it all)."""
+    job_id, args = uuid.uuid4().hex, job_args(pool)
+    record: JobRecord = {
+        "id": job_id,
+        "model": args["model"],
+        "version": args["version"],
+        "owner": args["owner"],
+        "pool": pool,
+        "status": "queued",
+        "attempt": 0,
+        "created_at": time.time(),
+        "rows": 1,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2]}],
+        "parameters": None,
+        "fingerprint": None,
+        "request_id": args["request_id"],
+    }
+    created, _ = await JobStore(r, Limits(ttl_s=600)).create(record, args, pool=pool)
+    assert created is Created.CREATED
+    return job_id, args
+
+
+async def serve_until_deleted(
+    redis_url: str, pool: str, key: str, *functions: Function
+) -> WorkerLoop:
+    """Serve ``pool`` in-process (a worker with its heartbeat and reaper) until Redis deletes
+    ``key``; then stop the worker and wait for it to shut down."""
+    client = connect(redis_url)
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(f"__keyspace@0__:{key}")
+        confirmed = await pubsub.get_message(timeout=10)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+        loop = worker(redis_url, pool, functions, reaper=True)
+        served = asyncio.create_task(loop.serve())
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message["data"] == b"del":
+                        break
+        finally:
+            loop.stop()
+            await served
+    await client.aclose()
+    return loop
+
+
+async def ended(r: Redis, pool: str, job_id: str) -> bool:
+    """Whether arq's keys of the job and its queue entry are all gone."""
+    names = (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
+    held = await r.exists(*(prefix + job_id for prefix in names))
+    return held == 0 and await r.zscore(keys.queue(pool), job_id) is None
+
+
+async def test_the_job_the_hub_writes_is_the_job_the_worker_runs(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    job_id, args = await enqueue(r, pool)
+    raw = await r.get(job_key_prefix + job_id)
+    name, positional, kwargs, job_try, enqueued_ms = deserialize_job_raw(raw, deserializer=loads)
+    assert (name, list(positional), kwargs, job_try) == (RUN_JOB, [], args, None)
+    assert enqueued_ms <= time.time() * 1000
+    assert await r.zscore(keys.queue(pool), job_id) is not None
+
+    calls: list[tuple[str, int, dict[str, Any], bytes]] = []
+
+    async def run_job(ctx: dict[str, Any], **kwargs: Any) -> None:
+        holder = await ctx["redis"].get(in_progress_key_prefix + ctx["job_id"])
+        calls.append((ctx["job_id"], ctx["job_try"], kwargs, holder))
+
+    loop = await serve_until_deleted(
+        redis_url, pool, job_key_prefix + job_id, Function(RUN_JOB, run_job, LONG_S, max_tries=3)
+    )
+    assert calls == [(job_id, 1, args, loop.worker_id.encode())]  # held by its worker meanwhile
+    assert await ended(r, pool, job_id)
+
+
+@pytest.mark.parametrize(
+    "first_try", [Retry(), asyncio.CancelledError()], ids=["Retry", "CancelledError"]
+)
+async def test_a_retried_or_canceled_job_runs_again(
+    r: Redis, redis_url: str, pool: str, first_try: BaseException
+) -> None:
+    job_id, _ = await enqueue(r, pool)
+    tries: list[int] = []
+
+    async def flaky(ctx: dict[str, Any], **_: Any) -> None:
+        tries.append(ctx["job_try"])
+        if ctx["job_try"] == 1:
+            raise first_try
+
+    function = Function(RUN_JOB, flaky, LONG_S, max_tries=3)
+    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    assert tries == [1, 2]
+    assert await ended(r, pool, job_id)
+
+
+async def test_a_deferred_retry_is_queued_its_defer_from_now(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    job_id, _ = await enqueue(r, pool)
+
+    async def later(ctx: dict[str, Any], **_: Any) -> None:
+        raise Retry(defer=3600)
+
+    before_ms = time.time() * 1000
+    function = Function(RUN_JOB, later, LONG_S, max_tries=3)
+    # the in-progress key goes when the attempt ends; the job stays
+    await serve_until_deleted(redis_url, pool, in_progress_key_prefix + job_id, function)
+    score = await r.zscore(keys.queue(pool), job_id)
+    assert score is not None and score >= before_ms + 3600 * 1000
+    assert await r.get(retry_key_prefix + job_id) == b"1"
+    assert await r.exists(job_key_prefix + job_id)
+
+
+async def test_a_job_past_its_timeout_is_canceled_and_ends(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    job_id, _ = await enqueue(r, pool)
+    seen_by_job: list[str] = []
+
+    async def stuck(ctx: dict[str, Any], **_: Any) -> None:
+        seen_by_job.append(f"started {ctx['job_try']}")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen_by_job.append("canceled")
+            raise
+
+    function = Function(RUN_JOB, stuck, 0.05, max_tries=3)
+    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    assert seen_by_job == ["started 1", "canceled"]  # once: a timeout does not retry
+    assert await ended(r, pool, job_id)
+
+
+async def test_a_job_past_its_tries_is_dropped(r: Redis, redis_url: str, pool: str) -> None:
+    job_id, _ = await enqueue(r, pool)
+    tries: list[int] = []
+
+    async def always(ctx: dict[str, Any], **_: Any) -> None:
+        tries.append(ctx["job_try"])
+        raise Retry()
+
+    function = Function(RUN_JOB, always, LONG_S, max_tries=2)
+    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    assert tries == [1, 2]  # the third attempt drops it unrun
+    assert await ended(r, pool, job_id)
+
+
+# --- worker processes: the real entry point, its signals, a kill ------------------------------
+
+
+@asynccontextmanager
+async def process(
+    redis_url: str, pool: str, log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A worker process of ``pool`` that runs every job with ``hold`` (``loop_worker.py``)."""
+    with log.open("wb") as out:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "tests" / "loop_worker.py"),
+            redis_url,
+            pool,
+            cwd=ROOT,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            yield child
+        finally:
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+
+
+async def note(r: Redis, pool: str, log: Path) -> str:
+    """The next note of the pool's workers (BLPOP)."""
+    got = await r.blpop([notes(pool)], timeout=WAIT_S)
+    if got is None:
+        pytest.fail(f"no note from the worker:\n{await asyncio.to_thread(log.read_text)}")
+    return got[1].decode()
+
+
+async def runs_on_a_second_worker(r: Redis, redis_url: str, pool: str, job_id: str) -> list[int]:
+    """Serve the pool in-process until the job ends; the tries that ran here."""
+    tries: list[int] = []
+
+    async def done(ctx: dict[str, Any], **_: Any) -> None:
+        tries.append(ctx["job_try"])
+
+    function = Function(RUN_JOB, done, LONG_S, max_tries=5)
+    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    assert await ended(r, pool, job_id)
+    return tries
+
+
+async def test_a_killed_workers_job_is_reaped_and_runs_again(
+    r: Redis, redis_url: str, pool: str, tmp_path: Path
+) -> None:
+    job_id, _ = await enqueue(r, pool)
+    log = tmp_path / "victim.log"
+    async with process(redis_url, pool, log) as victim:
+        assert await note(r, pool, log) == "started 1"
+        holder = await r.get(in_progress_key_prefix + job_id)  # the claim names its worker
+        assert holder is not None and holder.decode().startswith(f"t-loop-{victim.pid}-")
+        victim.kill()
+        await victim.wait()
+    # its in-progress key would hold the job for 70 s: the second worker's reaper releases it
+    # once the dead worker's heartbeat has expired
+    assert await runs_on_a_second_worker(r, redis_url, pool, job_id) == [2]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_hands_the_running_job_back_and_shuts_down(
+    r: Redis, redis_url: str, pool: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    job_id, _ = await enqueue(r, pool)
+    log = tmp_path / "worker.log"
+    async with process(redis_url, pool, log) as child:
+        assert await note(r, pool, log) == "started 1"
+        child.send_signal(sig)
+        async with asyncio.timeout(WAIT_S):
+            assert await child.wait() == 0, await asyncio.to_thread(log.read_text)
+    assert (await note(r, pool, log)).startswith(f"shutdown t-loop-{child.pid}-")  # its hook ran
+    assert not [k async for k in r.scan_iter(match=keys.worker(f"t-loop-{child.pid}-*"))]
+    # back in the queue at once, its try counted
+    assert not await r.exists(in_progress_key_prefix + job_id)
+    assert await r.exists(job_key_prefix + job_id)
+    assert await r.zscore(keys.queue(pool), job_id) is not None
+    assert await r.get(retry_key_prefix + job_id) == b"1"
+    assert await runs_on_a_second_worker(r, redis_url, pool, job_id) == [2]

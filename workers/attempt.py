@@ -1,0 +1,137 @@
+"""One attempt at one claimed job: read arq's job, run its function under its timeout, and do
+arq's bookkeeping, with arq's keys and formats, so the hub's enqueue and arq's own clients agree.
+
+What is read and written (arq 0.28, ``arq.constants``):
+
+- ``arq:job:<id>``: the job, written by the hub with ``arq.jobs.serialize_job`` (msgpack) and
+  read here with ``arq.jobs.deserialize_job_raw``: function name, args, kwargs.
+- ``arq:retry:<id>``: the tries so far, counted up (INCR) in the round trip that reads the job.
+- ``arq:in-progress:<id>``: set by the claim script (``workers/loop.py``); deleted when the
+  attempt ends, whatever its outcome.
+- the pool's queue (a sorted set scored by run-at ms): the job stays in it until it ends.
+
+The outcomes are arq's:
+
+- the function returns or raises (a timeout included): the job ends; its keys and queue entry
+  go, and no result is kept (arq's ``keep_result=0``: the job record is the result);
+- ``arq.Retry(defer=...)``: it runs again, ``defer`` from now;
+- ``CancelledError`` (the worker stopping, or the function): it runs again at once;
+- past its function's ``max_tries``, a job the hub can no longer read, or one naming no
+  registered function: it is dropped without running, as arq drops it.
+
+arq's abort (``Job.abort``) and result keys are not used: the job store's cancel script stops
+jobs, and the job record holds what they produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from arq import Retry
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import SerializationError, deserialize_job_raw
+from redis.asyncio import Redis
+
+from contract.wire import loads
+
+log = logging.getLogger(__name__)
+
+RETRY_KEY_TTL_S = 88_400
+"""How long arq keeps a job's tries count after its last attempt."""
+
+
+@dataclass(frozen=True)
+class Function:
+    """A job function, registered under the name the enqueuer gives (``serialize_job``'s first
+    argument). It is called as ``coroutine(ctx, *args, **kwargs)``; ``ctx`` holds what the
+    worker's start-up put there, plus ``job_id`` and ``job_try`` (1 on the first attempt)."""
+
+    name: str
+    coroutine: Callable[..., Awaitable[Any]]
+    timeout_s: float
+    max_tries: int
+
+
+class Attempts:
+    """Runs attempts at claimed jobs; ``stop`` cancels those running, and they go back to the
+    queue (a job whose attempt has not reached its function yet goes back without running)."""
+
+    def __init__(
+        self, redis: Redis, queue: str, functions: Mapping[str, Function], ctx: dict[str, Any]
+    ) -> None:
+        self.redis = redis
+        self.queue = queue
+        self.functions = functions
+        self.ctx = ctx
+        self.stopping = False
+        self._running: dict[str, asyncio.Task[Any]] = {}
+
+    def stop(self) -> None:
+        self.stopping = True
+        for task in self._running.values():
+            task.cancel()
+
+    async def run(self, job_id: str) -> None:
+        """One attempt at the claimed job ``job_id``."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.get(job_key_prefix + job_id)
+            tx.incr(retry_key_prefix + job_id)
+            tx.expire(retry_key_prefix + job_id, RETRY_KEY_TTL_S)
+            raw, job_try, _ = await tx.execute()
+        if raw is None:  # canceled after the claim read the queue, or expired
+            log.warning("job %s: no such arq job; dropped", job_id)
+            return await self._end(job_id)
+        try:
+            name, args, kwargs, _try, _enqueued = deserialize_job_raw(raw, deserializer=loads)
+        except SerializationError:
+            log.exception("job %s: cannot be read; dropped", job_id)
+            return await self._end(job_id)
+        function = self.functions.get(name)
+        if function is None:
+            log.warning("job %s: no function %r; dropped", job_id, name)
+            return await self._end(job_id)
+        if job_try > function.max_tries:
+            log.warning("job %s: %d tries, the most %r has; dropped", job_id, job_try - 1, name)
+            return await self._end(job_id)
+        if self.stopping:  # stopped while the job was read
+            return await self._requeue(job_id)
+
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try}
+        task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
+        self._running[job_id] = task
+        try:
+            await asyncio.wait_for(task, function.timeout_s)
+        except Retry as retry:
+            return await self._requeue(job_id, retry.defer_score)
+        except asyncio.CancelledError:
+            log.info("job %s canceled; it runs again", job_id)
+            return await self._requeue(job_id)
+        except TimeoutError:
+            log.warning("job %s: %r timed out after %g s", job_id, name, function.timeout_s)
+        except Exception:
+            log.exception("job %s: %r failed", job_id, name)
+        finally:
+            del self._running[job_id]
+        await self._end(job_id)
+
+    async def _end(self, job_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(
+                in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id
+            )
+            tx.zrem(self.queue, job_id)
+            await tx.execute()
+
+    async def _requeue(self, job_id: str, defer_ms: int | None = None) -> None:
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(in_progress_key_prefix + job_id)
+            if defer_ms:
+                # XX: a job canceled meanwhile (gone from the queue) is not put back
+                run_at = int(time.time() * 1000) + defer_ms
+                tx.zadd(self.queue, {job_id: run_at}, xx=True)
+            await tx.execute()

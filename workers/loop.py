@@ -1,0 +1,219 @@
+"""The worker's own loop: it claims the due jobs of its pool in one round trip, is woken when a
+job is queued, outlives Redis outages, and on SIGINT or SIGTERM hands its running jobs back.
+
+It replaces arq's ``Worker`` (which it used to subclass, reaching into its private fields) and
+keeps arq's keys and job format, so the hub's enqueue is unchanged; ``workers/attempt.py`` runs
+each job and does arq's bookkeeping. docs/operations.md says what of arq is used, and why.
+
+- **Wake-up.** The hub publishes on the pool's wake channel in the script that queues a job; the
+  worker listens and claims at once. A poll every ``poll_delay_s`` stays as a safety net (a lost
+  publication, a deferred retry), so an idle worker sends few commands.
+- **Claim.** One Lua script (``contract/lua/claim.lua``) reads the due jobs in score order,
+  skips those another worker holds (their ``arq:in-progress:<id>`` key exists) and takes free
+  ones until this worker's room is full, however far into the queue that is. The in-progress
+  key's value is the claiming worker's id, so that ``workers/reaper.py`` can hand back the jobs
+  of a worker that died after claiming them, started or not; it expires after the longest
+  function timeout + 10 s, as arq's does. A worker claims nothing while its own heartbeat
+  record is missing (before its first beat, or after a lapse): the reaper would take those jobs
+  back at once. A worker whose room was full claims again as soon as a job ends.
+- **Outages.** A failed claim is logged and tried again at the next poll; the wake channel
+  reconnects with backoff; a worker started before Redis waits for it (30 tries, 1 s apart).
+- **Stop.** ``stop`` (SIGINT, SIGTERM) ends claiming and cancels the running jobs: each goes
+  back to the queue at once (its in-progress key deleted) and runs again on another worker with
+  ``attempt`` + 1. Then the shutdown hook runs and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from contract import keys, scripts
+from contract.connection import connect
+from workers.attempt import Attempts, Function
+
+log = logging.getLogger(__name__)
+
+CLAIM = scripts.load("claim")
+
+CLAIM_PAGE = 256
+"""Queue entries read per step of the claim script."""
+
+HOLD_EXTRA_S = 10.0
+"""An in-progress key outlives the longest function timeout by this much (arq's figure)."""
+
+Hook = Callable[[dict[str, Any]], Awaitable[None]]
+"""A start-up or shutdown hook; its ``ctx`` (with ``redis``) is given to every job."""
+
+
+class WorkerLoop:
+    def __init__(
+        self,
+        functions: Sequence[Function],
+        *,
+        redis_url: str,
+        pool: str,
+        worker_id: str,
+        max_jobs: int,
+        poll_delay_s: float,
+        on_startup: Hook | None = None,
+        on_shutdown: Hook | None = None,
+    ) -> None:
+        self.functions = {f.name: f for f in functions}
+        self.redis_url = redis_url
+        self.queue = keys.queue(pool)
+        self.wake_channel = keys.wake(pool)
+        self.worker_id = worker_id
+        self.max_jobs = max_jobs
+        self.poll_delay_s = poll_delay_s
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.hold_ms = int((max(f.timeout_s for f in functions) + HOLD_EXTRA_S) * 1000)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._attempts: Attempts | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._backlog = False  # the last claim filled the room: more jobs may be due
+
+    def stop(self) -> None:
+        """Claim no more; cancel the running jobs, which go back to the queue."""
+        if not self._stopping:
+            log.info("stopping: %d running jobs go back to the queue", len(self._tasks))
+        self._stopping = True
+        self._wake.set()
+        if self._attempts is not None:
+            self._attempts.stop()
+
+    async def serve(self) -> None:
+        """Start up, claim and run jobs until ``stop``, then shut down."""
+        redis = connect(self.redis_url)
+        try:
+            if await self._reached(redis):
+                await self._serve(redis)
+        finally:
+            await redis.aclose()
+
+    async def _serve(self, redis: Redis) -> None:
+        ctx: dict[str, Any] = {"redis": redis}
+        self._attempts = Attempts(redis, self.queue, self.functions, ctx)
+        try:
+            if self.on_startup is not None:
+                await self.on_startup(ctx)
+            listener = asyncio.create_task(self._listen(), name="wake")
+            try:
+                await self._claim_until_stopped(redis)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+                # each attempt ends with its bookkeeping; _ended logs any failure
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        finally:
+            if self.on_shutdown is not None:
+                await self.on_shutdown(ctx)
+
+    async def _reached(self, redis: Redis, tries: int = 30) -> bool:
+        """Wait for Redis (a worker may start first); False if stopped meanwhile."""
+        attempt = 1
+        while True:
+            try:
+                await redis.ping()
+                return True
+            except (RedisError, OSError) as exc:
+                if attempt == tries:
+                    raise
+                log.warning("redis unreachable (%s): try %d of %d", exc, attempt, tries)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()  # set by stop
+            if self._stopping:
+                return False
+            attempt += 1
+
+    async def _claim_until_stopped(self, redis: Redis) -> None:
+        while not self._stopping:
+            self._wake.clear()  # a wake-up during the claim below makes the next one at once
+            try:
+                await self._claim(redis)
+            except (RedisError, OSError) as exc:
+                log.warning("claiming failed (%s); retrying", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_delay_s):
+                    await self._wake.wait()
+
+    async def _claim(self, redis: Redis) -> None:
+        """Claim up to the room there is of the due jobs no worker holds, and run them."""
+        assert self._attempts is not None
+        room = self.max_jobs - len(self._tasks)
+        self._backlog = room <= 0
+        if room <= 0:
+            return
+        claimed = await CLAIM(
+            redis,
+            keys={"queue": self.queue, "heartbeat": keys.worker(self.worker_id)},
+            args={
+                "in_progress_prefix": in_progress_key_prefix,
+                "in_progress_ms": self.hold_ms,
+                "now_ms": int(time.time() * 1000),
+                "room": room,
+                "worker_id": self.worker_id,
+                "page": CLAIM_PAGE,
+            },
+        )
+        job_ids = [raw.decode() for raw in claimed[::2]]  # {id, score, ...}
+        self._backlog = len(job_ids) == room
+        for job_id in job_ids:
+            task = asyncio.create_task(self._attempts.run(job_id), name=f"job {job_id}")
+            self._tasks[job_id] = task
+            task.add_done_callback(functools.partial(self._ended, job_id))
+
+    def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        del self._tasks[job_id]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            # Redis failed it before or after the job ran: the in-progress key, left as it
+            # is, keeps the job from others until it expires, then it runs again
+            log.warning("job %s: attempt failed (%s: %s)", job_id, type(error).__name__, error)
+        if self._backlog:
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        redis = connect(self.redis_url)
+        backoff = 0.05
+        try:
+            while True:
+                try:
+                    async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                        await pubsub.subscribe(self.wake_channel)
+                        backoff = 0.05
+                        while True:
+                            if await pubsub.get_message(timeout=None) is not None:
+                                self._wake.set()
+                except (RedisError, OSError) as exc:
+                    log.warning("wake-up channel lost (%s); polling meanwhile", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            await redis.aclose()
+
+
+def serve_until_signalled(worker: WorkerLoop) -> None:
+    """Run ``worker`` in a new event loop until SIGINT or SIGTERM has stopped it."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.serve()
+
+    asyncio.run(main())
