@@ -3,8 +3,9 @@ stack up (``inferhub up``, as it is written), then every shell and Python block 
 and must print what the block after it shows (tests/readme.py compares, allowing for ids, times
 and ``…``). Only blocks marked ``<!-- illustrative … -->`` are skipped.
 
-The documents' hub is on port 8000; here it is on a free port, and every ``:8000`` of a block
-and of what it shows is read as that port (the CLI's default URL too, by ``INFERHUB_URL``).
+The documents' hub is on ports 8000 (HTTP) and 8001 (gRPC); here on free ports, and every
+``:8000`` and ``:8001`` of a block and of what it shows is read as those (the CLI's default URL
+too, by ``INFERHUB_URL``).
 Blocks run in a copy of the clone (its files linked, ``.venv`` the running one), each shell
 block in a new ``bash`` whose ``PATH`` starts with ``.venv/bin``, as after the README's
 ``source .venv/bin/activate``, in an 80-column terminal.
@@ -32,12 +33,13 @@ BLOCK_TIMEOUT_S = 30
 @dataclass
 class Stack:
     port: int
+    grpc_port: int
     clone: Path
     env: dict[str, str]
     started: str  # what `inferhub up` printed until it said it is up
 
     def local(self, text: str) -> str:
-        return text.replace(":8000", f":{self.port}")
+        return text.replace(":8000", f":{self.port}").replace(":8001", f":{self.grpc_port}")
 
 
 def _clone(into: Path) -> Path:
@@ -53,13 +55,16 @@ def _clone(into: Path) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     clone = _clone(tmp_path_factory.mktemp("newcomer") / "inferhub")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
     log_path = clone.parent / "up.log"
     with log_path.open("wb") as log:
         # the Start block's last command; the venv and its install are the ones running here
         up = subprocess.Popen(
-            [str(clone / ".venv" / "bin" / "inferhub"), "up", "--port", str(port)],
+            [
+                *(str(clone / ".venv" / "bin" / "inferhub"), "up"),
+                *("--port", str(port), "--grpc-port", str(grpc_port)),
+            ],
             cwd=clone,
             env={**env, "COLUMNS": "80"},
             stdout=log,
@@ -76,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "INFERHUB_URL": f"http://127.0.0.1:{port}",
                 "COLUMNS": "80",
             }
-            yield Stack(port, clone, shell, said)
+            yield Stack(port, grpc_port, clone, shell, said)
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(30)
