@@ -102,20 +102,27 @@ def run(stack: Stack, block: Block, code: str) -> str:
         if block.lang == "python"
         else ["bash", "-euo", "pipefail", "-c", code]
     )
-    done = subprocess.run(
+    with subprocess.Popen(
         command,
         cwd=stack.clone,
         env=stack.env,
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=BLOCK_TIMEOUT_S,
-    )
-    said = f"{code}\nprinted\n{done.stdout}\nand on stderr\n{done.stderr}"
+        start_new_session=True,  # a block that hangs is ended with all it started
+    ) as done:
+        try:
+            stdout, stderr = done.communicate(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(done.pid, signal.SIGKILL)
+            stdout, stderr = done.communicate()
+            raise AssertionError(f"{block.where} ran over {BLOCK_TIMEOUT_S} s:\n{code}") from None
+    said = f"{code}\nprinted\n{stdout}\nand on stderr\n{stderr}"
     assert done.returncode == 0, f"{block.where}: exit {done.returncode}:\n{said}"
     # stdout only: what stderr shows on a terminal (curl's meter, when its output is piped as
     # here) is not part of what the documents show
-    return done.stdout
+    return stdout
 
 
 def check(stack: Stack, block: Block) -> None:
