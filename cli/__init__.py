@@ -6,22 +6,21 @@ registered here, in the order ``--help`` lists them."""
 
 from __future__ import annotations
 
-import typer
-
 from cli import jobs, keys, stack, status
+from cli.common import Command, new_app
 
-app = typer.Typer(help="inferhub: a real-time inference hub for ONNX models.", no_args_is_help=True)
+app = new_app(help="inferhub: a real-time inference hub for ONNX models.", no_args_is_help=True)
 
-app.command()(stack.serve)
-app.command()(stack.worker)
-app.command()(stack.up)
+app.command(cls=Command)(stack.serve)
+app.command(cls=Command)(stack.worker)
+app.command(cls=Command)(stack.up)
 # bench/load.py parses its own options
-app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-    stack.bench
-)
+app.command(
+    cls=Command, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)(stack.bench)
 app.add_typer(keys.app, name="keys")
-app.command("models")(jobs.list_models)
-app.command("jobs")(jobs.list_jobs)
-app.command()(jobs.submit)
-app.command()(jobs.watch)
-app.command()(status.status)
+app.command("models", cls=Command)(jobs.list_models)
+app.command("jobs", cls=Command)(jobs.list_jobs)
+app.command(cls=Command)(jobs.submit)
+app.command(cls=Command)(jobs.watch)
+app.command(cls=Command)(status.status)

@@ -12,59 +12,99 @@ import httpx
 import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from cli.common import Url, console
+from cli.common import Json, Url, console, plural, print_json, table
+from contract.events import JobStatus
 from hub.client import Client, HubError
 
 
-def list_models(url: Url = "http://127.0.0.1:8000") -> None:
+def list_models(
+    url: Url = "http://127.0.0.1:8000",
+    wide: Annotated[bool, typer.Option("--wide", help="and each model's description")] = False,
+    json: Json = False,
+) -> None:
     """The models the workers serve."""
-    table = Table("model", "version", "ready", "inputs", "outputs")
     with _client(url) as hub:
-        for m in hub.models():
-            sig = m["versions"][m["latest"]]
-            table.add_row(
-                m["name"],
-                m["latest"],
-                "yes" if m["ready"] else "[red]no[/]",
-                _signature(sig["inputs"]),
-                _signature(sig["outputs"]),
-                m["description"],
-            )
-    console.print(table)
+        models = hub.models()
+    if json:
+        print_json(models)
+        return
+    grid = table("model", "version", "ready", "inputs", "outputs")
+    for column in grid.columns:
+        column.no_wrap = True
+    for m in models:
+        sig = m["versions"][m["latest"]]
+        grid.add_row(
+            m["name"],
+            m["latest"],
+            "yes" if m["ready"] else "[red]no[/]",
+            _signature(sig["inputs"]),
+            _signature(sig["outputs"]),
+        )
+    console.print(grid)
+    if wide:  # below, where a description has the width to be read
+        about = table("model", "description")
+        about.columns[0].no_wrap = True
+        for m in models:
+            about.add_row(m["name"], m["description"])
+        console.print(about)
 
 
 def list_jobs(
     url: Url = "http://127.0.0.1:8000",
-    model: str | None = None,
-    status: str | None = None,
-    limit: int = 20,
+    model: Annotated[
+        str | None, typer.Option(metavar="MODEL", help="only this model's jobs")
+    ] = None,
+    status: Annotated[
+        JobStatus | None,
+        typer.Option(
+            metavar="STATE",
+            help="only jobs in this state: queued, started, succeeded, failed, canceled",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="at most this many")] = 20,
+    json: Json = False,
 ) -> None:
-    """Recent jobs, newest first."""
-    table = Table("id", "model", "status", "rows", "attempt", "created")
+    """Recent jobs, newest first.
+
+    Ids are printed whole, to paste into GET /v1/jobs/ID and the other routes."""
     with _client(url) as hub:
-        for job in hub.jobs(model=model, status=status, limit=limit)["jobs"]:
-            created = time.strftime("%H:%M:%S", time.localtime(job["created_at"]))
-            table.add_row(
-                job["id"],
-                job["model"],
-                job["status"],
-                str(job["rows"]),
-                str(job["attempt"]),
-                created,
-            )
-    console.print(table)
+        page = hub.jobs(model=model, status=status, limit=limit)
+    if json:
+        print_json(page)
+        return
+    grid = table("id", "model", "status", "rows", "try", "created")
+    grid.columns[0].no_wrap = True  # an id cut in two cannot be pasted
+    for job in page["jobs"]:
+        created = time.strftime("%H:%M:%S", time.localtime(job["created_at"]))
+        grid.add_row(
+            job["id"],
+            job["model"],
+            job["status"],
+            str(job["rows"]),
+            str(job["attempt"]),
+            created,
+        )
+    console.print(grid)
 
 
 def submit(
-    model: str,
+    model: Annotated[str, typer.Argument(help="the model to run", show_default=False)],
     data: Annotated[
-        str | None, typer.Option(help="rows as JSON, e.g. '[[5.1, 3.5, 1.4, 0.2]]'")
+        str | None,
+        typer.Option(metavar="JSON", help="rows as JSON, e.g. '[[5.1, 3.5, 1.4, 0.2]]'"),
     ] = None,
-    input: Annotated[Path | None, typer.Option(help="a JSON file: rows, or a request body")] = None,
-    wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
-    follow: Annotated[bool, typer.Option(help="show progress live until the end")] = False,
+    input: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="a JSON file: rows, or a request body")
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="wait up to this long for the result"),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="show progress live until the end")
+    ] = False,
+    json: Json = False,
     url: Url = "http://127.0.0.1:8000",
 ) -> None:
     """Submit a job and print it; --wait or --follow prints the result."""
@@ -79,12 +119,17 @@ def submit(
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
     rows = None if inputs is not None else payload
     with _client(url) as hub:
-        job = hub.submit(model, rows, inputs=inputs, wait=30 if wait else None)
-        console.print(f"job [bold]{job['id']}[/] {job['status']} ({job['rows']} rows)")
+        job = hub.submit(model, rows, inputs=inputs, wait=wait)
+        if not json:
+            console.print(
+                f"job [bold]{job['id']}[/] {job['status']} ({plural(job['rows'], 'row')})"
+            )
         if follow:
-            _follow(hub, job)
+            _follow(hub, job, quiet=json)
             job = hub.job(job["id"])
-        if job["status"] == "succeeded" and job["outputs"] is None:  # large: stored once
+        if json:
+            print_json(job)
+        elif job["status"] == "succeeded" and job["outputs"] is None:  # large: stored once
             for out in job["outputs_summary"]:
                 console.print(
                     f"{out['name']} {out['datatype']} {out['shape']} {out['bytes']:,} bytes"
@@ -94,18 +139,23 @@ def submit(
             console.print(_result_table(job, hub.model(model).get("labels") or []))
         elif job["status"] in ("failed", "canceled"):
             console.print(f"[red]{job['status']}[/]: {job.get('error') or ''}")
+        if job["status"] in ("failed", "canceled"):
             raise typer.Exit(1)
 
 
 def watch(
     model: Annotated[list[str] | None, typer.Option(help="only these models (repeatable)")] = None,
+    json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
     url: Url = "http://127.0.0.1:8000",
 ) -> None:
     """Print the live events of all jobs, one line each, until Ctrl-C."""
     with _client(url) as hub:
         try:
             for event in hub.watch(models=model):
-                console.print(_event_line(event), highlight=False)
+                if json:
+                    print_json(event)
+                else:
+                    console.print(_event_line(event), highlight=False, soft_wrap=True)
         except KeyboardInterrupt:
             pass
 
@@ -125,14 +175,14 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"{when} {event['job_id']} {event['model']:<14} {event['type']:<10} {detail}"
 
 
-def _follow(hub: Client, job: dict[str, Any]) -> None:
+def _follow(hub: Client, job: dict[str, Any], quiet: bool = False) -> None:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, disable=quiet) as progress:
         task = progress.add_task("queued", total=job["rows"])
         for event in hub.follow(job["id"]):
             kind = event["type"]
@@ -146,9 +196,9 @@ def _follow(hub: Client, job: dict[str, Any]) -> None:
                 progress.update(task, description=kind)
 
 
-def _result_table(job: dict[str, Any], labels: list[str], max_rows: int = 20) -> Table:
+def _result_table(job: dict[str, Any], labels: list[str], max_rows: int = 20) -> Any:
     outputs = {o["name"]: o for o in job["outputs"]}
-    table = Table("row", *outputs)
+    grid = table("row", *outputs)
     for row in range(min(job["rows"], max_rows)):
         cells = []
         for out in outputs.values():
@@ -160,14 +210,15 @@ def _result_table(job: dict[str, Any], labels: list[str], max_rows: int = 20) ->
                 cells.append(
                     ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values[:10])
                 )
-        table.add_row(str(row), *cells)
+        grid.add_row(str(row), *cells)
     if job["rows"] > max_rows:
-        table.caption = f"first {max_rows} of {job['rows']} rows"
-    return table
+        grid.caption = f"first {max_rows} of {job['rows']} rows"
+    return grid
 
 
 def _signature(tensors: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in tensors)
+    """One tensor a line, so that a model's many outputs stay in a narrow column."""
+    return "\n".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in tensors)
 
 
 class _client:

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console
+from cli.common import Command, console, new_app
 
-app = typer.Typer(help="API keys: each has a tenant and scopes (submit, read, admin).")
+app = new_app(help="API keys: each has a tenant and scopes (submit, read, admin).")
 
 
-@app.command("add")
+@app.command("add", cls=Command)
 def keys_add(
     tenant: Annotated[str, typer.Option(help="whose jobs these are")],
     scope: Annotated[list[str], typer.Option(help="submit, read, admin (repeatable)")] = [  # noqa: B006
@@ -31,16 +31,19 @@ def keys_add(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
-    console.print(f"key for tenant [bold]{tenant}[/] ({', '.join(sorted(set(scope)))}), in {file}:")
+    scopes = ", ".join(sorted(set(scope)))
+    # soft wrap: a long path folded by the terminal, not cut in two by us, stays copyable
+    console.print(f"key for tenant [bold]{tenant}[/] ({scopes}), in {file}:", soft_wrap=True)
     print(key)
     console.print(
-        f"serve with INFERHUB_API_KEYS_FILE={file.resolve()}; send Authorization: Bearer <key>"
+        f"serve with INFERHUB_API_KEYS_FILE={file.resolve()}; send Authorization: Bearer <key>",
+        soft_wrap=True,
     )
     if KeyRing.load(file).webhook_secret(tenant) is None:  # a new tenant
         _show_webhook_secret(file, tenant)
 
 
-@app.command("webhook-secret")
+@app.command("webhook-secret", cls=Command)
 def keys_webhook_secret(
     tenant: Annotated[
         str | None,
@@ -71,6 +74,7 @@ def _show_webhook_secret(file: Path, tenant: str) -> None:
         raise typer.Exit(2) from None
     console.print(
         f"webhook secret of tenant [bold]{tenant}[/], in {file} (verify its deliveries with it; "
-        "shown only now):"
+        "shown only now):",
+        soft_wrap=True,
     )
     print(secret)

@@ -83,8 +83,10 @@ def start_redis(port: int, workdir: Path, *, persistent: bool = False) -> subpro
         except redis.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 stop([proc])
+                log = workdir / "redis.log"
+                said = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise RuntimeError(
-                    f"redis-server did not start; see {workdir / 'redis.log'}"
+                    f"redis-server did not start; its log ({log}):\n{said}"
                 ) from None
             time.sleep(0.02)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -147,7 +148,10 @@ def up(
     insecure: Insecure = None,
     log_format: LogFormat = None,
 ) -> None:
-    """The whole stack on this machine: Redis (embedded unless INFERHUB_REDIS_URL), a worker, the hub."""
+    """Run the whole stack here: Redis, a worker and the hub.
+
+    Redis is an embedded one unless INFERHUB_REDIS_URL (or --redis-url) names one; Ctrl-C
+    stops everything."""
     from cli.processes import free_port, start_cli, start_redis, stop, wait_ready
 
     settings = _settings(
@@ -180,7 +184,10 @@ def up(
             redis_port = free_port()
             redis.append(start_redis(redis_port, workdir))
             settings.redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            console.print(f"embedded Redis on {settings.redis_url} (data in {workdir})")
+            console.print(
+                f"embedded Redis on {settings.redis_url} (files in {workdir}, removed at exit)",
+                soft_wrap=True,
+            )
         env = {
             "INFERHUB_REDIS_URL": settings.redis_url,
             "INFERHUB_MODELS": str(settings.models.resolve()),
@@ -202,7 +209,8 @@ def up(
                 console.print(f"[red]{base}/readyz did not answer ready within 60 s[/]")
             raise typer.Exit(1)
         console.print(
-            f"[green]inferhub is up[/]: {base}/ (API docs {base}/docs). Ctrl-C stops everything."
+            f"[green]inferhub is up[/]: {base}/ (API docs {base}/docs). Ctrl-C stops everything.",
+            soft_wrap=True,
         )
         while all(p.poll() is None for p in [*redis, *procs]):
             time.sleep(0.2)
@@ -213,6 +221,7 @@ def up(
     finally:
         stop(procs)  # the hub and worker first, while Redis still answers them
         stop(redis)
+        shutil.rmtree(workdir, ignore_errors=True)  # the embedded Redis's log; nothing is kept
 
 
 def _interrupt(*_: object) -> None:
@@ -220,9 +229,11 @@ def _interrupt(*_: object) -> None:
 
 
 def bench(ctx: typer.Context) -> None:
-    """The benchmark (bench/lanes.py; its own options follow): both lanes beside the no-queue
-    baseline and onnxruntime in process, with their ratios and Redis commands per request.
-    Example: inferhub bench --seconds 5 --only tiny-c64"""
+    """Benchmark both lanes against a no-queue baseline.
+
+    bench/lanes.py, whose own options follow: both lanes beside the no-queue baseline and
+    onnxruntime in process, with their ratios and Redis commands per request. Example:
+    inferhub bench --seconds 5 --only tiny-c64"""
     script = Path(__file__).resolve().parent.parent / "bench" / "lanes.py"
     if not script.exists():
         console.print("[red]bench/ is not here: run it from a clone of the repository[/]")

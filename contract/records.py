@@ -99,8 +99,10 @@ class CatalogueEntry(TypedDict):
     max_batch_size: int
     timeout_s: float
     labels: list[str]
+    features: NotRequired[list[str]]  # names of one row's values of the (first) input
     batching: dict[str, Any]
     onnxruntime: dict[str, Any]
+    examples: NotRequired[list[dict[str, Any]]]  # examples.json: [{"name", "inputs"}]
     seen: NotRequired[float]
 
 

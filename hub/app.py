@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 
 from contract import keys
@@ -105,7 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await fanout.stop()
             await redis.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc from the package's own copy
+    # (/static-offline-docs/), not a CDN: the API docs work offline and behind firewalls
+    app = FastAPIOffline(
         title="inferhub",
         version="0.1.0",
         description=DESCRIPTION,

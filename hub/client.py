@@ -315,6 +315,8 @@ class Client(_Methods[Item, list[Item], Iterator[Item]]):
                     if not response.is_success:
                         response.read()
                         _result(response)
+                    if response.status_code == 204:  # the job ended at our last event
+                        return
                     for line in response.iter_lines():
                         if (event := stream.feed(line)) is not None:
                             yield event
@@ -361,6 +363,8 @@ class AsyncClient(_Methods[Awaitable[Item], Awaitable[list[Item]], AsyncIterator
                     if not response.is_success:
                         await response.aread()
                         _result(response)
+                    if response.status_code == 204:  # the job ended at our last event
+                        return
                     async for line in response.aiter_lines():
                         if (event := stream.feed(line)) is not None:
                             yield event

@@ -295,12 +295,16 @@ class JobService:
 
     async def follow(
         self, job_id: str, *, owner: str | None, after: str = "0"
-    ) -> AsyncIterator[Event | Reset]:
-        """The job's events after ``after``, until its terminal event (404 first if unseen)."""
+    ) -> AsyncIterator[Event | Reset] | None:
+        """The job's events after ``after``, until its terminal event (404 first if unseen);
+        None when the job has ended and ``after`` is at or past its terminal event, so that
+        nothing will ever come (the terminal event is a job's last)."""
         _check_event_id(after)
         record = await self.record(job_id, owner)  # the raw record: no outputs to convert
-        self.check_streams(owner)
         topic, finished = Topic.job(job_id), record["status"] in FINISHED
+        if finished and after != "0" and not await self.store.events(job_id, after, count=1):
+            return None
+        self.check_streams(owner)
         return self._stream(
             owner, lambda feed: feed.follow(job_id, topic, after, finished=finished)
         )

@@ -2,7 +2,9 @@
 
 Trains three small scikit-learn classifiers on bundled datasets (no download),
 converts them to ONNX with skl2onnx, checks them with onnxruntime and writes
-``models/<name>/config.toml`` and ``models/<name>/1/model.onnx``.
+``models/<name>/config.toml``, ``models/<name>/1/model.onnx`` and
+``models/<name>/examples.json``: real rows of the held-out test split, a few of each class,
+named by their true class (the dashboard's Try panel offers them).
 
 Run from the repository root (needs the ``test`` extra: scikit-learn, skl2onnx)::
 
@@ -12,6 +14,7 @@ Run from the repository root (needs the ``test`` extra: scikit-learn, skl2onnx):
 from __future__ import annotations
 
 import argparse
+import json
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch
 
 SEED = 0
+EXAMPLES = 10  # rows per model in examples.json, spread evenly over the classes
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 IR_VERSION = 8  # matches opset 17; readable by onnxruntime >= 1.14
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models"
@@ -45,6 +49,7 @@ class Spec:
     load: Callable[[], Bunch]
     make_model: Callable[[], ClassifierMixin | Pipeline]
     labels: Callable[[Bunch], list[str]]
+    features: bool = True  # name the input's values after the dataset's feature names
 
 
 SPECS = [
@@ -56,6 +61,7 @@ SPECS = [
         load=load_digits,
         make_model=lambda: MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=SEED),
         labels=lambda ds: [str(i) for i in range(10)],
+        features=False,  # 64 pixels: the dashboard draws them
     ),
     Spec(
         name="iris",
@@ -82,15 +88,19 @@ def toml_str(value: str) -> str:
     return f'"{escaped}"'
 
 
-def config_toml(description: str, labels: list[str]) -> str:
-    label_list = ", ".join(toml_str(label) for label in labels)
+def toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(toml_str(value) for value in values) + "]"
+
+
+def config_toml(description: str, labels: list[str], features: list[str]) -> str:
     return (
         f"description = {toml_str(description)}\n"
         'pool = "default"\n'
         "max_batch_size = 256\n"
         "timeout_s = 30\n"
-        f"labels = [{label_list}]\n"
-        "\n"
+        f"labels = {toml_list(labels)}\n"
+        + (f"features = {toml_list(features)}\n" if features else "")
+        + "\n"
         "[batching]\n"
         "preferred_batch_size = 64\n"
         "max_queue_delay_ms = 2\n"
@@ -131,8 +141,8 @@ def to_onnx(model: ClassifierMixin | Pipeline, n_features: int) -> onnx.ModelPro
 def build(spec: Spec, out: Path) -> tuple[float, int]:
     ds = spec.load()
     x = ds.data.astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, ds.target, test_size=0.25, random_state=SEED, stratify=ds.target
+    x_train, x_test, y_train, y_test, _, test_rows = train_test_split(
+        x, ds.target, np.arange(len(x)), test_size=0.25, random_state=SEED, stratify=ds.target
     )
     model = spec.make_model()
     model.fit(x_train, y_train)
@@ -155,10 +165,31 @@ def build(spec: Spec, out: Path) -> tuple[float, int]:
         f"{spec.summary}, trained on scikit-learn's {spec.dataset} dataset; "
         f"test accuracy {accuracy:.3f} (n={len(x_test)})"
     )
-    config = config_toml(description, spec.labels(ds))
+    labels = spec.labels(ds)
+    features = [str(f) for f in ds.feature_names] if spec.features else []
+    config = config_toml(description, labels, features)
     tomllib.loads(config)  # must parse
     (model_dir / "config.toml").write_text(config, encoding="utf-8")
+    examples = examples_json(ds.data[test_rows], y_test, labels)  # as written, not as FP32
+    (model_dir / "examples.json").write_text(examples, encoding="utf-8")
     return accuracy, onnx_path.stat().st_size
+
+
+def examples_json(rows: np.ndarray, y: np.ndarray, labels: list[str]) -> str:
+    """Rows of the test split, as the dataset has them, up to ``EXAMPLES`` of them: the first
+    of each class, then the second of each, and so on; each named by its true class. One
+    example a line: ``{"name": "setosa", "inputs": {"input": [5.0, 3.4, 1.6, 0.4]}}``."""
+    per_class = max(1, EXAMPLES // len(labels))
+    by_class = [np.flatnonzero(y == c)[:per_class] for c in range(len(labels))]
+    chosen = [found[k] for k in range(per_class) for found in by_class if k < len(found)]
+    examples = [
+        {"name": labels[y[i]], "inputs": {"input": [_number(v) for v in rows[i]]}} for i in chosen
+    ]
+    return "[\n" + ",\n".join(" " + json.dumps(e) for e in examples) + "\n]\n"
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def main() -> None:

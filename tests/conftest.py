@@ -209,3 +209,17 @@ def hub_url(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
         yield url
     finally:
         stop([hub])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis leaves each API operation's item the test function's node id, which pytest's
+    progress counter counts once (the run ended at 90%): give each its operation, as
+    ``test_x[GET /v1/jobs]``."""
+    for item in items:
+        label = getattr(item, "operation_label", None)  # only schemathesis's items have one
+        if label and not item.nodeid.endswith("]"):
+            nodeid = f"{item.nodeid}[{label}]"
+            if hasattr(item, "_id"):  # pytest 9 keeps a structured id
+                item._id = item._id.parse(nodeid)
+            else:
+                item._nodeid = nodeid

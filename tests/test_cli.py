@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import orjson
 import tritonclient.grpc as grpcclient
 from helpers import ROOT, free_port, wait_for
 
@@ -34,12 +35,59 @@ def test_submit_wait_prints_the_labelled_result(hub_url: str) -> None:
         "--data",
         "[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]",
         "--wait",
+        "5",
         "--url",
         hub_url,
     )
     assert done.returncode == 0, done.stderr
     assert "succeeded (2 rows)" in done.stdout
     assert "setosa (0)" in done.stdout and "virginica (2)" in done.stdout
+    one = inferhub("submit", "iris", "--data", "[[5.1,3.5,1.4,0.2]]", "--url", hub_url)
+    assert one.returncode == 0 and " (1 row)" in one.stdout, one.stdout
+
+
+def test_json_output_is_the_api_answer(hub_url: str) -> None:
+    job = inferhub(
+        "submit", "iris", "--data", "[[5.1,3.5,1.4,0.2]]", "--wait", "5", "--json", "--url", hub_url
+    )
+    assert job.returncode == 0, job.stderr
+    answer = orjson.loads(job.stdout)  # the whole output is one JSON document
+    assert answer["status"] == "succeeded" and answer["outputs"][0]["data"] == [0]
+    jobs = orjson.loads(inferhub("jobs", "--model", "iris", "--json", "--url", hub_url).stdout)
+    assert answer["id"] in [j["id"] for j in jobs["jobs"]]
+    models = orjson.loads(inferhub("models", "--json", "--url", hub_url).stdout)
+    assert {"digits", "iris", "breast_cancer"} <= {m["name"] for m in models}
+    status = inferhub("status", "--json", "--interval", "0.2", "--url", hub_url)
+    view = orjson.loads(status.stdout)
+    assert view["redis_up"] is True and view["interval_s"] > 0
+    default = next(p for p in view["pools"] if p["pool"] == "default")
+    assert default["workers"] >= 1 and default["jobs_per_s"] is not None
+
+
+def test_tables_fit_80_columns_with_whole_ids(hub_url: str) -> None:
+    narrow = {"COLUMNS": "80"}
+    job = orjson.loads(
+        inferhub("submit", "digits", "--data", str([[0.0] * 64]), "--json", "--url", hub_url).stdout
+    )
+    for command in (["jobs"], ["models"], ["models", "--wide"], ["status", "--interval", "0.2"]):
+        shown = inferhub(*command, "--url", hub_url, env=narrow)
+        assert shown.returncode == 0, shown.stderr
+        too_wide = [line for line in shown.stdout.splitlines() if len(line.rstrip()) > 80]
+        assert too_wide == [], (command, too_wide)
+    listed = inferhub("jobs", "--model", "digits", "--url", hub_url, env=narrow).stdout
+    assert any(line.startswith(job["id"] + " ") for line in listed.splitlines()), listed
+    wide = inferhub("models", "--wide", "--url", hub_url, env=narrow).stdout
+    assert "Handwritten digit classifier" in wide
+
+
+def test_help_has_no_type_placeholders_and_every_option_a_help() -> None:
+    for command in ([], ["submit"], ["jobs"], ["models"], ["status"], ["watch"], ["up"]):
+        shown = inferhub(*command, "--help", env={"COLUMNS": "80"})
+        assert shown.returncode == 0, shown.stderr
+        assert "<bool>" not in shown.stdout and "{" not in shown.stdout, shown.stdout
+    jobs = inferhub("jobs", "--help").stdout
+    assert "only this model's jobs" in jobs and "only jobs in this state" in jobs
+    assert "Usage: inferhub submit [OPTIONS] MODEL" in inferhub("submit", "--help").stdout
 
 
 def test_submit_follow_shows_progress_to_the_end(hub_url: str, tmp_path: Path) -> None:
@@ -115,8 +163,12 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["status"] == "succeeded"
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
             assert triton.is_server_live()  # the hub serves gRPC too
+        said = (tmp_path / "up.log").read_text()
+        folder = Path(said.split("(files in ", 1)[1].split(",", 1)[0])
+        assert (folder / "redis.log").exists()
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
+        assert not folder.exists()  # the embedded Redis's files go with it
         left = [
             p
             for p in children
@@ -128,3 +180,30 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
         log.close()
+
+
+def test_status_shows_a_first_frame_before_its_rates(hub_url: str) -> None:
+    """On a terminal, the figures come at once and the rates after --interval (here longer
+    than the test waits): read through a pseudo-terminal until the first frame is drawn."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: inferhub status on the terminal
+        env = {**os.environ, "COLUMNS": "100"}
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "cli", "status", "--interval", "600", "--url", hub_url],
+            env,
+        )
+    screen = b""
+    try:
+        while b"until the next scrape" not in screen or b"default" not in screen:
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"no first frame within a minute: {screen!r}"
+            screen += os.read(fd, 65536)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"pools" in screen and b"workers" in screen

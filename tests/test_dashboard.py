@@ -1,160 +1,55 @@
-"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a
-real hub (``python -m cli serve`` on a free port), the session's worker and Redis. Everything
-live on the page comes from its WebSocket: job events, and the hub's ``stats`` message for the
-models, queues and workers (the page polls no HTTP route).
-
-Playwright's own browser download does not work here; the tests use ``/usr/bin/chromium``
-(``apt-get install chromium``). Screenshots at 1280 and 390 px go to ``test-artifacts/``.
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright (see
+tests/browser.py), against a real hub, the session's worker and Redis. Everything live on the
+page comes from its WebSocket: job events, and the hub's ``stats`` message for the models,
+queues and workers (the page polls no HTTP route). Screenshots at 1280 and 390 px go to
+``test-artifacts/``.
 """
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
-from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, wait_idle, worker_env
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
+from browser import (
+    ARTIFACTS,
+    WAIT_MS,
+    Dashboard,
+    HubServer,
+    chromium,
+    open_dashboard,
+    serve_hub,
+)
+from helpers import TestClient, WorkerProcess, free_port, wait_for, wait_idle, worker_env
+from playwright.sync_api import Browser, Page
 from redis import Redis
 
-from cli.processes import stop
 from contract import keys
 from contract.settings import Settings
 from hub.auth import new_key
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 15_000
-
-
-# --- a hub that can be stopped and started again on the same port ---------------------------
-
-
-@dataclass
-class HubServer:
-    port: int
-    env: dict[str, str]
-    log: IO[bytes]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve"],
-            env=self.env,
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._ready, timeout=60, every=0.05, what=f"{self.url}/readyz")
-
-    def _ready(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "the hub exited"
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop([self.process])
-            self.process = None
-
-    def submit(self, model: str, data: list[list[float]]) -> str:
-        r = httpx.post(f"{self.url}/v1/jobs", json={"model": model, "data": data}, timeout=10)
-        assert r.status_code == 202, r.text
-        return str(r.json()["id"])
+# --- the fixtures: a hub, a browser, one page per test with its console watched -------------
 
 
 @pytest.fixture(scope="module")
 def hub_server(
     settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HubServer]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("dashboard") / "hub.log").open("wb")
-    server = HubServer(port, worker_env(settings, INFERHUB_PORT=str(port)), log)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        log.close()
+    yield from serve_hub(settings, tmp_path_factory.mktemp("dashboard"))
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-# --- one page per test, with its console watched --------------------------------------------
-
-
-@dataclass
-class Dashboard:
-    page: Page
-    errors: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)  # the paths of the page's HTTP requests
-
-    def console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.errors.append(f"console: {message.text}")
-
-    def request(self, request: Request) -> None:
-        self.requests.append(urlsplit(request.url).path)
-
-    def row(self, job_id: str) -> Any:
-        return self.page.locator(f'#jobs-body tr[data-job="{job_id}"]')
-
-    def wait_status(self, job_id: str, status: str) -> None:
-        self.page.wait_for_selector(f'#jobs-body tr[data-job="{job_id}"][data-status="{status}"]')
-
-    def job(self, job_id: str) -> Any:
-        """The job as the page's store holds it (events as their types)."""
-        return self.page.evaluate(
-            """id => { const j = window.inferhub.store.get(id);
-                       return j && {status: j.status, events: j.events.map(e => e.type)}; }""",
-            job_id,
-        )
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def dash(browser: Browser, hub_server: HubServer) -> Iterator[Dashboard]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    dashboard = Dashboard(page)
-    page.on("console", dashboard.console)
-    page.on("pageerror", lambda exc: dashboard.errors.append(f"pageerror: {exc}"))
-    page.on("request", dashboard.request)
-    page.goto(hub_server.url + "/")
-    page.wait_for_selector("#conn[data-state=open]")
-    page.wait_for_selector("#models-list li[data-model=digits]")
-    try:
-        yield dashboard
-    finally:
-        context.close()
+    yield from open_dashboard(browser, hub_server.url)
 
 
 def circle(n: int = 48, rx: float = 0.22, ry: float = 0.35) -> list[tuple[float, float]]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from workers.repository import Repository, load_repository
 
@@ -139,3 +143,53 @@ def test_empty_version_folder_is_reported(tmp_path: Path) -> None:
         f"{tmp_path / 'empty'}: {tmp_path / 'empty' / '1' / 'model.onnx'} is missing",
         f"{tmp_path / 'noversion'}: no numeric version folder (expected <name>/1/model.onnx)",
     ]
+
+
+def test_example_models_ship_real_rows_and_feature_names(repo: Repository) -> None:
+    iris = repo.models["iris"]
+    assert iris.config.features[0] == "sepal length (cm)" and len(iris.config.features) == 4
+    names = [e.name for e in iris.examples]
+    assert names[:3] == ["setosa", "versicolor", "virginica"]  # one of each class first
+    session = iris.versions["1"].session
+    rows = np.array([e.inputs["input"] for e in iris.examples], np.float32)
+    labels, _ = session.run(None, {"input": rows})  # held-out rows, named by their true class
+    assert [iris.config.labels[i] for i in labels] == names
+    entry = repo.models["digits"].catalogue_entry()
+    assert len(entry["examples"]) == 10 and entry["features"] == []
+    assert all(len(e["inputs"]["input"]) == 64 for e in entry["examples"])
+
+
+def test_bad_examples_or_features_are_reported(tmp_path: Path, model_repo: Path) -> None:
+    for name, config, examples in (
+        ("wrongsize", "", '[{"name": "x", "inputs": {"input": [1, 2]}}]'),
+        ("wrongname", "", '[{"name": "x", "inputs": {"in": [1, 2, 3, 4]}}]'),
+        ("notalist", "", '{"name": "x"}'),
+        ("features", 'features = ["a", "b"]\n', "[]"),
+    ):
+        (tmp_path / name / "1").mkdir(parents=True)
+        shutil.copy(model_repo / "iris" / "1" / "model.onnx", tmp_path / name / "1")
+        (tmp_path / name / "config.toml").write_text(config)
+        (tmp_path / name / "examples.json").write_text(examples)
+    repo = load_repository(tmp_path)
+    assert repo.models == {}
+    reasons = dict(e.split(": ", 1) for e in repo.errors)
+    assert (
+        "'x' has 2 values for 'input', which takes 4 a row" in reasons[str(tmp_path / "wrongsize")]
+    )
+    assert "the model's inputs are ['input']" in reasons[str(tmp_path / "wrongname")]
+    assert "list" in reasons[str(tmp_path / "notalist")]
+    assert "names 2 features; input 'input' has 4" in reasons[str(tmp_path / "features")]
+
+
+def test_the_example_models_rebuild_byte_for_byte(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_example_models.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    committed = sorted(p.relative_to(ROOT / "models") for p in (ROOT / "models").rglob("*.*"))
+    assert committed == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.*"))
+    for path in committed:
+        assert (tmp_path / path).read_bytes() == (ROOT / "models" / path).read_bytes(), path

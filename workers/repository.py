@@ -1,20 +1,23 @@
 """The model repository, in Triton's layout: ``<root>/<name>/config.toml`` and
-``<root>/<name>/<version>/model.onnx``.
+``<root>/<name>/<version>/model.onnx``, with an optional ``<root>/<name>/examples.json``.
 
-Signatures come from the ONNX graph; ``config.toml`` adds what the graph cannot say. A broken
-model is reported with its path and reason and skipped, so the rest still serve.
+Signatures come from the ONNX graph; ``config.toml`` adds what the graph cannot say;
+``examples.json`` holds rows to try the model with (``[{"name", "inputs": {input: one row's
+values}}]``). A broken model is reported with its path and reason and skipped, so the rest
+still serve.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,20 @@ class ModelConfig(BaseModel):
     max_batch_size: int = Field(256, gt=0)
     timeout_s: float = Field(30.0, gt=0)
     labels: list[str] = []
+    features: list[str] = []  # the names of the values of one row of the (first) input
     batching: Batching = Batching()
     onnxruntime: SessionOptions = SessionOptions()
+
+
+class Example(BaseModel):
+    """One row to try the model with, per input: the values of that row, flat."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    inputs: dict[str, list[Any]]
+
+
+_EXAMPLES = TypeAdapter(list[Example])
 
 
 @dataclass
@@ -83,6 +98,7 @@ class Model:
     name: str
     config: ModelConfig
     versions: dict[str, ModelVersion] = field(default_factory=dict)
+    examples: list[Example] = field(default_factory=list)
 
     @property
     def latest(self) -> str:
@@ -98,6 +114,7 @@ class Model:
                 v: {"inputs": mv.inputs, "outputs": mv.outputs} for v, mv in self.versions.items()
             },
             **self.config.model_dump(),
+            "examples": [e.model_dump() for e in self.examples],
         }
 
 
@@ -152,7 +169,45 @@ def _load_model(model_dir: Path, pool: str | None) -> Model | None:
             inputs=[_signature(arg) for arg in session.get_inputs()],
             outputs=[_signature(arg) for arg in session.get_outputs()],
         )
+    inputs = model.versions[model.latest].inputs
+    _check_features(config.features, inputs)
+    examples_path = model_dir / "examples.json"
+    if examples_path.exists():
+        model.examples = _EXAMPLES.validate_json(examples_path.read_bytes())
+        _check_examples(model.examples, inputs)
     return model
+
+
+def _row_size(tensor: dict[str, Any]) -> int | None:
+    """The values in one row of ``tensor`` (None when a dimension past the first varies)."""
+    rest = tensor["shape"][1:]
+    return None if any(d < 0 for d in rest) else math.prod(rest)
+
+
+def _check_features(features: list[str], inputs: list[dict[str, Any]]) -> None:
+    size = _row_size(inputs[0]) if inputs else None
+    if features and size is not None and len(features) != size:
+        raise ValueError(
+            f"config.toml names {len(features)} features; input '{inputs[0]['name']}' "
+            f"has {size} values a row"
+        )
+
+
+def _check_examples(examples: list[Example], inputs: list[dict[str, Any]]) -> None:
+    """Each example gives one row of every input, of the input's size."""
+    sizes = {t["name"]: _row_size(t) for t in inputs}
+    for example in examples:
+        if set(example.inputs) != set(sizes):
+            raise ValueError(
+                f"examples.json: '{example.name}' gives {sorted(example.inputs)}; "
+                f"the model's inputs are {sorted(sizes)}"
+            )
+        for name, values in example.inputs.items():
+            if sizes[name] is not None and len(values) != sizes[name]:
+                raise ValueError(
+                    f"examples.json: '{example.name}' has {len(values)} values for '{name}', "
+                    f"which takes {sizes[name]} a row"
+                )
 
 
 def _session(path: Path, options: SessionOptions) -> ort.InferenceSession:

@@ -12,15 +12,19 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from contract.errors import OverCapacity, Unavailable
 from contract.events import Event
 from hub.delivery import Reset
 from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
-from hub.errors import error_responses
+from hub.errors import error_responses, store_unreachable
+from hub.eventsource import MEDIA_TYPE, come_back, is_event_source
 from hub.fanout import SlowConsumer
 
 log = logging.getLogger(__name__)
@@ -43,20 +47,31 @@ LastEventQuery = Annotated[
     "/jobs/{job_id}/events",
     summary="Follow a job's events (SSE)",
     description="Every event of the job in order, from the start or after `Last-Event-ID`; "
-    "the stream closes after the terminal event.",
+    "the stream closes after the terminal event. A reconnect whose `Last-Event-ID` is the "
+    "terminal event (or later) gets `204 No Content`: a browser's EventSource stops there.",
     response_class=EventSourceResponse,
-    responses={404: {"description": "No such job"}, 400: {"description": "Bad Last-Event-ID"}},
+    responses={
+        204: {"description": "The job ended at or before `Last-Event-ID`: nothing more comes"},
+        404: {"description": "No such job"},
+        400: {"description": "Bad Last-Event-ID"},
+    },
 )
 async def job_events(
+    request: Request,
     job_id: str,
     service: ServiceDep,
     caller: StreamReaderDep,
     settings: SettingsDep,
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
-) -> EventSourceResponse:
+) -> Response:
     after = last_event_id_header or last_event_id or "0"
-    events = await service.follow(job_id, owner=caller.visible, after=after)
+    try:
+        events = await service.follow(job_id, owner=caller.visible, after=after)
+    except (OverCapacity, Unavailable, RedisError) as exc:
+        return _later(request, exc)
+    if events is None:
+        return Response(status_code=204)
     return _respond(events, settings.slow_consumer_s)
 
 
@@ -70,6 +85,7 @@ async def job_events(
     responses={400: {"description": "Bad Last-Event-ID"}},
 )
 async def all_events(
+    request: Request,
     service: ServiceDep,
     caller: StreamReaderDep,
     settings: SettingsDep,
@@ -77,14 +93,28 @@ async def all_events(
     job_id: Annotated[list[str] | None, Query()] = None,
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
-) -> EventSourceResponse:
-    events = await service.feed(
-        owner=caller.visible,
-        models=frozenset(model or ()),
-        job_ids=frozenset(job_id or ()),
-        after=last_event_id_header or last_event_id,
-    )
+) -> Response:
+    try:
+        events = await service.feed(
+            owner=caller.visible,
+            models=frozenset(model or ()),
+            job_ids=frozenset(job_id or ()),
+            after=last_event_id_header or last_event_id,
+        )
+    except (OverCapacity, Unavailable, RedisError) as exc:
+        return _later(request, exc)
     return _respond(events, settings.slow_consumer_s)
+
+
+def _later(request: Request, exc: OverCapacity | Unavailable | RedisError) -> Response:
+    """A refusal for a while (429, 503): an EventSource gets a stream that says when to come
+    back instead, since a non-200 answer would close it for good (hub/eventsource.py)."""
+    if not is_event_source(request.scope):
+        raise exc
+    error = store_unreachable() if isinstance(exc, RedisError) else exc
+    retry_s = float((error.headers or {}).get("Retry-After", "1"))
+    body = come_back(round(retry_s * 1000), error.message, error.code)
+    return Response(body, media_type=MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
 
 def _respond(events: AsyncIterator[Event | Reset], slow_s: float) -> EventSourceResponse:

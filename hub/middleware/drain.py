@@ -31,6 +31,7 @@ from starlette.types import ASGIApp as App
 from starlette.types import Message, Receive, Scope, Send
 
 from contract.logs import request_jobs
+from hub.eventsource import MEDIA_TYPE, come_back, is_event_source
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,7 @@ CLOSE_GOING_AWAY = 1001
 RETRY_MS = 1000
 REASON = "the server is shutting down; reconnect with your last event id"
 
-_SSE_FAREWELL = (
-    f"retry: {RETRY_MS}\r\nevent: close\r\ndata: "
-    + orjson.dumps({"reason": REASON}).decode()
-    + "\r\n\r\n"
-).encode()
+_SSE_FAREWELL = come_back(RETRY_MS, REASON)
 
 
 class _Stream:
@@ -217,7 +214,7 @@ class Drain:
             await self.app(scope, receive, send)
             return
         if self.streams.closing:
-            await _refuse(kind, send)
+            await _refuse(kind, send, scope)
             return
         stream = _Stream(kind, receive, send)
         self.streams.add(stream)
@@ -228,15 +225,22 @@ class Drain:
             # has no answer yet with a 503 that says where its job is, not uvicorn's bare 500
             if not (self.streams.closing and kind == "http" and not stream.started):
                 raise
-            await _refuse(kind, send, cut=True)
+            await _refuse(kind, send, scope, cut=True)
         finally:
             self.streams.discard(stream)
             stream.close()
 
 
-async def _refuse(kind: str, send: Send, *, cut: bool = False) -> None:
+async def _refuse(kind: str, send: Send, scope: Scope, *, cut: bool = False) -> None:
     if kind == "websocket":
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": REASON})
+        return
+    if not cut and is_event_source(scope):
+        # a 503 would close a browser's EventSource for good: it gets the farewell of the
+        # streams that were open, and reconnects (elsewhere) after `retry`
+        headers = [(b"content-type", MEDIA_TYPE.encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": _SSE_FAREWELL})
         return
     message = REASON
     jobs = request_jobs() if cut else []

@@ -53,7 +53,7 @@ async function send(path, { method = "GET", body, headers = {}, signal } = {}, k
   const init = { method, headers: { Accept: "application/json", ...headers }, signal };
   if (key) init.headers.Authorization = `Bearer ${key}`;
   if (body !== undefined) {
-    init.body = typeof body === "string" ? body : JSON.stringify(body);
+    init.body = typeof body === "string" || body instanceof Blob ? body : JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
   let response;

@@ -14,8 +14,10 @@ import {
   renderOnline,
   renderQueues,
 } from "./metrics.js";
+import { BulkPanel } from "./bulk.js";
+import { DigitPad } from "./digits.js";
 import { JobStore, TERMINAL } from "./store.js";
-import { DigitPad, TryPanel } from "./try.js";
+import { TryPanel } from "./try.js";
 import { coalesce, fmtDuration } from "./util.js";
 
 // A submit frame larger than the hub's INFERHUB_WS_MAX_MESSAGE_BYTES (1 MiB by default) would
@@ -64,6 +66,13 @@ async function submit(body) {
     Hub.frameSize(body) > WS_FRAME_LIMIT
       ? await api("/v1/jobs", { method: "POST", body })
       : await hub.submit(body);
+  store.mergeView(job);
+  return job;
+}
+
+/** Submit a body built elsewhere (a bulk job's, as a Blob): over HTTP, whatever its size. */
+async function submitBlob(blob) {
+  const job = await api("/v1/jobs", { method: "POST", body: blob });
   store.mergeView(job);
   return job;
 }
@@ -126,6 +135,7 @@ function showModels(list) {
   for (const m of list) hub.subscribeModel(m.name);
   modelsPanel.update(list);
   tryPanel.setModels(list);
+  bulkPanel.describe();
   $("#draw").hidden = !models.has("digits");
 }
 
@@ -155,11 +165,13 @@ function showStats(stats) {
   if (stats.error) {
     if (!statsFailed) toast(stats.error); // the figures shown stay until the hub reads again
     statsFailed = true;
+    for (const note of document.querySelectorAll(".loading")) note.textContent = `Waiting for the hub: ${stats.error}`;
     return;
   }
   statsFailed = false;
   showModels(stats.models);
   showDeployment(stats);
+  document.documentElement.dataset.stats = "loaded"; // the empty notices may show from now on
 }
 
 // --- charts --------------------------------------------------------------------------------
@@ -186,6 +198,8 @@ const redraw = coalesce(drawCharts, 500);
 
 // --- wiring --------------------------------------------------------------------------------
 
+const fetchJob = (id) => api(`/v1/jobs/${encodeURIComponent(id)}`);
+
 const table = new JobsTable({
   body: $("#jobs-body"),
   empty: $("#jobs-empty"),
@@ -198,10 +212,19 @@ const detail = new JobDetail({
   store,
   hub,
   models: () => models,
-  fetchJob: (id) => api(`/v1/jobs/${encodeURIComponent(id)}`),
+  fetchJob,
   onCancel: cancel,
 });
-const tryPanel = new TryPanel($("#try"), { submit, waitFor, cancel, store, models: () => models });
+const tryPanel = new TryPanel($("#try"), { submit, waitFor, models: () => models });
+const bulkPanel = new BulkPanel($("#try"), {
+  submitBlob,
+  fetchJob,
+  cancel,
+  store,
+  model: () => tryPanel.model(),
+  models: () => models,
+});
+$("#try-model").addEventListener("change", () => bulkPanel.describe());
 const digitPad = new DigitPad($("#draw"), { submit, waitFor, model: () => models.get("digits") });
 digitPad.clear();
 void table;

@@ -74,6 +74,11 @@ function niceMax(x) {
   return 10 * p;
 }
 
+/** A latency axis label with the digits its scale needs: "0.25ms", "12.5ms", "1.5s". */
+function tick(seconds) {
+  return seconds < 1 ? `${Number((seconds * 1000).toPrecision(3))}ms` : `${Number(seconds.toPrecision(3))}s`;
+}
+
 function css(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
@@ -102,7 +107,8 @@ class CanvasChart {
     this.draw(ctx, width, height);
   }
 
-  frame(ctx, width, height, max, format) {
+  /** Grid, axis labels and time marks; with no data, only the zero line and a note. */
+  frame(ctx, width, height, max, format, empty = false) {
     const left = 44;
     const bottom = height - 18;
     const top = 8;
@@ -112,13 +118,17 @@ class CanvasChart {
     ctx.lineWidth = 1;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (let i = 0; i <= 2; i += 1) {
+    for (let i = 0; i <= (empty ? 0 : 2); i += 1) {
       const y = bottom - ((bottom - top) * i) / 2;
       ctx.beginPath();
       ctx.moveTo(left, Math.round(y) + 0.5);
       ctx.lineTo(width - 4, Math.round(y) + 0.5);
       ctx.stroke();
-      ctx.fillText(format((max * i) / 2), left - 6, y);
+      ctx.fillText(i ? format((max * i) / 2) : "0", left - 6, y);
+    }
+    if (empty) {
+      ctx.textAlign = "center";
+      ctx.fillText(`no finished jobs in the last ${WINDOW_S / 60} minutes`, (left + width) / 2, (top + bottom) / 2);
     }
     ctx.textAlign = "left";
     ctx.textBaseline = "alphabetic";
@@ -132,8 +142,9 @@ class CanvasChart {
 export class ThroughputChart extends CanvasChart {
   draw(ctx, width, height) {
     const series = this.data;
-    const max = niceMax(Math.max(...series.map((b) => b.rate)));
-    const box = this.frame(ctx, width, height, max, (v) => String(Number(v.toFixed(2))));
+    const peak = Math.max(...series.map((b) => b.rate));
+    const max = niceMax(peak);
+    const box = this.frame(ctx, width, height, max, (v) => String(Number(v.toFixed(2))), !(peak > 0));
     const step = (box.right - box.left) / series.length;
     ctx.fillStyle = css("--accent");
     series.forEach((b, i) => {
@@ -148,7 +159,7 @@ export class LatencyChart extends CanvasChart {
     const series = this.data;
     const values = series.flatMap((b) => [b.p50, b.p95]).filter((v) => v != null);
     const max = niceMax(Math.max(0, ...values) * 1000) / 1000;
-    const box = this.frame(ctx, width, height, max, (v) => (v ? fmtDuration(v).replace(" ", "") : "0"));
+    const box = this.frame(ctx, width, height, max, tick, !values.length);
     const step = (box.right - box.left) / series.length;
     for (const [key, color] of [["p95", css("--p95")], ["p50", css("--p50")]]) {
       ctx.strokeStyle = color;
