@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import socket
@@ -22,6 +23,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,6 +81,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--model", default="digits")
     parser.add_argument("--watch-s", type=float, default=40.0, help="how long to watch after")
+    parser.add_argument(
+        "--body", choices=["npy", "json"], default="npy", help="how the job's rows are sent"
+    )
     args = parser.parse_args()
 
     from hub.client import Client
@@ -103,7 +110,18 @@ def main() -> None:
             sampler.start()
             with Client(stack.urls[0], timeout=300) as hub:
                 start = time.perf_counter()
-                job = hub.submit(args.model, rows)
+                if args.body == "json":
+                    job = hub.submit(args.model, rows)
+                else:  # the bulk body a user of binary inputs sends: no JSON to parse
+                    body = io.BytesIO()
+                    np.save(body, rows, allow_pickle=False)
+                    job = httpx.post(
+                        f"{stack.urls[0]}/v1/jobs",
+                        params={"model": args.model},
+                        content=body.getvalue(),
+                        headers={"Content-Type": "application/x-npy"},
+                        timeout=300,
+                    ).json()
                 for _ in hub.follow(job["id"]):
                     pass
                 job_s = time.perf_counter() - start
@@ -116,6 +134,7 @@ def main() -> None:
             sampler.join()
             result = {
                 "transport": args.transport,
+                "body": args.body,
                 "readers": args.readers,
                 "rows": args.rows,
                 "job_s": round(job_s, 2),

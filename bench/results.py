@@ -1,0 +1,141 @@
+"""Results as data: a bulk job in binary both ways against onnxruntime, what Redis holds for a
+large job against the packed size of its outputs, and the listing after large jobs.
+
+    python bench/results.py                   # 8,192 x 1,024 heavy; 200,000-row digits; listing
+
+It starts its own Redis, hub and worker on 127.0.0.1; bounded in count and time. Prints one
+JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import Stack, make_repo, onnxruntime_rows_per_s, sample_rows  # noqa: E402
+from contract import keys  # noqa: E402
+from workers.repository import load_repository  # noqa: E402
+
+NPY = {"Content-Type": "application/x-npy"}
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def submit_and_wait(http: httpx.Client, model: str, rows: np.ndarray) -> dict[str, Any]:
+    r = http.post("/v1/jobs", params={"model": model}, content=npy(rows), headers=NPY)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    with http.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        for _ in stream.iter_bytes():
+            pass  # the stream ends after the terminal event
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job
+    return dict(job)
+
+
+def bulk(http: httpx.Client, repo: Path, rows_n: int) -> dict[str, Any]:
+    model = load_repository(repo).models["heavy"]
+    version = model.versions[model.latest]
+    rows = sample_rows("heavy", version.inputs[0], rows_n)
+    started = time.perf_counter()
+    job = submit_and_wait(http, "heavy", rows)
+    fetched = http.get(job["urls"]["outputs"], params={"format": "npy", "output": "y"})
+    wall = time.perf_counter() - started
+    y = np.load(io.BytesIO(fetched.content))
+    assert y.shape == (rows_n, 1024)
+    running = job["finished_at"] - job["started_at"]
+    batch = model.config.max_batch_size
+    ceiling = onnxruntime_rows_per_s(
+        version.path, rows[:batch], model.config.onnxruntime.intra_op_num_threads
+    )
+    return {
+        "rows": rows_n,
+        "wall_s": round(wall, 2),
+        "rows_per_s_end_to_end": round(rows_n / wall, 1),
+        "rows_per_s_running": round(rows_n / running, 1),
+        f"onnxruntime_rows_per_s_batch_{batch}": round(ceiling, 1),
+        "ratio_end_to_end": round(rows_n / wall / ceiling, 3),
+        "ratio_running": round(rows_n / running / ceiling, 3),
+    }
+
+
+def stored(http: httpx.Client, client: redis.Redis, repo: Path, rows_n: int) -> dict[str, Any]:
+    model = load_repository(repo).models["digits"]
+    rows = sample_rows("digits", model.versions[model.latest].inputs[0], rows_n)
+    job = submit_and_wait(http, "digits", rows)
+    packed = sum(o["bytes"] for o in job["outputs_summary"])
+    usage = {
+        "outputs": client.memory_usage(keys.job_outputs(job["id"])) or 0,
+        "record": client.memory_usage(keys.job(job["id"])) or 0,
+        "events": client.memory_usage(keys.job_events(job["id"])) or 0,
+    }
+    return {
+        "rows": rows_n,
+        "packed_output_bytes": packed,
+        "redis_bytes": usage,
+        "outputs_over_packed": round(usage["outputs"] / packed, 3),
+        "job_over_packed": round(sum(usage.values()) / packed, 3),
+    }
+
+
+def listing(http: httpx.Client, repo: Path, jobs: int, rows_n: int) -> dict[str, Any]:
+    model = load_repository(repo).models["digits"]
+    rows = sample_rows("digits", model.versions[model.latest].inputs[0], rows_n)
+    for _ in range(jobs):
+        submit_and_wait(http, "digits", rows)
+    http.get("/v1/jobs", params={"limit": 50})  # warm
+    times, size = [], 0
+    for _ in range(20):
+        began = time.perf_counter()
+        r = http.get("/v1/jobs", params={"limit": 50})
+        times.append(time.perf_counter() - began)
+        size = len(r.content)
+    return {
+        "jobs_of_rows": [jobs, rows_n],
+        "bytes": size,
+        "ms_p50": round(sorted(times)[len(times) // 2] * 1000, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bulk-rows", type=int, default=8192)
+    parser.add_argument("--stored-rows", type=int, default=200_000)
+    parser.add_argument("--listed-rows", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="inferhub-results-") as tmp:
+        repo = make_repo(Path(tmp))
+        stack = Stack(repo, env={"INFERHUB_MAX_BODY_BYTES": str(512 * 2**20)})
+        try:
+            client = redis.Redis.from_url(stack.redis_url)
+            with httpx.Client(base_url=stack.urls[0], timeout=600) as http:
+                result = {
+                    "bulk_binary": bulk(http, repo, args.bulk_rows),
+                    "stored": stored(http, client, repo, args.stored_rows),
+                    "listing": listing(http, repo, 3, args.listed_rows),
+                }
+            client.close()
+        finally:
+            stack.close()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
