@@ -246,6 +246,31 @@ def test_kserves_rest_client(hub_url: str) -> None:
     assert got["outputs"]["label"] == [0, 2]
 
 
+def test_classification_answers_the_best_classes_as_triton(
+    tc: triton.InferenceServerClient, model_repo: Path
+) -> None:
+    rows = load_iris().data[[0, 120]].astype(np.float32)
+    tensor = triton.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    wanted = [
+        triton.InferRequestedOutput("probabilities", class_count=2),
+        triton.InferRequestedOutput("label"),
+    ]
+    result = tc.infer("iris", [tensor], outputs=wanted)
+    top = result.as_numpy("probabilities")
+    assert top.shape == (2, 2)
+    session = ort.InferenceSession(str(model_repo / "iris" / "1" / "model.onnx"))
+    labels = ["setosa", "versicolor", "virginica"]
+    _, probabilities = session.run(None, {"input": rows})
+    for row, got in zip(probabilities, top, strict=True):
+        best = np.argsort(-row)[:2]
+        assert [g.decode() for g in got] == [f"{row[i]:f}:{i}:{labels[i]}" for i in best]
+    assert result.as_numpy("label").tolist() == [0, 2]  # asked without: as it is
+    label_only = [triton.InferRequestedOutput("label", class_count=1)]
+    with pytest.raises(InferenceServerException, match="no class scores"):
+        tc.infer("iris", [tensor], outputs=label_only)
+
+
 def test_health_bodies_and_the_trailing_slash(http: httpx.Client) -> None:
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
@@ -690,8 +715,11 @@ def test_bad_requests(http: httpx.Client) -> None:
         ({"inputs": [good], "parameters": {"priority": -1}}, "'priority' must be"),
         ({"inputs": [good], "parameters": {"timeout": "soon"}}, "'timeout' must be"),
         (
-            {"inputs": [good], "outputs": [{"name": "label", "parameters": {"classification": 2}}]},
-            "classification",
+            {
+                "inputs": [good],
+                "outputs": [{"name": "label", "parameters": {"classification": -1}}],
+            },
+            "'classification' must be",
         ),
     ]
     for doc, fragment in cases:

@@ -125,11 +125,11 @@ CASES: dict[str, tuple[bytes, str | None, type[InferhubError], str, str]] = {
         "'binary_data' must be true or false",
     ),
     # --- what the protocol allows but inferhub does not do
-    "classification": (
-        *doc(outputs=[{"name": "y", "parameters": {"classification": 2}}]),
-        MalformedRequest,
-        "unsupported",
-        "classification extension is not supported",
+    "classification not a count": (
+        *doc(outputs=[{"name": "y", "parameters": {"classification": "two"}}]),
+        InvalidInput,
+        "invalid_request",
+        "'classification' must be",
     ),
     "shared memory input": (
         *tensor(parameters={"shared_memory_region": "r"}),

@@ -50,6 +50,7 @@ def _unsupported(message: str) -> MalformedRequest:
 class RequestedOutput:
     name: str
     binary: bool | None  # None: as the request's ``binary_data_output`` says
+    classification: int = 0  # > 0: the k best classes of each row (hub/v2/classification.py)
 
 
 @dataclass(frozen=True)
@@ -279,8 +280,6 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
         if any(o.name == name for o in outputs):
             raise InvalidInput(f"output '{name}' is requested twice")
         parameters = _object(item.get("parameters"), f"output '{name}': parameters")
-        if parameters.get("classification"):
-            raise _unsupported("the classification extension is not supported")
         if "shared_memory_region" in parameters:
             raise _unsupported(f"output '{name}': shared memory is not supported")
         binary = (
@@ -288,7 +287,8 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
             if "binary_data" in parameters
             else None
         )
-        outputs.append(RequestedOutput(name, binary))
+        classes = _count(parameters, "classification", f"output '{name}'")
+        outputs.append(RequestedOutput(name, binary, classes))
     return outputs
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from hub.catalogue import serving
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "schedule_policy"]
 
 _TYPES = {"BYTES": "TYPE_STRING"}  # the rest are "TYPE_" + the V2 datatype
 

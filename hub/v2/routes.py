@@ -27,7 +27,7 @@ from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
-from hub.v2 import codec, compression, config
+from hub.v2 import classification, codec, compression, config
 from hub.v2.errors import SCHEMA, V2Route
 from hub.v2.wait import canceled_if_the_client_leaves
 from hub.validation import check_declared, check_parameters
@@ -181,7 +181,8 @@ async def infer(
     header: dict[str, Any] = {"model_name": entry["name"], "model_version": version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    return _answer(header, parsed, outputs, request.headers.get("accept-encoding"))
+    accept = request.headers.get("accept-encoding")
+    return _answer(header, parsed, outputs, accept, entry.get("labels") or [])
 
 
 def _answer(
@@ -189,15 +190,18 @@ def _answer(
     parsed: codec.InferRequest,
     packed_outputs: list[dict[str, Any]],
     accept: str | None,
+    labels: list[str],
 ) -> Response:
     """The outputs, each binary or JSON as asked: its own ``binary_data``, else the request's
-    ``binary_data_output``."""
-    asked = {o.name: o.binary for o in parsed.outputs or []}
+    ``binary_data_output``; classified when asked."""
+    asked = {o.name: o for o in parsed.outputs or []}
     outputs = []
     for packed in packed_outputs:
-        binary = asked.get(packed["name"])
-        as_binary = parsed.binary_output if binary is None else binary
-        outputs.append((packed["name"], unpack_tensor(packed), as_binary))
+        name, array, wanted = packed["name"], unpack_tensor(packed), asked.get(packed["name"])
+        binary = wanted.binary if wanted else None
+        if wanted and wanted.classification:
+            array = classification.top(array, wanted.classification, labels, name)
+        outputs.append((name, array, parsed.binary_output if binary is None else binary))
     content, header_length = codec.encode_response(header, outputs)
     content, encoding = compression.compress(content, accept)
     headers = {}
