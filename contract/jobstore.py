@@ -55,6 +55,7 @@ class Step:
     data: Mapping[str, Any] = field(default_factory=dict)
     guard: tuple[str, int] | None = None
     outputs: bytes = b""  # the packed outputs to store once (contract/outputs.py), if any
+    outputs_key: str = ""  # where: the job's outputs key unless said (a streamed chunk's)
 
 
 class Created(IntEnum):
@@ -185,7 +186,7 @@ class JobStore:
                     "log": keys.EVENTS_STREAM,
                     "cancel": keys.job_cancel(job_id),
                     "owner_queued": keys.owner_queued(owner),
-                    "outputs": keys.job_outputs(job_id),
+                    "outputs": st.outputs_key or keys.job_outputs(job_id),
                     "webhooks": keys.WEBHOOKS,
                 },
                 {
@@ -247,6 +248,13 @@ class JobStore:
         """The job's stored outputs (contract/outputs.py), or None (none yet, or expired)."""
         blob: bytes | None = await self.redis.get(keys.job_outputs(job_id))
         return blob
+
+    async def chunks(self, job_id: str, starts: Sequence[int]) -> list[bytes | None]:
+        """The stored chunks of a job that streams its outputs, from these rows."""
+        found: list[bytes | None] = await self.redis.mget(
+            [keys.job_outputs_chunk(job_id, start) for start in starts]
+        )
+        return found
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one

@@ -38,6 +38,11 @@ def job_outputs(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:outputs"
 
 
+def job_outputs_chunk(job_id: str, start: int) -> str:
+    """One chunk of a job that streams its outputs, from row ``start`` (contract/outputs.py)."""
+    return f"{PREFIX}job:{job_id}:outputs:{start}"
+
+
 def job_cancel(job_id: str) -> str:
     """Set when a running job must stop at its next chunk."""
     return f"{PREFIX}job:{job_id}:cancel"

@@ -4,6 +4,10 @@ The worker writes the packed tensors (msgpack, binary) to ``keys.job_outputs`` i
 script as the ``succeeded`` event. The event and the record carry them inline only when they
 are small (``INFERHUB_INLINE_OUTPUT_BYTES``); otherwise a summary (names, datatypes, shapes,
 bytes, and class counts for a label output) and the URL that serves them in every format.
+
+A job that streams its outputs (``stream_outputs``) stores each chunk once, under
+``keys.job_outputs_chunk``, as it is done, with an ``output`` event for it; its outputs key then
+holds the list of its chunks' row ranges instead of the tensors again.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.tensors import unpack_tensor
+from contract.tensors import pack_tensor, unpack_tensor
 from contract.wire import dumps, loads
 
 
@@ -22,12 +26,59 @@ def url(job_id: str) -> str:
 
 
 def stored(packed: Sequence[Mapping[str, Any]]) -> bytes:
-    """What the outputs key holds."""
+    """What the outputs key (or a chunk's key) holds."""
     return dumps(list(packed))
 
 
+def chunk_list(ranges: Sequence[tuple[int, int]]) -> bytes:
+    """What a streamed job's outputs key holds: its chunks' row ranges, in order."""
+    return dumps({"chunks": [list(r) for r in ranges]})
+
+
 def load(blob: bytes) -> list[dict[str, Any]]:
+    """The packed tensors an outputs or chunk key holds."""
     return list(loads(blob))
+
+
+def chunk_ranges(blob: bytes) -> list[tuple[int, int]] | None:
+    """A streamed job's chunk ranges, if that is what its outputs key holds."""
+    value = loads(blob)
+    return [(int(a), int(b)) for a, b in value["chunks"]] if isinstance(value, dict) else None
+
+
+def row_count(packed: Sequence[Mapping[str, Any]]) -> int:
+    shape = packed[0]["shape"] if packed else [0]
+    return int(shape[0]) if shape else 1
+
+
+def join(chunks: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """A streamed job's outputs, from its chunks in order."""
+    names = [t["name"] for t in chunks[0]]
+    arrays = [{t["name"]: unpack_tensor(t) for t in chunk} for chunk in chunks]
+    return [pack_tensor(n, np.concatenate([a[n] for a in arrays])) for n in names]
+
+
+def rows(packed: Sequence[Mapping[str, Any]], start: int, end: int) -> list[dict[str, Any]]:
+    """Rows ``start`` to ``end`` (excluded) of every output."""
+    return [pack_tensor(t["name"], unpack_tensor(t)[start:end]) for t in packed]
+
+
+def chunk_event_data(
+    job_id: str,
+    rows: tuple[int, int],
+    packed: Sequence[Mapping[str, Any]],
+    blob: bytes,
+    inline_bytes: int,
+) -> dict[str, Any]:
+    """An ``output`` event's data: the chunk's rows, and its outputs when small, else their URL."""
+    start, end = rows
+    data: dict[str, Any] = {"rows": [start, end]}
+    if len(blob) <= inline_bytes:
+        data["outputs"] = [dict(p) for p in packed]
+    else:
+        data["outputs_url"] = f"{url(job_id)}?rows={start}:{end}"
+        data["outputs_bytes"] = len(blob)
+    return data
 
 
 def summary(

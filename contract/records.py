@@ -56,6 +56,7 @@ class JobRecord(TypedDict):
     finished_at: NotRequired[float]
     worker: NotRequired[str]
     done: NotRequired[int]  # rows done: the progress step's guard
+    streamed: NotRequired[int]  # rows whose outputs were streamed: the output step's guard
     progress: NotRequired[Progress]
     outputs: NotRequired[list[PackedTensor]]  # when small; else:
     outputs_summary: NotRequired[list[dict[str, Any]]]  # contract/outputs.py
@@ -79,6 +80,7 @@ class JobArgs(TypedDict):
     inputs: list[PackedTensor]
     outputs: list[str] | None  # the outputs asked for; None: all
     request_id: str | None
+    stream_outputs: NotRequired[bool]  # an `output` event per chunk
 
 
 class ModelVersionEntry(TypedDict):
@@ -123,7 +125,9 @@ class WorkerRecord(TypedDict):
 def step_fields(event: EventType, data: Mapping[str, Any], ts: float) -> dict[str, Any]:
     """The record fields (beside ``status``) that an event of this type and data sets."""
     if event is EventType.STARTED:
-        return {"attempt": data["attempt"], "started_at": ts, "worker": data["worker"], "done": 0}
+        # an attempt counts its rows from 0: the guards of its progress and output steps
+        fields = {"attempt": data["attempt"], "started_at": ts, "worker": data["worker"]}
+        return {**fields, "done": 0, "streamed": 0}
     if event is EventType.PROGRESS:
         return {"progress": {"done": data["done"], "total": data["total"]}}
     if event in (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELED):

@@ -63,6 +63,11 @@ class JobRequest(BaseModel):
     data: Any = Field(None, description="shorthand for a model with one input: its rows")
     outputs: list[str] | None = Field(None, description="the outputs wanted; all when omitted")
     priority: int = Field(0, ge=-100, le=100, description="higher runs sooner")
+    stream_outputs: bool = Field(
+        False,
+        description="a bulk job sends an `output` event per chunk of rows, with the chunk's "
+        "outputs (or their URL), while it runs",
+    )
     parameters: dict[str, Any] | None = None
     webhook: Webhook | None = Field(None, description="push the job's events to a URL")
 

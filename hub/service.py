@@ -84,6 +84,7 @@ class JobService:
             priority=request.priority,
             parameters=request.parameters,
             webhook=request.webhook,
+            stream_outputs=request.stream_outputs,
             idempotency=(idempotency_key, request.fingerprint()) if idempotency_key else None,
             wait_s=wait_s,
             request_id=request_id,
@@ -117,6 +118,7 @@ class JobService:
         priority: int = 0,
         parameters: dict[str, Any] | None = None,
         webhook: Webhook | None = None,
+        stream_outputs: bool = False,
         idempotency: tuple[str, str] | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[PendingJob]:
@@ -155,6 +157,8 @@ class JobService:
             "outputs": outputs,
             "request_id": record["request_id"],
         }
+        if stream_outputs:
+            job_kwargs["stream_outputs"] = True
         async with delivery(self.store, self.fanout, owner) as feed:
             feed.follow(job_id, Topic.job(job_id))  # before the job exists: nothing is missed
             created, existing = await self._create(
@@ -398,19 +402,37 @@ class JobService:
         return found, f"{before[0]:.0f}:{before[1]}" if before else None
 
     async def outputs(
-        self, job_id: str, *, owner: str | None
+        self, job_id: str, *, owner: str | None, rows: tuple[int, int] | None = None
     ) -> tuple[dict[str, Any], Sequence[dict[str, Any]]]:
-        """The job's record and its stored outputs (packed), if ``owner`` may see it."""
+        """The job's record and its stored outputs (packed), if ``owner`` may see it; with
+        ``rows`` (start, end), those rows only: a streamed chunk, even while the job runs."""
         record = await self.record(job_id, owner)
+        if rows is not None:
+            (chunk,) = await self.store.chunks(job_id, [rows[0]])
+            packed = outputs_store.load(chunk) if chunk is not None else []
+            if packed and outputs_store.row_count(packed) == rows[1] - rows[0]:
+                return record, packed
         if record["status"] != JobStatus.SUCCEEDED:
+            streamed = (
+                f", or a chunk it streamed (rows {rows[0]}:{rows[1]} is none)" if rows else ""
+            )
             raise Conflict(
-                f"job '{job_id}' is {record['status']}: only a succeeded job has outputs",
+                f"job '{job_id}' is {record['status']}: only a succeeded job has outputs{streamed}",
                 "no_outputs",
             )
+        expired = NotFound(f"the outputs of job '{job_id}' have expired", "outputs_expired")
         blob = await self.store.outputs(job_id)
         if blob is None:
-            raise NotFound(f"the outputs of job '{job_id}' have expired", "outputs_expired")
-        return record, outputs_store.load(blob)
+            raise expired
+        ranges = outputs_store.chunk_ranges(blob)
+        if ranges is None:
+            full = outputs_store.load(blob)
+        else:  # streamed: its chunks hold the outputs
+            chunks = await self.store.chunks(job_id, [start for start, _ in ranges])
+            if any(c is None for c in chunks):
+                raise expired
+            full = outputs_store.join([outputs_store.load(c) for c in chunks if c is not None])
+        return record, outputs_store.rows(full, *rows) if rows else full
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         record = await self.record(job_id, owner)

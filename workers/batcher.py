@@ -75,11 +75,13 @@ class Batcher:
             self._active -= requests
 
     async def run_rows(
-        self, inputs: Arrays, progress: Callable[[int, int], Awaitable[bool]] | None = None
+        self,
+        inputs: Arrays,
+        progress: Callable[[int, int, Arrays], Awaitable[bool]] | None = None,
     ) -> Arrays | None:
         """Run every row of ``inputs``, in chunks of at most ``max_batch_size``. After each
-        chunk of a request of several, ``progress(done, total)`` may say to stop (False): then
-        None is returned."""
+        chunk of a request of several, ``progress(done, total, chunk)`` (the chunk's outputs)
+        may say to stop (False): then None is returned."""
         total = len(next(iter(inputs.values())))
         step = self.max_batch_size if self.batchable else total
         chunks: list[Arrays] = []
@@ -87,7 +89,7 @@ class Batcher:
             chunks.append(await self.run({n: a[start : start + step] for n, a in inputs.items()}))
             done = min(start + step, total)
             if progress is not None and total > step:
-                go_on = await progress(done, total)  # after the last chunk too: done = total
+                go_on = await progress(done, total, chunks[-1])  # after the last one too
                 if not go_on and done < total:
                     return None
         if len(chunks) == 1:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
+from contract import keys
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
@@ -46,6 +48,7 @@ async def _run(
     inputs: list[dict[str, Any]],
     outputs: list[str] | None = None,
     request_id: str | None = None,  # the submitting request's, in every log line of the job
+    stream_outputs: bool = False,
 ) -> None:
     store: JobStore = ctx["store"]
     job_id: str = ctx["job_id"]
@@ -64,9 +67,28 @@ async def _run(
     def log_started() -> None:
         JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
 
-    async def emit(step: Step) -> tuple[bool, bool]:
-        ((appended, _, cancel),) = await store.transition(job_id, step, model=model, owner=owner)
-        return appended, cancel
+    async def emit(step: Step, *more: Step) -> tuple[bool, bool]:
+        """Apply the steps in one round trip: whether the first was, and whether a cancel
+        is asked."""
+        results = await store.transition(job_id, step, *more, model=model, owner=owner)
+        return results[0][0], any(cancel for _, _, cancel in results)
+
+    streamed: list[tuple[int, int]] = []  # the chunks stored as they came, when streaming
+    limit = store.limits.inline_output_bytes
+
+    def chunk_step(start: int, end: int, chunk: dict[str, Any]) -> Step:
+        names = outputs or batcher.output_names
+        packed = [pack_tensor(n, chunk[n]) for n in names]
+        blob = outputs_store.stored(packed)
+        streamed.append((start, end))
+        return Step(
+            EventType.OUTPUT,
+            (JobStatus.STARTED,),
+            data=outputs_store.chunk_event_data(job_id, (start, end), packed, blob, limit),
+            guard=("streamed", end),
+            outputs=blob,
+            outputs_key=keys.job_outputs_chunk(job_id, start),
+        )
 
     # A quick job of one chunk says "started" together with its result, in one round trip;
     # a bulk job, or one still running after ANNOUNCE_AFTER_S, says it first.
@@ -78,7 +100,8 @@ async def _run(
         log_started()
 
     stats["running"] += 1
-    work = asyncio.ensure_future(_predict(served, batcher, inputs, outputs, emit))
+    chunks = chunk_step if stream_outputs else None
+    work = asyncio.ensure_future(_predict(served, batcher, inputs, outputs, emit, chunks))
     try:
         if not announced:
             await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
@@ -105,8 +128,9 @@ async def _run(
     if status is JobStatus.SUCCEEDED:  # stored once; inline in the event only when small
         packed = data["outputs"]
         blob = outputs_store.stored(packed)
-        limit = store.limits.inline_output_bytes
         data = outputs_store.event_data(job_id, packed, blob, limit, served.config.labels)
+        if streamed:  # the chunks hold the outputs already: the key lists them
+            blob = outputs_store.chunk_list(streamed)
     ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
     results = await store.transition(job_id, *steps, model=model, owner=owner)
@@ -131,12 +155,14 @@ async def _predict(
     packed: list[dict[str, Any]],
     wanted: list[str] | None,
     emit: Any,
+    chunk_step: Callable[[int, int, dict[str, Any]], Step] | None = None,
 ) -> tuple[JobStatus, dict[str, Any]]:
-    """Run the rows in chunks of ``max_batch_size``, reporting progress and honouring cancel."""
+    """Run the rows in chunks of ``max_batch_size``, reporting progress (and, with
+    ``chunk_step``, each chunk's outputs) and honouring cancel."""
     arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in packed}
     stopped_at = 0
 
-    async def progress(done: int, total: int) -> bool:
+    async def progress(done: int, total: int, chunk: dict[str, Any]) -> bool:
         nonlocal stopped_at
         step = Step(
             EventType.PROGRESS,
@@ -144,7 +170,9 @@ async def _predict(
             data={"done": done, "total": total},
             guard=("done", done),
         )
-        _, cancel = await emit(step)
+        rows = len(next(iter(chunk.values())))
+        more = (chunk_step(done - rows, done, chunk),) if chunk_step else ()
+        _, cancel = await emit(step, *more)
         stopped_at = done
         return not cancel
 

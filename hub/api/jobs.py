@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from contract.errors import MalformedRequest
+from contract.errors import InvalidInput, MalformedRequest
 from contract.events import JobStatus
 from hub import bodies, outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
@@ -38,6 +38,9 @@ class BinaryQuery:
         str | None, Query(description="binary bodies: the outputs wanted, comma-separated")
     ] = None
     priority: Annotated[int, Query(ge=-100, le=100, description="binary bodies")] = 0
+    stream_outputs: Annotated[
+        bool, Query(description="binary bodies: an `output` event per chunk")
+    ] = False
 
     def require_model(self) -> str:
         if not self.model:
@@ -116,12 +119,13 @@ async def submit(
         outputs, priority = binary.wanted() or form.outputs, binary.priority
         parameters, fingerprint = form.parameters or None, f"{form.fingerprint}:{binary}"
         webhook = None  # a binary body has no room for one: submit it as JSON
+        stream_outputs = binary.stream_outputs
     else:
         body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
         model, version = await service.catalogue.model(body.model, body.version)
         arrays = await decode_body(heavy, decode_inputs, model, version, body)
         outputs, priority, parameters = body.outputs, body.priority, body.parameters
-        webhook = body.webhook
+        webhook, stream_outputs = body.webhook, body.stream_outputs
         fingerprint = await decode_body(heavy, body.fingerprint) if idempotency_key else ""
     job = await service.submit_arrays(
         model,
@@ -132,6 +136,7 @@ async def submit(
         priority=priority,
         parameters=parameters,
         webhook=webhook,
+        stream_outputs=stream_outputs,
         idempotency=(idempotency_key, fingerprint) if idempotency_key else None,
         wait_s=wait_s,
     )
@@ -193,9 +198,22 @@ async def job_outputs(
         Query(description="overrides `Accept`"),
     ] = None,
     output: Annotated[str | None, Query(description="the output (npy: needed if several)")] = None,
+    rows: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d+:\d+$",
+            description="`start:end`: those rows only; a streamed chunk's even while it runs",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     fmt = outputs.choose(format, request.headers.get("accept"))
-    record, packed = await service.outputs(job_id, owner=caller.visible)
+    span = None
+    if rows is not None:
+        start, end = (int(x) for x in rows.split(":"))
+        if end <= start:
+            raise InvalidInput(f"rows {rows}: the end must be past the start", "bad_rows")
+        span = (start, end)
+    record, packed = await service.outputs(job_id, owner=caller.visible, rows=span)
     header = {"id": job_id, "model_name": record["model"], "model_version": record["version"]}
     answer = outputs.body(fmt, packed, header, output)
     return StreamingResponse(answer.chunks, media_type=answer.media_type, headers=answer.headers)
