@@ -104,6 +104,10 @@ def submit(
     follow: Annotated[
         bool, typer.Option("--follow", help="show progress live until the end")
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE.npz", help="write the outputs there once the job succeeds"),
+    ] = None,
     json: Json = False,
     url: Url = "http://127.0.0.1:8000",
 ) -> None:
@@ -127,12 +131,19 @@ def submit(
         if follow:
             _follow(hub, job, quiet=json)
             job = hub.job(job["id"])
+        if out is not None and job["status"] == "succeeded":
+            answer = hub.http.get(job["urls"]["outputs"], params={"format": "npz"})
+            answer.raise_for_status()
+            out.write_bytes(answer.content)
+            if not json:
+                console.print(f"outputs written to {out}")
         if json:
             print_json(job)
         elif job["status"] == "succeeded" and job["outputs"] is None:  # large: stored once
-            for out in job["outputs_summary"]:
+            for tensor in job["outputs_summary"]:
                 console.print(
-                    f"{out['name']} {out['datatype']} {out['shape']} {out['bytes']:,} bytes"
+                    f"{tensor['name']} {tensor['datatype']} {tensor['shape']} "
+                    f"{tensor['bytes']:,} bytes"
                 )
             console.print(f"outputs: {job['urls']['outputs']}?format=npz (or json, binary, npy)")
         elif job["status"] == "succeeded":

@@ -40,6 +40,7 @@ ROUTES: dict[str, tuple[str, str, str | None]] = {
     "models": ("GET", "/v1/models", "models"),
     "model": ("GET", "/v1/models/{}", None),
     "workers": ("GET", "/v1/workers", "workers"),
+    "outputs": ("GET", "/v1/jobs/{}/outputs", "outputs"),
     "follow": ("GET", "/v1/jobs/{}/events", None),
     "watch": ("GET", "/v1/events", None),
 }
@@ -262,6 +263,11 @@ class _Methods(ABC, Generic[D, L, S]):
 
     def cancel(self, job_id: str) -> D:
         return self._send(_Call("cancel", (job_id,)))
+
+    def outputs(self, job_id: str, rows: tuple[int, int] | None = None) -> L:
+        """A succeeded job's outputs as V2 tensors, however large (``rows``: some of them)."""
+        params = {"rows": f"{rows[0]}:{rows[1]}"} if rows else {}
+        return self._send(_Call("outputs", (job_id,), params=params))
 
     def models(self) -> L:
         return self._send(_Call("models"))

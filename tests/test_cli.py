@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import tritonclient.grpc as grpcclient
 from helpers import ROOT, free_port, wait_for
@@ -93,9 +94,15 @@ def test_help_has_no_type_placeholders_and_every_option_a_help() -> None:
 def test_submit_follow_shows_progress_to_the_end(hub_url: str, tmp_path: Path) -> None:
     rows = tmp_path / "rows.json"
     rows.write_text(str([[0.5] * 16] * 20))  # slow: 2 rows a chunk, so 10 progress events
-    done = inferhub("submit", "slow", "--input", str(rows), "--follow", "--url", hub_url)
+    out = tmp_path / "outputs.npz"
+    done = inferhub(
+        "submit", "slow", "--input", str(rows), "--follow", "--out", str(out), "--url", hub_url
+    )
     assert done.returncode == 0, done.stderr
     assert "succeeded" in done.stdout and "20/20" in done.stdout
+    assert f"outputs written to {out}" in done.stdout.replace("\n", "")
+    with np.load(out) as archive:
+        assert archive["y"].shape == (20, 1024)
 
 
 def test_models_and_jobs_list_what_is_served_and_run(hub_url: str) -> None:

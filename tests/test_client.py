@@ -111,6 +111,13 @@ CALLS = [
         "job", (JOB,), {}, lambda r: r["status"] == "succeeded" and r["rows"] == 2, id="job"
     ),
     pytest.param(
+        "outputs",
+        (JOB,),
+        {"rows": (1, 2)},
+        lambda r: r[0]["name"] == "label" and r[0]["data"] == [2],
+        id="outputs-rows",
+    ),
+    pytest.param(
         "jobs",
         (),
         {"model": "iris", "status": "succeeded", "limit": 1},
