@@ -33,6 +33,11 @@ def connect(url: str) -> Redis:
     )
 
 
+def database(redis: Redis) -> int:
+    """The index of the database the client works in (``redis://host:port/N``)."""
+    return int(redis.get_connection_kwargs().get("db") or 0)
+
+
 def arq_settings(url: str) -> RedisSettings:
     settings = RedisSettings.from_dsn(url)
     settings.retry = _retry()

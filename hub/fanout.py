@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
+from contract.connection import database
 from contract.events import Event, EventType
 from hub.observer import NOBODY, Observer
 
@@ -229,7 +230,7 @@ class Fanout:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.EVENTS_CHANNEL)
+                await pubsub.subscribe(keys.events_channel(database(self.redis)))
                 if self._subscribed.is_set():
                     self._signal_gap()  # events published while we were away are in the logs
                 self._subscribed.set()

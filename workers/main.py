@@ -106,9 +106,10 @@ def run_worker(settings: Settings) -> None:
     # uvloop (a dependency of uvicorn[standard]) cuts the event loop's cost per Redis round trip
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     worker_id = new_worker_id()
+    options = worker_settings(settings, worker_id)
     PushWorker(
-        wake_channel=keys.wake(settings.pool),
+        wake_channel=keys.wake(settings.pool, options["redis_settings"].database),
         redis_url=settings.redis_url,
         worker_id=worker_id,
-        **worker_settings(settings, worker_id),
+        **options,
     ).run()
