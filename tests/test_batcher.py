@@ -9,16 +9,14 @@ starts at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import ROOT, TestClient, start_worker, wait_for
-from redis import Redis
+from helpers import ROOT, TestClient, wait_for
+from stack import Stack, Worker
 
-from contract.settings import Settings
 from workers.batcher import Batcher
 
 DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"
@@ -129,22 +127,18 @@ def test_a_batch_is_flushed_after_its_delay(session: ort.InferenceSession) -> No
 
 
 @pytest.fixture
-def slow_polling_worker(settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[Settings]:
+def slow_polling_worker(transient: Stack, tmp_path: Path) -> Worker:
     repo = tmp_path / "models"
     (repo / "wakeful" / "1").mkdir(parents=True)
     (repo / "wakeful" / "1" / "model.onnx").write_bytes(
         (ROOT / "models" / "iris" / "1" / "model.onnx").read_bytes()
     )
     (repo / "wakeful" / "config.toml").write_text('pool = "wakeful"\n')
-    polling = settings.model_copy(update={"models": repo, "poll_delay_s": 10.0})
-    gen = start_worker(polling, redis, tmp_path / "worker.log", INFERHUB_POOL="wakeful")
-    next(gen)
-    yield polling
-    gen.close()
+    return transient.worker(models=repo, pool="wakeful", poll_delay_s=10.0)
 
 
 def test_a_queued_job_wakes_a_worker_that_polls_every_10_s(
-    client: TestClient, slow_polling_worker: Settings
+    client: TestClient, slow_polling_worker: Worker
 ) -> None:
     wait_for(lambda: client.get("/v1/models/wakeful").json().get("ready"), what="wakeful ready")
     body = {"model": "wakeful", "data": [[5.1, 3.5, 1.4, 0.2]]}

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
-from helpers import ROOT, free_port, wait_for
+from helpers import ROOT, wait_for
 
-from hub.processes import ready
+from hub.processes import free_port, ready
 
 
 def inferhub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

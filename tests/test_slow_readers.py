@@ -11,15 +11,12 @@ import base64
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import WorkerProcess, free_port, wait_for
-
-from contract.settings import Settings
-from hub.processes import ready, start_cli, stop
+from helpers import wait_for
+from stack import Stack
 
 READERS = 24
 ESTABLISHED = "01"  # in /proc/net/tcp
@@ -27,24 +24,10 @@ ROWS = 1000  # slow: 1000 x 1024 FP32 outputs, a ~10 MB succeeded event in JSON
 
 
 @pytest.fixture(scope="module")
-def hub(
-    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    env = {
-        "INFERHUB_REDIS_URL": settings.redis_url,
-        "INFERHUB_PORT": str(port),
-        "INFERHUB_SLOW_CONSUMER_S": "1",
-    }
-    log = (tmp_path_factory.mktemp("slowhub") / "hub.log").open("wb")
-    process = start_cli("serve", env=env, log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(url), timeout=60, what="the hub")
-        yield url, process.pid
-    finally:
-        stop([process])
-        log.close()
+def hub(stack: Stack) -> tuple[str, int]:
+    stack.first_worker(wait=False)  # the hub is ready once the worker is
+    process = stack.hub("slowhub", slow_consumer_s=1)
+    return process.url, process.pid
 
 
 def memory_kib(pid: int, field: str) -> int:
