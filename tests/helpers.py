@@ -3,6 +3,7 @@ metrics looks."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from collections.abc import Callable
@@ -39,6 +40,15 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(every)
+
+
+async def until(condition: Callable[[], object], *, limit_s: float = 10.0, what: str = "") -> None:
+    """``wait_for`` inside an event loop: check ``condition`` after each turn of the loop."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what or condition}")
+        await asyncio.sleep(0)  # one turn: the other tasks run, then the condition again
 
 
 def wait_job(client: Any, job_id: str, statuses: set[str], timeout: float = 30.0) -> dict:

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 import websockets
-from helpers import wait_for
+from helpers import scrape, value, wait_for, wait_job
 from httpx_sse import connect_sse
 from redis import Redis
 from stack import Hub, Stack, Stacks
@@ -305,24 +305,33 @@ def test_ws_bad_input_gets_error_frames_and_the_socket_stays_open(stack: Stack) 
 def test_ws_stuck_consumer_is_closed(stack: Stack) -> None:
     """A client that stops reading: the hub (buffer 4, limit 1 s) gives up on it, sends 1013
     with a reason, and cuts the connection when even that is not read within the limit."""
+    tiny, a = address(stack, "tiny"), address(stack, "a")
 
-    async def run() -> None:
-        tiny = ws_url(address(stack, "tiny"))
-        async with websockets.connect(tiny, max_queue=1, max_size=None) as ws:
+    def open_sockets() -> float:
+        return value(scrape(tiny), "inferhub_websocket_connections")
+
+    async def run() -> list[str]:
+        async with websockets.connect(ws_url(tiny), max_queue=1, max_size=None) as ws:
             await ws.send('{"type": "subscribe", "ref": 1, "model": "slow"}')
             assert (await _recv(ws))["type"] == "accepted"
+            assert open_sockets() == 1
             # big outputs (rows x 1024 floats) fill the socket buffers while we do not read
-            jobs = [submit(address(stack, "a"), "slow", 200, 16) for _ in range(6)]
-            await asyncio.sleep(4)
+            jobs = [submit(a, "slow", 200, 16) for _ in range(6)]
+            await asyncio.to_thread(
+                wait_for, lambda: open_sockets() == 0, timeout=30, what="the hub to drop us"
+            )
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:
                     await _recv(ws)
             if closed.value.rcvd is not None:  # the close frame got through before the cut
                 assert closed.value.rcvd.code == 1013
                 assert "slow" in closed.value.rcvd.reason or "reading" in closed.value.rcvd.reason
-        assert jobs  # the jobs themselves are unaffected
+        return jobs
 
-    asyncio.run(run())
+    jobs = asyncio.run(run())
+    with httpx.Client(base_url=a, timeout=10) as http:  # the jobs themselves are unaffected
+        for job in jobs:
+            assert wait_job(http, job, {"succeeded", "failed", "canceled"})["status"] == "succeeded"
 
 
 # --- slow consumers, unit ---------------------------------------------------------------------
