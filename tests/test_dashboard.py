@@ -93,10 +93,21 @@ def dash(browser: Browser, hub_server: Hub) -> Iterator[Dashboard]:
     page.goto(hub_server.url + "/")
     page.wait_for_selector("#conn[data-state=open]")
     page.wait_for_selector("#models-list li[data-model=digits]")
+    wait_subscribed(page)
     try:
         yield dashboard
     finally:
         context.close()
+
+
+def wait_subscribed(page: Page) -> None:
+    """Until the hub has accepted the page's live subscriptions to the models: a job submitted
+    before then may have published its first events to nobody (the page then shows it from
+    a later event on)."""
+    page.wait_for_function(
+        "() => { const hub = window.inferhub.hub;"
+        " return hub.models.has('iris') && hub.pending.size === 0; }"
+    )
 
 
 def circle(n: int = 48, rx: float = 0.22, ry: float = 0.35) -> list[tuple[float, float]]:
@@ -116,8 +127,8 @@ def draw(page: Page, stroke: list[tuple[float, float]]) -> None:
 
     page.mouse.move(*at(*stroke[0]))
     page.mouse.down()
-    for point in stroke[1:]:
-        page.mouse.move(*at(*point), steps=6)
+    for point in stroke[1:]:  # the page joins the points it gets with straight lines
+        page.mouse.move(*at(*point))
     page.mouse.up()
 
 
@@ -330,6 +341,7 @@ def test_a_hub_with_keys_asks_for_one_once_and_connects_with_a_ticket(
         dialog.wait_for(state="hidden")
         page.wait_for_selector("#conn[data-state=open]")
         page.wait_for_selector("#models-list li[data-model=digits][data-ready=true]")
+        wait_subscribed(page)
         record = worker.record(redis)
         assert record is not None
         row = page.locator(f'#workers-body tr[data-worker="{record["id"]}"]')
