@@ -26,7 +26,7 @@ from redis import Redis
 from contract import keys
 from contract.settings import Settings
 from hub.app import create_app
-from hub.processes import free_port, ready, start_cli, start_redis, stop
+from hub.processes import free_port, start_cli, start_redis, stop, wait_ready
 
 DATABASES = 64  # one per test module, with room to spare
 
@@ -144,11 +144,8 @@ class Hub(Process):
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
-        def answers() -> bool:
-            self.check_alive()
-            return ready(self.url)
-
-        wait_for(answers, timeout=60, every=0.02, what=f"{self.url}/readyz")
+        ok = wait_ready(self.url, 60, watch=[self.process])
+        assert ok, f"{self.name} at {self.url} is not ready:\n{self.log_text()}"
 
     def restart(self) -> None:
         """Start again on the same port, after ``stop``."""
