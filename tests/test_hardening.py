@@ -287,12 +287,12 @@ def test_serve_and_up_say_the_port_is_in_use(stack: Stack) -> None:
         assert "embedded Redis" not in upped.stdout
 
 
-def test_a_second_up_does_not_take_the_running_hub_for_its_own(stack: Stack, hub_url: str) -> None:
-    port = hub_url.rsplit(":", 1)[1]
+def test_a_second_up_does_not_take_the_running_hub_for_its_own(stack: Stack, open_hub: int) -> None:
+    port = str(open_hub)
     env = cli_env(stack)
     del env["INFERHUB_REDIS_URL"]
     second = inferhub("up", "--port", port, env=env)
     assert "inferhub is up" not in second.stdout
     assert second.returncode == 2
     assert f"port {port} is in use; pass --port" in second.stderr
-    assert ready(hub_url)  # the first one is untouched
+    assert ready(f"http://127.0.0.1:{port}")  # the first one is untouched
