@@ -2,9 +2,6 @@
 
 PREFIX = "inferhub:"
 
-EVENTS_CHANNEL = PREFIX + "events"
-"""Pub/sub channel every event is published on; each hub process subscribes once."""
-
 EVENTS_STREAM = PREFIX + "events:log"
 """Capped stream of every event, for resuming the all-jobs feed."""
 
@@ -67,9 +64,22 @@ def queue(pool: str) -> str:
     return f"{PREFIX}queue:{pool}"
 
 
-def wake(pool: str) -> str:
+def _channel(name: str, db: int) -> str:
+    # Redis has one pub/sub namespace for all its databases: deployments on two databases of
+    # one server would hear each other's events unless the name says which. Database 0 keeps
+    # the plain name.
+    return f"{PREFIX}{name}" if db == 0 else f"{PREFIX}db{db}:{name}"
+
+
+def events_channel(db: int) -> str:
+    """Pub/sub channel every event of database ``db`` is published on; each hub process
+    subscribes once."""
+    return _channel("events", db)
+
+
+def wake(pool: str, db: int) -> str:
     """Pub/sub channel that tells a pool's workers a job was queued, so they need not poll."""
-    return f"{PREFIX}wake:{pool}"
+    return _channel(f"wake:{pool}", db)
 
 
 def ticket(digest: str) -> str:

@@ -1,5 +1,5 @@
 """The Lua scripts of ``contract/lua/``, called directly through ``contract.scripts`` on the
-session's real Redis, one table of cases per script.
+module's Redis database, one table of cases per script.
 
 Each row is (case, setup, call, expected): the keys written before, what the script is called
 with, and what it returns plus the keys afterwards. Every key lives under a prefix of its own
