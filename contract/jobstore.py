@@ -106,6 +106,7 @@ class JobStore:
             "ttl": lim.ttl_s,
             "job_maxlen": lim.job_maxlen,
             "log_maxlen": lim.log_maxlen,
+            "webhook_wake": keys.webhooks_wake(self.db),
         }
 
     async def create(

@@ -16,8 +16,7 @@ WORKERS = PREFIX + "workers"
 
 WEBHOOKS = PREFIX + "webhooks"
 """Sorted set of the webhook deliveries to make, ``"<job id> <event id> <attempt>"``, scored by
-when (ms, Redis's clock) the next attempt is due; also the channel that wakes the hubs' senders
-when one is added (hub/webhooks/sender.py)."""
+when (ms, Redis's clock) the next attempt is due (hub/webhooks/sender.py)."""
 
 
 def job(job_id: str) -> str:
@@ -80,6 +79,11 @@ def events_channel(db: int) -> str:
 def wake(pool: str, db: int) -> str:
     """Pub/sub channel that tells a pool's workers a job was queued, so they need not poll."""
     return _channel(f"wake:{pool}", db)
+
+
+def webhooks_wake(db: int) -> str:
+    """Pub/sub channel that wakes the hubs' webhook senders when a delivery is queued."""
+    return _channel("webhooks", db)
 
 
 def ticket(digest: str) -> str:

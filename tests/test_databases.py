@@ -1,6 +1,7 @@
 """Two deployments on two databases of one Redis server stay apart. Keys are per database in
 Redis, but pub/sub channels are not: the channel names carry the database's index, so that
-neither side's hubs hear the other's events nor its workers the other's wake-ups."""
+neither side's hubs hear the other's events (nor its webhook senders the other's wake-ups)
+nor its workers the other's wake-ups."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ IRIS = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
 def test_channel_names_carry_the_database_and_database_0_keeps_the_plain_names() -> None:
     assert keys.events_channel(0) == "inferhub:events"
     assert keys.wake("default", 0) == "inferhub:wake:default"
-    names = {keys.events_channel(db) for db in range(16)} | {
-        keys.wake("default", db) for db in range(16)
-    }
-    assert len(names) == 32
+    assert keys.webhooks_wake(0) == "inferhub:webhooks"
+    channels = (keys.events_channel, lambda db: keys.wake("default", db), keys.webhooks_wake)
+    names = {channel(db) for channel in channels for db in range(16)}
+    assert len(names) == 48
 
 
 def finished(client: TestClient) -> dict[str, Any]:
