@@ -56,11 +56,20 @@ def bind_problem(host: str, port: int, what: str = "port", flag: str = "--port")
     return None
 
 
-def start_redis(port: int, workdir: Path, *, persistent: bool = False) -> subprocess.Popen[bytes]:
-    """A private Redis on 127.0.0.1:``port``, append-only when ``persistent``; returns once it
-    answers."""
+def start_redis(
+    port: int,
+    workdir: Path,
+    *,
+    persistent: bool = False,
+    databases: int = 16,
+    binary: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """A private Redis on 127.0.0.1:``port``, append-only when ``persistent``, with
+    ``databases`` databases (Redis's default is 16); returns once it answers. ``binary`` is the
+    server to run (else ``redis_server_binary()``)."""
     flags = {
         "port": str(port),
+        "databases": str(databases),
         "bind": "127.0.0.1",
         "save": "",
         "appendonly": "yes" if persistent else "no",
@@ -69,7 +78,7 @@ def start_redis(port: int, workdir: Path, *, persistent: bool = False) -> subpro
         "logfile": str(workdir / "redis.log"),
     }
     proc = subprocess.Popen(
-        [redis_server_binary(), *(x for k, v in flags.items() for x in (f"--{k}", v))],
+        [binary or redis_server_binary(), *(x for k, v in flags.items() for x in (f"--{k}", v))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches `inferhub up`, which stops Redis last

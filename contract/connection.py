@@ -30,3 +30,8 @@ def connect(url: str) -> Redis:
         retry=_retry(),
         retry_on_error=RETRY_ON,
     )
+
+
+def database(redis: Redis) -> int:
+    """The index of the database the client works in (``redis://host:port/N``)."""
+    return int(redis.get_connection_kwargs().get("db") or 0)

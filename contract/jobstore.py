@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from contract import keys, scripts
+from contract.connection import database
 from contract.events import Event, EventType, JobStatus, stream_key
 from contract.records import step_fields
 from contract.settings import Settings
@@ -89,6 +90,7 @@ class JobStore:
     def __init__(self, redis: Redis, limits: Limits) -> None:
         self.redis = redis
         self.limits = limits
+        self.db = database(redis)
 
     def _event(
         self, job_id: str, type_: EventType, model: str, owner: str, data: Any, ts: float = 0.0
@@ -100,11 +102,12 @@ class JobStore:
         """The arguments every script that appends an event takes."""
         lim = self.limits
         return {
-            "channel": keys.EVENTS_CHANNEL,
+            "channel": keys.events_channel(self.db),
             "event": event,
             "ttl": lim.ttl_s,
             "job_maxlen": lim.job_maxlen,
             "log_maxlen": lim.log_maxlen,
+            "webhook_wake": keys.webhooks_wake(self.db),
         }
 
     async def create(
@@ -157,7 +160,7 @@ class JobStore:
                 "arq_payload": arq_job,
                 "score": queue_score(now_ms, priority),
                 "created_ms": now_ms,
-                "wake": keys.wake(pool),
+                "wake": keys.wake(pool, self.db),
                 "job_id": job_id,
                 "max_queued": max_queued,
                 "max_owner_queued": max_queued_per_owner,

@@ -2,9 +2,6 @@
 
 PREFIX = "inferhub:"
 
-EVENTS_CHANNEL = PREFIX + "events"
-"""Pub/sub channel every event is published on; each hub process subscribes once."""
-
 EVENTS_STREAM = PREFIX + "events:log"
 """Capped stream of every event, for resuming the all-jobs feed."""
 
@@ -19,8 +16,7 @@ WORKERS = PREFIX + "workers"
 
 WEBHOOKS = PREFIX + "webhooks"
 """Sorted set of the webhook deliveries to make, ``"<job id> <event id> <attempt>"``, scored by
-when (ms, Redis's clock) the next attempt is due; also the channel that wakes the hubs' senders
-when one is added (hub/webhooks/sender.py)."""
+when (ms, Redis's clock) the next attempt is due (hub/webhooks/sender.py)."""
 
 
 def job(job_id: str) -> str:
@@ -72,9 +68,27 @@ def queue(pool: str) -> str:
     return f"{PREFIX}queue:{pool}"
 
 
-def wake(pool: str) -> str:
+def _channel(name: str, db: int) -> str:
+    # Redis has one pub/sub namespace for all its databases: deployments on two databases of
+    # one server would hear each other's events unless the name says which. Database 0 keeps
+    # the plain name.
+    return f"{PREFIX}{name}" if db == 0 else f"{PREFIX}db{db}:{name}"
+
+
+def events_channel(db: int) -> str:
+    """Pub/sub channel every event of database ``db`` is published on; each hub process
+    subscribes once."""
+    return _channel("events", db)
+
+
+def wake(pool: str, db: int) -> str:
     """Pub/sub channel that tells a pool's workers a job was queued, so they need not poll."""
-    return f"{PREFIX}wake:{pool}"
+    return _channel(f"wake:{pool}", db)
+
+
+def webhooks_wake(db: int) -> str:
+    """Pub/sub channel that wakes the hubs' webhook senders when a delivery is queued."""
+    return _channel("webhooks", db)
 
 
 def ticket(digest: str) -> str:

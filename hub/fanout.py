@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
+from contract.connection import database
 from contract.events import Event, EventType
 from hub.observer import NOBODY, Observer
 
@@ -235,7 +236,8 @@ class Fanout:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.EVENTS_CHANNEL, *self._handlers)
+                channel = keys.events_channel(database(self.redis))
+                await pubsub.subscribe(channel, *self._handlers)
                 if self._subscribed.is_set():
                     self._signal_gap()  # events published while we were away are in the logs
                 self._subscribed.set()

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
+from contract.connection import database
 from contract.errors import InferenceFailed, Unavailable
 from contract.jobstore import queue_score
 from contract.online import Answer, BatchArgs, OnlineRequest, Reply, batch_payload
@@ -83,6 +84,7 @@ class OnlineLane:
         observer: Observer = NOBODY,
     ) -> None:
         self.redis = redis
+        self.db = database(redis)
         self.max_rows_per_pool = max_rows_per_pool
         self.batches_per_worker = batches_per_worker
         self.observer = observer
@@ -219,7 +221,7 @@ class OnlineLane:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.psetex(job_key_prefix + batch.id, ttl_ms, batch_payload(args, now_ms))
                 pipe.zadd(keys.queue(batch.line.pool), {batch.id: queue_score(now_ms, priority)})
-                pipe.publish(keys.wake(batch.line.pool), "")
+                pipe.publish(keys.wake(batch.line.pool, self.db), "")
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("online batch %s not queued: %s", batch.id, exc)

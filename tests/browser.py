@@ -1,5 +1,6 @@
-"""Debian's headless Chromium driven by Playwright against a real hub (``python -m cli serve``
-on a free port), for the browser tests: the pieces their fixtures are made of.
+"""Debian's headless Chromium driven by Playwright against a real hub (``inferhub serve`` on a
+free port, started by the module's stack: tests/stack.py), for the browser tests: the pieces
+their fixtures are made of.
 
 Playwright's own browser download does not work here; the tests use ``/usr/bin/chromium``
 (``apt-get install chromium``). Screenshots go to ``test-artifacts/``.
@@ -7,21 +8,15 @@ Playwright's own browser download does not work here; the tests use ``/usr/bin/c
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from helpers import ROOT, free_port, wait_for, worker_env
+from helpers import ROOT
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
-
-from cli.processes import stop
-from contract.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -35,59 +30,11 @@ ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 15_000
 
 
-# --- a hub that can be stopped and started again on the same port ---------------------------
-
-
-@dataclass
-class HubServer:
-    port: int
-    env: dict[str, str]
-    log: IO[bytes]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve"],
-            env=self.env,
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._ready, timeout=60, every=0.05, what=f"{self.url}/readyz")
-
-    def _ready(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "the hub exited"
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop([self.process])
-            self.process = None
-
-    def submit(self, model: str, data: list[list[float]]) -> str:
-        r = httpx.post(f"{self.url}/v1/jobs", json={"model": model, "data": data}, timeout=10)
-        assert r.status_code == 202, r.text
-        return str(r.json()["id"])
-
-
-def serve_hub(settings: Settings, folder: Path, **env: str) -> Iterator[HubServer]:
-    """A hub on the session's Redis (and so its worker), for as long as the generator runs."""
-    port = free_port()
-    with (folder / "hub.log").open("wb") as log:
-        server = HubServer(port, worker_env(settings, INFERHUB_PORT=str(port), **env), log)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+def submit(url: str, model: str, data: list[list[float]]) -> str:
+    """POST a job to the hub at ``url``; its id."""
+    r = httpx.post(f"{url}/v1/jobs", json={"model": model, "data": data}, timeout=10)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
 
 
 @contextmanager
@@ -153,4 +100,15 @@ def open_dashboard(browser: Browser, url: str) -> Iterator[Dashboard]:
         dashboard.page.goto(url + "/")
         dashboard.page.wait_for_selector("#conn[data-state=open]")
         dashboard.page.wait_for_selector("#models-list li[data-model=digits]")
+        wait_subscribed(dashboard.page)
         yield dashboard
+
+
+def wait_subscribed(page: Page) -> None:
+    """Until the hub has accepted the page's live subscriptions to the models: a job submitted
+    before then may have published its first events to nobody (the page then shows it from
+    a later event on)."""
+    page.wait_for_function(
+        "() => { const hub = window.inferhub.hub;"
+        " return hub.models.has('iris') && hub.pending.size === 0; }"
+    )

@@ -1,45 +1,31 @@
-"""Small helpers shared by the tests: polling with a deadline, model builders, Redis looks."""
+"""Small helpers shared by the tests: polling with a deadline, model builders, Redis and
+metrics looks."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
+import asyncio
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import onnx
-import orjson
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from starlette.exceptions import StarletteDeprecationWarning
 
 from contract import keys
 from contract.events import Event
-from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPSET = 17
 IR_VERSION = 8
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (never Redis's default 6379)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port != 6379:
-            return port
 
 
 def wait_for(
@@ -54,6 +40,15 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(every)
+
+
+async def until(condition: Callable[[], object], *, limit_s: float = 10.0, what: str = "") -> None:
+    """``wait_for`` inside an event loop: check ``condition`` after each turn of the loop."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what or condition}")
+        await asyncio.sleep(0)  # one turn: the other tasks run, then the condition again
 
 
 def wait_job(client: Any, job_id: str, statuses: set[str], timeout: float = 30.0) -> dict:
@@ -80,13 +75,38 @@ def stream_id(event_id: str) -> tuple[int, int]:
 
 
 def wait_idle(redis: Redis, timeout: float = 30.0) -> None:
-    """Wait until no arq job is running or waiting in the default pool's queue."""
+    """Wait until no arq job is running or waiting in the default pool's queue, in the
+    database of ``redis`` (the module's own: other modules' jobs are not there)."""
 
     def idle() -> bool:
         busy = redis.zcard(keys.queue("default")) or redis.keys("arq:in-progress:*")
         return not busy
 
     wait_for(idle, timeout=timeout, what="the default pool to be idle")
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+"""Prometheus samples by name: each with its labels and value."""
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def scrape(url: str) -> Samples:
+    """The metrics of the hub at ``url``."""
+    return parse(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        v for tags, v in samples.get(name, ()) if all(tags.get(k) == x for k, x in labels.items())
+    )
 
 
 with warnings.catch_warnings():
@@ -97,87 +117,6 @@ with warnings.catch_warnings():
         category=StarletteDeprecationWarning,
     )
     from starlette.testclient import TestClient as TestClient  # re-exported
-
-
-# --- processes -------------------------------------------------------------------------------
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
-    env.update(
-        INFERHUB_REDIS_URL=settings.redis_url,
-        INFERHUB_MODELS=str(settings.models),
-        INFERHUB_POLL_DELAY_S=str(settings.poll_delay_s),
-        INFERHUB_HEARTBEAT_S=str(settings.heartbeat_s),
-        INFERHUB_GRPC_PORT="0",  # a hub started with this env serves no gRPC unless told
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        **extra,
-    )
-    return env
-
-
-WORKER_CODE = "from contract.settings import Settings; from workers.main import run_worker; run_worker(Settings())"
-
-
-@dataclass
-class WorkerProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def record(self, redis: Redis) -> dict | None:
-        """This worker's heartbeat record, once it is visible in Redis."""
-        for key in redis.scan_iter(match=keys.worker("*")):
-            raw = redis.get(key)
-            if raw is not None and orjson.loads(raw).get("pid") == self.pid:
-                return orjson.loads(raw)
-        return None
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
-
-
-def start_worker(
-    settings: Settings, redis: Redis, log_path: Path, **env: str
-) -> Iterator[WorkerProcess]:
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", WORKER_CODE],
-        env=worker_env(settings, **env),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    worker = WorkerProcess(process, log_path, log)
-
-    def registered() -> dict | None:
-        assert process.poll() is None, f"the worker exited:\n{worker.log_text()}"
-        return worker.record(redis)
-
-    try:
-        wait_for(registered, timeout=60, every=0.05, what="the worker's heartbeat")
-        yield worker
-    finally:
-        worker.stop()
 
 
 # --- models built with the onnx helper API ---------------------------------------------------

@@ -9,16 +9,15 @@ starts at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import inspect
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import ROOT, TestClient, start_worker, wait_for
-from redis import Redis
+from helpers import ROOT, TestClient, until, wait_for
+from stack import Stack, Worker
 
-from contract.settings import Settings
 from workers.batcher import Batcher
 
 DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"
@@ -40,6 +39,11 @@ def alone(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[np
 def batcher(session: ort.InferenceSession, **options: float) -> Batcher:
     settings = {"max_batch_size": 64, "preferred_batch_size": 32, "max_queue_delay_ms": 20.0}
     return Batcher(session, **{**settings, **options})  # type: ignore[arg-type]
+
+
+def waiting(task: asyncio.Task[object]) -> bool:
+    """Whether the task has started and now waits (``Batcher.run`` on its result)."""
+    return inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_SUSPENDED  # type: ignore[arg-type]
 
 
 async def job(b: Batcher, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -82,22 +86,26 @@ def test_a_failing_request_fails_only_itself(session: ort.InferenceSession) -> N
 
 
 def test_a_canceled_job_leaves_the_others(session: ort.InferenceSession) -> None:
-    feeds = [rows(1, seed=i) for i in range(4)]
+    feeds = [rows(1, seed=i) for i in range(5)]
 
     async def run() -> list[object]:
-        # a long delay and many expected jobs: the batch waits, and one job is canceled meanwhile
-        b = batcher(session, preferred_batch_size=64, max_queue_delay_ms=300)
+        # five jobs expected and a 60 s delay: the batch waits for the fifth job's rows, and
+        # one of the first four is canceled meanwhile
+        b = batcher(session, preferred_batch_size=64, max_queue_delay_ms=60_000)
         with b.expecting(), b.expecting(), b.expecting(), b.expecting(), b.expecting():
-            tasks = [asyncio.create_task(b.run(f)) for f in feeds]
-            await asyncio.sleep(0.05)  # all four queued, the batch still waiting
+            tasks = [asyncio.create_task(b.run(f)) for f in feeds[:4]]
+            # a job's rows are queued before it first waits (on its result)
+            await until(lambda: all(waiting(t) for t in tasks), what="four jobs queued")
             tasks[1].cancel()
-            out = await asyncio.gather(*tasks, return_exceptions=True)
+            tasks.append(asyncio.create_task(b.run(feeds[4])))  # the last rows: the batch runs
+            out = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
         await b.close()
+        assert b.batches == 1  # the canceled job's rows were left out of the one call
         return out
 
     out = asyncio.run(run())
     assert isinstance(out[1], asyncio.CancelledError)
-    for i in (0, 2, 3):
+    for i in (0, 2, 3, 4):
         assert np.array_equal(out[i]["label"], alone(session, feeds[i])[0])  # type: ignore[index]
 
 
@@ -129,22 +137,18 @@ def test_a_batch_is_flushed_after_its_delay(session: ort.InferenceSession) -> No
 
 
 @pytest.fixture
-def slow_polling_worker(settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[Settings]:
+def slow_polling_worker(transient: Stack, tmp_path: Path) -> Worker:
     repo = tmp_path / "models"
     (repo / "wakeful" / "1").mkdir(parents=True)
     (repo / "wakeful" / "1" / "model.onnx").write_bytes(
         (ROOT / "models" / "iris" / "1" / "model.onnx").read_bytes()
     )
     (repo / "wakeful" / "config.toml").write_text('pool = "wakeful"\n')
-    polling = settings.model_copy(update={"models": repo, "poll_delay_s": 10.0})
-    gen = start_worker(polling, redis, tmp_path / "worker.log", INFERHUB_POOL="wakeful")
-    next(gen)
-    yield polling
-    gen.close()
+    return transient.worker(models=repo, pool="wakeful", poll_delay_s=10.0)
 
 
 def test_a_queued_job_wakes_a_worker_that_polls_every_10_s(
-    client: TestClient, slow_polling_worker: Settings
+    client: TestClient, slow_polling_worker: Worker
 ) -> None:
     wait_for(lambda: client.get("/v1/models/wakeful").json().get("ready"), what="wakeful ready")
     body = {"model": "wakeful", "data": [[5.1, 3.5, 1.4, 0.2]]}

@@ -14,13 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
-from helpers import ROOT, TestClient, WorkerProcess, wait_for
+from helpers import ROOT, TestClient
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
+from stack import Stack, Worker
 
 from contract import keys
-from contract.settings import Settings
-from hub.app import create_app
 
 WAIT = {"Prefer": "wait=30"}
 NPY = {"Content-Type": "application/x-npy", **WAIT}
@@ -50,9 +49,8 @@ def outputs(job: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def small_body_client(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 2**20}))) as c:
-        wait_for(lambda: c.get("/readyz").status_code == 200, what="/readyz")
+def small_body_client(stack: Stack, worker: Worker) -> Iterator[TestClient]:
+    with stack.app(max_body_bytes=2**20) as c:
         yield c
 
 

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import orjson
 import tritonclient.grpc as grpcclient
-from helpers import ROOT, free_port, wait_for
+from helpers import ROOT, wait_for
 
-from cli.processes import ready
+from cli.processes import free_port, ready
 
 
 def inferhub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

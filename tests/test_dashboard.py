@@ -1,8 +1,8 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright (see
-tests/browser.py), against a real hub, the session's worker and Redis. Everything live on the
-page comes from its WebSocket: job events, and the hub's ``stats`` message for the models,
-queues and workers (the page polls no HTTP route). Screenshots at 1280 and 390 px go to
-``test-artifacts/``.
+tests/browser.py), against a real hub (``inferhub serve`` on a free port), the module's worker
+and Redis database. Everything live on the page comes from its WebSocket: job events, and the
+hub's ``stats`` message for the models, queues and workers (the page polls no HTTP route).
+Screenshots at 1280 and 390 px go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -16,29 +16,29 @@ import numpy as np
 import pytest
 from browser import (
     ARTIFACTS,
-    WAIT_MS,
     Dashboard,
-    HubServer,
     chromium,
     open_dashboard,
-    serve_hub,
+    submit,
+    wait_subscribed,
+    watched_page,
 )
-from helpers import TestClient, WorkerProcess, free_port, wait_for, wait_idle, worker_env
+from helpers import TestClient, wait_for
 from playwright.sync_api import Browser, Page
 from redis import Redis
+from stack import Hub, Stack, Worker
 
 from contract import keys
-from contract.settings import Settings
 from hub.auth import new_key
 
 # --- the fixtures: a hub, a browser, one page per test with its console watched -------------
 
 
 @pytest.fixture(scope="module")
-def hub_server(
-    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[HubServer]:
-    yield from serve_hub(settings, tmp_path_factory.mktemp("dashboard"))
+def hub_server(stack: Stack) -> Hub:
+    """A hub process that a test may stop and start again on the same port."""
+    stack.first_worker(wait=False)  # the hub is ready once the worker is
+    return stack.hub("dashboard")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def dash(browser: Browser, hub_server: HubServer) -> Iterator[Dashboard]:
+def dash(browser: Browser, hub_server: Hub) -> Iterator[Dashboard]:
     yield from open_dashboard(browser, hub_server.url)
 
 
@@ -69,8 +69,8 @@ def draw(page: Page, stroke: list[tuple[float, float]]) -> None:
 
     page.mouse.move(*at(*stroke[0]))
     page.mouse.down()
-    for point in stroke[1:]:
-        page.mouse.move(*at(*point), steps=6)
+    for point in stroke[1:]:  # the page joins the points it gets with straight lines
+        page.mouse.move(*at(*point))
     page.mouse.up()
 
 
@@ -107,7 +107,7 @@ def bulk(page: Page, model: str, rows: int) -> str:
 
 
 def test_page_loads_and_lists_the_models_and_the_live_worker(
-    dash: Dashboard, worker: WorkerProcess, redis: Redis
+    dash: Dashboard, worker: Worker, redis: Redis
 ) -> None:
     page = dash.page
     for model in ("digits", "iris", "breast_cancer"):
@@ -127,11 +127,11 @@ def test_page_loads_and_lists_the_models_and_the_live_worker(
 
 
 def test_queues_workers_and_models_come_live_from_the_socket(
-    dash: Dashboard, hub_server: HubServer, redis: Redis, orphan_model: str
+    dash: Dashboard, hub_server: Hub, redis: Redis, orphan_model: str
 ) -> None:
     page = dash.page
     page.wait_for_selector(f"#models-list li[data-model={orphan_model}][data-ready=false]")
-    jobs = [hub_server.submit(orphan_model, [[5.1, 3.5, 1.4, 0.2]]) for _ in range(2)]
+    jobs = [submit(hub_server.url, orphan_model, [[5.1, 3.5, 1.4, 0.2]]) for _ in range(2)]
 
     def shows_the_queue() -> None:
         """The page shows the pool's queue as Redis holds it: no worker serves pool "nobody",
@@ -153,7 +153,7 @@ def test_queues_workers_and_models_come_live_from_the_socket(
     assert dash.errors == []
 
 
-def test_online_traffic_shows_beside_the_jobs(dash: Dashboard, hub_server: HubServer) -> None:
+def test_online_traffic_shows_beside_the_jobs(dash: Dashboard, hub_server: Hub) -> None:
     tensor = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
     for _ in range(4):
         r = httpx.post(
@@ -213,10 +213,10 @@ def test_bulk_job_from_the_page_shows_its_progress_to_done(dash: Dashboard) -> N
 
 
 def test_job_submitted_over_http_appears_live_and_succeeds(
-    dash: Dashboard, hub_server: HubServer
+    dash: Dashboard, hub_server: Hub
 ) -> None:
     page = dash.page
-    job_id = hub_server.submit("iris", [[5.1, 3.5, 1.4, 0.2]])
+    job_id = submit(hub_server.url, "iris", [[5.1, 3.5, 1.4, 0.2]])
     dash.wait_status(job_id, "succeeded")
     assert dash.job(job_id)["events"] == ["queued", "started", "succeeded"]
     dash.row(job_id).get_by_role("button", name=f"details of job {job_id}").click()
@@ -233,9 +233,7 @@ def test_job_submitted_over_http_appears_live_and_succeeds(
     assert dash.errors == []
 
 
-def test_cancel_from_the_page_cancels_a_running_bulk_job(
-    dash: Dashboard, hub_server: HubServer, redis: Redis
-) -> None:
+def test_cancel_from_the_page_cancels_a_running_bulk_job(dash: Dashboard, hub_server: Hub) -> None:
     page = dash.page
     job_id = bulk(page, "slow", 6000)  # about 6 s of work in 3000 chunks
     page.wait_for_function(
@@ -247,12 +245,11 @@ def test_cancel_from_the_page_cancels_a_running_bulk_job(
     assert job["status"] == "canceled"
     assert 0 < job["progress"]["done"] < 6000
     assert dash.row(job_id).get_by_role("button", name=f"cancel job {job_id}").is_hidden()
-    wait_idle(redis)
     assert dash.errors == []
 
 
 def test_page_reconnects_after_a_hub_restart_and_replays_what_it_missed(
-    dash: Dashboard, hub_server: HubServer, client: TestClient
+    dash: Dashboard, hub_server: Hub, client: TestClient
 ) -> None:
     page = dash.page
     hub_server.stop()
@@ -265,14 +262,14 @@ def test_page_reconnects_after_a_hub_restart_and_replays_what_it_missed(
         lambda: client.get(f"/v1/jobs/{missed}").json()["status"] == "succeeded",
         what="the job submitted during the outage to finish",
     )
-    hub_server.start()
+    hub_server.restart()
     page.wait_for_selector("#conn[data-state=open]")
     assert "reconnected" in page.inner_text("#conn")
     # resumed from the last event id: the job's events came on the socket, not just its record
     dash.wait_status(missed, "succeeded")
     wait_for(lambda: dash.job(missed)["events"] == ["queued", "started", "succeeded"])
     # and it keeps updating live
-    after = hub_server.submit("breast_cancer", [[1.0] * 30])
+    after = submit(hub_server.url, "breast_cancer", [[1.0] * 30])
     dash.wait_status(after, "succeeded")
     assert dash.job(after)["events"] == ["queued", "started", "succeeded"]
     # the only console errors allowed are Chromium's own reports of the refused connections
@@ -282,10 +279,10 @@ def test_page_reconnects_after_a_hub_restart_and_replays_what_it_missed(
     assert unexpected == []
 
 
-def test_screenshots_at_desktop_and_phone_widths(dash: Dashboard, hub_server: HubServer) -> None:
+def test_screenshots_at_desktop_and_phone_widths(dash: Dashboard, hub_server: Hub) -> None:
     page = dash.page
     for data in ([[5.1, 3.5, 1.4, 0.2]], [[6.0, 2.9, 4.5, 1.5]], [[6.7, 3.0, 5.2, 2.3]]):
-        dash.wait_status(hub_server.submit("iris", data), "succeeded")
+        dash.wait_status(submit(hub_server.url, "iris", data), "succeeded")
     assert classify_drawing(page, circle()) == "0"
     page.wait_for_function("() => document.querySelector('#stat-rate').textContent !== '0.00'")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -297,7 +294,7 @@ def test_screenshots_at_desktop_and_phone_widths(dash: Dashboard, hub_server: Hu
     assert dash.errors == []
 
 
-def test_the_page_and_its_files_are_served(hub_server: HubServer) -> None:
+def test_the_page_and_its_files_are_served(hub_server: Hub) -> None:
     index = httpx.get(hub_server.url + "/", timeout=5)
     assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
     assert 'src="static/js/main.js"' in index.text
@@ -310,70 +307,59 @@ def test_the_page_and_its_files_are_served(hub_server: HubServer) -> None:
 
 
 def test_a_hub_with_keys_asks_for_one_once_and_connects_with_a_ticket(
-    browser: Browser, settings: Settings, worker: WorkerProcess, redis: Redis, tmp_path: Path
+    browser: Browser, worker: Worker, redis: Redis, transient: Stack, tmp_path: Path
 ) -> None:
     keys_file = tmp_path / "keys.toml"
     key = new_key(keys_file, "ops", ["admin"])
     wrong = "ih_00000000_not-a-key-of-this-hub"
-    port = free_port()
-    env = worker_env(settings, INFERHUB_PORT=str(port), INFERHUB_API_KEYS_FILE=str(keys_file))
-    with (tmp_path / "hub.log").open("wb") as log:
-        server = HubServer(port, env, log)
-        server.start()
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(WAIT_MS)
-        try:
-            assert httpx.get(f"{server.url}/v1/models", timeout=5).status_code == 401
-            page = context.new_page()
-            dash = Dashboard(page)
-            page.on("console", dash.console)
-            page.on("pageerror", lambda exc: dash.errors.append(f"pageerror: {exc}"))
-            page.goto(server.url + "/")
-            dialog = page.get_by_role("dialog", name="This hub asks for an API key")
-            dialog.wait_for()
-            assert "inferhub keys add --tenant NAME --scope admin" in dialog.inner_text()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard-key.png"))
-            # a wrong key: the hub's message, and the dialog asks again
-            dialog.get_by_label("API key").fill(wrong)
-            dialog.get_by_role("button", name="Use this key").click()
-            error = dialog.get_by_role("alert")
-            error.wait_for()
-            assert error.inner_text() == "the API key is not valid"
-            assert dialog.is_visible() and page.get_attribute("#key-input", "aria-invalid")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-key-wrong.png"))
-            # the right key: the dialog goes, the socket connects with a ticket, the page fills
-            dialog.get_by_label("API key").fill(key)
-            dialog.get_by_role("button", name="Use this key").click()
-            dialog.wait_for(state="hidden")
-            page.wait_for_selector("#conn[data-state=open]")
-            page.wait_for_selector("#models-list li[data-model=digits][data-ready=true]")
-            record = worker.record(redis)
-            assert record is not None
-            row = page.locator(f'#workers-body tr[data-worker="{record["id"]}"]')
-            row.wait_for()
-            assert row.get_attribute("data-alive") == "true"
-            assert page.evaluate("sessionStorage.getItem('inferhub.key')") == key
-            # a job submitted over HTTP with the key comes live over the socket
-            r = httpx.post(
-                f"{server.url}/v1/jobs",
-                json={"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]},
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=10,
-            )
-            assert r.status_code == 202, r.text
-            job_id = r.json()["id"]
-            dash.wait_status(job_id, "succeeded")
-            assert dash.job(job_id)["events"] == ["queued", "started", "succeeded"]
-            # asked once: a reload in the same tab connects with the stored key, no dialog
-            page.reload()
-            page.wait_for_selector("#conn[data-state=open]")
-            page.wait_for_selector(f'#jobs-body tr[data-job="{job_id}"]')
-            assert not dialog.is_visible()
-            # only Chromium's reports of the two refused requests (no key, then the wrong one)
-            unexpected = [e for e in dash.errors if "status of 401 (Unauthorized)" not in e]
-            assert unexpected == []
-            assert len(dash.errors) == 2, dash.errors
-        finally:
-            context.close()
-            server.stop()
+    server = transient.hub("keyed", api_keys_file=keys_file)
+    assert httpx.get(f"{server.url}/v1/models", timeout=5).status_code == 401
+    with watched_page(browser) as dash:
+        page = dash.page
+        page.goto(server.url + "/")
+        dialog = page.get_by_role("dialog", name="This hub asks for an API key")
+        dialog.wait_for()
+        assert "inferhub keys add --tenant NAME --scope admin" in dialog.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-key.png"))
+        # a wrong key: the hub's message, and the dialog asks again
+        dialog.get_by_label("API key").fill(wrong)
+        dialog.get_by_role("button", name="Use this key").click()
+        error = dialog.get_by_role("alert")
+        error.wait_for()
+        assert error.inner_text() == "the API key is not valid"
+        assert dialog.is_visible() and page.get_attribute("#key-input", "aria-invalid")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-key-wrong.png"))
+        # the right key: the dialog goes, the socket connects with a ticket, the page fills
+        dialog.get_by_label("API key").fill(key)
+        dialog.get_by_role("button", name="Use this key").click()
+        dialog.wait_for(state="hidden")
+        page.wait_for_selector("#conn[data-state=open]")
+        page.wait_for_selector("#models-list li[data-model=digits][data-ready=true]")
+        wait_subscribed(page)
+        record = worker.record(redis)
+        assert record is not None
+        row = page.locator(f'#workers-body tr[data-worker="{record["id"]}"]')
+        row.wait_for()
+        assert row.get_attribute("data-alive") == "true"
+        assert page.evaluate("sessionStorage.getItem('inferhub.key')") == key
+        # a job submitted over HTTP with the key comes live over the socket
+        r = httpx.post(
+            f"{server.url}/v1/jobs",
+            json={"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        dash.wait_status(job_id, "succeeded")
+        assert dash.job(job_id)["events"] == ["queued", "started", "succeeded"]
+        # asked once: a reload in the same tab connects with the stored key, no dialog
+        page.reload()
+        page.wait_for_selector("#conn[data-state=open]")
+        page.wait_for_selector(f'#jobs-body tr[data-job="{job_id}"]')
+        assert not dialog.is_visible()
+        # only Chromium's reports of the two refused requests (no key, then the wrong one)
+        unexpected = [e for e in dash.errors if "status of 401 (Unauthorized)" not in e]
+        assert unexpected == []
+        assert len(dash.errors) == 2, dash.errors

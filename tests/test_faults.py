@@ -1,36 +1,28 @@
 """Faults against real processes: a worker killed mid-job, a worker told to stop, a job past its
 timeout. Every accepted job still ends, exactly once.
 
-The workers here serve their own pool (``faults``), so the session's worker never takes these
+The workers here serve their own pool (``faults``), so the module's worker never takes these
 jobs and the test decides which process runs them.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import (
-    TestClient,
-    WorkerProcess,
-    build_slow,
-    job_events,
-    start_worker,
-    wait_for,
-    wait_job,
-)
+from helpers import TestClient, build_slow, job_events, wait_for, wait_job
 from redis import Redis
+from stack import Stack, Worker
 
 from contract.events import EventType
-from contract.settings import Settings
 
 BULK = {"model": "heavy", "data": [[0.25] * 16] * 300}  # 150 chunks of 2 rows
 
 
 @pytest.fixture(scope="module")
-def faults_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def faults_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("faults") / "models"
     build_slow(repo / "heavy")
     (repo / "heavy" / "config.toml").write_text(
@@ -40,24 +32,13 @@ def faults_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory
     (repo / "hasty" / "config.toml").write_text(
         'pool = "faults"\nmax_batch_size = 2\ntimeout_s = 0.2\n'
     )
-    return settings.model_copy(update={"models": repo})
+    return repo
 
 
 @pytest.fixture
-def start(
-    faults_settings: Settings, redis: Redis, tmp_path: Path
-) -> Iterator[list[Iterator[WorkerProcess]]]:
+def start(transient: Stack, faults_repo: Path) -> Callable[[str], Worker]:
     """Start workers of pool ``faults``; each is stopped at the end of the test."""
-    started: list[Iterator[WorkerProcess]] = []
-
-    def launch(name: str) -> WorkerProcess:
-        gen = start_worker(faults_settings, redis, tmp_path / f"{name}.log", INFERHUB_POOL="faults")
-        started.append(gen)
-        return next(gen)
-
-    yield launch  # type: ignore[misc]
-    for gen in started:
-        gen.close()
+    return lambda name: transient.worker(name, models=faults_repo, pool="faults")
 
 
 def running(client: TestClient, job: str) -> bool:
@@ -66,16 +47,16 @@ def running(client: TestClient, job: str) -> bool:
 
 
 def test_a_worker_killed_mid_job_the_job_runs_again_and_ends_once(
-    client: TestClient, redis: Redis, start: object
+    client: TestClient, redis: Redis, start: Callable[[str], Worker]
 ) -> None:
-    victim = start("victim")  # type: ignore[operator]
+    victim = start("victim")
     wait_for(lambda: client.get("/v1/models/heavy").json().get("ready"), what="heavy ready")
     job = client.post("/v1/jobs", json=BULK).json()["id"]
     wait_for(lambda: running(client, job), what="the job running on the victim")
     assert client.get(f"/v1/jobs/{job}").json()["attempt"] == 1
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait(10)
-    start("rescuer")  # type: ignore[operator]
+    start("rescuer")
     # the rescuer gets it once the victim's heartbeat expires (1.5 s), not after arq's 70 s
     done = wait_job(client, job, {"succeeded", "failed", "canceled"}, timeout=30)
     assert done["status"] == "succeeded" and done["attempt"] == 2
@@ -90,13 +71,13 @@ def test_a_worker_killed_mid_job_the_job_runs_again_and_ends_once(
 
 
 def test_a_worker_told_to_stop_leaves_no_job_behind(
-    client: TestClient, redis: Redis, start: object
+    client: TestClient, redis: Redis, start: Callable[[str], Worker]
 ) -> None:
-    first = start("first")  # type: ignore[operator]
+    first = start("first")
     wait_for(lambda: client.get("/v1/models/heavy").json().get("ready"), what="heavy ready")
     job = client.post("/v1/jobs", json=BULK).json()["id"]
     wait_for(lambda: running(client, job), what="the job running")
-    start("second")  # type: ignore[operator]
+    start("second")
     first.process.send_signal(signal.SIGTERM)
     assert first.process.wait(30) is not None  # it exits
     done = wait_job(client, job, {"succeeded", "failed", "canceled"}, timeout=30)
@@ -105,9 +86,9 @@ def test_a_worker_told_to_stop_leaves_no_job_behind(
 
 
 def test_a_job_past_its_timeout_fails_and_the_worker_keeps_serving(
-    client: TestClient, start: object
+    client: TestClient, start: Callable[[str], Worker]
 ) -> None:
-    start("timer")  # type: ignore[operator]
+    start("timer")
     wait_for(lambda: client.get("/v1/models/hasty").json().get("ready"), what="hasty ready")
     slow = client.post("/v1/jobs", json={"model": "hasty", "data": [[0.25] * 16] * 3000}).json()[
         "id"

@@ -10,26 +10,16 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pytest
-from browser import (
-    ARTIFACTS,
-    Dashboard,
-    HubServer,
-    chromium,
-    open_dashboard,
-    serve_hub,
-    watched_page,
-)
-from helpers import WorkerProcess, wait_for
+from browser import ARTIFACTS, Dashboard, chromium, open_dashboard, watched_page
+from helpers import wait_for
 from playwright.sync_api import Browser, Route, WebSocketRoute
-
-from contract.settings import Settings
+from stack import Hub, Stack
 
 
 @pytest.fixture(scope="module")
-def hub_server(
-    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[HubServer]:
-    yield from serve_hub(settings, tmp_path_factory.mktemp("front"))
+def hub_server(stack: Stack) -> Hub:
+    stack.first_worker(wait=False)  # the hub is ready once the worker is
+    return stack.hub("front")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +35,7 @@ def page(browser: Browser) -> Iterator[Dashboard]:
 
 
 @pytest.fixture
-def dash(browser: Browser, hub_server: HubServer) -> Iterator[Dashboard]:
+def dash(browser: Browser, hub_server: Hub) -> Iterator[Dashboard]:
     yield from open_dashboard(browser, hub_server.url)
 
 
@@ -67,7 +57,7 @@ def block_the_network(page: Dashboard) -> list[str]:
     return refused
 
 
-def test_the_api_docs_render_with_no_network(page: Dashboard, hub_server: HubServer) -> None:
+def test_the_api_docs_render_with_no_network(page: Dashboard, hub_server: Hub) -> None:
     refused = block_the_network(page)
     page.page.goto(hub_server.url + "/docs")
     title = page.page.locator(".swagger-ui .information-container .title")
@@ -87,9 +77,7 @@ def test_the_api_docs_render_with_no_network(page: Dashboard, hub_server: HubSer
     assert any(p.startswith("/static-offline-docs/") for p in page.requests), page.requests
 
 
-def test_an_event_source_stops_after_the_terminal_event(
-    page: Dashboard, hub_server: HubServer
-) -> None:
+def test_an_event_source_stops_after_the_terminal_event(page: Dashboard, hub_server: Hub) -> None:
     r = httpx.post(
         f"{hub_server.url}/v1/jobs",
         json={"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]},
@@ -150,7 +138,7 @@ class HeldStats:
 
 
 def test_the_first_paint_says_loading_until_the_first_stats_message(
-    page: Dashboard, hub_server: HubServer
+    page: Dashboard, hub_server: Hub
 ) -> None:
     stats = HeldStats(page)
     page.page.goto(hub_server.url + "/")

@@ -26,15 +26,14 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 import uvicorn
-from conftest import WorkerProcess, start_worker
 from google.protobuf import json_format
-from helpers import ROOT, free_port, wait_for
-from redis import Redis
+from helpers import ROOT, wait_for
+from stack import Stack, Worker
 from test_v2 import ROWS, build_identity, local_run
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from cli.processes import start_cli, stop
+from cli.processes import free_port, start_cli, stop
 from contract.settings import Settings
 from contract.tensors import datatype_of
 from hub.app import create_app
@@ -71,7 +70,7 @@ def hub_settings(settings: Settings, **changes: Any) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def hub(settings: Settings, worker: WorkerProcess) -> Iterator[tuple[str, str]]:
+def hub(settings: Settings, worker: Worker) -> Iterator[tuple[str, str]]:
     with serving(hub_settings(settings)) as urls:
         with tg.InferenceServerClient(urls[1]) as client:
             wait_for(client.is_server_ready, what="the gRPC hub to be ready")
@@ -98,30 +97,22 @@ def stub(url: str) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
 
 @pytest.fixture(scope="module")
 def identity_models(
-    settings: Settings,
-    redis: Redis,
-    client: tg.InferenceServerClient,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, str]]:
+    stack: Stack, client: tg.InferenceServerClient, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Identity models of a few datatypes, in pool ``gid`` with a worker of their own."""
     repo = tmp_path_factory.mktemp("gid") / "models"
     for datatype, name in IDENTITY.items():
         build_identity(repo / name, datatype)
         (repo / name / "config.toml").write_text('pool = "gid"\nmax_batch_size = 8\n')
-    own = settings.model_copy(update={"models": repo})
-    workers = start_worker(own, redis, repo.parent / "worker.log", INFERHUB_POOL="gid")
-    next(workers)
-    try:
-        # ready as the hub sees them: unknown (NOT_FOUND) until its catalogue has them
-        wait_for(
-            lambda: all(
-                _answers(functools.partial(client.is_model_ready, m)) for m in IDENTITY.values()
-            ),
-            what="the identity models to be ready",
-        )
-        yield IDENTITY
-    finally:
-        workers.close()
+    stack.worker("gid", models=repo, pool="gid")
+    # ready as the hub sees them: unknown (NOT_FOUND) until its catalogue has them
+    wait_for(
+        lambda: all(
+            _answers(functools.partial(client.is_model_ready, m)) for m in IDENTITY.values()
+        ),
+        what="the identity models to be ready",
+    )
+    return IDENTITY
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +413,7 @@ def test_what_is_not_served_is_unimplemented_and_the_hub_stays_up(
 
 @pytest.fixture(scope="module")
 def keyed(
-    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, worker: Worker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, dict[str, str]]]:
     path = tmp_path_factory.mktemp("grpc-keys") / "keys.toml"
     keys = {
@@ -550,7 +541,7 @@ def test_kserves_grpc_client(url: str, model_repo: Path) -> None:
 
 
 def test_inferhub_serve_serves_grpc_and_refuses_a_busy_grpc_port(
-    settings: Settings, worker: WorkerProcess, tmp_path: Path
+    settings: Settings, worker: Worker, tmp_path: Path
 ) -> None:
     grpc_port = free_port()
     env = {

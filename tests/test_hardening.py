@@ -1,24 +1,26 @@
 """The operator's side of issue 13: keys files that would have opened the hub, Host checks
 against DNS rebinding, readiness during a Redis outage, admin-only views of every tenant's
 activity, and a port already taken. Real hubs (``inferhub serve``/``up`` as subprocesses, or
-the app with its lifespan), the session's worker and Redis, and Chromium for the dashboard.
+the app with its lifespan), the module's worker and Redis database, and Chromium for the dashboard.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from helpers import ROOT, TestClient, WorkerProcess, free_port, wait_for, worker_env
+from helpers import ROOT, TestClient
 from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
+from stack import Stack, Worker
 
-from cli.processes import ready, stop
+from cli.processes import free_port, ready
 from contract.settings import Settings
 from hub.app import create_app
 from hub.auth import KeysFileError, new_key
@@ -38,8 +40,11 @@ def inferhub(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess
     )
 
 
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {**worker_env(settings, **extra), "INFERHUB_REDIS_URL": DEAD_REDIS}
+def cli_env(stack: Stack, **fields: Any) -> dict[str, str]:
+    """The environment of an ``inferhub`` run: this process's without its ``INFERHUB_``
+    settings, then the stack's settings and ``fields``."""
+    own = {k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
+    return {**own, **stack.env(**fields)}
 
 
 # --- item 7: a keys file that holds no valid key, or any invalid entry, stops start-up --------
@@ -79,15 +84,14 @@ BAD_KEYS_FILES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_KEYS_FILES))
 def test_a_bad_keys_file_stops_serve_with_one_line_naming_file_and_entry(
-    case: str, settings: Settings, tmp_path: Path
+    case: str, stack: Stack, tmp_path: Path
 ) -> None:
     text, fault = BAD_KEYS_FILES[case]
     path = tmp_path / "keys.toml"
     path.write_text(text)
     port = str(free_port())
-    result = inferhub(
-        "serve", "--port", port, env=cli_env(settings, INFERHUB_API_KEYS_FILE=str(path))
-    )
+    env = cli_env(stack, redis_url=DEAD_REDIS, api_keys_file=path)
+    result = inferhub("serve", "--port", port, env=env)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
@@ -97,12 +101,10 @@ def test_a_bad_keys_file_stops_serve_with_one_line_naming_file_and_entry(
         assert "entry [keys.ab12cd34]" in lines[0]
 
 
-def test_a_bad_keys_file_stops_up_before_anything_starts(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_a_bad_keys_file_stops_up_before_anything_starts(stack: Stack, tmp_path: Path) -> None:
     path = tmp_path / "keys.toml"
     path.write_text(BAD_KEYS_FILES["table typo"][0])
-    env = worker_env(settings, INFERHUB_API_KEYS_FILE=str(path))
+    env = cli_env(stack, api_keys_file=path)
     del env["INFERHUB_REDIS_URL"]  # up would start its own Redis
     result = inferhub("up", "--port", str(free_port()), env=env)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -125,27 +127,10 @@ def test_the_app_refuses_an_empty_keys_file_rather_than_serving_open(
 
 
 @pytest.fixture(scope="module")
-def open_hub(
-    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[int]:
+def open_hub(stack: Stack) -> int:
     """A keyless ``inferhub serve`` on loopback, with no allowed hosts configured."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("hosts") / "hub.log").open("wb")
-    env = worker_env(settings, INFERHUB_PORT=str(port))
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: ready(f"http://127.0.0.1:{port}"), timeout=60, what="the hub")
-        yield port
-    finally:
-        stop([hub])
-        log.close()
+    stack.first_worker(wait=False)  # the hub is ready once the worker is
+    return stack.hub("open").port
 
 
 def raw_status(port: int, request: str) -> str:
@@ -188,16 +173,14 @@ def test_a_keyless_hub_answers_only_to_loopback_host_names(open_hub: int) -> Non
 
 
 def test_allowed_hosts_lists_more_names_and_a_keyed_hub_checks_only_a_list(
-    settings: Settings, worker: WorkerProcess, tmp_path: Path
+    stack: Stack, worker: Worker, tmp_path: Path
 ) -> None:
-    listed = settings.model_copy(update={"allowed_hosts": ["hub.internal", "*.example.org"]})
-    with TestClient(create_app(listed)) as client:
+    with stack.app(allowed_hosts=["hub.internal", "*.example.org"], wait_ready=False) as client:
         for host, status in [("hub.internal", 200), ("a.example.org", 200), ("evil.example", 400)]:
             assert client.get("/healthz", headers={"Host": host}).status_code == status, host
     keys_file = tmp_path / "keys.toml"
     key = new_key(keys_file, "acme", ["read"])
-    keyed = settings.model_copy(update={"api_keys_file": keys_file, "allowed_hosts": []})
-    with TestClient(create_app(keyed)) as client:
+    with stack.app(api_keys_file=keys_file, allowed_hosts=[], wait_ready=False) as client:
         r = client.get(
             "/v1/models", headers={"Host": "any.example", "Authorization": f"Bearer {key}"}
         )
@@ -230,14 +213,12 @@ def keyed_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str
 
 
 def test_queues_workers_and_metrics_need_admin_or_the_metrics_token(
-    settings: Settings, worker: WorkerProcess, keyed_keys: tuple[Path, str, str]
+    stack: Stack, worker: Worker, keyed_keys: tuple[Path, str, str]
 ) -> None:
     path, tenant, admin = keyed_keys
-    keyed = settings.model_copy(
-        update={"api_keys_file": path, "metrics_token": SecretStr("scrape-me-please")}
-    )
     bearer = lambda key: {"Authorization": f"Bearer {key}"}  # noqa: E731
-    with TestClient(create_app(keyed)) as client:
+    token = SecretStr("scrape-me-please")
+    with stack.app(api_keys_file=path, metrics_token=token, wait_ready=False) as client:
         for route in ("/v1/queues", "/v1/workers", "/metrics"):
             r = client.get(route, headers=bearer(tenant))
             assert r.status_code == 403, (route, r.text)
@@ -258,63 +239,48 @@ def test_an_open_hub_still_shows_queues_workers_and_metrics(client: TestClient) 
 
 
 def test_the_dashboard_with_a_tenant_key_notes_the_admin_only_panels(
-    settings: Settings, worker: WorkerProcess, keyed_keys: tuple[Path, str, str], tmp_path: Path
+    transient: Stack, worker: Worker, keyed_keys: tuple[Path, str, str]
 ) -> None:
     path, tenant, _ = keyed_keys
-    port = free_port()
-    env = worker_env(settings, INFERHUB_PORT=str(port), INFERHUB_API_KEYS_FILE=str(path))
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "hub.log").open("wb") as log:
-        hub = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    url = transient.hub("keyed", api_keys_file=path).url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        try:
-            wait_for(lambda: ready(url), timeout=60, what="the hub")
-            with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path="/usr/bin/chromium",
-                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-                )
-                page = browser.new_page()
-                page.set_default_timeout(15_000)
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-                page.add_init_script(f"sessionStorage.setItem('inferhub.key', {tenant!r})")
-                page.goto(url + "/")
-                page.wait_for_selector("#conn[data-state=open]")
-                page.wait_for_selector("#models-list li[data-model=digits]")
-                page.wait_for_selector("#workers-admin", state="visible")
-                page.wait_for_selector("#queues-admin", state="visible")
-                assert not page.is_visible("#workers-table")
-                assert page.inner_text("#stat-workers") == "\u2013"  # an en dash: nothing to show
-                assert page.inner_text("#stat-waiting") == "\u2013"
-                assert page.locator("#queues li").count() == 0
-                assert not page.is_visible("#toast")
-                # the page asks for nothing it may not see: its stats come without those panels
-                assert errors == []
-                browser.close()
-        finally:
-            stop([hub])
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.add_init_script(f"sessionStorage.setItem('inferhub.key', {tenant!r})")
+        page.goto(url + "/")
+        page.wait_for_selector("#conn[data-state=open]")
+        page.wait_for_selector("#models-list li[data-model=digits]")
+        page.wait_for_selector("#workers-admin", state="visible")
+        page.wait_for_selector("#queues-admin", state="visible")
+        assert not page.is_visible("#workers-table")
+        assert page.inner_text("#stat-workers") == "\u2013"  # an en dash: nothing to show
+        assert page.inner_text("#stat-waiting") == "\u2013"
+        assert page.locator("#queues li").count() == 0
+        assert not page.is_visible("#toast")
+        # the page asks for nothing it may not see: its stats come without those panels
+        assert errors == []
+        browser.close()
 
 
 # --- minor: a port already taken --------------------------------------------------------------
 
 
-def test_serve_and_up_say_the_port_is_in_use(settings: Settings) -> None:
+def test_serve_and_up_say_the_port_is_in_use(stack: Stack) -> None:
     with socket.socket() as other:  # another program on the port
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = str(other.getsockname()[1])
-        served = inferhub("serve", "--port", port, env=cli_env(settings))
+        served = inferhub("serve", "--port", port, env=cli_env(stack, redis_url=DEAD_REDIS))
         assert served.returncode == 2
         assert served.stderr.strip() == f"inferhub: port {port} is in use; pass --port"
-        env = worker_env(settings)
+        env = cli_env(stack)
         del env["INFERHUB_REDIS_URL"]
         upped = inferhub("up", "--port", port, env=env)
         assert upped.returncode == 2
@@ -322,14 +288,12 @@ def test_serve_and_up_say_the_port_is_in_use(settings: Settings) -> None:
         assert "embedded Redis" not in upped.stdout
 
 
-def test_a_second_up_does_not_take_the_running_hub_for_its_own(
-    settings: Settings, hub_url: str
-) -> None:
-    port = hub_url.rsplit(":", 1)[1]
-    env = worker_env(settings)
+def test_a_second_up_does_not_take_the_running_hub_for_its_own(stack: Stack, open_hub: int) -> None:
+    port = str(open_hub)
+    env = cli_env(stack)
     del env["INFERHUB_REDIS_URL"]
     second = inferhub("up", "--port", port, env=env)
     assert "inferhub is up" not in second.stdout
     assert second.returncode == 2
     assert f"port {port} is in use; pass --port" in second.stderr
-    assert ready(hub_url)  # the first one is untouched
+    assert ready(f"http://127.0.0.1:{port}")  # the first one is untouched

@@ -19,13 +19,12 @@ import anyio
 import onnx
 import orjson
 import pytest
-from helpers import IR_VERSION, OPSET, TestClient, WorkerProcess, start_worker, wait_for
+from helpers import IR_VERSION, OPSET, TestClient, wait_for
 from onnx import TensorProto, helper
-from redis import Redis
+from stack import Stack, Worker
 
 from contract.errors import InvalidInput
 from contract.settings import Settings
-from hub.app import create_app
 from hub.auth import new_key
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
@@ -77,11 +76,10 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 @pytest.fixture(scope="module")
 def keyed(
-    settings: Settings, worker: WorkerProcess, keys_file: tuple[Path, dict[str, str]]
+    stack: Stack, worker: Worker, keys_file: tuple[Path, dict[str, str]]
 ) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"api_keys_file": keys_file[0]}))) as c:
-        wait_for(lambda: c.get("/readyz").status_code == 200, what="/readyz")
-        yield c
+    with stack.app(api_keys_file=keys_file[0]) as client:
+        yield client
 
 
 def build_text_identity(folder: Path) -> None:
@@ -102,17 +100,12 @@ def build_text_identity(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def text_model(
-    settings: Settings,
-    redis: Redis,
-    client: TestClient,
-    tmp_path_factory: pytest.TempPathFactory,
+    stack: Stack, client: TestClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """``limits_text``, a BYTES model, served by a worker of its own pool ``limits``."""
     repo = tmp_path_factory.mktemp("limits") / "models"
     build_text_identity(repo / "limits_text")
-    own = settings.model_copy(update={"models": repo})
-    workers = start_worker(own, redis, repo.parent / "worker.log", INFERHUB_POOL="limits")
-    next(workers)
+    worker = stack.worker("limits", models=repo, pool="limits")
     try:
         wait_for(
             lambda: client.get("/v2/models/limits_text/ready").status_code == 200,
@@ -120,7 +113,7 @@ def text_model(
         )
         yield "limits_text"
     finally:
-        workers.close()
+        worker.stop()
 
 
 # --- authentication comes before the body ----------------------------------------------------
@@ -383,11 +376,9 @@ def test_parameters_within_the_bound_are_taken(client: TestClient) -> None:
 
 
 def test_the_parameters_bound_is_a_setting(
-    settings: Settings, worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tight = settings.model_copy(update={"max_parameters_bytes": 64})
-    with TestClient(create_app(tight)) as c:
-        wait_for(lambda: c.get("/readyz").status_code == 200, what="/readyz")
+    with stack.app(max_parameters_bytes=64) as c:
         response = c.post(
             "/v1/jobs", json={"model": "iris", "data": [IRIS_ROW], "parameters": {"n": "x" * 64}}
         )

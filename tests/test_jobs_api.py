@@ -14,8 +14,6 @@ import pytest
 from helpers import (
     ROOT,
     TestClient,
-    WorkerProcess,
-    free_port,
     job_events,
     stream_id,
     wait_for,
@@ -24,7 +22,9 @@ from helpers import (
 )
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
+from stack import Stack, Worker
 
+from cli.processes import free_port
 from contract import keys
 from contract.settings import Settings
 from hub.app import create_app
@@ -531,8 +531,8 @@ def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> Non
 
 
 @pytest.fixture(scope="module")
-def small_client(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 1000}))) as c:
+def small_client(stack: Stack, worker: Worker) -> Iterator[TestClient]:
+    with stack.app(max_body_bytes=1000, wait_ready=False) as c:
         yield c
 
 
@@ -590,9 +590,7 @@ def test_redis_down_gives_503(down_client: TestClient) -> None:
 SERVED = ["breast_cancer", "digits", "failing", "iris", "pair", "slow"]
 
 
-def test_models_list_with_signatures(
-    client: TestClient, worker: WorkerProcess, redis: Redis
-) -> None:
+def test_models_list_with_signatures(client: TestClient, worker: Worker, redis: Redis) -> None:
     r = client.get("/v1/models")
     assert r.status_code == 200
     models = {m["name"]: m for m in r.json()["models"]}
@@ -629,7 +627,7 @@ def test_one_model(client: TestClient) -> None:
 
 
 def test_workers_show_pool_models_and_errors(
-    client: TestClient, worker: WorkerProcess, model_repo: Path
+    client: TestClient, worker: Worker, model_repo: Path
 ) -> None:
     r = client.get("/v1/workers")
     assert r.status_code == 200

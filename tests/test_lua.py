@@ -1,5 +1,5 @@
 """The Lua scripts of ``contract/lua/``, called directly through ``contract.scripts`` on the
-session's real Redis, one table of cases per script.
+module's Redis database, one table of cases per script.
 
 Each row is (case, setup, call, expected): the keys written before, what the script is called
 with, and what it returns plus the keys afterwards. Every key lives under a prefix of its own
@@ -162,6 +162,7 @@ class Step:
             "ttl": TTL,
             "job_maxlen": 100,
             "log_maxlen": 1000,
+            "webhook_wake": k("webhook_wake"),
             "allowed": self.allowed,
             "status": self.status,
             "guard_field": self.guard[0] if self.guard else "",
@@ -420,6 +421,7 @@ async def test_cancel(
             "ttl": TTL,
             "job_maxlen": 100,
             "log_maxlen": 1000,
+            "webhook_wake": k("webhook_wake"),
             "job_id": "j",
             "finished_at": "123.5",
         },
@@ -459,6 +461,7 @@ def create_args(k: Keys, **changes: Any) -> dict[str, Any]:
         "ttl": TTL,
         "job_maxlen": 100,
         "log_maxlen": 1000,
+        "webhook_wake": k("webhook_wake"),
         "idem_value": "j fp",
         "arq_payload": "payload",
         "score": T0 - 100_000,
@@ -922,7 +925,7 @@ async def test_transition_queues_a_wanted_webhook(
     r: Redis, k: Keys, wanted: str, status: str, step: Step, queued: bool
 ) -> None:
     await write(r, k, {"record": Hash({"status": status, "webhook_on": wanted})})
-    pubsub = await subscribed(r, k("webhooks"))  # the due set's name is its wake-up channel
+    pubsub = await subscribed(r, k("webhook_wake"))
     try:
         _, _, event_id, _ = await TRANSITION(r, keys=k.many(*TRANSITION.keys), args=step.args(k))
         await check(r, k, {"webhooks": ZSet(queued_member(event_id)) if queued else None})
@@ -949,6 +952,7 @@ async def test_cancel_queues_a_webhook_that_wants_canceled(r: Redis, k: Keys) ->
         "ttl": TTL,
         "job_maxlen": 100,
         "log_maxlen": 1000,
+        "webhook_wake": k("webhook_wake"),
         "job_id": "j",
         "finished_at": "1.5",
     }
@@ -1105,7 +1109,7 @@ def test_loader_flattens_the_trailing_list() -> None:
     names = {n: n for n in TRANSITION.keys}
     key_list, arg_list = TRANSITION.positions(names, step.args(Keys("p")))
     assert key_list == ["record", "events", "log", "cancel", "owner_queued", "outputs", "webhooks"]
-    assert arg_list[9:] == ["j", "", "worker", "w1", "attempt", "1"]
+    assert arg_list[9:] == ["j", "", "p:webhook_wake", "worker", "w1", "attempt", "1"]
 
 
 NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")

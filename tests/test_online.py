@@ -4,7 +4,8 @@ The lane runs here in the test's own event loop, beside a real worker process, s
 holds (requests gathering, batches sent) can be looked at directly; the V2 route on top of it
 is tested through HTTP in tests/test_v2.py, and once more here.
 
-These tests use a Redis database of their own, so that no other module's jobs or workers mix in.
+These tests use the module's own Redis database (tests/stack.py), so that no other module's jobs
+or workers mix in.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import shutil
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,16 +30,15 @@ import uvicorn
 from helpers import (
     ROOT,
     TestClient,
-    WorkerProcess,
     build_failing,
     build_slow,
-    free_port,
-    start_worker,
     wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
+from stack import Stack, Worker
 
+from cli.processes import free_port
 from contract.connection import connect
 from contract.errors import InferhubError
 from contract.settings import Settings
@@ -47,7 +48,6 @@ from hub.catalogue import Catalogue
 from hub.fanout import Fanout
 from hub.online import OnlineLane
 
-DB = 5
 SLOW_CONFIG = """description = "Heavy rows, and a batch that gathers for a minute while the line is full"
 max_batch_size = 64
 timeout_s = 60
@@ -58,7 +58,7 @@ max_queue_delay_ms = 60000
 
 
 @pytest.fixture(scope="module")
-def online_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def online_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("online") / "models"
     for name in ("iris", "digits"):
         shutil.copytree(ROOT / "models" / name, root / name)
@@ -67,28 +67,17 @@ def online_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "slow" / "config.toml").write_text(SLOW_CONFIG)
     shutil.copytree(root / "slow", root / "spare")  # the same, served by a pool of its own
     (root / "spare" / "config.toml").write_text('pool = "spare"\n' + SLOW_CONFIG)
-    return Settings(
-        redis_url=redis_url.rsplit("/", 1)[0] + f"/{DB}",
-        models=root,
-        poll_delay_s=0.02,
-        heartbeat_s=0.5,
-    )
+    return root
 
 
 @pytest.fixture(scope="module")
-def online_redis(online_settings: Settings) -> Iterator[Redis]:
-    client = Redis.from_url(online_settings.redis_url)
-    yield client
-    client.flushdb()  # this module's database only
-    client.close()
+def online_settings(stack: Stack, online_models: Path) -> Settings:
+    return stack.settings.model_copy(update={"models": online_models})
 
 
 @pytest.fixture(scope="module")
-def online_worker(
-    online_settings: Settings, online_redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    log_path = tmp_path_factory.mktemp("online-worker") / "worker.log"
-    yield from start_worker(online_settings, online_redis, log_path)
+def online_worker(stack: Stack, online_models: Path) -> Worker:
+    return stack.worker("online", models=online_models)
 
 
 class Lane:
@@ -121,7 +110,7 @@ class Lane:
 
 
 @pytest.fixture
-async def lane(online_settings: Settings, online_worker: WorkerProcess) -> AsyncIterator[Lane]:
+async def lane(online_settings: Settings, online_worker: Worker) -> AsyncIterator[Lane]:
     redis = connect(online_settings.redis_url)
     online = OnlineLane(redis, max_rows_per_pool=online_settings.online_max_rows)
     fanout = Fanout(online_settings.redis_url)
@@ -190,7 +179,7 @@ async def test_a_request_that_leaves_before_its_batch_is_sent_is_not_run(lane: L
 
 
 async def test_over_the_admission_bound_is_503_with_retry_after(
-    online_settings: Settings, online_worker: WorkerProcess
+    online_settings: Settings, online_worker: Worker
 ) -> None:
     redis = connect(online_settings.redis_url)
     small = OnlineLane(redis, max_rows_per_pool=100)
@@ -222,37 +211,24 @@ async def test_the_deadline_holds_while_the_batch_runs(lane: Lane) -> None:
 
 
 async def test_a_worker_killed_mid_batch_answers_or_503s_every_request(
-    online_settings: Settings,
-    online_redis: Redis,
-    lane: Lane,
-    tmp_path_factory: pytest.TempPathFactory,
+    transient: Stack, online_models: Path, redis: Redis, lane: Lane
 ) -> None:
     """Two workers of pool ``spare``, one batch at a time each; one is killed while it runs a
     batch. The reaper of the other hands the batch back once the dead worker's heartbeat
     lapses, and it runs again while its requests' deadlines allow; no request hangs."""
-    started = [
-        start_worker(
-            online_settings,
-            online_redis,
-            tmp_path_factory.mktemp("spare") / "worker.log",
-            INFERHUB_POOL="spare",
-            INFERHUB_MAX_JOBS="1",
-        )
-        for _ in range(2)
+    spare = {"models": online_models, "pool": "spare", "max_jobs": 1, "wait": False}
+    victim, _ = (transient.worker(f"spare{i}", **spare) for i in range(2))
+    transient.wait_ready()
+    requests = [
+        asyncio.ensure_future(lane.infer("spare", slow_rows(800), timeout_s=t))
+        for t in (30, 30, 30, 0.5)
     ]
-    victim, _ = (next(gen) for gen in started)
-    try:
-        requests = [
-            asyncio.ensure_future(lane.infer("spare", slow_rows(800), timeout_s=t))
-            for t in (30, 30, 30, 0.5)
-        ]
-        victim_id = victim.record(online_redis)["id"]
-        await _until(lambda: victim_id.encode() in _holders(online_redis))
-        os.kill(victim.pid, signal.SIGKILL)
-        results = await asyncio.gather(*requests, return_exceptions=True)
-    finally:
-        for gen in started:
-            gen.close()
+    record = victim.record(redis)
+    assert record is not None
+    victim_id = record["id"]
+    await _until(lambda: victim_id.encode() in _holders(redis))
+    os.kill(victim.pid, signal.SIGKILL)
+    results = await asyncio.gather(*requests, return_exceptions=True)
     for result in results:
         if isinstance(result, InferhubError):
             assert result.status == 503, result
@@ -261,7 +237,7 @@ async def test_a_worker_killed_mid_batch_answers_or_503s_every_request(
     assert all(isinstance(r, dict) for r in results[:3])  # their deadlines allowed a re-run
 
 
-def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: WorkerProcess) -> None:
+def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Worker) -> None:
     rows = digits_rows(3, seed=7)["input"]
     session = ort.InferenceSession(
         str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -294,7 +270,7 @@ def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Work
 
 
 def test_a_client_that_disconnects_before_dispatch_is_not_run(
-    online_settings: Settings, online_worker: WorkerProcess
+    online_settings: Settings, online_worker: Worker
 ) -> None:
     """Through HTTP: the route cancels the request when its client goes, and the request
     leaves the gathering batch (the line is full: two slow batches in flight)."""

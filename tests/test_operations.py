@@ -1,7 +1,7 @@
 """Operations: metrics, logs, graceful shutdown, Compose, and two hubs with two workers.
 
-Real processes throughout: hubs and workers are ``python -m cli serve|worker`` on a Redis of
-their own (JSON logs to files), next to the session's in-process hub for the metrics.
+Real processes throughout: hubs and workers are ``inferhub serve|worker`` on the module's Redis
+database (JSON logs to files), next to an in-process hub for the metrics.
 """
 
 from __future__ import annotations
@@ -15,99 +15,39 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from helpers import ROOT, free_port, wait_for, worker_env
+from helpers import ROOT, Samples, parse, scrape, value, wait_for
 from httpx_sse import connect_sse
-from prometheus_client.parser import text_string_to_metric_families
-from redis import Redis
+from stack import Stack, Stacks
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from cli.processes import ready, start_cli, start_redis, stop
 from contract import keys
 from contract.logs import bound, handler
-from contract.settings import Settings
 
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(
-        v for tags, v in samples.get(name, ()) if all(tags.get(k) == x for k, x in labels.items())
-    )
-
-
-# --- the stack: Redis, two workers, two hubs -----------------------------------------------------
-
-
-@dataclass
-class Stack:
-    folder: Path
-    redis_url: str
-    redis: subprocess.Popen[bytes]
-    env: dict[str, str]
-    hubs: list[str] = field(default_factory=list)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: list[Any] = field(default_factory=list)
-
-    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = (self.folder / f"{name}.log").open("wb")
-        self.logs.append(log)
-        return start_cli(*args, env={**self.env, **env}, log=log)
-
-    def lines(self, name: str) -> list[dict[str, Any]]:
-        """Every line of a process's log, each parsed as JSON (it must be JSON)."""
-        text = (self.folder / f"{name}.log").read_text()
-        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+# --- the stack: two workers, two hubs ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("operations")
-    port = free_port()
-    redis = start_redis(port, folder)
-    env = {
-        "INFERHUB_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-        "INFERHUB_MODELS": str(model_repo),
-        "INFERHUB_HEARTBEAT_S": "0.5",
-        "INFERHUB_LOG_FORMAT": "json",
-    }
-    s = Stack(folder, env["INFERHUB_REDIS_URL"], redis, env)
-    try:
-        for i in range(2):
-            s.procs.append(s.start(f"worker{i}", "worker"))
-        for i in range(2):
-            hub_port = free_port()
-            s.procs.append(s.start(f"hub{i}", "serve", INFERHUB_PORT=str(hub_port)))
-            s.hubs.append(f"http://127.0.0.1:{hub_port}")
-        for url in s.hubs:
-            wait_for(lambda url=url: ready(url), timeout=60, what=f"{url}/readyz")
+def stack(stacks: Stacks) -> Iterator[Stack]:
+    """The module's stack: two workers and two hubs, all logging JSON."""
+    with stacks("operations", workers=2, hubs=2, log_format="json") as made:
+        first = made.hubs()[0].url
         wait_for(
-            lambda: value(parse(httpx.get(f"{s.hubs[0]}/metrics").text), "inferhub_workers") == 2,
+            lambda: value(scrape(first), "inferhub_workers") == 2,
             timeout=30,
             what="two live workers",
         )
-        yield s
-    finally:
-        stop(s.procs)
-        stop([s.redis])
-        for log in s.logs:
-            log.close()
+        yield made
+
+
+def hub_urls(stack: Stack) -> list[str]:
+    return [hub.url for hub in stack.hubs()]
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -165,20 +105,20 @@ def test_metrics_appear_and_move_after_a_job(client: Any) -> None:
 
 def test_two_hubs_two_workers_serve_one_job_stream_with_nothing_lost(stack: Stack) -> None:
     """Jobs submitted through both hubs, each followed (SSE) through the other one."""
-    redis = Redis.from_url(stack.redis_url)
+    redis, hubs = stack.redis, hub_urls(stack)
     jobs: list[tuple[str, int]] = []  # (job id, index of the hub that accepted it)
     with httpx.Client(timeout=30) as http:
         for i in range(12):
             rows = 600 if i % 3 == 0 else 2  # 600 rows: three chunks, three progress events
             body = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]] * rows}
-            r = http.post(f"{stack.hubs[i % 2]}/v1/jobs", json=body)
+            r = http.post(f"{hubs[i % 2]}/v1/jobs", json=body)
             assert r.status_code == 202, r.text
             jobs.append((r.json()["id"], i % 2))
 
     followed: dict[str, list[dict[str, Any]]] = {}
 
     def follow(job_id: str, hub: int) -> None:
-        url = f"{stack.hubs[1 - hub]}/v1/jobs/{job_id}/events"
+        url = f"{hubs[1 - hub]}/v1/jobs/{job_id}/events"
         with httpx.Client(timeout=30) as http, connect_sse(http, "GET", url) as source:
             followed[job_id] = [orjson.loads(m.data) for m in source.iter_sse() if m.data]
 
@@ -201,14 +141,13 @@ def test_two_hubs_two_workers_serve_one_job_stream_with_nothing_lost(stack: Stac
 
     # each job is counted once, by the hub that accepted it: the sums over hubs are exact
     def totals() -> tuple[float, float]:
-        scrapes = [parse(httpx.get(f"{url}/metrics").text) for url in stack.hubs]
+        scrapes = [scrape(url) for url in hubs]
         return (
             sum(value(s, "inferhub_jobs_submitted_total", model="iris") for s in scrapes),
             sum(value(s, "inferhub_jobs_succeeded_total", model="iris") for s in scrapes),
         )
 
     wait_for(lambda: totals() == (12, 12), timeout=10, what=f"12 jobs counted once: {totals()}")
-    redis.close()
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -223,7 +162,7 @@ def test_log_lines_carry_request_and_job_ids_from_hub_to_worker(stack: Stack) ->
     submitted = {}
     for request_id, headers in cases.items():
         r = httpx.post(
-            f"{stack.hubs[0]}/v1/jobs",
+            f"{hub_urls(stack)[0]}/v1/jobs",
             json={"model": "digits", "data": [[0.0] * 64]},
             headers={**headers, "Prefer": "wait=30"},
             timeout=30,
@@ -234,7 +173,10 @@ def test_log_lines_carry_request_and_job_ids_from_hub_to_worker(stack: Stack) ->
 
     def lines_of(names: list[str], request_id: str) -> list[dict[str, Any]]:
         return [
-            line for n in names for line in stack.lines(n) if line.get("request_id") == request_id
+            line
+            for n in names
+            for line in stack.named(n).log_lines()
+            if line.get("request_id") == request_id
         ]
 
     for request_id, job_id in submitted.items():
@@ -258,7 +200,8 @@ def test_log_lines_carry_request_and_job_ids_from_hub_to_worker(stack: Stack) ->
             ("job succeeded", job_id),
         ]
     for name in ("hub0", "hub1", "worker0", "worker1"):  # every line of every log is JSON
-        assert all({"ts", "level", "logger", "message"} <= set(x) for x in stack.lines(name))
+        lines = stack.named(name).log_lines()
+        assert all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
 
 
 def test_text_log_lines_show_the_ids() -> None:
@@ -289,26 +232,16 @@ def test_text_log_lines_show_the_ids() -> None:
 
 
 def test_sigterm_ends_sse_with_retry_and_websockets_with_1001_then_exits(
-    settings: Settings, client: Any, orphan_model: str, tmp_path: Path
+    transient: Stack, client: Any, orphan_model: str
 ) -> None:
     """A hub with an SSE stream, a WebSocket and a request waiting for a job that cannot run
     (its pool has no worker): SIGTERM ends each as docs/operations.md says, and the hub exits."""
     grace = 3
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **worker_env(settings),
-        "INFERHUB_PORT": str(port),
-        "INFERHUB_SHUTDOWN_GRACE_S": str(grace),
-        "INFERHUB_LOG_FORMAT": "json",
-    }
-    log_path = tmp_path / "hub.log"
-    with log_path.open("wb") as log:
-        hub = start_cli("serve", env=env, log=log)
+    graceful = transient.hub("graceful", shutdown_grace_s=grace)
+    url, hub = graceful.url, graceful.process
     waiting: dict[str, Any] = {}
     sse: dict[str, Any] = {"lines": []}
     try:
-        wait_for(lambda: ready(url), timeout=60, what=f"{url}/readyz")
         wait_for(lambda: httpx.get(f"{url}/v1/models/{orphan_model}").status_code == 200)
 
         def wait_request() -> None:
@@ -336,7 +269,7 @@ def test_sigterm_ends_sse_with_retry_and_websockets_with_1001_then_exits(
             assert orjson.loads(ws.recv(timeout=10))["type"] == "accepted"
 
             def all_open() -> bool:
-                m = parse(httpx.get(f"{url}/metrics").text)
+                m = scrape(url)
                 return (
                     value(m, "inferhub_sse_connections") == 1
                     and value(m, "inferhub_websocket_connections") == 1
@@ -363,10 +296,10 @@ def test_sigterm_ends_sse_with_retry_and_websockets_with_1001_then_exits(
         job_id = cut.headers["Location"].rsplit("/", 1)[1]
         with pytest.raises(httpx.ConnectError):  # nothing listens there any more
             httpx.get(f"{url}/healthz", timeout=2)
-        lines = [orjson.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+        lines = graceful.log_lines()
         assert any("closing 1 SSE stream(s) and 1 WebSocket(s)" in x["message"] for x in lines)
     finally:
-        stop([hub])
+        graceful.stop()
     # the job lives on in Redis: another hub finds it (and here cancels it)
     assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
 

@@ -2,7 +2,7 @@
 worker's claims go to the living at once, priority orders jobs without delaying any, and the
 worker registry forgets workers gone for an hour.
 
-The workers here serve their own pool (``claims``), so the session's worker never takes these
+The workers here serve their own pool (``claims``), so the module's worker never takes these
 jobs and each test decides which processes run them. Figures are printed (``pytest -s``).
 """
 
@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
-from helpers import (
-    ROOT,
-    WORKER_CODE,
-    TestClient,
-    WorkerProcess,
-    build_slow,
-    start_worker,
-    stop_process,
-    wait_for,
-    wait_job,
-    worker_env,
-)
+from helpers import ROOT, TestClient, build_slow, wait_for, wait_job
 from redis import Redis
+from stack import Stack, Worker
 
 from contract import keys
-from contract.settings import Settings
 
 POOL = "claims"
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -43,13 +29,11 @@ LONG_TIMEOUT_S = 120  # arq's in-progress key then lives 130 s: far beyond every
 
 
 class Start(Protocol):
-    def __call__(self, name: str, max_jobs: int = 64) -> WorkerProcess: ...
+    def __call__(self, name: str, max_jobs: int = 64) -> Worker: ...
 
 
 @pytest.fixture(scope="module")
-def claims_settings(
-    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Settings:
+def claims_repo(stack: Stack, redis: Redis, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Models of pool ``claims``, in the catalogue, with no worker of the pool running."""
     repo = tmp_path_factory.mktemp("claims") / "models"
     build_slow(repo / "long")
@@ -58,33 +42,20 @@ def claims_settings(
     )
     shutil.copytree(ROOT / "models" / "iris" / "1", repo / "quick" / "1")
     (repo / "quick" / "config.toml").write_text(f'pool = "{POOL}"\n')
-    claims = settings.model_copy(update={"models": repo})
-    registrar = start_worker(claims, redis, repo.parent / "registrar.log", INFERHUB_POOL=POOL)
-    next(registrar)
+    registrar = stack.worker("registrar", models=repo, pool=POOL)
     wait_for(lambda: redis.hexists(keys.MODELS, "long"), what="the claims models catalogued")
-    registrar.close()
-    return claims
+    registrar.stop()
+    return repo
 
 
 @pytest.fixture
-def start(claims_settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[Start]:
+def start(transient: Stack, claims_repo: Path) -> Start:
     """Start workers of pool ``claims``; each is stopped at the end of the test."""
-    started: list[Iterator[WorkerProcess]] = []
 
-    def launch(name: str, max_jobs: int = 64) -> WorkerProcess:
-        gen = start_worker(
-            claims_settings,
-            redis,
-            tmp_path / f"{name}.log",
-            INFERHUB_POOL=POOL,
-            INFERHUB_MAX_JOBS=str(max_jobs),
-        )
-        started.append(gen)
-        return next(gen)
+    def launch(name: str, max_jobs: int = 64) -> Worker:
+        return transient.worker(name, models=claims_repo, pool=POOL, max_jobs=max_jobs)
 
-    yield launch
-    for gen in started:
-        gen.close()
+    return launch
 
 
 def submit(client: TestClient, body: dict, **extra: object) -> str:
@@ -122,31 +93,28 @@ def test_an_idle_worker_takes_the_jobs_a_busy_worker_cannot(
 
 
 def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
-    client: TestClient, redis: Redis, start: Start, claims_settings: Settings, tmp_path: Path
+    client: TestClient,
+    redis: Redis,
+    stack: Stack,
+    transient: Stack,
+    start: Start,
+    claims_repo: Path,
 ) -> None:
     jobs = [submit(client, QUICK) for _ in range(200)]  # no worker of the pool runs yet
     claims = redis.pubsub(ignore_subscribe_messages=True)
     previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
     redis.config_set("notify-keyspace-events", "K$")  # string commands: the claim's SET
-    claims.psubscribe("__keyspace@0__:arq:in-progress:*")
-    log = (tmp_path / "victim.log").open("wb")
-    victim = subprocess.Popen(
-        [sys.executable, "-c", WORKER_CODE],
-        env=worker_env(claims_settings, INFERHUB_POOL=POOL, INFERHUB_MAX_JOBS="64"),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    claims.psubscribe(f"__keyspace@{stack.db}__:arq:in-progress:*")
+    victim = transient.worker("victim", wait=False, models=claims_repo, pool=POOL)
     try:
         # SIGKILL as soon as the victim's first claim lands, before it can start those jobs
         wait_for(lambda: claims.get_message(timeout=0.01), timeout=60, every=0, what="a claim")
-        victim.send_signal(signal.SIGKILL)
+        victim.process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
     finally:
-        stop_process(victim)  # reaps the killed process; stops it if no claim came
+        victim.stop()  # reaps the killed process; stops it if no claim came
         claims.close()
         redis.config_set("notify-keyspace-events", previous)
-        log.close()
     held = [job for job in jobs if redis.exists(f"arq:in-progress:{job}")]
     unstarted = [job for job in held if redis.hget(keys.job(job), "status") == b"queued"]
     assert unstarted, "the victim should have died holding jobs it had not started"
@@ -157,7 +125,7 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
     print(
         f"\nworker killed holding {len(held)} of {len(jobs)} jobs ({len(unstarted)} unstarted):"
         f" all done {took:.3f} s after the kill (heartbeat expiry "
-        f"{claims_settings.heartbeat_s * 3:g} s; arq's in-progress timeout {LONG_TIMEOUT_S + 10} s)"
+        f"{stack.settings.heartbeat_s * 3:g} s; arq's in-progress timeout {LONG_TIMEOUT_S + 10} s)"
     )
 
 
@@ -192,9 +160,7 @@ def test_a_higher_priority_runs_first_and_equal_ones_in_order(
     assert ran == ["high1", "high2", "mid", "low1", "low2"]
 
 
-def test_the_worker_registry_forgets_workers_gone_for_an_hour(
-    redis: Redis, worker: WorkerProcess
-) -> None:
+def test_the_worker_registry_forgets_workers_gone_for_an_hour(redis: Redis, worker: Worker) -> None:
     now = time.time()
     redis.zadd(keys.WORKERS, {"gone-2h": now - 7200, "gone-30m": now - 1800})
     try:

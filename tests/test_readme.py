@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, free_port, wait_for
+from helpers import ROOT, wait_for
 from readme import Block, blocks, console, shows
+
+from cli.processes import free_port
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 START = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/inferhub up"

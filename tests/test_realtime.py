@@ -1,82 +1,52 @@
 """Real-time delivery across real processes: Redis, a worker, and hub processes run by the CLI.
 
 SSE needs real servers (httpx's ASGI transport buffers a streamed response), so every hub here
-is ``python -m cli serve`` on its own port. Two of them share the Redis (one job stream seen
-through either); a third has a tiny buffer and a short slow-consumer limit.
+is ``inferhub serve`` on its own port, on a Redis of the module's own (a test restarts it).
+Two of them share one job stream, seen through either; a third has a tiny buffer and a short
+slow-consumer limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import websockets
-from helpers import free_port, wait_for
+from helpers import scrape, value, wait_for, wait_job
 from httpx_sse import connect_sse
 from redis import Redis
+from stack import Hub, Stack, Stacks
 
-from cli.processes import ready, start_cli, start_redis, stop
+from cli.processes import ready
 from contract.events import Event, EventType
 from hub.fanout import SlowConsumer, Subscription
 
 
-@dataclass
-class Stack:
-    redis_port: int
-    folder: Path
-    log: Any
-    redis: subprocess.Popen[bytes]
-    worker: subprocess.Popen[bytes]
-    hubs: dict[str, str] = field(default_factory=dict)  # name -> base URL
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    def restart_redis(self) -> None:
-        stop([self.redis])  # SIGTERM: the append-only file is complete
-        self.redis = start_redis(self.redis_port, self.folder, persistent=True)
-
-
 @pytest.fixture(scope="module")
-def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("realtime")
-    port = free_port()
-    log = (folder / "stack.log").open("wb")
-    redis = start_redis(port, folder, persistent=True)
-    env = {
-        "INFERHUB_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-        "INFERHUB_MODELS": str(model_repo),
-        "INFERHUB_HEARTBEAT_S": "0.5",
-    }
-    # outputs inline in their events whatever their size (an operator's choice): the slow
-    # consumer tests need events that fill the sockets
-    worker = start_cli("worker", env={**env, "INFERHUB_INLINE_OUTPUT_BYTES": str(2**26)}, log=log)
-    s = Stack(port, folder, log, redis, worker, procs=[worker])
-    tiny = {"INFERHUB_SUBSCRIBER_BUFFER": "4", "INFERHUB_SLOW_CONSUMER_S": "1"}
-    try:
-        for name, extra in (("a", {}), ("b", {}), ("tiny", tiny)):
-            hub_port = free_port()
-            s.procs.append(
-                start_cli("serve", env={**env, **extra, "INFERHUB_PORT": str(hub_port)}, log=log)
-            )
-            s.hubs[name] = f"http://127.0.0.1:{hub_port}"
-        for url in s.hubs.values():
-            wait_for(lambda url=url: ready(url), timeout=60, what=f"{url}/readyz")
-        yield s
-    finally:
-        stop(s.procs)
-        stop([s.redis])
-        log.close()
+def stack(stacks: Stacks) -> Iterator[Stack]:
+    """A Redis of the module's own (append-only: a test restarts it), a worker, and hubs
+    ``a`` and ``b`` and ``tiny`` (a tiny buffer and a short slow-consumer limit)."""
+    with stacks("realtime", own_redis=True, persistent=True) as made:
+        # outputs inline in their events whatever their size (an operator's choice): the slow
+        # consumer tests need events that fill the sockets
+        made.worker(wait=False, inline_output_bytes=2**26)
+        made.hub("a", wait=False)
+        made.hub("b", wait=False)
+        made.hub("tiny", wait=False, subscriber_buffer=4, slow_consumer_s=1)
+        made.wait_ready()
+        yield made
+
+
+def address(stack: Stack, name: str) -> str:
+    """The base URL of the stack's hub ``name``."""
+    hub = stack.named(name)
+    assert isinstance(hub, Hub)
+    return hub.url
 
 
 def submit(url: str, model: str, rows: int, width: int) -> str:
@@ -122,20 +92,20 @@ def check_sequence(events: list[dict[str, Any]], rows: int, chunk: int) -> None:
 
 
 def test_sse_single_job_replays_and_closes(stack: Stack) -> None:
-    job = submit(stack.hubs["a"], "iris", 1, 4)
-    events = sse(stack.hubs["a"], f"/v1/jobs/{job}/events")
+    job = submit(address(stack, "a"), "iris", 1, 4)
+    events = sse(address(stack, "a"), f"/v1/jobs/{job}/events")
     check_sequence(events, rows=1, chunk=256)
     outputs = {o["name"]: o for o in events[-1]["data"]["outputs"]}
     assert outputs["label"]["shape"] == [1] and outputs["probabilities"]["shape"] == [1, 3]
 
 
 def test_sse_bulk_job_progress_in_order(stack: Stack) -> None:
-    job = submit(stack.hubs["a"], "slow", 20, 16)  # slow: max_batch_size 2 -> 10 chunks
-    check_sequence(sse(stack.hubs["a"], f"/v1/jobs/{job}/events"), rows=20, chunk=2)
+    job = submit(address(stack, "a"), "slow", 20, 16)  # slow: max_batch_size 2 -> 10 chunks
+    check_sequence(sse(address(stack, "a"), f"/v1/jobs/{job}/events"), rows=20, chunk=2)
 
 
 def test_sse_resume_mid_stream_gets_exactly_the_rest(stack: Stack) -> None:
-    url = stack.hubs["a"]
+    url = address(stack, "a")
     job = submit(url, "slow", 40, 16)
     first = sse(url, f"/v1/jobs/{job}/events", limit=4)
     rest = sse(url, f"/v1/jobs/{job}/events", **{"Last-Event-ID": first[-1]["id"]})
@@ -144,7 +114,7 @@ def test_sse_resume_mid_stream_gets_exactly_the_rest(stack: Stack) -> None:
 
 
 def test_sse_resume_after_the_job_finished(stack: Stack) -> None:
-    url = stack.hubs["b"]
+    url = address(stack, "b")
     job = submit(url, "slow", 10, 16)
     everything = sse(url, f"/v1/jobs/{job}/events")
     k = 3
@@ -157,12 +127,12 @@ def test_sse_resume_after_the_job_finished(stack: Stack) -> None:
 
 
 def test_submit_through_one_hub_follow_through_the_other(stack: Stack) -> None:
-    job = submit(stack.hubs["a"], "slow", 12, 16)
-    check_sequence(sse(stack.hubs["b"], f"/v1/jobs/{job}/events"), rows=12, chunk=2)
+    job = submit(address(stack, "a"), "slow", 12, 16)
+    check_sequence(sse(address(stack, "b"), f"/v1/jobs/{job}/events"), rows=12, chunk=2)
 
 
 def test_sse_errors(stack: Stack) -> None:
-    url = stack.hubs["a"]
+    url = address(stack, "a")
     assert httpx.get(f"{url}/v1/jobs/nope/events").status_code == 404
     job = submit(url, "iris", 1, 4)
     r = httpx.get(f"{url}/v1/jobs/{job}/events", headers={"Last-Event-ID": "yesterday"})
@@ -170,7 +140,7 @@ def test_sse_errors(stack: Stack) -> None:
 
 
 def test_all_jobs_feed_filters_and_resumes(stack: Stack) -> None:
-    url = stack.hubs["b"]
+    url = address(stack, "b")
     seen: list[dict[str, Any]] = []
     # Start the feed after the last event so far: whenever its subscription begins, the log
     # covers everything since, so the test does not race the jobs against the subscription.
@@ -191,8 +161,8 @@ def test_all_jobs_feed_filters_and_resumes(stack: Stack) -> None:
 
     reader = threading.Thread(target=read_feed)
     reader.start()
-    jobs = [submit(stack.hubs["a"], "iris", 1, 4), submit(stack.hubs["a"], "digits", 1, 64)]
-    jobs.append(submit(stack.hubs["a"], "iris", 2, 4))
+    jobs = [submit(address(stack, "a"), "iris", 1, 4), submit(address(stack, "a"), "digits", 1, 64)]
+    jobs.append(submit(address(stack, "a"), "iris", 2, 4))
     reader.join(30)
     assert not reader.is_alive()
     assert {e["job_id"] for e in seen} == {jobs[0], jobs[2]}  # the digits job is filtered out
@@ -219,7 +189,7 @@ def test_all_jobs_feed_resets_when_the_log_no_longer_holds_the_id(stack: Stack) 
     with (
         httpx.Client(timeout=30) as client,
         connect_sse(
-            client, "GET", f"{stack.hubs['a']}/v1/events", headers={"Last-Event-ID": "1-0"}
+            client, "GET", f"{address(stack, 'a')}/v1/events", headers={"Last-Event-ID": "1-0"}
         ) as source,
     ):
         first = next(m for m in source.iter_sse() if m.data)
@@ -250,7 +220,7 @@ async def _events_until_terminal(ws: Any, job: str) -> list[dict[str, Any]]:
 
 def test_ws_submit_streams_the_job_and_resumes_on_a_new_socket(stack: Stack) -> None:
     async def run() -> None:
-        async with websockets.connect(ws_url(stack.hubs["a"])) as ws:
+        async with websockets.connect(ws_url(address(stack, "a"))) as ws:
             await ws.send(
                 orjson.dumps(
                     {"type": "submit", "ref": 7, "model": "slow", "data": [[0.1] * 16] * 30}
@@ -265,7 +235,7 @@ def test_ws_submit_streams_the_job_and_resumes_on_a_new_socket(stack: Stack) -> 
                 assert message["type"] == "event"
                 first.append(message["event"])
         # the socket is gone; another, on the other hub, resumes after the 5th event
-        async with websockets.connect(ws_url(stack.hubs["b"])) as ws:
+        async with websockets.connect(ws_url(address(stack, "b"))) as ws:
             await ws.send(
                 orjson.dumps(
                     {
@@ -285,10 +255,10 @@ def test_ws_submit_streams_the_job_and_resumes_on_a_new_socket(stack: Stack) -> 
 
 def test_ws_model_subscription_and_cancel(stack: Stack) -> None:
     async def run() -> None:
-        async with websockets.connect(ws_url(stack.hubs["b"])) as ws:
+        async with websockets.connect(ws_url(address(stack, "b"))) as ws:
             await ws.send('{"type": "subscribe", "ref": 1, "model": "slow"}')
             assert (await _recv(ws))["subscription"] == {"model": "slow"}
-            job = submit(stack.hubs["a"], "slow", 400, 16)
+            job = submit(address(stack, "a"), "slow", 400, 16)
             while True:
                 message = await _recv(ws)
                 if message["type"] == "event" and message["event"]["type"] == "progress":
@@ -303,7 +273,7 @@ def test_ws_model_subscription_and_cancel(stack: Stack) -> None:
 
 def test_ws_bad_input_gets_error_frames_and_the_socket_stays_open(stack: Stack) -> None:
     async def run() -> None:
-        async with websockets.connect(ws_url(stack.hubs["a"])) as ws:
+        async with websockets.connect(ws_url(address(stack, "a"))) as ws:
             cases = {
                 "not json": "invalid_json",
                 "[1, 2]": "invalid_message",
@@ -334,29 +304,39 @@ def test_ws_bad_input_gets_error_frames_and_the_socket_stays_open(stack: Stack) 
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
     asyncio.run(run())
-    assert httpx.get(f"{stack.hubs['a']}/healthz").status_code == 200  # the hub still serves
+    assert httpx.get(f"{address(stack, 'a')}/healthz").status_code == 200  # the hub still serves
 
 
 def test_ws_stuck_consumer_is_closed(stack: Stack) -> None:
     """A client that stops reading: the hub (buffer 4, limit 1 s) gives up on it, sends 1013
     with a reason, and cuts the connection when even that is not read within the limit."""
+    tiny, a = address(stack, "tiny"), address(stack, "a")
 
-    async def run() -> None:
-        async with websockets.connect(ws_url(stack.hubs["tiny"]), max_queue=1, max_size=None) as ws:
+    def open_sockets() -> float:
+        return value(scrape(tiny), "inferhub_websocket_connections")
+
+    async def run() -> list[str]:
+        async with websockets.connect(ws_url(tiny), max_queue=1, max_size=None) as ws:
             await ws.send('{"type": "subscribe", "ref": 1, "model": "slow"}')
             assert (await _recv(ws))["type"] == "accepted"
+            assert open_sockets() == 1
             # big outputs (rows x 1024 floats) fill the socket buffers while we do not read
-            jobs = [submit(stack.hubs["a"], "slow", 200, 16) for _ in range(6)]
-            await asyncio.sleep(4)
+            jobs = [submit(a, "slow", 200, 16) for _ in range(6)]
+            await asyncio.to_thread(
+                wait_for, lambda: open_sockets() == 0, timeout=30, what="the hub to drop us"
+            )
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:
                     await _recv(ws)
             if closed.value.rcvd is not None:  # the close frame got through before the cut
                 assert closed.value.rcvd.code == 1013
                 assert "slow" in closed.value.rcvd.reason or "reading" in closed.value.rcvd.reason
-        assert jobs  # the jobs themselves are unaffected
+        return jobs
 
-    asyncio.run(run())
+    jobs = asyncio.run(run())
+    with httpx.Client(base_url=a, timeout=10) as http:  # the jobs themselves are unaffected
+        for job in jobs:
+            assert wait_job(http, job, {"succeeded", "failed", "canceled"})["status"] == "succeeded"
 
 
 # --- slow consumers, unit ---------------------------------------------------------------------
@@ -392,7 +372,7 @@ def test_full_buffer_coalesces_progress_and_keeps_every_other_event() -> None:
 
 
 def test_redis_restart_under_an_open_stream_loses_nothing(stack: Stack) -> None:
-    url = stack.hubs["a"]
+    url = address(stack, "a")
     job = submit(url, "slow", 300, 16)
     events: list[dict[str, Any]] = []
     with (
@@ -404,7 +384,7 @@ def test_redis_restart_under_an_open_stream_loses_nothing(stack: Stack) -> None:
                 continue
             events.append(orjson.loads(message.data))
             if len(events) == 6:
-                stack.restart_redis()
+                stack.server.restart()  # type: ignore[union-attr]
             if events[-1]["type"] in ("succeeded", "failed", "canceled"):
                 break
     check_sequence(events, rows=300, chunk=2)
@@ -415,7 +395,7 @@ def test_redis_restart_under_an_open_stream_loses_nothing(stack: Stack) -> None:
 
 def test_ws_resubscribing_to_several_models_replays_each_of_them(stack: Stack) -> None:
     """One socket, two model subscriptions resumed from the same id: both replays arrive whole."""
-    url = stack.hubs["a"]
+    url = address(stack, "a")
     mark = sse(url, f"/v1/jobs/{submit(url, 'iris', 1, 4)}/events")[-1]["id"]
     digits = submit(url, "digits", 1, 64)
     iris = submit(url, "iris", 1, 4)

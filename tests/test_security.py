@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TestClient, WorkerProcess, wait_for
+from helpers import TestClient, wait_for
 from redis import Redis
+from stack import Stack, Worker
 from starlette.websockets import WebSocketDisconnect
 
 from contract import keys
-from contract.settings import Settings
-from hub.app import create_app
 from hub.auth import KeyRing, exposure_problem, new_key
 
 IRIS = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
@@ -39,13 +38,9 @@ def keyfile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 @pytest.fixture(scope="module")
 def secure(
-    settings: Settings, worker: WorkerProcess, keyfile: tuple[Path, dict[str, str]]
+    stack: Stack, worker: Worker, keyfile: tuple[Path, dict[str, str]]
 ) -> Iterator[TestClient]:
-    keyed = settings.model_copy(
-        update={"api_keys_file": keyfile[0], "allowed_origins": ["https://dash.example"]}
-    )
-    with TestClient(create_app(keyed)) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+    with stack.app(api_keys_file=keyfile[0], allowed_origins=["https://dash.example"]) as client:
         yield client
 
 
@@ -232,11 +227,10 @@ def test_an_open_hub_binds_only_to_loopback(tmp_path: Path) -> None:
 
 
 def test_a_full_queue_answers_429_and_writes_nothing(
-    settings: Settings, worker: WorkerProcess, redis: Redis, orphan_model: str
+    stack: Stack, worker: Worker, redis: Redis, orphan_model: str
 ) -> None:
     queued = redis.zcard(keys.queue("nobody"))
-    full = settings.model_copy(update={"max_queued": queued + 2})
-    with TestClient(create_app(full)) as client:
+    with stack.app(max_queued=queued + 2, wait_ready=False) as client:
         wait_for(lambda: client.get(f"/v1/models/{orphan_model}").status_code == 200)
         body = {"model": orphan_model, "data": [[5.1, 3.5, 1.4, 0.2]]}
         ids = [client.post("/v1/jobs", json=body).json()["id"] for _ in range(2)]
@@ -250,12 +244,10 @@ def test_a_full_queue_answers_429_and_writes_nothing(
 
 
 def test_the_rate_limit_is_per_tenant(
-    settings: Settings, worker: WorkerProcess, keyfile: tuple[Path, dict[str, str]]
+    stack: Stack, worker: Worker, keyfile: tuple[Path, dict[str, str]]
 ) -> None:
-    limited = settings.model_copy(
-        update={"api_keys_file": keyfile[0], "rate_limit_per_s": 0.5, "rate_burst": 2}
-    )
-    with TestClient(create_app(limited)) as client:
+    limited = {"api_keys_file": keyfile[0], "rate_limit_per_s": 0.5, "rate_burst": 2}
+    with stack.app(**limited, wait_ready=False) as client:
         acme, globex = auth(keyfile, "acme"), auth(keyfile, "globex")
         codes = [client.post("/v1/jobs", json=IRIS, headers=acme).status_code for _ in range(3)]
         assert codes == [202, 202, 429]

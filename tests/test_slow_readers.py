@@ -1,9 +1,10 @@
 """Clients that stop reading (issue 13, item 2): a hub process of its own, raw sockets with a
 4 KiB receive buffer that never read, and one job whose ``succeeded`` event is ~10 MB.
 
-Outputs that large are stored once and only summarised in the event by default; the hub and
-worker here run on a Redis database of their own with ``INFERHUB_INLINE_OUTPUT_BYTES`` raised
-above them, as an operator may choose, so that the event itself is large.
+Outputs that large are stored once and only summarised in the event by default; the worker
+here (on the module's own Redis database, tests/stack.py) runs with
+``INFERHUB_INLINE_OUTPUT_BYTES`` raised above them, as an operator may choose, so that the
+event itself is large.
 
 The hub must write each event once for all of them (not a copy per reader), give up on them
 after ``INFERHUB_SLOW_CONSUMER_S`` and drop their connections, unsent bytes and all.
@@ -15,51 +16,24 @@ import base64
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, start_worker, wait_for
-from redis import Redis
-
-from cli.processes import ready, start_cli, stop
-from contract.settings import Settings
+from helpers import wait_for
+from stack import Stack
 
 READERS = 24
 ESTABLISHED = "01"  # in /proc/net/tcp
 ROWS = 1000  # slow: 1000 x 1024 FP32 outputs, a ~10 MB succeeded event in JSON
-
-
-DB = 6
-INLINE = str(64 * 2**20)
+INLINE = 64 * 2**20
 
 
 @pytest.fixture(scope="module")
-def hub(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    own = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + f"/{DB}"})
-    folder = tmp_path_factory.mktemp("slowhub")
-    redis = Redis.from_url(own.redis_url)
-    workers = start_worker(own, redis, folder / "worker.log", INFERHUB_INLINE_OUTPUT_BYTES=INLINE)
-    next(workers)
-    port = free_port()
-    env = {
-        "INFERHUB_REDIS_URL": own.redis_url,
-        "INFERHUB_PORT": str(port),
-        "INFERHUB_SLOW_CONSUMER_S": "1",
-    }
-    log = (folder / "hub.log").open("wb")
-    process = start_cli("serve", env=env, log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(url), timeout=60, what="the hub")
-        yield url, process.pid
-    finally:
-        stop([process])
-        log.close()
-        workers.close()
-        redis.flushdb()  # this module's database only
-        redis.close()
+def hub(stack: Stack) -> tuple[str, int]:
+    stack.worker(wait=False, inline_output_bytes=INLINE)  # the hub is ready once it is
+    process = stack.hub("slowhub", slow_consumer_s=1)
+    return process.url, process.pid
 
 
 def memory_kib(pid: int, field: str) -> int:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers import TestClient, WorkerProcess, wait_for
+from helpers import TestClient
+from stack import Stack, Worker
 
-from contract.settings import Settings
-from hub.app import create_app
 from hub.client import Client
 
 EVENT_SOURCE = {"Accept": "text/event-stream"}  # what a browser's EventSource sends
@@ -61,11 +60,9 @@ def test_the_python_client_stops_at_a_204(client: TestClient, hub_url: str) -> N
 
 
 @pytest.fixture(scope="module")
-def one_stream(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
+def one_stream(stack: Stack, worker: Worker) -> Iterator[TestClient]:
     """A hub where a tenant may hold one stream open."""
-    bounded = settings.model_copy(update={"max_streams_per_tenant": 1})
-    with TestClient(create_app(bounded)) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+    with stack.app(max_streams_per_tenant=1) as client:
         yield client
 
 

@@ -1,7 +1,7 @@
 """The WebSocket's ``stats`` message over a real socket, against what was queued: a hub process
-(``python -m cli serve``, with API keys) on a Redis of its own, so that every queued job is this
-module's; a worker of the default pool; the model ``orphan``, whose pool has no worker, so that
-its jobs wait.
+(``inferhub serve``, with API keys) on the module's Redis database (tests/stack.py), so that
+every queued job is this module's; a worker of the default pool; the model ``orphan``, whose
+pool has no worker, so that its jobs wait.
 """
 
 from __future__ import annotations
@@ -10,18 +10,17 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import websockets
-from helpers import free_port, wait_for
+from helpers import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
+from stack import Stacks
 
-from cli.processes import ready, start_cli, start_redis, stop
 from contract import keys
 from hub.auth import new_key
 from hub.metrics import cluster, stats
@@ -56,45 +55,20 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("stats")
-    port = free_port()
-    redis_proc = start_redis(port, folder)
-    env = {
-        "INFERHUB_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-        "INFERHUB_MODELS": str(model_repo),
-        "INFERHUB_HEARTBEAT_S": "0.5",
-        "INFERHUB_STATS_INTERVAL_S": "0.1",
-    }
-    keys_file = folder / "keys.toml"
-    admin, tenant = (
-        new_key(keys_file, "ops", ["admin"]),
-        new_key(keys_file, "acme", ["submit", "read"]),
-    )
-    redis = Redis(port=port)
-    procs = []
-    with (folder / "stack.log").open("wb") as log:
-        try:
-            # a worker of pool "nobody" writes orphan's catalogue entry, then leaves for good
-            nobody = start_cli("worker", env={**env, "INFERHUB_POOL": "nobody"}, log=log)
-            procs.append(nobody)
-            wait_for(lambda: redis.hexists(keys.MODELS, "orphan"), what="orphan in the catalogue")
-            stop([nobody])
-            procs.append(start_cli("worker", env=env, log=log))
-            hub_port = free_port()
-            hub_env = {
-                **env,
-                "INFERHUB_PORT": str(hub_port),
-                "INFERHUB_API_KEYS_FILE": str(keys_file),
-            }
-            procs.append(start_cli("serve", env=hub_env, log=log))
-            url = f"http://127.0.0.1:{hub_port}"
-            wait_for(lambda: ready(url), timeout=60, what=f"{url}/readyz")
-            yield Stack(url, redis, admin, tenant)
-        finally:
-            stop(procs)
-            stop([redis_proc])
-            redis.close()
+def stack(stacks: Stacks) -> Iterator[Stack]:
+    with stacks("stats", stats_interval_s=0.1) as made:
+        keys_file = made.folder / "keys.toml"
+        admin, tenant = (
+            new_key(keys_file, "ops", ["admin"]),
+            new_key(keys_file, "acme", ["submit", "read"]),
+        )
+        # a worker of pool "nobody" writes orphan's catalogue entry, then leaves for good
+        nobody = made.worker("nobody", pool="nobody")
+        wait_for(lambda: made.redis.hexists(keys.MODELS, "orphan"), what="orphan in the catalogue")
+        nobody.stop()
+        made.worker(wait=False)  # the hub is ready once it is
+        hub = made.hub(api_keys_file=keys_file)
+        yield Stack(hub.url, made.redis, admin, tenant)
 
 
 # --- reading the socket -------------------------------------------------------------------------

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TestClient, WorkerProcess, wait_for
+from helpers import TestClient, wait_for
+from stack import Stack, Worker
 from starlette.websockets import WebSocketDisconnect
 
-from contract.settings import Settings
-from hub.app import create_app
 from hub.auth import new_key
 
 IRIS = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
@@ -31,19 +30,14 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys]:
 
 
 @pytest.fixture(scope="module")
-def hub(
-    settings: Settings, worker: WorkerProcess, tenants: tuple[Path, Keys]
-) -> Iterator[TestClient]:
-    bounded = settings.model_copy(
-        update={
-            "api_keys_file": tenants[0],
-            "max_queued_per_tenant": 2,
-            "max_streams_per_tenant": 2,
-            "ws_max_subscriptions": 2,
-        }
-    )
-    with TestClient(create_app(bounded)) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+def hub(stack: Stack, worker: Worker, tenants: tuple[Path, Keys]) -> Iterator[TestClient]:
+    bounded = {
+        "api_keys_file": tenants[0],
+        "max_queued_per_tenant": 2,
+        "max_streams_per_tenant": 2,
+        "ws_max_subscriptions": 2,
+    }
+    with stack.app(**bounded) as client:
         yield client
 
 
@@ -219,16 +213,14 @@ def test_a_repeated_idempotency_key_honours_prefer_wait(hub: TestClient, key: Ke
 
 
 def test_a_tenant_may_store_only_its_share_of_redis(
-    settings: Settings, worker: WorkerProcess, tenants: tuple[Path, Keys]
+    stack: Stack, worker: Worker, tenants: tuple[Path, Keys]
 ) -> None:
     """Inputs and parameters count against INFERHUB_MAX_STORED_BYTES_PER_TENANT for the jobs'
     lifetime (the attack: 25 MB of parameters per request, kept for a day)."""
-    bounded = settings.model_copy(
-        update={"api_keys_file": tenants[0], "max_stored_bytes_per_tenant": 50_000}
-    )
+    bounded = {"api_keys_file": tenants[0], "max_stored_bytes_per_tenant": 50_000}
     key = tenants[1]
     body = {**IRIS, "parameters": {"note": "x" * 10_000}}  # ~10 KB stored per job
-    with TestClient(create_app(bounded)) as hub:
+    with stack.app(**bounded, wait_ready=False) as hub:
         answers = [hub.post("/v1/jobs", json=body, headers=key["delta"]) for _ in range(6)]
         codes = [r.status_code for r in answers]
         assert codes[:4] == [202] * 4 and codes[-1] == 429, codes

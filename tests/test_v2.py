@@ -1,8 +1,8 @@
-"""The V2 / Triton protocol end to end: tritonclient (sync and aio) and raw HTTP against the hub
-served by a real uvicorn, real arq workers, Redis and onnxruntime.
+"""The V2 / Triton protocol end to end: tritonclient (sync and aio) and raw HTTP against a hub
+process (``inferhub serve``), real arq workers, Redis and onnxruntime.
 
 Every datatype travels through Identity models built here with the onnx helper API, served by a
-second worker on its own pool so that the session worker is not disturbed.
+second worker on its own pool so that the module's default worker is not disturbed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import random
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,18 +25,15 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
-import uvicorn
-from conftest import TestClient, WorkerProcess, start_worker
-from helpers import IR_VERSION, OPSET, free_port, wait_for
+from helpers import IR_VERSION, OPSET, wait_for
 from onnx import TensorProto, helper
 from redis import Redis
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris
+from stack import Stack, Stacks, Worker
 from tritonclient.utils import InferenceServerException
 
 from contract import keys
 from contract.errors import InferhubError
-from contract.settings import Settings
-from hub.app import create_app
 from hub.v2.codec import parse_request
 from hub.v2.compression import decompress
 from hub.v2.errors import status_of
@@ -71,38 +67,22 @@ ONNX_TYPES = {
 # --- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def hub_url(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
-    """The hub served by uvicorn on a free port in a thread (tritonclient needs real HTTP)."""
-    port = free_port()
-    app = create_app(settings.model_copy(update={"max_body_bytes": MAX_BODY}))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
-        url = f"127.0.0.1:{port}"
-        wait_for(
-            lambda: httpx.get(f"http://{url}/v2/health/ready").status_code == 200,
-            what="/v2/health/ready",
-        )
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
+@pytest.fixture(scope="module")
+def address(stack: Stack) -> str:
+    """``host:port`` of a hub process (tritonclient needs real HTTP), with a small body limit."""
+    stack.first_worker(wait=False)  # the hub is ready once the worker is
+    return stack.hub("v2", max_body_bytes=MAX_BODY).url.removeprefix("http://")
 
 
-@pytest.fixture(scope="session")
-def http(hub_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{hub_url}", timeout=30) as client:
+@pytest.fixture(scope="module")
+def http(address: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://{address}", timeout=30) as client:
         yield client
 
 
-@pytest.fixture(scope="session")
-def tc(hub_url: str) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(url=hub_url)
+@pytest.fixture(scope="module")
+def tc(address: str) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(url=address)
     yield client
     client.close()
 
@@ -124,30 +104,24 @@ def build_identity(folder: Path, datatype: str) -> None:
     (folder / "config.toml").write_text('pool = "identity"\nmax_batch_size = 8\n')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def identity_worker(
-    settings: Settings, redis: Redis, http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
+    stack: Stack, http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
+) -> Worker:
     """A second worker, pool ``identity``, serving ``identity_<datatype>`` for every datatype."""
     repo = tmp_path_factory.mktemp("identity") / "models"
     for datatype in ONNX_TYPES:
         build_identity(repo / f"identity_{datatype.lower()}", datatype)
-    log_path = repo.parent / "worker.log"
-    own = settings.model_copy(update={"models": repo})
-    workers = start_worker(own, redis, log_path, INFERHUB_POOL="identity")
-    process = next(workers)
-    try:
-        # ready as the hub sees them (its catalogue is cached for a second)
-        wait_for(
-            lambda: all(
-                http.get(f"/v2/models/identity_{d.lower()}/ready").status_code == 200
-                for d in ONNX_TYPES
-            ),
-            what="the identity models to be ready",
-        )
-        yield process
-    finally:
-        workers.close()
+    worker = stack.worker("identity", models=repo, pool="identity")
+    # ready as the hub sees them (its catalogue is cached for a second)
+    wait_for(
+        lambda: all(
+            http.get(f"/v2/models/identity_{d.lower()}/ready").status_code == 200
+            for d in ONNX_TYPES
+        ),
+        what="the identity models to be ready",
+    )
+    return worker
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -230,12 +204,12 @@ def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
 # --- tritonclient, sync ----------------------------------------------------------------------
 
 
-def test_kserves_rest_client(hub_url: str) -> None:
+def test_kserves_rest_client(address: str) -> None:
     """KServe's InferenceRESTClient reads the health bodies ({"live": true}...), then infers;
     run by tests/kserve_rest_client.py in a process of its own."""
     script = Path(__file__).parent / "kserve_rest_client.py"
     done = subprocess.run(
-        [sys.executable, str(script), f"http://{hub_url}"],
+        [sys.executable, str(script), f"http://{address}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -414,8 +388,8 @@ def test_model_without_worker_is_not_ready(
 
 
 @pytest.fixture
-async def atc(hub_url: str) -> AsyncIterator[triton_aio.InferenceServerClient]:
-    client = triton_aio.InferenceServerClient(url=hub_url)
+async def atc(address: str) -> AsyncIterator[triton_aio.InferenceServerClient]:
+    client = triton_aio.InferenceServerClient(url=address)
     yield client
     await client.close()
 
@@ -481,7 +455,7 @@ ONNX_DTYPES = {
 
 @pytest.mark.parametrize("datatype", list(ONNX_TYPES))
 def test_every_datatype_round_trips(
-    http: httpx.Client, identity_worker: WorkerProcess, datatype: str
+    http: httpx.Client, identity_worker: Worker, datatype: str
 ) -> None:
     model = f"/v2/models/identity_{datatype.lower()}/infer"
     tensor = {"name": "x", "datatype": datatype, "shape": [2, 3]}
@@ -504,9 +478,7 @@ def test_every_datatype_round_trips(
     assert out == {"name": "y", "datatype": datatype, "shape": [2, 3], "data": data}
 
 
-def test_bytes_must_be_text_for_onnxruntime(
-    http: httpx.Client, identity_worker: WorkerProcess
-) -> None:
+def test_bytes_must_be_text_for_onnxruntime(http: httpx.Client, identity_worker: Worker) -> None:
     items = [b"ok", b"\xff\xfe not utf-8", b""]
     body, headers = binary_body(
         [({"name": "x", "datatype": "BYTES", "shape": [1, 3]}, bytes_raw(items))]
@@ -515,7 +487,7 @@ def test_bytes_must_be_text_for_onnxruntime(
     assert_error(response, 400, "input 'x': BYTES element 1 is not UTF-8 text")
 
 
-def test_bytes_mixed_with_json_outputs(http: httpx.Client, identity_worker: WorkerProcess) -> None:
+def test_bytes_mixed_with_json_outputs(http: httpx.Client, identity_worker: Worker) -> None:
     """A binary BYTES input, its output asked as JSON by the output's own ``binary_data``."""
     items = [b"alpha", b"", "\u00fcml\u00e4ut".encode(), b"d", b"e" * 1000, b"f"]
     body, headers = binary_body(
@@ -647,9 +619,7 @@ MALFORMED: dict[str, tuple[str, bytes, bytes, str | None, str]] = {
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_binary_bodies(
-    http: httpx.Client, identity_worker: WorkerProcess, case: str
-) -> None:
+def test_malformed_binary_bodies(http: httpx.Client, identity_worker: Worker, case: str) -> None:
     model, header, tail, header_length, fragment = MALFORMED[case]
     response = http.post(
         f"/v2/models/{model}/infer",
@@ -767,10 +737,9 @@ def test_timeout_parameter_is_the_deadline(http: httpx.Client) -> None:
     assert_error(response, 503, "request timeout expired", "no answer within 1e-06 s")
 
 
-def test_not_ready_without_worker(settings: Settings) -> None:
+def test_not_ready_without_worker(stacks: Stacks) -> None:
     """Another Redis database: Redis answers, but no worker is alive there."""
-    empty = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/1"})
-    with TestClient(create_app(empty)) as client:
+    with stacks("empty") as empty, empty.app(wait_ready=False) as client:
         assert client.get("/v2/health/live").status_code == 200
         assert_error(client.get("/v2/health/ready"), 503, "no worker is alive")
 

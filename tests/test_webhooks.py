@@ -1,7 +1,8 @@
-"""Webhooks across the session's real Redis and worker: deliveries to a receiver the test starts
-(an HTTP server on a loopback port), verified with the standardwebhooks package (an independent
-verifier) and with the snippet of docs/protocol.md; retried while the receiver is down, across
-a hub restart; refused for hosts and addresses that are not allowed; recorded on the job.
+"""Webhooks across the module's real Redis database and worker: deliveries to a receiver the
+test starts (an HTTP server on a loopback port), verified with the standardwebhooks package (an
+independent verifier) and with the snippet of docs/protocol.md; retried while the receiver is
+down, across a hub restart; refused for hosts and addresses that are not allowed; recorded on
+the job.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, TestClient, free_port, wait_for
+from helpers import ROOT, TestClient, wait_for
 from pydantic import SecretStr
 from redis import Redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from cli.processes import free_port
 from contract import keys
 from contract.settings import Settings
 from hub.app import create_app
@@ -87,7 +89,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def hook_settings(settings: Settings) -> Settings:
-    """The session's settings with a webhook secret, and retries quick enough for a test."""
+    """The module's settings with a webhook secret, and retries quick enough for a test."""
     return settings.model_copy(
         update={
             "webhook_secret": SecretStr(SECRET),
@@ -100,7 +102,7 @@ def hook_settings(settings: Settings) -> Settings:
 
 @contextmanager
 def hub(settings: Settings) -> Iterator[TestClient]:
-    """A hub with its webhook sender; the only one of the session that signs, while it runs."""
+    """A hub with its webhook sender; the only one of the module that signs, while it runs."""
     with TestClient(create_app(settings)) as client:
         yield client
 

@@ -1,9 +1,9 @@
 """The worker's own loop (``workers/loop.py``, ``workers/attempt.py``) and the pieces of arq 0.28
-it relies on, on the session's real Redis: the job the hub's enqueue writes (``serialize_job``
-under ``arq:job:``) is the job the worker runs; ``Retry`` and ``CancelledError`` put it back (a
-deferred retry ``defer`` from now); a timeout ends it; past its tries it is dropped; a killed
-worker's job is reaped and runs again; SIGTERM and SIGINT hand the running job back at once and
-run the shutdown hook.
+it relies on, on the module's real Redis database: the job the hub's enqueue writes
+(``serialize_job`` under ``arq:job:``) is the job the worker runs; ``Retry`` and
+``CancelledError`` put it back (a deferred retry ``defer`` from now); a timeout ends it; past
+its tries it is dropped; a killed worker's job is reaped and runs again; SIGTERM and SIGINT hand
+the running job back at once and run the shutdown hook.
 
 Each test serves a pool of its own, so no other worker sees its jobs. The tests wait on Redis
 itself: keyspace notifications of a job's keys, or BLPOP on the notes the job functions push.
@@ -31,7 +31,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from contract import keys
-from contract.connection import connect
+from contract.connection import connect, database
 from contract.jobstore import RUN_JOB, Created, JobStore, Limits
 from contract.records import JobArgs, JobRecord
 from contract.wire import loads
@@ -108,7 +108,7 @@ async def serve_until_deleted(
     ``key``; then stop the worker and wait for it to shut down."""
     client = connect(redis_url)
     async with client.pubsub() as pubsub:
-        await pubsub.subscribe(f"__keyspace@0__:{key}")
+        await pubsub.subscribe(f"__keyspace@{database(client)}__:{key}")
         confirmed = await pubsub.get_message(timeout=10)
         assert confirmed is not None and confirmed["type"] == "subscribe"
         loop = worker(redis_url, pool, functions, reaper=True)

@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
-from contract.connection import connect
+from contract.connection import connect, database
 from workers.attempt import Attempts, Function
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class WorkerLoop:
         self.functions = {f.name: f for f in functions}
         self.redis_url = redis_url
         self.queue = keys.queue(pool)
-        self.wake_channel = keys.wake(pool)
+        self.pool = pool
         self.worker_id = worker_id
         self.max_jobs = max_jobs
         self.poll_delay_s = poll_delay_s
@@ -189,12 +189,13 @@ class WorkerLoop:
 
     async def _listen(self) -> None:
         redis = connect(self.redis_url)
+        channel = keys.wake(self.pool, database(redis))
         backoff = 0.05
         try:
             while True:
                 try:
                     async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                        await pubsub.subscribe(self.wake_channel)
+                        await pubsub.subscribe(channel)
                         backoff = 0.05
                         while True:
                             if await pubsub.get_message(timeout=None) is not None:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
+from contract.connection import database
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ REAP = scripts.load("reap")
 
 
 async def reap_forever(redis: Redis, pool: str, every_s: float, scan: int = 1000) -> None:
-    names = {"queue": keys.queue(pool), "wake": keys.wake(pool)}
+    names = {"queue": keys.queue(pool), "wake": keys.wake(pool, database(redis))}
     args = {
         "in_progress_prefix": in_progress_key_prefix,
         "job_prefix": keys.job(""),

@@ -19,12 +19,12 @@ end
 -- A job that names a webhook keeps in its record the statuses it wants pushed (`webhook_on`,
 -- space-separated, read by the caller with the status: no command more for other jobs): moving
 -- to one queues a delivery of the event just appended (`id`), due at once, in the same script
--- as the event, so that no delivery is lost however long every hub is away. The due set's name
--- is also the channel that wakes the hubs' senders.
-local function push_webhook(due, job_id, status, id, wanted)
+-- as the event, so that no delivery is lost however long every hub is away. A publication on
+-- `wake` (keys.webhooks_wake) wakes the hubs' senders.
+local function push_webhook(due, wake, job_id, status, id, wanted)
   if not wanted or not string.find(' ' .. wanted .. ' ', ' ' .. status .. ' ', 1, true) then
     return
   end
   redis.call('ZADD', due, string.match(id, '^%d+'), job_id .. ' ' .. id .. ' 1')
-  redis.call('PUBLISH', due, '')
+  redis.call('PUBLISH', wake, '')
 end

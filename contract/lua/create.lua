@@ -8,7 +8,7 @@
 -- `queued` is queued (append.lua).
 -- uses: append
 -- KEYS: record events log idempotency arq_job queue index owner_index owner_queued owner_bytes webhooks
--- ARGV: channel event ttl job_maxlen log_maxlen idem_value arq_payload score created_ms wake job_id max_queued max_owner_queued stored_bytes max_owner_bytes fields...
+-- ARGV: channel event ttl job_maxlen log_maxlen idem_value arq_payload score created_ms wake job_id max_queued max_owner_queued stored_bytes max_owner_bytes webhook_wake fields...
 local K, A = KEYS, ARGV
 local record, idempotency, arq_job, queue = K[1], K[4], K[5], K[6]
 local ttl, created_ms, job_id = tonumber(A[3]), tonumber(A[9]), A[11]
@@ -33,11 +33,11 @@ local total = tonumber(redis.call('HGET', owner_bytes, '_total') or 0)
 if total + stored > max_stored then return {4, tostring(total)} end
 
 if idempotency ~= '' then redis.call('SET', idempotency, A[6], 'EX', ttl) end
-set_fields(record, 16)
+set_fields(record, 17)
 redis.call('EXPIRE', record, ttl)
 local id = append(K[3], K[2], A[1], A[2], ttl, A[4], A[5])
-for i = 16, #A - 1, 2 do  -- the record's fields
-  if A[i] == 'webhook_on' then push_webhook(K[11], job_id, 'queued', id, A[i + 1]) end
+for i = 17, #A - 1, 2 do  -- the record's fields
+  if A[i] == 'webhook_on' then push_webhook(K[11], A[16], job_id, 'queued', id, A[i + 1]) end
 end
 redis.call('PSETEX', arq_job, ttl * 1000, A[7])
 redis.call('ZADD', queue, A[8], job_id)

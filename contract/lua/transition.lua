@@ -8,7 +8,7 @@
 -- Returns {appended (0/1), status before, event id, cancel requested (0/1)}.
 -- uses: append
 -- KEYS: record events log cancel owner_queued outputs webhooks
--- ARGV: channel event ttl job_maxlen log_maxlen allowed status guard_field guard_value job_id outputs_blob fields...
+-- ARGV: channel event ttl job_maxlen log_maxlen allowed status guard_field guard_value job_id outputs_blob webhook_wake fields...
 local K, A = KEYS, ARGV
 local record, allowed, new_status, guard_field = K[1], A[6], A[7], A[8]
 
@@ -29,7 +29,7 @@ if new_status ~= '' then
   if new_status ~= 'queued' then redis.call('ZREM', K[5], A[10]) end
 end
 if A[11] ~= '' then redis.call('SET', K[6], A[11], 'EX', A[3]) end
-set_fields(record, 12)
+set_fields(record, 13)
 local id = append(K[3], K[2], A[1], A[2], A[3], A[4], A[5])
-if new_status ~= '' then push_webhook(K[7], A[10], new_status, id, webhook_on) end
+if new_status ~= '' then push_webhook(K[7], A[12], A[10], new_status, id, webhook_on) end
 return {1, status, id, cancel}
