@@ -1,7 +1,7 @@
 """Outputs streamed in chunks (``"stream_outputs": true``): an ``output`` event per chunk with
 its rows and, when small, its outputs, else their URL; resumable by event id; each chunk stored
-once, and the job's outputs read back from its chunks. A worker and hub of their own, on a Redis
-database of this module's.
+once, and the job's outputs read back from its chunks. The module's stack serves the example
+digits and a heavy model in chunks of 64 rows.
 """
 
 from __future__ import annotations
@@ -15,40 +15,29 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
-from helpers import ROOT, TestClient, WorkerProcess, build_slow, start_worker, wait_for
+from helpers import ROOT, TestClient, build_slow, wait_for
 from redis import Redis
 from sklearn.datasets import load_digits
+from stack import Stack
 
 from contract import keys
-from contract.settings import Settings
 from hub.app import create_app
 
-DB = 7
 SLOW = 'description = "heavy rows, chunks of 64"\nmax_batch_size = 64\ntimeout_s = 60\n'
 
 
 @pytest.fixture(scope="module")
-def stack(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[TestClient, Redis, WorkerProcess]]:
+def served(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, Redis]]:
     root = tmp_path_factory.mktemp("streamed") / "models"
     shutil.copytree(ROOT / "models" / "digits", root / "digits")
     build_slow(root / "slow")
     (root / "slow" / "config.toml").write_text(SLOW)
-    own = settings.model_copy(
-        update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + f"/{DB}", "models": root}
-    )
-    redis = Redis.from_url(own.redis_url)
-    workers = start_worker(own, redis, root.parent / "worker.log")
-    worker = next(workers)
-    try:
-        with TestClient(create_app(own)) as client:
-            wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz")
-            yield client, redis, worker
-    finally:
-        workers.close()
-        redis.flushdb()  # this module's database only
-        redis.close()
+    stack.worker("streaming", models=root)
+    with TestClient(create_app(stack.settings.model_copy(update={"models": root}))) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+        yield client, stack.redis
 
 
 def events(client: TestClient, job_id: str, after: str | None = None) -> list[dict[str, Any]]:
@@ -74,8 +63,8 @@ def tensors(outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in outputs}
 
 
-def test_small_chunks_ride_in_their_events(stack: tuple[TestClient, Redis, WorkerProcess]) -> None:
-    client, redis, _ = stack
+def test_small_chunks_ride_in_their_events(served: tuple[TestClient, Redis]) -> None:
+    client, redis = served
     rows = load_digits().data[:1000].astype(np.float32)  # 4 chunks of max_batch_size 256
     job_id = run(client, "digits", rows)
     seen = events(client, job_id)
@@ -100,9 +89,9 @@ def test_small_chunks_ride_in_their_events(stack: tuple[TestClient, Redis, Worke
 
 
 def test_large_chunks_are_urls_and_resume_by_id(
-    stack: tuple[TestClient, Redis, WorkerProcess],
+    served: tuple[TestClient, Redis],
 ) -> None:
-    client, _, _ = stack
+    client, _ = served
     rows = np.random.default_rng(3).standard_normal((200, 16)).astype(np.float32)
     job_id = run(client, "slow", rows)  # chunks of 64 rows x 1024 floats: 256 KiB each
     seen = events(client, job_id)
@@ -129,9 +118,9 @@ def test_large_chunks_are_urls_and_resume_by_id(
 
 
 def test_rows_of_outputs_that_were_not_streamed(
-    stack: tuple[TestClient, Redis, WorkerProcess],
+    served: tuple[TestClient, Redis],
 ) -> None:
-    client, _, _ = stack
+    client, _ = served
     rows = load_digits().data[:10].astype(np.float32)
     r = client.post(
         "/v1/jobs", json={"model": "digits", "data": rows.tolist()}, headers={"Prefer": "wait=30"}
