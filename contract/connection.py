@@ -23,15 +23,17 @@ def _retry() -> Retry:
 
 
 def connect(url: str) -> Redis:
-    return Redis.from_url(
+    client: Redis = Redis.from_url(
         url,
         socket_connect_timeout=2,
         health_check_interval=10,
         retry=_retry(),
         retry_on_error=RETRY_ON,
     )
+    return client
 
 
 def database(redis: Redis) -> int:
     """The index of the database the client works in (``redis://host:port/N``)."""
-    return int(redis.get_connection_kwargs().get("db") or 0)
+    kwargs: dict[str, object] = redis.connection_pool.connection_kwargs
+    return int(str(kwargs.get("db") or 0))

@@ -9,7 +9,8 @@ import msgpack
 
 def dumps(obj: Any) -> bytes:
     """msgpack, used for arq jobs and events: data only, nothing that can run code."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def loads(raw: bytes) -> Any:
