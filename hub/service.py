@@ -10,8 +10,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from hub.observer import NOBODY, Observer
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest, Webhook
+from hub.streams import TenantStreams
 from hub.validation import check_arrays, check_outputs, decode_inputs
 from hub.webhooks import record as webhook_record
 from hub.webhooks.policy import WebhookPolicy
@@ -60,9 +60,8 @@ class JobService:
         self.max_queued = max_queued
         self.max_queued_per_tenant = max_queued_per_tenant
         self.max_stored_per_tenant = max_stored_per_tenant
-        self.max_streams_per_tenant = max_streams_per_tenant
         self.rate = rate
-        self._streams: Counter[str | None] = Counter()  # open event streams, per tenant
+        self.streams = TenantStreams(max_streams_per_tenant)
 
     async def submit(
         self,
@@ -308,7 +307,7 @@ class JobService:
         topic, finished = Topic.job(job_id), record["status"] in FINISHED
         if finished and after != "0" and not await self.store.events(job_id, after, count=1):
             return None
-        self.check_streams(owner)
+        self.streams.check(owner)
         return self._stream(
             owner, lambda feed: feed.follow(job_id, topic, after, finished=finished)
         )
@@ -324,7 +323,7 @@ class JobService:
         """Live events of the caller's jobs (filtered by model and job), from ``after`` when
         given; a Reset first when ``after`` is older than what the capped log still holds."""
         _check_event_id(after or "0")
-        self.check_streams(owner)
+        self.streams.check(owner)
 
         def accepts(event: Event) -> bool:
             return (not models or event.model in models) and (
@@ -343,31 +342,11 @@ class JobService:
     async def _stream(
         self, owner: str | None, start: Callable[[Delivery], None]
     ) -> AsyncIterator[Event | Reset]:
-        with self.stream_slot(owner):
+        with self.streams.slot(owner):
             async with delivery(self.store, self.fanout, owner) as feed:
                 start(feed)
                 while not isinstance(item := await feed.get(), Done):
                     yield item
-
-    @contextlib.contextmanager
-    def stream_slot(self, owner: str | None) -> Iterator[None]:
-        """Count an open event stream of the tenant (None: the admins) while the block runs;
-        ``check_streams`` first says whether it may open."""
-        self._streams[owner] += 1
-        try:
-            yield
-        finally:
-            self._streams[owner] -= 1
-
-    def check_streams(self, owner: str | None) -> None:
-        if self._streams[owner] >= self.max_streams_per_tenant:
-            raise OverCapacity(
-                f"you have {self.max_streams_per_tenant} event streams open on this hub "
-                "(INFERHUB_MAX_STREAMS_PER_TENANT); close one, or follow several jobs on one "
-                "WebSocket or one /v1/events feed",
-                "too_many_streams",
-                headers={"Retry-After": "1"},
-            )
 
     async def list(
         self,

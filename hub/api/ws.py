@@ -48,12 +48,12 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
         return
     try:
         caller = (await authenticate(ws, tickets=True)).need("read")
-        service.check_streams(caller.visible)
+        service.streams.check(caller.visible)
     except InferhubError as exc:
         await ws.close(close_code(exc), exc.message[:120])
         return
     await ws.accept()
-    with service.stream_slot(caller.visible):
+    with service.streams.slot(caller.visible):
         async with delivery(service.store, service.fanout, caller.visible) as feed:
             await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
 

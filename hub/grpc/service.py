@@ -181,10 +181,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         try:
             caller = self.caller(context, "submit")
-            self.service.check_streams(caller.tenant)
+            self.service.streams.check(caller.tenant)
         except Exception as exc:
             await abort(context, exc)
-        with self.service.stream_slot(caller.tenant):
+        with self.service.streams.slot(caller.tenant):
             async with contextlib.aclosing(StreamAnswers(self, caller).serve(requests)) as answers:
                 async for answer in answers:
                     yield answer
