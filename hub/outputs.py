@@ -90,13 +90,17 @@ def body(
 
 
 def _binary(header: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -> Body:
-    raws = [(name, array, to_raw(array)) for name, array in arrays]
+    # the stored arrays' own little-endian bytes, not a copy; BYTES are length-prefixed anew
+    raws = [
+        (name, array, memoryview(to_raw(array)) if array.dtype == object else _data(array))
+        for name, array in arrays
+    ]
     tensors = [
         {
             "name": name,
             "datatype": datatype_of(array),
             "shape": list(array.shape),
-            "parameters": {"binary_data_size": len(raw)},
+            "parameters": {"binary_data_size": raw.nbytes},
         }
         for name, array, raw in raws
     ]
@@ -105,7 +109,7 @@ def _binary(header: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -> Bod
     def chunks() -> Iterator[bytes]:
         yield head
         for _, _, raw in raws:
-            yield from _slices(memoryview(raw))
+            yield from _slices(raw)
 
     return Body(chunks(), MEDIA["binary"], {HEADER_LENGTH: str(len(head))})
 
@@ -142,7 +146,8 @@ def _write_npy_header(out: Any, array: np.ndarray) -> None:
 
 
 def _data(array: np.ndarray) -> memoryview:
-    return np.ascontiguousarray(array).data.cast("B")
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(little).data.cast("B")
 
 
 class _Sink:
