@@ -188,8 +188,13 @@ async def test_over_the_admission_bound_is_503_with_retry_after(
     await fanout.start()
     try:
         bounded = Lane(small, Catalogue(redis))
+        await bounded.catalogue.serving("slow")  # read now: the calls below then never wait
+        await bounded.catalogue.model("slow")
         held = asyncio.ensure_future(bounded.infer("slow", slow_rows(90)))
-        await _until(lambda: small.batches == 1)
+        # one turn of the loop: the held request takes its rows and waits for its answer,
+        # which cannot come before the next call refuses (it runs without yielding)
+        await asyncio.sleep(0)
+        assert small.batches == 1
         with pytest.raises(InferhubError) as refused:
             await bounded.infer("slow", slow_rows(20))
         assert refused.value.status == 503 and refused.value.code == "server_busy"
