@@ -21,7 +21,8 @@ from typing import Any
 
 from contract.events import Event, stream_key
 from contract.jobstore import JobStore
-from hub.fanout import GAP, Fanout, Key
+from hub import frames
+from hub.fanout import GAP, Fanout, Key, SlowConsumer
 
 PAGE_BYTES = 4 * 1024 * 1024
 """A replay reads the log in pages of about this size, so a long replay holds one at a time."""
@@ -86,7 +87,7 @@ class Delivery:
         self.store = store
         self.fanout = fanout
         self.owner = owner
-        self.sub = fanout.open(self.visible)
+        self.sub = fanout.open(owner)  # the fan-out routes only what the owner may see
         self._following: dict[Hashable, _Following] = {}
         self._out: deque[Any] = deque()
         self._replays: deque[_Replay] = deque()
@@ -146,17 +147,46 @@ class Delivery:
             item = await self.sub.get(remaining)
             if item is None:
                 return None
-            if isinstance(item, Event):
-                self._deliver(item)
-            elif isinstance(item, _Replay):
-                self._replays.append(item)
-            elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
-                for name, following in self._following.items():
-                    last = f"{following.last[0]}-{following.last[1]}"
-                    self._replays.append(_Replay(name, last, following.topic.job_id is None))
-            else:
-                self._out.append(item)
+            self._take(item)
         return self._out.popleft()
+
+    async def batch(self, wait_s: float | None = None, most_bytes: int = 64 * 1024) -> list[Any]:
+        """What ``get`` would return next, with all that follows it at once up to about
+        ``most_bytes`` of events (a writer sends them in one write); [] after ``wait_s``
+        seconds with nothing. A replay still to read ends the batch."""
+        first = await self.get(wait_s)
+        if first is None:
+            return []
+        items = [first]
+        size = first.size if isinstance(first, Event) else 0
+        while size < most_bytes:
+            if self._out:
+                item = self._out.popleft()
+                items.append(item)
+                size += item.size if isinstance(item, Event) else 0
+                continue
+            if self._replays:
+                break
+            try:
+                taken = self.sub.poll()
+            except SlowConsumer:  # what was taken goes out first; the next call raises
+                break
+            if taken is None:
+                break
+            self._take(taken)
+        return items
+
+    def _take(self, item: Any) -> None:
+        if isinstance(item, Event):
+            self._deliver(item)
+        elif isinstance(item, _Replay):
+            self._replays.append(item)
+        elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
+            for name, following in self._following.items():
+                last = f"{following.last[0]}-{following.last[1]}"
+                self._replays.append(_Replay(name, last, following.topic.job_id is None))
+        else:
+            self._out.append(item)
 
     async def _replay_page(self) -> None:
         replay = self._replays[0]
@@ -190,7 +220,7 @@ class Delivery:
     def _deliver(self, event: Event) -> None:
         if not self.visible(event):
             return
-        key = stream_key(event.id)
+        key = frames.key(event)
         matched = [(name, f) for name, f in self._following.items() if f.topic.accepts(event)]
         if any(key > f.last for _, f in matched):
             self._out.append(event)

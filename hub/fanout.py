@@ -1,7 +1,8 @@
 """One Redis pub/sub subscription per hub process, handed out to local subscribers.
 
-Subscribers register under keys (a job, a model, an owner) so that an event reaches only the
-buffers that may want it. Each buffer is bounded in events and in bytes: when it is full, a newer ``progress`` event
+Subscribers register under keys (a job, a model, an owner), each scoped to the tenant whose
+events they may see (None: an admin, who sees all), so that an event's subscribers are found in
+one index by its job, model and owner, without testing every subscriber. Each buffer is bounded in events and in bytes: when it is full, a newer ``progress`` event
 of a job replaces the older one still waiting (progress is coalesced); other events are never
 dropped, and a subscriber that stays full is marked ``stuck`` so that its transport closes it
 with a reason and the client resumes from its last event id.
@@ -17,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,6 +32,7 @@ from hub.observer import NOBODY, Observer
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # ("job", id) | ("model", name) | ("owner", name) | ("all", "")
+Route = tuple[Key, str | None]  # a key, scoped to one tenant's events (None: every tenant's)
 
 
 class Gap:
@@ -40,6 +42,14 @@ class Gap:
 GAP = Gap()
 
 
+class Tick:
+    """The hub's heartbeat, put to every subscriber every ``tick_s``: an SSE stream pings
+    on it, so that no stream needs a timer of its own."""
+
+
+TICK = Tick()
+
+
 class SlowConsumer(Exception):
     """The subscriber's buffer stayed full for too long."""
 
@@ -47,20 +57,39 @@ class SlowConsumer(Exception):
 class Subscription:
     """One subscriber's buffer, bounded in events and in bytes."""
 
+    __slots__ = (
+        "_buffer",
+        "_full_since",
+        "_ready",
+        "_stuck",
+        "bytes",
+        "coalesced",
+        "dropped",
+        "match",
+        "max_bytes",
+        "maxsize",
+        "observer",
+        "routes",
+        "scope",
+        "stuck_after_s",
+    )
+
     def __init__(
         self,
-        match: Callable[[Event], bool],
+        match: Callable[[Event], bool] | None,
         maxsize: int,
         stuck_after_s: float,
         max_bytes: int = 32 * 1024 * 1024,
         observer: Observer = NOBODY,
+        scope: str | None = None,
     ) -> None:
-        self.match = match
+        self.match = match  # a last filter of its own (None: all that its routes bring)
+        self.scope = scope  # the tenant whose events it may see (None: every tenant's)
         self.observer = observer
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
-        self.keys: set[Key] = set()
+        self.routes: set[Route] = set()
         self.coalesced = 0
         self.dropped = 0
         self.bytes = 0  # of the events waiting in the buffer
@@ -120,17 +149,27 @@ class Subscription:
         """The next item, or None after ``wait_s`` seconds. Raises SlowConsumer when stuck."""
         while not self._buffer and not self._stuck:
             self._ready.clear()
+            if wait_s is None:  # no timer at all: most waits are for the next event
+                await self._ready.wait()
+                continue
             try:
                 async with asyncio.timeout(wait_s):
                     await self._ready.wait()
             except TimeoutError:
                 return None
+        return self.poll()
+
+    def poll(self) -> Any:
+        """The next item if one waits, else None, without waiting. Raises SlowConsumer when
+        stuck."""
         if self._stuck:
             raise SlowConsumer(
                 f"the client read too slowly: its buffer ({self.maxsize} events, "
                 f"{self.max_bytes // 1024} KiB) stayed full for over {self.stuck_after_s:g} s; "
                 "resume from the last event id"
             )
+        if not self._buffer:
+            return None
         item = self._buffer.popleft()
         self.bytes -= _size(item)
         if isinstance(item, Event):
@@ -152,33 +191,38 @@ class Fanout:
         maxsize: int = 256,
         max_bytes: int = 32 * 1024 * 1024,
         stuck_after_s: float = 30.0,
+        tick_s: float = 15.0,
         observer: Observer = NOBODY,
     ) -> None:
         self.observer = observer
+        self.tick_s = tick_s
         # its own client, without retries: a dropped connection must surface here, so that
         # subscribers learn of the gap (redis-py would otherwise resubscribe silently)
         self.redis = Redis.from_url(redis_url, socket_connect_timeout=2)
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
-        self._subs: dict[Key, set[Subscription]] = {}
+        self._subs: dict[Route, dict[Subscription, None]] = {}  # ordered, for a stable fan-out
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
         self.connected = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._read_forever(), name="fanout")
+        self._tasks = [
+            asyncio.create_task(self._read_forever(), name="fanout"),
+            asyncio.create_task(self._tick_forever(), name="fanout-tick"),
+        ]
         # wait for the first subscription so that no event published after start is missed
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._subscribed.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.redis.aclose()
 
     def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
@@ -186,50 +230,52 @@ class Fanout:
         holds one pub/sub connection). Call before ``start``."""
         self._handlers[channel.encode()] = handler
 
-    def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
-        return Subscription(match, self.maxsize, self.stuck_after_s, self.max_bytes, self.observer)
+    def open(self, scope: str | None = None) -> Subscription:
+        """A buffer for a subscriber who may see the events of tenant ``scope`` (None: all)."""
+        return Subscription(
+            None, self.maxsize, self.stuck_after_s, self.max_bytes, self.observer, scope
+        )
 
     def add(self, sub: Subscription, *keys_: Key) -> None:
         for key in keys_:
-            self._subs.setdefault(key, set()).add(sub)
-            sub.keys.add(key)
+            route = (key, sub.scope)
+            self._subs.setdefault(route, {})[sub] = None
+            sub.routes.add(route)
 
     def remove(self, sub: Subscription, *keys_: Key) -> None:
-        for key in keys_ or tuple(sub.keys):
-            subs = self._subs.get(key)
+        for route in [(k, sub.scope) for k in keys_] if keys_ else list(sub.routes):
+            subs = self._subs.get(route)
             if subs is not None:
-                subs.discard(sub)
+                subs.pop(sub, None)
                 if not subs:
-                    del self._subs[key]
-            sub.keys.discard(key)
-
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, *keys_: Key, match: Callable[[Event], bool] = lambda _: True
-    ) -> AsyncIterator[Subscription]:
-        sub = self.open(match)
-        self.add(sub, *keys_)
-        try:
-            yield sub
-        finally:
-            self.remove(sub)
+                    del self._subs[route]
+            sub.routes.discard(route)
 
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)
         for sub in self._targets(event):
-            if sub.match(event):
+            if sub.match is None or sub.match(event):
                 sub.put(event)
 
     def _targets(self, event: Event) -> Iterable[Subscription]:
-        found: set[Subscription] = set()
-        for key in (
-            ("job", event.job_id),
-            ("model", event.model),
-            ("owner", event.owner),
-            ("all", ""),
+        """The subscribers of the event's job, model and owner that may see it: the routes of
+        its tenant's subscribers and of the admins'."""
+        subs = self._subs
+        owner = event.owner
+        found: list[dict[Subscription, None]] = []
+        for route in (
+            (("job", event.job_id), owner),
+            (("job", event.job_id), None),
+            (("model", event.model), owner),
+            (("model", event.model), None),
+            (("owner", owner), owner),
+            (("all", ""), None),
         ):
-            found.update(self._subs.get(key, ()))
-        return found
+            if (group := subs.get(route)) is not None:
+                found.append(group)
+        if len(found) == 1:  # the common case: no subscriber to be met twice
+            return found[0]
+        return {sub: None for group in found for sub in group}
 
     async def _read_forever(self) -> None:
         backoff = 0.05
@@ -256,8 +302,16 @@ class Fanout:
 
     def _signal_gap(self) -> None:
         self.observer.subscription_gap()
-        for sub in {s for subs in self._subs.values() for s in subs}:
-            sub.put(GAP)
+        self._put_all(GAP)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._put_all(TICK)
+
+    def _put_all(self, item: Gap | Tick) -> None:
+        for sub in {s: None for subs in self._subs.values() for s in subs}:
+            sub.put(item)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

@@ -23,14 +23,16 @@ from starlette.websockets import WebSocketDisconnect
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
 from contract.events import Event, stream_key
 from contract.settings import Settings
+from hub import frames
 from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
-from hub.fanout import SlowConsumer
+from hub.fanout import SlowConsumer, Tick
 from hub.jobview import FINISHED
 from hub.metrics.stats import Frame, StatsFeed
 from hub.schemas import JobRequest
 from hub.service import JobService
+from hub.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -264,32 +266,92 @@ class Connection:
     # --- writing ---------------------------------------------------------------------------
 
     async def _write(self) -> None:
+        """Everything pending leaves at once: on uvicorn, as frames written to the socket in
+        one write (an event's frame is shared by every socket, hub/frames.py); elsewhere as
+        ASGI messages. Only a writer whose socket buffer is full waits, with a timer."""
+        wire = Wire.of(self.ws.scope)
         while True:
             try:
-                item = await self.feed.get()
+                items = await self.feed.batch()
             except SlowConsumer as exc:
                 raise _Close(CLOSE_TRY_AGAIN, str(exc)[:120]) from None
-            if isinstance(item, Event):
-                await self._send_text(item.ws)
-            elif isinstance(item, Frame):  # encoded once for every connection
-                await self._send_text(item.text)
-            elif isinstance(item, Reset):
-                model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
-                message = "events after last_event_id are no longer kept: reload"
-                await self._send({"type": "reset", "model": model, "message": message})
-            elif not isinstance(item, Done):  # a job that ended needs no word: its event said
-                await self._send(item)
+            if wire is not None and wire.raw:
+                if not await self._write_frames(wire, [_frame(i) for i in items if _sent(i)]):
+                    return  # the client left: the reader says so
+            else:
+                await self._send_texts(wire, [_text(i) for i in items if _sent(i)])
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self._send_text(orjson.dumps(message).decode())
+    async def _write_frames(self, wire: Wire, frames: list[bytes]) -> bool:
+        """Write in pieces of at most SLICE_BYTES, each once the buffer has room: a client
+        that reads slowly holds one piece of a large event here, not a copy of it."""
+        pending: list[bytes | memoryview] = []
+        size = 0
+        for frame in frames:
+            if len(frame) > SLICE_BYTES:
+                view = memoryview(frame)
+                pending.extend(view[i : i + SLICE_BYTES] for i in range(0, len(view), SLICE_BYTES))
+            else:
+                pending.append(frame)
+        chunk: list[bytes | memoryview] = []
+        for n, piece in enumerate(pending, 1):
+            chunk.append(piece)
+            size += len(piece)
+            if size >= SLICE_BYTES or n == len(pending):
+                if not await self._room(wire) or not wire.open:
+                    return False
+                wire.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
+                chunk, size = [], 0
+        return await self._room(wire)  # a client that stopped reading is noticed now
 
-    async def _send_text(self, text: str) -> None:
+    async def _room(self, wire: Wire) -> bool:
+        if await wire.drained(self.settings.slow_consumer_s):
+            return True
+        raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading")
+
+    async def _send_texts(self, wire: Wire | None, texts: list[str]) -> None:
+        """The ASGI way, one message after the other, under one timer for the lot when the
+        socket's buffer cannot be seen."""
         try:
-            async with asyncio.timeout(self.settings.slow_consumer_s):
-                await self.ws.send_text(text)
-                await self.ws.scope["app"].state.streams.drained(self.ws.scope)
+            async with asyncio.timeout(None if wire else self.settings.slow_consumer_s):
+                for text in texts:
+                    if wire is not None:
+                        await self._room(wire)
+                    await self.ws.send_text(text)
         except TimeoutError:
             raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
+
+
+SLICE_BYTES = 64 * 1024
+_RESET = "events after last_event_id are no longer kept: reload"
+
+
+def _sent(item: Any) -> bool:
+    # a job that ended needs no word (its event said), and the heartbeat is for SSE
+    return not isinstance(item, Done | Tick)
+
+
+def _frame(item: Any) -> bytes:
+    """The item as one WebSocket frame; events and stats are encoded once for all sockets."""
+    if isinstance(item, Event):
+        return frames.ws(item)
+    if isinstance(item, Frame):
+        return item.wire
+    return frames.text_frame(orjson.dumps(_message(item)))
+
+
+def _text(item: Any) -> str:
+    if isinstance(item, Event):
+        return item.ws
+    if isinstance(item, Frame):
+        return item.text
+    return orjson.dumps(_message(item)).decode()
+
+
+def _message(item: Any) -> dict[str, Any]:
+    if isinstance(item, Reset):
+        model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
+        return {"type": "reset", "model": model, "message": _RESET}
+    return item  # type: ignore[no-any-return]  # a reply
 
 
 class _Close(Exception):
