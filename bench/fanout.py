@@ -172,7 +172,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         body = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
         posts = []
-        hub_cpu = cpu_seconds(hub_pid)
+        hub_cpu, own_cpu = cpu_seconds(hub_pid), time.process_time()
         start = time.monotonic()
         while (jobs := len(posts)) < args.seconds * args.jobs_per_s:
             await asyncio.sleep(max(0.0, start + jobs / args.jobs_per_s - time.monotonic()))
@@ -181,6 +181,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         await asyncio.sleep(3)  # let the last events arrive
         wall = time.monotonic() - start
         hub_cpu = cpu_seconds(hub_pid) - hub_cpu
+        own_cpu = time.process_time() - own_cpu
     for conn in conns:
         if conn is not None:
             conn.abort()
@@ -200,6 +201,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         "delivered_per_s": round(len(rx.latencies) / wall, 1),
         "hub_cpu_s": round(hub_cpu, 2),
         "delivered_per_hub_cpu_s": round(len(rx.latencies) / max(hub_cpu, 0.01)),
+        "clients_cpu_s": round(own_cpu, 2),
         "latency_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": round(lat[-1], 2)},
         "hub_rss_mib": {"before": round(baseline, 1), "idle_connected": round(idle_rss, 1)},
         "hub_kib_per_idle_connection": round(

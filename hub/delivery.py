@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from contract.events import Event, stream_key
 from contract.jobstore import JobStore
@@ -48,6 +48,22 @@ class Topic:
     @classmethod
     def model(cls, name: str) -> Topic:
         return cls((("model", name),), None, lambda e: e.model == name)
+
+
+class Sink(Protocol):
+    """A transport that can write what the delivery hands it synchronously (hub/outbox.py)."""
+
+    def ready(self) -> bool:
+        """Whether it may write now: its writer idle, its socket with room."""
+        ...
+
+    def send(self, items: deque[Any]) -> None:
+        """Write items from the front; leave those its writer must handle."""
+        ...
+
+
+_WAKE = object()
+"""Wakes a writer for what the sink left to it."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,7 @@ class Delivery:
         self._following: dict[Hashable, _Following] = {}
         self._out: deque[Any] = deque()
         self._replays: deque[_Replay] = deque()
+        self._sink: Sink | None = None
 
     def visible(self, event: Event) -> bool:
         return self.owner is None or event.owner == self.owner
@@ -125,12 +142,30 @@ class Delivery:
         self.fanout.remove(self.sub, *(r for r in following.topic.routes if r not in still))
         return True
 
+    def attach(self, sink: Sink) -> None:
+        """Let the fan-out write live events through ``sink`` while nothing waits before them:
+        the writer task is woken only for what the sink cannot write at once."""
+        self._sink = sink
+        self.sub.direct = self._direct
+
+    def _direct(self, event: Event) -> bool:
+        sink = self._sink
+        if self._out or self._replays or sink is None or not sink.ready():
+            return False
+        self._deliver(event)  # visibility, de-duplication and the end of a job, as ever
+        if self._out:
+            sink.send(self._out)
+            if self._out:
+                self.sub.put(_WAKE)
+        return True
+
     def put(self, message: Any) -> None:
         """Queue a message of the transport's own (a reply), in order with the events."""
         self.sub.put(message)
 
     def close(self) -> None:
         self.fanout.remove(self.sub)
+        self.sub.direct = self._sink = None
         self._following.clear()
 
     async def get(self, wait_s: float | None = None) -> Any:
@@ -181,6 +216,8 @@ class Delivery:
             self._deliver(item)
         elif isinstance(item, _Replay):
             self._replays.append(item)
+        elif item is _WAKE:
+            pass  # what the sink left is in _out
         elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
             for name, following in self._following.items():
                 last = f"{following.last[0]}-{following.last[1]}"

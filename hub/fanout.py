@@ -64,6 +64,7 @@ class Subscription:
         "_stuck",
         "bytes",
         "coalesced",
+        "direct",
         "dropped",
         "match",
         "max_bytes",
@@ -84,6 +85,8 @@ class Subscription:
         scope: str | None = None,
     ) -> None:
         self.match = match  # a last filter of its own (None: all that its routes bring)
+        # the consumer's fast path: takes an event now, when nothing waits before it (True)
+        self.direct: Callable[[Event], bool] | None = None
         self.scope = scope  # the tenant whose events it may see (None: every tenant's)
         self.observer = observer
         self.maxsize = maxsize
@@ -105,6 +108,14 @@ class Subscription:
         last event id. One event larger than the byte bound still passes an empty buffer."""
         if self._stuck:
             self._drop(isinstance(item, Event))
+            return
+        if (
+            self.direct is not None
+            and not self._buffer
+            and isinstance(item, Event)
+            and self.direct(item)
+        ):
+            self.observer.events_delivered(1)
             return
         if len(self._buffer) >= self.maxsize or self.bytes >= self.max_bytes:
             if isinstance(item, Event) and item.type is EventType.PROGRESS:
@@ -253,7 +264,8 @@ class Fanout:
 
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)
-        for sub in self._targets(event):
+        # a copy: a subscriber that takes the event at once may end its topic, and leave
+        for sub in tuple(self._targets(event)):
             if sub.match is None or sub.match(event):
                 sub.put(event)
 

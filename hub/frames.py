@@ -1,5 +1,5 @@
-"""What is computed once per event for all of its subscribers: its stream key, its SSE frame,
-and its WebSocket frame (header and payload, ready for the wire).
+"""What is computed once per event for all of its subscribers: its stream key, its SSE frame
+(also as an HTTP chunk), and its WebSocket frame (header and payload, ready for the wire).
 
 An event reaches every subscriber as the same object (the fan-out hands it around), so each
 encoding is kept on the event itself, as ``functools.cached_property`` would keep it: the first
@@ -40,6 +40,19 @@ def sse(event: Event) -> bytes:
         ENCODED["sse"] += 1
         found = memo["_sse_frame"] = event.sse
     return found  # type: ignore[no-any-return]
+
+
+def sse_chunk(event: Event) -> bytes:
+    """The SSE frame as one chunk of a chunked HTTP/1.1 body (RFC 9112, section 7.1)."""
+    memo = _memo(event)
+    found = memo.get("_sse_chunk")
+    if found is None:
+        found = memo["_sse_chunk"] = chunk(sse(event))
+    return found  # type: ignore[no-any-return]
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def ws(event: Event) -> bytes:

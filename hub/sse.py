@@ -1,18 +1,19 @@
 """The SSE response: a plain ASGI streaming response, leaner than sse-starlette's.
 
 sse-starlette runs three tasks per stream (the body, a ping timer, a disconnect listener) and
-sends each event on its own. Here the request's own task writes, each time, everything that is
-pending as one body chunk (each event's frame encoded once for all streams, hub/frames.py); one
-task waits for the client to leave; the pings ride on the fan-out's heartbeat (``Tick``); and
-only a write whose socket buffer is full arms a timer (hub/wire.py): a client that stopped
-reading is cut after ``slow_s``, unsent bytes and all.
+sends each event on its own. Here the request's own task writes what is pending in one write,
+through hub/outbox.py on uvicorn (each event's chunk encoded once for all streams,
+hub/frames.py; live events written by the fan-out itself while the stream is idle); one task
+waits for the client to leave; the pings ride on the fan-out's heartbeat (``Tick``); and only
+a write whose socket buffer is full arms a timer: a client that stopped reading is cut after
+``slow_s``, unsent bytes and all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -24,31 +25,37 @@ from hub import frames
 from hub.delivery import Reset
 from hub.eventsource import MEDIA_TYPE
 from hub.fanout import SlowConsumer, Tick
+from hub.outbox import Outbox, Stuck
 from hub.wire import Wire
 
 log = logging.getLogger(__name__)
 
 RETRY_MS = 1000
-SLICE_BYTES = 64 * 1024
 OPENING = b": inferhub events\r\nretry: %d\r\n\r\n" % RETRY_MS
 PING = b": ping\r\n\r\n"
-RESET = b'event: reset\r\ndata: {"reason": "events after your Last-Event-ID are no longer kept: reload the state"}\r\n\r\n'
+RESET = (
+    b'event: reset\r\ndata: {"reason": "events after your Last-Event-ID are no longer kept: '
+    b'reload the state"}\r\n\r\n'
+)
 
 
 class EventStream(Response):
-    """Batches of events (``service.follow``/``feed``) as a ``text/event-stream``."""
+    """Batches of events (``service.follow``/``feed``) as a ``text/event-stream``. Make it
+    first, and hand its ``outbox`` to the delivery as its sink."""
 
     media_type = MEDIA_TYPE
 
-    def __init__(self, batches: AsyncIterator[Sequence[Any]], slow_s: float) -> None:
+    def __init__(self, slow_s: float) -> None:
         # as a StreamingResponse starts: no body, so no content-length
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-        self.batches = batches
         self.slow_s = slow_s
+        self.outbox = Outbox(_chunk, slow_s)  # its wire once the response started
+        self.batches: AsyncIterator[Sequence[Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.batches is not None, "no events to stream"
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         task = asyncio.current_task()
         assert task is not None
@@ -63,7 +70,7 @@ class EventStream(Response):
         watcher = asyncio.ensure_future(_disconnected(receive))
         watcher.add_done_callback(leave)
         try:
-            await self._stream(scope, send)
+            await self._stream(scope, send, self.batches)
         except asyncio.CancelledError:
             if not gone:
                 raise
@@ -75,88 +82,75 @@ class EventStream(Response):
             if isinstance(self.batches, AsyncGenerator):  # its subscription ends now
                 await self.batches.aclose()
 
-    async def _stream(self, scope: Scope, send: Send) -> None:
+    async def _stream(
+        self, scope: Scope, send: Send, batches: AsyncIterator[Sequence[Any]]
+    ) -> None:
         wire = Wire.of(scope)
-        write = _Writer(scope, send, wire, self.slow_s)
-        if not await write(OPENING):
-            return
+        raw = wire is not None and wire.chunked
+        if raw:
+            self.outbox.wire = wire
+        encode = _chunk_of if raw else _frame
+        write = self.outbox.write if raw else self._sender(send, wire)
         try:
-            async for batch in self.batches:
-                if not await write(*(_encode(item) for item in batch)):
+            if not await write([frames.chunk(OPENING) if raw else OPENING]):
+                return
+            while True:
+                self.outbox.idle = True
+                try:
+                    batch = await anext(batches)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self.outbox.idle = False
+                if not await write([encode(item) for item in batch]):
                     return
         except SlowConsumer as exc:
-            close = orjson.dumps({"reason": str(exc)})
-            await write(b"event: close\r\ndata: %s\r\n\r\n" % close)
+            close = b"event: close\r\ndata: %s\r\n\r\n" % orjson.dumps({"reason": str(exc)})
+            await write([frames.chunk(close) if raw else close])
+        except Stuck:
+            if wire is not None:
+                wire.cut()
+            else:
+                scope["app"].state.streams.cut(scope)
+            log.info(
+                "closed the event stream of %s: it read nothing for %g s", _peer(scope), self.slow_s
+            )
+            return
         await send({"type": "http.response.body", "body": b""})
 
+    def _sender(self, send: Send, wire: Wire | None) -> Callable[[list[bytes]], Awaitable[bool]]:
+        async def write(parts: list[bytes]) -> bool:
+            """The ASGI way: one body chunk, under a timer when the buffer cannot be seen."""
+            message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+            if wire is not None:
+                if not await wire.drained(self.slow_s):
+                    raise Stuck
+                await send(message)
+                return True
+            try:
+                async with asyncio.timeout(self.slow_s):
+                    await send(message)
+            except TimeoutError:
+                raise Stuck from None
+            return True
 
-def _encode(item: Event | Reset | Tick) -> bytes:
+        return write
+
+
+def _frame(item: Event | Reset | Tick) -> bytes:
     if isinstance(item, Event):
         return frames.sse(item)
     return RESET if isinstance(item, Reset) else PING
 
 
-class _Writer:
-    """Writes frames in chunks of about SLICE_BYTES (a large frame in slices: a client that
-    reads slowly holds one slice of it here, whatever its size), each once there is room."""
+def _chunk_of(item: Event | Reset | Tick) -> bytes:
+    """An item as one chunk of the response; an event's is shared by every stream."""
+    return frames.sse_chunk(item) if isinstance(item, Event) else frames.chunk(_frame(item))
 
-    def __init__(self, scope: Scope, send: Send, wire: Wire | None, slow_s: float) -> None:
-        self.scope = scope
-        self.send = send
-        self.wire = wire
-        self.slow_s = slow_s
 
-    async def __call__(self, *chunks: bytes) -> bool:
-        """False once the client was cut for not reading."""
-        pending: list[bytes | memoryview] = []
-        size = 0
-        for chunk in chunks:
-            if len(chunk) > SLICE_BYTES:
-                if not await self._flush(pending):
-                    return False
-                view = memoryview(chunk)
-                for start in range(0, len(view), SLICE_BYTES):
-                    if not await self._flush([view[start : start + SLICE_BYTES]]):
-                        return False
-                pending, size = [], 0
-                continue
-            pending.append(chunk)
-            size += len(chunk)
-            if size >= SLICE_BYTES:
-                if not await self._flush(pending):
-                    return False
-                pending, size = [], 0
-        return await self._flush(pending)
-
-    async def _flush(self, pending: list[bytes | memoryview]) -> bool:
-        if not pending:
-            return True
-        body = b"".join(pending) if len(pending) > 1 else bytes(pending[0])
-        message = {"type": "http.response.body", "body": body, "more_body": True}
-        if self.wire is not None:
-            if await self.wire.drained(self.slow_s):
-                await self.send(message)
-                return True
-        else:  # no view of the socket's buffer: one timer for the write
-            try:
-                async with asyncio.timeout(self.slow_s):
-                    await self.send(message)
-                return True
-            except TimeoutError:
-                pass
-        self._cut()
-        return False
-
-    def _cut(self) -> None:
-        if self.wire is not None:
-            self.wire.cut()
-        else:
-            self.scope["app"].state.streams.cut(self.scope)
-        log.info(
-            "closed the event stream of %s: it read nothing for %g s",
-            _peer(self.scope),
-            self.slow_s,
-        )
+def _chunk(item: Any) -> bytes | None:
+    """An event as the fan-out writes it (None: anything else is for the writer)."""
+    return frames.sse_chunk(item) if isinstance(item, Event) else None
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -1,11 +1,12 @@
 """The connection under an ASGI request: uvicorn's protocol object, found once per stream.
 
 The event writers use it for what ASGI cannot say: whether the socket's send buffer is full
-(uvicorn pauses writing above 64 KiB), so that only a blocked writer arms a timer; and, for a
-WebSocket with no extension, the socket itself, so that an event's frame (encoded once for
-every subscriber, hub/frames.py) and whatever else is pending go out in one write, without a
-message's trip through the ASGI layers. Under a test client there is no such connection
-(``Wire.of`` gives None) and the writers use plain ASGI sends.
+(uvicorn pauses writing above 64 KiB), so that only a blocked writer arms a timer; and, where
+the bytes on the wire are plain to write (a WebSocket with no extension, whose frames a server
+sends unmasked; an HTTP/1.1 response in chunks), the socket itself: an event's bytes (encoded
+once for every subscriber, hub/frames.py) and whatever else is pending go out in one write,
+without a trip through the ASGI layers. Under a test client there is no such connection
+(``Wire.of`` gives None), nor under another server: the writers then use plain ASGI sends.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def _connection(scope: Scope) -> Any | None:
 
 
 class Wire:
-    """One stream's connection (see the module's docstring)."""
+    """One stream's connection (see the module's docstring). Make it once the response (or
+    the WebSocket) has started."""
 
-    __slots__ = ("_flow", "_protocol", "_transport", "_writable", "raw")
+    __slots__ = ("_cycle", "_flow", "_protocol", "_transport", "_writable", "chunked", "raw")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
@@ -47,10 +49,13 @@ class Wire:
         self._flow = getattr(protocol, "flow", None)  # HTTP: uvicorn's FlowControl
         writable = getattr(protocol, "writable", None)  # WebSocket: an Event, clear if paused
         self._writable = writable if isinstance(writable, asyncio.Event) else None
+        self._cycle = getattr(protocol, "cycle", None)  # HTTP (httptools): this response
         conn = getattr(protocol, "conn", None)
+        # an HTTP/1.1 response in chunks, whose chunks we may write ourselves
+        self.chunked = getattr(self._cycle, "chunked_encoding", None) is True
         # a WebSocket whose frames we may write ourselves: websockets' sans-I/O protocol,
         # with no extension (a compressed frame would be the socket's own)
-        self.raw = (
+        self.raw = self.chunked or (
             self._writable is not None
             and getattr(conn, "state", None) is State.OPEN
             and not getattr(conn, "extensions", True)
@@ -72,8 +77,16 @@ class Wire:
 
     @property
     def open(self) -> bool:
+        """Bytes written now would reach the client as part of this stream."""
         if self._transport.is_closing():
             return False
+        if self.chunked:
+            cycle = self._cycle
+            return (
+                self._protocol.cycle is cycle
+                and not cycle.response_complete
+                and not cycle.disconnected
+            )
         return not self.raw or self._protocol.conn.state is State.OPEN
 
     async def drained(self, within_s: float) -> bool:
@@ -91,7 +104,8 @@ class Wire:
         return False
 
     def write(self, data: bytes | memoryview) -> None:
-        """Frames, as they are, to a ``raw`` WebSocket that is still open."""
+        """Bytes as they go on the wire (WebSocket frames, HTTP chunks) to a ``raw`` stream
+        that is ``open``."""
         self._transport.write(data)
 
     def cut(self) -> None:

@@ -51,13 +51,16 @@ async def job_events(
     last_event_id: LastEventQuery = None,
 ) -> Response:
     after = last_event_id_header or last_event_id or "0"
+    stream = EventStream(settings.slow_consumer_s)
     try:
-        events = await service.follow(job_id, owner=caller.visible, after=after)
+        stream.batches = await service.follow(
+            job_id, owner=caller.visible, after=after, sink=stream.outbox
+        )
     except (OverCapacity, Unavailable, RedisError) as exc:
         return _later(request, exc)
-    if events is None:
+    if stream.batches is None:
         return Response(status_code=204)
-    return EventStream(events, settings.slow_consumer_s)
+    return stream
 
 
 @router.get(
@@ -79,16 +82,18 @@ async def all_events(
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
 ) -> Response:
+    stream = EventStream(settings.slow_consumer_s)
     try:
-        events = await service.feed(
+        stream.batches = await service.feed(
             owner=caller.visible,
             models=frozenset(model or ()),
             job_ids=frozenset(job_id or ()),
             after=last_event_id_header or last_event_id,
+            sink=stream.outbox,
         )
     except (OverCapacity, Unavailable, RedisError) as exc:
         return _later(request, exc)
-    return EventStream(events, settings.slow_consumer_s)
+    return stream
 
 
 def _later(request: Request, exc: OverCapacity | Unavailable | RedisError) -> Response:

@@ -30,6 +30,7 @@ from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.fanout import SlowConsumer, Tick
 from hub.jobview import FINISHED
 from hub.metrics.stats import Frame, StatsFeed
+from hub.outbox import Outbox, Stuck
 from hub.schemas import JobRequest
 from hub.service import JobService
 from hub.wire import Wire
@@ -266,47 +267,31 @@ class Connection:
     # --- writing ---------------------------------------------------------------------------
 
     async def _write(self) -> None:
-        """Everything pending leaves at once: on uvicorn, as frames written to the socket in
-        one write (an event's frame is shared by every socket, hub/frames.py); elsewhere as
-        ASGI messages. Only a writer whose socket buffer is full waits, with a timer."""
+        """Everything pending leaves at once: on uvicorn, as frames written to the socket
+        (hub/outbox.py; an event's frame is shared by every socket, and live events are
+        written by the fan-out itself while this writer is idle); elsewhere as ASGI messages.
+        Only a writer whose socket buffer is full waits, with a timer."""
         wire = Wire.of(self.ws.scope)
+        out = Outbox(_frame, self.settings.slow_consumer_s, wire) if wire and wire.raw else None
+        if out is not None:
+            self.feed.attach(out)
         while True:
             try:
+                if out is not None:
+                    out.idle = True
                 items = await self.feed.batch()
             except SlowConsumer as exc:
                 raise _Close(CLOSE_TRY_AGAIN, str(exc)[:120]) from None
-            if wire is not None and wire.raw:
-                if not await self._write_frames(wire, [_frame(i) for i in items if _sent(i)]):
+            finally:
+                if out is not None:
+                    out.idle = False
+            try:
+                if out is None:
+                    await self._send_texts(wire, [_text(i) for i in items if _sent(i)])
+                elif not await out.write([_frame(i) for i in items]):
                     return  # the client left: the reader says so
-            else:
-                await self._send_texts(wire, [_text(i) for i in items if _sent(i)])
-
-    async def _write_frames(self, wire: Wire, frames: list[bytes]) -> bool:
-        """Write in pieces of at most SLICE_BYTES, each once the buffer has room: a client
-        that reads slowly holds one piece of a large event here, not a copy of it."""
-        pending: list[bytes | memoryview] = []
-        size = 0
-        for frame in frames:
-            if len(frame) > SLICE_BYTES:
-                view = memoryview(frame)
-                pending.extend(view[i : i + SLICE_BYTES] for i in range(0, len(view), SLICE_BYTES))
-            else:
-                pending.append(frame)
-        chunk: list[bytes | memoryview] = []
-        for n, piece in enumerate(pending, 1):
-            chunk.append(piece)
-            size += len(piece)
-            if size >= SLICE_BYTES or n == len(pending):
-                if not await self._room(wire) or not wire.open:
-                    return False
-                wire.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
-                chunk, size = [], 0
-        return await self._room(wire)  # a client that stopped reading is noticed now
-
-    async def _room(self, wire: Wire) -> bool:
-        if await wire.drained(self.settings.slow_consumer_s):
-            return True
-        raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading")
+            except Stuck:
+                raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
 
     async def _send_texts(self, wire: Wire | None, texts: list[str]) -> None:
         """The ASGI way, one message after the other, under one timer for the lot when the
@@ -314,14 +299,27 @@ class Connection:
         try:
             async with asyncio.timeout(None if wire else self.settings.slow_consumer_s):
                 for text in texts:
-                    if wire is not None:
-                        await self._room(wire)
+                    if wire is not None and not await wire.drained(self.settings.slow_consumer_s):
+                        raise Stuck
                     await self.ws.send_text(text)
         except TimeoutError:
-            raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
+            raise Stuck from None
 
 
-SLICE_BYTES = 64 * 1024
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _check_event_id(event_id: str) -> None:
+    try:
+        stream_key(event_id)
+    except ValueError as exc:
+        raise MalformedRequest(str(exc), "invalid_event_id") from None
+
+
 _RESET = "events after last_event_id are no longer kept: reload"
 
 
@@ -331,11 +329,14 @@ def _sent(item: Any) -> bool:
 
 
 def _frame(item: Any) -> bytes:
-    """The item as one WebSocket frame; events and stats are encoded once for all sockets."""
+    """The item as one WebSocket frame (b"": nothing to send); events and stats are encoded
+    once for all sockets."""
     if isinstance(item, Event):
         return frames.ws(item)
     if isinstance(item, Frame):
         return item.wire
+    if not _sent(item):
+        return b""
     return frames.text_frame(orjson.dumps(_message(item)))
 
 
@@ -352,17 +353,3 @@ def _message(item: Any) -> dict[str, Any]:
         model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
         return {"type": "reset", "model": model, "message": _RESET}
     return item  # type: ignore[no-any-return]  # a reply
-
-
-class _Close(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-def _check_event_id(event_id: str) -> None:
-    try:
-        stream_key(event_id)
-    except ValueError as exc:
-        raise MalformedRequest(str(exc), "invalid_event_id") from None
