@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,7 +56,7 @@ class Sink(Protocol):
         """Whether it may write now: its writer idle, its socket with room."""
         ...
 
-    def send(self, items: deque[Any]) -> None:
+    def send(self, items: list[Any]) -> None:
         """Write items from the front; leave those its writer must handle."""
         ...
 
@@ -105,8 +104,8 @@ class Delivery:
         self.owner = owner
         self.sub = fanout.open(owner)  # the fan-out routes only what the owner may see
         self._following: dict[Hashable, _Following] = {}
-        self._out: deque[Any] = deque()
-        self._replays: deque[_Replay] = deque()
+        self._out: list[Any] = []  # lists: most of the time both are empty
+        self._replays: list[_Replay] = []
         self._sink: Sink | None = None
 
     def visible(self, event: Event) -> bool:
@@ -183,7 +182,7 @@ class Delivery:
             if item is None:
                 return None
             self._take(item)
-        return self._out.popleft()
+        return self._out.pop(0)
 
     async def batch(self, wait_s: float | None = None, most_bytes: int = 64 * 1024) -> list[Any]:
         """What ``get`` would return next, with all that follows it at once up to about
@@ -196,7 +195,7 @@ class Delivery:
         size = first.size if isinstance(first, Event) else 0
         while size < most_bytes:
             if self._out:
-                item = self._out.popleft()
+                item = self._out.pop(0)
                 items.append(item)
                 size += item.size if isinstance(item, Event) else 0
                 continue
@@ -229,7 +228,7 @@ class Delivery:
         replay = self._replays[0]
         following = self._following.get(replay.name)
         if following is None:  # dropped meanwhile
-            self._replays.popleft()
+            self._replays.pop(0)
             return
         job_id = following.topic.job_id
         if replay.check_log:
@@ -250,7 +249,7 @@ class Delivery:
         if len(page) == count:
             self._replays[0] = _Replay(replay.name, page[-1].id, check_log=False)
             return
-        self._replays.popleft()
+        self._replays.pop(0)
         if following.finished and replay.name in self._following and job_id is not None:
             self._end(replay.name)  # resumed after the terminal event: nothing more will come
 

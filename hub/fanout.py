@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,8 +59,8 @@ class Subscription:
     __slots__ = (
         "_buffer",
         "_full_since",
-        "_ready",
         "_stuck",
+        "_waiter",
         "bytes",
         "coalesced",
         "direct",
@@ -98,8 +97,9 @@ class Subscription:
         self.bytes = 0  # of the events waiting in the buffer
         self._full_since: float | None = None
         self._stuck = False
-        self._buffer: deque[Any] = deque()
-        self._ready = asyncio.Event()
+        # a list, not a deque: an idle subscriber's is empty and small (most are idle)
+        self._buffer: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None  # while its consumer waits
 
     def put(self, item: Any) -> None:
         """Queue an event (coalescing progress when full) or any other item. Nothing is dropped
@@ -142,14 +142,18 @@ class Subscription:
                 return
         self._buffer.append(item)
         self.bytes += _size(item)
-        self._ready.set()
+        self._wake()
 
     def _give_up(self) -> None:
         self._stuck = True
         self._drop(sum(isinstance(x, Event) for x in self._buffer))
         self._buffer.clear()
         self.bytes = 0
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _drop(self, count: int) -> None:
         if count:
@@ -159,15 +163,18 @@ class Subscription:
     async def get(self, wait_s: float | None = None) -> Any:
         """The next item, or None after ``wait_s`` seconds. Raises SlowConsumer when stuck."""
         while not self._buffer and not self._stuck:
-            self._ready.clear()
-            if wait_s is None:  # no timer at all: most waits are for the next event
-                await self._ready.wait()
-                continue
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(wait_s):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
+                if wait_s is None:  # no timer at all: most waits are for the next event
+                    await self._waiter
+                    continue
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._waiter
+                except TimeoutError:
+                    return None
+            finally:
+                self._waiter = None
         return self.poll()
 
     def poll(self) -> Any:
@@ -181,7 +188,7 @@ class Subscription:
             )
         if not self._buffer:
             return None
-        item = self._buffer.popleft()
+        item = self._buffer.pop(0)
         self.bytes -= _size(item)
         if isinstance(item, Event):
             self.observer.events_delivered(1)

@@ -12,7 +12,6 @@ Two ways out, the same bytes:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ class Outbox:
         wire = self.wire
         return self.idle and wire is not None and not wire.paused and wire.open
 
-    def send(self, items: deque[Any]) -> None:
+    def send(self, items: list[Any]) -> None:
         """Write, at once, the items the fan-out just delivered, from the first until one that
         the writer must handle (left in ``items`` for it) or one too large for a single write."""
         assert self.wire is not None
@@ -52,7 +51,7 @@ class Outbox:
             data = self.encode(items[0])
             if data is None or len(data) > SLICE_BYTES:
                 break
-            items.popleft()
+            del items[0]
             if data:
                 parts.append(data)
         if parts:

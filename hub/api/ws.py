@@ -111,12 +111,12 @@ class Connection:
     stats: StatsFeed
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write())
+        """The writer runs in the connection's own task, the reader in one more; when the
+        reader ends, its end reaches the writer in order, through the feed."""
         reader = asyncio.create_task(self._read())
+        reader.add_done_callback(lambda _: self.feed.put(_READER_DONE))
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a close reason travels as an exception
+            await self._write(reader)
         except _Close as close:
             client = self.ws.client
             log.info("closing the WebSocket of %s: %s", client and client.host, close.reason)
@@ -131,10 +131,9 @@ class Connection:
             pass
         finally:
             self.stats.discard(self.feed)
-            for task in (reader, writer):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -266,7 +265,7 @@ class Connection:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def _write(self) -> None:
+    async def _write(self, reader: asyncio.Task[None]) -> None:
         """Everything pending leaves at once: on uvicorn, as frames written to the socket
         (hub/outbox.py; an event's frame is shared by every socket, and live events are
         written by the fan-out itself while this writer is idle); elsewhere as ASGI messages.
@@ -289,9 +288,13 @@ class Connection:
                 if out is None:
                     await self._send_texts(wire, [_text(i) for i in items if _sent(i)])
                 elif not await out.write([_frame(i) for i in items]):
-                    return  # the client left: the reader says so
+                    await reader  # the client left: the reader says so
+                    return
             except Stuck:
                 raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
+            if _READER_DONE in items:
+                reader.result()  # a close reason travels as an exception
+                return
 
     async def _send_texts(self, wire: Wire | None, texts: list[str]) -> None:
         """The ASGI way, one message after the other, under one timer for the lot when the
@@ -321,11 +324,13 @@ def _check_event_id(event_id: str) -> None:
 
 
 _RESET = "events after last_event_id are no longer kept: reload"
+_READER_DONE = object()
+"""The reader returned or raised: the writer ends after what was queued before."""
 
 
 def _sent(item: Any) -> bool:
     # a job that ended needs no word (its event said), and the heartbeat is for SSE
-    return not isinstance(item, Done | Tick)
+    return not isinstance(item, Done | Tick) and item is not _READER_DONE
 
 
 def _frame(item: Any) -> bytes:
