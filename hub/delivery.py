@@ -175,12 +175,14 @@ class Delivery:
             if self._replays:
                 await self._replay_page()
                 continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            item = await self.sub.get(remaining)
+            item = self.sub.poll()
             if item is None:
-                return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                item = await self.sub.get(remaining)
+                if item is None:
+                    return None
             self._take(item)
         return self._out.pop(0)
 
