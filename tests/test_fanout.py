@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import orjson
 import pytest
 import uvicorn
 import websockets
+from helpers import wait_for
 from redis.asyncio import Redis
 from stack import Stack
 
@@ -36,8 +38,9 @@ TYPES = ["queued", "started", "succeeded"]
 
 
 @pytest.fixture
-async def hub(stack: Stack) -> AsyncIterator[str]:
-    """The hub app served by uvicorn in this process, with a worker behind it."""
+def hub(stack: Stack) -> Iterator[str]:
+    """The hub app served by uvicorn in this process (on a thread of its own, as ``inferhub
+    serve`` runs it), with a worker behind it."""
     stack.first_worker()
     app = create_app(stack.settings)
     port = free_port()
@@ -45,14 +48,14 @@ async def hub(stack: Stack) -> AsyncIterator[str]:
         app, host="127.0.0.1", port=port, log_config=None, ws_per_message_deflate=False
     )
     server = Server(config, app.state.streams, grace_s=2)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)  # uvicorn offers no event to wait on
+    thread = threading.Thread(target=server.run, name="hub")
+    thread.start()
     try:
+        wait_for(lambda: server.started, timeout=30, what="the hub started")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await serving
+        thread.join()
 
 
 async def ws_subscriber(url: str, subscribed: asyncio.Event) -> list[str]:
