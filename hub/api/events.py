@@ -35,6 +35,7 @@ LastEventQuery = Annotated[
     "the stream closes after the terminal event. A reconnect whose `Last-Event-ID` is the "
     "terminal event (or later) gets `204 No Content`: a browser's EventSource stops there.",
     response_class=EventStream,
+    status_code=200,  # FastAPI reads it from the response class otherwise
     responses={
         204: {"description": "The job ended at or before `Last-Event-ID`: nothing more comes"},
         404: {"description": "No such job"},
@@ -70,6 +71,7 @@ async def job_events(
     "resumes from the capped log of all events; an id older than the log holds gets a `reset` "
     "event first: reload your state, events were lost.",
     response_class=EventStream,
+    status_code=200,  # FastAPI reads it from the response class otherwise
     responses={400: {"description": "Bad Last-Event-ID"}},
 )
 async def all_events(
