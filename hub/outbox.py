@@ -6,12 +6,15 @@ Two ways out, the same bytes:
   slices, each once the socket's buffer has room: a client that reads slowly holds one slice of
   it here, not a copy; only a writer whose buffer is full waits, under the one timer;
 - while that writer is idle (waiting for the next event, nothing of its own pending) and the
-  socket has room, the fan-out writes an event at once, as it dispatches it (``ready`` and
-  ``send``, the delivery's sink): no task wakes per subscriber and event.
+  socket has room, the fan-out hands an event over as it dispatches it (``ready`` and
+  ``send``, the delivery's sink): no task wakes per subscriber and event. The bytes are written
+  once the fan-out has dispatched all the events it had read (``flush``, soon after on the
+  loop): a hub that falls behind sends each socket the events that piled up in one write.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -29,13 +32,14 @@ class Stuck(Exception):
 
 
 class Outbox:
-    __slots__ = ("encode", "idle", "slow_s", "wire")
+    __slots__ = ("encode", "idle", "pending", "slow_s", "wire")
 
     def __init__(self, encode: Encode, slow_s: float, wire: Wire | None = None) -> None:
         self.encode = encode
         self.slow_s = slow_s
         self.wire = wire  # a raw one, or None until known
         self.idle = False  # the writer waits for its next items
+        self.pending: list[bytes] = []  # handed over by the fan-out, to write at the flush
 
     def ready(self) -> bool:
         """Whether the fan-out may write for this stream now."""
@@ -43,23 +47,29 @@ class Outbox:
         return self.idle and wire is not None and not wire.paused and wire.open
 
     def send(self, items: list[Any]) -> None:
-        """Write, at once, the items the fan-out just delivered, from the first until one that
-        the writer must handle (left in ``items`` for it) or one too large for a single write."""
-        assert self.wire is not None
-        parts = []
+        """Take the items the fan-out just delivered, from the first until one that the
+        writer must handle (left in ``items`` for it) or one too large for a single write."""
+        first = not self.pending
         while items:
             data = self.encode(items[0])
             if data is None or len(data) > SLICE_BYTES:
                 break
             del items[0]
             if data:
-                parts.append(data)
-        if parts:
-            self.wire.write(b"".join(parts) if len(parts) > 1 else parts[0])
+                self.pending.append(data)
+        if first and self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what the fan-out handed over, in one write (dropped if the stream closed)."""
+        pending, self.pending = self.pending, []
+        if pending and self.wire is not None and self.wire.open:
+            self.wire.write(b"".join(pending) if len(pending) > 1 else pending[0])
 
     async def write(self, parts: list[bytes]) -> bool:
         """Write the parts, in writes of about SLICE_BYTES; False if the stream closed
         meanwhile. Raises Stuck when the buffer stays full for ``slow_s``."""
+        self.flush()  # what the fan-out handed over came first
         pending: list[bytes | memoryview] = []
         for data in parts:
             if len(data) > SLICE_BYTES:

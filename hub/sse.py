@@ -116,6 +116,7 @@ class EventStream(Response):
                 "closed the event stream of %s: it read nothing for %g s", _peer(scope), self.slow_s
             )
             return
+        self.outbox.flush()  # the last events the fan-out handed over, before the end
         await send({"type": "http.response.body", "body": b""})
 
     def _sender(self, send: Send, wire: Wire | None) -> Callable[[list[bytes]], Awaitable[bool]]:
