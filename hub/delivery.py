@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from contract.events import Event, stream_key
+from contract.events import TERMINAL, Event, stream_key
 from contract.jobstore import JobStore
 from hub import frames
 from hub.fanout import GAP, Fanout, Key, SlowConsumer
@@ -256,16 +256,23 @@ class Delivery:
             self._end(replay.name)  # resumed after the terminal event: nothing more will come
 
     def _deliver(self, event: Event) -> None:
+        """Pass the event on once, if it is visible and new to a topic that accepts it; end
+        the topics of its job if it is the job's last. (Run per subscriber and event: lean.)"""
         if not self.visible(event):
             return
         key = frames.key(event)
-        matched = [(name, f) for name, f in self._following.items() if f.topic.accepts(event)]
-        if any(key > f.last for _, f in matched):
+        fresh = False
+        ended = []
+        for name, f in self._following.items():
+            if f.topic.accepts(event):
+                if key > f.last:
+                    fresh, f.last = True, key
+                if f.topic.job_id == event.job_id and event.type in TERMINAL:
+                    ended.append(name)
+        if fresh:
             self._out.append(event)
-        for name, f in matched:
-            f.last = max(f.last, key)
-            if event.terminal and f.topic.job_id == event.job_id:
-                self._end(name)
+        for name in ended:
+            self._end(name)
 
     def _end(self, name: Hashable) -> None:
         self.drop(name)

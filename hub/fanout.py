@@ -101,22 +101,22 @@ class Subscription:
         self._buffer: list[Any] = []
         self._waiter: asyncio.Future[None] | None = None  # while its consumer waits
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any) -> bool:
         """Queue an event (coalescing progress when full) or any other item. Nothing is dropped
         while the subscriber keeps up; once it is stuck its buffer is emptied and nothing more
         is queued (memory stays bounded): it is closed at its next read and resumes from its
-        last event id. One event larger than the byte bound still passes an empty buffer."""
+        last event id. One event larger than the byte bound still passes an empty buffer.
+        True if the consumer took the event at once (``direct``)."""
         if self._stuck:
             self._drop(isinstance(item, Event))
-            return
+            return False
         if (
             self.direct is not None
             and not self._buffer
             and isinstance(item, Event)
             and self.direct(item)
         ):
-            self.observer.events_delivered(1)
-            return
+            return True  # delivered (the fan-out counts them)
         if len(self._buffer) >= self.maxsize or self.bytes >= self.max_bytes:
             if isinstance(item, Event) and item.type is EventType.PROGRESS:
                 for i, queued in enumerate(self._buffer):
@@ -129,7 +129,7 @@ class Subscription:
                         self.bytes += item.size - queued.size
                         self.coalesced += 1
                         self.observer.events_coalesced(1)
-                        return
+                        return False
             now = time.monotonic()
             self._full_since = self._full_since or now
             if (
@@ -139,10 +139,11 @@ class Subscription:
             ):
                 self._give_up()
                 self._drop(isinstance(item, Event))
-                return
+                return False
         self._buffer.append(item)
         self.bytes += _size(item)
         self._wake()
+        return False
 
     def _give_up(self) -> None:
         self._stuck = True
@@ -272,9 +273,12 @@ class Fanout:
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)
         # a copy: a subscriber that takes the event at once may end its topic, and leave
+        delivered = 0
         for sub in tuple(self._targets(event)):
             if sub.match is None or sub.match(event):
-                sub.put(event)
+                delivered += sub.put(event)
+        if delivered:
+            self.observer.events_delivered(delivered)
 
     def _targets(self, event: Event) -> Iterable[Subscription]:
         """The subscribers of the event's job, model and owner that may see it: the routes of
