@@ -56,8 +56,13 @@ class Sink(Protocol):
         """Whether it may write now: its writer idle, its socket with room."""
         ...
 
-    def send(self, items: list[Any]) -> None:
-        """Write items from the front; leave those its writer must handle."""
+    def send(self, items: list[Any]) -> bool:
+        """Take items from the front, leaving those its writer must handle; True if it is
+        to be flushed (Fanout.later)."""
+        ...
+
+    def flush(self) -> None:
+        """Write what it took."""
         ...
 
 
@@ -153,7 +158,8 @@ class Delivery:
             return False
         self._deliver(event)  # visibility, de-duplication and the end of a job, as ever
         if self._out:
-            sink.send(self._out)
+            if sink.send(self._out):
+                self.fanout.later(sink)
             if self._out:
                 self.sub.put(_WAKE)
         return True
@@ -262,16 +268,16 @@ class Delivery:
             return
         key = frames.key(event)
         fresh = False
-        ended = []
+        ended = None
         for name, f in self._following.items():
             if f.topic.accepts(event):
                 if key > f.last:
                     fresh, f.last = True, key
                 if f.topic.job_id == event.job_id and event.type in TERMINAL:
-                    ended.append(name)
+                    ended = [*(ended or ()), name]
         if fresh:
             self._out.append(event)
-        for name in ended:
+        for name in ended or ():
             self._end(name)
 
     def _end(self, name: Hashable) -> None:

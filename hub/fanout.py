@@ -224,6 +224,7 @@ class Fanout:
         self._subs: dict[Route, dict[Subscription, None]] = {}  # ordered, for a stable fan-out
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._later: list[Any] = []  # sinks to flush once this turn's dispatching is done
         self._subscribed = asyncio.Event()
         self.connected = False
 
@@ -269,6 +270,18 @@ class Fanout:
                 if not subs:
                     del self._subs[route]
             sub.routes.discard(route)
+
+    def later(self, sink: Any) -> None:
+        """Flush ``sink`` (a delivery's, hub/outbox.py) once the events read in this turn of
+        the loop are all dispatched: one write per socket for all of them."""
+        self._later.append(sink)
+        if len(self._later) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        sinks, self._later = self._later, []
+        for sink in sinks:
+            sink.flush()
 
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)

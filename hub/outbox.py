@@ -7,14 +7,13 @@ Two ways out, the same bytes:
   it here, not a copy; only a writer whose buffer is full waits, under the one timer;
 - while that writer is idle (waiting for the next event, nothing of its own pending) and the
   socket has room, the fan-out hands an event over as it dispatches it (``ready`` and
-  ``send``, the delivery's sink): no task wakes per subscriber and event. The bytes are written
-  once the fan-out has dispatched all the events it had read (``flush``, soon after on the
+  ``send``, the delivery's sink): no task wakes per subscriber and event. The fan-out writes
+  the bytes once it has dispatched all the events it had read (``flush``, soon after on the
   loop): a hub that falls behind sends each socket the events that piled up in one write.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -44,11 +43,12 @@ class Outbox:
     def ready(self) -> bool:
         """Whether the fan-out may write for this stream now."""
         wire = self.wire
-        return self.idle and wire is not None and not wire.paused and wire.open
+        return self.idle and wire is not None and wire.ready()
 
-    def send(self, items: list[Any]) -> None:
+    def send(self, items: list[Any]) -> bool:
         """Take the items the fan-out just delivered, from the first until one that the
-        writer must handle (left in ``items`` for it) or one too large for a single write."""
+        writer must handle (left in ``items`` for it) or one too large for a single write.
+        True if there was nothing pending before: the fan-out is to ``flush`` it."""
         first = not self.pending
         while items:
             data = self.encode(items[0])
@@ -57,8 +57,7 @@ class Outbox:
             del items[0]
             if data:
                 self.pending.append(data)
-        if first and self.pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+        return first and bool(self.pending)
 
     def flush(self) -> None:
         """Write what the fan-out handed over, in one write (dropped if the stream closed)."""

@@ -46,7 +46,7 @@ class Wire:
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
         self._transport: asyncio.Transport = protocol.transport
-        self._flow = getattr(protocol, "flow", None)  # HTTP: uvicorn's FlowControl
+        self._flow: Any = getattr(protocol, "flow", None)  # HTTP: uvicorn's FlowControl
         writable = getattr(protocol, "writable", None)  # WebSocket: an Event, clear if paused
         self._writable = writable if isinstance(writable, asyncio.Event) else None
         self._cycle = getattr(protocol, "cycle", None)  # HTTP (httptools): this response
@@ -67,6 +67,20 @@ class Wire:
         if protocol is None or getattr(protocol, "transport", None) is None:
             return None
         return cls(protocol)
+
+    def ready(self) -> bool:
+        """``open`` and not ``paused``, in one call: asked per subscriber and event."""
+        if self._transport.is_closing():
+            return False
+        if self.chunked:
+            cycle = self._cycle
+            return (
+                not self._flow.write_paused
+                and self._protocol.cycle is cycle
+                and not cycle.response_complete
+                and not cycle.disconnected
+            )
+        return self._writable.is_set() and self._protocol.conn.state is State.OPEN  # type: ignore[union-attr]
 
     @property
     def paused(self) -> bool:

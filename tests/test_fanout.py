@@ -123,9 +123,13 @@ class Recorder:
     def ready(self) -> bool:
         return self.open
 
-    def send(self, items: list[Any]) -> None:
+    def send(self, items: list[Any]) -> bool:
         while items and isinstance(items[0], Event):
             self.sent.append(items.pop(0))
+        return False  # written at once: nothing to flush
+
+    def flush(self) -> None:
+        raise AssertionError("nothing was left to flush")
 
 
 @contextlib.asynccontextmanager
