@@ -5,7 +5,7 @@ What is read and written (arq 0.28, ``arq.constants``):
 
 - ``arq:job:<id>``: the job, written by the hub with ``arq.jobs.serialize_job`` (msgpack) and
   read here with ``arq.jobs.deserialize_job_raw``: function name, args, kwargs.
-- ``arq:retry:<id>``: the tries so far, counted up (INCR) in the round trip that reads the job.
+- ``arq:retry:<id>``: the tries so far, counted up (INCR) by the claim, which reads the job too.
 - ``arq:in-progress:<id>``: set by the claim script (``workers/loop.py``); deleted when the
   attempt ends, whatever its outcome.
 - the pool's queue (a sorted set scored by run-at ms): the job stays in it until it ends.
@@ -76,14 +76,9 @@ class Attempts:
         for task in self._running.values():
             task.cancel()
 
-    async def run(self, job_id: str) -> None:
-        """One attempt at the claimed job ``job_id``."""
-        # one round trip, no MULTI: nothing else writes these keys while the claim holds them
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(job_key_prefix + job_id)
-            pipe.incr(retry_key_prefix + job_id)
-            pipe.expire(retry_key_prefix + job_id, RETRY_KEY_TTL_S)
-            raw, job_try, _ = await pipe.execute()
+    async def run(self, job_id: str, raw: bytes | None, job_try: int) -> None:
+        """One attempt at the claimed job ``job_id``: its arq job (None if gone) and its try,
+        as the claim read and counted them."""
         if raw is None:  # canceled after the claim read the queue, or expired
             log.warning("job %s: no such arq job; dropped", job_id)
             return await self._end(job_id)
