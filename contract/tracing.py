@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypedDict
 
 from opentelemetry import trace
@@ -26,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _tracer: trace.Tracer | None = None  # set by setup() when tracing is on
 _w3c = TraceContextTextMapPropagator()
+_OFF: AbstractContextManager[None] = contextlib.nullcontext()  # reusable: no state
 
 Attributes = Mapping[str, str | int | float | bool]
 
@@ -100,7 +102,6 @@ def _links(parents: Sequence[str | None]) -> list[trace.Link]:
     return links
 
 
-@contextlib.contextmanager
 def span(
     name: str,
     *,
@@ -109,23 +110,21 @@ def span(
     links: Sequence[str | None] = (),
     start_ns: int | None = None,
     attributes: Attributes | None = None,
-) -> Iterator[trace.Span | None]:
+) -> AbstractContextManager[trace.Span | None]:
     """A span, current inside the block, under the current one or under ``parent`` (a
-    ``traceparent``), linked to ``links`` (traceparents); None and nothing at all when tracing is
-    off. An exception leaving the block is recorded on it."""
+    ``traceparent``), linked to ``links`` (traceparents); with tracing off, one shared empty
+    context that yields None. An exception leaving the block is recorded on the span."""
     if _tracer is None:
-        yield None
-        return
+        return _OFF
     context = context_of({"traceparent": parent}) if parent else None
-    with _tracer.start_as_current_span(
+    return _tracer.start_as_current_span(
         name,
         context=context,
         kind=kind,
         links=_links(links),
         start_time=start_ns,
         attributes=attributes,
-    ) as current:
-        yield current
+    )
 
 
 def past_span(

@@ -185,6 +185,18 @@ def test_every_referenced_config_map_and_service_port_exists(rendered: list[Reso
         assert port["targetPort"] in ports
 
 
+def test_hubs_and_workers_run_the_image_of_the_dockerfile(rendered: list[Resource]) -> None:
+    """One image, set once by the overlay's ``images:``; the hub's command is the image's."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["inferhub", "serve"]' in dockerfile
+    images = set()
+    for deployment in of_kind(rendered, "Deployment"):
+        images.add(container(deployment)["image"])
+        role = deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert container(deployment)["command"] == ["inferhub", {"hub": "serve"}.get(role, role)]
+    assert images == {"inferhub:latest"}
+
+
 def test_the_redis_url_is_the_documented_choice(rendered: list[Resource]) -> None:
     (config,) = of_kind(rendered, "ConfigMap")
     url = config["data"]["INFERHUB_REDIS_URL"]
