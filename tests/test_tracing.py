@@ -250,9 +250,11 @@ def test_an_online_batch_links_the_trace_of_each_request(stack: Stack, receiver:
         assert batch.service == "inferhub-worker"
 
 
-def test_tracing_off_costs_nothing() -> None:
+def test_tracing_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without an OTLP endpoint (this process), nothing is installed: no span, no context,
     the job functions run unwrapped."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     assert not tracing.setup("test")
     assert not tracing.enabled()
     assert carried(job_id="x") == {}
