@@ -127,6 +127,10 @@ def test_each_pool_scales_its_own_workers_on_its_own_backlog(rendered: list[Reso
         pools.add(pool)
         assert deployment["spec"]["selector"]["matchLabels"]["inferhub.io/pool"] == pool
         assert "replicas" not in deployment["spec"], "KEDA owns the worker count"
+        # onnxruntime writes under $HOME/.cache (seen with strace): it must be writable
+        mounts = {m["mountPath"] for m in container(deployment)["volumeMounts"]}
+        assert container(deployment)["securityContext"]["readOnlyRootFilesystem"]
+        assert env(deployment)["HOME"] in mounts
         so = scaled.pop(deployment["metadata"]["name"])  # one ScaledObject per worker Deployment
         assert so["spec"]["minReplicaCount"] >= 1, "a pool without workers has no models"
         (trigger,) = so["spec"]["triggers"]
