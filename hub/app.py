@@ -32,6 +32,7 @@ from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
 from hub.v2.routes import router as v2_router
+from hub.v2.stats import router as v2_stats_router
 from hub.webhooks.policy import WebhookPolicy
 from hub.webhooks.sender import Backoff, WebhookSender
 
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.include_router(v2_stats_router)  # before v2_router: "/v2/models/stats" is no model
     app.include_router(v2_router)
     app.include_router(tickets.router)
     app.include_router(dashboard.router)

@@ -29,7 +29,7 @@ from hub.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from hub.grpc.stream import StreamAnswers
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.service import JobService
-from hub.v2 import config
+from hub.v2 import config, stats
 from hub.v2.codec import require_text
 from hub.v2.routes import hub_priority
 from hub.validation import check_declared, check_parameters
@@ -129,6 +129,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         )
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
+    @answered
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        self.caller(context, "read")
+        found = await stats.statistics(
+            self.catalogue, request.name or None, request.version or None
+        )
+        return json_format.ParseDict(found, pb.ModelStatisticsResponse())
+
     # --- inference ---------------------------------------------------------------------------
 
     async def parse(
@@ -190,10 +200,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                     yield answer
 
     # --- what is not served ------------------------------------------------------------------
-
-    @answered
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        raise NotSupported("the statistics extension is not implemented yet")
 
     @answered
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:

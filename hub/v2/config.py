@@ -8,7 +8,13 @@ from typing import Any
 
 from hub.catalogue import serving
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "schedule_policy"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "schedule_policy",
+    "statistics",
+]
 
 _TYPES = {"BYTES": "TYPE_STRING"}  # the rest are "TYPE_" + the V2 datatype
 
@@ -78,21 +84,23 @@ def repository_index(
     models: Mapping[str, Mapping[str, Any]],
     workers: Sequence[Mapping[str, Any]],
     only_ready: bool,
+    unloaded: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every model version and its state (READY while a live worker serves it), by name."""
+    """Every model version and its state, by name: READY while a live worker serves it, else
+    UNAVAILABLE with the reason (no worker of its pool; unloaded)."""
     index: list[dict[str, Any]] = []
-    for name, entry in sorted(models.items()):
-        ready = bool(serving(entry["name"], workers))
-        for version in sorted(entry["versions"], key=int):
-            if ready:
-                index.append({"name": name, "version": version, "state": "READY"})
-            elif not only_ready:
-                index.append(
-                    {
-                        "name": name,
-                        "version": version,
-                        "state": "UNAVAILABLE",
-                        "reason": not_ready_reason(entry),
-                    }
-                )
+    gone = {name: (entry, "unloaded") for name, entry in (unloaded or {}).items()}
+    known = {name: (entry, None) for name, entry in models.items()}
+    for name, (entry, why) in sorted({**known, **gone}.items()):
+        ready = why is None and entry is not None and bool(serving(name, workers))
+        if only_ready and not ready:
+            continue
+        versions = sorted(entry["versions"], key=int) if entry is not None else [""]
+        for version in versions:
+            row: dict[str, Any] = {"name": name, "state": "READY" if ready else "UNAVAILABLE"}
+            if version:
+                row["version"] = version
+            if not ready:
+                row["reason"] = why or not_ready_reason(entry or {"pool": "?"})
+            index.append(row)
     return index
