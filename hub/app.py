@@ -31,6 +31,7 @@ from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
+from hub.v2.repository import router as v2_repository_router
 from hub.v2.routes import router as v2_router
 from hub.v2.stats import router as v2_stats_router
 from hub.webhooks.policy import WebhookPolicy
@@ -128,7 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ws.router)
     app.include_router(health.router)
-    app.include_router(v2_stats_router)  # before v2_router: "/v2/models/stats" is no model
+    # before v2_router, whose /v2/models/{model} and /v2/{path} would take their paths
+    app.include_router(v2_stats_router)
+    app.include_router(v2_repository_router)
     app.include_router(v2_router)
     app.include_router(tickets.router)
     app.include_router(dashboard.router)

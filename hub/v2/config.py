@@ -12,6 +12,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "classification",
     "model_configuration",
+    "model_repository",
     "schedule_policy",
     "statistics",
 ]

@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
 from contract.errors import (
-    MalformedRequest,
     MethodNotAllowed,
     NotFound,
     Unavailable,
@@ -111,19 +109,6 @@ async def model_config(
 ) -> dict[str, Any]:
     entry, version = await catalogue.model(model, version)
     return config.triton_config(entry, version)
-
-
-@router.post("/v2/repository/index", summary="Every model version and its state")
-async def repository_index(
-    request: Request, catalogue: CatalogueDep, _: ReaderDep
-) -> list[dict[str, Any]]:
-    body = await request.body()
-    try:
-        options = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}", "malformed_json") from None
-    only_ready = isinstance(options, dict) and options.get("ready") is True
-    return config.repository_index(await catalogue.models(), await catalogue.workers(), only_ready)
 
 
 # --- inference -------------------------------------------------------------------------------
