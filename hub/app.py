@@ -31,6 +31,7 @@ from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
+from hub.v2 import openapi as v2_openapi
 from hub.v2.repository import router as v2_repository_router
 from hub.v2.routes import router as v2_router
 from hub.v2.stats import router as v2_stats_router
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2_stats_router)
     app.include_router(v2_repository_router)
     app.include_router(v2_router)
+    v2_openapi.install(app)  # the V2 infer request's schema, read by the route itself
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)

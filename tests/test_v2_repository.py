@@ -194,6 +194,8 @@ def test_a_new_version_replaces_the_old_one(tc: th.InferenceServerClient, repo: 
         return np.asarray(tc.infer("scale", [made], model_version=version).as_numpy("y"))
 
     np.testing.assert_array_equal(scaled(), x)
+    policy = tc.get_model_config("scale")["version_policy"]
+    assert policy == {"latest": {"num_versions": 1}}
     save_scale(repo / "scale", 2)  # the running worker's poll finds it
     wait_for(
         lambda: tc.get_model_metadata("scale")["versions"] == ["2"],

@@ -61,7 +61,11 @@ def triton_config(entry: Mapping[str, Any], version: str) -> dict[str, Any]:
         "name": entry["name"],
         "platform": entry["platform"],
         "backend": "onnxruntime",
-        "version_policy": {"all": {}},
+        "version_policy": (
+            {"latest": {"num_versions": entry["latest_versions"]}}
+            if entry.get("latest_versions")
+            else {"all": {}}
+        ),
         "max_batch_size": entry["max_batch_size"] if batched else 0,
         "input": [describe(t) for t in signature["inputs"]],
         "output": [describe(t) for t in signature["outputs"]],

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from contract import repository
 from contract.errors import MalformedRequest, NotFound, Unavailable
 from hub.catalogue import Catalogue, serving
-from hub.deps import CallerDep, CatalogueDep, ReaderDep
+from hub.deps import AdminDep, CatalogueDep, ReaderDep
 from hub.errors import error_responses
 from hub.v2 import config
 from hub.v2.errors import SCHEMA, V2Route
@@ -141,9 +141,8 @@ async def repository_index(
 
 @router.post("/v2/repository/models/{model}/load", summary="Load the model (admin)")
 async def load_model(
-    model: str, request: Request, catalogue: CatalogueDep, caller: CallerDep
+    model: str, request: Request, catalogue: CatalogueDep, _: AdminDep
 ) -> dict[str, Any]:
-    caller.need("admin", "loading a model changes what every worker serves")
     refuse_load_parameters((await _options(request)).get("parameters") or {})
     await load(catalogue, model)
     return {}
@@ -151,9 +150,8 @@ async def load_model(
 
 @router.post("/v2/repository/models/{model}/unload", summary="Unload the model (admin)")
 async def unload_model(
-    model: str, request: Request, catalogue: CatalogueDep, caller: CallerDep
+    model: str, request: Request, catalogue: CatalogueDep, _: AdminDep
 ) -> dict[str, Any]:
-    caller.need("admin", "unloading a model changes what every worker serves")
     await _options(request)  # unload_dependents: inferhub models have no dependents
     await unload(catalogue, model)
     return {}

@@ -25,8 +25,9 @@ from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
-from hub.v2 import classification, codec, compression, config
+from hub.v2 import classification, codec, compression, config, openapi
 from hub.v2.errors import SCHEMA, V2Route
+from hub.v2.paths import model_route
 from hub.v2.wait import canceled_if_the_client_leaves
 from hub.validation import check_declared, check_parameters
 
@@ -39,15 +40,7 @@ router = APIRouter(
 
 def _model_route(method: str, suffix: str, summary: str, **options: Any) -> Callable[[Any], Any]:
     """Register the endpoint at ``/v2/models/{model}`` and ``.../versions/{version}``."""
-
-    def register(endpoint: Any) -> Any:
-        for path in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            router.add_api_route(
-                path + suffix, endpoint, methods=[method], summary=summary, **options
-            )
-        return endpoint
-
-    return register
+    return model_route(router, method, suffix, summary, **options)
 
 
 # --- health and metadata ---------------------------------------------------------------------
@@ -122,7 +115,13 @@ def hub_priority(triton: int) -> int:
     return max(-100, min(100, 101 - triton))
 
 
-@_model_route("POST", "/infer", "Run the model on the request's inputs")
+@_model_route(
+    "POST",
+    "/infer",
+    "Run the model on the request's inputs",
+    openapi_extra=openapi.INFER_REQUEST,
+    responses=openapi.INFER_RESPONSES,
+)
 async def infer(
     request: Request,
     model: str,
