@@ -52,7 +52,8 @@ class Serving:
 
     async def refresh(self, redis: Redis | None = None) -> bool:
         """Read the desired state (when given Redis) and the folder, and serve what they say;
-        whether anything changed. Once done, nothing of what was dropped takes new work."""
+        whether anything changed. It returns once what was dropped has drained, and only then
+        says (``generation``) that the change is applied."""
         async with self._lock:
             generation, unloaded = self.generation, self.unloaded
             if redis is not None:
@@ -60,8 +61,10 @@ class Serving:
             changed = await asyncio.to_thread(self._scan, unloaded)
             if changed is not None:
                 self._apply(changed)
-            self.unloaded, self.generation = unloaded, generation
-            return changed is not None
+            self.unloaded = unloaded
+            await self.drained()
+            moved, self.generation = generation != self.generation, generation
+            return changed is not None or moved
 
     def _scan(self, unloaded: frozenset[str]) -> dict[str, Model] | None:
         """The models to serve, read again where their files changed (in a thread: it creates
@@ -139,7 +142,9 @@ class Serving:
     async def drained(self) -> None:
         """Wait until every dropped batcher has drained."""
         while self._draining:
-            await asyncio.gather(*self._draining, return_exceptions=True)
+            tasks = list(self._draining)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._draining.difference_update(tasks)
 
     async def close(self) -> None:
         for task in list(self._draining):
@@ -174,8 +179,8 @@ async def follow_forever(
     serving: Serving, redis: Redis, *, poll_s: float, on_change: Any, check_every_s: float
 ) -> None:
     """Apply the desired state when nudged and every ``check_every_s``; rescan the folder
-    every ``poll_s`` (0: only when nudged). ``on_change()`` is awaited after each applied
-    change, so that the heartbeat says it at once."""
+    every ``poll_s`` (0: only when nudged). ``on_change()`` is awaited after each change
+    applied (drained included), so that the heartbeat says it at once."""
     nudge = asyncio.Event()
     listener = asyncio.create_task(_listen(redis, nudge), name="repository-nudge")
     loop = asyncio.get_running_loop()
@@ -187,17 +192,17 @@ async def follow_forever(
                     await nudge.wait()
             nudge.clear()
             try:
-                before = serving.generation
                 generation, unloaded = await repository.desired(redis)
                 due = loop.time() >= next_scan
-                if due or generation != before or unloaded != serving.unloaded:
+                if due or generation != serving.generation or unloaded != serving.unloaded:
                     if due:
                         next_scan = loop.time() + poll_s
-                    await serving.refresh(redis)
-                    await serving.drained()
-                    await on_change()
+                    if await serving.refresh(redis):
+                        await on_change()
             except (RedisError, OSError) as exc:
                 log.warning("repository state unreadable, retrying: %s", exc)
+            except Exception:  # a model folder that breaks the scan must not stop the follower
+                log.exception("repository refresh failed; trying again at the next check")
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):

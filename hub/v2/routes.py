@@ -25,9 +25,10 @@ from hub.catalogue import Catalogue
 from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
-from hub.v2 import classification, codec, compression, config, openapi
+from hub.v2 import classification, codec, compression, config, openapi, repository, stats
 from hub.v2.errors import SCHEMA, V2Route
 from hub.v2.paths import model_route
+from hub.v2.raw import parse_any
 from hub.v2.wait import canceled_if_the_client_leaves
 from hub.validation import check_declared, check_parameters
 
@@ -141,7 +142,8 @@ async def infer(
 
     def decode(raw: bytes) -> codec.InferRequest:
         body = compression.decompress(raw, encoding, settings.max_body_bytes)
-        parsed = codec.parse_request(body, request.headers.get(codec.HEADER_LENGTH), inspect)
+        length = request.headers.get(codec.HEADER_LENGTH)
+        parsed = parse_any(body, length, inspect, entry, version)  # length 0: a raw body
         codec.require_text(parsed.arrays)
         return parsed
 
@@ -207,7 +209,7 @@ async def unknown(request: Request, path: str) -> Response:
     known route asked with the wrong method is 405, as anywhere else."""
     allowed = sorted(
         method
-        for route in router.routes
+        for route in (*router.routes, *stats.router.routes, *repository.router.routes)
         if isinstance(route, APIRoute)
         and route.endpoint is not unknown
         and route.path_regex.match(request.url.path)
