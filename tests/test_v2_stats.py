@@ -6,7 +6,7 @@ moving after requests by what was really run (requests, rows, onnxruntime calls,
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -66,6 +66,20 @@ def count(stats: dict[str, Any], name: str) -> int:
     return int(stats["inference_stats"][name]["count"])
 
 
+def settled(
+    read: Callable[[], dict[str, Any]], before: dict[str, Any], name: str, more: int
+) -> dict[str, Any]:
+    """The statistics once ``more`` requests more have ended as ``name``: a busy worker sends
+    its counts with a reply at most every 0.1 s, else with its next heartbeat."""
+
+    def arrived() -> dict[str, Any] | None:
+        now = read()
+        assert count(now, name) - count(before, name) <= more, now
+        return now if count(now, name) - count(before, name) == more else None
+
+    return wait_for(arrived, timeout=30, what=f"{more} more {name} in the statistics")
+
+
 def test_statistics_are_advertised(http_client: th.InferenceServerClient) -> None:
     assert "statistics" in http_client.get_server_metadata()["extensions"]
 
@@ -77,7 +91,9 @@ def test_http_statistics_move_after_requests(http_client: th.InferenceServerClie
     pending = [http_client.async_infer("iris", [iris_input(rows)]) for _ in range(requests)]
     for request in pending:
         request.get_result()
-    after = one(http_client.get_inference_statistics("iris", "1"))
+    after = settled(
+        lambda: one(http_client.get_inference_statistics("iris", "1")), before, "success", requests
+    )
 
     assert after["name"] == "iris" and after["version"] == "1"
     assert count(after, "success") - count(before, "success") == requests
@@ -104,7 +120,7 @@ def test_failures_are_counted(http_client: th.InferenceServerClient) -> None:
     made.set_data_from_numpy(data)
     with pytest.raises(InferenceServerException, match="inference failed"):
         http_client.infer("failing", [made])
-    after = one(http_client.get_inference_statistics("failing"))
+    after = settled(lambda: one(http_client.get_inference_statistics("failing")), before, "fail", 1)
     assert count(after, "fail") - count(before, "fail") == 1
     assert count(after, "success") == count(before, "success")
 
@@ -113,9 +129,14 @@ def test_grpc_statistics_move_after_requests(grpc_client: tg.InferenceServerClie
     before = one(grpc_client.get_inference_statistics("iris", as_json=True))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: grpc_client.infer("iris", [iris_input(2, http=False)]), range(8)))
-    after = grpc_client.get_inference_statistics("iris", "1")
-    assert after.model_stats[0].name == "iris"
-    stats = after.model_stats[0]
+    settled(
+        lambda: one(grpc_client.get_inference_statistics("iris", as_json=True)),
+        before,
+        "success",
+        8,
+    )
+    stats = grpc_client.get_inference_statistics("iris", "1").model_stats[0]
+    assert stats.name == "iris"
     # as_json gives uint64 as strings, as protobuf's JSON form does
     assert stats.inference_stats.success.count - int(count(before, "success")) == 8
     assert stats.inference_count - int(before["inference_count"]) == 16

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from contract import keys
 from workers.repository import Model
@@ -130,7 +130,7 @@ async def beat(
     """One heartbeat, in one round trip, with the statistics counted since the last write."""
     now = time.time()
     async with redis.pipeline(transaction=False) as pipe:
-        undo = repo.tally.add_to(pipe)
+        sent = repo.tally.add_to(pipe)
         pipe.set(
             keys.worker(worker_id),
             worker_record(worker_id, pool, repo, stats),
@@ -148,10 +148,14 @@ async def beat(
                 },
             )
         try:
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
         except BaseException:
-            undo()
+            sent.undo()
             raise
+    await sent.settle(redis, results)
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors and not all(isinstance(e, NoScriptError) for e in errors):
+        raise errors[0]
 
 
 async def heartbeat_forever(

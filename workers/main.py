@@ -47,6 +47,7 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
         # what it serves changes while it runs (load, unload, new versions: workers/serving.py)
         serving = ctx["serving"] = Serving(settings.models, settings.pool, Tally())
         await serving.refresh(ctx["redis"])
+        await serving.tally.prepare(ctx["redis"])
         ctx["models"], ctx["batchers"], ctx["tally"] = (
             serving.models,
             serving.batchers,

@@ -11,6 +11,7 @@ heartbeat; a failed send puts them back.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -20,13 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
-from contract import keys
+from contract import keys, scripts
 from contract import stats as contract
 
 T = TypeVar("T")
 
 _NS = 1_000_000_000
+
+STATS_ADD = scripts.load("stats_add")
+
+REPLY_SEND_S = 0.1
+"""The counts ride on an online reply at most this often; the heartbeat carries the rest."""
 
 
 @dataclass
@@ -107,34 +114,63 @@ class Tally:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], Counts] = {}
+        self._sent_at = -math.inf  # time.monotonic() of the last send
+
+    def due(self) -> bool:
+        """Whether an online reply should carry the counts: at most every ``REPLY_SEND_S``,
+        so that a busy worker adds a few script calls a second, not one per batch."""
+        return time.monotonic() - self._sent_at >= REPLY_SEND_S
+
+    @staticmethod
+    async def prepare(redis: Any) -> None:
+        """Load the script in Redis, so that the first counts sent are not put back."""
+        await STATS_ADD.ensure(redis)
 
     def of(self, model: str, version: str) -> Counts:
         return self._counts.setdefault((model, version), Counts())
 
-    def add_to(self, pipe: Pipeline) -> Callable[[], None]:
-        """Queue the pending counts on ``pipe`` (and forget them); returns what puts them back
-        if the pipeline fails."""
-        taken: list[tuple[Counts, Counter[str], int]] = []
+    def add_to(self, pipe: Pipeline) -> Sent:
+        """Queue the pending counts on ``pipe``, one script call per model version (and
+        forget them); ``Sent`` puts back those that did not reach Redis."""
+        sent = Sent()
+        self._sent_at = time.monotonic()
         for (model, version), counts in list(self._counts.items()):
             with counts.lock:
                 pending, last_ms = counts.pending, counts.last_ms
                 counts.pending, counts.last_ms = Counter(), 0
             if not pending:
                 continue
-            key = keys.model_stats(model, version)
-            for name, delta in pending.items():
-                pipe.hincrby(key, name, delta)
-            if last_ms:
-                pipe.hset(key, contract.LAST_INFERENCE, str(last_ms))
-            taken.append((counts, pending, last_ms))
+            deltas = [x for field_delta in pending.items() for x in field_delta]
+            sent.calls.append((len(pipe.command_stack), counts, pending, last_ms))
+            STATS_ADD.queue(
+                pipe,
+                keys={"stats": keys.model_stats(model, version)},
+                args={"last_inference": last_ms, "deltas": deltas},
+            )
+        return sent
 
-        def undo() -> None:
-            for counts, pending, last_ms in taken:
+
+class Sent:
+    """The counts queued on one pipeline, by their position in it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Counts, Counter[str], int]] = []
+
+    def undo(self, only: Sequence[int] | None = None) -> None:
+        """Put the counts back (those at the positions ``only``, else all), to send later."""
+        for position, counts, pending, last_ms in self.calls:
+            if only is None or position in only:
                 with counts.lock:
                     counts.pending.update(pending)
                     counts.last_ms = max(counts.last_ms, last_ms)
 
-        return undo
+    async def settle(self, redis: Any, results: Sequence[Any]) -> None:
+        """After ``execute(raise_on_error=False)``: put back what failed; a Redis that lost its
+        scripts (restarted) gets this one again, for the next send."""
+        failed = [p for p, *_ in self.calls if isinstance(results[p], Exception)]
+        self.undo(failed)
+        if any(isinstance(results[p], NoScriptError) for p in failed):
+            await STATS_ADD.ensure(redis)
 
 
 async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool | None]) -> T:
@@ -155,13 +191,16 @@ async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool 
 
 
 async def publish_counted(redis: Any, tally: Tally, channel: str, message: bytes) -> None:
-    """Publish ``message`` with the pending counts, in one round trip (counts first, so that
-    whoever reads the answer finds them in Redis)."""
+    """Publish ``message`` with the pending counts when they are due, in one round trip
+    (counts first: whoever reads the answer of a quiet worker finds them in Redis)."""
     async with redis.pipeline(transaction=False) as pipe:
-        undo = tally.add_to(pipe)
+        sent = tally.add_to(pipe) if tally.due() else Sent()
         pipe.publish(channel, message)
         try:
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
         except BaseException:
-            undo()
+            sent.undo()
             raise
+    await sent.settle(redis, results)
+    if isinstance(results[-1], Exception):
+        raise results[-1]
