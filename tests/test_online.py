@@ -283,7 +283,7 @@ def test_v2_infer_on_its_lean_path_keeps_the_ways_of_a_route(
 ) -> None:
     """The infer route skips FastAPI's routing and dependency solving (hub/v2/lean.py,
     hub/middleware/shortcut.py), yet is documented in /openapi.json, counted under its route
-    template, echoes the request id, takes its version from the path or the query, and
+    template, echoes the request id, serves the latest version or the one in its path, and
     answers errors in Triton's shape."""
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
     versioned = "/v2/models/{model}/versions/{version}/infer"
@@ -292,7 +292,7 @@ def test_v2_infer_on_its_lean_path_keeps_the_ways_of_a_route(
         ok = client.post(
             "/v2/models/digits/versions/1/infer", json=body, headers={"X-Request-ID": "lean-1"}
         )
-        by_query = client.post("/v2/models/digits/infer?version=1", json=body)
+        latest = client.post("/v2/models/digits/infer", json=body)
         missing = client.post("/v2/models/digits/versions/9/infer", json=body)
         malformed = client.post("/v2/models/digits/infer", content=b"{not json")
         metrics = client.get("/metrics").text
@@ -301,7 +301,7 @@ def test_v2_infer_on_its_lean_path_keeps_the_ways_of_a_route(
     assert {p["name"] for p in parameters} == {"model", "version"}
     assert ok.status_code == 200 and ok.json()["model_version"] == "1", ok.text
     assert ok.headers["x-request-id"] == "lean-1"
-    assert by_query.status_code == 200 and by_query.json()["model_version"] == "1"
+    assert latest.status_code == 200 and latest.json()["model_version"] == "1"
     assert missing.status_code == 404 and "no version '9'" in missing.json()["error"]
     assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]
     found = _samples(metrics)

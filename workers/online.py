@@ -24,6 +24,7 @@ from workers.batcher import Arrays, Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
 from workers.runner import text_for_onnxruntime
+from workers.stats import Timing, counted, publish_counted, timed
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,18 @@ async def run_batch(
     batch: str,
     requests: list[OnlineRequest],
 ) -> None:
-    served: Model = ctx["models"][model]
-    batcher: Batcher = ctx["batchers"][model, version]
     stats: dict[str, Any] = ctx["stats"]
+    try:
+        served: Model = ctx["models"][model]
+        batcher: Batcher = ctx["batchers"][model, version]
+    except KeyError:  # unloaded since the hub sent it (workers/serving.py)
+        error = f"model '{model}' version {version} is not served any more (unloaded)"
+        gone: Reply = {
+            "batch": batch,
+            "answers": [{"id": r["id"], "error": error, "status": 503} for r in requests],
+        }
+        await ctx["redis"].publish(reply, dumps(gone))
+        return
     stats["running"] += 1
     try:
         answers = await _run(served, batcher, requests)
@@ -50,7 +60,8 @@ async def run_batch(
         count_job(stats, model, "failed" if "error" in answer else "succeeded")
     message: Reply = {"batch": batch, "answers": answers}
     try:
-        await ctx["redis"].publish(reply, dumps(message))
+        # with this worker's statistics (workers/stats.py): one round trip still
+        await publish_counted(ctx["redis"], ctx["tally"], reply, dumps(message))
     except RedisError as exc:
         # the answer is lost with the connection: run the batch again while deadlines allow
         log.warning("batch %s: redis unavailable (%s); it will run again", batch, exc)
@@ -67,19 +78,23 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         for r in requests
         if now > r["deadline"]
     }
+    for _ in answers:  # each a failure of no duration, for the statistics
+        batcher.counts.answered(Timing(), False)
     live = [r for r in requests if r["id"] not in answers]
     inputs = [_inputs(r) for r in live]
     joined = _joined(inputs) if batcher.batchable and len(live) > 1 else None
     if joined is not None:
         arrays, counts = joined
         try:
-            with batcher.expecting():
+            with batcher.expecting(), timed() as timing:
                 async with asyncio.timeout(model.config.timeout_s):
                     results = await batcher.run_rows(arrays)
             assert results is not None  # only a progress callback stops early
         except Exception:
             joined = None  # find the culprit below
         else:
+            for _ in live:  # each request waited and ran as long as the joined run
+                batcher.counts.answered(timing, True)
             start = 0
             for request, count in zip(live, counts, strict=True):
                 end = start + count
@@ -89,7 +104,10 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
     if joined is None:
         with batcher.expecting(len(live)):
             alone = await asyncio.gather(
-                *(_answer(model, batcher, r, a) for r, a in zip(live, inputs, strict=True))
+                *(
+                    counted(batcher.counts, _answer(model, batcher, r, a), _ok)
+                    for r, a in zip(live, inputs, strict=True)
+                )
             )
         answers.update((a["id"], a) for a in alone)
     return [answers[r["id"]] for r in requests]
@@ -100,6 +118,10 @@ def _inputs(request: OnlineRequest) -> Arrays | Exception:
         return {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in request["inputs"]}
     except Exception as exc:
         return exc
+
+
+def _ok(answer: Answer) -> bool:
+    return "error" not in answer
 
 
 def _joined(inputs: list[Arrays | Exception]) -> tuple[Arrays, list[int]] | None:

@@ -4,8 +4,8 @@ FastAPI solves every route's dependencies on each request (its parameters, the a
 ``refuse_oversized``, the caller, the service...) and matches the routes ahead of it one regex
 at a time: for a one-row inference that costs the hub more than the endpoint's own work. A
 ``LeanRoute`` is still an ``APIRoute`` (so /openapi.json documents it as before), but its
-handler calls the endpoint as ``endpoint(request, **parameters)`` with the path's parameters
-(and the query's, where declared): the endpoint reads everything else from the request. Its
+handler calls the endpoint as ``endpoint(request=request, **path_parameters)``: the endpoint
+reads everything else from the request itself. Its
 errors take Triton's shape, as every V2 route's; its successful requests are logged at
 DEBUG (``request_log.HOT``). ``hub/middleware/shortcut.py`` sends the
 requests of lean routes straight to ``asgi``, past FastAPI's routing.
@@ -29,16 +29,11 @@ LeanEndpoint = Callable[..., Coroutine[Any, Any, Response]]
 class LeanRoute(V2Route):
     def get_route_handler(self) -> Handler:
         endpoint: LeanEndpoint = self.endpoint
-        query = [p.name for p in self.dependant.query_params]
 
         async def handle(request: Request) -> Response:
             request.scope[HOT] = True  # its successes are logged at DEBUG
             await refuse_oversized(request)  # the app's one dependency, as on every route
-            parameters = dict(request.path_params)
-            if query and request.scope.get("query_string"):
-                given = request.query_params
-                parameters.update({name: given[name] for name in query if name in given})
-            return await endpoint(request, **parameters)
+            return await endpoint(request=request, **request.path_params)
 
         return in_triton_shape(handle)
 
