@@ -33,7 +33,7 @@ _NS = 1_000_000_000
 
 STATS_ADD = scripts.load("stats_add")
 
-REPLY_SEND_S = 0.1
+REPLY_SEND_S = 1.0
 """The counts ride on an online reply at most this often; the heartbeat carries the rest."""
 
 
@@ -119,7 +119,8 @@ class Tally:
 
     def due(self) -> bool:
         """Whether an online reply should carry the counts: at most every ``REPLY_SEND_S``,
-        so that a busy worker adds a few script calls a second, not one per batch."""
+        so that a busy worker adds a script call a second (each a HINCRBY per field), not one
+        per batch."""
         return time.monotonic() - self._sent_at >= REPLY_SEND_S
 
     @staticmethod
