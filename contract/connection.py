@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.sentinel import Sentinel as BlockingSentinel
 
@@ -116,6 +116,19 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2], query="").geturl()
 
 
+class _MasterConnection(SentinelManagedConnection):
+    """A connection to the master that asks the sentinels where it is at every try: redis-py
+    would retry the address it was given with the whole backoff (4 s) before asking again, so
+    clients would keep knocking at a dead master for seconds after a failover."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        patient, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = patient
+
+
 class _MasterPool(SentinelConnectionPool):
     """The master's connections; closing the client closes the sentinels' too (redis-py
     leaves them open)."""
@@ -144,7 +157,11 @@ def connect(url: str, *, retry: bool = True) -> Redis:
         return client
     sentinel = Sentinel(target.nodes, sentinel_kwargs=target.sentinel_kwargs())  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     master: Redis = sentinel.master_for(
-        target.service, connection_pool_class=_MasterPool, **target.master_kwargs(), **options
+        target.service,
+        connection_pool_class=_MasterPool,
+        connection_class=_MasterConnection,
+        **target.master_kwargs(),
+        **options,
     )
     return master
 

@@ -145,12 +145,21 @@ class Deployment:
         role = _answers(found, "ROLE") if found is not None else None
         return found if role and role[0] == b"master" else None
 
-    def kill_master(self) -> tuple[int, float]:
-        """SIGKILL the master (no goodbye, nothing flushed); its port, and when (monotonic)."""
+    def kill_master(self, lag_s: float = 0) -> tuple[int, float]:
+        """SIGKILL the master (no goodbye, nothing flushed); its port, and when (monotonic).
+        With ``lag_s``, the replicas are frozen (SIGSTOP) that long before: what the master
+        acknowledged meanwhile is on no replica, as with a replica that lags behind."""
         port = self.master_port()
         assert port is not None, "the sentinels do not agree on a master"
+        replicas = [p for p in self.servers.values() if p is not self.servers[port]]
+        if lag_s:
+            for proc in replicas:
+                proc.send_signal(signal.SIGSTOP)
+            time.sleep(lag_s)  # the lag being modelled, not a wait for something
         self.servers[port].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
+        for proc in replicas if lag_s else []:
+            proc.send_signal(signal.SIGCONT)
         self.servers[port].wait()
         return port, killed_at
 
@@ -241,16 +250,18 @@ async def failover_run(
     before: int = 30,
     after: int = 30,
     finish_s: float = 60,
+    lag_s: float = 0,
 ) -> FailoverReport:
-    """Submit jobs; SIGKILL the master once ``before`` are accepted; go on until ``after``
-    submissions sent after the failover are accepted; then follow every acknowledged job."""
+    """Submit jobs; SIGKILL the master once ``before`` are accepted (the replicas frozen for
+    ``lag_s`` before); go on until ``after`` submissions sent after the failover are
+    accepted; then follow every acknowledged job."""
     report = FailoverReport()
     async with httpx.AsyncClient(base_url=hub_url, timeout=30) as client:
         load = _Load(client, report)
         tasks = [asyncio.create_task(load.submit_until_stopped()) for _ in range(submitters)]
         try:
             await load.until(lambda: report.accepted >= before, 60, "jobs before the kill")
-            old, load.killed_at = await asyncio.to_thread(deployment.kill_master)
+            old, load.killed_at = await asyncio.to_thread(deployment.kill_master, lag_s)
             await asyncio.to_thread(deployment.wait_failover, old)
             report.failover_s = time.monotonic() - load.killed_at
             load.failed_over = True
