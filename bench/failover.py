@@ -31,8 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from cli.processes import free_port, start_cli, stop, wait_ready  # noqa: E402
 from sentinel import Deployment, FailoverReport, failover_run  # noqa: E402
+
+from cli.processes import free_port, start_cli, stop, wait_ready  # noqa: E402
 
 
 async def one_round(folder: Path, wait_replicas: int, args: argparse.Namespace) -> FailoverReport:
