@@ -6,9 +6,10 @@ closed-loop clients, SIGKILLs the master once ``--before`` jobs are in, and goes
 ``--after`` submissions sent after the failover are accepted. Every job acknowledged with 202
 is then looked up: *lost* is a 202 whose job is unknown, *unfinished* one not ended in time.
 Rounds alternate ``INFERHUB_REDIS_WAIT_REPLICAS`` 0 and 1; one JSON line per round, then the
-totals per setting. On loopback a replica is a few microseconds behind its master, so little is
-lost even without WAIT; ``--lag-ms`` freezes the replicas (SIGSTOP) that long before the kill,
-as a replica in another zone or on a slow disk lags behind.
+totals per setting. On loopback a replica is microseconds behind its master, so little is lost
+even without WAIT; ``--lag-ms`` cuts the replicas off (SIGSTOP, and the master drops their
+links) that long before the kill, as when replication lags (a replica in another zone, a
+saturated link).
 
     python bench/failover.py --rounds 3 --submitters 8
     python bench/failover.py --rounds 3 --submitters 8 --lag-ms 300
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -77,26 +79,30 @@ def main() -> None:
     parser.add_argument("--before", type=int, default=200, help="jobs accepted before the kill")
     parser.add_argument("--after", type=int, default=200, help="jobs accepted after failover")
     parser.add_argument("--finish-s", type=float, default=90, help="wait for jobs to end")
+    parser.add_argument("--keep", type=Path, help="a new folder to keep the logs in")
     parser.add_argument(
         "--lag-ms",
         type=float,
         default=0,
-        help="freeze the replicas this long before the kill (a replica that lags behind)",
+        help="cut the replicas off this long before the kill (replication lag)",
     )
     args = parser.parse_args()
     totals: dict[int, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="inferhub-failover-") as tmp:
+    with contextlib.ExitStack() as cleanup:
+        tmp = args.keep or cleanup.enter_context(
+            tempfile.TemporaryDirectory(prefix="inferhub-failover-")
+        )
         for i in range(args.rounds):
             for wait_replicas in (0, 1):
                 folder = Path(tmp) / f"round{i}-wait{wait_replicas}"
-                folder.mkdir()
+                folder.mkdir(parents=True)
                 report = asyncio.run(one_round(folder, wait_replicas, args))
                 figures = {"wait_replicas": wait_replicas, **report.figures()}
                 print(json.dumps(figures), flush=True)
                 total = totals.setdefault(wait_replicas, {"rounds": 0, "recover_s": []})
                 total["rounds"] += 1
                 total["recover_s"].append(figures["recover_s"])
-                for name in ("accepted", "lost", "unfinished"):
+                for name in ("accepted", "lost", "unfinished", "rerun"):
                     total[name] = total.get(name, 0) + figures[name]
     for wait_replicas, total in totals.items():
         print(json.dumps({"wait_replicas": wait_replicas, "total": total}))

@@ -120,8 +120,8 @@ class Deployment:
         return proc
 
     def _wait_watching(self, replicas: int) -> None:
-        """Until every sentinel knows the replicas and the other sentinels (else a failover
-        would find no quorum or nothing to promote)."""
+        """Until every replica is in sync and every sentinel knows the replicas and the other
+        sentinels (else a failover would find no quorum or nothing to promote)."""
 
         def watching(port: int) -> bool:
             state = _answers(port, f"SENTINEL MASTER {SERVICE}")
@@ -132,6 +132,12 @@ class Deployment:
                 int(fields[b"num-slaves"]) == replicas and int(fields[b"num-other-sentinels"]) == 2
             )
 
+        def synced(port: int) -> bool:
+            return b"master_link_status:up" in (_answers(port, "INFO replication") or b"")
+
+        for port in self.servers:
+            if port != self.first_master:
+                wait_until(lambda p=port: synced(p), 30, f"replica {port} to sync")
         for port in self.sentinels:
             wait_until(lambda p=port: watching(p), 30, f"sentinel {port} to see the others")
 
@@ -147,14 +153,15 @@ class Deployment:
 
     def kill_master(self, lag_s: float = 0) -> tuple[int, float]:
         """SIGKILL the master (no goodbye, nothing flushed); its port, and when (monotonic).
-        With ``lag_s``, the replicas are frozen (SIGSTOP) that long before: what the master
-        acknowledged meanwhile is on no replica, as with a replica that lags behind."""
+        With ``lag_s``, the replicas are frozen (SIGSTOP) and cut off that long before: what
+        the master acknowledges meanwhile reaches no replica, as when replication lags."""
         port = self.master_port()
         assert port is not None, "the sentinels do not agree on a master"
         replicas = [p for p in self.servers.values() if p is not self.servers[port]]
         if lag_s:
             for proc in replicas:
-                proc.send_signal(signal.SIGSTOP)
+                proc.send_signal(signal.SIGSTOP)  # frozen, so they cannot reconnect
+            assert _answers(port, "CLIENT KILL TYPE replica")  # else the sockets' buffers
             time.sleep(lag_s)  # the lag being modelled, not a wait for something
         self.servers[port].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -185,6 +192,7 @@ class FailoverReport:
     accepted_after: int = 0  # 202s to submissions sent after the failover
     lost: list[str] = field(default_factory=list)  # acknowledged, then unknown (404)
     unfinished: list[str] = field(default_factory=list)  # acknowledged, not ended in time
+    rerun: int = 0  # ended after more than one attempt (a worker's writes lost, then re-run)
     failover_s: float = 0.0  # from the SIGKILL until the sentinels agree on a new master
     recover_s: float = 0.0  # from the SIGKILL until a submission sent after it gets a 202
     jobs: list[str] = field(default_factory=list)
@@ -196,6 +204,7 @@ class FailoverReport:
             "refused": {str(k): v for k, v in self.refused.items()},
             "lost": len(self.lost),
             "unfinished": len(self.unfinished),
+            "rerun": self.rerun,
             "failover_s": round(self.failover_s, 2),
             "recover_s": round(self.recover_s, 2),
         }
@@ -279,18 +288,21 @@ async def _follow(client: httpx.AsyncClient, report: FailoverReport, limit_s: fl
     deadline = time.monotonic() + limit_s
     room = asyncio.Semaphore(16)
 
-    async def status(job_id: str) -> str | None:
+    async def status(job_id: str) -> dict[str, Any] | None:
         async with room:
             response = await client.get(f"/v1/jobs/{job_id}")
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        return str(response.json()["status"])
+        job: dict[str, Any] = response.json()
+        return job
 
     while pending:
-        statuses = await asyncio.gather(*(status(job) for job in pending))
-        report.lost += [job for job, s in zip(pending, statuses, strict=True) if s is None]
-        pending = [j for j, s in zip(pending, statuses, strict=True) if s not in TERMINAL | {None}]
+        jobs = await asyncio.gather(*(status(job) for job in pending))
+        report.lost += [job for job, found in zip(pending, jobs, strict=True) if found is None]
+        ended = [j for j in jobs if j is not None and j["status"] in TERMINAL]
+        report.rerun += sum(j["attempt"] > 1 for j in ended)
+        pending = [j["id"] for j in jobs if j is not None and j["status"] not in TERMINAL]
         if pending and time.monotonic() > deadline:
             report.unfinished = pending
             return
