@@ -195,6 +195,8 @@ class FailoverReport:
     rerun: int = 0  # ended after more than one attempt (a worker's writes lost, then re-run)
     failover_s: float = 0.0  # from the SIGKILL until the sentinels agree on a new master
     recover_s: float = 0.0  # from the SIGKILL until a submission sent after it gets a 202
+    all_ended_s: float = 0.0  # from the SIGKILL until every acknowledged job had ended
+    killed_at: float = 0.0  # monotonic
     jobs: list[str] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
@@ -207,6 +209,7 @@ class FailoverReport:
             "rerun": self.rerun,
             "failover_s": round(self.failover_s, 2),
             "recover_s": round(self.recover_s, 2),
+            "all_ended_s": round(self.all_ended_s, 2),
         }
 
 
@@ -270,7 +273,8 @@ async def failover_run(
         tasks = [asyncio.create_task(load.submit_until_stopped()) for _ in range(submitters)]
         try:
             await load.until(lambda: report.accepted >= before, 60, "jobs before the kill")
-            old, load.killed_at = await asyncio.to_thread(deployment.kill_master, lag_s)
+            old, report.killed_at = await asyncio.to_thread(deployment.kill_master, lag_s)
+            load.killed_at = report.killed_at
             await asyncio.to_thread(deployment.wait_failover, old)
             report.failover_s = time.monotonic() - load.killed_at
             load.failed_over = True
@@ -308,3 +312,4 @@ async def _follow(client: httpx.AsyncClient, report: FailoverReport, limit_s: fl
             return
         if pending:  # polled, as wait_for does: the jobs are other processes' work
             await asyncio.sleep(0.2)
+    report.all_ended_s = time.monotonic() - report.killed_at
