@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 import uuid
@@ -197,6 +198,7 @@ class FailoverReport:
     recover_s: float = 0.0  # from the SIGKILL until a submission sent after it gets a 202
     all_ended_s: float = 0.0  # from the SIGKILL until every acknowledged job had ended
     killed_at: float = 0.0  # monotonic
+    accept_ms: list[float] = field(default_factory=list)  # each 202's latency, before the kill
     jobs: list[str] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
@@ -210,6 +212,9 @@ class FailoverReport:
             "failover_s": round(self.failover_s, 2),
             "recover_s": round(self.recover_s, 2),
             "all_ended_s": round(self.all_ended_s, 2),
+            "accept_p50_ms": round(statistics.median(self.accept_ms), 2)
+            if self.accept_ms
+            else None,
         }
 
 
@@ -244,7 +249,9 @@ class _Load:
         report.accepted += 1
         report.jobs.append(job_id)
         report.accepted_after += after
-        if self.killed_at is not None and sent_at > self.killed_at and not report.recover_s:
+        if self.killed_at is None:
+            report.accept_ms.append((time.monotonic() - sent_at) * 1000)
+        elif sent_at > self.killed_at and not report.recover_s:
             report.recover_s = time.monotonic() - self.killed_at
 
     async def until(self, condition: Any, limit_s: float, what: str) -> None:
