@@ -11,7 +11,7 @@ import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
-from contract import keys
+from contract import keys, tracing
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
@@ -49,6 +49,7 @@ async def _run(
     outputs: list[str] | None = None,
     request_id: str | None = None,  # the submitting request's, in every log line of the job
     stream_outputs: bool = False,
+    traceparent: str | None = None,  # the request's trace: workers/tracing.py reads it
 ) -> None:
     store: JobStore = ctx["store"]
     job_id: str = ctx["job_id"]
@@ -133,7 +134,8 @@ async def _run(
             blob = outputs_store.chunk_list(streamed)
     ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
-    results = await store.transition(job_id, *steps, model=model, owner=owner)
+    with tracing.span(f"{status.value} event", attributes={"inferhub.job_id": job_id}):
+        results = await store.transition(job_id, *steps, model=model, owner=owner)
     if not results[0][0]:
         return  # canceled while queued: it ran for nothing, and nothing is recorded
     if not announced:
@@ -177,7 +179,10 @@ async def _predict(
         return not cancel
 
     async with asyncio.timeout(model.config.timeout_s):
-        with batcher.expecting():
+        with (
+            batcher.expecting(),
+            tracing.span("predict", attributes={"inferhub.rows": _rows(packed)}),
+        ):
             results = await batcher.run_rows(arrays, progress)
     if results is None:
         return JobStatus.CANCELED, {"reason": "canceled by client", "done": stopped_at}
