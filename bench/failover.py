@@ -62,6 +62,7 @@ async def one_round(folder: Path, wait_replicas: int, args: argparse.Namespace) 
                 url,
                 deployment,
                 submitters=args.submitters,
+                online=args.online,
                 before=args.before,
                 after=args.after,
                 finish_s=args.finish_s,
@@ -76,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="failovers per setting")
     parser.add_argument("--submitters", type=int, default=8)
+    parser.add_argument("--online", type=int, default=0, help="clients of /v2 infer besides")
     parser.add_argument("--before", type=int, default=200, help="jobs accepted before the kill")
     parser.add_argument("--after", type=int, default=200, help="jobs accepted after failover")
     parser.add_argument("--finish-s", type=float, default=90, help="wait for jobs to end")

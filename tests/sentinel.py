@@ -28,6 +28,13 @@ from cli.processes import free_port, stop
 SERVICE = "inferhub"
 TERMINAL = {"succeeded", "failed", "canceled"}
 BODY = {"model": "iris", "data": [[5.1, 3.5, 1.4, 0.2]]}
+ONLINE = "/v2/models/iris/infer"
+ONLINE_BODY = {
+    "inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
+    ],
+    "parameters": {"timeout": 5_000_000},  # µs: a reply lost in the failover costs 5 s, not 30
+}
 
 
 def binary(name: str) -> str:
@@ -199,6 +206,8 @@ class FailoverReport:
     all_ended_s: float = 0.0  # from the SIGKILL until every acknowledged job had ended
     killed_at: float = 0.0  # monotonic
     accept_ms: list[float] = field(default_factory=list)  # each 202's latency, before the kill
+    online: dict[str, int] = field(default_factory=dict)  # online (/v2 infer) outcomes: count
+    online_ok_after: int = 0  # 200s to online requests sent after the failover
     jobs: list[str] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
@@ -212,6 +221,8 @@ class FailoverReport:
             "failover_s": round(self.failover_s, 2),
             "recover_s": round(self.recover_s, 2),
             "all_ended_s": round(self.all_ended_s, 2),
+            "online": dict(self.online),
+            "online_ok_after_failover": self.online_ok_after,
             "accept_p50_ms": round(statistics.median(self.accept_ms), 2)
             if self.accept_ms
             else None,
@@ -244,6 +255,19 @@ class _Load:
                 self.report.refused[outcome] = self.report.refused.get(outcome, 0) + 1
             self.changed.set()
 
+    async def infer_until_stopped(self) -> None:
+        """Online requests (no record: nothing to lose, but a reply can be)."""
+        report = self.report
+        while not self.stopped:
+            after = self.failed_over
+            try:
+                outcome = str((await self.client.post(ONLINE, json=ONLINE_BODY)).status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            report.online[outcome] = report.online.get(outcome, 0) + 1
+            report.online_ok_after += after and outcome == "200"
+            self.changed.set()
+
     def _accepted(self, job_id: str, sent_at: float, after: bool) -> None:
         report = self.report
         report.accepted += 1
@@ -266,18 +290,20 @@ async def failover_run(
     deployment: Deployment,
     *,
     submitters: int = 2,
+    online: int = 1,
     before: int = 30,
     after: int = 30,
     finish_s: float = 60,
     lag_s: float = 0,
 ) -> FailoverReport:
-    """Submit jobs; SIGKILL the master once ``before`` are accepted (the replicas frozen for
-    ``lag_s`` before); go on until ``after`` submissions sent after the failover are
-    accepted; then follow every acknowledged job."""
+    """Submit jobs (and ``online`` requests); SIGKILL the master once ``before`` are accepted
+    (the replicas cut off for ``lag_s`` before); go on until ``after`` submissions sent after
+    the failover are accepted; then follow every acknowledged job."""
     report = FailoverReport()
     async with httpx.AsyncClient(base_url=hub_url, timeout=30) as client:
         load = _Load(client, report)
         tasks = [asyncio.create_task(load.submit_until_stopped()) for _ in range(submitters)]
+        tasks += [asyncio.create_task(load.infer_until_stopped()) for _ in range(online)]
         try:
             await load.until(lambda: report.accepted >= before, 60, "jobs before the kill")
             old, report.killed_at = await asyncio.to_thread(deployment.kill_master, lag_s)
@@ -285,7 +311,11 @@ async def failover_run(
             await asyncio.to_thread(deployment.wait_failover, old)
             report.failover_s = time.monotonic() - load.killed_at
             load.failed_over = True
-            await load.until(lambda: report.accepted_after >= after, 60, "jobs after it")
+            await load.until(
+                lambda: report.accepted_after >= after and report.online_ok_after >= min(online, 1),
+                60,
+                "jobs and an online request after it",
+            )
         finally:
             load.stopped = True
             await asyncio.gather(*tasks)

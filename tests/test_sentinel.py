@@ -99,5 +99,6 @@ def test_with_wait_a_failover_under_load_loses_no_acknowledged_job(
     assert report.accepted_after >= 30  # accepted after the failover, on the new master
     assert report.lost == []  # every 202 names a job that exists...
     assert report.unfinished == []  # ...and ended
+    assert report.online_ok_after > 0  # the online lane answers again too
     for proc in stack.processes:
         proc.check_alive()  # the hub and the worker followed the failover by themselves
