@@ -20,6 +20,7 @@ from contract.tensors import pack_tensor, unpack_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
+from workers.stats import counted
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ async def _run(
     job_id: str = ctx["job_id"]
     attempt: int = ctx["job_try"]
     stats: dict[str, Any] = ctx["stats"]
-    served = ctx["models"][model]
-    batcher = ctx["batchers"][model, version]
     started = Step(
         EventType.STARTED,
         _RUNNABLE,
@@ -64,6 +63,14 @@ async def _run(
         data={"attempt": attempt, "worker": ctx["worker_id"]},
         guard=("attempt", attempt),
     )
+    try:
+        served = ctx["models"][model]
+        batcher = ctx["batchers"][model, version]
+    except KeyError:  # unloaded while the job was queued (workers/serving.py)
+        error = f"model '{model}' version {version} is not served any more (unloaded)"
+        failed = Step(EventType.FAILED, (JobStatus.STARTED,), JobStatus.FAILED, {"error": error})
+        await store.transition(job_id, started, failed, model=model, owner=owner)
+        return
 
     def log_started() -> None:
         JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
@@ -102,7 +109,9 @@ async def _run(
 
     stats["running"] += 1
     chunks = chunk_step if stream_outputs else None
-    work = asyncio.ensure_future(_predict(served, batcher, inputs, outputs, emit, chunks))
+    work = asyncio.ensure_future(
+        counted(batcher.counts, _predict(served, batcher, inputs, outputs, emit, chunks), _ok)
+    )
     try:
         if not announced:
             await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
@@ -144,6 +153,11 @@ async def _run(
     stats.setdefault("batchers", ctx["batchers"])
     detail = {"error": data["error"]} if "error" in data else {}
     JOBS.info("job %s", status.value, extra={"event": status.value, "model": model, **detail})
+
+
+def _ok(result: tuple[JobStatus, dict[str, Any]]) -> bool | None:
+    """A job's verdict for the statistics: a canceled one is neither a success nor a failure."""
+    return None if result[0] is JobStatus.CANCELED else result[0] is JobStatus.SUCCEEDED
 
 
 def _rows(packed: list[dict[str, Any]]) -> int:
