@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import redis
+from helpers import wait_for
 
 from cli.processes import free_port, stop
 
@@ -42,16 +43,6 @@ def binary(name: str) -> str:
     if found is None:
         raise RuntimeError(f"no {name} on PATH: apt-get install redis-server redis-sentinel")
     return found
-
-
-def wait_until(condition: Any, limit_s: float, what: str, every: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``limit_s``."""
-    deadline = time.monotonic() + limit_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {limit_s} s waiting for {what}")
-        time.sleep(every)
-    return value
 
 
 def _answers(port: int, check: str = "PING") -> Any:
@@ -119,8 +110,8 @@ class Deployment:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         try:
-            wait_until(lambda: proc.poll() is not None or _answers(port), 10, f"{command[0]}")
-        except TimeoutError:
+            wait_for(lambda: proc.poll() is not None or _answers(port), timeout=10, what=command[0])
+        except AssertionError:
             stop([proc])
             raise
         if proc.poll() is not None:
@@ -145,9 +136,11 @@ class Deployment:
 
         for port in self.servers:
             if port != self.first_master:
-                wait_until(lambda p=port: synced(p), 30, f"replica {port} to sync")
+                wait_for(lambda p=port: synced(p), timeout=30, what=f"replica {port} to sync")
         for port in self.sentinels:
-            wait_until(lambda p=port: watching(p), 30, f"sentinel {port} to see the others")
+            wait_for(
+                lambda p=port: watching(p), timeout=30, what=f"sentinel {port} to see the others"
+            )
 
     def master_port(self) -> int | None:
         """The master's port as the sentinels agree on it (None while they disagree)."""
@@ -180,10 +173,10 @@ class Deployment:
 
     def wait_failover(self, old_port: int, limit_s: float = 30) -> int:
         """Until the sentinels agree on a new master that says it is one; its port."""
-        new: int = wait_until(
+        new: int = wait_for(
             lambda: (port := self.master_port()) not in (None, old_port) and port,
-            limit_s,
-            "the sentinels to promote a replica",
+            timeout=limit_s,
+            what="the sentinels to promote a replica",
         )
         return new
 
