@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
+from redis.exceptions import RedisError
 
+from contract import inputs as inputs_store
+from contract import keys
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
@@ -148,11 +151,12 @@ class JobService:
         }
         if webhook is not None:
             record.update(webhook_record.fields(webhook))
+        packed, apart = inputs_store.pack(arrays)  # large inputs go beside the arq job
         job_kwargs = {
             "model": model["name"],
             "version": version,
             "owner": owner,
-            "inputs": [pack_tensor(n, a) for n, a in arrays.items()],
+            "inputs": packed,
             "outputs": outputs,
             "request_id": record["request_id"],
         }
@@ -163,6 +167,7 @@ class JobService:
             created, existing = await self._create(
                 record,
                 job_kwargs,
+                apart,
                 pool=model["pool"],
                 idempotency=(owner, idempotency[0]) if idempotency else None,
                 priority=priority,
@@ -246,21 +251,33 @@ class JobService:
             )
 
     async def _create(
-        self, record: dict[str, Any], job_kwargs: dict[str, Any], **options: Any
+        self,
+        record: dict[str, Any],
+        job_kwargs: dict[str, Any],
+        apart: Sequence[memoryview],
+        **options: Any,
     ) -> tuple[Created, str]:
         self.observer.job_creating(record)
         created = Created.FULL
         try:
+            # written first, and removed again unless the job is created
+            stored = await inputs_store.store(
+                self.store.redis, record["id"], apart, self.store.limits.ttl_s
+            )
             created, existing = await self.store.create(
                 record,
                 job_kwargs,
                 max_queued=self.max_queued,
                 max_queued_per_owner=self.max_queued_per_tenant,
                 max_stored_per_owner=self.max_stored_per_tenant,
+                inputs_bytes=stored,
                 **options,
             )
         finally:
             self.observer.job_created(record, created is Created.CREATED)
+            if apart and created is not Created.CREATED:
+                with contextlib.suppress(RedisError):
+                    await self.store.redis.delete(keys.job_inputs(record["id"]))
         if created is Created.CREATED:
             note_job(record["id"])
             JOBS.info(

@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
-from helpers import ROOT, TestClient
+from arq.constants import job_key_prefix
+from helpers import ROOT, TestClient, wait_for
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
 from stack import Stack, Worker
@@ -24,6 +25,7 @@ from contract import keys
 WAIT = {"Prefer": "wait=30"}
 NPY = {"Content-Type": "application/x-npy", **WAIT}
 NPZ = {"Content-Type": "application/x-npz", **WAIT}
+NPY_ONLY = {"Content-Type": "application/x-npy"}
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -174,11 +176,56 @@ def test_a_bad_binary_body_is_refused_and_writes_nothing(
     status: int,
     fragment: str,
 ) -> None:
-    before = redis.zcard(keys.JOBS_INDEX)
+    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
     r = client.post("/v1/jobs", params=query, content=body, headers=headers)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]["message"], r.text
-    assert redis.zcard(keys.JOBS_INDEX) == before
+    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+
+
+def stored_inputs(redis: Redis) -> set[bytes]:
+    return set(redis.scan_iter(match=keys.job_inputs("*")))
+
+
+def test_a_large_npy_body_is_stored_as_it_came_beside_a_small_arq_job(
+    client: TestClient, redis: Redis, orphan_model: str
+) -> None:
+    rows = np.random.default_rng(7).random((100_000, 4), dtype=np.float32)  # 1.6 MB
+    r = client.post("/v1/jobs", params={"model": orphan_model}, content=npy(rows), headers=NPY_ONLY)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # the body's array bytes as they came, under the job's TTL; the arq job only refers to them
+    assert redis.get(keys.job_inputs(job_id)) == rows.tobytes()
+    assert 0 < redis.ttl(keys.job_inputs(job_id)) <= redis.ttl(keys.job(job_id))
+    assert redis.strlen(job_key_prefix + job_id) < 4096
+
+
+def test_a_repeated_large_body_leaves_no_inputs_behind(
+    client: TestClient, redis: Redis, orphan_model: str
+) -> None:
+    body = npy(np.ones((100_000, 4), dtype=np.float32))
+    headers = {**NPY_ONLY, "Idempotency-Key": "large-once"}
+    before = stored_inputs(redis)
+    first = client.post("/v1/jobs", params={"model": orphan_model}, content=body, headers=headers)
+    again = client.post("/v1/jobs", params={"model": orphan_model}, content=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert stored_inputs(redis) - before == {keys.job_inputs(first.json()["id"]).encode()}
+
+
+def test_a_large_npy_job_runs_from_its_stored_bytes_which_then_go(
+    client: TestClient, redis: Redis
+) -> None:
+    rows = np.tile(load_digits().data.astype(np.float32), (12, 1))  # 21,564 rows, 5.5 MB
+    r = client.post("/v1/jobs", params={"model": "digits"}, content=npy(rows), headers=NPY)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    label, probabilities = onnxruntime("digits", {"input": rows})
+    got = client.get(job["urls"]["outputs"], params={"format": "npz"})
+    with np.load(io.BytesIO(got.content)) as archive:
+        assert np.array_equal(archive["label"], label)
+        assert np.allclose(archive["probabilities"], probabilities)
+    wait_for(lambda: not redis.exists(keys.job_inputs(job["id"])), what="the inputs deleted")
 
 
 def test_an_npz_that_would_inflate_past_the_body_limit(small_body_client: TestClient) -> None:

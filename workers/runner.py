@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
+from contract import inputs as inputs_store
 from contract import keys
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
@@ -33,6 +34,8 @@ async def run_job(ctx: dict[str, Any], **job: Any) -> None:
     try:
         with bound(request_id=job.get("request_id"), job_id=ctx["job_id"]):
             await _run(ctx, **job)
+            if inputs_store.has_apart(job["inputs"]):  # ended: they are not read again
+                await ctx["store"].redis.delete(keys.job_inputs(ctx["job_id"]))
     except RedisError as exc:
         # the record still says queued or started, and the guarded events will not repeat
         log.warning("job %s: redis unavailable (%s); it will run again", ctx["job_id"], exc)
@@ -101,7 +104,11 @@ async def _run(
 
     stats["running"] += 1
     chunks = chunk_step if stream_outputs else None
-    work = asyncio.ensure_future(_predict(served, batcher, inputs, outputs, emit, chunks))
+
+    def resolve() -> Awaitable[list[dict[str, Any]]]:  # large inputs are read in the work
+        return inputs_store.resolve(store.redis, job_id, inputs)
+
+    work = asyncio.ensure_future(_predict(served, batcher, resolve, outputs, emit, chunks))
     try:
         if not announced:
             await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
@@ -152,14 +159,14 @@ def _rows(packed: list[dict[str, Any]]) -> int:
 async def _predict(
     model: Model,
     batcher: Batcher,
-    packed: list[dict[str, Any]],
+    resolve: Callable[[], Awaitable[list[dict[str, Any]]]],
     wanted: list[str] | None,
     emit: Any,
     chunk_step: Callable[[int, int, dict[str, Any]], Step] | None = None,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress (and, with
     ``chunk_step``, each chunk's outputs) and honouring cancel."""
-    arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in packed}
+    arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in await resolve()}
     stopped_at = 0
 
     async def progress(done: int, total: int, chunk: dict[str, Any]) -> bool:

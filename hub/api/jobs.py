@@ -104,23 +104,28 @@ async def submit(
     binary: Annotated[BinaryQuery, Depends()] = BINARY_DEFAULTS,
 ) -> dict[str, Any]:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
-    raw = await request.body()
-    heavy = len(raw) > OFF_LOOP_BYTES
     content_type = request.headers.get("content-type")
     header_length = request.headers.get(codec.HEADER_LENGTH)
     if bodies.is_binary(content_type, header_length):
+        data = await bodies.read(request)  # the one copy of it the hub holds
+        heavy = len(data) > OFF_LOOP_BYTES
         form = await decode_body(
-            heavy, bodies.parse, content_type, header_length, raw, settings.max_body_bytes
+            heavy, bodies.parse, content_type, header_length, data, settings.max_body_bytes
         )
         model, version = await service.catalogue.model(binary.require_model(), binary.version)
         signature = model["versions"][version]["inputs"]
         names = {spec["name"]: spec for spec in signature}
         arrays = bodies.name_inputs(form, names, model["name"], binary.input)
         outputs, priority = binary.wanted() or form.outputs, binary.priority
-        parameters, fingerprint = form.parameters or None, f"{form.fingerprint}:{binary}"
+        parameters = form.parameters or None
+        fingerprint = ""
+        if idempotency_key:
+            fingerprint = f"{await decode_body(heavy, bodies.fingerprint, data)}:{binary}"
         webhook = None  # a binary body has no room for one: submit it as JSON
         stream_outputs = binary.stream_outputs
     else:
+        raw = await request.body()
+        heavy = len(raw) > OFF_LOOP_BYTES
         body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
         model, version = await service.catalogue.model(body.model, body.version)
         arrays = await decode_body(heavy, decode_inputs, model, version, body)
