@@ -11,7 +11,7 @@ times in the hub (decoded, packed, msgpack'd into the arq job, sent) and twice i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,43 +30,61 @@ class InputsExpired(LookupError):
     """A job's inputs stored apart are gone (past its TTL): it cannot run."""
 
 
-def pack(arrays: Mapping[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[memoryview]]:
-    """The job's packed inputs, the large ones as references, and the bytes those refer to
-    (views of the arrays' own memory when it is contiguous and little-endian, as a body's is)."""
+# the bytes of an input stored apart: in memory, or still arriving (in slices)
+Source = memoryview | AsyncIterable[memoryview]
+
+
+def pack(
+    arrays: Mapping[str, np.ndarray], incoming: Mapping[str, AsyncIterable[memoryview]]
+) -> tuple[list[dict[str, Any]], list[Source]]:
+    """The job's packed inputs, the large ones as references, and the bytes those refer to:
+    views of the arrays' own memory (when contiguous and little-endian, as a body's is), or
+    for an input in ``incoming`` (whose array is a placeholder) its bytes as they arrive."""
     packed: list[dict[str, Any]] = []
-    apart: list[memoryview] = []
+    apart: list[Source] = []
     offset = 0
     for name, array in arrays.items():
         datatype = datatype_of(array)
-        if datatype == "BYTES" or array.nbytes < APART_BYTES:
+        source: Source | None = incoming.get(name)
+        if source is None and (datatype == "BYTES" or array.nbytes < APART_BYTES):
             packed.append(pack_tensor(name, array))
             continue
-        data = np.ascontiguousarray(array, dtype=DTYPES[datatype]).data.cast("B")
+        if source is None:
+            source = np.ascontiguousarray(array, dtype=DTYPES[datatype]).data.cast("B")
         packed.append(
             {
                 "name": name,
                 "datatype": datatype,
                 "shape": list(array.shape),
-                "apart": [offset, data.nbytes],
+                "apart": [offset, array.nbytes],
             }
         )
-        apart.append(data)
-        offset += data.nbytes
+        apart.append(source)
+        offset += array.nbytes
     return packed, apart
 
 
-async def store(redis: Redis, job_id: str, apart: Sequence[memoryview], ttl_s: int) -> int:
-    """Write the bytes ``pack`` set apart under the job's inputs key, in slices; their size."""
+async def store(redis: Redis, job_id: str, apart: Sequence[Source], ttl_s: int) -> int:
+    """Write the bytes ``pack`` set apart under the job's inputs key, in slices; their size.
+    A source still arriving may raise (a body cut short): the caller removes the key."""
     key, written = keys.job_inputs(job_id), 0
-    for data in apart:
-        for start in range(0, data.nbytes, SLICE_BYTES):
-            piece = data[start : start + SLICE_BYTES]
+    for source in apart:
+        async for piece in _slices(source):
             if written:
                 await redis.append(key, piece)
             else:
                 await redis.set(key, piece, ex=ttl_s)
             written += piece.nbytes
     return written
+
+
+async def _slices(source: Source) -> AsyncIterator[memoryview]:
+    if isinstance(source, memoryview):
+        for start in range(0, source.nbytes, SLICE_BYTES):
+            yield source[start : start + SLICE_BYTES]
+    else:
+        async for piece in source:
+            yield piece
 
 
 def has_apart(packed: Sequence[Mapping[str, Any]]) -> bool:

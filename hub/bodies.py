@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import zipfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,15 +31,9 @@ import numpy as np
 from starlette.requests import Request
 
 from contract.errors import InvalidInput, MalformedRequest, TooLarge
+from hub import npybody
+from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.v2 import codec
-
-HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
-
-# an .npy header is at most this long here (numpy writes ~128 bytes; its reader's bound is 10 KB)
-HEADER_PEEK = 64 * 1024
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
@@ -47,13 +41,31 @@ NPZ = "application/x-npz"
 
 @dataclass
 class BinaryJob:
-    arrays: dict[str, np.ndarray]  # an .npy's one array is named "" until the model names it
+    # an .npy's one array is named "" until the model names it; one still arriving (``incoming``)
+    # is a placeholder of its shape and dtype
+    arrays: dict[str, np.ndarray]
     outputs: list[str] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    incoming: dict[str, AsyncIterator[memoryview]] = field(default_factory=dict)
+    body: bytearray | None = None  # the whole body, when it was read whole
 
 
 def is_binary(content_type: str | None, header_length: str | None) -> bool:
     return header_length is not None or _media(content_type) in (NPY, NPZ)
+
+
+async def receive(request: Request, max_bytes: int, *, whole: bool = False) -> BinaryJob:
+    """The arrays and options of a binary body; a 400 or 413 that says what is wrong. An
+    ``.npy``'s data is left to come (``incoming``) unless ``whole`` is asked."""
+    content_type = request.headers.get("content-type")
+    header_length = request.headers.get(codec.HEADER_LENGTH)
+    if header_length is None and _media(content_type) == NPY and not whole:
+        return await _npy_as_it_comes(request)
+    body = await read(request)
+    heavy = len(body) > OFF_LOOP_BYTES
+    job = await decode_body(heavy, _parse, content_type, header_length, body, max_bytes)
+    job.body = body
+    return job
 
 
 async def read(request: Request) -> bytearray:
@@ -77,26 +89,13 @@ def fingerprint(body: bytearray) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
 
 
-def parse(
-    content_type: str | None, header_length: str | None, body: bytearray, max_bytes: int
-) -> BinaryJob:
-    """The arrays and options of a binary body; a 400 or 413 that says what is wrong."""
-    if header_length is not None:
-        parsed = codec.parse_request(bytes(body), header_length)
-        outputs = [o.name for o in parsed.outputs] if parsed.outputs else None
-        return BinaryJob(parsed.arrays, outputs, parsed.parameters)
-    if _media(content_type) == NPY:
-        return BinaryJob({"": _npy_view(body)})
-    return BinaryJob(_npz(body, max_bytes))
-
-
 def name_inputs(
     job: BinaryJob, signature: dict[str, Any], model: str, input_name: str | None
-) -> dict[str, np.ndarray]:
-    """The arrays under the model's input names: an .npy's one array goes to ``input_name``,
-    or to the model's only input."""
+) -> tuple[dict[str, np.ndarray], dict[str, AsyncIterator[memoryview]]]:
+    """The arrays (and those still arriving) under the model's input names: an .npy's one
+    array goes to ``input_name``, or to the model's only input."""
     if "" not in job.arrays:
-        return job.arrays
+        return job.arrays, job.incoming
     if input_name is None:
         if len(signature) != 1:
             raise InvalidInput(
@@ -104,69 +103,42 @@ def name_inputs(
                 "name the one this .npy is with ?input=, or send an .npz of them all"
             )
         (input_name,) = signature
-    return {input_name: job.arrays[""]}
+    incoming = {input_name: job.incoming[""]} if job.incoming else {}
+    return {input_name: job.arrays[""]}, incoming
+
+
+async def _npy_as_it_comes(request: Request) -> BinaryJob:
+    where = "the body"
+    pieces = request.stream().__aiter__()
+    head = await npybody.take_header(pieces)
+    header = npybody.read_header(head, where)
+    first = head[header.length :]
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():  # a body of the wrong length is refused before anything is stored
+        npybody.check_size(header, int(declared) - header.length, where, exact=True)
+    if not header.streamable:  # Fortran order, big-endian: converted, so read whole first
+        async for piece in pieces:
+            head += piece
+        return BinaryJob({"": npybody.view(head, where)}, body=head)
+    return BinaryJob(
+        {"": header.placeholder()}, incoming={"": npybody.data(header, first, pieces, where)}
+    )
+
+
+def _parse(
+    content_type: str | None, header_length: str | None, body: bytearray, max_bytes: int
+) -> BinaryJob:
+    if header_length is not None:
+        parsed = codec.parse_request(bytes(body), header_length)
+        outputs = [o.name for o in parsed.outputs] if parsed.outputs else None
+        return BinaryJob(parsed.arrays, outputs, parsed.parameters)
+    if _media(content_type) == NPY:
+        return BinaryJob({"": npybody.view(body, "the body")})
+    return BinaryJob(_npz(body, max_bytes))
 
 
 def _media(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
-
-
-def _npy_view(body: bytearray) -> np.ndarray:
-    """The .npy body's array, a view of the body itself once its header is checked."""
-    stream = io.BytesIO(bytes(memoryview(body)[:HEADER_PEEK]))
-    shape, fortran, dtype = _header(stream, "the body")
-    start = stream.tell()
-    if _check_size(shape, dtype, len(body) - start, "the body") < len(body) - start:
-        raise MalformedRequest("the body holds bytes past its array", "malformed_npy")
-    array = np.frombuffer(body, dtype=dtype, offset=start, count=math.prod(shape))
-    return _shaped(array, shape, fortran)
-
-
-def _npy(stream: Any, available: int, where: str) -> np.ndarray:
-    shape, fortran, dtype = _header(stream, where)
-    size = _check_size(shape, dtype, available, where)
-    data = stream.read(size)
-    if len(data) != size:
-        raise _short(shape, dtype, size, where)
-    if stream.read(1):
-        raise MalformedRequest(f"{where} holds bytes past its array", "malformed_npy")
-    return _shaped(np.frombuffer(data, dtype=dtype), shape, fortran)
-
-
-def _header(stream: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version not in HEADER_READERS:
-            raise ValueError(f"format version {version} is not 1.0 or 2.0")
-        shape, fortran, dtype = HEADER_READERS[version](stream)
-    except ValueError as exc:
-        raise MalformedRequest(f"{where} is not an .npy array: {exc}", "malformed_npy") from None
-    if dtype.hasobject:
-        raise InvalidInput(
-            f"{where} holds Python objects, which .npy stores pickled: send BYTES in JSON or "
-            "the V2 binary form",
-            "malformed_npy",
-        )
-    return shape, fortran, dtype
-
-
-def _check_size(shape: tuple[int, ...], dtype: np.dtype[Any], available: int, where: str) -> int:
-    """The array's size in bytes, which ``available`` bytes must hold."""
-    size = math.prod(shape) * dtype.itemsize
-    if size > available:
-        raise _short(shape, dtype, size, where)
-    return size
-
-
-def _short(shape: tuple[int, ...], dtype: np.dtype[Any], size: int, where: str) -> MalformedRequest:
-    return MalformedRequest(
-        f"{where} declares {shape} {dtype} ({size:,} bytes) but holds fewer", "malformed_npy"
-    )
-
-
-def _shaped(flat: np.ndarray, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
-    array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
-    return array.astype(array.dtype.newbyteorder("<"), copy=False)
 
 
 def _npz(body: bytearray, max_bytes: int) -> dict[str, np.ndarray]:
@@ -191,9 +163,10 @@ def _npz(body: bytearray, max_bytes: int) -> dict[str, np.ndarray]:
                 )
             try:
                 with archive.open(member) as stream:
-                    arrays[member.filename.removesuffix(".npy")] = _npy(
-                        stream, member.file_size, f"the .npz member {member.filename!r}"
-                    )
+                    data = stream.read(member.file_size + 1)  # one more: a longer one is refused
+                arrays[member.filename.removesuffix(".npy")] = npybody.view(
+                    data, f"the .npz member {member.filename!r}"
+                )
             except (zipfile.BadZipFile, OSError) as exc:  # a bad CRC, a cut archive
                 raise MalformedRequest(
                     f"the .npz archive is damaged: {exc}", "malformed_npz"

@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,12 +121,15 @@ class JobService:
         parameters: dict[str, Any] | None = None,
         webhook: Webhook | None = None,
         stream_outputs: bool = False,
+        incoming: Mapping[str, AsyncIterable[memoryview]] | None = None,
         idempotency: tuple[str, str] | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[PendingJob]:
         """Queue a job, and follow its events while the block runs (subscribed before the job
         exists, so that none is missed). ``idempotency`` is (key, fingerprint); ``request_id``
-        (by default the current request's) goes with the job to the worker's log lines."""
+        (by default the current request's) goes with the job to the worker's log lines.
+        ``incoming``: the bytes of inputs still arriving (their ``arrays`` are placeholders),
+        stored as they come."""
         await self._admit(model, version, arrays, outputs, owner)
         if webhook is not None:
             await self.webhooks.check(webhook.url, owner)
@@ -151,7 +154,9 @@ class JobService:
         }
         if webhook is not None:
             record.update(webhook_record.fields(webhook))
-        packed, apart = inputs_store.pack(arrays)  # large inputs go beside the arq job
+        packed, apart = inputs_store.pack(
+            arrays, incoming or {}
+        )  # large inputs go beside the arq job
         job_kwargs = {
             "model": model["name"],
             "version": version,
@@ -254,7 +259,7 @@ class JobService:
         self,
         record: dict[str, Any],
         job_kwargs: dict[str, Any],
-        apart: Sequence[memoryview],
+        apart: Sequence[inputs_store.Source],
         **options: Any,
     ) -> tuple[Created, str]:
         self.observer.job_creating(record)

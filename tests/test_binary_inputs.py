@@ -183,15 +183,22 @@ def test_a_bad_binary_body_is_refused_and_writes_nothing(
     assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
 
 
+@pytest.fixture
+def orphan(client: TestClient, orphan_model: str) -> str:
+    """A model no worker serves (its jobs stay queued), once the hub's catalogue has it."""
+    wait_for(lambda: client.get(f"/v1/models/{orphan_model}").status_code == 200, what="orphan")
+    return orphan_model
+
+
 def stored_inputs(redis: Redis) -> set[bytes]:
     return set(redis.scan_iter(match=keys.job_inputs("*")))
 
 
 def test_a_large_npy_body_is_stored_as_it_came_beside_a_small_arq_job(
-    client: TestClient, redis: Redis, orphan_model: str
+    client: TestClient, redis: Redis, orphan: str
 ) -> None:
     rows = np.random.default_rng(7).random((100_000, 4), dtype=np.float32)  # 1.6 MB
-    r = client.post("/v1/jobs", params={"model": orphan_model}, content=npy(rows), headers=NPY_ONLY)
+    r = client.post("/v1/jobs", params={"model": orphan}, content=npy(rows), headers=NPY_ONLY)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     # the body's array bytes as they came, under the job's TTL; the arq job only refers to them
@@ -201,13 +208,13 @@ def test_a_large_npy_body_is_stored_as_it_came_beside_a_small_arq_job(
 
 
 def test_a_repeated_large_body_leaves_no_inputs_behind(
-    client: TestClient, redis: Redis, orphan_model: str
+    client: TestClient, redis: Redis, orphan: str
 ) -> None:
     body = npy(np.ones((100_000, 4), dtype=np.float32))
     headers = {**NPY_ONLY, "Idempotency-Key": "large-once"}
     before = stored_inputs(redis)
-    first = client.post("/v1/jobs", params={"model": orphan_model}, content=body, headers=headers)
-    again = client.post("/v1/jobs", params={"model": orphan_model}, content=body, headers=headers)
+    first = client.post("/v1/jobs", params={"model": orphan}, content=body, headers=headers)
+    again = client.post("/v1/jobs", params={"model": orphan}, content=body, headers=headers)
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     assert stored_inputs(redis) - before == {keys.job_inputs(first.json()["id"]).encode()}
@@ -235,3 +242,37 @@ def test_an_npz_that_would_inflate_past_the_body_limit(small_body_client: TestCl
     assert r.status_code == 413 and "once inflated" in r.json()["error"]["message"]
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     assert names == ["input.npy"]
+
+
+def chunked(body: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
+    """The body in pieces, sent without a Content-Length: its length shows only at its end."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+@pytest.mark.parametrize(
+    ("cut", "fragment"),
+    [(-7, "holds fewer"), (+5, "past its array")],
+    ids=["short", "long"],
+)
+def test_a_large_npy_body_whose_length_shows_wrong_at_its_end_leaves_nothing(
+    client: TestClient, redis: Redis, cut: int, fragment: str
+) -> None:
+    body = npy(np.zeros((40_000, 64), np.float32))  # 10 MB: several slices stored before the end
+    body = body[:cut] if cut < 0 else body + b"x" * cut
+    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    r = client.post("/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]["message"]
+    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+
+
+@pytest.mark.parametrize("layout", ["big-endian", "fortran"])
+def test_an_npy_body_in_another_layout_is_converted(client: TestClient, layout: str) -> None:
+    rows = load_digits().data[:3000].astype(np.float32)
+    sent = rows.astype(">f4") if layout == "big-endian" else np.asfortranarray(rows)
+    r = client.post("/v1/jobs", params={"model": "digits"}, content=npy(sent), headers=NPY)
+    assert r.status_code == 200, r.text
+    label, _ = onnxruntime("digits", {"input": rows})
+    got = client.get(r.json()["urls"]["outputs"], params={"format": "npy", "output": "label"})
+    assert np.array_equal(np.load(io.BytesIO(got.content)), label)
