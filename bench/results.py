@@ -25,7 +25,13 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.load import Stack, make_repo, onnxruntime_rows_per_s, sample_rows  # noqa: E402
+from bench.load import (  # noqa: E402
+    Stack,
+    cpu_seconds,
+    make_repo,
+    onnxruntime_rows_per_s,
+    sample_rows,
+)
 from contract import keys  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
@@ -55,14 +61,18 @@ def submit_and_wait(http: httpx.Client, model: str, rows: np.ndarray) -> dict[st
     return {**job, "_clock": (began, answered, ended)}
 
 
-def bulk(http: httpx.Client, repo: Path, rows_n: int) -> dict[str, Any]:
+def bulk(http: httpx.Client, repo: Path, rows_n: int, pids: dict[str, list[int]]) -> dict[str, Any]:
     model = load_repository(repo).models["heavy"]
     version = model.versions[model.latest]
     rows = sample_rows("heavy", version.inputs[0], rows_n)
     batch = model.config.max_batch_size
     threads = model.config.onnxruntime.intra_op_num_threads
-    # the ceiling measured on each side of the job: the machine's speed drifts
+    # the ceiling measured on each side of the job (the machine's speed drifts), and the CPU
+    # time each process spends on the job: on a loaded machine a steadier figure than wall time
+    cpu = time.process_time()
     ceiling = onnxruntime_rows_per_s(version.path, rows[:batch], threads)
+    model_cpu_per_row = (time.process_time() - cpu) / (2.0 * ceiling)  # it ran ~2 s
+    before = {name: cpu_seconds(ids[0]) for name, ids in pids.items()}
     started = time.perf_counter()
     job = submit_and_wait(http, "heavy", rows)
     fetching = time.time()
@@ -70,6 +80,7 @@ def bulk(http: httpx.Client, repo: Path, rows_n: int) -> dict[str, Any]:
     y = np.load(io.BytesIO(fetched.content))
     wall = time.perf_counter() - started
     fetched_at = time.time()
+    spent = {name: round(cpu_seconds(ids[0]) - before[name], 2) for name, ids in pids.items()}
     ceiling = (ceiling + onnxruntime_rows_per_s(version.path, rows[:batch], threads)) / 2
     assert y.shape == (rows_n, 1024)
     running = job["finished_at"] - job["started_at"]
@@ -91,6 +102,7 @@ def bulk(http: httpx.Client, repo: Path, rows_n: int) -> dict[str, Any]:
             "fetch": round(fetched_at - fetching, 3),
             "model_alone": round(rows_n / ceiling, 3),
         },
+        "cpu_s": {**spent, "model_alone": round(rows_n * model_cpu_per_row, 2)},
     }
 
 
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             client = redis.Redis.from_url(stack.redis_url)
             with httpx.Client(base_url=stack.urls[0], timeout=600) as http:
                 parts = {
-                    "bulk": lambda: bulk(http, repo, args.bulk_rows),
+                    "bulk": lambda: bulk(http, repo, args.bulk_rows, stack.pids()),
                     "stored": lambda: stored(http, client, repo, args.stored_rows),
                     "listing": lambda: listing(http, repo, 3, args.listed_rows),
                 }
