@@ -249,7 +249,9 @@ class _Methods(ABC, Generic[D, L, S]):
     ) -> D:
         """Queue a job; with ``wait`` the hub answers when it is done (or after ``wait`` s).
         ``stream_outputs``: an ``output`` event per chunk of rows as it is done."""
-        call = _submit(model, data, inputs, outputs, priority, wait, idempotency_key, stream_outputs)
+        call = _submit(
+            model, data, inputs, outputs, priority, wait, idempotency_key, stream_outputs
+        )
         return self._send(call)
 
     def job(self, job_id: str) -> D:
