@@ -17,7 +17,7 @@ from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
 from contract.logs import JOBS, bound
-from contract.tensors import pack_tensor, unpack_tensor
+from contract.tensors import unpack_tensor, view_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
@@ -81,7 +81,7 @@ async def _run(
 
     def chunk_step(start: int, end: int, chunk: dict[str, Any]) -> Step:
         names = outputs or batcher.output_names
-        packed = [pack_tensor(n, chunk[n]) for n in names]
+        packed = [view_tensor(n, chunk[n]) for n in names]
         blob = outputs_store.stored(packed)
         streamed.append((start, end))
         return Step(
@@ -189,7 +189,7 @@ async def _predict(
     if results is None:
         return JobStatus.CANCELED, {"reason": "canceled by client", "done": stopped_at}
     names = wanted or batcher.output_names
-    return JobStatus.SUCCEEDED, {"outputs": [pack_tensor(n, results[n]) for n in names]}
+    return JobStatus.SUCCEEDED, {"outputs": [view_tensor(n, results[n]) for n in names]}
 
 
 def text_for_onnxruntime(array: np.ndarray) -> np.ndarray:
