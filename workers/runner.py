@@ -167,10 +167,20 @@ async def _predict(
     """Run the rows in chunks of ``max_batch_size``, reporting progress (and, with
     ``chunk_step``, each chunk's outputs) and honouring cancel."""
     arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in await resolve()}
-    stopped_at = 0
+    stopped_at, canceled = 0, False
+    pending: asyncio.Future[None] | None = None  # the last chunk's events, on their way
+
+    async def report(
+        done: int, steps: tuple[Step, ...], after: asyncio.Future[None] | None
+    ) -> None:
+        nonlocal stopped_at, canceled
+        if after is not None:
+            await after  # in order
+        _, cancel = await emit(*steps)
+        stopped_at, canceled = done, canceled or cancel
 
     async def progress(done: int, total: int, chunk: dict[str, Any]) -> bool:
-        nonlocal stopped_at
+        nonlocal pending
         step = Step(
             EventType.PROGRESS,
             (JobStatus.STARTED,),
@@ -179,13 +189,20 @@ async def _predict(
         )
         rows = len(next(iter(chunk.values())))
         more = (chunk_step(done - rows, done, chunk),) if chunk_step else ()
-        _, cancel = await emit(step, *more)
-        stopped_at = done
-        return not cancel
+        # sent while the next chunk runs rather than before it starts; a cancel that an
+        # earlier chunk's answer brought stops the job here
+        pending = asyncio.ensure_future(report(done, (step, *more), pending))
+        return not canceled
 
-    async with asyncio.timeout(model.config.timeout_s):
-        with batcher.expecting():
-            results = await batcher.run_rows(arrays, progress)
+    try:
+        async with asyncio.timeout(model.config.timeout_s):
+            with batcher.expecting():
+                results = await batcher.run_rows(arrays, progress)
+            if pending is not None:
+                await pending  # every chunk's events before the job's last one
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
     if results is None:
         return JobStatus.CANCELED, {"reason": "canceled by client", "done": stopped_at}
     names = wanted or batcher.output_names
