@@ -31,6 +31,7 @@ from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
+from hub.tracing import start as start_tracing
 from hub.v2.routes import router as v2_router
 from hub.webhooks.policy import WebhookPolicy
 from hub.webhooks.sender import Backoff, WebhookSender
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSON,
         dependencies=[Depends(refuse_oversized)],
+        telemetry=start_tracing(),  # a span per request when OTEL_EXPORTER_OTLP_ENDPOINT is set
     )
     app.state.settings = settings
     app.state.streams = streams

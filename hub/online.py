@@ -37,6 +37,7 @@ from contract.jobstore import queue_score
 from contract.online import Answer, BatchArgs, OnlineRequest, Reply, batch_payload
 from contract.wire import loads
 from hub.observer import NOBODY, Observer
+from hub.tracing import carried
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class OnlineLane:
             "inputs": inputs,
             "outputs": outputs,
             "deadline": time.time() + timeout_s,
+            **carried(),  # the request's trace, to the batch
         }
         waiting = _Waiting(request, rows, line, asyncio.get_running_loop().create_future())
         self._rows[pool] += rows

@@ -33,6 +33,7 @@ from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest, Webhook
 from hub.streams import TenantStreams
+from hub.tracing import carried
 from hub.validation import check_arrays, check_outputs, decode_inputs
 from hub.webhooks import record as webhook_record
 from hub.webhooks.policy import WebhookPolicy
@@ -164,6 +165,7 @@ class JobService:
             "inputs": packed,
             "outputs": outputs,
             "request_id": record["request_id"],
+            **carried(**{"inferhub.job_id": job_id}),  # the trace goes with the job
         }
         if stream_outputs:
             job_kwargs["stream_outputs"] = True

@@ -87,7 +87,7 @@ class Attempts:
             log.warning("job %s: no such arq job; dropped", job_id)
             return await self._end(job_id)
         try:
-            name, args, kwargs, _try, _enqueued = deserialize_job_raw(raw, deserializer=loads)
+            name, args, kwargs, _try, enqueued_ms = deserialize_job_raw(raw, deserializer=loads)
         except SerializationError:
             log.exception("job %s: cannot be read; dropped", job_id)
             return await self._end(job_id)
@@ -101,7 +101,7 @@ class Attempts:
         if self.stopping:  # stopped while the job was read
             return await self._requeue(job_id)
 
-        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try}
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueued_ms": enqueued_ms}
         task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
         self._running[job_id] = task
         try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import uvloop
 
+from contract import tracing
 from contract.jobstore import RUN_JOB, JobStore, Limits
 from contract.online import RUN_BATCH
 from contract.settings import Settings
@@ -24,6 +25,7 @@ from workers.online import run_batch
 from workers.reaper import reap_forever
 from workers.repository import load_repository
 from workers.runner import run_job
+from workers.tracing import traced_batch, traced_job
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,11 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
     return WorkerLoop(
         # the model's own timeout fails the job cleanly first; this one is the backstop
         [
-            Function(RUN_JOB, run_job, timeout_s=longest + 10, max_tries=MAX_TRIES),
+            Function(RUN_JOB, traced_job(run_job), timeout_s=longest + 10, max_tries=MAX_TRIES),
             # a batch that kills its worker runs again while its requests' deadlines allow
-            Function(RUN_BATCH, run_batch, timeout_s=longest + 10, max_tries=MAX_TRIES),
+            Function(
+                RUN_BATCH, traced_batch(run_batch), timeout_s=longest + 10, max_tries=MAX_TRIES
+            ),
         ],
         redis_url=settings.redis_url,
         pool=settings.pool,
@@ -105,4 +109,5 @@ def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT or SIGTERM."""
     # uvloop (a dependency of uvicorn[standard]) cuts the event loop's cost per Redis round trip
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    tracing.setup("inferhub-worker")  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     serve_until_signalled(worker_loop(settings, new_worker_id()))

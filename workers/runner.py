@@ -12,7 +12,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from contract import inputs as inputs_store
-from contract import keys
+from contract import keys, tracing
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
@@ -52,6 +52,7 @@ async def _run(
     outputs: list[str] | None = None,
     request_id: str | None = None,  # the submitting request's, in every log line of the job
     stream_outputs: bool = False,
+    traceparent: str | None = None,  # the request's trace: workers/tracing.py reads it
 ) -> None:
     store: JobStore = ctx["store"]
     job_id: str = ctx["job_id"]
@@ -140,7 +141,8 @@ async def _run(
             blob = outputs_store.chunk_list(streamed)
     ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
-    results = await store.transition(job_id, *steps, model=model, owner=owner)
+    with tracing.span(f"{status.value} event", attributes={"inferhub.job_id": job_id}):
+        results = await store.transition(job_id, *steps, model=model, owner=owner)
     if not results[0][0]:
         return  # canceled while queued: it ran for nothing, and nothing is recorded
     if not announced:
@@ -166,7 +168,8 @@ async def _predict(
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress (and, with
     ``chunk_step``, each chunk's outputs) and honouring cancel."""
-    arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in await resolve()}
+    packed = await resolve()
+    arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in packed}
     stopped_at, canceled = 0, False
     pending: asyncio.Future[None] | None = None  # the last chunk's events, on their way
 
@@ -196,7 +199,10 @@ async def _predict(
 
     try:
         async with asyncio.timeout(model.config.timeout_s):
-            with batcher.expecting():
+            with (
+                batcher.expecting(),
+                tracing.span("predict", attributes={"inferhub.rows": _rows(packed)}),
+            ):
                 results = await batcher.run_rows(arrays, progress)
             if pending is not None:
                 await pending  # every chunk's events before the job's last one
