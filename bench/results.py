@@ -2,9 +2,12 @@
 large job against the packed size of its outputs, and the listing after large jobs.
 
     python bench/results.py                   # 8,192 x 1,024 heavy; 200,000-row digits; listing
+    python bench/results.py --only bulk       # the bulk job alone
 
-It starts its own Redis, hub and worker on 127.0.0.1; bounded in count and time. Prints one
-JSON line.
+The bulk job's figures say where its time goes: the client's clock at the submit's answer and
+at the last event, the record's start and end, the fetch; and the CPU seconds of the hub, the
+worker and Redis beside those of onnxruntime alone for the same rows. It starts its own Redis,
+hub and worker on 127.0.0.1; bounded in count and time. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def bulk(http: httpx.Client, repo: Path, rows_n: int, pids: dict[str, list[int]]
         # where the wall time goes, in seconds: the client's clock and the job's record
         "phases_s": {
             "submit": round(answered - began, 3),
-            "queued": round(job["started_at"] - job["created_at"], 3),
+            "queued": round(job["started_at"] - answered, 3),  # after the 202: inputs stored
             "running": round(running, 3),
             "to_end_event": round(ended - job["finished_at"], 3),
             "fetch": round(fetched_at - fetching, 3),
