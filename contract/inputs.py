@@ -11,11 +11,13 @@ times in the hub (decoded, packed, msgpack'd into the arq job, sent) and twice i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from contract import keys
 from contract.tensors import DTYPES, datatype_of, pack_tensor
@@ -76,6 +78,13 @@ async def store(redis: Redis, job_id: str, apart: Sequence[Source], ttl_s: int) 
                 await redis.set(key, piece, ex=ttl_s)
             written += piece.nbytes
     return written
+
+
+async def remove(redis: Redis, job_id: str) -> None:
+    """Remove what ``store`` wrote for a job that was not created; Redis being away leaves it
+    to the TTL."""
+    with contextlib.suppress(RedisError):
+        await redis.delete(keys.job_inputs(job_id))
 
 
 async def _slices(source: Source) -> AsyncIterator[memoryview]:

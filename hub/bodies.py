@@ -13,9 +13,9 @@ priority on ``/v1``'s scale); a V2 header may name its ``outputs`` and ``paramet
 the body limit as the body declares them, before anything is decoded: a compressed ``.npz``
 cannot inflate past it. Object arrays are refused (they would need pickle).
 
-The body is read into one buffer (``read``), and an ``.npy``'s array is a view of it once its
-header is checked: the hub holds one copy of a bulk body, which goes to
-Redis as it is (contract/inputs.py).
+An ``.npy`` body goes to Redis as it arrives, once its header is checked (hub/npybody.py): the
+hub never holds it whole. The other forms, and an ``.npy`` with an Idempotency-Key (whose
+fingerprint needs it whole), are read into one buffer (``read``) and viewed where they can be.
 """
 
 from __future__ import annotations

@@ -14,10 +14,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Seq
 from typing import Any
 
 import numpy as np
-from redis.exceptions import RedisError
 
 from contract import inputs as inputs_store
-from contract import keys
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
@@ -155,9 +153,8 @@ class JobService:
         }
         if webhook is not None:
             record.update(webhook_record.fields(webhook))
-        packed, apart = inputs_store.pack(
-            arrays, incoming or {}
-        )  # large inputs go beside the arq job
+        # large inputs go beside the arq job, written by _create
+        packed, apart = inputs_store.pack(arrays, incoming or {})
         job_kwargs = {
             "model": model["name"],
             "version": version,
@@ -283,8 +280,7 @@ class JobService:
         finally:
             self.observer.job_created(record, created is Created.CREATED)
             if apart and created is not Created.CREATED:
-                with contextlib.suppress(RedisError):
-                    await self.store.redis.delete(keys.job_inputs(record["id"]))
+                await inputs_store.remove(self.store.redis, record["id"])
         if created is Created.CREATED:
             note_job(record["id"])
             JOBS.info(
