@@ -60,7 +60,7 @@ async def receive(request: Request, max_bytes: int, *, whole: bool = False) -> B
     content_type = request.headers.get("content-type")
     header_length = request.headers.get(codec.HEADER_LENGTH)
     if header_length is None and _media(content_type) == NPY and not whole:
-        return await _npy_as_it_comes(request)
+        return await _npy_as_it_comes(request, max_bytes)
     body = await read(request)
     heavy = len(body) > OFF_LOOP_BYTES
     job = await decode_body(heavy, _parse, content_type, header_length, body, max_bytes)
@@ -107,11 +107,17 @@ def name_inputs(
     return {input_name: job.arrays[""]}, incoming
 
 
-async def _npy_as_it_comes(request: Request) -> BinaryJob:
+async def _npy_as_it_comes(request: Request, max_bytes: int) -> BinaryJob:
     where = "the body"
     pieces = request.stream().__aiter__()
     head = await npybody.take_header(pieces)
     header = npybody.read_header(head, where)
+    if header.length + header.nbytes > max_bytes:  # sent without a Content-Length to say so
+        raise TooLarge(
+            f"the .npy declares {header.nbytes:,} bytes of data, over INFERHUB_MAX_BODY_BYTES "
+            f"({max_bytes:,}); send fewer rows",
+            "body_too_large",
+        )
     first = head[header.length :]
     declared = request.headers.get("content-length", "")
     if declared.isdigit():  # a body of the wrong length is refused before anything is stored

@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -18,7 +19,7 @@ from arq.constants import job_key_prefix
 from helpers import ROOT, TestClient, wait_for
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
-from stack import Stack, Worker
+from stack import Hub, Stack, Worker
 
 from contract import keys
 
@@ -48,6 +49,12 @@ def onnxruntime(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def outputs(job: dict[str, Any]) -> dict[str, np.ndarray]:
     assert job["status"] == "succeeded", job
     return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in job["outputs"]}
+
+
+@pytest.fixture(scope="module")
+def hub(stack: Stack, worker: Worker) -> Hub:
+    """A real hub process, for bodies sent in chunks over HTTP."""
+    return stack.hub("binary")
 
 
 @pytest.fixture(scope="module")
@@ -256,12 +263,16 @@ def chunked(body: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
     ids=["short", "long"],
 )
 def test_a_large_npy_body_whose_length_shows_wrong_at_its_end_leaves_nothing(
-    client: TestClient, redis: Redis, cut: int, fragment: str
+    hub: Hub, redis: Redis, cut: int, fragment: str
 ) -> None:
-    body = npy(np.zeros((40_000, 64), np.float32))  # 10 MB: several slices stored before the end
+    """Sent chunked to a real server (the test client hands the app the whole body at once),
+    several slices are stored before the end shows the body is wrong: they are removed."""
+    body = npy(np.zeros((40_000, 64), np.float32))  # 10 MB
     body = body[:cut] if cut < 0 else body + b"x" * cut
     before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
-    r = client.post("/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY)
+    r = httpx.post(
+        f"{hub.url}/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY
+    )
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]["message"]
     assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
@@ -276,3 +287,19 @@ def test_an_npy_body_in_another_layout_is_converted(client: TestClient, layout: 
     label, _ = onnxruntime("digits", {"input": rows})
     got = client.get(r.json()["urls"]["outputs"], params={"format": "npy", "output": "label"})
     assert np.array_equal(np.load(io.BytesIO(got.content)), label)
+
+
+def test_a_chunked_npy_body_declaring_more_than_the_limit_is_413_before_it_is_stored(
+    stack: Stack, worker: Worker, redis: Redis
+) -> None:
+    """Without a Content-Length, the .npy header's declared size is what is checked (a real
+    server: the test client hands the app the whole body at once)."""
+    hub = stack.hub("limited", max_body_bytes=2**20)
+    body = npy(np.zeros((8192, 64), np.float32))  # 2 MiB, over the 1 MiB limit
+    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    r = httpx.post(
+        f"{hub.url}/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY
+    )
+    assert r.status_code == 413, r.text
+    assert "the .npy declares 2,097,152 bytes" in r.json()["error"]["message"]
+    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
