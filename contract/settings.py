@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
     job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
     heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")
+    repository_poll_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often a worker rescans its model repository for new, changed or "
+        "removed models and versions (Triton's poll mode); 0: only on a load or unload.",
+    )
     poll_delay_s: float = Field(
         1.0, gt=0, description="Safety-net poll of an idle worker; queued jobs wake it at once."
     )

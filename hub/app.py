@@ -32,7 +32,10 @@ from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
 from hub.tracing import start as start_tracing
+from hub.v2 import openapi as v2_openapi
+from hub.v2.repository import router as v2_repository_router
 from hub.v2.routes import router as v2_router
+from hub.v2.stats import router as v2_stats_router
 from hub.webhooks.policy import WebhookPolicy
 from hub.webhooks.sender import Backoff, WebhookSender
 
@@ -129,7 +132,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    # before v2_router, whose /v2/models/{model} and /v2/{path} would take their paths
+    app.include_router(v2_stats_router)
+    app.include_router(v2_repository_router)
     app.include_router(v2_router)
+    v2_openapi.install(app)  # the V2 infer request's schema, read by the route itself
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from contract.jobstore import RUN_JOB
@@ -24,10 +25,11 @@ from workers.attempt import Function
 from workers.heartbeat import beat, heartbeat_forever, leave
 from workers.loop import WorkerLoop, serve_until_signalled
 from workers.reaper import reap_forever
-from workers.repository import Repository
+from workers.serving import Serving
+from workers.stats import Tally
 
 HEARTBEAT_S = 0.2  # a killed worker's heartbeat expires after 3 of these
-NO_MODELS = Repository(models={}, errors=[])
+NO_MODELS = Serving(Path("no-models"), "none", Tally())  # never refreshed: serves nothing
 
 
 def notes(pool: str) -> str:

@@ -895,6 +895,44 @@ async def test_take_token_refills_with_time(r: Redis, k: Keys) -> None:
     assert await TAKE_TOKEN(r, **take) > 0
 
 
+# ---- stats_add: a worker's counts added to a model version's statistics
+
+STATS_ADD = scripts.load("stats_add")
+
+STATS_ROWS = [
+    pytest.param(
+        {},
+        {"last_inference": 5, "deltas": ["success:count", 2, "success:ns", 900]},
+        2,
+        Hash({"last_inference": "5", "success:count": "2", "success:ns": "900"}),
+        id="a new hash",
+    ),
+    pytest.param(
+        {"stats": Hash({"last_inference": "9", "success:count": "3"})},
+        {"last_inference": 7, "deltas": ["success:count", 2, "batch:4:compute_infer:count", 1]},
+        2,
+        Hash({"last_inference": "9", "success:count": "5", "batch:4:compute_infer:count": "1"}),
+        id="summed; an older time is not kept",
+    ),
+    pytest.param(
+        {"stats": Hash({"last_inference": "9"})},
+        {"last_inference": 12, "deltas": []},
+        0,
+        Hash({"last_inference": "12"}),
+        id="no deltas: the time only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "args", "returns", "after"), STATS_ROWS)
+async def test_stats_add(
+    r: Redis, k: Keys, setup: State, args: dict[str, Any], returns: int, after: Hash
+) -> None:
+    await write(r, k, setup)
+    assert await STATS_ADD(r, keys={"stats": k("stats")}, args=args) == returns
+    await check(r, k, {"stats": after})
+
+
 # ---- webhooks: queued by the job scripts (append.lua), claimed and recorded by the hubs
 
 WEBHOOK_CLAIM = scripts.load("webhook_claim")
@@ -1128,7 +1166,7 @@ def test_header_matches_the_positions_the_script_reads(name: str) -> None:
     assert read_keys == set(range(1, len(script.keys) + 1))
     assert read_args == set(range(1, len(named) + 1))
     if len(named) < len(script.args):
-        assert re.findall(r"set_fields\(\w+, (\d+)\)", body) == [str(len(named) + 1)]
+        assert re.findall(r"(?:set|add)_fields\(\w+, (\d+)\)", body) == [str(len(named) + 1)]
     assert scripts.load(name) is script  # loaded once
 
 

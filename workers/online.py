@@ -22,6 +22,7 @@ from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
 from workers.runner import text_for_onnxruntime
+from workers.stats import counted, publish_counted
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,24 @@ async def run_batch(
     batch: str,
     requests: list[OnlineRequest],
 ) -> None:
-    served: Model = ctx["models"][model]
-    batcher: Batcher = ctx["batchers"][model, version]
     stats: dict[str, Any] = ctx["stats"]
+    try:
+        served: Model = ctx["models"][model]
+        batcher: Batcher = ctx["batchers"][model, version]
+    except KeyError:  # unloaded since the hub sent it (workers/serving.py)
+        error = f"model '{model}' version {version} is not served any more (unloaded)"
+        gone: Reply = {
+            "batch": batch,
+            "answers": [{"id": r["id"], "error": error, "status": 503} for r in requests],
+        }
+        await ctx["redis"].publish(reply, dumps(gone))
+        return
     stats["running"] += 1
     try:
         with batcher.expecting(len(requests)):
-            answers = await asyncio.gather(*(_answer(served, batcher, r) for r in requests))
+            answers = await asyncio.gather(
+                *(counted(batcher.counts, _answer(served, batcher, r), _ok) for r in requests)
+            )
     finally:
         stats["running"] -= 1
         stats["done"] += 1
@@ -49,11 +61,16 @@ async def run_batch(
         count_job(stats, model, "failed" if "error" in answer else "succeeded")
     message: Reply = {"batch": batch, "answers": list(answers)}
     try:
-        await ctx["redis"].publish(reply, dumps(message))
+        # with this worker's statistics (workers/stats.py): one round trip still
+        await publish_counted(ctx["redis"], ctx["tally"], reply, dumps(message))
     except RedisError as exc:
         # the answer is lost with the connection: run the batch again while deadlines allow
         log.warning("batch %s: redis unavailable (%s); it will run again", batch, exc)
         raise Retry(defer=0.1) from exc
+
+
+def _ok(answer: Answer) -> bool:
+    return "error" not in answer
 
 
 async def _answer(model: Model, batcher: Batcher, request: OnlineRequest) -> Answer:

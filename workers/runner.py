@@ -21,6 +21,7 @@ from contract.tensors import unpack_tensor, view_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
+from workers.stats import counted
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ async def _run(
     job_id: str = ctx["job_id"]
     attempt: int = ctx["job_try"]
     stats: dict[str, Any] = ctx["stats"]
-    served = ctx["models"][model]
-    batcher = ctx["batchers"][model, version]
     started = Step(
         EventType.STARTED,
         _RUNNABLE,
@@ -67,6 +66,14 @@ async def _run(
         data={"attempt": attempt, "worker": ctx["worker_id"]},
         guard=("attempt", attempt),
     )
+    try:
+        served = ctx["models"][model]
+        batcher = ctx["batchers"][model, version]
+    except KeyError:  # unloaded while the job was queued (workers/serving.py)
+        error = f"model '{model}' version {version} is not served any more (unloaded)"
+        failed = Step(EventType.FAILED, (JobStatus.STARTED,), JobStatus.FAILED, {"error": error})
+        await store.transition(job_id, started, failed, model=model, owner=owner)
+        return
 
     def log_started() -> None:
         JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
@@ -109,7 +116,9 @@ async def _run(
     def resolve() -> Awaitable[list[dict[str, Any]]]:  # large inputs are read in the work
         return inputs_store.resolve(store.redis, job_id, inputs)
 
-    work = asyncio.ensure_future(_predict(served, batcher, resolve, outputs, emit, chunks))
+    work = asyncio.ensure_future(
+        counted(batcher.counts, _predict(served, batcher, resolve, outputs, emit, chunks), _ok)
+    )
     try:
         if not announced:
             await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
@@ -151,6 +160,11 @@ async def _run(
     stats.setdefault("batchers", ctx["batchers"])
     detail = {"error": data["error"]} if "error" in data else {}
     JOBS.info("job %s", status.value, extra={"event": status.value, "model": model, **detail})
+
+
+def _ok(result: tuple[JobStatus, dict[str, Any]]) -> bool | None:
+    """A job's verdict for the statistics: a canceled one is neither a success nor a failure."""
+    return None if result[0] is JobStatus.CANCELED else result[0] is JobStatus.SUCCEEDED
 
 
 def _rows(packed: list[dict[str, Any]]) -> int:

@@ -15,6 +15,7 @@ from contract.events import JobStatus
 from hub import bodies, outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
+from hub.jobschema import Job
 from hub.jobview import FINISHED
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
@@ -75,9 +76,16 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Submit a job",
+    response_model=None,  # the schema is the responses' (Job), not the annotation's dict
     responses={
-        200: {"description": "The finished job (with `Prefer: wait=N`, when it ended in time)"},
-        202: {"description": "The queued job, with its URLs; `Location` points to it"},
+        200: {
+            "description": "The finished job (with `Prefer: wait=N`, when it ended in time)",
+            "model": Job,
+        },
+        202: {
+            "description": "The queued job, with its URLs; `Location` points to it",
+            "model": Job,
+        },
         400: {"description": "The body is not valid JSON"},
         404: {"description": "Unknown model or version"},
         409: {"description": "The Idempotency-Key was used for a different request"},
