@@ -11,6 +11,7 @@ times in the hub (decoded, packed, msgpack'd into the arq job, sent) and twice i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -91,9 +92,21 @@ async def _slices(source: Source) -> AsyncIterator[memoryview]:
     if isinstance(source, memoryview):
         for start in range(0, source.nbytes, SLICE_BYTES):
             yield source[start : start + SLICE_BYTES]
-    else:
-        async for piece in source:
+        return
+    # the next slice is read (from the request) while this one is written
+    pieces = aiter(source)
+    ahead: asyncio.Future[memoryview] = asyncio.ensure_future(anext(pieces))
+    try:
+        while True:
+            try:
+                piece = await ahead
+            except StopAsyncIteration:
+                return
+            ahead = asyncio.ensure_future(anext(pieces))
             yield piece
+    finally:
+        if not ahead.cancel() and not ahead.cancelled():
+            ahead.exception()  # already ended (a body cut short): seen, the store's error stands
 
 
 def has_apart(packed: Sequence[Mapping[str, Any]]) -> bool:
