@@ -126,6 +126,7 @@ class JobStore:
         max_queued: int = 10_000,
         max_queued_per_owner: int = 10_000,
         max_stored_per_owner: int = 2**62,
+        inputs_bytes: int = 0,
     ) -> tuple[Created, str]:
         """Write the record, its ``queued`` event and the arq job at once.
 
@@ -134,7 +135,7 @@ class JobStore:
         ``(OWNER_FULL, "")`` when the owner has ``max_queued_per_owner`` jobs waiting, or
         ``(OWNER_STORAGE_FULL, bytes held)`` when the owner's jobs of the last TTL would store
         more than ``max_stored_per_owner`` bytes (inputs and parameters): then nothing is
-        written.
+        written. ``inputs_bytes``: those of its inputs stored apart (contract/inputs.py).
         """
         job_id = record["id"]
         now_ms = int(record["created_at"] * 1000)
@@ -169,7 +170,7 @@ class JobStore:
                 "job_id": job_id,
                 "max_queued": max_queued,
                 "max_owner_queued": max_queued_per_owner,
-                "stored_bytes": len(arq_job) + len(dumps(record.get("parameters"))),
+                "stored_bytes": len(arq_job) + inputs_bytes + len(dumps(record.get("parameters"))),
                 "max_owner_bytes": max_stored_per_owner,
                 "fields": _flatten(record),
             },
