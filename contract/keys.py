@@ -36,6 +36,12 @@ def job_events(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:events"
 
 
+def job_inputs(job_id: str) -> str:
+    """The raw bytes of the job's large inputs, stored apart from its arq job
+    (contract/inputs.py), with the job's TTL."""
+    return f"{PREFIX}job:{job_id}:inputs"
+
+
 def job_outputs(job_id: str) -> str:
     """The job's outputs, packed (contract/outputs.py), stored once with the job's TTL."""
     return f"{PREFIX}job:{job_id}:outputs"

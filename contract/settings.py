@@ -6,14 +6,32 @@ The CLI flags carry the same names (``--redis-url`` is ``INFERHUB_REDIS_URL``).
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.connection import SENTINEL_FORM, check_url
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERHUB_", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description=f"One Redis (redis://host:port/db), or a master watched by Sentinel: "
+        f"{SENTINEL_FORM} (docs/operations.md, Sentinel).",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must hold a new job (Redis WAIT) before it is acknowledged "
+        "(202), so that a failover cannot lose it; 0: no wait.",
+    )
+    redis_wait_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="How long a new job waits for those replicas; then 503 (the job may exist: "
+        "retry with its Idempotency-Key).",
+    )
     models: Path = Field(Path("models"), description="The model repository (Triton layout).")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -119,3 +137,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="The longest wait between two attempts of a webhook."
     )
     webhook_concurrency: int = Field(16, gt=0, description="Deliveries one hub sends at once.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis_url(cls, url: str) -> str:
+        return check_url(url)

@@ -136,6 +136,16 @@ def pack_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "raw": raw}
 
 
+def view_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """``pack_tensor`` without its copy: the raw bytes are a view of the array's memory (copied
+    only when not contiguous little-endian), for what is written at once and not kept."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        return pack_tensor(name, array)
+    raw = np.ascontiguousarray(array, dtype=DTYPES[datatype]).data.cast("B")
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "raw": raw}
+
+
 def unpack_tensor(packed: Mapping[str, Any]) -> np.ndarray:
     shape = packed["shape"]
     if packed["datatype"] == "BYTES":

@@ -60,7 +60,8 @@ def worker(
             )
         )
         if reaper:
-            background.append(asyncio.create_task(reap_forever(redis, pool, every_s=HEARTBEAT_S)))
+            reaping = reap_forever(redis, pool, every_s=HEARTBEAT_S, worker=loop)
+            background.append(asyncio.create_task(reaping))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for task in background:
@@ -70,7 +71,7 @@ def worker(
         await leave(ctx["redis"], worker_id)
         await ctx["redis"].rpush(notes(pool), f"shutdown {worker_id}")
 
-    return WorkerLoop(
+    loop = WorkerLoop(
         functions,
         redis_url=redis_url,
         pool=pool,
@@ -80,6 +81,7 @@ def worker(
         on_startup=startup,
         on_shutdown=shutdown,
     )
+    return loop
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class ZSet:
 @dataclass(frozen=True)
 class Str:
     value: str
+    px: int | None = field(default=None, compare=False)  # a time to live (ms), set up only
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ async def write(r: Redis, k: Keys, state: State) -> None:
                 await r.hset(k(name), mapping=dict(fields))  # type: ignore[misc]
             case ZSet(members):
                 await r.zadd(k(name), dict(members))
-            case Str(text):
-                await r.set(k(name), text)
+            case Str(text, px):
+                await r.set(k(name), text, px=px)
             case _:
                 raise AssertionError(f"cannot set up {value!r}")
 
@@ -795,12 +796,56 @@ REAP_ROWS = [
 ]
 
 
-def reap_args(k: Keys, scan: int = 1000) -> dict[str, Any]:
+OWN_HOLD_MS, OWN_GRACE_MS = 60_000, 5_000
+"""A reaping worker ``me`` whose claims last a minute, and who keeps its own for 5 s."""
+
+OWN_ROWS = [
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("me", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000)},
+        [],
+        ["a"],
+        {"ip:a": None},
+        id="own hold, not run, older than the grace: released",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("me", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000)},
+        ["a"],
+        [],
+        {"ip:a": Str("me")},
+        id="own hold, run: kept",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("me", px=OWN_HOLD_MS)},
+        [],
+        [],
+        {"ip:a": Str("me")},
+        id="own hold, not run, just claimed (its reply on its way): kept",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1, "b": 2}),
+            "ip:a": Str("w1", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000),
+            "worker:w1": Str("{}"),
+            "ip:b": Str("me", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000),
+        },
+        ["a"],
+        ["b"],
+        {"ip:a": Str("w1"), "ip:b": None},
+        id="a live worker's hold on a job this one runs not: kept",
+    ),
+]
+
+
+def reap_args(k: Keys, scan: int = 1000, running: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "in_progress_prefix": k("ip:"),
         "job_prefix": k("job:"),
         "worker_prefix": k("worker:"),
         "scan": scan,
+        "worker_id": "me",
+        "hold_ms": OWN_HOLD_MS,
+        "grace_ms": OWN_GRACE_MS,
+        "running": list(running),
     }
 
 
@@ -808,6 +853,16 @@ def reap_args(k: Keys, scan: int = 1000) -> dict[str, Any]:
 async def test_reap(r: Redis, k: Keys, setup: State, returns: list[str], expected: State) -> None:
     await write(r, k, setup)
     released = await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k))
+    assert released == returns
+    await check(r, k, expected)
+
+
+@pytest.mark.parametrize(("setup", "running", "returns", "expected"), OWN_ROWS)
+async def test_reap_own_holds(
+    r: Redis, k: Keys, setup: State, running: list[str], returns: list[str], expected: State
+) -> None:
+    await write(r, k, setup)
+    released = await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k, running=running))
     assert released == returns
     await check(r, k, expected)
 
@@ -1185,7 +1240,7 @@ NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
 @pytest.mark.parametrize("name", NAMES)
 def test_header_matches_the_positions_the_script_reads(name: str) -> None:
     """Every KEYS[n] / ARGV[n] the body reads (also as K[n], A[n]) is a name of its header, and
-    a trailing list starts right after the named arguments."""
+    a trailing list (read by ``set_fields`` or a loop) starts right after the named arguments."""
     script = scripts.load(name)
     body = (scripts.LUA / f"{name}.lua").read_text()
     body = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
@@ -1195,7 +1250,10 @@ def test_header_matches_the_positions_the_script_reads(name: str) -> None:
     assert read_keys == set(range(1, len(script.keys) + 1))
     assert read_args == set(range(1, len(named) + 1))
     if len(named) < len(script.args):
-        assert re.findall(r"(?:set|add)_fields\(\w+, (\d+)\)", body) == [str(len(named) + 1)]
+        starts = re.findall(
+            r"(?:set|add)_fields\(\w+, (\d+)\)|for \w+ = (\d+), #(?:ARGV|A)\b", body
+        )
+        assert {a or b for a, b in starts} == {str(len(named) + 1)}
     assert scripts.load(name) is script  # loaded once
 
 
@@ -1230,6 +1288,7 @@ def test_tables_have_unique_cases() -> None:
         CREATE_ROWS,
         CLAIM_ROWS,
         REAP_ROWS,
+        OWN_ROWS,
         WEBHOOK_STEPS,
         WEBHOOK_DONE_ROWS,
     ):

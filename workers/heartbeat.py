@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from contract import keys
+from contract.connection import connect_sync
 from workers.repository import Model
 from workers.stats import Tally
 
@@ -176,9 +177,7 @@ async def leave(redis: Redis, worker_id: str) -> None:
 
 def alive_here(redis_url: str) -> bool:
     """Whether a live worker of this host (container) has a heartbeat record in Redis."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = connect_sync(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         pattern = keys.worker(f"{socket.gethostname()}-*")
         return any(True for _ in client.scan_iter(match=pattern, count=1000))

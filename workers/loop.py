@@ -86,6 +86,10 @@ class WorkerLoop:
         self._stopping = False
         self._backlog = False  # the last claim filled the room: more jobs may be due
 
+    def running(self) -> list[str]:
+        """The ids of the jobs this worker runs now (the reaper keeps its claims on them)."""
+        return list(self._tasks)
+
     def stop(self) -> None:
         """Claim no more; cancel the running jobs, which go back to the queue."""
         if not self._stopping:

@@ -77,7 +77,7 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
             )
         )
         ctx["reaper"] = asyncio.create_task(
-            reap_forever(ctx["redis"], settings.pool, every_s=settings.heartbeat_s)
+            reap_forever(ctx["redis"], settings.pool, every_s=settings.heartbeat_s, worker=loop)
         )
         ctx["repository"] = asyncio.create_task(
             follow_forever(
@@ -102,7 +102,7 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
         with contextlib.suppress(Exception):
             await leave(ctx["redis"], worker_id)
 
-    return WorkerLoop(
+    loop = WorkerLoop(
         # the model's own timeout fails the job cleanly first; this one is the backstop
         [
             Function(RUN_JOB, traced_job(run_job), timeout_s=longest + 10, max_tries=MAX_TRIES),
@@ -119,6 +119,7 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
         on_startup=startup,
         on_shutdown=shutdown,
     )
+    return loop
 
 
 def run_worker(settings: Settings) -> None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
+from contract import inputs as inputs_store
 from contract import keys, tracing
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
 from contract.logs import JOBS, bound
-from contract.tensors import pack_tensor, unpack_tensor
+from contract.tensors import unpack_tensor, view_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
@@ -34,6 +35,8 @@ async def run_job(ctx: dict[str, Any], **job: Any) -> None:
     try:
         with bound(request_id=job.get("request_id"), job_id=ctx["job_id"]):
             await _run(ctx, **job)
+            if inputs_store.has_apart(job["inputs"]):  # ended: they are not read again
+                await ctx["store"].redis.delete(keys.job_inputs(ctx["job_id"]))
     except RedisError as exc:
         # the record still says queued or started, and the guarded events will not repeat
         log.warning("job %s: redis unavailable (%s); it will run again", ctx["job_id"], exc)
@@ -86,7 +89,7 @@ async def _run(
 
     def chunk_step(start: int, end: int, chunk: dict[str, Any]) -> Step:
         names = outputs or batcher.output_names
-        packed = [pack_tensor(n, chunk[n]) for n in names]
+        packed = [view_tensor(n, chunk[n]) for n in names]
         blob = outputs_store.stored(packed)
         streamed.append((start, end))
         return Step(
@@ -109,8 +112,12 @@ async def _run(
 
     stats["running"] += 1
     chunks = chunk_step if stream_outputs else None
+
+    def resolve() -> Awaitable[list[dict[str, Any]]]:  # large inputs are read in the work
+        return inputs_store.resolve(store.redis, job_id, inputs)
+
     work = asyncio.ensure_future(
-        counted(batcher.counts, _predict(served, batcher, inputs, outputs, emit, chunks), _ok)
+        counted(batcher.counts, _predict(served, batcher, resolve, outputs, emit, chunks), _ok)
     )
     try:
         if not announced:
@@ -168,18 +175,29 @@ def _rows(packed: list[dict[str, Any]]) -> int:
 async def _predict(
     model: Model,
     batcher: Batcher,
-    packed: list[dict[str, Any]],
+    resolve: Callable[[], Awaitable[list[dict[str, Any]]]],
     wanted: list[str] | None,
     emit: Any,
     chunk_step: Callable[[int, int, dict[str, Any]], Step] | None = None,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress (and, with
     ``chunk_step``, each chunk's outputs) and honouring cancel."""
+    packed = await resolve()
     arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in packed}
-    stopped_at = 0
+    stopped_at, canceled = 0, False
+    pending: asyncio.Future[None] | None = None  # the last chunk's events, on their way
+
+    async def report(
+        done: int, steps: tuple[Step, ...], after: asyncio.Future[None] | None
+    ) -> None:
+        nonlocal stopped_at, canceled
+        if after is not None:
+            await after  # in order
+        _, cancel = await emit(*steps)
+        stopped_at, canceled = done, canceled or cancel
 
     async def progress(done: int, total: int, chunk: dict[str, Any]) -> bool:
-        nonlocal stopped_at
+        nonlocal pending
         step = Step(
             EventType.PROGRESS,
             (JobStatus.STARTED,),
@@ -188,20 +206,27 @@ async def _predict(
         )
         rows = len(next(iter(chunk.values())))
         more = (chunk_step(done - rows, done, chunk),) if chunk_step else ()
-        _, cancel = await emit(step, *more)
-        stopped_at = done
-        return not cancel
+        # sent while the next chunk runs rather than before it starts; a cancel that an
+        # earlier chunk's answer brought stops the job here
+        pending = asyncio.ensure_future(report(done, (step, *more), pending))
+        return not canceled
 
-    async with asyncio.timeout(model.config.timeout_s):
-        with (
-            batcher.expecting(),
-            tracing.span("predict", attributes={"inferhub.rows": _rows(packed)}),
-        ):
-            results = await batcher.run_rows(arrays, progress)
+    try:
+        async with asyncio.timeout(model.config.timeout_s):
+            with (
+                batcher.expecting(),
+                tracing.span("predict", attributes={"inferhub.rows": _rows(packed)}),
+            ):
+                results = await batcher.run_rows(arrays, progress)
+            if pending is not None:
+                await pending  # every chunk's events before the job's last one
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
     if results is None:
         return JobStatus.CANCELED, {"reason": "canceled by client", "done": stopped_at}
     names = wanted or batcher.output_names
-    return JobStatus.SUCCEEDED, {"outputs": [pack_tensor(n, results[n]) for n in names]}
+    return JobStatus.SUCCEEDED, {"outputs": [view_tensor(n, results[n]) for n in names]}
 
 
 def text_for_onnxruntime(array: np.ndarray) -> np.ndarray:
