@@ -27,12 +27,14 @@ from hub.metrics.stats import StatsFeed
 from hub.middleware.body_limit import BodyLimit, refuse_oversized
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
+from hub.middleware.shortcut import Shortcut
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
 from hub.tracing import start as start_tracing
 from hub.v2 import openapi as v2_openapi
+from hub.v2.lean import LeanRoute
 from hub.v2.repository import router as v2_repository_router
 from hub.v2.routes import router as v2_router
 from hub.v2.stats import router as v2_stats_router
@@ -140,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)
+    # innermost: the hot routes (V2 infer) go straight to their endpoint, past the routing
+    app.add_middleware(Shortcut, routes=[r for r in v2_router.routes if isinstance(r, LeanRoute)])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins:
         app.add_middleware(

@@ -600,6 +600,12 @@ CLAIM = scripts.load("claim")
 ALIVE: State = {"worker:w1": Str("{}")}
 HOLD_MS = 30_000
 
+
+def claim_reads(k: Keys) -> dict[str, Any]:
+    """The claim's arguments for what it reads with each job: the arq job and its tries."""
+    return {"job_prefix": k("job:"), "retry_prefix": k("retry:"), "retry_ttl_s": 600}
+
+
 CLAIM_ROWS = [
     pytest.param(
         {**ALIVE, "queue": ZSet({"c": 3, "a": 1, "b": 2})},
@@ -675,13 +681,36 @@ async def test_claim(
         "room": 1,
         "worker_id": "w1",
         "page": 256,
+        **claim_reads(k),
         **arg_changes,
     }
     claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
-    assert claimed == returns
+    # {id, score, arq job, tries, ...}: no arq job was written here, each is a first try
+    assert [x for i in range(0, len(claimed), 4) for x in claimed[i : i + 2]] == returns
+    assert claimed[2::4] == [None] * (len(claimed) // 4)
+    assert claimed[3::4] == [1] * (len(claimed) // 4)
     await check(r, k, expected)
-    for job_id in claimed[::2]:
+    for job_id in claimed[::4]:
         assert 0 < await r.pttl(k(f"ip:{job_id}")) <= HOLD_MS
+        assert 0 < await r.ttl(k(f"retry:{job_id}")) <= 600
+
+
+async def test_claim_reads_the_job_and_counts_its_tries(r: Redis, k: Keys) -> None:
+    await write(
+        r, k, {**ALIVE, "queue": ZSet({"a": 1}), "job:a": Str("payload"), "retry:a": Str("2")}
+    )
+    args = {
+        "in_progress_prefix": k("ip:"),
+        "in_progress_ms": HOLD_MS,
+        "now_ms": 1000,
+        "room": 1,
+        "worker_id": "w1",
+        "page": 256,
+        **claim_reads(k),
+    }
+    claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
+    assert claimed == ["a", "1", "payload", 3]  # the third try: two ran before
+    await check(r, k, {"retry:a": Str("3"), "ip:a": Str("w1"), "job:a": Str("payload")})
 
 
 # ---- reap

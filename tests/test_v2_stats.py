@@ -70,7 +70,7 @@ def settled(
     read: Callable[[], dict[str, Any]], before: dict[str, Any], name: str, more: int
 ) -> dict[str, Any]:
     """The statistics once ``more`` requests more have ended as ``name``: a busy worker sends
-    its counts with a reply at most every 0.1 s, else with its next heartbeat."""
+    its counts with a reply at most once a second, else with its next heartbeat."""
 
     def arrived() -> dict[str, Any] | None:
         now = read()

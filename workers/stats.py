@@ -11,11 +11,12 @@ heartbeat; a failed send puts them back.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +33,7 @@ _NS = 1_000_000_000
 
 STATS_ADD = scripts.load("stats_add")
 
-REPLY_SEND_S = 0.1
+REPLY_SEND_S = 1.0
 """The counts ride on an online reply at most this often; the heartbeat carries the rest."""
 
 
@@ -118,7 +119,8 @@ class Tally:
 
     def due(self) -> bool:
         """Whether an online reply should carry the counts: at most every ``REPLY_SEND_S``,
-        so that a busy worker adds a few script calls a second, not one per batch."""
+        so that a busy worker adds a script call a second (each a HINCRBY per field), not one
+        per batch."""
         return time.monotonic() - self._sent_at >= REPLY_SEND_S
 
     @staticmethod
@@ -171,6 +173,19 @@ class Sent:
         self.undo(failed)
         if any(isinstance(results[p], NoScriptError) for p in failed):
             await STATS_ADD.ensure(redis)
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Timing]:
+    """Time what runs inside (in this task) as one request: the executions of its rows add to
+    the ``Timing``, which the caller gives ``Counts.answered`` (once per request, when several
+    requests' rows ran joined as one)."""
+    timing = Timing()
+    token = _current.set(timing)
+    try:
+        yield timing
+    finally:
+        _current.reset(token)
 
 
 async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool | None]) -> T:

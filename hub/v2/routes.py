@@ -19,14 +19,17 @@ from contract.errors import (
     NotFound,
     Unavailable,
 )
+from contract.settings import Settings
 from contract.tensors import unpack_tensor
 from hub.api.health import probe_workers
 from hub.catalogue import Catalogue
-from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
+from hub.deps import CatalogueDep, ReaderDep, authenticate
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
+from hub.service import JobService
 from hub.v2 import classification, codec, compression, config, openapi, repository, stats
 from hub.v2.errors import SCHEMA, V2Route
+from hub.v2.lean import LeanRoute
 from hub.v2.paths import model_route
 from hub.v2.raw import parse_any
 from hub.v2.wait import canceled_if_the_client_leaves
@@ -120,17 +123,15 @@ def hub_priority(triton: int) -> int:
     "POST",
     "/infer",
     "Run the model on the request's inputs",
+    route_class_override=LeanRoute,
     openapi_extra=openapi.INFER_REQUEST,
     responses=openapi.INFER_RESPONSES,
 )
-async def infer(
-    request: Request,
-    model: str,
-    service: ServiceDep,
-    caller: SubmitterDep,
-    settings: SettingsDep,
-    version: str | None = None,
-) -> Response:
+async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    # a lean route (the hot path): the caller, service and settings read here, not solved
+    caller = (await authenticate(request)).need("submit")
+    service: JobService = request.app.state.service
+    settings: Settings = request.app.state.settings
     entry, version = await service.catalogue.model(model, version)
     raw = await request.body()
     encoding = request.headers.get("content-encoding")
