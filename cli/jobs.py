@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -9,12 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import numpy as np
 import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.common import Json, Url, console, plural, print_json, table
+from cli.npzfile import NpzChunks
 from contract.events import JobStatus
+from contract.tensors import decode_tensor
 from hub.client import Client, HubError
 
 
@@ -106,7 +110,11 @@ def submit(
     ] = False,
     out: Annotated[
         Path | None,
-        typer.Option(metavar="FILE.npz", help="write the outputs there once the job succeeds"),
+        typer.Option(
+            metavar="FILE.npz",
+            help="write the outputs there: with --follow chunk by chunk as they are done, "
+            "else once the job succeeds",
+        ),
     ] = None,
     json: Json = False,
     url: Url = "http://127.0.0.1:8000",
@@ -122,19 +130,27 @@ def submit(
         raise typer.Exit(2) from None
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
     rows = None if inputs is not None else payload
+    chunked = follow and out is not None  # the outputs streamed, written as they come
     with _client(url) as hub:
-        job = hub.submit(model, rows, inputs=inputs, wait=wait)
+        job = hub.submit(model, rows, inputs=inputs, wait=wait, stream_outputs=chunked)
         if not json:
             console.print(
                 f"job [bold]{job['id']}[/] {job['status']} ({plural(job['rows'], 'row')})"
             )
+        written = None
         if follow:
-            _follow(hub, job, quiet=json)
+            file = NpzChunks(out, job["rows"]) if out is not None else None
+            try:
+                _follow(hub, job, quiet=json, chunks=file)
+            except BaseException:
+                if file is not None:
+                    file.abort()
+                raise
             job = hub.job(job["id"])
+            written = _finish(file, job)
         if out is not None and job["status"] == "succeeded":
-            answer = hub.http.get(job["urls"]["outputs"], params={"format": "npz"})
-            answer.raise_for_status()
-            out.write_bytes(answer.content)
+            if not written:
+                _download(hub, job, out)
             if not json:
                 console.print(f"outputs written to {out}")
         if json:
@@ -186,7 +202,10 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"{when} {event['job_id']} {event['model']:<14} {event['type']:<10} {detail}"
 
 
-def _follow(hub: Client, job: dict[str, Any], quiet: bool = False) -> None:
+def _follow(
+    hub: Client, job: dict[str, Any], quiet: bool = False, chunks: NpzChunks | None = None
+) -> None:
+    """A progress bar of the job to its end; each streamed chunk's rows into ``chunks``."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -201,10 +220,45 @@ def _follow(hub: Client, job: dict[str, Any], quiet: bool = False) -> None:
                 progress.update(task, completed=event["data"]["done"], description="running")
             elif kind == "started":
                 progress.update(task, description=f"started (attempt {event['data']['attempt']})")
+            elif kind == "output" and chunks is not None:
+                start, _ = event["data"]["rows"]
+                chunks.write(start, _chunk(hub, event["data"]))
             elif kind == "succeeded":
                 progress.update(task, completed=job["rows"], description="succeeded")
             else:
                 progress.update(task, description=kind)
+
+
+def _chunk(hub: Client, data: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A streamed chunk's outputs: in its event when small, else fetched from its URL."""
+    if "outputs" in data:
+        return {t["name"]: decode_tensor(t) for t in data["outputs"]}
+    # the URL's own query (its rows) kept: httpx's params= would replace it
+    answer = hub.http.get(httpx.URL(data["outputs_url"]).copy_add_param("format", "npz"))
+    answer.raise_for_status()
+    with np.load(io.BytesIO(answer.content)) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _finish(file: NpzChunks | None, job: dict[str, Any]) -> bool:
+    """Complete the file of streamed chunks if the job succeeded with all its rows in it;
+    else remove it. Whether it holds the outputs."""
+    if file is None:
+        return False
+    if job["status"] == "succeeded" and file.written == job["rows"]:
+        file.close()
+        return True
+    file.abort()
+    return False
+
+
+def _download(hub: Client, job: dict[str, Any], out: Path) -> None:
+    """The whole outputs as .npz, streamed to the file."""
+    with hub.http.stream("GET", job["urls"]["outputs"], params={"format": "npz"}) as answer:
+        answer.raise_for_status()
+        with out.open("wb") as file:
+            for piece in answer.iter_bytes():
+                file.write(piece)
 
 
 def _result_table(job: dict[str, Any], labels: list[str], max_rows: int = 20) -> Any:

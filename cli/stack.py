@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 
 from cli.common import console
 from contract.settings import Settings
@@ -27,7 +28,13 @@ GrpcPort = Annotated[int | None, typer.Option(help="INFERHUB_GRPC_PORT (0: no gR
 
 
 def _settings(**flags: Any) -> Settings:
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        # each problem on its own, without pydantic's echo of the value (a URL's password)
+        _fail(
+            "; ".join(f"INFERHUB_{e['loc'][0]!s}".upper() + f": {e['msg']}" for e in exc.errors())
+        )
 
 
 class LogFormats(StrEnum):

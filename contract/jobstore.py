@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 
 from contract import keys, scripts
 from contract.connection import database
+from contract.errors import Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
 from contract.records import step_fields
 from contract.settings import Settings
@@ -73,6 +74,8 @@ class Limits:
     job_maxlen: int = 10_000
     log_maxlen: int = 100_000
     inline_output_bytes: int = 64 * 1024
+    wait_replicas: int = 0  # replicas that must hold a new job before it is acknowledged
+    wait_timeout_ms: int = 1000
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -81,6 +84,8 @@ class Limits:
             settings.job_stream_maxlen,
             settings.events_maxlen,
             settings.inline_output_bytes,
+            settings.redis_wait_replicas,
+            max(1, round(settings.redis_wait_timeout_s * 1000)),
         )
 
 
@@ -121,6 +126,7 @@ class JobStore:
         max_queued: int = 10_000,
         max_queued_per_owner: int = 10_000,
         max_stored_per_owner: int = 2**62,
+        inputs_bytes: int = 0,
     ) -> tuple[Created, str]:
         """Write the record, its ``queued`` event and the arq job at once.
 
@@ -129,7 +135,7 @@ class JobStore:
         ``(OWNER_FULL, "")`` when the owner has ``max_queued_per_owner`` jobs waiting, or
         ``(OWNER_STORAGE_FULL, bytes held)`` when the owner's jobs of the last TTL would store
         more than ``max_stored_per_owner`` bytes (inputs and parameters): then nothing is
-        written.
+        written. ``inputs_bytes``: those of its inputs stored apart (contract/inputs.py).
         """
         job_id = record["id"]
         now_ms = int(record["created_at"] * 1000)
@@ -139,9 +145,9 @@ class JobStore:
             idem_key = keys.idempotency(idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
         event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
-        created, value = await CREATE(
-            self.redis,
-            keys={
+        created, value = await self._create(
+            job_id,
+            {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
                 "log": keys.EVENTS_STREAM,
@@ -154,7 +160,7 @@ class JobStore:
                 "owner_bytes": keys.owner_bytes(record["owner"]),
                 "webhooks": keys.WEBHOOKS,
             },
-            args={
+            {
                 **self._common_args(event),
                 "idem_value": idem_value,
                 "arq_payload": arq_job,
@@ -164,12 +170,45 @@ class JobStore:
                 "job_id": job_id,
                 "max_queued": max_queued,
                 "max_owner_queued": max_queued_per_owner,
-                "stored_bytes": len(arq_job) + len(dumps(record.get("parameters"))),
+                "stored_bytes": len(arq_job) + inputs_bytes + len(dumps(record.get("parameters"))),
                 "max_owner_bytes": max_stored_per_owner,
                 "fields": _flatten(record),
             },
         )
         return Created(created), value.decode()
+
+    async def _create(self, job_id: str, call_keys: dict[str, str], args: dict[str, Any]) -> Any:
+        """Run the create script; with ``wait_replicas``, wait until that many replicas hold
+        what it wrote (a failover then promotes one that has it), else raise Unavailable."""
+        need = self.limits.wait_replicas
+        if not need:
+            return await CREATE(self.redis, call_keys, args)
+        try:
+            result, replicas = await self._create_and_wait(call_keys, args)
+        except NoScriptError:  # a new master (a failover) or a restart forgot the script
+            await CREATE.ensure(self.redis)
+            result, replicas = await self._create_and_wait(call_keys, args)
+        if result[0] in (Created.CREATED, Created.REPEAT) and replicas < need:
+            raise Unavailable(
+                f"job {job_id} was written but only {replicas} of the {need} Redis replicas "
+                f"asked for (INFERHUB_REDIS_WAIT_REPLICAS) confirmed it within "
+                f"{self.limits.wait_timeout_ms} ms, so a failover could lose it. It may exist "
+                "and run: retry with the same Idempotency-Key, which cannot make a second job",
+                "not_replicated",
+                headers={"Retry-After": "1"},
+            )
+        return result
+
+    async def _create_and_wait(
+        self, call_keys: dict[str, str], args: dict[str, Any]
+    ) -> tuple[Any, int]:
+        # one pipeline, so one connection: WAIT counts the replicas that acknowledged the
+        # writes of the connection it is sent on
+        async with self.redis.pipeline(transaction=False) as pipe:
+            CREATE.queue(pipe, call_keys, args)
+            pipe.execute_command("WAIT", self.limits.wait_replicas, self.limits.wait_timeout_ms)
+            result, replicas = await pipe.execute()
+        return result, int(replicas)
 
     async def transition(
         self, job_id: str, *steps: Step, model: str, owner: str

@@ -14,6 +14,13 @@ MODELS = PREFIX + "models"
 WORKERS = PREFIX + "workers"
 """Sorted set of worker ids scored by their last heartbeat (unix seconds)."""
 
+REPOSITORY = PREFIX + "repository"
+"""Hash: model name -> "unloaded" for each model unloaded through the repository extension;
+workers serve every model of their pool's repository except these (contract/repository.py)."""
+
+REPOSITORY_GENERATION = PREFIX + "repository:generation"
+"""Counter bumped with every load/unload; a worker's record says the last one it applied."""
+
 WEBHOOKS = PREFIX + "webhooks"
 """Sorted set of the webhook deliveries to make, ``"<job id> <event id> <attempt>"``, scored by
 when (ms, Redis's clock) the next attempt is due (hub/webhooks/sender.py)."""
@@ -27,6 +34,12 @@ def job(job_id: str) -> str:
 def job_events(job_id: str) -> str:
     """Stream of the job's events; its ids are the event ids."""
     return f"{PREFIX}job:{job_id}:events"
+
+
+def job_inputs(job_id: str) -> str:
+    """The raw bytes of the job's large inputs, stored apart from its arq job
+    (contract/inputs.py), with the job's TTL."""
+    return f"{PREFIX}job:{job_id}:inputs"
 
 
 def job_outputs(job_id: str) -> str:
@@ -86,6 +99,11 @@ def wake(pool: str, db: int) -> str:
     return _channel(f"wake:{pool}", db)
 
 
+def repository_nudge(db: int) -> str:
+    """Pub/sub channel that tells every worker to apply the repository's desired state now."""
+    return _channel("repository", db)
+
+
 def webhooks_wake(db: int) -> str:
     """Pub/sub channel that wakes the hubs' webhook senders when a delivery is queued."""
     return _channel("webhooks", db)
@@ -109,3 +127,8 @@ def worker(worker_id: str) -> str:
 def reply(hub_id: str) -> str:
     """Pub/sub channel on which workers answer the online batches of one hub process."""
     return f"{PREFIX}reply:{hub_id}"
+
+
+def model_stats(model: str, version: str) -> str:
+    """Hash of a model version's statistics, the sum of every worker's counts (contract/stats.py)."""
+    return f"{PREFIX}stats:{model}:{version}"

@@ -23,6 +23,7 @@ class OnlineRequest(TypedDict):
     inputs: list[dict[str, Any]]  # packed tensors (contract.tensors.pack_tensor)
     outputs: list[str] | None  # the outputs asked for; None: all
     deadline: float  # unix time after which nobody waits for the answer
+    traceparent: NotRequired[str]  # W3C: the request's trace, linked from the batch's span
 
 
 class BatchArgs(TypedDict):

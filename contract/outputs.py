@@ -8,10 +8,15 @@ bytes, and class counts for a label output) and the URL that serves them in ever
 A job that streams its outputs (``stream_outputs``) stores each chunk once, under
 ``keys.job_outputs_chunk``, as it is done, with an ``output`` event for it; its outputs key then
 holds the list of its chunks' row ranges instead of the tensors again.
+
+The stored form is ``MAGIC``, a msgpack header (each tensor's name, datatype, shape and size;
+BYTES elements in it), then the tensors' raw bytes one after the other: a reader views them in
+place (``load``) instead of copying them out of msgpack, and a writer joins them once.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,9 +30,23 @@ def url(job_id: str) -> str:
     return f"/v1/jobs/{job_id}/outputs"
 
 
+MAGIC = b"IHT1"  # inferhub tensors, form 1; a blob without it is msgpack (an older worker's)
+
+
 def stored(packed: Sequence[Mapping[str, Any]]) -> bytes:
     """What the outputs key (or a chunk's key) holds."""
-    return dumps(list(packed))
+    head: list[dict[str, Any]] = []
+    raws: list[Any] = []
+    for tensor in packed:
+        entry = {k: tensor[k] for k in ("name", "datatype", "shape")}
+        if isinstance(tensor["raw"], list):  # BYTES
+            entry["raw"] = tensor["raw"]
+        else:
+            entry["nbytes"] = len(tensor["raw"])
+            raws.append(tensor["raw"])
+        head.append(entry)
+    header = dumps(head)
+    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *raws])
 
 
 def chunk_list(ranges: Sequence[tuple[int, int]]) -> bytes:
@@ -36,12 +55,25 @@ def chunk_list(ranges: Sequence[tuple[int, int]]) -> bytes:
 
 
 def load(blob: bytes) -> list[dict[str, Any]]:
-    """The packed tensors an outputs or chunk key holds."""
-    return list(loads(blob))
+    """The packed tensors an outputs or chunk key holds, their bytes views of ``blob``."""
+    if not blob.startswith(MAGIC):
+        return list(loads(blob))
+    view = memoryview(blob)
+    (length,) = struct.unpack_from("<I", view, len(MAGIC))
+    at = len(MAGIC) + 4 + length
+    packed = []
+    for entry in loads(blob[len(MAGIC) + 4 : at]):
+        if "nbytes" in entry:
+            size = entry.pop("nbytes")
+            entry["raw"], at = view[at : at + size], at + size
+        packed.append(entry)
+    return packed
 
 
 def chunk_ranges(blob: bytes) -> list[tuple[int, int]] | None:
     """A streamed job's chunk ranges, if that is what its outputs key holds."""
+    if blob.startswith(MAGIC):
+        return None
     value = loads(blob)
     return [(int(a), int(b)) for a, b in value["chunks"]] if isinstance(value, dict) else None
 

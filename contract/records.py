@@ -81,6 +81,7 @@ class JobArgs(TypedDict):
     outputs: list[str] | None  # the outputs asked for; None: all
     request_id: str | None
     stream_outputs: NotRequired[bool]  # an `output` event per chunk
+    traceparent: NotRequired[str]  # W3C: the trace of the request (contract/tracing.py)
 
 
 class ModelVersionEntry(TypedDict):

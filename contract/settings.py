@@ -6,14 +6,32 @@ The CLI flags carry the same names (``--redis-url`` is ``INFERHUB_REDIS_URL``).
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.connection import SENTINEL_FORM, check_url
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERHUB_", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description=f"One Redis (redis://host:port/db), or a master watched by Sentinel: "
+        f"{SENTINEL_FORM} (docs/operations.md, Sentinel).",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must hold a new job (Redis WAIT) before it is acknowledged "
+        "(202), so that a failover cannot lose it; 0: no wait.",
+    )
+    redis_wait_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="How long a new job waits for those replicas; then 503 (the job may exist: "
+        "retry with its Idempotency-Key).",
+    )
     models: Path = Field(Path("models"), description="The model repository (Triton layout).")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -37,6 +55,12 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(60.0, gt=0, description="The longest `Prefer: wait` honoured.")
     job_stream_maxlen: int = Field(10_000, gt=0, description="Events kept per job.")
     heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")
+    repository_poll_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often a worker rescans its model repository for new, changed or "
+        "removed models and versions (Triton's poll mode); 0: only on a load or unload.",
+    )
     poll_delay_s: float = Field(
         1.0, gt=0, description="Safety-net poll of an idle worker; queued jobs wake it at once."
     )
@@ -113,3 +137,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="The longest wait between two attempts of a webhook."
     )
     webhook_concurrency: int = Field(16, gt=0, description="Deliveries one hub sends at once.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis_url(cls, url: str) -> str:
+        return check_url(url)

@@ -6,6 +6,7 @@ inside Redis they travel packed: raw little-endian bytes + datatype + shape, in 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,12 +40,17 @@ MAX_NESTING = 64
 
 
 def datatype_of(array: np.ndarray) -> str:
-    if array.dtype == object or array.dtype.kind in "SU":
+    return _datatype(array.dtype)
+
+
+@functools.cache  # a few dtypes, asked several times per request
+def _datatype(dtype: np.dtype[Any]) -> str:
+    if dtype.kind in "OSU":
         return "BYTES"
-    for name, dtype in DTYPES.items():
-        if dtype == array.dtype.newbyteorder("<"):
+    for name, known in DTYPES.items():
+        if known == dtype.newbyteorder("<"):
             return name
-    raise InvalidInput(f"arrays of dtype {array.dtype} have no V2 datatype")
+    raise InvalidInput(f"arrays of dtype {dtype} have no V2 datatype")
 
 
 def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.ndarray:
@@ -133,6 +139,16 @@ def pack_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
         raw: bytes | list[bytes] = [_to_bytes(x) for x in array.flat]
     else:
         raw = np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "raw": raw}
+
+
+def view_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """``pack_tensor`` without its copy: the raw bytes are a view of the array's memory (copied
+    only when not contiguous little-endian), for what is written at once and not kept."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        return pack_tensor(name, array)
+    raw = np.ascontiguousarray(array, dtype=DTYPES[datatype]).data.cast("B")
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "raw": raw}
 
 

@@ -27,11 +27,17 @@ from hub.metrics.stats import StatsFeed
 from hub.middleware.body_limit import BodyLimit, refuse_oversized
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
+from hub.middleware.shortcut import Shortcut
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
 from hub.service import JobService
+from hub.tracing import start as start_tracing
+from hub.v2 import openapi as v2_openapi
+from hub.v2.lean import LeanRoute
+from hub.v2.repository import router as v2_repository_router
 from hub.v2.routes import router as v2_router
+from hub.v2.stats import router as v2_stats_router
 from hub.webhooks.policy import WebhookPolicy
 from hub.webhooks.sender import Backoff, WebhookSender
 
@@ -115,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSON,
         dependencies=[Depends(refuse_oversized)],
+        telemetry=start_tracing(),  # a span per request when OTEL_EXPORTER_OTLP_ENDPOINT is set
     )
     app.state.settings = settings
     app.state.streams = streams
@@ -127,10 +134,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    # before v2_router, whose /v2/models/{model} and /v2/{path} would take their paths
+    app.include_router(v2_stats_router)
+    app.include_router(v2_repository_router)
     app.include_router(v2_router)
+    v2_openapi.install(app)  # the V2 infer request's schema, read by the route itself
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)
+    # innermost: the hot routes (V2 infer) go straight to their endpoint, past the routing
+    app.add_middleware(Shortcut, routes=[r for r in v2_router.routes if isinstance(r, LeanRoute)])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins:
         app.add_middleware(

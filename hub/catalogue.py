@@ -10,6 +10,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -46,27 +47,60 @@ class Cached(Generic[T]):
                 self._reading = None
         return self._value
 
+    def forget(self) -> None:
+        self._read_at = -math.inf
+
+
+@dataclass(frozen=True)
+class Known:
+    served: dict[str, dict[str, Any]]
+    unloaded: dict[str, dict[str, Any] | None]
+
 
 class Catalogue:
     def __init__(self, redis: Redis, *, max_age_s: float = 1.0, model_ttl_s: float = 86400) -> None:
         self.redis = redis
         self.model_ttl_s = model_ttl_s
-        self._models = Cached(self._read_models, max_age_s)
+        self._models: Cached[Known] = Cached(self._read_models, max_age_s)
         # a readiness check on every request must not cost a round trip
         self._live = Cached(self.workers, max_age_s)
 
     async def models(self) -> dict[str, dict[str, Any]]:
-        return await self._models.get()
+        """The models served (those unloaded left out), by name."""
+        return (await self._models.get()).served
 
-    async def _read_models(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(keys.MODELS)  # type: ignore[misc]  # redis-py: sync|async
+    async def unloaded(self) -> dict[str, dict[str, Any] | None]:
+        """The models unloaded through the repository extension, with their last entry."""
+        return (await self._models.get()).unloaded
+
+    def invalidate(self) -> None:
+        """Read Redis again at the next question (this hub just changed what is served)."""
+        self._models.forget()
+        self._live.forget()
+
+    async def _read_models(self) -> Known:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.MODELS)
+            pipe.hkeys(keys.REPOSITORY)
+            raw, unloaded = await pipe.execute()
         cutoff = time.time() - self.model_ttl_s
         entries = (orjson.loads(v) for v in raw.values())
-        return {e["name"]: e for e in entries if e["seen"] >= cutoff}
+        fresh = {e["name"]: e for e in entries if e["seen"] >= cutoff}
+        names = {n.decode() for n in unloaded}
+        return Known(
+            served={n: e for n, e in fresh.items() if n not in names},
+            unloaded={n: fresh.get(n) for n in sorted(names)},
+        )
 
     async def model(self, name: str, version: str | None = None) -> tuple[dict[str, Any], str]:
         """The model's entry and the version asked for (the latest when None)."""
         entry = (await self.models()).get(name)
+        if entry is None and name in await self.unloaded():
+            raise NotFound(
+                f"model '{name}' is unloaded: POST /v2/repository/models/{name}/load serves it "
+                "again",
+                "model_not_found",
+            )
         if entry is None:
             raise NotFound(f"model '{name}' does not exist", "model_not_found")
         version = version or entry["latest"]

@@ -115,10 +115,13 @@ def _submit(
     priority: int | None,
     wait: float | None,
     idempotency_key: str | None,
+    stream_outputs: bool,
 ) -> _Call:
     body: dict[str, Any] = {"model": model}
     body.update({"inputs": inputs} if inputs is not None else {"data": data})
     body.update(_given(outputs=outputs or None, priority=priority))
+    if stream_outputs:
+        body["stream_outputs"] = True
     headers: dict[str, str] = {}
     if wait:
         headers["Prefer"] = f"wait={wait:g}"
@@ -242,9 +245,14 @@ class _Methods(ABC, Generic[D, L, S]):
         priority: int | None = None,
         wait: float | None = None,
         idempotency_key: str | None = None,
+        stream_outputs: bool = False,
     ) -> D:
-        """Queue a job; with ``wait`` the hub answers when it is done (or after ``wait`` s)."""
-        return self._send(_submit(model, data, inputs, outputs, priority, wait, idempotency_key))
+        """Queue a job; with ``wait`` the hub answers when it is done (or after ``wait`` s).
+        ``stream_outputs``: an ``output`` event per chunk of rows as it is done."""
+        call = _submit(
+            model, data, inputs, outputs, priority, wait, idempotency_key, stream_outputs
+        )
+        return self._send(call)
 
     def job(self, job_id: str) -> D:
         return self._send(_Call("job", (job_id,)))

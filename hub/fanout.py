@@ -20,11 +20,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys
-from contract.connection import database
+from contract.connection import connect, database
 from contract.events import Event, EventType
 from hub.observer import NOBODY, Observer
 
@@ -217,7 +216,7 @@ class Fanout:
         self.tick_s = tick_s
         # its own client, without retries: a dropped connection must surface here, so that
         # subscribers learn of the gap (redis-py would otherwise resubscribe silently)
-        self.redis = Redis.from_url(redis_url, socket_connect_timeout=2)
+        self.redis = connect(redis_url, retry=False)
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s

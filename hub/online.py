@@ -37,6 +37,7 @@ from contract.jobstore import queue_score
 from contract.online import Answer, BatchArgs, OnlineRequest, Reply, batch_payload
 from contract.wire import loads
 from hub.observer import NOBODY, Observer
+from hub.tracing import carried
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class _Batch:
     id: str
     line: _Queue
     requests: list[_Waiting]
+    waiting: int = 0  # its requests not answered or gone yet
 
 
 @dataclass(eq=False)
@@ -127,16 +129,19 @@ class OnlineLane:
             "inputs": inputs,
             "outputs": outputs,
             "deadline": time.time() + timeout_s,
+            **carried(),  # the request's trace, to the batch
         }
-        waiting = _Waiting(request, rows, line, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(request, rows, line, loop.create_future())
         self._rows[pool] += rows
         line.pending.append(waiting)
         line.pending_rows += rows
         began = time.perf_counter()
+        # a timer on the future: cheaper than asyncio.timeout's cancellation, per request
+        timer = loop.call_later(timeout_s, _expire, waiting.future)
         try:
             self._send_what_may_go(line)
-            async with asyncio.timeout(timeout_s):
-                answer = await waiting.future
+            answer = await waiting.future
         except TimeoutError:
             seconds = time.perf_counter() - began
             self.observer.online_answered(entry["name"], rows, seconds, "timeout")
@@ -146,6 +151,7 @@ class OnlineLane:
                 "timeout",
             ) from None
         finally:
+            timer.cancel()
             self._rows[pool] -= rows
             self._leave(waiting)
         outcome = "failed" if "error" in answer else "succeeded"
@@ -193,7 +199,7 @@ class OnlineLane:
         if line.timer is not None and not line.pending:
             line.timer.cancel()
             line.timer = None
-        batch = _Batch(f"{self.hub_id}-{next(self._ids)}", line, taken)
+        batch = _Batch(f"{self.hub_id}-{next(self._ids)}", line, taken, len(taken))
         for waiting in taken:
             waiting.batch = batch
         line.in_flight += 1
@@ -253,8 +259,10 @@ class OnlineLane:
             if not line.pending and line.timer is not None:
                 line.timer.cancel()
                 line.timer = None
-        elif all(w.future.done() for w in batch.requests):
-            self._retire(batch)
+        else:
+            batch.waiting -= 1
+            if not batch.waiting:
+                self._retire(batch)
 
     def _retire(self, batch: _Batch) -> None:
         if self._in_flight.pop(batch.id, None) is not None:
@@ -265,6 +273,11 @@ class OnlineLane:
         for task in list(self._sends):
             task.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
+
+
+def _expire(future: asyncio.Future[Answer]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _failed(waiting: _Waiting, why: str) -> Answer:

@@ -79,30 +79,40 @@ class JobRequest(BaseModel):
 
     @classmethod
     def openapi_body(cls, binary: dict[str, str] | None = None) -> dict[str, Any]:
-        """The request body for a route that reads it itself (after authenticating): the JSON
-        schema with its definitions inlined, since it sits outside the document's components."""
-        schema = cls.model_json_schema()
-        defs = schema.pop("$defs", {})
-
-        def inline(node: Any) -> Any:
-            if isinstance(node, dict):
-                ref = node.get("$ref", "")
-                if ref.startswith("#/$defs/"):
-                    return inline(defs[ref.removeprefix("#/$defs/")])
-                return {k: inline(v) for k, v in node.items()}
-            if isinstance(node, list):
-                return [inline(v) for v in node]
-            return node
-
-        content = {"application/json": {"schema": inline(schema)}}
-        for media, description in (binary or {}).items():
-            content[media] = {
-                "schema": {"type": "string", "format": "binary"},
-                "description": description,
-            }
-        return {"required": True, "content": content}
+        return request_body(cls, binary)
 
     def fingerprint(self) -> str:
         """What an Idempotency-Key is bound to: a repeat with another body is a conflict."""
         body = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(body).hexdigest()[:32]
+
+
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its definitions inlined, for a body or response declared
+    outside the document's components (a route that reads its body itself)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return dict(inline(schema))
+
+
+def request_body(model: type[BaseModel], binary: dict[str, str] | None = None) -> dict[str, Any]:
+    """The request body for a route that reads it itself (after authenticating): the model's
+    JSON schema, and each binary media type given with its description."""
+    content: dict[str, Any] = {"application/json": {"schema": inlined_schema(model)}}
+    for media, description in (binary or {}).items():
+        content[media] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": description,
+        }
+    return {"required": True, "content": content}

@@ -10,11 +10,12 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from contract import inputs as inputs_store
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
@@ -30,6 +31,7 @@ from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest, Webhook
 from hub.streams import TenantStreams
+from hub.tracing import carried
 from hub.validation import check_arrays, check_outputs, decode_inputs
 from hub.webhooks import record as webhook_record
 from hub.webhooks.policy import WebhookPolicy
@@ -118,12 +120,15 @@ class JobService:
         parameters: dict[str, Any] | None = None,
         webhook: Webhook | None = None,
         stream_outputs: bool = False,
+        incoming: Mapping[str, AsyncIterable[memoryview]] | None = None,
         idempotency: tuple[str, str] | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[PendingJob]:
         """Queue a job, and follow its events while the block runs (subscribed before the job
         exists, so that none is missed). ``idempotency`` is (key, fingerprint); ``request_id``
-        (by default the current request's) goes with the job to the worker's log lines."""
+        (by default the current request's) goes with the job to the worker's log lines.
+        ``incoming``: the bytes of inputs still arriving (their ``arrays`` are placeholders),
+        stored as they come."""
         await self._admit(model, version, arrays, outputs, owner)
         if webhook is not None:
             await self.webhooks.check(webhook.url, owner)
@@ -148,13 +153,16 @@ class JobService:
         }
         if webhook is not None:
             record.update(webhook_record.fields(webhook))
+        # large inputs go beside the arq job, written by _create
+        packed, apart = inputs_store.pack(arrays, incoming or {})
         job_kwargs = {
             "model": model["name"],
             "version": version,
             "owner": owner,
-            "inputs": [pack_tensor(n, a) for n, a in arrays.items()],
+            "inputs": packed,
             "outputs": outputs,
             "request_id": record["request_id"],
+            **carried(**{"inferhub.job_id": job_id}),  # the trace goes with the job
         }
         if stream_outputs:
             job_kwargs["stream_outputs"] = True
@@ -163,6 +171,7 @@ class JobService:
             created, existing = await self._create(
                 record,
                 job_kwargs,
+                apart,
                 pool=model["pool"],
                 idempotency=(owner, idempotency[0]) if idempotency else None,
                 priority=priority,
@@ -246,21 +255,32 @@ class JobService:
             )
 
     async def _create(
-        self, record: dict[str, Any], job_kwargs: dict[str, Any], **options: Any
+        self,
+        record: dict[str, Any],
+        job_kwargs: dict[str, Any],
+        apart: Sequence[inputs_store.Source],
+        **options: Any,
     ) -> tuple[Created, str]:
         self.observer.job_creating(record)
         created = Created.FULL
         try:
+            # written first, and removed again unless the job is created
+            stored = await inputs_store.store(
+                self.store.redis, record["id"], apart, self.store.limits.ttl_s
+            )
             created, existing = await self.store.create(
                 record,
                 job_kwargs,
                 max_queued=self.max_queued,
                 max_queued_per_owner=self.max_queued_per_tenant,
                 max_stored_per_owner=self.max_stored_per_tenant,
+                inputs_bytes=stored,
                 **options,
             )
         finally:
             self.observer.job_created(record, created is Created.CREATED)
+            if apart and created is not Created.CREATED:
+                await inputs_store.remove(self.store.redis, record["id"])
         if created is Created.CREATED:
             note_job(record["id"])
             JOBS.info(

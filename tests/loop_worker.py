@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from contract.jobstore import RUN_JOB
@@ -24,10 +25,11 @@ from workers.attempt import Function
 from workers.heartbeat import beat, heartbeat_forever, leave
 from workers.loop import WorkerLoop, serve_until_signalled
 from workers.reaper import reap_forever
-from workers.repository import Repository
+from workers.serving import Serving
+from workers.stats import Tally
 
 HEARTBEAT_S = 0.2  # a killed worker's heartbeat expires after 3 of these
-NO_MODELS = Repository(models={}, errors=[])
+NO_MODELS = Serving(Path("no-models"), "none", Tally())  # never refreshed: serves nothing
 
 
 def notes(pool: str) -> str:
@@ -58,7 +60,8 @@ def worker(
             )
         )
         if reaper:
-            background.append(asyncio.create_task(reap_forever(redis, pool, every_s=HEARTBEAT_S)))
+            reaping = reap_forever(redis, pool, every_s=HEARTBEAT_S, worker=loop)
+            background.append(asyncio.create_task(reaping))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for task in background:
@@ -68,7 +71,7 @@ def worker(
         await leave(ctx["redis"], worker_id)
         await ctx["redis"].rpush(notes(pool), f"shutdown {worker_id}")
 
-    return WorkerLoop(
+    loop = WorkerLoop(
         functions,
         redis_url=redis_url,
         pool=pool,
@@ -78,6 +81,7 @@ def worker(
         on_startup=startup,
         on_shutdown=shutdown,
     )
+    return loop
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from redis import Redis
 
 from cli.processes import free_port, start_cli, start_redis, stop, wait_ready
 from contract import keys
+from contract.connection import connect_sync
 from contract.settings import Settings
 from hub.app import create_app
 
@@ -170,7 +171,7 @@ class Stack:
         self.server = server  # a server of the stack's own, stopped with it
         self.fields = {"redis_url": redis_url, "models": models, **BASE, **overrides}
         self.settings = Settings(**self.fields)
-        self.redis = Redis.from_url(redis_url)
+        self.redis = connect_sync(redis_url)  # a Sentinel URL too (tests/test_sentinel.py)
         self.processes: list[Process] = []
 
     @property

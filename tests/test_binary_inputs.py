@@ -10,20 +10,23 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
-from helpers import ROOT, TestClient
+from arq.constants import job_key_prefix
+from helpers import ROOT, TestClient, wait_for
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
-from stack import Stack, Worker
+from stack import Hub, Stack, Worker
 
 from contract import keys
 
 WAIT = {"Prefer": "wait=30"}
 NPY = {"Content-Type": "application/x-npy", **WAIT}
 NPZ = {"Content-Type": "application/x-npz", **WAIT}
+NPY_ONLY = {"Content-Type": "application/x-npy"}
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -46,6 +49,12 @@ def onnxruntime(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def outputs(job: dict[str, Any]) -> dict[str, np.ndarray]:
     assert job["status"] == "succeeded", job
     return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in job["outputs"]}
+
+
+@pytest.fixture(scope="module")
+def hub(stack: Stack, worker: Worker) -> Hub:
+    """A real hub process, for bodies sent in chunks over HTTP."""
+    return stack.hub("binary")
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +183,63 @@ def test_a_bad_binary_body_is_refused_and_writes_nothing(
     status: int,
     fragment: str,
 ) -> None:
-    before = redis.zcard(keys.JOBS_INDEX)
+    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
     r = client.post("/v1/jobs", params=query, content=body, headers=headers)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]["message"], r.text
-    assert redis.zcard(keys.JOBS_INDEX) == before
+    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+
+
+@pytest.fixture
+def orphan(client: TestClient, orphan_model: str) -> str:
+    """A model no worker serves (its jobs stay queued), once the hub's catalogue has it."""
+    wait_for(lambda: client.get(f"/v1/models/{orphan_model}").status_code == 200, what="orphan")
+    return orphan_model
+
+
+def stored_inputs(redis: Redis) -> set[bytes]:
+    return set(redis.scan_iter(match=keys.job_inputs("*")))
+
+
+def test_a_large_npy_body_is_stored_as_it_came_beside_a_small_arq_job(
+    client: TestClient, redis: Redis, orphan: str
+) -> None:
+    rows = np.random.default_rng(7).random((100_000, 4), dtype=np.float32)  # 1.6 MB
+    r = client.post("/v1/jobs", params={"model": orphan}, content=npy(rows), headers=NPY_ONLY)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # the body's array bytes as they came, under the job's TTL; the arq job only refers to them
+    assert redis.get(keys.job_inputs(job_id)) == rows.tobytes()
+    assert 0 < redis.ttl(keys.job_inputs(job_id)) <= redis.ttl(keys.job(job_id))
+    assert redis.strlen(job_key_prefix + job_id) < 4096
+
+
+def test_a_repeated_large_body_leaves_no_inputs_behind(
+    client: TestClient, redis: Redis, orphan: str
+) -> None:
+    body = npy(np.ones((100_000, 4), dtype=np.float32))
+    headers = {**NPY_ONLY, "Idempotency-Key": "large-once"}
+    before = stored_inputs(redis)
+    first = client.post("/v1/jobs", params={"model": orphan}, content=body, headers=headers)
+    again = client.post("/v1/jobs", params={"model": orphan}, content=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert stored_inputs(redis) - before == {keys.job_inputs(first.json()["id"]).encode()}
+
+
+def test_a_large_npy_job_runs_from_its_stored_bytes_which_then_go(
+    client: TestClient, redis: Redis
+) -> None:
+    rows = np.tile(load_digits().data.astype(np.float32), (12, 1))  # 21,564 rows, 5.5 MB
+    r = client.post("/v1/jobs", params={"model": "digits"}, content=npy(rows), headers=NPY)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    label, probabilities = onnxruntime("digits", {"input": rows})
+    got = client.get(job["urls"]["outputs"], params={"format": "npz"})
+    with np.load(io.BytesIO(got.content)) as archive:
+        assert np.array_equal(archive["label"], label)
+        assert np.allclose(archive["probabilities"], probabilities)
+    wait_for(lambda: not redis.exists(keys.job_inputs(job["id"])), what="the inputs deleted")
 
 
 def test_an_npz_that_would_inflate_past_the_body_limit(small_body_client: TestClient) -> None:
@@ -188,3 +249,57 @@ def test_an_npz_that_would_inflate_past_the_body_limit(small_body_client: TestCl
     assert r.status_code == 413 and "once inflated" in r.json()["error"]["message"]
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     assert names == ["input.npy"]
+
+
+def chunked(body: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
+    """The body in pieces, sent without a Content-Length: its length shows only at its end."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+@pytest.mark.parametrize(
+    ("cut", "fragment"),
+    [(-7, "holds fewer"), (+5, "past its array")],
+    ids=["short", "long"],
+)
+def test_a_large_npy_body_whose_length_shows_wrong_at_its_end_leaves_nothing(
+    hub: Hub, redis: Redis, cut: int, fragment: str
+) -> None:
+    """Sent chunked to a real server (the test client hands the app the whole body at once),
+    several slices are stored before the end shows the body is wrong: they are removed."""
+    body = npy(np.zeros((40_000, 64), np.float32))  # 10 MB
+    body = body[:cut] if cut < 0 else body + b"x" * cut
+    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    r = httpx.post(
+        f"{hub.url}/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY
+    )
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]["message"]
+    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+
+
+@pytest.mark.parametrize("layout", ["big-endian", "fortran"])
+def test_an_npy_body_in_another_layout_is_converted(client: TestClient, layout: str) -> None:
+    rows = load_digits().data[:3000].astype(np.float32)
+    sent = rows.astype(">f4") if layout == "big-endian" else np.asfortranarray(rows)
+    r = client.post("/v1/jobs", params={"model": "digits"}, content=npy(sent), headers=NPY)
+    assert r.status_code == 200, r.text
+    label, _ = onnxruntime("digits", {"input": rows})
+    got = client.get(r.json()["urls"]["outputs"], params={"format": "npy", "output": "label"})
+    assert np.array_equal(np.load(io.BytesIO(got.content)), label)
+
+
+def test_a_chunked_npy_body_declaring_more_than_the_limit_is_413_before_it_is_stored(
+    stack: Stack, worker: Worker, redis: Redis
+) -> None:
+    """Without a Content-Length, the .npy header's declared size is what is checked (a real
+    server: the test client hands the app the whole body at once)."""
+    hub = stack.hub("limited", max_body_bytes=2**20)
+    body = npy(np.zeros((8192, 64), np.float32))  # 2 MiB, over the 1 MiB limit
+    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    r = httpx.post(
+        f"{hub.url}/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY
+    )
+    assert r.status_code == 413, r.text
+    assert "the .npy declares 2,097,152 bytes" in r.json()["error"]["message"]
+    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before

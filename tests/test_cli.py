@@ -214,3 +214,12 @@ def test_status_shows_a_first_frame_before_its_rates(hub_url: str) -> None:
         os.waitpid(pid, 0)
         os.close(fd)
     assert b"pools" in screen and b"workers" in screen
+
+
+def test_a_wrong_setting_ends_the_command_with_one_line_that_says_what_to_fix() -> None:
+    done = inferhub("serve", "--redis-url", "redis+sentinel://:s3cret@h1:26379")
+    assert done.returncode == 2
+    assert done.stderr.startswith("inferhub: INFERHUB_REDIS_URL: ")
+    assert "redis+sentinel://[[user]:password@]host:port" in done.stderr
+    assert "s3cret" not in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1

@@ -370,11 +370,6 @@ def test_what_is_not_served_is_unimplemented_and_the_hub_stays_up(
     orphan: str,
 ) -> None:
     calls = [
-        lambda: stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="iris")),
-        lambda: stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="x")),
-        lambda: stub.RepositoryModelUnload(
-            service_pb2.RepositoryModelUnloadRequest(model_name="x")
-        ),
         lambda: stub.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest()),
         lambda: stub.CudaSharedMemoryRegister(service_pb2.CudaSharedMemoryRegisterRequest()),
         lambda: stub.LogSettings(service_pb2.LogSettingsRequest()),

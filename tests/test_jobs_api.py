@@ -59,8 +59,10 @@ def assert_error(response: Any, status: int, code: str, *fragments: str) -> str:
 
 
 def snapshot(redis: Redis) -> dict[str, Any]:
-    """Everything a request could have written (worker heartbeats, which expire, aside)."""
-    all_keys = {k for k in redis.scan_iter(count=1000) if not k.startswith(b"inferhub:worker:")}
+    """Everything a request could have written: not what workers keep on their own clock
+    (heartbeats, which expire, and the statistics they flush on a heartbeat after earlier jobs)."""
+    workers_own = (b"inferhub:worker:", b"inferhub:stats:")
+    all_keys = {k for k in redis.scan_iter(count=1000) if not k.startswith(workers_own)}
     return {
         "keys": all_keys,
         "jobs": redis.zcard(keys.JOBS_INDEX),

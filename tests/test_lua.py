@@ -42,6 +42,7 @@ class ZSet:
 @dataclass(frozen=True)
 class Str:
     value: str
+    px: int | None = field(default=None, compare=False)  # a time to live (ms), set up only
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ async def write(r: Redis, k: Keys, state: State) -> None:
                 await r.hset(k(name), mapping=dict(fields))  # type: ignore[misc]
             case ZSet(members):
                 await r.zadd(k(name), dict(members))
-            case Str(text):
-                await r.set(k(name), text)
+            case Str(text, px):
+                await r.set(k(name), text, px=px)
             case _:
                 raise AssertionError(f"cannot set up {value!r}")
 
@@ -599,6 +600,12 @@ CLAIM = scripts.load("claim")
 ALIVE: State = {"worker:w1": Str("{}")}
 HOLD_MS = 30_000
 
+
+def claim_reads(k: Keys) -> dict[str, Any]:
+    """The claim's arguments for what it reads with each job: the arq job and its tries."""
+    return {"job_prefix": k("job:"), "retry_prefix": k("retry:"), "retry_ttl_s": 600}
+
+
 CLAIM_ROWS = [
     pytest.param(
         {**ALIVE, "queue": ZSet({"c": 3, "a": 1, "b": 2})},
@@ -674,13 +681,36 @@ async def test_claim(
         "room": 1,
         "worker_id": "w1",
         "page": 256,
+        **claim_reads(k),
         **arg_changes,
     }
     claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
-    assert claimed == returns
+    # {id, score, arq job, tries, ...}: no arq job was written here, each is a first try
+    assert [x for i in range(0, len(claimed), 4) for x in claimed[i : i + 2]] == returns
+    assert claimed[2::4] == [None] * (len(claimed) // 4)
+    assert claimed[3::4] == [1] * (len(claimed) // 4)
     await check(r, k, expected)
-    for job_id in claimed[::2]:
+    for job_id in claimed[::4]:
         assert 0 < await r.pttl(k(f"ip:{job_id}")) <= HOLD_MS
+        assert 0 < await r.ttl(k(f"retry:{job_id}")) <= 600
+
+
+async def test_claim_reads_the_job_and_counts_its_tries(r: Redis, k: Keys) -> None:
+    await write(
+        r, k, {**ALIVE, "queue": ZSet({"a": 1}), "job:a": Str("payload"), "retry:a": Str("2")}
+    )
+    args = {
+        "in_progress_prefix": k("ip:"),
+        "in_progress_ms": HOLD_MS,
+        "now_ms": 1000,
+        "room": 1,
+        "worker_id": "w1",
+        "page": 256,
+        **claim_reads(k),
+    }
+    claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
+    assert claimed == ["a", "1", "payload", 3]  # the third try: two ran before
+    await check(r, k, {"retry:a": Str("3"), "ip:a": Str("w1"), "job:a": Str("payload")})
 
 
 # ---- reap
@@ -766,12 +796,56 @@ REAP_ROWS = [
 ]
 
 
-def reap_args(k: Keys, scan: int = 1000) -> dict[str, Any]:
+OWN_HOLD_MS, OWN_GRACE_MS = 60_000, 5_000
+"""A reaping worker ``me`` whose claims last a minute, and who keeps its own for 5 s."""
+
+OWN_ROWS = [
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("me", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000)},
+        [],
+        ["a"],
+        {"ip:a": None},
+        id="own hold, not run, older than the grace: released",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("me", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000)},
+        ["a"],
+        [],
+        {"ip:a": Str("me")},
+        id="own hold, run: kept",
+    ),
+    pytest.param(
+        {"queue": ZSet({"a": 1}), "ip:a": Str("me", px=OWN_HOLD_MS)},
+        [],
+        [],
+        {"ip:a": Str("me")},
+        id="own hold, not run, just claimed (its reply on its way): kept",
+    ),
+    pytest.param(
+        {
+            "queue": ZSet({"a": 1, "b": 2}),
+            "ip:a": Str("w1", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000),
+            "worker:w1": Str("{}"),
+            "ip:b": Str("me", px=OWN_HOLD_MS - OWN_GRACE_MS - 1000),
+        },
+        ["a"],
+        ["b"],
+        {"ip:a": Str("w1"), "ip:b": None},
+        id="a live worker's hold on a job this one runs not: kept",
+    ),
+]
+
+
+def reap_args(k: Keys, scan: int = 1000, running: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "in_progress_prefix": k("ip:"),
         "job_prefix": k("job:"),
         "worker_prefix": k("worker:"),
         "scan": scan,
+        "worker_id": "me",
+        "hold_ms": OWN_HOLD_MS,
+        "grace_ms": OWN_GRACE_MS,
+        "running": list(running),
     }
 
 
@@ -779,6 +853,16 @@ def reap_args(k: Keys, scan: int = 1000) -> dict[str, Any]:
 async def test_reap(r: Redis, k: Keys, setup: State, returns: list[str], expected: State) -> None:
     await write(r, k, setup)
     released = await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k))
+    assert released == returns
+    await check(r, k, expected)
+
+
+@pytest.mark.parametrize(("setup", "running", "returns", "expected"), OWN_ROWS)
+async def test_reap_own_holds(
+    r: Redis, k: Keys, setup: State, running: list[str], returns: list[str], expected: State
+) -> None:
+    await write(r, k, setup)
+    released = await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k, running=running))
     assert released == returns
     await check(r, k, expected)
 
@@ -893,6 +977,44 @@ async def test_take_token_refills_with_time(r: Redis, k: Keys) -> None:
     take = {"keys": {"bucket": k("bucket")}, "args": {"rate": 1, "burst": 5}}
     assert [await TAKE_TOKEN(r, **take) for _ in range(2)] == [0, 0]  # 2 s at 1/s: two tokens
     assert await TAKE_TOKEN(r, **take) > 0
+
+
+# ---- stats_add: a worker's counts added to a model version's statistics
+
+STATS_ADD = scripts.load("stats_add")
+
+STATS_ROWS = [
+    pytest.param(
+        {},
+        {"last_inference": 5, "deltas": ["success:count", 2, "success:ns", 900]},
+        2,
+        Hash({"last_inference": "5", "success:count": "2", "success:ns": "900"}),
+        id="a new hash",
+    ),
+    pytest.param(
+        {"stats": Hash({"last_inference": "9", "success:count": "3"})},
+        {"last_inference": 7, "deltas": ["success:count", 2, "batch:4:compute_infer:count", 1]},
+        2,
+        Hash({"last_inference": "9", "success:count": "5", "batch:4:compute_infer:count": "1"}),
+        id="summed; an older time is not kept",
+    ),
+    pytest.param(
+        {"stats": Hash({"last_inference": "9"})},
+        {"last_inference": 12, "deltas": []},
+        0,
+        Hash({"last_inference": "12"}),
+        id="no deltas: the time only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "args", "returns", "after"), STATS_ROWS)
+async def test_stats_add(
+    r: Redis, k: Keys, setup: State, args: dict[str, Any], returns: int, after: Hash
+) -> None:
+    await write(r, k, setup)
+    assert await STATS_ADD(r, keys={"stats": k("stats")}, args=args) == returns
+    await check(r, k, {"stats": after})
 
 
 # ---- webhooks: queued by the job scripts (append.lua), claimed and recorded by the hubs
@@ -1118,7 +1240,7 @@ NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
 @pytest.mark.parametrize("name", NAMES)
 def test_header_matches_the_positions_the_script_reads(name: str) -> None:
     """Every KEYS[n] / ARGV[n] the body reads (also as K[n], A[n]) is a name of its header, and
-    a trailing list starts right after the named arguments."""
+    a trailing list (read by ``set_fields`` or a loop) starts right after the named arguments."""
     script = scripts.load(name)
     body = (scripts.LUA / f"{name}.lua").read_text()
     body = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
@@ -1128,7 +1250,10 @@ def test_header_matches_the_positions_the_script_reads(name: str) -> None:
     assert read_keys == set(range(1, len(script.keys) + 1))
     assert read_args == set(range(1, len(named) + 1))
     if len(named) < len(script.args):
-        assert re.findall(r"set_fields\(\w+, (\d+)\)", body) == [str(len(named) + 1)]
+        starts = re.findall(
+            r"(?:set|add)_fields\(\w+, (\d+)\)|for \w+ = (\d+), #(?:ARGV|A)\b", body
+        )
+        assert {a or b for a, b in starts} == {str(len(named) + 1)}
     assert scripts.load(name) is script  # loaded once
 
 
@@ -1163,6 +1288,7 @@ def test_tables_have_unique_cases() -> None:
         CREATE_ROWS,
         CLAIM_ROWS,
         REAP_ROWS,
+        OWN_ROWS,
         WEBHOOK_STEPS,
         WEBHOOK_DONE_ROWS,
     ):

@@ -262,16 +262,51 @@ def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Work
     (label,) = response.json()["outputs"]
     assert label["data"] == session.run(["label"], {"input": rows})[0].tolist()
     # visible without records: this replica's online counters
-    found = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(metrics)
-        for sample in family.samples
-    }
+    found = _samples(metrics)
     digits = (("model", "digits"),)
     assert found["inferhub_online_requests_total", (*digits, ("outcome", "succeeded"))] == 1
     assert found["inferhub_online_rows_total", digits] == 3
     assert found["inferhub_online_batches_total", digits] == 1
     assert found["inferhub_online_request_seconds_count", digits] == 1
+
+
+def _samples(metrics: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+
+
+def test_v2_infer_on_its_lean_path_keeps_the_ways_of_a_route(
+    online_settings: Settings, online_worker: Worker
+) -> None:
+    """The infer route skips FastAPI's routing and dependency solving (hub/v2/lean.py,
+    hub/middleware/shortcut.py), yet is documented in /openapi.json, counted under its route
+    template, echoes the request id, serves the latest version or the one in its path, and
+    answers errors in Triton's shape."""
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    versioned = "/v2/models/{model}/versions/{version}/infer"
+    with TestClient(create_app(online_settings)) as client:
+        schema = client.get("/openapi.json").json()
+        ok = client.post(
+            "/v2/models/digits/versions/1/infer", json=body, headers={"X-Request-ID": "lean-1"}
+        )
+        latest = client.post("/v2/models/digits/infer", json=body)
+        missing = client.post("/v2/models/digits/versions/9/infer", json=body)
+        malformed = client.post("/v2/models/digits/infer", content=b"{not json")
+        metrics = client.get("/metrics").text
+    assert "post" in schema["paths"]["/v2/models/{model}/infer"]
+    parameters = schema["paths"][versioned]["post"]["parameters"]
+    assert {p["name"] for p in parameters if p["in"] == "path"} == {"model", "version"}
+    assert ok.status_code == 200 and ok.json()["model_version"] == "1", ok.text
+    assert ok.headers["x-request-id"] == "lean-1"
+    assert latest.status_code == 200 and latest.json()["model_version"] == "1"
+    assert missing.status_code == 404 and "no version '9'" in missing.json()["error"]
+    assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]
+    found = _samples(metrics)
+    labels = (("method", "POST"), ("route", versioned), ("status", "200"))
+    assert found["inferhub_http_requests_total", labels] == 1
 
 
 def test_a_client_that_disconnects_before_dispatch_is_not_run(

@@ -20,8 +20,10 @@ from redis import Redis
 from sklearn.datasets import load_digits
 
 from contract import keys
+from contract import outputs as outputs_store
 from contract.errors import InvalidInput
-from contract.tensors import pack_tensor
+from contract.tensors import pack_tensor, unpack_tensor, view_tensor
+from contract.wire import dumps
 from hub import outputs
 
 DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"
@@ -215,3 +217,28 @@ def test_a_large_body_is_written_in_slices() -> None:
     assert len(chunks) >= 3 and max(len(c) for c in chunks) <= outputs.SLICE + 4096
     with np.load(io.BytesIO(b"".join(chunks))) as archive:
         assert np.array_equal(archive["x"], array)
+
+
+def test_the_stored_form_is_read_in_place() -> None:
+    """contract/outputs.py: a header, then each tensor's raw bytes, which a reader views."""
+    y = np.arange(12, dtype=np.float32).reshape(4, 3)
+    packed = [
+        view_tensor("y", y),
+        pack_tensor("label", np.array([1, 2, 3, 4])),
+        pack_tensor("text", np.array([b"a", b"bc", b"", b"d"], dtype=object)),
+    ]
+    blob = outputs_store.stored(packed)
+    assert len(blob) < y.nbytes + 32 + 256  # the bytes once, and a small header
+    loaded = outputs_store.load(blob)
+    assert [p["name"] for p in loaded] == ["y", "label", "text"]
+    assert isinstance(loaded[0]["raw"], memoryview) and loaded[0]["raw"].obj is blob  # no copy
+    assert np.array_equal(unpack_tensor(loaded[0]), y)
+    assert unpack_tensor(loaded[1]).tolist() == [1, 2, 3, 4]
+    assert unpack_tensor(loaded[2]).tolist() == [b"a", b"bc", b"", b"d"]
+    assert outputs_store.chunk_ranges(blob) is None
+    # what a worker of the release before wrote (msgpack) still reads, until its TTL
+    assert unpack_tensor(outputs_store.load(dumps(packed[1:2]))[0]).tolist() == [1, 2, 3, 4]
+    assert outputs_store.chunk_ranges(outputs_store.chunk_list([(0, 2), (2, 4)])) == [
+        (0, 2),
+        (2, 4),
+    ]

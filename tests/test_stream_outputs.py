@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,13 +30,17 @@ SLOW = 'description = "heavy rows, chunks of 64"\nmax_batch_size = 64\ntimeout_s
 
 
 @pytest.fixture(scope="module")
-def served(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[TestClient, Redis]]:
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's models: digits, and slow in chunks of 64 rows."""
     root = tmp_path_factory.mktemp("streamed") / "models"
     shutil.copytree(ROOT / "models" / "digits", root / "digits")
     build_slow(root / "slow")
     (root / "slow" / "config.toml").write_text(SLOW)
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(stack: Stack, root: Path) -> Iterator[tuple[TestClient, Redis]]:
     stack.worker("streaming", models=root)
     with TestClient(create_app(stack.settings.model_copy(update={"models": root}))) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz")
@@ -54,8 +61,10 @@ def run(client: TestClient, model: str, rows: np.ndarray) -> str:
     return str(r.json()["id"])
 
 
-def onnxruntime(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    path = ROOT / "models" / model / "1" / "model.onnx"
+def onnxruntime(
+    model: str, feed: dict[str, np.ndarray], repo: Path = ROOT / "models"
+) -> list[np.ndarray]:
+    path = repo / model / "1" / "model.onnx"
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
@@ -131,3 +140,34 @@ def test_rows_of_outputs_that_were_not_streamed(
     assert tensors(part["outputs"])["label"].tolist() == label[2:5].tolist()
     bad = client.get(f"/v1/jobs/{job['id']}/outputs", params={"rows": "5:2"})
     assert bad.status_code == 422 and "past the start" in bad.json()["error"]["message"]
+
+
+def test_the_cli_writes_each_streamed_chunk_into_its_npz(
+    served: tuple[TestClient, Redis], stack: Stack, root: Path, tmp_path: Path
+) -> None:
+    """``inferhub submit --follow --out`` asks for the chunks and writes each into the file as
+    it comes (three by their URL, the last from its event): the file holds the whole outputs."""
+    client, _ = served
+    hub = stack.hub("cli")
+    rows = np.random.default_rng(5).standard_normal((200, 16)).astype(np.float32)
+    given = tmp_path / "rows.json"
+    given.write_bytes(orjson.dumps(rows.tolist()))
+    out = tmp_path / "outputs.npz"
+    command = ["submit", "slow", "--input", str(given), "--follow", "--out", str(out), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", *command, "--url", hub.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    job = orjson.loads(done.stdout)
+    chunks = [e["data"] for e in events(client, job["id"]) if e["type"] == "output"]
+    assert ["outputs" in c for c in chunks] == [False, False, False, True]
+    whole = np.load(io.BytesIO(client.get(f"/v1/jobs/{job['id']}/outputs?format=npy").content))
+    (y,) = onnxruntime("slow", {"x": rows}, root)
+    with np.load(out) as archive:
+        assert archive.files == ["y"]
+        assert np.array_equal(archive["y"], whole)
+        assert np.allclose(archive["y"], y, rtol=1e-5, atol=1e-5)

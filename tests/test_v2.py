@@ -357,8 +357,8 @@ def test_client_errors(tc: triton.InferenceServerClient) -> None:
     assert output.value.status() == "400"
     assert "has no output 'nope'" in output.value.message()
 
-    with pytest.raises(InferenceServerException) as stats:  # not implemented: docs/v2.md
-        tc.get_inference_statistics("iris")
+    with pytest.raises(InferenceServerException) as stats:
+        tc.get_inference_statistics("nope")
     assert stats.value.status() == "404"
 
 
@@ -707,7 +707,7 @@ def test_unknown_routes_and_models(http: httpx.Client) -> None:
     assert_error(http.get("/v2/models/nope"), 404, "model 'nope' does not exist")
     assert_error(http.get("/v2/models/nope/config"), 404, "does not exist")
     assert_error(http.get("/v2/models/iris/versions/7/ready"), 404, "no version '7'")
-    assert_error(http.get("/v2/models/iris/stats"), 404, "not a route of inferhub")
+    assert_error(http.get("/v2/systemsharedmemory/status"), 404, "not a route of inferhub")
     assert_error(http.post("/v2/repository/index", content=b"{"), 400, "not valid JSON")
     # /v1 keeps its own shape
     assert http.get("/v1/models/nope").json()["error"]["code"] == "model_not_found"

@@ -37,6 +37,7 @@ from contract.records import JobArgs, JobRecord
 from contract.wire import loads
 from workers.attempt import Function
 from workers.loop import WorkerLoop
+from workers.reaper import OWN_GRACE_MS
 
 WAIT_S = 30
 """The longest any wait here takes before it fails."""
@@ -102,16 +103,16 @@ async def enqueue(r: Redis, pool: str) -> tuple[str, JobArgs]:
 
 
 async def serve_until_deleted(
-    redis_url: str, pool: str, key: str, *functions: Function
+    redis_url: str, pool: str, key: str, *functions: Function, loop: WorkerLoop | None = None
 ) -> WorkerLoop:
-    """Serve ``pool`` in-process (a worker with its heartbeat and reaper) until Redis deletes
-    ``key``; then stop the worker and wait for it to shut down."""
+    """Serve ``pool`` in-process (a worker with its heartbeat and reaper, or ``loop``) until
+    Redis deletes ``key``; then stop the worker and wait for it to shut down."""
     client = connect(redis_url)
     async with client.pubsub() as pubsub:
         await pubsub.subscribe(f"__keyspace@{database(client)}__:{key}")
         confirmed = await pubsub.get_message(timeout=10)
         assert confirmed is not None and confirmed["type"] == "subscribe"
-        loop = worker(redis_url, pool, functions, reaper=True)
+        loop = loop or worker(redis_url, pool, functions, reaper=True)
         served = asyncio.create_task(loop.serve())
         try:
             async with asyncio.timeout(WAIT_S):
@@ -289,6 +290,26 @@ async def test_a_killed_workers_job_is_reaped_and_runs_again(
     # its in-progress key would hold the job for 70 s: the second worker's reaper releases it
     # once the dead worker's heartbeat has expired
     assert await runs_on_a_second_worker(r, redis_url, pool, job_id) == [2]
+
+
+async def test_a_job_a_live_worker_holds_but_does_not_run_runs_again(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    """A Redis failover can lose the end of an attempt: the new master still has the job
+    queued and held by its worker, which lives on and runs it no more."""
+    job_id, _ = await enqueue(r, pool)
+    tries: list[int] = []
+
+    async def done(ctx: dict[str, Any], **_: Any) -> None:
+        tries.append(ctx["job_try"])
+
+    loop = worker(redis_url, pool, [Function(RUN_JOB, done, LONG_S, max_tries=5)], reaper=True)
+    # its claim, made longer ago than the reaper's grace; it would hold the job for 70 s
+    held_ms = loop.hold_ms - OWN_GRACE_MS - 1000
+    await r.set(in_progress_key_prefix + job_id, loop.worker_id, px=held_ms)
+    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, loop=loop)
+    assert tries == [1]
+    assert await ended(r, pool, job_id)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

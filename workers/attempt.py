@@ -5,7 +5,7 @@ What is read and written (arq 0.28, ``arq.constants``):
 
 - ``arq:job:<id>``: the job, written by the hub with ``arq.jobs.serialize_job`` (msgpack) and
   read here with ``arq.jobs.deserialize_job_raw``: function name, args, kwargs.
-- ``arq:retry:<id>``: the tries so far, counted up (INCR) in the round trip that reads the job.
+- ``arq:retry:<id>``: the tries so far, counted up (INCR) by the claim, which reads the job too.
 - ``arq:in-progress:<id>``: set by the claim script (``workers/loop.py``); deleted when the
   attempt ends, whatever its outcome.
 - the pool's queue (a sorted set scored by run-at ms): the job stays in it until it ends.
@@ -76,18 +76,14 @@ class Attempts:
         for task in self._running.values():
             task.cancel()
 
-    async def run(self, job_id: str) -> None:
-        """One attempt at the claimed job ``job_id``."""
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.get(job_key_prefix + job_id)
-            tx.incr(retry_key_prefix + job_id)
-            tx.expire(retry_key_prefix + job_id, RETRY_KEY_TTL_S)
-            raw, job_try, _ = await tx.execute()
+    async def run(self, job_id: str, raw: bytes | None, job_try: int) -> None:
+        """One attempt at the claimed job ``job_id``: its arq job (None if gone) and its try,
+        as the claim read and counted them."""
         if raw is None:  # canceled after the claim read the queue, or expired
             log.warning("job %s: no such arq job; dropped", job_id)
             return await self._end(job_id)
         try:
-            name, args, kwargs, _try, _enqueued = deserialize_job_raw(raw, deserializer=loads)
+            name, args, kwargs, _try, enqueued_ms = deserialize_job_raw(raw, deserializer=loads)
         except SerializationError:
             log.exception("job %s: cannot be read; dropped", job_id)
             return await self._end(job_id)
@@ -101,7 +97,7 @@ class Attempts:
         if self.stopping:  # stopped while the job was read
             return await self._requeue(job_id)
 
-        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try}
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueued_ms": enqueued_ms}
         task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
         self._running[job_id] = task
         try:
@@ -119,19 +115,23 @@ class Attempts:
             del self._running[job_id]
         await self._end(job_id)
 
+    # Both below are one round trip without MULTI (two commands fewer a job): run in order, so
+    # that no claim between them can take the job: out of the queue before its hold goes, or
+    # due later before its hold goes.
+
     async def _end(self, job_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.delete(
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.queue, job_id)
+            pipe.delete(
                 in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id
             )
-            tx.zrem(self.queue, job_id)
-            await tx.execute()
+            await pipe.execute()
 
     async def _requeue(self, job_id: str, defer_ms: int | None = None) -> None:
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.delete(in_progress_key_prefix + job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
             if defer_ms:
                 # XX: a job canceled meanwhile (gone from the queue) is not put back
                 run_at = int(time.time() * 1000) + defer_ms
-                tx.zadd(self.queue, {job_id: run_at}, xx=True)
-            await tx.execute()
+                pipe.zadd(self.queue, {job_id: run_at}, xx=True)
+            pipe.delete(in_progress_key_prefix + job_id)
+            await pipe.execute()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from workers.heartbeat import BATCH_BUCKETS, INFERENCE_BUCKETS, Histogram
+from workers.stats import Counts, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class _Request:
     inputs: Arrays
     rows: int
     future: asyncio.Future[Arrays] = field(repr=False)
+    waiting: Waiting = field(default_factory=Waiting, repr=False)  # for the statistics
 
 
 class Batcher:
@@ -47,6 +49,7 @@ class Batcher:
         preferred_batch_size: int,
         max_queue_delay_ms: float,
         batchable: bool = True,
+        counts: Counts | None = None,
     ) -> None:
         self.session = session
         self.batchable = batchable
@@ -58,8 +61,10 @@ class Batcher:
         self.batches = 0  # how many onnxruntime calls, for the tests and the metrics
         self.seconds = Histogram(INFERENCE_BUCKETS)  # per onnxruntime call, for the metrics
         self.rows = Histogram(BATCH_BUCKETS)
+        self.counts = counts or Counts()  # Triton's statistics (workers/stats.py)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._active = 0
+        self._quiet = asyncio.Event()  # set when _active drops to 0
         self._seconds_per_row = float(
             "inf"
         )  # unknown until the first call, made in a thread  # requests that are, or will soon be, waiting in the queue
@@ -73,6 +78,15 @@ class Batcher:
             yield
         finally:
             self._active -= requests
+            if not self._active:
+                self._quiet.set()
+
+    async def drained(self) -> None:
+        """Return once no request is running here (a batcher replaced by a new version of its
+        model, or unloaded, closes then: workers/serving.py)."""
+        while self._active:
+            self._quiet.clear()
+            await self._quiet.wait()
 
     async def run_rows(
         self,
@@ -162,13 +176,15 @@ class Batcher:
 
     def _call(self, batch: list[_Request]) -> list[Arrays]:
         self.batches += 1
+        joined = time.perf_counter()
         if len(batch) == 1:
             feed = batch[0].inputs
         else:
             feed = {n: np.concatenate([r.inputs[n] for r in batch]) for n in batch[0].inputs}
         began = time.perf_counter()
         outputs = self.session.run(self.output_names, feed)
-        took, rows = time.perf_counter() - began, sum(r.rows for r in batch)
+        ran = time.perf_counter()
+        took, rows = ran - began, sum(r.rows for r in batch)
         self.seconds.observe(took)
         self.rows.observe(rows)
         self._seconds_per_row = took / rows
@@ -179,6 +195,8 @@ class Batcher:
                 {n: out[start:end] for n, out in zip(self.output_names, outputs, strict=True)}
             )
             start = end
+        done = time.perf_counter()
+        self.counts.executed([r.waiting for r in batch], rows, joined, began, ran, done)
         return results
 
 

@@ -13,15 +13,17 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from contract import keys
-from workers.repository import Repository
+from contract.connection import connect_sync
+from workers.repository import Model
+from workers.stats import Tally
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,24 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class Served(Protocol):
+    """What the worker serves now (``workers/serving.py``)."""
+
+    @property
+    def models(self) -> Mapping[str, Model]: ...
+    @property
+    def errors(self) -> list[str]: ...
+    @property
+    def generation(self) -> int: ...  # the repository change applied last
+    @property
+    def tally(self) -> Tally: ...  # statistics not yet in Redis
+
+
 WORKERS_KEPT_S = 3600.0
 """How long a stopped worker stays in the registry: ``/v1/workers`` lists those of the last hour."""
 
 
-def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, Any]) -> bytes:
+def worker_record(worker_id: str, pool: str, repo: Served, stats: dict[str, Any]) -> bytes:
     return orjson.dumps(
         {
             "id": worker_id,
@@ -100,6 +115,7 @@ def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, 
             "pool": pool,
             "models": sorted(repo.models),
             "errors": repo.errors,
+            "generation": repo.generation,
             "running": stats["running"],
             "done": stats["done"],
             "started_at": stats["started_at"],
@@ -110,11 +126,12 @@ def worker_record(worker_id: str, pool: str, repo: Repository, stats: dict[str, 
 
 
 async def beat(
-    redis: Redis, worker_id: str, pool: str, repo: Repository, stats: dict[str, Any], ttl_s: float
+    redis: Redis, worker_id: str, pool: str, repo: Served, stats: dict[str, Any], ttl_s: float
 ) -> None:
-    """One heartbeat, in one round trip."""
+    """One heartbeat, in one round trip, with the statistics counted since the last write."""
     now = time.time()
     async with redis.pipeline(transaction=False) as pipe:
+        sent = repo.tally.add_to(pipe)
         pipe.set(
             keys.worker(worker_id),
             worker_record(worker_id, pool, repo, stats),
@@ -131,11 +148,19 @@ async def beat(
                     for name, model in repo.models.items()
                 },
             )
-        await pipe.execute()
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            sent.undo()
+            raise
+    await sent.settle(redis, results)
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors and not all(isinstance(e, NoScriptError) for e in errors):
+        raise errors[0]
 
 
 async def heartbeat_forever(
-    redis: Redis, worker_id: str, pool: str, repo: Repository, stats: dict[str, Any], every_s: float
+    redis: Redis, worker_id: str, pool: str, repo: Served, stats: dict[str, Any], every_s: float
 ) -> None:
     while True:
         try:
@@ -152,9 +177,7 @@ async def leave(redis: Redis, worker_id: str) -> None:
 
 def alive_here(redis_url: str) -> bool:
     """Whether a live worker of this host (container) has a heartbeat record in Redis."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = connect_sync(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         pattern = keys.worker(f"{socket.gethostname()}-*")
         return any(True for _ in client.scan_iter(match=pattern, count=1000))

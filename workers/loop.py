@@ -10,7 +10,8 @@ each job and does arq's bookkeeping. docs/operations.md says what of arq is used
   publication, a deferred retry), so an idle worker sends few commands.
 - **Claim.** One Lua script (``contract/lua/claim.lua``) reads the due jobs in score order,
   skips those another worker holds (their ``arq:in-progress:<id>`` key exists) and takes free
-  ones until this worker's room is full, however far into the queue that is. The in-progress
+  ones until this worker's room is full, however far into the queue that is; with each it
+  returns the arq job and counts the try, so an attempt needs no round trip to start. The in-progress
   key's value is the claiming worker's id, so that ``workers/reaper.py`` can hand back the jobs
   of a worker that died after claiming them, started or not; it expires after the longest
   function timeout + 10 s, as arq's does. A worker claims nothing while its own heartbeat
@@ -34,13 +35,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
 from contract.connection import connect, database
-from workers.attempt import Attempts, Function
+from workers.attempt import RETRY_KEY_TTL_S, Attempts, Function
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class WorkerLoop:
         self._wake = asyncio.Event()
         self._stopping = False
         self._backlog = False  # the last claim filled the room: more jobs may be due
+
+    def running(self) -> list[str]:
+        """The ids of the jobs this worker runs now (the reaper keeps its claims on them)."""
+        return list(self._tasks)
 
     def stop(self) -> None:
         """Claim no more; cancel the running jobs, which go back to the queue."""
@@ -168,12 +173,18 @@ class WorkerLoop:
                 "room": room,
                 "worker_id": self.worker_id,
                 "page": CLAIM_PAGE,
+                "job_prefix": job_key_prefix,
+                "retry_prefix": retry_key_prefix,
+                "retry_ttl_s": RETRY_KEY_TTL_S,
             },
         )
-        job_ids = [raw.decode() for raw in claimed[::2]]  # {id, score, ...}
-        self._backlog = len(job_ids) == room
-        for job_id in job_ids:
-            task = asyncio.create_task(self._attempts.run(job_id), name=f"job {job_id}")
+        jobs = [  # {id, score, arq job, tries, ...}
+            (claimed[i].decode(), claimed[i + 2], claimed[i + 3]) for i in range(0, len(claimed), 4)
+        ]
+        self._backlog = len(jobs) == room
+        for job_id, raw, tries in jobs:
+            attempt = self._attempts.run(job_id, raw, tries)
+            task = asyncio.create_task(attempt, name=f"job {job_id}")
             self._tasks[job_id] = task
             task.add_done_callback(functools.partial(self._ended, job_id))
 

@@ -1,8 +1,9 @@
 """The arq job function of the online lane: one batch of requests, answered in one message.
 
 The batch's requests run through the model's batcher together (with any other batch or job of
-the model running here), so that they share onnxruntime calls. Each request succeeds or fails
-on its own; a request whose deadline has passed is not run (nobody waits for it).
+the model running here), so that they share onnxruntime calls: joined into one set of arrays
+when their shapes allow. Each request succeeds or fails on its own; a request whose deadline
+has passed is not run (nobody waits for it).
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
 from contract.online import Answer, OnlineRequest, Reply
 from contract.tensors import pack_tensor, unpack_tensor
 from contract.wire import dumps
-from workers.batcher import Batcher
+from workers.batcher import Arrays, Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
 from workers.runner import text_for_onnxruntime
+from workers.stats import Timing, counted, publish_counted, timed
 
 log = logging.getLogger(__name__)
 
@@ -35,43 +38,127 @@ async def run_batch(
     batch: str,
     requests: list[OnlineRequest],
 ) -> None:
-    served: Model = ctx["models"][model]
-    batcher: Batcher = ctx["batchers"][model, version]
     stats: dict[str, Any] = ctx["stats"]
+    try:
+        served: Model = ctx["models"][model]
+        batcher: Batcher = ctx["batchers"][model, version]
+    except KeyError:  # unloaded since the hub sent it (workers/serving.py)
+        error = f"model '{model}' version {version} is not served any more (unloaded)"
+        gone: Reply = {
+            "batch": batch,
+            "answers": [{"id": r["id"], "error": error, "status": 503} for r in requests],
+        }
+        await ctx["redis"].publish(reply, dumps(gone))
+        return
     stats["running"] += 1
     try:
-        with batcher.expecting(len(requests)):
-            answers = await asyncio.gather(*(_answer(served, batcher, r) for r in requests))
+        answers = await _run(served, batcher, requests)
     finally:
         stats["running"] -= 1
         stats["done"] += 1
     for answer in answers:
         count_job(stats, model, "failed" if "error" in answer else "succeeded")
-    message: Reply = {"batch": batch, "answers": list(answers)}
+    message: Reply = {"batch": batch, "answers": answers}
     try:
-        await ctx["redis"].publish(reply, dumps(message))
+        # with this worker's statistics (workers/stats.py): one round trip still
+        await publish_counted(ctx["redis"], ctx["tally"], reply, dumps(message))
     except RedisError as exc:
         # the answer is lost with the connection: run the batch again while deadlines allow
         log.warning("batch %s: redis unavailable (%s); it will run again", batch, exc)
         raise Retry(defer=0.1) from exc
 
 
-async def _answer(model: Model, batcher: Batcher, request: OnlineRequest) -> Answer:
-    if time.time() > request["deadline"]:
-        return {"id": request["id"], "error": "the request's deadline passed", "status": 503}
+async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) -> list[Answer]:
+    """Every request's answer, in order. The live requests' rows are joined into one run of the
+    batcher when they can be (one call instead of a future and a task per request); when the
+    joined run fails, each runs alone, so that a bad request fails only itself."""
+    now = time.time()
+    answers: dict[str, Answer] = {
+        r["id"]: {"id": r["id"], "error": "the request's deadline passed", "status": 503}
+        for r in requests
+        if now > r["deadline"]
+    }
+    for _ in answers:  # each a failure of no duration, for the statistics
+        batcher.counts.answered(Timing(), False)
+    live = [r for r in requests if r["id"] not in answers]
+    inputs = [_inputs(r) for r in live]
+    joined = _joined(inputs) if batcher.batchable and len(live) > 1 else None
+    if joined is not None:
+        arrays, counts = joined
+        try:
+            with batcher.expecting(), timed() as timing:
+                async with asyncio.timeout(model.config.timeout_s):
+                    results = await batcher.run_rows(arrays)
+            assert results is not None  # only a progress callback stops early
+        except Exception:
+            joined = None  # find the culprit below
+        else:
+            for _ in live:  # each request waited and ran as long as the joined run
+                batcher.counts.answered(timing, True)
+            start = 0
+            for request, count in zip(live, counts, strict=True):
+                end = start + count
+                rows = {n: a[start:end] for n, a in results.items()}
+                answers[request["id"]] = _outputs(batcher, request, rows)
+                start = end
+    if joined is None:
+        with batcher.expecting(len(live)):
+            alone = await asyncio.gather(
+                *(
+                    counted(batcher.counts, _answer(model, batcher, r, a), _ok)
+                    for r, a in zip(live, inputs, strict=True)
+                )
+            )
+        answers.update((a["id"], a) for a in alone)
+    return [answers[r["id"]] for r in requests]
+
+
+def _inputs(request: OnlineRequest) -> Arrays | Exception:
     try:
+        return {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in request["inputs"]}
+    except Exception as exc:
+        return exc
+
+
+def _ok(answer: Answer) -> bool:
+    return "error" not in answer
+
+
+def _joined(inputs: list[Arrays | Exception]) -> tuple[Arrays, list[int]] | None:
+    """The requests' inputs as one set of arrays, and each one's rows, if they have the same
+    names, dtypes and shapes but for the rows; else None."""
+    first = inputs[0]
+    if isinstance(first, Exception):
+        return None
+    every: list[Arrays] = []
+    for arrays in inputs:
+        if isinstance(arrays, Exception) or arrays.keys() != first.keys():
+            return None
+        for name, array in arrays.items():
+            if array.dtype != first[name].dtype or array.shape[1:] != first[name].shape[1:]:
+                return None
+        every.append(arrays)
+    joined = {name: np.concatenate([a[name] for a in every]) for name in first}
+    return joined, [len(next(iter(a.values()))) for a in every]
+
+
+def _outputs(batcher: Batcher, request: OnlineRequest, results: Arrays) -> Answer:
+    names = request["outputs"] or batcher.output_names
+    return {"id": request["id"], "outputs": [pack_tensor(n, results[n]) for n in names]}
+
+
+async def _answer(
+    model: Model, batcher: Batcher, request: OnlineRequest, inputs: Arrays | Exception
+) -> Answer:
+    try:
+        if isinstance(inputs, Exception):
+            raise inputs
         async with asyncio.timeout(model.config.timeout_s):
-            outputs = await _predict(batcher, request)
+            results = await batcher.run_rows(inputs)
+        assert results is not None  # only a progress callback stops early
     except TimeoutError:
         error = f"timed out after {model.config.timeout_s:g} s"
         return {"id": request["id"], "error": error, "status": 503}
     except Exception as exc:
         return {"id": request["id"], "error": f"{type(exc).__name__}: {exc}"}
-    return {"id": request["id"], "outputs": outputs}
-
-
-async def _predict(batcher: Batcher, request: OnlineRequest) -> list[dict[str, Any]]:
-    arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in request["inputs"]}
-    results = await batcher.run_rows(arrays)
-    assert results is not None  # only a progress callback stops early
-    return [pack_tensor(n, results[n]) for n in request["outputs"] or batcher.output_names]
+    return _outputs(batcher, request, results)

@@ -6,7 +6,9 @@ them that long, whether it had started them or not. The claim (``workers/loop.py
 claiming worker's id in that key. Every worker of a pool also watches the others: a job held by
 a worker whose heartbeat has expired gets its in-progress key deleted, the pool is woken, and
 the next poll of any worker runs it (a started job as its next attempt). A live worker's
-heartbeat never expires while it runs, so its jobs are never taken from it.
+heartbeat never expires while it runs, so its jobs are never taken from it; but a worker
+gives up its own claims on jobs it does not run (after a Redis failover lost the end of their
+attempt), so that they run again at once rather than when their hold expires.
 """
 
 from __future__ import annotations
@@ -20,26 +22,38 @@ from redis.exceptions import RedisError
 
 from contract import keys, scripts
 from contract.connection import database
+from workers.loop import WorkerLoop
 
 log = logging.getLogger(__name__)
 
 REAP = scripts.load("reap")
 
 
-async def reap_forever(redis: Redis, pool: str, every_s: float, scan: int = 1000) -> None:
+OWN_GRACE_MS = 5000
+"""A claim of the reaping worker's own that is older than this and whose job it does not run
+is stale, and released: a failover lost the end of that job's attempt (or the reply to the
+claim). Claims younger than this are left alone, as a claim's reply may still be on its way."""
+
+
+async def reap_forever(
+    redis: Redis, pool: str, every_s: float, worker: WorkerLoop, scan: int = 1000
+) -> None:
     names = {"queue": keys.queue(pool), "wake": keys.wake(pool, database(redis))}
     args = {
         "in_progress_prefix": in_progress_key_prefix,
         "job_prefix": keys.job(""),
         "worker_prefix": keys.worker(""),
         "scan": scan,
+        "worker_id": worker.worker_id,
+        "hold_ms": worker.hold_ms,
+        "grace_ms": OWN_GRACE_MS,
     }
     while True:
         await asyncio.sleep(every_s)
         try:
-            released = await REAP(redis, keys=names, args=args)
+            released = await REAP(redis, keys=names, args={**args, "running": worker.running()})
         except (RedisError, OSError) as exc:
             log.warning("could not look for orphaned jobs: %s", exc)
             continue
         for job_id in released:
-            log.warning("job %s: its worker is gone; it runs again", job_id.decode())
+            log.warning("job %s: its worker is gone or lost it; it runs again", job_id.decode())

@@ -9,6 +9,7 @@ still serve.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tomllib
@@ -62,6 +63,9 @@ class ModelConfig(BaseModel):
     pool: str = "default"
     max_batch_size: int = Field(256, gt=0)
     timeout_s: float = Field(30.0, gt=0)
+    # serve only the newest N versions, as Triton's version_policy "latest" (0: every version);
+    # with 1, a new version dropped into the repository replaces the old one, which drains
+    latest_versions: int = Field(0, ge=0)
     labels: list[str] = []
     features: list[str] = []  # the names of the values of one row of the (first) input
     batching: Batching = Batching()
@@ -86,6 +90,7 @@ class ModelVersion:
     session: ort.InferenceSession
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    stamp: tuple[int, int] = (0, 0)  # the file's mtime (ns) and size when it was loaded
 
     @property
     def batchable(self) -> bool:
@@ -130,11 +135,11 @@ def load_repository(root: Path, pool: str | None = None) -> Repository:
     errors: list[str] = []
     if not root.is_dir():
         errors.append(f"{root}: the model repository does not exist")
-    for model_dir in sorted(p for p in root.glob("*") if p.is_dir()):
+    for model_dir in model_dirs(root):
         try:
-            model = _load_model(model_dir, pool)
+            model = load_model(model_dir, pool)
         except Exception as exc:  # onnxruntime raises its own types: any failure skips the model
-            errors.append(f"{model_dir}: {_reason(exc)}")
+            errors.append(f"{model_dir}: {reason(exc)}")
             continue
         if model is not None:
             models[model.name] = model
@@ -143,11 +148,46 @@ def load_repository(root: Path, pool: str | None = None) -> Repository:
     return Repository(models, errors)
 
 
-def _reason(exc: Exception) -> str:
+def longest_timeout(root: Path, default: float = 30.0) -> float:
+    """The longest ``timeout_s`` of the models under ``root`` (whatever their pool: any of them
+    may be loaded later), read from their configs alone."""
+    timeouts = []
+    for model_dir in model_dirs(root):
+        with contextlib.suppress(Exception):  # a broken config is reported when it is loaded
+            raw = tomllib.loads((model_dir / "config.toml").read_text())
+            timeouts.append(ModelConfig.model_validate(raw).timeout_s)
+    return max(timeouts, default=default)
+
+
+def model_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+
+
+def reason(exc: Exception) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
-def _load_model(model_dir: Path, pool: str | None) -> Model | None:
+def fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a file of the model changes: each file's path, mtime and size."""
+    files = [model_dir / "config.toml", model_dir / "examples.json"]
+    files += sorted(model_dir.glob("*/model.onnx"))
+    return tuple(
+        (str(f.relative_to(model_dir)), st.st_mtime_ns, st.st_size)
+        for f in files
+        if (st := _stat(f)) is not None
+    )
+
+
+def _stat(path: Path) -> Any:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def load_model(model_dir: Path, pool: str | None, previous: Model | None = None) -> Model | None:
+    """The model of ``model_dir`` if it is of ``pool`` (any when None); the versions of
+    ``previous`` whose file is unchanged keep their session."""
     config_path = model_dir / "config.toml"
     raw = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
     config = ModelConfig.model_validate(raw)
@@ -157,17 +197,28 @@ def _load_model(model_dir: Path, pool: str | None) -> Model | None:
     version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     if not version_dirs:
         raise ValueError("no numeric version folder (expected <name>/1/model.onnx)")
+    version_dirs.sort(key=lambda p: int(p.name))
+    if config.latest_versions:
+        version_dirs = version_dirs[-config.latest_versions :]
+    kept = previous.versions if previous and previous.config == config else {}
     for version_dir in version_dirs:
         path = version_dir / "model.onnx"
         if not path.exists():
             raise ValueError(f"{path} is missing")
+        version = str(int(version_dir.name))
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if version in kept and kept[version].stamp == stamp:
+            model.versions[version] = kept[version]
+            continue
         session = _session(path, config.onnxruntime)
-        model.versions[str(int(version_dir.name))] = ModelVersion(
-            version=str(int(version_dir.name)),
+        model.versions[version] = ModelVersion(
+            version=version,
             path=path,
             session=session,
             inputs=[_signature(arg) for arg in session.get_inputs()],
             outputs=[_signature(arg) for arg in session.get_outputs()],
+            stamp=stamp,
         )
     inputs = model.versions[model.latest].inputs
     _check_features(config.features, inputs)

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
-from contract import keys
+from contract import inputs as inputs_store
+from contract import keys, tracing
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
 from contract.logs import JOBS, bound
-from contract.tensors import pack_tensor, unpack_tensor
+from contract.tensors import unpack_tensor, view_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
+from workers.stats import counted
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ async def run_job(ctx: dict[str, Any], **job: Any) -> None:
     try:
         with bound(request_id=job.get("request_id"), job_id=ctx["job_id"]):
             await _run(ctx, **job)
+            if inputs_store.has_apart(job["inputs"]):  # ended: they are not read again
+                await ctx["store"].redis.delete(keys.job_inputs(ctx["job_id"]))
     except RedisError as exc:
         # the record still says queued or started, and the guarded events will not repeat
         log.warning("job %s: redis unavailable (%s); it will run again", ctx["job_id"], exc)
@@ -49,13 +53,12 @@ async def _run(
     outputs: list[str] | None = None,
     request_id: str | None = None,  # the submitting request's, in every log line of the job
     stream_outputs: bool = False,
+    traceparent: str | None = None,  # the request's trace: workers/tracing.py reads it
 ) -> None:
     store: JobStore = ctx["store"]
     job_id: str = ctx["job_id"]
     attempt: int = ctx["job_try"]
     stats: dict[str, Any] = ctx["stats"]
-    served = ctx["models"][model]
-    batcher = ctx["batchers"][model, version]
     started = Step(
         EventType.STARTED,
         _RUNNABLE,
@@ -63,6 +66,14 @@ async def _run(
         data={"attempt": attempt, "worker": ctx["worker_id"]},
         guard=("attempt", attempt),
     )
+    try:
+        served = ctx["models"][model]
+        batcher = ctx["batchers"][model, version]
+    except KeyError:  # unloaded while the job was queued (workers/serving.py)
+        error = f"model '{model}' version {version} is not served any more (unloaded)"
+        failed = Step(EventType.FAILED, (JobStatus.STARTED,), JobStatus.FAILED, {"error": error})
+        await store.transition(job_id, started, failed, model=model, owner=owner)
+        return
 
     def log_started() -> None:
         JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
@@ -78,7 +89,7 @@ async def _run(
 
     def chunk_step(start: int, end: int, chunk: dict[str, Any]) -> Step:
         names = outputs or batcher.output_names
-        packed = [pack_tensor(n, chunk[n]) for n in names]
+        packed = [view_tensor(n, chunk[n]) for n in names]
         blob = outputs_store.stored(packed)
         streamed.append((start, end))
         return Step(
@@ -101,7 +112,13 @@ async def _run(
 
     stats["running"] += 1
     chunks = chunk_step if stream_outputs else None
-    work = asyncio.ensure_future(_predict(served, batcher, inputs, outputs, emit, chunks))
+
+    def resolve() -> Awaitable[list[dict[str, Any]]]:  # large inputs are read in the work
+        return inputs_store.resolve(store.redis, job_id, inputs)
+
+    work = asyncio.ensure_future(
+        counted(batcher.counts, _predict(served, batcher, resolve, outputs, emit, chunks), _ok)
+    )
     try:
         if not announced:
             await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
@@ -133,7 +150,8 @@ async def _run(
             blob = outputs_store.chunk_list(streamed)
     ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
-    results = await store.transition(job_id, *steps, model=model, owner=owner)
+    with tracing.span(f"{status.value} event", attributes={"inferhub.job_id": job_id}):
+        results = await store.transition(job_id, *steps, model=model, owner=owner)
     if not results[0][0]:
         return  # canceled while queued: it ran for nothing, and nothing is recorded
     if not announced:
@@ -144,6 +162,11 @@ async def _run(
     JOBS.info("job %s", status.value, extra={"event": status.value, "model": model, **detail})
 
 
+def _ok(result: tuple[JobStatus, dict[str, Any]]) -> bool | None:
+    """A job's verdict for the statistics: a canceled one is neither a success nor a failure."""
+    return None if result[0] is JobStatus.CANCELED else result[0] is JobStatus.SUCCEEDED
+
+
 def _rows(packed: list[dict[str, Any]]) -> int:
     shape = packed[0]["shape"]
     return int(shape[0]) if shape else 1
@@ -152,18 +175,29 @@ def _rows(packed: list[dict[str, Any]]) -> int:
 async def _predict(
     model: Model,
     batcher: Batcher,
-    packed: list[dict[str, Any]],
+    resolve: Callable[[], Awaitable[list[dict[str, Any]]]],
     wanted: list[str] | None,
     emit: Any,
     chunk_step: Callable[[int, int, dict[str, Any]], Step] | None = None,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run the rows in chunks of ``max_batch_size``, reporting progress (and, with
     ``chunk_step``, each chunk's outputs) and honouring cancel."""
+    packed = await resolve()
     arrays = {p["name"]: text_for_onnxruntime(unpack_tensor(p)) for p in packed}
-    stopped_at = 0
+    stopped_at, canceled = 0, False
+    pending: asyncio.Future[None] | None = None  # the last chunk's events, on their way
+
+    async def report(
+        done: int, steps: tuple[Step, ...], after: asyncio.Future[None] | None
+    ) -> None:
+        nonlocal stopped_at, canceled
+        if after is not None:
+            await after  # in order
+        _, cancel = await emit(*steps)
+        stopped_at, canceled = done, canceled or cancel
 
     async def progress(done: int, total: int, chunk: dict[str, Any]) -> bool:
-        nonlocal stopped_at
+        nonlocal pending
         step = Step(
             EventType.PROGRESS,
             (JobStatus.STARTED,),
@@ -172,17 +206,27 @@ async def _predict(
         )
         rows = len(next(iter(chunk.values())))
         more = (chunk_step(done - rows, done, chunk),) if chunk_step else ()
-        _, cancel = await emit(step, *more)
-        stopped_at = done
-        return not cancel
+        # sent while the next chunk runs rather than before it starts; a cancel that an
+        # earlier chunk's answer brought stops the job here
+        pending = asyncio.ensure_future(report(done, (step, *more), pending))
+        return not canceled
 
-    async with asyncio.timeout(model.config.timeout_s):
-        with batcher.expecting():
-            results = await batcher.run_rows(arrays, progress)
+    try:
+        async with asyncio.timeout(model.config.timeout_s):
+            with (
+                batcher.expecting(),
+                tracing.span("predict", attributes={"inferhub.rows": _rows(packed)}),
+            ):
+                results = await batcher.run_rows(arrays, progress)
+            if pending is not None:
+                await pending  # every chunk's events before the job's last one
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
     if results is None:
         return JobStatus.CANCELED, {"reason": "canceled by client", "done": stopped_at}
     names = wanted or batcher.output_names
-    return JobStatus.SUCCEEDED, {"outputs": [pack_tensor(n, results[n]) for n in names]}
+    return JobStatus.SUCCEEDED, {"outputs": [view_tensor(n, results[n]) for n in names]}
 
 
 def text_for_onnxruntime(array: np.ndarray) -> np.ndarray:

@@ -43,7 +43,9 @@ redis.call('PSETEX', arq_job, ttl * 1000, A[7])
 redis.call('ZADD', queue, A[8], job_id)
 for _, index in ipairs({K[7], owner_index, owner_queued}) do
   redis.call('ZADD', index, created_ms, job_id)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', expired)
+  if index ~= owner_queued then  -- trimmed above already
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', expired)
+  end
   redis.call('PEXPIRE', index, ttl * 1000)
 end
 redis.call('HSET', owner_bytes, job_id, stored)

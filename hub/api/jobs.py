@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -14,10 +15,11 @@ from contract.events import JobStatus
 from hub import bodies, outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep
 from hub.errors import error_responses
+from hub.jobschema import Job
 from hub.jobview import FINISHED
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.schemas import JobRequest
-from hub.v2 import codec
+from hub.v2.codec import HEADER_LENGTH
 from hub.validation import decode_inputs, parse_job_request
 
 router = APIRouter(
@@ -74,9 +76,16 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Submit a job",
+    response_model=None,  # the schema is the responses' (Job), not the annotation's dict
     responses={
-        200: {"description": "The finished job (with `Prefer: wait=N`, when it ended in time)"},
-        202: {"description": "The queued job, with its URLs; `Location` points to it"},
+        200: {
+            "description": "The finished job (with `Prefer: wait=N`, when it ended in time)",
+            "model": Job,
+        },
+        202: {
+            "description": "The queued job, with its URLs; `Location` points to it",
+            "model": Job,
+        },
         400: {"description": "The body is not valid JSON"},
         404: {"description": "Unknown model or version"},
         409: {"description": "The Idempotency-Key was used for a different request"},
@@ -104,23 +113,25 @@ async def submit(
     binary: Annotated[BinaryQuery, Depends()] = BINARY_DEFAULTS,
 ) -> dict[str, Any]:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
-    raw = await request.body()
-    heavy = len(raw) > OFF_LOOP_BYTES
-    content_type = request.headers.get("content-type")
-    header_length = request.headers.get(codec.HEADER_LENGTH)
-    if bodies.is_binary(content_type, header_length):
-        form = await decode_body(
-            heavy, bodies.parse, content_type, header_length, raw, settings.max_body_bytes
-        )
+    # an .npy body's data, still arriving: stored as it comes
+    incoming: dict[str, AsyncIterator[memoryview]] = {}
+    if bodies.is_binary(request.headers.get("content-type"), request.headers.get(HEADER_LENGTH)):
+        form = await bodies.receive(request, settings.max_body_bytes, whole=bool(idempotency_key))
         model, version = await service.catalogue.model(binary.require_model(), binary.version)
         signature = model["versions"][version]["inputs"]
         names = {spec["name"]: spec for spec in signature}
-        arrays = bodies.name_inputs(form, names, model["name"], binary.input)
+        arrays, incoming = bodies.name_inputs(form, names, model["name"], binary.input)
         outputs, priority = binary.wanted() or form.outputs, binary.priority
-        parameters, fingerprint = form.parameters or None, f"{form.fingerprint}:{binary}"
+        parameters = form.parameters or None
+        fingerprint = ""
+        if idempotency_key and form.body is not None:
+            heavy = len(form.body) > OFF_LOOP_BYTES
+            fingerprint = f"{await decode_body(heavy, bodies.fingerprint, form.body)}:{binary}"
         webhook = None  # a binary body has no room for one: submit it as JSON
         stream_outputs = binary.stream_outputs
     else:
+        raw = await request.body()
+        heavy = len(raw) > OFF_LOOP_BYTES
         body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
         model, version = await service.catalogue.model(body.model, body.version)
         arrays = await decode_body(heavy, decode_inputs, model, version, body)
@@ -137,6 +148,7 @@ async def submit(
         parameters=parameters,
         webhook=webhook,
         stream_outputs=stream_outputs,
+        incoming=incoming,
         idempotency=(idempotency_key, fingerprint) if idempotency_key else None,
         wait_s=wait_s,
     )

@@ -20,6 +20,7 @@ from contract.errors import InvalidInput, MalformedRequest
 from contract.tensors import DTYPES, unpack_tensor
 from hub.grpc.proto import grpc_service_pb2 as pb
 from hub.v2.codec import from_raw, serialize_bytes
+from hub.v2.unsupported import datatype_error, refuse_sequence
 
 # The typed contents field of each datatype; FP16 has none: it travels raw only.
 FIELDS = {
@@ -112,6 +113,8 @@ def parse_request(request: pb.ModelInferRequest, inspect: Inspect | None = None)
     datatype and shape before any data is decoded."""
     if not request.inputs:
         raise _invalid("the request has no inputs")
+    parameters = parameters_of(request.parameters)
+    refuse_sequence(parameters)
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(request.inputs):
         raise _invalid(
@@ -131,9 +134,7 @@ def parse_request(request: pb.ModelInferRequest, inspect: Inspect | None = None)
                 f"input '{name}': shared memory is not supported; send the data in the request"
             )
         if tensor.datatype not in DTYPES:
-            raise InvalidInput(
-                f"input '{name}': datatype {tensor.datatype!r} is not one of {', '.join(DTYPES)}"
-            )
+            raise datatype_error(name, tensor.datatype)
         if any(d < 0 for d in tensor.shape):
             raise InvalidInput(f"input '{name}': shape must be non-negative integers")
         if raw_contents and tensor.HasField("contents"):
@@ -155,7 +156,6 @@ def parse_request(request: pb.ModelInferRequest, inspect: Inspect | None = None)
         else:
             arrays[tensor.name] = _from_contents(tensor, shape)
 
-    parameters = parameters_of(request.parameters)
     return InferRequest(
         arrays=arrays,
         id=request.id,

@@ -29,7 +29,7 @@ from hub.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from hub.grpc.stream import StreamAnswers
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.service import JobService
-from hub.v2 import config
+from hub.v2 import config, repository, stats
 from hub.v2.codec import require_text
 from hub.v2.routes import hub_priority
 from hub.validation import check_declared, check_parameters
@@ -124,10 +124,35 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
         self.caller(context, "read")
-        index = config.repository_index(
-            await self.catalogue.models(), await self.catalogue.workers(), request.ready
-        )
+        index = await repository.index(self.catalogue, request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
+
+    @answered
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self.caller(context, "admin")
+        repository.refuse_load_parameters(dict(request.parameters))
+        await repository.load(self.catalogue, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @answered
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self.caller(context, "admin")
+        await repository.unload(self.catalogue, request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @answered
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        self.caller(context, "read")
+        found = await stats.statistics(
+            self.catalogue, request.name or None, request.version or None
+        )
+        return json_format.ParseDict(found, pb.ModelStatisticsResponse())
 
     # --- inference ---------------------------------------------------------------------------
 
@@ -190,24 +215,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                     yield answer
 
     # --- what is not served ------------------------------------------------------------------
-
-    @answered
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        raise NotSupported("the statistics extension is not implemented yet")
-
-    @answered
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        raise NotSupported(
-            "repository control (load) is not implemented yet: workers serve the models of "
-            "their repository"
-        )
-
-    @answered
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        raise NotSupported(
-            "repository control (unload) is not implemented yet: workers serve the models of "
-            "their repository"
-        )
 
     async def _no_shared_memory(self, request: Any, context: Any) -> Any:
         raise NotSupported("shared memory is not supported; send the data in the request")

@@ -4,7 +4,8 @@ The middleware answers nothing itself, so it never needs to know which transport
 for. A body that declares itself too large (``Content-Length``) is recorded in the scope, and
 ``refuse_oversized``, a dependency of every route, raises it before anything else runs
 (authentication included), so that nothing of the body is read. A body that grows too large as
-it streams raises ``TooLarge`` from ``receive`` where the route reads it. Either way the error
+it streams (one sent without a ``Content-Length``) raises ``TooLarge`` from ``receive`` where
+the route reads it. Either way the error
 is raised inside the route, and its transport renders it (the app's handlers for ``/v1``, the
 V2 route class for ``/v2``).
 """
@@ -28,9 +29,18 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            scope[REFUSED] = self._error()
+        length = chunked = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = value
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                scope[REFUSED] = self._error()
+            elif chunked is None:  # HTTP's framing: no more body is read than the length said
+                await self.app(scope, receive, send)
+                return
         seen = 0
 
         async def limited() -> Message:

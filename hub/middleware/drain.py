@@ -55,9 +55,10 @@ class _Stream:
         self._send = send
         self._lock = asyncio.Lock()
         self._body_read = kind == "websocket"
-        self._stop = asyncio.Event()
+        self._stopped = False  # end() ran: a receive returns the peer's leaving at once
+        self._receivers: set[asyncio.Task[Any]] = set()  # tasks waiting in receive
+        self._cut: set[asyncio.Task[Any]] = set()  # ... of which end() canceled the wait
         self.returned = asyncio.Event()  # the route behind it returned
-        self._stop_wait: asyncio.Future[Any] | None = None
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -83,22 +84,22 @@ class _Stream:
             if message["type"] != "http.request" or not message.get("more_body", False):
                 self._body_read = True
             return message
-        if self._stop.is_set():
+        if self._stopped:
             return self._gone()
-        if self._stop_wait is None:
-            self._stop_wait = asyncio.ensure_future(self._stop.wait())
-        got = asyncio.ensure_future(self._receive())
+        # end() cancels the wait of a task waiting here (no task per receive to race it: a
+        # V2 request waits here for its client's disconnect, thousands a second)
+        task = asyncio.current_task()
+        assert task is not None
+        self._receivers.add(task)
         try:
-            await asyncio.wait({got, self._stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            return await self._receive()
         except asyncio.CancelledError:
-            got.cancel()
-            raise
-        if got.done():
-            return got.result()
-        got.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await got
-        return self._gone()
+            if task not in self._cut or task.uncancel():
+                raise  # canceled by someone else (too)
+            return self._gone()
+        finally:
+            self._receivers.discard(task)
+            self._cut.discard(task)
 
     def _gone(self) -> Message:
         if self.kind == "websocket":
@@ -134,12 +135,13 @@ class _Stream:
             self.ended = True
         finally:
             self.live = False
-            self._stop.set()
+            self._stopped = True
+            for task in self._receivers:
+                self._cut.add(task)
+                task.cancel()
 
     def close(self) -> None:
         self.returned.set()
-        if self._stop_wait is not None:
-            self._stop_wait.cancel()
 
 
 class Streams:

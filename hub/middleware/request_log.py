@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,13 +27,23 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
-def request_id_from(headers: MutableMapping[str, str] | dict[str, str]) -> str:
+HOT = "inferhub.hot"
+"""The scope key a hot route sets (``hub/v2/lean.py``): its successful requests, thousands a
+second, are logged at DEBUG; its failures at INFO as any other."""
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The request id: ``X-Request-ID`` when it is a sane token, else the ``traceparent``
-    trace id, else a new one. ``headers`` has lower-case names."""
-    given = headers.get("x-request-id", "").strip()
-    if _SAFE_ID.fullmatch(given):
+    trace id, else a new one. ``headers`` are the ASGI scope's (lower-case names)."""
+    given = traceparent = ""
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1").strip()
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1").strip().lower()
+    if given and _SAFE_ID.fullmatch(given):
         return given
-    match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip().lower())
+    match = _TRACEPARENT.fullmatch(traceparent) if traceparent else None
     if match and match.group(1) != "0" * 32:
         return match.group(1)
     return uuid.uuid4().hex
@@ -54,8 +64,7 @@ class RequestLog:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = request_id_from(headers)
+        request_id = request_id_from(scope["headers"])
         echo = (b"x-request-id", request_id.encode())
         status = 0
         close_code: int | None = None
@@ -94,7 +103,8 @@ class RequestLog:
     ) -> None:
         path = scope.get("path", "")
         method = scope.get("method", "WS")
-        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+        quiet = path in QUIET_PATHS or (status < 400 and scope.get(HOT, False))
+        level = logging.DEBUG if quiet else logging.INFO
         if not ACCESS.isEnabledFor(level):
             return
         client = scope.get("client")

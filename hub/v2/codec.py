@@ -25,6 +25,7 @@ import orjson
 
 from contract.errors import InvalidInput, MalformedRequest
 from contract.tensors import DTYPES, datatype_of, decode_tensor, encode_tensor
+from hub.v2.unsupported import datatype_error, refuse_sequence
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -109,6 +110,7 @@ def parse_request(
         if name in declared:
             raise InvalidInput(f"input '{name}' is given twice")
         declared[name] = _declare(name, tensor)
+    refuse_sequence(parameters)
     own = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
     if inspect is not None:
         inspect(Declared(list(declared.values()), own))
@@ -175,9 +177,7 @@ def _declare(name: str, tensor: dict[str, Any]) -> DeclaredInput:
         )
     datatype = tensor.get("datatype")
     if datatype not in DTYPES:
-        raise InvalidInput(
-            f"input '{name}': datatype {datatype!r} is not one of {', '.join(DTYPES)}"
-        )
+        raise datatype_error(name, datatype)
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape

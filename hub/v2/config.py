@@ -8,7 +8,14 @@ from typing import Any
 
 from hub.catalogue import serving
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "schedule_policy"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+]
 
 _TYPES = {"BYTES": "TYPE_STRING"}  # the rest are "TYPE_" + the V2 datatype
 
@@ -54,7 +61,11 @@ def triton_config(entry: Mapping[str, Any], version: str) -> dict[str, Any]:
         "name": entry["name"],
         "platform": entry["platform"],
         "backend": "onnxruntime",
-        "version_policy": {"all": {}},
+        "version_policy": (
+            {"latest": {"num_versions": entry["latest_versions"]}}
+            if entry.get("latest_versions")
+            else {"all": {}}
+        ),
         "max_batch_size": entry["max_batch_size"] if batched else 0,
         "input": [describe(t) for t in signature["inputs"]],
         "output": [describe(t) for t in signature["outputs"]],
@@ -78,21 +89,23 @@ def repository_index(
     models: Mapping[str, Mapping[str, Any]],
     workers: Sequence[Mapping[str, Any]],
     only_ready: bool,
+    unloaded: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every model version and its state (READY while a live worker serves it), by name."""
+    """Every model version and its state, by name: READY while a live worker serves it, else
+    UNAVAILABLE with the reason (no worker of its pool; unloaded)."""
     index: list[dict[str, Any]] = []
-    for name, entry in sorted(models.items()):
-        ready = bool(serving(entry["name"], workers))
-        for version in sorted(entry["versions"], key=int):
-            if ready:
-                index.append({"name": name, "version": version, "state": "READY"})
-            elif not only_ready:
-                index.append(
-                    {
-                        "name": name,
-                        "version": version,
-                        "state": "UNAVAILABLE",
-                        "reason": not_ready_reason(entry),
-                    }
-                )
+    gone = {name: (entry, "unloaded") for name, entry in (unloaded or {}).items()}
+    known = {name: (entry, None) for name, entry in models.items()}
+    for name, (entry, why) in sorted({**known, **gone}.items()):
+        ready = why is None and entry is not None and bool(serving(name, workers))
+        if only_ready and not ready:
+            continue
+        versions = sorted(entry["versions"], key=int) if entry is not None else [""]
+        for version in versions:
+            row: dict[str, Any] = {"name": name, "state": "READY" if ready else "UNAVAILABLE"}
+            if version:
+                row["version"] = version
+            if not ready:
+                row["reason"] = why or not_ready_reason(entry or {"pool": "?"})
+            index.append(row)
     return index

@@ -34,18 +34,25 @@ def render(exc: InferhubError) -> JSON:
     return JSON({"error": exc.message}, status_code=status_of(exc), headers=exc.headers)
 
 
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def in_triton_shape(handler: Handler) -> Handler:
+    """The handler, its errors answered in Triton's shape."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except InferhubError as exc:
+            return render(exc)
+        except RedisError:
+            return render(store_unreachable())
+
+    return handle
+
+
 class V2Route(APIRoute):
     """A route whose errors take Triton's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except InferhubError as exc:
-                return render(exc)
-            except RedisError:
-                return render(store_unreachable())
-
-        return handle
+    def get_route_handler(self) -> Handler:
+        return in_triton_shape(super().get_route_handler())

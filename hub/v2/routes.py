@@ -11,24 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
 from contract.errors import (
-    MalformedRequest,
     MethodNotAllowed,
     NotFound,
     Unavailable,
 )
+from contract.settings import Settings
 from contract.tensors import unpack_tensor
 from hub.api.health import probe_workers
 from hub.catalogue import Catalogue
-from hub.deps import CatalogueDep, ReaderDep, ServiceDep, SettingsDep, SubmitterDep
+from hub.deps import CatalogueDep, ReaderDep, authenticate
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
-from hub.v2 import classification, codec, compression, config
+from hub.service import JobService
+from hub.v2 import classification, codec, compression, config, openapi, repository, stats
 from hub.v2.errors import SCHEMA, V2Route
+from hub.v2.lean import LeanRoute
+from hub.v2.paths import model_route
+from hub.v2.raw import parse_any
 from hub.v2.wait import canceled_if_the_client_leaves
 from hub.validation import check_declared, check_parameters
 
@@ -41,15 +44,7 @@ router = APIRouter(
 
 def _model_route(method: str, suffix: str, summary: str, **options: Any) -> Callable[[Any], Any]:
     """Register the endpoint at ``/v2/models/{model}`` and ``.../versions/{version}``."""
-
-    def register(endpoint: Any) -> Any:
-        for path in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            router.add_api_route(
-                path + suffix, endpoint, methods=[method], summary=summary, **options
-            )
-        return endpoint
-
-    return register
+    return model_route(router, method, suffix, summary, **options)
 
 
 # --- health and metadata ---------------------------------------------------------------------
@@ -113,19 +108,6 @@ async def model_config(
     return config.triton_config(entry, version)
 
 
-@router.post("/v2/repository/index", summary="Every model version and its state")
-async def repository_index(
-    request: Request, catalogue: CatalogueDep, _: ReaderDep
-) -> list[dict[str, Any]]:
-    body = await request.body()
-    try:
-        options = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}", "malformed_json") from None
-    only_ready = isinstance(options, dict) and options.get("ready") is True
-    return config.repository_index(await catalogue.models(), await catalogue.workers(), only_ready)
-
-
 # --- inference -------------------------------------------------------------------------------
 
 
@@ -137,15 +119,19 @@ def hub_priority(triton: int) -> int:
     return max(-100, min(100, 101 - triton))
 
 
-@_model_route("POST", "/infer", "Run the model on the request's inputs")
-async def infer(
-    request: Request,
-    model: str,
-    service: ServiceDep,
-    caller: SubmitterDep,
-    settings: SettingsDep,
-    version: str | None = None,
-) -> Response:
+@_model_route(
+    "POST",
+    "/infer",
+    "Run the model on the request's inputs",
+    route_class_override=LeanRoute,
+    openapi_extra=openapi.INFER_REQUEST,
+    responses=openapi.INFER_RESPONSES,
+)
+async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    # a lean route (the hot path): the caller, service and settings read here, not solved
+    caller = (await authenticate(request)).need("submit")
+    service: JobService = request.app.state.service
+    settings: Settings = request.app.state.settings
     entry, version = await service.catalogue.model(model, version)
     raw = await request.body()
     encoding = request.headers.get("content-encoding")
@@ -157,7 +143,8 @@ async def infer(
 
     def decode(raw: bytes) -> codec.InferRequest:
         body = compression.decompress(raw, encoding, settings.max_body_bytes)
-        parsed = codec.parse_request(body, request.headers.get(codec.HEADER_LENGTH), inspect)
+        length = request.headers.get(codec.HEADER_LENGTH)
+        parsed = parse_any(body, length, inspect, entry, version)  # length 0: a raw body
         codec.require_text(parsed.arrays)
         return parsed
 
@@ -223,7 +210,7 @@ async def unknown(request: Request, path: str) -> Response:
     known route asked with the wrong method is 405, as anywhere else."""
     allowed = sorted(
         method
-        for route in router.routes
+        for route in (*router.routes, *stats.router.routes, *repository.router.routes)
         if isinstance(route, APIRoute)
         and route.endpoint is not unknown
         and route.path_regex.match(request.url.path)

@@ -1,0 +1,38 @@
+"""ASGI middleware: requests of the hot routes go straight to them, past FastAPI's routing.
+
+FastAPI matches a request against every route ahead of the right one (a regex each, through
+its included routers) and wraps the route in its exception and exit-stack layers: for a
+one-row ``/v2 ... /infer`` that is a quarter of the hub's CPU. The routes given here (lean
+routes, ``hub/v2/lean.py``, which render their own errors) are matched first and called
+directly; every other request goes on to the app (as every request does while tracing is on). It sits innermost, so the request log, the
+host check, the drain and the body limit see every request as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hub.v2.lean import LeanRoute
+
+TELEMETRY = "fastapi.telemetry"  # the scope key of FastAPI's request span, when tracing is on
+
+
+class Shortcut:
+    def __init__(self, app: ASGIApp, routes: Sequence[LeanRoute]) -> None:
+        self.app = app
+        self.routes = [(route, route.shortcut()) for route in routes]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # with tracing on, FastAPI's routing names the request's span after its route: such a
+        # request takes the usual way (the lean route still skips the dependency solving)
+        if scope["type"] == "http" and scope.get(TELEMETRY) is None:
+            for route, asgi in self.routes:
+                parameters = route.path_parameters(scope)
+                if parameters is not None:
+                    scope["route"] = route  # as FastAPI's routing sets it (the metrics read it)
+                    scope["path_params"] = parameters
+                    await asgi(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,221 @@
+"""What this worker ran, per model version, for Triton's statistics (``contract/stats.py``).
+
+A request (an online request, or a job) is timed by ``counted``: it puts a ``Timing`` in a
+context variable, which the batcher reads when the request's rows join a batch (``Waiting``),
+and to which each execution adds its share (``Counts.executed``: the wait in the batcher is
+``queue``; the concatenation, the onnxruntime call and the slicing are ``compute_input``,
+``compute_infer``, ``compute_output``). The counts are deltas held here until the next pipeline
+the worker sends anyway carries them to Redis (``Tally.add_to``): the online reply, the
+heartbeat; a failed send puts them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from contract import keys, scripts
+from contract import stats as contract
+
+T = TypeVar("T")
+
+_NS = 1_000_000_000
+
+STATS_ADD = scripts.load("stats_add")
+
+REPLY_SEND_S = 1.0
+"""The counts ride on an online reply at most this often; the heartbeat carries the rest."""
+
+
+@dataclass
+class Timing:
+    """One request's nanoseconds on this worker, summed over its chunks."""
+
+    began_ns: int = field(default_factory=time.perf_counter_ns)
+    queue: int = 0
+    compute_input: int = 0
+    compute_infer: int = 0
+    compute_output: int = 0
+
+
+_current: ContextVar[Timing | None] = ContextVar("inferhub_request_timing", default=None)
+
+
+@dataclass
+class Waiting:
+    """Rows handed to a batcher: the request they belong to (if counted) and since when."""
+
+    timing: Timing | None = field(default_factory=_current.get)
+    since: float = field(default_factory=time.perf_counter)
+
+
+class Counts:
+    """One model version's counts not yet in Redis. The batcher counts from the thread that
+    runs onnxruntime, the event loop takes them: a lock keeps the two apart."""
+
+    def __init__(self) -> None:
+        self.pending: Counter[str] = Counter()
+        self.last_ms = 0
+        self.lock = threading.Lock()
+
+    def executed(
+        self,
+        waiting: Sequence[Waiting],
+        rows: int,
+        began: float,
+        fed: float,
+        ran: float,
+        done: float,
+    ) -> None:
+        """One onnxruntime call over ``rows`` rows of the requests ``waiting``: concatenated
+        from ``began`` to ``fed``, run until ``ran``, sliced until ``done`` (perf_counter)."""
+        parts = {
+            "compute_input": int((fed - began) * _NS),
+            "compute_infer": int((ran - fed) * _NS),
+            "compute_output": int((done - ran) * _NS),
+        }
+        with self.lock:
+            self.pending[contract.EXECUTION_COUNT] += 1
+            self.pending[contract.INFERENCE_COUNT] += rows
+            for name, ns in parts.items():
+                self.pending[contract.batch_field(rows, name, "count")] += 1
+                self.pending[contract.batch_field(rows, name, "ns")] += ns
+        for rows_of in waiting:
+            if rows_of.timing is not None:
+                rows_of.timing.queue += int(max(0.0, began - rows_of.since) * _NS)
+                for name, ns in parts.items():
+                    setattr(rows_of.timing, name, getattr(rows_of.timing, name) + ns)
+
+    def answered(self, timing: Timing, ok: bool) -> None:
+        """A request ended, well or not: its durations join the counts."""
+        with self.lock:
+            self._add("success" if ok else "fail", time.perf_counter_ns() - timing.began_ns)
+            if ok:  # as Triton: the other durations are those of successful requests
+                for name in contract.DURATIONS[2:]:
+                    self._add(name, getattr(timing, name))
+            self.last_ms = int(time.time() * 1000)
+
+    def _add(self, name: str, ns: int) -> None:
+        self.pending[contract.field(name, "count")] += 1
+        self.pending[contract.field(name, "ns")] += ns
+
+
+class Tally:
+    """This worker's counts, per model version."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], Counts] = {}
+        self._sent_at = -math.inf  # time.monotonic() of the last send
+
+    def due(self) -> bool:
+        """Whether an online reply should carry the counts: at most every ``REPLY_SEND_S``,
+        so that a busy worker adds a script call a second (each a HINCRBY per field), not one
+        per batch."""
+        return time.monotonic() - self._sent_at >= REPLY_SEND_S
+
+    @staticmethod
+    async def prepare(redis: Any) -> None:
+        """Load the script in Redis, so that the first counts sent are not put back."""
+        await STATS_ADD.ensure(redis)
+
+    def of(self, model: str, version: str) -> Counts:
+        return self._counts.setdefault((model, version), Counts())
+
+    def add_to(self, pipe: Pipeline) -> Sent:
+        """Queue the pending counts on ``pipe``, one script call per model version (and
+        forget them); ``Sent`` puts back those that did not reach Redis."""
+        sent = Sent()
+        self._sent_at = time.monotonic()
+        for (model, version), counts in list(self._counts.items()):
+            with counts.lock:
+                pending, last_ms = counts.pending, counts.last_ms
+                counts.pending, counts.last_ms = Counter(), 0
+            if not pending:
+                continue
+            deltas = [x for field_delta in pending.items() for x in field_delta]
+            sent.calls.append((len(pipe.command_stack), counts, pending, last_ms))
+            STATS_ADD.queue(
+                pipe,
+                keys={"stats": keys.model_stats(model, version)},
+                args={"last_inference": last_ms, "deltas": deltas},
+            )
+        return sent
+
+
+class Sent:
+    """The counts queued on one pipeline, by their position in it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Counts, Counter[str], int]] = []
+
+    def undo(self, only: Sequence[int] | None = None) -> None:
+        """Put the counts back (those at the positions ``only``, else all), to send later."""
+        for position, counts, pending, last_ms in self.calls:
+            if only is None or position in only:
+                with counts.lock:
+                    counts.pending.update(pending)
+                    counts.last_ms = max(counts.last_ms, last_ms)
+
+    async def settle(self, redis: Any, results: Sequence[Any]) -> None:
+        """After ``execute(raise_on_error=False)``: put back what failed; a Redis that lost its
+        scripts (restarted) gets this one again, for the next send."""
+        failed = [p for p, *_ in self.calls if isinstance(results[p], Exception)]
+        self.undo(failed)
+        if any(isinstance(results[p], NoScriptError) for p in failed):
+            await STATS_ADD.ensure(redis)
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Timing]:
+    """Time what runs inside (in this task) as one request: the executions of its rows add to
+    the ``Timing``, which the caller gives ``Counts.answered`` (once per request, when several
+    requests' rows ran joined as one)."""
+    timing = Timing()
+    token = _current.set(timing)
+    try:
+        yield timing
+    finally:
+        _current.reset(token)
+
+
+async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool | None]) -> T:
+    """Await ``request`` timed as one request of ``counts``'s model version: a success or a
+    failure as ``ok`` says of its result (None: neither, e.g. canceled), a failure if it
+    raises. Run it as a task of its own (``gather`` does), so that its timing is its own."""
+    timing = Timing()
+    _current.set(timing)
+    try:
+        result = await request
+    except Exception:
+        counts.answered(timing, False)
+        raise
+    verdict = ok(result)
+    if verdict is not None:
+        counts.answered(timing, verdict)
+    return result
+
+
+async def publish_counted(redis: Any, tally: Tally, channel: str, message: bytes) -> None:
+    """Publish ``message`` with the pending counts when they are due, in one round trip
+    (counts first: whoever reads the answer of a quiet worker finds them in Redis)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        sent = tally.add_to(pipe) if tally.due() else Sent()
+        pipe.publish(channel, message)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            sent.undo()
+            raise
+    await sent.settle(redis, results)
+    if isinstance(results[-1], Exception):
+        raise results[-1]
