@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from typing import Any
 
 from starlette.types import Scope
 from websockets.protocol import State
 
-_index: dict[tuple[Any, ...], Any] = {}
-"""uvicorn's open connections by client address, rebuilt when a lookup misses."""
+_index: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+"""uvicorn's open connections by client address, rebuilt when a lookup misses (weakly: it
+keeps no closed connection alive)."""
 
 
 def _connection(scope: Scope) -> Any | None:
