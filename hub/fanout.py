@@ -2,10 +2,13 @@
 
 Subscribers register under keys (a job, a model, an owner), each scoped to the tenant whose
 events they may see (None: an admin, who sees all), so that an event's subscribers are found in
-one index by its job, model and owner, without testing every subscriber. Each buffer is bounded in events and in bytes: when it is full, a newer ``progress`` event
-of a job replaces the older one still waiting (progress is coalesced); other events are never
-dropped, and a subscriber that stays full is marked ``stuck`` so that its transport closes it
-with a reason and the client resumes from its last event id.
+one index by its job, model and owner, without testing every subscriber. A subscriber whose
+consumer is idle may take an event at once (``Subscription.direct``: the delivery writes it to
+the socket, hub/outbox.py); otherwise it waits in a buffer bounded in events and in bytes: when
+it is full, a newer ``progress`` event of a job replaces the older one still waiting (progress
+is coalesced); other events are never dropped, and a subscriber that stays full is marked
+``stuck`` so that its transport closes it with a reason and the client resumes from its last
+event id.
 
 Delivery is at most once: pub/sub loses what is published while the connection is down. After
 a reconnect every subscriber is woken with a *gap*, and re-reads the event log from its last id.
