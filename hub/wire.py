@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from typing import Any
 
 from starlette.types import Scope
 from websockets.protocol import State
 
-_index: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
-"""uvicorn's open connections by client address, rebuilt when a lookup misses (weakly: it
-keeps no closed connection alive)."""
+_index: dict[tuple[Any, ...], Any] = {}
+"""uvicorn's open connections by client address, as last looked at."""
+_seen: set[Any] = set()
 
 
 def _connection(scope: Scope) -> Any | None:
@@ -31,12 +30,27 @@ def _connection(scope: Scope) -> Any | None:
     if not connections or not client:
         return None
     found = _index.get(client)
-    if found is None or found not in connections:  # new since the last rebuild, or gone
-        _index.clear()
-        for connection in connections:
-            _index[tuple(getattr(connection, "client", None) or ())] = connection
+    if found is None or found not in connections:  # new since the last look, or gone
+        _refresh(connections)
         found = _index.get(client)
     return found
+
+
+def _refresh(connections: set[Any]) -> None:
+    """Index the connections opened since the last look and forget those closed: set
+    operations (in C) find them, so that a burst of connects costs no loop over all of them
+    in Python, and no closed connection is kept beyond the next look."""
+    for gone in _seen - connections:
+        _seen.discard(gone)
+        if _index.get(_client(gone)) is gone:
+            del _index[_client(gone)]
+    for new in connections - _seen:
+        _seen.add(new)
+        _index[_client(new)] = new
+
+
+def _client(connection: Any) -> tuple[Any, ...]:
+    return tuple(getattr(connection, "client", None) or ())
 
 
 class Wire:
