@@ -467,6 +467,7 @@ CREATE_KEYS = (
     "owner_bytes",
     "webhooks",
 )
+TRIM_EVERY_MS = 1000  # create.lua's upkeep of an owner's indexes, at most this often
 RECORD = {"id": "j", "status": "queued", "model": "m", "owner": "o", "created_at": "1700000000.0"}
 
 
@@ -503,7 +504,7 @@ CREATED: State = {
     "index": ZSet({"j": T0}),
     "owner_index": ZSet({"j": T0}),
     "owner_queued": ZSet({"j": T0}),
-    "owner_bytes": Hash({"j": "100", "_total": "100"}),
+    "owner_bytes": Hash({"j": "100", "_total": "100", "_trim": str(T0 + TRIM_EVERY_MS)}),
 }
 FULL_QUEUE: State = {"queue": ZSet({"a": 1, "b": 2})}
 FULL_OWNER: State = {"owner_queued": ZSet({"a": T0 - 1, "b": EXPIRED})}  # both still count
@@ -559,7 +560,9 @@ CREATE_ROWS = [
         (1, True),
         {
             **CREATED,
-            "owner_bytes": Hash({"y": "20", "j": "100", "_total": "120"}),
+            "owner_bytes": Hash(
+                {"y": "20", "j": "100", "_total": "120", "_trim": str(T0 + TRIM_EVERY_MS)}
+            ),
             "owner_index": ZSet({"y": T0 - 5, "j": T0}),
             "index": ZSet({"y": T0 - 5, "j": T0}),
         },
@@ -593,10 +596,62 @@ async def test_create(
         return
     await check(r, k, expected)
     assert [i for i, _ in await r.xrange(k("events"))] == [value]
-    # everything a job writes expires with it, but the global log and arq's queue
+    # everything a job writes expires with it (the indexes a little later, so that they
+    # outlive every job they list), but the global log and arq's queue
+    indexes = [k(n) for n in ("index", "owner_index", "owner_queued", "owner_bytes")]
     for key in await snapshot(r, k):
         if key not in (k("log"), k("queue")):
-            assert 0 < await r.pttl(key) <= TTL * 1000, key
+            most = TTL * 1000 + (TRIM_EVERY_MS if key in indexes else 0)
+            assert 0 < await r.pttl(key) <= most, key
+
+
+STALE: State = {  # an owner's indexes holding an expired job, x
+    "index": ZSet({"x": EXPIRED - 1}),
+    "owner_index": ZSet({"x": EXPIRED - 1}),
+    "owner_queued": ZSet({"x": EXPIRED - 1}),
+}
+
+
+async def test_create_keeps_up_the_indexes_once_a_while(r: Redis, k: Keys) -> None:
+    """Between two upkeeps (``_trim``: the next is due) a create only adds to the indexes."""
+    bytes_ = {"x": "10", "_total": "10", "_trim": str(T0 + 500)}
+    await write(r, k, {**STALE, "owner_bytes": Hash(bytes_)})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+    assert code == 1
+    after = {n: ZSet({"x": EXPIRED - 1, "j": T0}) for n in STALE}
+    await check(r, k, {**after, "owner_bytes": Hash({**bytes_, "j": "100", "_total": "110"})})
+
+
+@pytest.mark.parametrize(
+    ("next_trim", "arg_changes"),
+    [
+        (T0, {}),
+        (T0 + 5000, {}),
+        (T0 + 500, {"max_owner_queued": 1}),
+        (T0 + 500, {"max_owner_bytes": 105}),
+    ],
+    ids=["due", "a clock behind the last one's", "owner share full", "owner storage full"],
+)
+async def test_create_keeps_up_the_indexes_when_due_or_a_bound_would_refuse(
+    r: Redis, k: Keys, next_trim: int, arg_changes: Mapping[str, Any]
+) -> None:
+    bytes_ = {"x": "10", "_total": "10", "_trim": str(next_trim)}
+    await write(r, k, {**STALE, "owner_bytes": Hash(bytes_)})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k, **arg_changes))
+    assert code == 1
+    after = {n: ZSet({"j": T0}) for n in STALE}
+    trim = str(T0 + TRIM_EVERY_MS)
+    await check(r, k, {**after, "owner_bytes": Hash({"j": "100", "_total": "100", "_trim": trim})})
+    for name in (*STALE, "owner_bytes"):
+        assert TTL * 1000 < await r.pttl(k(name)) <= TTL * 1000 + TRIM_EVERY_MS, name
+
+
+async def test_create_gives_a_remade_owner_queued_set_an_expiry(r: Redis, k: Keys) -> None:
+    """Its jobs all started (so the set went), it is made anew between two upkeeps."""
+    await write(r, k, {"owner_bytes": Hash({"_total": "0", "_trim": str(T0 + 500)})})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+    assert code == 1
+    assert 0 < await r.pttl(k("owner_queued")) <= TTL * 1000 + TRIM_EVERY_MS
 
 
 async def test_create_wakes_the_pool(r: Redis, k: Keys) -> None:
