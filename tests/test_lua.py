@@ -673,7 +673,12 @@ HOLD_MS = 30_000
 
 def claim_reads(k: Keys) -> dict[str, Any]:
     """The claim's arguments for what it reads with each job: the arq job and its tries."""
-    return {"job_prefix": k("job:"), "retry_prefix": k("retry:"), "retry_ttl_s": 600}
+    return {
+        "job_prefix": k("job:"),
+        "retry_prefix": k("retry:"),
+        "retry_ttl_s": 600,
+        "running": [],
+    }
 
 
 CLAIM_ROWS = [
@@ -731,6 +736,13 @@ CLAIM_ROWS = [
         id="no heartbeat: nothing",
     ),
     pytest.param(ALIVE, {"room": 1}, [], {}, id="empty queue"),
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"a": 1, "b": 2, "c": 3}), "ip:a": Str("w1")},
+        {"room": 2, "running": ["a", "b"]},
+        ["c", "3"],
+        {"ip:a": Str("w1"), "ip:b": None, "ip:c": Str("w1")},
+        id="skips the jobs it runs (a hold gone too: the reaper's business)",
+    ),
 ]
 
 
@@ -781,6 +793,7 @@ async def test_claim_reads_the_job_and_counts_its_tries(r: Redis, k: Keys) -> No
     claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
     assert claimed == ["a", "1", "payload", 3]  # the third try: two ran before
     await check(r, k, {"retry:a": Str("3"), "ip:a": Str("w1"), "job:a": Str("payload")})
+    assert await r.ttl(k("retry:a")) == -1  # the count's expiry is set by the first try only
 
 
 # ---- reap
