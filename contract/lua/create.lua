@@ -50,8 +50,9 @@ local function trim()
   trimmed = true
 end
 
--- due, or a clock behind the one that set it (hubs' clocks differ)
-if not next_trim or created_ms >= next_trim or created_ms < next_trim - TRIM_EVERY_MS then
+-- due, or a clock over a second behind the one that set it (hubs' clocks differ; a job
+-- created a little earlier may come after)
+if not next_trim or created_ms >= next_trim or created_ms < next_trim - 2 * TRIM_EVERY_MS then
   trim()
 end
 local queued = redis.call('ZCARD', owner_queued)
