@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from contract.errors import InvalidInput, MalformedRequest
@@ -18,6 +18,7 @@ from hub.errors import error_responses
 from hub.jobschema import Job
 from hub.jobview import FINISHED
 from hub.offload import OFF_LOOP_BYTES, decode_body
+from hub.responses import JSON
 from hub.schemas import JobRequest
 from hub.v2.codec import HEADER_LENGTH
 from hub.validation import decode_inputs, parse_job_request
@@ -33,16 +34,12 @@ router = APIRouter(
 class BinaryQuery:
     """What a binary body (V2 binary form, .npy, .npz) cannot say itself: the query's."""
 
-    model: Annotated[str | None, Query(description="binary bodies: the model")] = None
-    version: Annotated[str | None, Query(description="binary bodies: the version")] = None
-    input: Annotated[str | None, Query(description="an .npy body: the input it is")] = None
-    outputs: Annotated[
-        str | None, Query(description="binary bodies: the outputs wanted, comma-separated")
-    ] = None
-    priority: Annotated[int, Query(ge=-100, le=100, description="binary bodies")] = 0
-    stream_outputs: Annotated[
-        bool, Query(description="binary bodies: an `output` event per chunk")
-    ] = False
+    model: str | None = None
+    version: str | None = None
+    input: str | None = None
+    outputs: str | None = None
+    priority: int = 0
+    stream_outputs: bool = False
 
     def require_model(self) -> str:
         if not self.model:
@@ -55,6 +52,23 @@ class BinaryQuery:
 
     def wanted(self) -> list[str] | None:
         return [o.strip() for o in self.outputs.split(",") if o.strip()] if self.outputs else None
+
+
+async def binary_query(
+    model: Annotated[str | None, Query(description="binary bodies: the model")] = None,
+    version: Annotated[str | None, Query(description="binary bodies: the version")] = None,
+    input: Annotated[str | None, Query(description="an .npy body: the input it is")] = None,
+    outputs: Annotated[
+        str | None, Query(description="binary bodies: the outputs wanted, comma-separated")
+    ] = None,
+    priority: Annotated[int, Query(ge=-100, le=100, description="binary bodies")] = 0,
+    stream_outputs: Annotated[
+        bool, Query(description="binary bodies: an `output` event per chunk")
+    ] = False,
+) -> BinaryQuery:
+    """The query of a binary body. A coroutine: FastAPI calls a plain callable (the dataclass
+    itself) in its thread pool, a thread hop on every submission."""
+    return BinaryQuery(model, version, input, outputs, priority, stream_outputs)
 
 
 BINARY_DEFAULTS = BinaryQuery()
@@ -102,7 +116,6 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
 )
 async def submit(
     request: Request,
-    response: Response,
     service: ServiceDep,
     caller: SubmitterDep,
     settings: SettingsDep,
@@ -110,8 +123,8 @@ async def submit(
         str | None, Header(description="`wait=N`: answer when done, N s at most")
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-    binary: Annotated[BinaryQuery, Depends()] = BINARY_DEFAULTS,
-) -> dict[str, Any]:
+    binary: Annotated[BinaryQuery, Depends(binary_query)] = BINARY_DEFAULTS,
+) -> JSON:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
     # an .npy body's data, still arriving: stored as it comes
     incoming: dict[str, AsyncIterator[memoryview]] = {}
@@ -152,10 +165,12 @@ async def submit(
         idempotency=(idempotency_key, fingerprint) if idempotency_key else None,
         wait_s=wait_s,
     )
-    response.headers["Location"] = job["urls"]["self"]
-    if job["status"] in FINISHED:
-        response.status_code = status.HTTP_200_OK
-    return job
+    # rendered here: FastAPI would first copy the dict through its jsonable_encoder
+    return JSON(
+        job,
+        status.HTTP_200_OK if job["status"] in FINISHED else status.HTTP_202_ACCEPTED,
+        {"Location": job["urls"]["self"]},
+    )
 
 
 @router.get("", summary="List jobs, newest first")
