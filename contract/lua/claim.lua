@@ -22,8 +22,10 @@ while room > 0 do
   for i = 1, #due, 2 do
     local id = due[i]
     if not running[id] and redis.call('SET', prefix .. id, worker_id, 'PX', hold_ms, 'NX') then
-      local tries = redis.call('INCR', retry_prefix .. id)
-      if tries == 1 then redis.call('EXPIRE', retry_prefix .. id, retry_ttl) end
+      local tries = 1  -- a first try makes the count with its expiry, in one command
+      if not redis.call('SET', retry_prefix .. id, 1, 'EX', retry_ttl, 'NX') then
+        tries = redis.call('INCR', retry_prefix .. id)
+      end
       table.insert(claimed, id)
       table.insert(claimed, due[i + 1])
       table.insert(claimed, redis.call('GET', job_prefix .. id))
