@@ -104,7 +104,7 @@ class SubmitRoute(APIRoute):
 
     def path_parameters(self, scope: Scope) -> dict[str, Any] | None:
         """``{}`` if ``scope`` is a request this route answers itself, else None."""
-        if scope.get("method") != "POST" or scope["path"] != "/v1/jobs":
+        if scope.get("method") != "POST" or scope["path"] != self.path:
             return None
         if scope.get("root_path") or scope.get("query_string"):
             return None  # a query may be a binary body's, and FastAPI validates it
