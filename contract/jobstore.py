@@ -213,57 +213,54 @@ class JobStore:
     async def transition(
         self, job_id: str, *steps: Step, model: str, owner: str
     ) -> list[tuple[bool, str, bool]]:
-        """Apply each step in order, in one round trip.
+        """Apply each step in order, in one script call (at most one of them stores outputs).
 
         A step appends its event (and moves to its status) if the job is in one of its
         ``allowed`` statuses and the record's ``guard`` field is below the guard's value.
         Returns, per step: (appended, the status found, cancel requested).
         """
+        stored = {st.outputs_key or keys.job_outputs(job_id) for st in steps if st.outputs}
+        if len(stored) > 1:
+            raise ValueError("one step of a transition at most stores outputs")
         now = time.time()
-        calls = [
-            (
-                {
-                    "record": keys.job(job_id),
-                    "events": keys.job_events(job_id),
-                    "log": keys.EVENTS_STREAM,
-                    "cancel": keys.job_cancel(job_id),
-                    "owner_queued": keys.owner_queued(owner),
-                    "outputs": st.outputs_key or keys.job_outputs(job_id),
-                    "webhooks": keys.WEBHOOKS,
-                },
-                {
-                    **self._common_args(self._event(job_id, st.event, model, owner, st.data, now)),
-                    "allowed": " ".join(s.value for s in st.allowed),
-                    "status": st.status.value if st.status else "",
-                    "guard_field": st.guard[0] if st.guard else "",
-                    "guard_value": st.guard[1] if st.guard else "",
-                    "job_id": job_id,
-                    "outputs_blob": st.outputs,
-                    "fields": _flatten(
-                        {
-                            **step_fields(st.event, st.data, now),
-                            **dict([st.guard] if st.guard else []),
-                        }
-                    ),
-                },
+        flat: list[Any] = []
+        for st in steps:
+            fields = _flatten(
+                {**step_fields(st.event, st.data, now), **dict([st.guard] if st.guard else [])}
             )
-            for st in steps
-        ]
-        if len(calls) == 1:
-            results = [await TRANSITION(self.redis, *calls[0])]
-        else:
-            try:
-                results = await self._pipelined(calls)
-            except NoScriptError:  # Redis restarted and forgot its scripts
-                await TRANSITION.ensure(self.redis)
-                results = await self._pipelined(calls)
+            flat += (
+                self._event(job_id, st.event, model, owner, st.data, now),
+                " ".join(s.value for s in st.allowed),
+                st.status.value if st.status else "",
+                st.guard[0] if st.guard else "",
+                st.guard[1] if st.guard else "",
+                st.outputs,
+                len(fields),
+                *fields,
+            )
+        lim = self.limits
+        results = await TRANSITION(
+            self.redis,
+            {
+                "record": keys.job(job_id),
+                "events": keys.job_events(job_id),
+                "log": keys.EVENTS_STREAM,
+                "cancel": keys.job_cancel(job_id),
+                "owner_queued": keys.owner_queued(owner),
+                "outputs": stored.pop() if stored else keys.job_outputs(job_id),
+                "webhooks": keys.WEBHOOKS,
+            },
+            {
+                "channel": keys.events_channel(self.db),
+                "ttl": lim.ttl_s,
+                "job_maxlen": lim.job_maxlen,
+                "log_maxlen": lim.log_maxlen,
+                "job_id": job_id,
+                "webhook_wake": keys.webhooks_wake(self.db),
+                "steps": flat,
+            },
+        )
         return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
-
-    async def _pipelined(self, calls: list[tuple[dict[str, str], dict[str, Any]]]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call_keys, args in calls:
-                TRANSITION.queue(pipe, call_keys, args)
-            return await pipe.execute()
 
     async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
         """Cancel: at once when queued, at the next chunk when running. Returns the status found."""

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class Script:
     keys: tuple[str, ...]
     args: tuple[str, ...]
 
-    @property
+    @cached_property  # read on every call: the hash of a few kB each time was 1% of a hub
     def sha(self) -> str:
         return hashlib.sha1(self.source.encode()).hexdigest()
 

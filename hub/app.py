@@ -15,6 +15,7 @@ from contract.connection import connect, database
 from contract.jobstore import JobStore, Limits
 from contract.settings import Settings
 from hub.api import dashboard, events, health, jobs, models, tickets, ws
+from hub.api.jobs import SubmitRoute
 from hub.api.metrics import router as metrics_router
 from hub.auth import KeyRing
 from hub.catalogue import Catalogue
@@ -142,8 +143,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)
-    # innermost: the hot routes (V2 infer) go straight to their endpoint, past the routing
-    app.add_middleware(Shortcut, routes=[r for r in v2_router.routes if isinstance(r, LeanRoute)])
+    # innermost: the hot routes (V2 infer, submit) go straight to their endpoint, past the routing
+    hot = [
+        r
+        for r in (*v2_router.routes, *jobs.router.routes)
+        if isinstance(r, LeanRoute | SubmitRoute)
+    ]
+    app.add_middleware(Shortcut, routes=hot)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins:
         app.add_middleware(

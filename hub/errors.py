@@ -92,14 +92,25 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", "; ".join(parts)
 
 
+def v1_error(exc: InferhubError | RequestValidationError | RedisError) -> JSON:
+    """The answer of a ``/v1`` route to one of these errors (the app's handlers, and a route
+    that renders its own: ``hub/api/jobs.py``)."""
+    if isinstance(exc, InferhubError):
+        return render(exc)
+    if isinstance(exc, RequestValidationError):
+        return error_response(*_validation_message(exc))
+    log.warning("redis unavailable: %s", exc)
+    return render(store_unreachable())
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(InferhubError)
     async def inferhub_error(_: Request, exc: InferhubError) -> JSON:
-        return render(exc)
+        return v1_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSON:
-        return error_response(*_validation_message(exc))
+        return v1_error(exc)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSON:
@@ -109,5 +120,4 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, exc: RedisError) -> JSON:
-        log.warning("redis unavailable: %s", exc)
-        return render(store_unreachable())
+        return v1_error(exc)

@@ -27,6 +27,7 @@ from stack import Stack, Worker
 from cli.processes import free_port
 from contract import keys
 from contract.settings import Settings
+from hub.api import jobs as jobs_api
 from hub.app import create_app
 
 FINISHED = {"succeeded", "failed", "canceled"}
@@ -508,6 +509,57 @@ def test_rejected_submission(client: TestClient, case: str) -> None:
     body, status, code, fragments = BAD_REQUESTS[case]
     r = submit(client, body, Prefer="wait=5", **{"Idempotency-Key": f"bad-{case}"})
     assert_error(r, status, code, *fragments)
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+@pytest.mark.usefixtures("unchanged")
+def test_rejected_submission_answered_alike_past_the_routing_or_through_it(
+    client: TestClient, case: str
+) -> None:
+    """A JSON submission without a query takes the shortcut (SubmitRoute); a query that
+    changes nothing for a JSON body sends it through FastAPI's routing and dependencies."""
+    body = BAD_REQUESTS[case][0]
+    short = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=5"})
+    routed = client.post("/v1/jobs?stream_outputs=false", json=body, headers={"Prefer": "wait=5"})
+    assert (short.status_code, short.json()) == (routed.status_code, routed.json())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "taken"),
+    [
+        ("POST", "/v1/jobs", {}, True),
+        ("POST", "/v1/jobs", {"idempotency-key": "k" * 200, "prefer": "wait=5"}, True),
+        ("POST", "/v1/jobs?model=digits", {}, False),
+        ("POST", "/v1/jobs", {"content-type": "application/x-npy"}, False),
+        ("POST", "/v1/jobs", {"inference-header-content-length": "10"}, False),
+        ("POST", "/v1/jobs", {"idempotency-key": "k" * 201}, False),  # FastAPI says why
+        ("GET", "/v1/jobs", {}, False),
+        ("POST", "/v1/jobs/x/cancel", {}, False),
+    ],
+    ids=[
+        "json",
+        "json, headers within bounds",
+        "a query",
+        "an npy body",
+        "a V2 binary body",
+        "an idempotency key over its bound",
+        "a listing",
+        "another route",
+    ],
+)
+def test_which_submissions_take_the_shortcut(
+    method: str, path: str, headers: dict[str, str], taken: bool
+) -> None:
+    route = next(r for r in jobs_api.router.routes if isinstance(r, jobs_api.SubmitRoute))
+    bare, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": bare,
+        "query_string": query.encode(),
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    assert (route.path_parameters(scope) is not None) is taken
 
 
 @pytest.mark.usefixtures("unchanged")

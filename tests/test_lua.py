@@ -155,29 +155,48 @@ class Step:
     fields: Mapping[str, str] = field(default_factory=dict)
     outputs: str = ""  # the packed outputs an ending step stores
 
-    def args(self, k: Keys) -> dict[str, Any]:
+    def flat(self) -> list[Any]:
+        """The step's arguments, as the trailing list of the script takes them."""
         guard = dict([(self.guard[0], str(self.guard[1]))]) if self.guard else {}
-        return {
-            "channel": k("channel"),
-            "event": self.event,
-            "ttl": TTL,
-            "job_maxlen": 100,
-            "log_maxlen": 1000,
-            "webhook_wake": k("webhook_wake"),
-            "allowed": self.allowed,
-            "status": self.status,
-            "guard_field": self.guard[0] if self.guard else "",
-            "guard_value": self.guard[1] if self.guard else "",
-            "job_id": "j",
-            "outputs_blob": self.outputs,
-            "fields": [x for kv in {**self.fields, **guard}.items() for x in kv],
-        }
+        fields = [x for kv in {**self.fields, **guard}.items() for x in kv]
+        return [
+            self.event,
+            self.allowed,
+            self.status,
+            self.guard[0] if self.guard else "",
+            self.guard[1] if self.guard else "",
+            self.outputs,
+            len(fields),
+            *fields,
+        ]
+
+    def args(self, k: Keys) -> dict[str, Any]:
+        return steps_args(k, self)
 
     def after(self, record: Mapping[str, str]) -> dict[str, str]:
         """The record once this step is appended."""
         guard = dict([(self.guard[0], str(self.guard[1]))]) if self.guard else {}
         status = {"status": self.status} if self.status else {}
         return {**record, **status, **self.fields, **guard}
+
+
+def steps_args(k: Keys, *steps: Step) -> dict[str, Any]:
+    """The script's arguments for these steps, in one call."""
+    return {
+        "channel": k("channel"),
+        "ttl": TTL,
+        "job_maxlen": 100,
+        "log_maxlen": 1000,
+        "job_id": "j",
+        "webhook_wake": k("webhook_wake"),
+        "steps": [x for step in steps for x in step.flat()],
+    }
+
+
+async def one_step(r: Redis, k: Keys, step: Step) -> list[Any]:
+    """Call the script with one step: its {appended, status before, event id, cancel}."""
+    [result] = await TRANSITION(r, keys=k.many(*TRANSITION.keys), args=step.args(k))
+    return list(result)
 
 
 def started(attempt: int) -> Step:
@@ -199,12 +218,13 @@ MATRIX_STEPS = (started(2), progress(1), ended("succeeded"), ended("failed"), en
 
 def matrix_rows() -> Iterator[Any]:
     for before in STATUSES:
-        # a job that left `queued` has run once; a stray owner_queued entry shows who removes it
+        # a job that left `queued` has run once; a stray owner_queued entry shows who removes
+        # it: the step that leaves `queued`, and no other (only create.lua adds entries)
         record = {"status": before} if before == "queued" else {"status": before, "attempt": "1"}
         setup: State = {"record": Hash(record), "owner_queued": ZSet({"j": T0, "other": T0})}
         for step in MATRIX_STEPS:
             allowed = before in step.allowed.split()
-            leaves = allowed and step.status != ""
+            leaves = allowed and step.status != "" and before == "queued"
             expected = {
                 "record": Hash(step.after(record) if allowed else record),
                 "owner_queued": ZSet({"other": T0} if leaves else {"j": T0, "other": T0}),
@@ -339,25 +359,36 @@ async def test_transition(
     expected: State,
 ) -> None:
     await write(r, k, setup)
-    names = k.many(*TRANSITION.keys)
     for step, want in zip(calls, returns, strict=True):
-        appended, before, event_id, cancel = await TRANSITION(r, keys=names, args=step.args(k))
+        appended, before, event_id, cancel = await one_step(r, k, step)
         assert [appended, before, event_id != "", cancel] == want, step
     await check(r, k, expected)
     assert not await r.exists(k("webhooks"))  # the record names no webhook
     # one id for an event in both streams, so either feed resumes from it
     log_ids = [i for i, _ in await r.xrange(k("log"))]
     assert [i for i, _ in await r.xrange(k("events"))] == log_ids
-    if log_ids:
-        assert 0 < await r.ttl(k("events")) <= TTL
+    if log_ids:  # the steps leave the stream's expiry as create.lua set it (none here)
+        assert await r.ttl(k("events")) == -1
+
+
+async def test_transition_keeps_the_expiry_of_the_record_and_stream(r: Redis, k: Keys) -> None:
+    await write(r, k, {"record": Hash({"status": "queued"})})
+    await r.xadd(k("events"), {"e": "queued"}, id="1-0")
+    for key in (k("record"), k("events")):
+        await r.expire(key, TTL // 2)
+    for step in (started(1), ended("succeeded")):
+        appended, *_ = await one_step(r, k, step)
+        assert appended == 1
+    for key in (k("record"), k("events")):
+        assert 0 < await r.ttl(key) <= TTL // 2
+    await check(r, k, {"events": Stream(["queued", "started 1", "succeeded"])})
 
 
 async def test_transition_publishes_its_event(r: Redis, k: Keys) -> None:
     await write(r, k, {"record": Hash({"status": "queued"})})
     pubsub = await subscribed(r, k("channel"))
     try:
-        names = k.many(*TRANSITION.keys)
-        _, _, event_id, _ = await TRANSITION(r, keys=names, args=started(1).args(k))
+        _, _, event_id, _ = await one_step(r, k, started(1))
         assert await next_message(pubsub) == f"{event_id} started 1"
     finally:
         await pubsub.aclose()
@@ -452,6 +483,7 @@ CREATE_KEYS = (
     "owner_bytes",
     "webhooks",
 )
+TRIM_EVERY_MS = 1000  # create.lua's upkeep of an owner's indexes, at most this often
 RECORD = {"id": "j", "status": "queued", "model": "m", "owner": "o", "created_at": "1700000000.0"}
 
 
@@ -488,7 +520,7 @@ CREATED: State = {
     "index": ZSet({"j": T0}),
     "owner_index": ZSet({"j": T0}),
     "owner_queued": ZSet({"j": T0}),
-    "owner_bytes": Hash({"j": "100", "_total": "100"}),
+    "owner_bytes": Hash({"j": "100", "_total": "100", "_trim": str(T0 + TRIM_EVERY_MS)}),
 }
 FULL_QUEUE: State = {"queue": ZSet({"a": 1, "b": 2})}
 FULL_OWNER: State = {"owner_queued": ZSet({"a": T0 - 1, "b": EXPIRED})}  # both still count
@@ -544,7 +576,9 @@ CREATE_ROWS = [
         (1, True),
         {
             **CREATED,
-            "owner_bytes": Hash({"y": "20", "j": "100", "_total": "120"}),
+            "owner_bytes": Hash(
+                {"y": "20", "j": "100", "_total": "120", "_trim": str(T0 + TRIM_EVERY_MS)}
+            ),
             "owner_index": ZSet({"y": T0 - 5, "j": T0}),
             "index": ZSet({"y": T0 - 5, "j": T0}),
         },
@@ -578,10 +612,62 @@ async def test_create(
         return
     await check(r, k, expected)
     assert [i for i, _ in await r.xrange(k("events"))] == [value]
-    # everything a job writes expires with it, but the global log and arq's queue
+    # everything a job writes expires with it (the indexes a little later, so that they
+    # outlive every job they list), but the global log and arq's queue
+    indexes = [k(n) for n in ("index", "owner_index", "owner_queued", "owner_bytes")]
     for key in await snapshot(r, k):
         if key not in (k("log"), k("queue")):
-            assert 0 < await r.pttl(key) <= TTL * 1000, key
+            most = TTL * 1000 + (TRIM_EVERY_MS if key in indexes else 0)
+            assert 0 < await r.pttl(key) <= most, key
+
+
+STALE: State = {  # an owner's indexes holding an expired job, x
+    "index": ZSet({"x": EXPIRED - 1}),
+    "owner_index": ZSet({"x": EXPIRED - 1}),
+    "owner_queued": ZSet({"x": EXPIRED - 1}),
+}
+
+
+async def test_create_keeps_up_the_indexes_once_a_while(r: Redis, k: Keys) -> None:
+    """Between two upkeeps (``_trim``: the next is due) a create only adds to the indexes."""
+    bytes_ = {"x": "10", "_total": "10", "_trim": str(T0 + 500)}
+    await write(r, k, {**STALE, "owner_bytes": Hash(bytes_)})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+    assert code == 1
+    after = {n: ZSet({"x": EXPIRED - 1, "j": T0}) for n in STALE}
+    await check(r, k, {**after, "owner_bytes": Hash({**bytes_, "j": "100", "_total": "110"})})
+
+
+@pytest.mark.parametrize(
+    ("next_trim", "arg_changes"),
+    [
+        (T0, {}),
+        (T0 + 5000, {}),
+        (T0 + 500, {"max_owner_queued": 1}),
+        (T0 + 500, {"max_owner_bytes": 105}),
+    ],
+    ids=["due", "a clock behind the last one's", "owner share full", "owner storage full"],
+)
+async def test_create_keeps_up_the_indexes_when_due_or_a_bound_would_refuse(
+    r: Redis, k: Keys, next_trim: int, arg_changes: Mapping[str, Any]
+) -> None:
+    bytes_ = {"x": "10", "_total": "10", "_trim": str(next_trim)}
+    await write(r, k, {**STALE, "owner_bytes": Hash(bytes_)})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k, **arg_changes))
+    assert code == 1
+    after = {n: ZSet({"j": T0}) for n in STALE}
+    trim = str(T0 + TRIM_EVERY_MS)
+    await check(r, k, {**after, "owner_bytes": Hash({"j": "100", "_total": "100", "_trim": trim})})
+    for name in (*STALE, "owner_bytes"):
+        assert TTL * 1000 < await r.pttl(k(name)) <= TTL * 1000 + TRIM_EVERY_MS, name
+
+
+async def test_create_gives_a_remade_owner_queued_set_an_expiry(r: Redis, k: Keys) -> None:
+    """Its jobs all started (so the set went), it is made anew between two upkeeps."""
+    await write(r, k, {"owner_bytes": Hash({"_total": "0", "_trim": str(T0 + 500)})})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+    assert code == 1
+    assert 0 < await r.pttl(k("owner_queued")) <= TTL * 1000 + TRIM_EVERY_MS
 
 
 async def test_create_wakes_the_pool(r: Redis, k: Keys) -> None:
@@ -603,7 +689,12 @@ HOLD_MS = 30_000
 
 def claim_reads(k: Keys) -> dict[str, Any]:
     """The claim's arguments for what it reads with each job: the arq job and its tries."""
-    return {"job_prefix": k("job:"), "retry_prefix": k("retry:"), "retry_ttl_s": 600}
+    return {
+        "job_prefix": k("job:"),
+        "retry_prefix": k("retry:"),
+        "retry_ttl_s": 600,
+        "running": [],
+    }
 
 
 CLAIM_ROWS = [
@@ -661,6 +752,13 @@ CLAIM_ROWS = [
         id="no heartbeat: nothing",
     ),
     pytest.param(ALIVE, {"room": 1}, [], {}, id="empty queue"),
+    pytest.param(
+        {**ALIVE, "queue": ZSet({"a": 1, "b": 2, "c": 3}), "ip:a": Str("w1")},
+        {"room": 2, "running": ["a", "b"]},
+        ["c", "3"],
+        {"ip:a": Str("w1"), "ip:b": None, "ip:c": Str("w1")},
+        id="skips the jobs it runs (a hold gone too: the reaper's business)",
+    ),
 ]
 
 
@@ -711,6 +809,7 @@ async def test_claim_reads_the_job_and_counts_its_tries(r: Redis, k: Keys) -> No
     claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
     assert claimed == ["a", "1", "payload", 3]  # the third try: two ran before
     await check(r, k, {"retry:a": Str("3"), "ip:a": Str("w1"), "job:a": Str("payload")})
+    assert await r.ttl(k("retry:a")) == -1  # the count's expiry is set by the first try only
 
 
 # ---- reap
@@ -1049,7 +1148,7 @@ async def test_transition_queues_a_wanted_webhook(
     await write(r, k, {"record": Hash({"status": status, "webhook_on": wanted})})
     pubsub = await subscribed(r, k("webhook_wake"))
     try:
-        _, _, event_id, _ = await TRANSITION(r, keys=k.many(*TRANSITION.keys), args=step.args(k))
+        _, _, event_id, _ = await one_step(r, k, step)
         await check(r, k, {"webhooks": ZSet(queued_member(event_id)) if queued else None})
         if queued:
             assert await next_message(pubsub) == ""
@@ -1231,7 +1330,8 @@ def test_loader_flattens_the_trailing_list() -> None:
     names = {n: n for n in TRANSITION.keys}
     key_list, arg_list = TRANSITION.positions(names, step.args(Keys("p")))
     assert key_list == ["record", "events", "log", "cancel", "owner_queued", "outputs", "webhooks"]
-    assert arg_list[9:] == ["j", "", "p:webhook_wake", "worker", "w1", "attempt", "1"]
+    assert arg_list[4:9] == ["j", "p:webhook_wake", "started 1", "queued started", "started"]
+    assert arg_list[9:] == ["attempt", 1, "", 4, "worker", "w1", "attempt", "1"]
 
 
 NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
@@ -1251,9 +1351,11 @@ def test_header_matches_the_positions_the_script_reads(name: str) -> None:
     assert read_args == set(range(1, len(named) + 1))
     if len(named) < len(script.args):
         starts = re.findall(
-            r"(?:set|add)_fields\(\w+, (\d+)\)|for \w+ = (\d+), #(?:ARGV|A)\b", body
+            r"(?:set|add)_fields\(\w+, (\d+)\)|for \w+ = (\d+), #(?:ARGV|A)\b"
+            r"|local (\w+) = (\d+)\nwhile \3 <= #(?:ARGV|A)\b",
+            body,
         )
-        assert {a or b for a, b in starts} == {str(len(named) + 1)}
+        assert {a or b or d for a, b, _, d in starts} == {str(len(named) + 1)}
     assert scripts.load(name) is script  # loaded once
 
 
@@ -1268,17 +1370,23 @@ async def test_script_survives_script_flush(r: Redis, k: Keys) -> None:
     assert await r.script_load(TAKE_TOKEN.source) == TAKE_TOKEN.sha
 
 
-async def test_pipelined_calls(r: Redis, k: Keys) -> None:
-    """How the job store sends several steps in one round trip."""
-    await TRANSITION.ensure(r)
-    await write(r, k, {"record": Hash({"status": "queued"})})
-    names = k.many(*TRANSITION.keys)
-    async with r.pipeline(transaction=False) as pipe:
-        for step in (started(1), ended("succeeded")):
-            TRANSITION.queue(pipe, names, step.args(k))
-        results = await pipe.execute()
-    assert [(a, before) for a, before, _, _ in results] == [(1, "queued"), (1, "started")]
-    await check(r, k, {"events": Stream(["started 1", "succeeded"])})
+@pytest.mark.parametrize(("setup", "calls", "returns", "expected"), TRANSITION_ROWS)
+async def test_transition_steps_in_one_call(
+    r: Redis,
+    k: Keys,
+    setup: State,
+    calls: Sequence[Step],
+    returns: Sequence[list[Any]],
+    expected: State,
+) -> None:
+    """Several steps in one call (how the job store sends them) do what one call each does."""
+    await write(r, k, setup)
+    results = await TRANSITION(r, keys=k.many(*TRANSITION.keys), args=steps_args(k, *calls))
+    assert [[a, before, event_id != "", c] for a, before, event_id, c in results] == list(returns)
+    await check(r, k, expected)
+    log_ids = [i for i, _ in await r.xrange(k("log"))]
+    assert [i for i, _ in await r.xrange(k("events"))] == log_ids
+    assert [event_id for _, _, event_id, _ in results if event_id] == log_ids
 
 
 def test_tables_have_unique_cases() -> None:

@@ -180,8 +180,12 @@ def test_log_lines_carry_request_and_job_ids_from_hub_to_worker(stack: Stack) ->
         ]
 
     for request_id, job_id in submitted.items():
+        # the access line is written once the response has been sent: the client can be first
+        def access_lines(rid: str = request_id) -> list[dict[str, Any]]:
+            return [x for x in lines_of(["hub0"], rid) if x["logger"] == "inferhub.access"]
+
+        access = wait_for(access_lines, timeout=10, what="the hub's access line")
         hub = lines_of(["hub0"], request_id)
-        access = [x for x in hub if x["logger"] == "inferhub.access"]
         assert [(x["method"], x["path"], x["status"]) for x in access] == [
             ("POST", "/v1/jobs", 200)
         ]

@@ -176,6 +176,7 @@ class WorkerLoop:
                 "job_prefix": job_key_prefix,
                 "retry_prefix": retry_key_prefix,
                 "retry_ttl_s": RETRY_KEY_TTL_S,
+                "running": list(self._tasks),  # held by this worker: skipped at no cost
             },
         )
         jobs = [  # {id, score, arq job, tries, ...}

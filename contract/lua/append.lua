@@ -1,10 +1,12 @@
 -- Shared by the job scripts (prepended to each that says "uses: append").
 
 -- Add an event to the global log and, under the same id, to the job's stream; publish it.
+-- With a `ttl`, the job's stream expires that long from now; with false it keeps the expiry
+-- it has (the job's steps: the stream was given the job's TTL when `queued` created it).
 local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen)
   local id = redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, '*', 'e', event)
   redis.call('XADD', stream, 'MAXLEN', '~', job_maxlen, id, 'e', event)
-  redis.call('EXPIRE', stream, ttl)
+  if ttl then redis.call('EXPIRE', stream, ttl) end
   redis.call('PUBLISH', channel, id .. ' ' .. event)
   return id
 end

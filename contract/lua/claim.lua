@@ -1,27 +1,34 @@
 -- A worker claims due jobs of its pool's queue, in score order, up to its room: it skips the
--- jobs another worker holds (their arq in-progress key exists) and sets the key of each free
--- one, its value the worker's id, so the reaper can hand back a dead worker's jobs. A worker
--- whose heartbeat record is missing claims nothing: the reaper would take them back at once.
--- With each job it reads the arq job and counts the try (arq's retry key, kept `retry_ttl_s`),
--- so that an attempt starts without another round trip.
+-- jobs it runs already (`running`: no command spent on them) and those another worker holds
+-- (their arq in-progress key exists), and sets the key of each free one, its value the
+-- worker's id, so the reaper can hand back a dead worker's jobs. A worker whose heartbeat
+-- record is missing claims nothing: the reaper would take them back at once.
+-- With each job it reads the arq job and counts the try (arq's retry key, kept `retry_ttl_s`
+-- from the first try: the job's own key, kept the job's TTL, goes first), so that an attempt
+-- starts without another round trip.
 -- Returns {id, score, arq job or false, tries, ...}.
 -- KEYS: queue heartbeat
--- ARGV: in_progress_prefix in_progress_ms now_ms room worker_id page job_prefix retry_prefix retry_ttl_s
+-- ARGV: in_progress_prefix in_progress_ms now_ms room worker_id page job_prefix retry_prefix retry_ttl_s running...
 local queue, prefix, hold_ms, now_ms = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local room, worker_id, page = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local job_prefix, retry_prefix, retry_ttl = ARGV[7], ARGV[8], ARGV[9]
+local running = {}
+for i = 10, #ARGV do running[ARGV[i]] = true end
 
 if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
 local claimed, offset = {}, 0
 while room > 0 do
   local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'WITHSCORES', 'LIMIT', offset, page)
   for i = 1, #due, 2 do
-    if redis.call('SET', prefix .. due[i], worker_id, 'PX', hold_ms, 'NX') then
-      local tries = redis.call('INCR', retry_prefix .. due[i])
-      redis.call('EXPIRE', retry_prefix .. due[i], retry_ttl)
-      table.insert(claimed, due[i])
+    local id = due[i]
+    if not running[id] and redis.call('SET', prefix .. id, worker_id, 'PX', hold_ms, 'NX') then
+      local tries = 1  -- a first try makes the count with its expiry, in one command
+      if not redis.call('SET', retry_prefix .. id, 1, 'EX', retry_ttl, 'NX') then
+        tries = redis.call('INCR', retry_prefix .. id)
+      end
+      table.insert(claimed, id)
       table.insert(claimed, due[i + 1])
-      table.insert(claimed, redis.call('GET', job_prefix .. due[i]))
+      table.insert(claimed, redis.call('GET', job_prefix .. id))
       table.insert(claimed, tries)
       room = room - 1
       if room == 0 then break end

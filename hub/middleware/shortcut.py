@@ -10,17 +10,25 @@ host check, the drain and the body limit see every request as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hub.v2.lean import LeanRoute
+
+class ShortRoute(Protocol):
+    """A route that can be called past the routing (``hub/v2/lean.py``, ``hub/api/jobs.py``)."""
+
+    def path_parameters(self, scope: Scope) -> dict[str, Any] | None: ...
+
+    def shortcut(self) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]: ...
+
 
 TELEMETRY = "fastapi.telemetry"  # the scope key of FastAPI's request span, when tracing is on
 
 
 class Shortcut:
-    def __init__(self, app: ASGIApp, routes: Sequence[LeanRoute]) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[ShortRoute]) -> None:
         self.app = app
         self.routes = [(route, route.shortcut()) for route in routes]
 
