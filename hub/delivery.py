@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from contract.events import Event, stream_key
+from contract.events import TERMINAL, Event, stream_key
 from contract.jobstore import JobStore
-from hub.fanout import GAP, Fanout, Key
+from hub import frames
+from hub.fanout import GAP, Fanout, Key, SlowConsumer
 
 PAGE_BYTES = 4 * 1024 * 1024
 """A replay reads the log in pages of about this size, so a long replay holds one at a time."""
@@ -47,6 +47,27 @@ class Topic:
     @classmethod
     def model(cls, name: str) -> Topic:
         return cls((("model", name),), None, lambda e: e.model == name)
+
+
+class Sink(Protocol):
+    """A transport that can write what the delivery hands it synchronously (hub/outbox.py)."""
+
+    def ready(self) -> bool:
+        """Whether it may write now: its writer idle, its socket with room."""
+        ...
+
+    def send(self, items: list[Any]) -> bool:
+        """Take items from the front, leaving those its writer must handle; True if it is
+        to be flushed (Fanout.later)."""
+        ...
+
+    def flush(self) -> None:
+        """Write what it took."""
+        ...
+
+
+_WAKE = object()
+"""Wakes a writer for what the sink left to it."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +107,11 @@ class Delivery:
         self.store = store
         self.fanout = fanout
         self.owner = owner
-        self.sub = fanout.open(self.visible)
+        self.sub = fanout.open(owner)  # the fan-out routes only what the owner may see
         self._following: dict[Hashable, _Following] = {}
-        self._out: deque[Any] = deque()
-        self._replays: deque[_Replay] = deque()
+        self._out: list[Any] = []  # lists: most of the time both are empty
+        self._replays: list[_Replay] = []
+        self._sink: Sink | None = None
 
     def visible(self, event: Event) -> bool:
         return self.owner is None or event.owner == self.owner
@@ -124,12 +146,31 @@ class Delivery:
         self.fanout.remove(self.sub, *(r for r in following.topic.routes if r not in still))
         return True
 
+    def attach(self, sink: Sink) -> None:
+        """Let the fan-out write live events through ``sink`` while nothing waits before them:
+        the writer task is woken only for what the sink cannot write at once."""
+        self._sink = sink
+        self.sub.direct = self._direct
+
+    def _direct(self, event: Event) -> bool:
+        sink = self._sink
+        if self._out or self._replays or sink is None or not sink.ready():
+            return False
+        self._deliver(event)  # visibility, de-duplication and the end of a job, as ever
+        if self._out:
+            if sink.send(self._out):
+                self.fanout.later(sink)
+            if self._out:
+                self.sub.put(_WAKE)
+        return True
+
     def put(self, message: Any) -> None:
         """Queue a message of the transport's own (a reply), in order with the events."""
         self.sub.put(message)
 
     def close(self) -> None:
         self.fanout.remove(self.sub)
+        self.sub.direct = self._sink = None
         self._following.clear()
 
     async def get(self, wait_s: float | None = None) -> Any:
@@ -140,29 +181,62 @@ class Delivery:
             if self._replays:
                 await self._replay_page()
                 continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            item = await self.sub.get(remaining)
+            item = self.sub.poll()
             if item is None:
-                return None
-            if isinstance(item, Event):
-                self._deliver(item)
-            elif isinstance(item, _Replay):
-                self._replays.append(item)
-            elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
-                for name, following in self._following.items():
-                    last = f"{following.last[0]}-{following.last[1]}"
-                    self._replays.append(_Replay(name, last, following.topic.job_id is None))
-            else:
-                self._out.append(item)
-        return self._out.popleft()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                item = await self.sub.get(remaining)
+                if item is None:
+                    return None
+            self._take(item)
+        return self._out.pop(0)
+
+    async def batch(self, wait_s: float | None = None, most_bytes: int = 64 * 1024) -> list[Any]:
+        """What ``get`` would return next, with all that follows it at once up to about
+        ``most_bytes`` of events (a writer sends them in one write); [] after ``wait_s``
+        seconds with nothing. A replay still to read ends the batch."""
+        first = await self.get(wait_s)
+        if first is None:
+            return []
+        items = [first]
+        size = first.size if isinstance(first, Event) else 0
+        while size < most_bytes:
+            if self._out:
+                item = self._out.pop(0)
+                items.append(item)
+                size += item.size if isinstance(item, Event) else 0
+                continue
+            if self._replays:
+                break
+            try:
+                taken = self.sub.poll()
+            except SlowConsumer:  # what was taken goes out first; the next call raises
+                break
+            if taken is None:
+                break
+            self._take(taken)
+        return items
+
+    def _take(self, item: Any) -> None:
+        if isinstance(item, Event):
+            self._deliver(item)
+        elif isinstance(item, _Replay):
+            self._replays.append(item)
+        elif item is _WAKE:
+            pass  # what the sink left is in _out
+        elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
+            for name, following in self._following.items():
+                last = f"{following.last[0]}-{following.last[1]}"
+                self._replays.append(_Replay(name, last, following.topic.job_id is None))
+        else:
+            self._out.append(item)
 
     async def _replay_page(self) -> None:
         replay = self._replays[0]
         following = self._following.get(replay.name)
         if following is None:  # dropped meanwhile
-            self._replays.popleft()
+            self._replays.pop(0)
             return
         job_id = following.topic.job_id
         if replay.check_log:
@@ -183,21 +257,28 @@ class Delivery:
         if len(page) == count:
             self._replays[0] = _Replay(replay.name, page[-1].id, check_log=False)
             return
-        self._replays.popleft()
+        self._replays.pop(0)
         if following.finished and replay.name in self._following and job_id is not None:
             self._end(replay.name)  # resumed after the terminal event: nothing more will come
 
     def _deliver(self, event: Event) -> None:
+        """Pass the event on once, if it is visible and new to a topic that accepts it; end
+        the topics of its job if it is the job's last. (Run per subscriber and event: lean.)"""
         if not self.visible(event):
             return
-        key = stream_key(event.id)
-        matched = [(name, f) for name, f in self._following.items() if f.topic.accepts(event)]
-        if any(key > f.last for _, f in matched):
+        key = frames.key(event)
+        fresh = False
+        ended = None
+        for name, f in self._following.items():
+            if f.topic.accepts(event):
+                if key > f.last:
+                    fresh, f.last = True, key
+                if f.topic.job_id == event.job_id and event.type in TERMINAL:
+                    ended = [*(ended or ()), name]
+        if fresh:
             self._out.append(event)
-        for name, f in matched:
-            f.last = max(f.last, key)
-            if event.terminal and f.topic.job_id == event.job_id:
-                self._end(name)
+        for name in ended or ():
+            self._end(name)
 
     def _end(self, name: Hashable) -> None:
         self.drop(name)

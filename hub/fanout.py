@@ -1,10 +1,14 @@
 """One Redis pub/sub subscription per hub process, handed out to local subscribers.
 
-Subscribers register under keys (a job, a model, an owner) so that an event reaches only the
-buffers that may want it. Each buffer is bounded in events and in bytes: when it is full, a newer ``progress`` event
-of a job replaces the older one still waiting (progress is coalesced); other events are never
-dropped, and a subscriber that stays full is marked ``stuck`` so that its transport closes it
-with a reason and the client resumes from its last event id.
+Subscribers register under keys (a job, a model, an owner), each scoped to the tenant whose
+events they may see (None: an admin, who sees all), so that an event's subscribers are found in
+one index by its job, model and owner, without testing every subscriber. A subscriber whose
+consumer is idle may take an event at once (``Subscription.direct``: the delivery writes it to
+the socket, hub/outbox.py); otherwise it waits in a buffer bounded in events and in bytes: when
+it is full, a newer ``progress`` event of a job replaces the older one still waiting (progress
+is coalesced); other events are never dropped, and a subscriber that stays full is marked
+``stuck`` so that its transport closes it with a reason and the client resumes from its last
+event id.
 
 Delivery is at most once: pub/sub loses what is published while the connection is down. After
 a reconnect every subscriber is woken with a *gap*, and re-reads the event log from its last id.
@@ -16,8 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -30,6 +33,7 @@ from hub.observer import NOBODY, Observer
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # ("job", id) | ("model", name) | ("owner", name) | ("all", "")
+Route = tuple[Key, str | None]  # a key, scoped to one tenant's events (None: every tenant's)
 
 
 class Gap:
@@ -39,6 +43,14 @@ class Gap:
 GAP = Gap()
 
 
+class Tick:
+    """The hub's heartbeat, put to every subscriber every ``tick_s``: an SSE stream pings
+    on it, so that no stream needs a timer of its own."""
+
+
+TICK = Tick()
+
+
 class SlowConsumer(Exception):
     """The subscriber's buffer stayed full for too long."""
 
@@ -46,36 +58,67 @@ class SlowConsumer(Exception):
 class Subscription:
     """One subscriber's buffer, bounded in events and in bytes."""
 
+    __slots__ = (
+        "_buffer",
+        "_full_since",
+        "_stuck",
+        "_waiter",
+        "bytes",
+        "coalesced",
+        "direct",
+        "dropped",
+        "match",
+        "max_bytes",
+        "maxsize",
+        "observer",
+        "routes",
+        "scope",
+        "stuck_after_s",
+    )
+
     def __init__(
         self,
-        match: Callable[[Event], bool],
+        match: Callable[[Event], bool] | None,
         maxsize: int,
         stuck_after_s: float,
         max_bytes: int = 32 * 1024 * 1024,
         observer: Observer = NOBODY,
+        scope: str | None = None,
     ) -> None:
-        self.match = match
+        self.match = match  # a last filter of its own (None: all that its routes bring)
+        # the consumer's fast path: takes an event now, when nothing waits before it (True)
+        self.direct: Callable[[Event], bool] | None = None
+        self.scope = scope  # the tenant whose events it may see (None: every tenant's)
         self.observer = observer
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
-        self.keys: set[Key] = set()
+        self.routes: set[Route] = set()
         self.coalesced = 0
         self.dropped = 0
         self.bytes = 0  # of the events waiting in the buffer
         self._full_since: float | None = None
         self._stuck = False
-        self._buffer: deque[Any] = deque()
-        self._ready = asyncio.Event()
+        # a list, not a deque: an idle subscriber's is empty and small (most are idle)
+        self._buffer: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None  # while its consumer waits
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any) -> bool:
         """Queue an event (coalescing progress when full) or any other item. Nothing is dropped
         while the subscriber keeps up; once it is stuck its buffer is emptied and nothing more
         is queued (memory stays bounded): it is closed at its next read and resumes from its
-        last event id. One event larger than the byte bound still passes an empty buffer."""
+        last event id. One event larger than the byte bound still passes an empty buffer.
+        True if the consumer took the event at once (``direct``)."""
         if self._stuck:
             self._drop(isinstance(item, Event))
-            return
+            return False
+        if (
+            self.direct is not None
+            and not self._buffer
+            and isinstance(item, Event)
+            and self.direct(item)
+        ):
+            return True  # delivered (the fan-out counts them)
         if len(self._buffer) >= self.maxsize or self.bytes >= self.max_bytes:
             if isinstance(item, Event) and item.type is EventType.PROGRESS:
                 for i, queued in enumerate(self._buffer):
@@ -88,7 +131,7 @@ class Subscription:
                         self.bytes += item.size - queued.size
                         self.coalesced += 1
                         self.observer.events_coalesced(1)
-                        return
+                        return False
             now = time.monotonic()
             self._full_since = self._full_since or now
             if (
@@ -98,17 +141,22 @@ class Subscription:
             ):
                 self._give_up()
                 self._drop(isinstance(item, Event))
-                return
+                return False
         self._buffer.append(item)
         self.bytes += _size(item)
-        self._ready.set()
+        self._wake()
+        return False
 
     def _give_up(self) -> None:
         self._stuck = True
         self._drop(sum(isinstance(x, Event) for x in self._buffer))
         self._buffer.clear()
         self.bytes = 0
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _drop(self, count: int) -> None:
         if count:
@@ -118,19 +166,32 @@ class Subscription:
     async def get(self, wait_s: float | None = None) -> Any:
         """The next item, or None after ``wait_s`` seconds. Raises SlowConsumer when stuck."""
         while not self._buffer and not self._stuck:
-            self._ready.clear()
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(wait_s):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
+                if wait_s is None:  # no timer at all: most waits are for the next event
+                    await self._waiter
+                    continue
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._waiter
+                except TimeoutError:
+                    return None
+            finally:
+                self._waiter = None
+        return self.poll()
+
+    def poll(self) -> Any:
+        """The next item if one waits, else None, without waiting. Raises SlowConsumer when
+        stuck."""
         if self._stuck:
             raise SlowConsumer(
                 f"the client read too slowly: its buffer ({self.maxsize} events, "
                 f"{self.max_bytes // 1024} KiB) stayed full for over {self.stuck_after_s:g} s; "
                 "resume from the last event id"
             )
-        item = self._buffer.popleft()
+        if not self._buffer:
+            return None
+        item = self._buffer.pop(0)
         self.bytes -= _size(item)
         if isinstance(item, Event):
             self.observer.events_delivered(1)
@@ -151,33 +212,39 @@ class Fanout:
         maxsize: int = 256,
         max_bytes: int = 32 * 1024 * 1024,
         stuck_after_s: float = 30.0,
+        tick_s: float = 15.0,
         observer: Observer = NOBODY,
     ) -> None:
         self.observer = observer
+        self.tick_s = tick_s
         # its own client, without retries: a dropped connection must surface here, so that
         # subscribers learn of the gap (redis-py would otherwise resubscribe silently)
         self.redis = connect(redis_url, retry=False)
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.stuck_after_s = stuck_after_s
-        self._subs: dict[Key, set[Subscription]] = {}
+        self._subs: dict[Route, dict[Subscription, None]] = {}  # ordered, for a stable fan-out
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._later: list[Any] = []  # sinks to flush once this turn's dispatching is done
         self._subscribed = asyncio.Event()
         self.connected = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._read_forever(), name="fanout")
+        self._tasks = [
+            asyncio.create_task(self._read_forever(), name="fanout"),
+            asyncio.create_task(self._tick_forever(), name="fanout-tick"),
+        ]
         # wait for the first subscription so that no event published after start is missed
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._subscribed.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.redis.aclose()
 
     def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
@@ -185,50 +252,68 @@ class Fanout:
         holds one pub/sub connection). Call before ``start``."""
         self._handlers[channel.encode()] = handler
 
-    def open(self, match: Callable[[Event], bool] = lambda _: True) -> Subscription:
-        return Subscription(match, self.maxsize, self.stuck_after_s, self.max_bytes, self.observer)
+    def open(self, scope: str | None = None) -> Subscription:
+        """A buffer for a subscriber who may see the events of tenant ``scope`` (None: all)."""
+        return Subscription(
+            None, self.maxsize, self.stuck_after_s, self.max_bytes, self.observer, scope
+        )
 
     def add(self, sub: Subscription, *keys_: Key) -> None:
         for key in keys_:
-            self._subs.setdefault(key, set()).add(sub)
-            sub.keys.add(key)
+            route = (key, sub.scope)
+            self._subs.setdefault(route, {})[sub] = None
+            sub.routes.add(route)
 
     def remove(self, sub: Subscription, *keys_: Key) -> None:
-        for key in keys_ or tuple(sub.keys):
-            subs = self._subs.get(key)
+        for route in [(k, sub.scope) for k in keys_] if keys_ else list(sub.routes):
+            subs = self._subs.get(route)
             if subs is not None:
-                subs.discard(sub)
+                subs.pop(sub, None)
                 if not subs:
-                    del self._subs[key]
-            sub.keys.discard(key)
+                    del self._subs[route]
+            sub.routes.discard(route)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, *keys_: Key, match: Callable[[Event], bool] = lambda _: True
-    ) -> AsyncIterator[Subscription]:
-        sub = self.open(match)
-        self.add(sub, *keys_)
-        try:
-            yield sub
-        finally:
-            self.remove(sub)
+    def later(self, sink: Any) -> None:
+        """Flush ``sink`` (a delivery's, hub/outbox.py) once the events read in this turn of
+        the loop are all dispatched: one write per socket for all of them."""
+        self._later.append(sink)
+        if len(self._later) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        sinks, self._later = self._later, []
+        for sink in sinks:
+            sink.flush()
 
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)
-        for sub in self._targets(event):
-            if sub.match(event):
-                sub.put(event)
+        # a copy: a subscriber that takes the event at once may end its topic, and leave
+        delivered = 0
+        for sub in tuple(self._targets(event)):
+            if sub.match is None or sub.match(event):
+                delivered += sub.put(event)
+        if delivered:
+            self.observer.events_delivered(delivered)
 
     def _targets(self, event: Event) -> Iterable[Subscription]:
-        found: set[Subscription] = set()
-        for key in (
-            ("job", event.job_id),
-            ("model", event.model),
-            ("owner", event.owner),
-            ("all", ""),
+        """The subscribers of the event's job, model and owner that may see it: the routes of
+        its tenant's subscribers and of the admins'."""
+        subs = self._subs
+        owner = event.owner
+        found: list[dict[Subscription, None]] = []
+        for route in (
+            (("job", event.job_id), owner),
+            (("job", event.job_id), None),
+            (("model", event.model), owner),
+            (("model", event.model), None),
+            (("owner", owner), owner),
+            (("all", ""), None),
         ):
-            found.update(self._subs.get(key, ()))
-        return found
+            if (group := subs.get(route)) is not None:
+                found.append(group)
+        if len(found) == 1:  # the common case: no subscriber to be met twice
+            return found[0]
+        return {sub: None for group in found for sub in group}
 
     async def _read_forever(self) -> None:
         backoff = 0.05
@@ -255,8 +340,16 @@ class Fanout:
 
     def _signal_gap(self) -> None:
         self.observer.subscription_gap()
-        for sub in {s for subs in self._subs.values() for s in subs}:
-            sub.put(GAP)
+        self._put_all(GAP)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._put_all(TICK)
+
+    def _put_all(self, item: Gap | Tick) -> None:
+        for sub in {s: None for subs in self._subs.values() for s in subs}:
+            sub.put(item)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

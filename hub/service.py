@@ -23,8 +23,8 @@ from contract.jobstore import Created, JobStore
 from contract.logs import JOBS, current_request_id, note_job
 from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
-from hub.delivery import Delivery, Done, Reset, Topic, delivery
-from hub.fanout import Fanout
+from hub.delivery import Delivery, Done, Reset, Sink, Topic, delivery
+from hub.fanout import Fanout, Tick
 from hub.jobview import FINISHED, PendingJob, job_view
 from hub.observer import NOBODY, Observer
 from hub.online import OnlineLane
@@ -317,8 +317,8 @@ class JobService:
         return record
 
     async def follow(
-        self, job_id: str, *, owner: str | None, after: str = "0"
-    ) -> AsyncIterator[Event | Reset] | None:
+        self, job_id: str, *, owner: str | None, after: str = "0", sink: Sink | None = None
+    ) -> AsyncIterator[list[Event | Reset | Tick]] | None:
         """The job's events after ``after``, until its terminal event (404 first if unseen);
         None when the job has ended and ``after`` is at or past its terminal event, so that
         nothing will ever come (the terminal event is a job's last)."""
@@ -329,7 +329,7 @@ class JobService:
             return None
         self.streams.check(owner)
         return self._stream(
-            owner, lambda feed: feed.follow(job_id, topic, after, finished=finished)
+            owner, lambda feed: feed.follow(job_id, topic, after, finished=finished), sink
         )
 
     async def feed(
@@ -339,7 +339,8 @@ class JobService:
         models: frozenset[str] = frozenset(),
         job_ids: frozenset[str] = frozenset(),
         after: str | None = None,
-    ) -> AsyncIterator[Event | Reset]:
+        sink: Sink | None = None,
+    ) -> AsyncIterator[list[Event | Reset | Tick]]:
         """Live events of the caller's jobs (filtered by model and job), from ``after`` when
         given; a Reset first when ``after`` is older than what the capped log still holds."""
         _check_event_id(after or "0")
@@ -357,16 +358,27 @@ class JobService:
         else:
             routes = (("owner", owner) if owner is not None else ("all", ""),)
         topic = Topic(routes, accepts=accepts)
-        return self._stream(owner, lambda feed: feed.follow("feed", topic, after))
+        return self._stream(owner, lambda feed: feed.follow("feed", topic, after), sink)
 
     async def _stream(
-        self, owner: str | None, start: Callable[[Delivery], None]
-    ) -> AsyncIterator[Event | Reset]:
+        self, owner: str | None, start: Callable[[Delivery], None], sink: Sink | None
+    ) -> AsyncIterator[list[Event | Reset | Tick]]:
+        """What is pending at once, in one list (a stream sends it in one write), until the
+        topic is done; a Tick now and then while nothing comes. With a ``sink``, live events
+        may go straight to it instead (Delivery.attach)."""
         with self.streams.slot(owner):
             async with delivery(self.store, self.fanout, owner) as feed:
+                if sink is not None:
+                    feed.attach(sink)
                 start(feed)
-                while not isinstance(item := await feed.get(), Done):
-                    yield item
+                while True:
+                    items = await feed.batch()
+                    end = next((n for n, item in enumerate(items) if isinstance(item, Done)), None)
+                    if end is not None:
+                        if end:
+                            yield items[:end]
+                        return
+                    yield items
 
     async def list(
         self,

@@ -6,36 +6,21 @@ clients that cannot set headers): the event ids are Redis stream ids, the same i
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from contract.errors import OverCapacity, Unavailable
-from contract.events import Event
-from hub.delivery import Reset
 from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
 from hub.errors import error_responses, store_unreachable
 from hub.eventsource import MEDIA_TYPE, come_back, is_event_source
-from hub.fanout import SlowConsumer
-
-log = logging.getLogger(__name__)
+from hub.sse import EventStream
 
 router = APIRouter(
     prefix="/v1", tags=["events"], responses=error_responses(400, 401, 403, 404, 422, 429, 503)
 )
-
-PING_S = 15
-RETRY_MS = 1000
-SLICE_BYTES = 64 * 1024
 
 LastEventHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
 LastEventQuery = Annotated[
@@ -49,7 +34,8 @@ LastEventQuery = Annotated[
     description="Every event of the job in order, from the start or after `Last-Event-ID`; "
     "the stream closes after the terminal event. A reconnect whose `Last-Event-ID` is the "
     "terminal event (or later) gets `204 No Content`: a browser's EventSource stops there.",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
+    status_code=200,  # FastAPI reads it from the response class otherwise
     responses={
         204: {"description": "The job ended at or before `Last-Event-ID`: nothing more comes"},
         404: {"description": "No such job"},
@@ -66,13 +52,16 @@ async def job_events(
     last_event_id: LastEventQuery = None,
 ) -> Response:
     after = last_event_id_header or last_event_id or "0"
+    stream = EventStream(settings.slow_consumer_s)
     try:
-        events = await service.follow(job_id, owner=caller.visible, after=after)
+        stream.batches = await service.follow(
+            job_id, owner=caller.visible, after=after, sink=stream.outbox
+        )
     except (OverCapacity, Unavailable, RedisError) as exc:
         return _later(request, exc)
-    if events is None:
+    if stream.batches is None:
         return Response(status_code=204)
-    return _respond(events, settings.slow_consumer_s)
+    return stream
 
 
 @router.get(
@@ -81,7 +70,8 @@ async def job_events(
     description="Filter with `model` and `job_id` (repeatable). With `Last-Event-ID` the feed "
     "resumes from the capped log of all events; an id older than the log holds gets a `reset` "
     "event first: reload your state, events were lost.",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
+    status_code=200,  # FastAPI reads it from the response class otherwise
     responses={400: {"description": "Bad Last-Event-ID"}},
 )
 async def all_events(
@@ -94,16 +84,18 @@ async def all_events(
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
 ) -> Response:
+    stream = EventStream(settings.slow_consumer_s)
     try:
-        events = await service.feed(
+        stream.batches = await service.feed(
             owner=caller.visible,
             models=frozenset(model or ()),
             job_ids=frozenset(job_id or ()),
             after=last_event_id_header or last_event_id,
+            sink=stream.outbox,
         )
     except (OverCapacity, Unavailable, RedisError) as exc:
         return _later(request, exc)
-    return _respond(events, settings.slow_consumer_s)
+    return stream
 
 
 def _later(request: Request, exc: OverCapacity | Unavailable | RedisError) -> Response:
@@ -115,50 +107,3 @@ def _later(request: Request, exc: OverCapacity | Unavailable | RedisError) -> Re
     retry_s = float((error.headers or {}).get("Retry-After", "1"))
     body = come_back(round(retry_s * 1000), error.message, error.code)
     return Response(body, media_type=MEDIA_TYPE, headers={"Cache-Control": "no-store"})
-
-
-def _respond(events: AsyncIterator[Event | Reset], slow_s: float) -> EventSourceResponse:
-    async def stream() -> AsyncIterator[memoryview | ServerSentEvent]:
-        yield ServerSentEvent(comment="inferhub events", retry=RETRY_MS)
-        try:
-            async for item in events:
-                if isinstance(item, Reset):
-                    yield _RESET
-                    continue
-                # the frame is encoded once for every subscriber, and written in slices: a
-                # client that reads slowly holds one slice of it here, whatever its size
-                frame = memoryview(item.sse)
-                for start in range(0, len(frame), SLICE_BYTES):
-                    yield frame[start : start + SLICE_BYTES]
-        except SlowConsumer as exc:
-            yield ServerSentEvent(data=orjson.dumps({"reason": str(exc)}).decode(), event="close")
-
-    # a client that stops reading altogether is cut off by the send timeout
-    return EventStream(stream(), ping=PING_S, send_timeout=slow_s)
-
-
-class EventStream(EventSourceResponse):
-    """An SSE response that ends a client that stopped reading with one log line."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            scope["app"].state.streams.cut(scope)
-            await asyncio.sleep(0)  # uvicorn learns the connection is gone, and says nothing
-            log.info(
-                "closed the event stream of %s: it read nothing for %g s",
-                _peer(scope),
-                self.send_timeout,
-            )
-
-
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "a client"
-
-
-_RESET = ServerSentEvent(
-    data='{"reason": "events after your Last-Event-ID are no longer kept: reload the state"}',
-    event="reset",
-)

@@ -23,14 +23,17 @@ from starlette.websockets import WebSocketDisconnect
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
 from contract.events import Event, stream_key
 from contract.settings import Settings
+from hub import frames
 from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic, delivery
 from hub.deps import ServiceDep, SettingsDep, authenticate
-from hub.fanout import SlowConsumer
+from hub.fanout import SlowConsumer, Tick
 from hub.jobview import FINISHED
 from hub.metrics.stats import Frame, StatsFeed
+from hub.outbox import Outbox, Stuck
 from hub.schemas import JobRequest
 from hub.service import JobService
+from hub.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +111,12 @@ class Connection:
     stats: StatsFeed
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write())
+        """The writer runs in the connection's own task, the reader in one more; when the
+        reader ends, its end reaches the writer in order, through the feed."""
         reader = asyncio.create_task(self._read())
+        reader.add_done_callback(lambda _: self.feed.put(_READER_DONE))
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a close reason travels as an exception
+            await self._write(reader)
         except _Close as close:
             client = self.ws.client
             log.info("closing the WebSocket of %s: %s", client and client.host, close.reason)
@@ -128,10 +131,9 @@ class Connection:
             pass
         finally:
             self.stats.discard(self.feed)
-            for task in (reader, writer):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -263,33 +265,48 @@ class Connection:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def _write(self) -> None:
+    async def _write(self, reader: asyncio.Task[None]) -> None:
+        """Everything pending leaves at once: on uvicorn, as frames written to the socket
+        (hub/outbox.py; an event's frame is shared by every socket, and live events are
+        written by the fan-out itself while this writer is idle); elsewhere as ASGI messages.
+        Only a writer whose socket buffer is full waits, with a timer."""
+        wire = Wire.of(self.ws.scope)
+        out = Outbox(_frame, self.settings.slow_consumer_s, wire) if wire and wire.raw else None
+        if out is not None:
+            self.feed.attach(out)
         while True:
             try:
-                item = await self.feed.get()
+                if out is not None:
+                    out.idle = True
+                items = await self.feed.batch()
             except SlowConsumer as exc:
                 raise _Close(CLOSE_TRY_AGAIN, str(exc)[:120]) from None
-            if isinstance(item, Event):
-                await self._send_text(item.ws)
-            elif isinstance(item, Frame):  # encoded once for every connection
-                await self._send_text(item.text)
-            elif isinstance(item, Reset):
-                model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
-                message = "events after last_event_id are no longer kept: reload"
-                await self._send({"type": "reset", "model": model, "message": message})
-            elif not isinstance(item, Done):  # a job that ended needs no word: its event said
-                await self._send(item)
+            finally:
+                if out is not None:
+                    out.idle = False
+            try:
+                if out is None:
+                    await self._send_texts(wire, [_text(i) for i in items if _sent(i)])
+                elif not await out.write([_frame(i) for i in items]):
+                    await reader  # the client left: the reader says so
+                    return
+            except Stuck:
+                raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
+            if _READER_DONE in items:
+                reader.result()  # a close reason travels as an exception
+                return
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self._send_text(orjson.dumps(message).decode())
-
-    async def _send_text(self, text: str) -> None:
+    async def _send_texts(self, wire: Wire | None, texts: list[str]) -> None:
+        """The ASGI way, one message after the other, under one timer for the lot when the
+        socket's buffer cannot be seen."""
         try:
-            async with asyncio.timeout(self.settings.slow_consumer_s):
-                await self.ws.send_text(text)
-                await self.ws.scope["app"].state.streams.drained(self.ws.scope)
+            async with asyncio.timeout(None if wire else self.settings.slow_consumer_s):
+                for text in texts:
+                    if wire is not None and not await wire.drained(self.settings.slow_consumer_s):
+                        raise Stuck
+                    await self.ws.send_text(text)
         except TimeoutError:
-            raise _Close(CLOSE_TRY_AGAIN, "the client stopped reading") from None
+            raise Stuck from None
 
 
 class _Close(Exception):
@@ -304,3 +321,40 @@ def _check_event_id(event_id: str) -> None:
         stream_key(event_id)
     except ValueError as exc:
         raise MalformedRequest(str(exc), "invalid_event_id") from None
+
+
+_RESET = "events after last_event_id are no longer kept: reload"
+_READER_DONE = object()
+"""The reader returned or raised: the writer ends after what was queued before."""
+
+
+def _sent(item: Any) -> bool:
+    # a job that ended needs no word (its event said), and the heartbeat is for SSE
+    return not isinstance(item, Done | Tick) and item is not _READER_DONE
+
+
+def _frame(item: Any) -> bytes:
+    """The item as one WebSocket frame (b"": nothing to send); events and stats are encoded
+    once for all sockets."""
+    if isinstance(item, Event):
+        return frames.ws(item)
+    if isinstance(item, Frame):
+        return item.wire
+    if not _sent(item):
+        return b""
+    return frames.text_frame(orjson.dumps(_message(item)))
+
+
+def _text(item: Any) -> str:
+    if isinstance(item, Event):
+        return item.ws
+    if isinstance(item, Frame):
+        return item.text
+    return orjson.dumps(_message(item)).decode()
+
+
+def _message(item: Any) -> dict[str, Any]:
+    if isinstance(item, Reset):
+        model = item.topic[1] if isinstance(item.topic, tuple) else ""  # ("model", m)
+        return {"type": "reset", "model": model, "message": _RESET}
+    return item  # type: ignore[no-any-return]  # a reply

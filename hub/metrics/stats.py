@@ -23,11 +23,13 @@ import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
 
 from hub.catalogue import Catalogue, model_views
+from hub.frames import text_frame
 from hub.metrics import cluster
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ class Frame:
     """A message encoded once, sent as it is to every connection it is for."""
 
     text: str
+
+    @cached_property
+    def wire(self) -> bytes:
+        """As one WebSocket text frame, header included, for the sockets written directly."""
+        return text_frame(self.text.encode())
 
 
 Sink = Callable[[Frame], None]

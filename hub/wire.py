@@ -1,0 +1,143 @@
+"""The connection under an ASGI request: uvicorn's protocol object, found once per stream.
+
+The event writers use it for what ASGI cannot say: whether the socket's send buffer is full
+(uvicorn pauses writing above 64 KiB), so that only a blocked writer arms a timer; and, where
+the bytes on the wire are plain to write (a WebSocket with no extension, whose frames a server
+sends unmasked; an HTTP/1.1 response in chunks), the socket itself: an event's bytes (encoded
+once for every subscriber, hub/frames.py) and whatever else is pending go out in one write,
+without a trip through the ASGI layers. Under a test client there is no such connection
+(``Wire.of`` gives None), nor under another server: the writers then use plain ASGI sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from starlette.types import Scope
+from websockets.protocol import State
+
+_index: dict[tuple[Any, ...], Any] = {}
+"""uvicorn's open connections by client address, as last looked at."""
+_seen: set[Any] = set()
+
+
+def _connection(scope: Scope) -> Any | None:
+    streams = getattr(scope["app"].state, "streams", None)
+    connections = getattr(streams, "connections", None)
+    client = tuple(scope.get("client") or ())
+    if not connections or not client:
+        return None
+    found = _index.get(client)
+    if found is None or found not in connections:  # new since the last look, or gone
+        _refresh(connections)
+        found = _index.get(client)
+    return found
+
+
+def _refresh(connections: set[Any]) -> None:
+    """Index the connections opened since the last look and forget those closed: set
+    operations (in C) find them, so that a burst of connects costs no loop over all of them
+    in Python, and no closed connection is kept beyond the next look."""
+    for gone in _seen - connections:
+        _seen.discard(gone)
+        if _index.get(_client(gone)) is gone:
+            del _index[_client(gone)]
+    for new in connections - _seen:
+        _seen.add(new)
+        _index[_client(new)] = new
+
+
+def _client(connection: Any) -> tuple[Any, ...]:
+    return tuple(getattr(connection, "client", None) or ())
+
+
+class Wire:
+    """One stream's connection (see the module's docstring). Make it once the response (or
+    the WebSocket) has started."""
+
+    __slots__ = ("_cycle", "_flow", "_protocol", "_transport", "_writable", "chunked", "raw")
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._transport: asyncio.Transport = protocol.transport
+        self._flow: Any = getattr(protocol, "flow", None)  # HTTP: uvicorn's FlowControl
+        writable = getattr(protocol, "writable", None)  # WebSocket: an Event, clear if paused
+        self._writable = writable if isinstance(writable, asyncio.Event) else None
+        self._cycle = getattr(protocol, "cycle", None)  # HTTP (httptools): this response
+        conn = getattr(protocol, "conn", None)
+        # an HTTP/1.1 response in chunks, whose chunks we may write ourselves
+        self.chunked = getattr(self._cycle, "chunked_encoding", None) is True
+        # a WebSocket whose frames we may write ourselves: websockets' sans-I/O protocol,
+        # with no extension (a compressed frame would be the socket's own)
+        self.raw = self.chunked or (
+            self._writable is not None
+            and getattr(conn, "state", None) is State.OPEN
+            and not getattr(conn, "extensions", True)
+        )
+
+    @classmethod
+    def of(cls, scope: Scope) -> Wire | None:
+        protocol = _connection(scope)
+        if protocol is None or getattr(protocol, "transport", None) is None:
+            return None
+        return cls(protocol)
+
+    def ready(self) -> bool:
+        """``open`` and not ``paused``, in one call: asked per subscriber and event."""
+        if self._transport.is_closing():
+            return False
+        if self.chunked:
+            cycle = self._cycle
+            return (
+                not self._flow.write_paused
+                and self._protocol.cycle is cycle
+                and not cycle.response_complete
+                and not cycle.disconnected
+            )
+        return self._writable.is_set() and self._protocol.conn.state is State.OPEN  # type: ignore[union-attr]
+
+    @property
+    def paused(self) -> bool:
+        """The socket's send buffer is over uvicorn's high-water mark."""
+        if self._flow is not None:
+            return bool(self._flow.write_paused)
+        return self._writable is not None and not self._writable.is_set()
+
+    @property
+    def open(self) -> bool:
+        """Bytes written now would reach the client as part of this stream."""
+        if self._transport.is_closing():
+            return False
+        if self.chunked:
+            cycle = self._cycle
+            return (
+                self._protocol.cycle is cycle
+                and not cycle.response_complete
+                and not cycle.disconnected
+            )
+        return not self.raw or self._protocol.conn.state is State.OPEN
+
+    async def drained(self, within_s: float) -> bool:
+        """Wait until the buffer is below the mark (at once if it is): False if it stayed
+        over it for ``within_s`` seconds. The one timer of a writer, armed only when blocked."""
+        if not self.paused:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                if self._flow is not None:
+                    await self._flow.drain()
+                elif self._writable is not None:
+                    await self._writable.wait()
+                return True
+        return False
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Bytes as they go on the wire (WebSocket frames, HTTP chunks) to a ``raw`` stream
+        that is ``open``."""
+        self._transport.write(data)
+
+    def cut(self) -> None:
+        """Drop the connection at once, unsent bytes and all."""
+        self._transport.abort()
