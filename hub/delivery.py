@@ -84,7 +84,7 @@ class Done:
     topic: Hashable
 
 
-@dataclass
+@dataclass(slots=True)
 class _Following:
     topic: Topic
     last: tuple[int, int]  # the id of the last event delivered for this topic
@@ -102,6 +102,8 @@ class _Replay:
 class Delivery:
     """One subscriber's events (see the module's docstring). ``owner`` None is an admin, who
     sees every tenant's events."""
+
+    __slots__ = ("_following", "_out", "_replays", "_sink", "fanout", "owner", "store", "sub")
 
     def __init__(self, store: JobStore, fanout: Fanout, owner: str | None) -> None:
         self.store = store

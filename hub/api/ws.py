@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket
+from fastapi.routing import APIWebSocketRoute
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
@@ -61,6 +64,33 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
             await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
 
 
+class DirectRoute:
+    """``/v1/ws`` past FastAPI's routing, dependency solving and exit stacks
+    (``hub/middleware/shortcut.py``): they are kept for as long as a socket is open, a few KiB
+    of every idle connection. The route stays in the app for a hub behind a root path or with
+    tracing on, and for the test client."""
+
+    def __init__(self, route: APIWebSocketRoute) -> None:
+        self.path = route.path  # the metrics' label
+
+    def path_parameters(self, scope: Scope) -> dict[str, Any] | None:
+        """``{}`` if ``scope`` is this route's handshake, else None."""
+        if scope["type"] != "websocket" or scope["path"] != self.path or scope.get("root_path"):
+            return None
+        return {}
+
+    def shortcut(self) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            state = scope["app"].state
+            await websocket(WebSocket(scope, receive, send), state.service, state.settings)
+
+        return asgi
+
+
+def direct_routes() -> list[DirectRoute]:
+    return [DirectRoute(r) for r in router.routes if isinstance(r, APIWebSocketRoute)]
+
+
 def close_code(exc: InferhubError) -> int:
     """An error before the socket is accepted, as its close code: try again later when over
     capacity or unavailable, else a policy violation (no valid key, a missing scope)."""
@@ -101,7 +131,7 @@ class StatsRequest(BaseModel):
     on: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
     ws: WebSocket
     service: JobService

@@ -35,6 +35,9 @@ class BodyLimit:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = value
+        if length is None and chunked is None:  # no body (a GET, an event stream): nothing to wrap
+            await self.app(scope, receive, send)
+            return
         if length is not None and length.isdigit():
             if int(length) > self.max_bytes:
                 scope[REFUSED] = self._error()

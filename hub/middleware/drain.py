@@ -44,7 +44,23 @@ _SSE_FAREWELL = come_back(RETRY_MS, REASON)
 
 class _Stream:
     """One HTTP request or WebSocket as the app sees it: its ``send`` and ``receive`` pass
-    through, and ``end()`` finishes it for the client, then tells the app the peer left."""
+    through, and ``end()`` finishes it for the client, then tells the app the peer left.
+
+    One lives as long as its connection, so it holds as little as it can: no event of its own
+    (the drain waits on the registry), and its one waiting receiver, not a set of them."""
+
+    __slots__ = (
+        "_body_read",
+        "_lock",
+        "_receive",
+        "_receivers",
+        "_send",
+        "_stopped",
+        "ended",
+        "kind",
+        "live",
+        "started",
+    )
 
     def __init__(self, kind: str, receive: Receive, send: Send) -> None:
         self.kind = kind  # "http" until its response turns out to be SSE, or "websocket"
@@ -56,9 +72,7 @@ class _Stream:
         self._lock = asyncio.Lock()
         self._body_read = kind == "websocket"
         self._stopped = False  # end() ran: a receive returns the peer's leaving at once
-        self._receivers: set[asyncio.Task[Any]] = set()  # tasks waiting in receive
-        self._cut: set[asyncio.Task[Any]] = set()  # ... of which end() canceled the wait
-        self.returned = asyncio.Event()  # the route behind it returned
+        self._receivers: list[asyncio.Task[Any]] = []  # tasks waiting in receive (one, mostly)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -90,16 +104,16 @@ class _Stream:
         # V2 request waits here for its client's disconnect, thousands a second)
         task = asyncio.current_task()
         assert task is not None
-        self._receivers.add(task)
+        self._receivers.append(task)
         try:
             return await self._receive()
         except asyncio.CancelledError:
-            if task not in self._cut or task.uncancel():
+            # end() canceled every task waiting here when it stopped the stream
+            if not self._stopped or task.uncancel():
                 raise  # canceled by someone else (too)
             return self._gone()
         finally:
-            self._receivers.discard(task)
-            self._cut.discard(task)
+            self._receivers.remove(task)
 
     def _gone(self) -> Message:
         if self.kind == "websocket":
@@ -137,11 +151,7 @@ class _Stream:
             self.live = False
             self._stopped = True
             for task in self._receivers:
-                self._cut.add(task)
                 task.cancel()
-
-    def close(self) -> None:
-        self.returned.set()
 
 
 class Streams:
@@ -150,6 +160,8 @@ class Streams:
     def __init__(self) -> None:
         self.closing = False
         self._all: set[_Stream] = set()
+        self._draining: set[_Stream] = set()  # live when the drain began, their routes running
+        self._returned: asyncio.Event | None = None  # ... set once every one of them returned
         self.connections: set[Any] = set()  # uvicorn's, once a Server runs the app
 
     def connection(self, scope: Scope) -> Any | None:
@@ -190,16 +202,25 @@ class Streams:
                 sum(s.kind == "sse" for s in live),
                 sum(s.kind == "websocket" for s in live),
             )
+        self._draining = set(live)
+        self._returned = returned = asyncio.Event()
+        if not live:
+            returned.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(s.end(min(1.0, timeout_s)) for s in live))
-                await asyncio.gather(*(s.returned.wait() for s in live))
+                await returned.wait()
 
     def add(self, stream: _Stream) -> None:
         self._all.add(stream)
 
     def discard(self, stream: _Stream) -> None:
+        """The route behind ``stream`` returned."""
         self._all.discard(stream)
+        if stream in self._draining:
+            self._draining.discard(stream)
+            if not self._draining and self._returned is not None:
+                self._returned.set()
 
 
 class Drain:
@@ -230,7 +251,6 @@ class Drain:
             await _refuse(kind, send, scope, cut=True)
         finally:
             self.streams.discard(stream)
-            stream.close()
 
 
 async def _refuse(kind: str, send: Send, scope: Scope, *, cut: bool = False) -> None:
