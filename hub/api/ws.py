@@ -28,7 +28,7 @@ from contract.events import Event, stream_key
 from contract.settings import Settings
 from hub import frames
 from hub.auth import Principal
-from hub.delivery import Delivery, Done, Reset, Topic, delivery
+from hub.delivery import Delivery, Done, Reset, Topic
 from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.fanout import SlowConsumer, Tick
 from hub.jobview import FINISHED
@@ -59,9 +59,15 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
         await ws.close(close_code(exc), exc.message[:120])
         return
     await ws.accept()
-    with service.streams.slot(caller.visible):
-        async with delivery(service.store, service.fanout, caller.visible) as feed:
-            await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
+    # the slot and the feed by hand, not by context managers: their generators would be kept
+    # for as long as the socket is open
+    service.streams.take(caller.visible)
+    feed = Delivery(service.store, service.fanout, caller.visible)
+    try:
+        await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
+    finally:
+        feed.close()
+        service.streams.give(caller.visible)
 
 
 class DirectRoute:

@@ -11,7 +11,7 @@ host check, the drain and the body limit see every request as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,7 +34,8 @@ class Shortcut:
         self.app = app
         self.routes = [(route, route.shortcut()) for route in routes]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # a plain function: no frame of it is kept while a long-lived stream runs
         # with tracing on, FastAPI's routing names the request's span after its route: such a
         # request takes the usual way (the lean route still skips the dependency solving)
         if scope["type"] in ("http", "websocket") and scope.get(TELEMETRY) is None:
@@ -43,6 +44,5 @@ class Shortcut:
                 if parameters is not None:
                     scope["route"] = route  # as FastAPI's routing sets it (the metrics read it)
                     scope["path_params"] = parameters
-                    await asgi(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+                    return asgi(scope, receive, send)
+        return self.app(scope, receive, send)
