@@ -13,6 +13,7 @@ replayed and live events alike; transports only turn what ``get`` returns into f
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ def _anything(_: Event) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Topic:
     """What a subscriber follows: its fan-out routes, where its stored events are, and which
     of the events it takes."""
@@ -46,7 +47,13 @@ class Topic:
 
     @classmethod
     def model(cls, name: str) -> Topic:
-        return cls((("model", name),), None, lambda e: e.model == name)
+        return _model_topic(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_topic(name: str) -> Topic:
+    """One topic for all the subscribers of a model (a dashboard fleet follows a few models)."""
+    return Topic((("model", name),), None, lambda e: e.model == name)
 
 
 class Sink(Protocol):
