@@ -183,7 +183,7 @@ def up(
         raise typer.Exit(2)
     # a keyless stack signs webhooks with a secret of its own, unless given one
     keyless = settings.api_keys_file is None and settings.webhook_secret is None
-    webhook_secret = _stack_webhook_secret() if keyless else None
+    webhook_secret = stack_webhook_secret() if keyless else None
 
     redis: list[Any] = []  # the embedded Redis, stopped last
     procs: list[Any] = []  # the worker and the hub
@@ -243,7 +243,7 @@ def up(
 STACK_WEBHOOK_SECRET = Path("inferhub-webhook-secret")
 
 
-def _stack_webhook_secret() -> tuple[str, Path]:
+def stack_webhook_secret() -> tuple[str, Path]:
     """The secret a keyless ``up`` signs webhooks with, so that they work from the first run,
     and the file in the current folder that holds it: made on the first run (readable by its
     owner only), kept for the next, so that a receiver set up with it keeps verifying."""

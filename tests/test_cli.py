@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from helpers import ROOT, wait_for
 
 from cli.processes import free_port, ready
-from cli.stack import _stack_webhook_secret
+from cli.stack import stack_webhook_secret
 from hub.webhooks import signing
 
 
@@ -205,11 +205,11 @@ def test_up_keeps_the_webhook_secret_it_made_for_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    secret, path = _stack_webhook_secret()
+    secret, path = stack_webhook_secret()
     assert path == tmp_path.resolve() / "inferhub-webhook-secret"
     assert path.read_text() == secret + "\n"
     assert len(signing.secret_key(secret)) == 32
-    assert _stack_webhook_secret() == (secret, path)
+    assert stack_webhook_secret() == (secret, path)
 
 
 def test_up_refuses_a_webhook_secret_file_that_holds_none(tmp_path: Path) -> None:
