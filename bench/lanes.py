@@ -4,7 +4,8 @@ For each scenario it drives a closed loop (one row per request, V2 JSON) against
 online lane (``/v2 infer``), the no-queue baseline (bench/baseline.py: FastAPI calling
 onnxruntime in the event loop) and, for the jobs lane, ``/v1/jobs`` with ``Prefer: wait``; it
 measures onnxruntime in process on the same model, counts the Redis commands per request
-(``INFO commandstats`` before and after), and prints the ratios.
+(``INFO commandstats`` before and after) and the CPU each server process used per request
+(steadier than rows/s on a shared machine), and prints the ratios.
 
     python bench/lanes.py                     # every scenario, ~10 s each
     python bench/lanes.py --seconds 5 --only tiny-c64
