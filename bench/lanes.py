@@ -4,7 +4,8 @@ For each scenario it drives a closed loop (one row per request, V2 JSON) against
 online lane (``/v2 infer``), the no-queue baseline (bench/baseline.py: FastAPI calling
 onnxruntime in the event loop) and, for the jobs lane, ``/v1/jobs`` with ``Prefer: wait``; it
 measures onnxruntime in process on the same model, counts the Redis commands per request
-(``INFO commandstats`` before and after), and prints the ratios.
+(``INFO commandstats`` before and after) and the CPU each server process used per request
+(steadier than rows/s on a shared machine), and prints the ratios.
 
     python bench/lanes.py                     # every scenario, ~10 s each
     python bench/lanes.py --seconds 5 --only tiny-c64
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,15 @@ def per_request(before: dict[str, int], after: dict[str, int], requests: int) ->
     return {k: round(n, 2) for n, k in ranked if round(n, 2) > 0}
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far, from /proc."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime: clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def drive(
     url: str, endpoint: str, model: str, concurrency: int, seconds: float, rows: Any
 ) -> dict[str, Any]:
@@ -87,7 +98,12 @@ def drive(
 
 
 def measure(
-    stack: Stack, baseline_url: str, scenario: Scenario, repo: Path, seconds: float
+    stack: Stack,
+    baseline_url: str,
+    baseline_pid: int,
+    scenario: Scenario,
+    repo: Path,
+    seconds: float,
 ) -> dict[str, Any]:
     model = load_repository(repo).models[scenario.model]
     version = model.versions[model.latest]
@@ -101,8 +117,12 @@ def measure(
         targets.append(("jobs", stack.urls[0], "v1"))
     for name, url, endpoint in targets:
         drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
-        before = redis_calls(counter)
+        # the hub's CPU per request reads truer than rows/s on a shared machine
+        pids = stack.pids()["hub"] if name != "baseline" else [baseline_pid]
+        before, cpu_before = redis_calls(counter), cpu_s(pids)
         figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
+        cpu_used = cpu_s(pids) - cpu_before
+        figures["server_cpu_us_per_request"] = round(1e6 * cpu_used / max(figures["requests"], 1))
         commands = per_request(before, redis_calls(counter), figures["requests"])
         figures["redis_commands_per_request"] = round(sum(commands.values()), 2)
         figures["redis_commands"] = commands
@@ -131,7 +151,7 @@ def measure(
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         f"{'scenario':<10} {'target':<9} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'redis cmd/req':>13}"
+        f"{'redis cmd/req':>13} {'server cpu us/req':>17}"
     ]
     for r in results:
         for target in ("baseline", "online", "jobs"):
@@ -140,7 +160,8 @@ def table(results: list[dict[str, Any]]) -> str:
                 lines.append(
                     f"{r['scenario']:<10} {target:<9} {f['rows_per_s']:>9,.0f} "
                     f"{f['latency_ms']['p50']:>8.2f} {f['latency_ms']['p99']:>8.2f} "
-                    f"{f['redis_commands_per_request']:>13.2f}"
+                    f"{f['redis_commands_per_request']:>13.2f} "
+                    f"{f['server_cpu_us_per_request']:>17,}"
                 )
                 top = ", ".join(f"{k} {v:g}" for k, v in list(f["redis_commands"].items())[:8])
                 if top:
@@ -195,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             if not wait_ready(url, 60, watch=[baseline]):
                 raise RuntimeError("the baseline did not start")
             idle_figures = idle(stack, args.idle) if args.idle else None
-            results = [measure(stack, url, s, repo, args.seconds) for s in scenarios]
+            results = [measure(stack, url, baseline.pid, s, repo, args.seconds) for s in scenarios]
         finally:
             stop([baseline])
             stack.close()

@@ -158,7 +158,8 @@ def up(
     """Run the whole stack here: Redis, a worker and the hub.
 
     Redis is an embedded one unless INFERHUB_REDIS_URL (or --redis-url) names one; Ctrl-C
-    stops everything."""
+    stops everything. With no keys file and no INFERHUB_WEBHOOK_SECRET, the hub signs webhooks
+    with the secret in ./inferhub-webhook-secret (made on the first run, then kept)."""
     from cli.processes import free_port, start_cli, start_redis, stop, wait_ready
 
     settings = _settings(
@@ -180,6 +181,9 @@ def up(
             "`python scripts/build_example_models.py`."
         )
         raise typer.Exit(2)
+    # a keyless stack signs webhooks with a secret of its own, unless given one
+    keyless = settings.api_keys_file is None and settings.webhook_secret is None
+    webhook_secret = stack_webhook_secret() if keyless else None
 
     redis: list[Any] = []  # the embedded Redis, stopped last
     procs: list[Any] = []  # the worker and the hub
@@ -206,8 +210,13 @@ def up(
         }
         if settings.api_keys_file is not None:
             env["INFERHUB_API_KEYS_FILE"] = str(settings.api_keys_file.resolve())
+        hub_env = dict(env)  # the secret is the hub's alone: workers send no webhooks
+        if webhook_secret is not None:
+            secret, path = webhook_secret
+            console.print(f"webhooks signed with the secret in {path}", soft_wrap=True)
+            hub_env["INFERHUB_WEBHOOK_SECRET"] = secret
         procs.append(start_cli("worker", env=env))
-        procs.append(start_cli("serve", env=env))
+        procs.append(start_cli("serve", env=hub_env))
         base = f"http://{settings.host}:{settings.port}"
         if not wait_ready(base, 60, watch=[*redis, *procs]):
             if any(p.poll() is not None for p in [*redis, *procs]):
@@ -229,6 +238,33 @@ def up(
         stop(procs)  # the hub and worker first, while Redis still answers them
         stop(redis)
         shutil.rmtree(workdir, ignore_errors=True)  # the embedded Redis's log; nothing is kept
+
+
+STACK_WEBHOOK_SECRET = Path("inferhub-webhook-secret")
+
+
+def stack_webhook_secret() -> tuple[str, Path]:
+    """The secret a keyless ``up`` signs webhooks with, so that they work from the first run,
+    and the file in the current folder that holds it: made on the first run (readable by its
+    owner only), kept for the next, so that a receiver set up with it keeps verifying."""
+    from hub.webhooks.signing import new_secret, secret_key
+
+    path = STACK_WEBHOOK_SECRET.resolve()
+    try:
+        if path.exists():
+            secret = path.read_text().strip()
+            secret_key(secret)
+            return secret, path
+        secret = new_secret()
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secret + "\n")
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        _fail(
+            f"the stack's webhook secret, {path}: {reason}; remove the file for a new one, or "
+            "set INFERHUB_WEBHOOK_SECRET"
+        )
+    return secret, path
 
 
 def _interrupt(*_: object) -> None:

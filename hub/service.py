@@ -216,9 +216,11 @@ class JobService:
         outputs: list[str] | None = None,
         priority: int = 0,
         timeout_s: float | None = None,
+        declared: bool = False,
     ) -> list[dict[str, Any]]:
-        """Run one request on the online lane (no record, no events): its packed outputs."""
-        await self._admit(model, version, arrays, outputs, owner)
+        """Run one request on the online lane (no record, no events): its packed outputs.
+        ``declared``: as ``check_arrays`` says (the V2 route checked each tensor already)."""
+        await self._admit(model, version, arrays, outputs, owner, declared=declared)
         workers = await self.catalogue.serving(model["name"])
         if not workers:
             raise Unavailable(
@@ -243,9 +245,11 @@ class JobService:
         arrays: dict[str, np.ndarray],
         outputs: list[str] | None,
         owner: str,
+        *,
+        declared: bool = False,
     ) -> None:
         """What both lanes check before a request goes anywhere."""
-        check_arrays(model, version, arrays)
+        check_arrays(model, version, arrays, declared=declared)
         check_outputs(model, version, outputs)
         if self.rate is not None and (wait_ms := await self.rate.wait_ms(owner)):
             raise OverCapacity(

@@ -23,8 +23,10 @@ from hub.middleware.request_log import QUIET_PATHS
 def start() -> TelemetryConfig:
     """Turn tracing on in this hub process if an OTLP endpoint is set; FastAPI's telemetry
     settings: probes and scrapes make no spans, and a request is one span (no spans of
-    FastAPI's inner steps), under which its jobs' spans hang."""
-    tracing.setup("inferhub-hub")
+    FastAPI's inner steps), under which its jobs' spans hang. Off, FastAPI's telemetry is
+    switched off here once: else it would look up three global providers per request."""
+    if not tracing.setup("inferhub-hub"):
+        return {"tracing": False, "metrics": False, "logs": False}
     return {"operation_spans": False, "exclude": _quiet}
 
 

@@ -12,10 +12,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import pytest
 import tritonclient.grpc as grpcclient
 from helpers import ROOT, wait_for
 
 from cli.processes import free_port, ready
+from cli.stack import stack_webhook_secret
+from hub.webhooks import signing
 
 
 def inferhub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -171,6 +174,15 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
             assert triton.is_server_live()  # the hub serves gRPC too
         said = (tmp_path / "up.log").read_text()
+        # with no keys file nor INFERHUB_WEBHOOK_SECRET, the hub signs with a secret up made
+        secret_file = tmp_path.resolve() / "inferhub-webhook-secret"
+        assert f"webhooks signed with the secret in {secret_file}\n" in said
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        hook = {"url": f"http://127.0.0.1:{free_port()}/hook"}
+        r = httpx.post(
+            f"{url}/v1/jobs", json={"model": "iris", "data": [[0.0] * 4], "webhook": hook}
+        )
+        assert r.status_code == 202, r.text  # taken: the hub has a secret to sign it with
         folder = Path(said.split("(files in ", 1)[1].split(",", 1)[0])
         assert (folder / "redis.log").exists()
         up.send_signal(signal.SIGINT)
@@ -187,6 +199,38 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
         log.close()
+
+
+def test_up_keeps_the_webhook_secret_it_made_for_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    secret, path = stack_webhook_secret()
+    assert path == tmp_path.resolve() / "inferhub-webhook-secret"
+    assert path.read_text() == secret + "\n"
+    assert len(signing.secret_key(secret)) == 32
+    assert stack_webhook_secret() == (secret, path)
+
+
+def test_up_refuses_a_webhook_secret_file_that_holds_none(tmp_path: Path) -> None:
+    path = tmp_path.resolve() / "inferhub-webhook-secret"
+    path.write_text("hunter2\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "up", "--port", str(free_port()), "--grpc-port", "0"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("INFERHUB_")}
+        | {"INFERHUB_MODELS": str(ROOT / "models")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""  # nothing started
+    assert done.stderr == (
+        f"inferhub: the stack's webhook secret, {path}: a webhook secret starts with 'whsec_' "
+        "(inferhub keys webhook-secret); remove the file for a new one, or set "
+        "INFERHUB_WEBHOOK_SECRET\n"
+    )
+    assert path.read_text() == "hunter2\n"  # left for the user to look at
 
 
 def test_status_shows_a_first_frame_before_its_rates(hub_url: str) -> None:

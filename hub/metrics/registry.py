@@ -66,6 +66,8 @@ class Metrics(Observer):
         self.registry = r = CollectorRegistry()
         self._jobs: OrderedDict[str, _Tracked] = OrderedDict()
         self.fanout: Fanout | None = None
+        # the labelled children, found once: ``labels()`` validates and locks on every call
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         job = ["model"]
         self.submitted = Counter(
             "inferhub_jobs_submitted", "Jobs accepted by this replica.", job, registry=r
@@ -191,6 +193,15 @@ class Metrics(Observer):
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached: the label values are bounded (models, routes,
+        statuses, outcomes, event types) and no child is ever removed."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     # --- jobs accepted here --------------------------------------------------------------------
 
     def job_creating(self, record: Mapping[str, Any]) -> None:
@@ -200,22 +211,22 @@ class Metrics(Observer):
 
     def job_created(self, record: Mapping[str, Any], created: bool) -> None:
         if created:
-            self.submitted.labels(record["model"]).inc()
+            self._child(self.submitted, record["model"]).inc()
         else:
             self._jobs.pop(record["id"], None)
 
     # --- online requests -------------------------------------------------------------------------
 
     def online_batch(self, model: str, requests: int, rows: int) -> None:
-        self.online_batches.labels(model).inc()
-        self.online_batch_requests.labels(model).inc(requests)
+        self._child(self.online_batches, model).inc()
+        self._child(self.online_batch_requests, model).inc(requests)
 
     def online_answered(self, model: str, rows: int, seconds: float, outcome: str) -> None:
-        self.online_requests.labels(model, outcome).inc()
+        self._child(self.online_requests, model, outcome).inc()
         if outcome == "succeeded":
-            self.online_rows.labels(model).inc(rows)
+            self._child(self.online_rows, model).inc(rows)
         if outcome != "refused":
-            self.online_seconds.labels(model).observe(seconds)
+            self._child(self.online_seconds, model).observe(seconds)
 
     def online_totals(self) -> dict[str, dict[str, float]]:
         """Per model, this replica's online counters as they stand: requests by outcome,
@@ -248,28 +259,32 @@ class Metrics(Observer):
         self.gaps.inc()
 
     def event_received(self, event: Event) -> None:
-        self.published.labels(event.type.value).inc()
+        self._child(self.published, event.type.value).inc()
         tracked = self._jobs.get(event.job_id)
         if tracked is None:
             return
         if event.type is EventType.STARTED:
             if tracked.started is None:
-                self.queue_wait.labels(tracked.model).observe(max(0.0, event.ts - tracked.created))
+                self._child(self.queue_wait, tracked.model).observe(
+                    max(0.0, event.ts - tracked.created)
+                )
             tracked.started = event.ts
         elif event.terminal:
             del self._jobs[event.job_id]
-            self.ended[event.type.value].labels(tracked.model).inc()
-            self.end_to_end.labels(tracked.model).observe(max(0.0, event.ts - tracked.created))
+            self._child(self.ended[event.type.value], tracked.model).inc()
+            self._child(self.end_to_end, tracked.model).observe(
+                max(0.0, event.ts - tracked.created)
+            )
             if tracked.started is not None:
-                self.run.labels(tracked.model).observe(max(0.0, event.ts - tracked.started))
+                self._child(self.run, tracked.model).observe(max(0.0, event.ts - tracked.started))
 
     # --- requests ------------------------------------------------------------------------------
 
     def request(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope.get("method", "WS")
-        self.requests.labels(method, route, str(status)).inc()
-        self.request_seconds.labels(method, route).observe(seconds)
+        self._child(self.requests, method, route, str(status)).inc()
+        self._child(self.request_seconds, method, route).observe(seconds)
 
     # --- the scrape ----------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ else made up; it is echoed in the ``X-Request-ID`` response header and bound to 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -46,7 +46,9 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     match = _TRACEPARENT.fullmatch(traceparent) if traceparent else None
     if match and match.group(1) != "0" * 32:
         return match.group(1)
-    return uuid.uuid4().hex
+    # 128 random bits as uuid4's hex is long: from the process's generator (reseeded at
+    # fork), not os.urandom's system call per request; a request id is not a secret
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestLog:
