@@ -51,10 +51,11 @@ class _Stream:
 
     __slots__ = (
         "_body_read",
-        "_lock",
+        "_idle",
         "_receive",
         "_receivers",
         "_send",
+        "_sending",
         "_stopped",
         "ended",
         "kind",
@@ -69,7 +70,10 @@ class _Stream:
         self.ended = False  # ended by us: the app's later sends go nowhere
         self._receive = receive
         self._send = send
-        self._lock = asyncio.Lock()
+        # the app's sends in flight, and what end() waits on until there are none (no lock
+        # per stream: end() is the only one that waits, once)
+        self._sending = 0
+        self._idle: asyncio.Future[None] | None = None
         self._body_read = kind == "websocket"
         self._stopped = False  # end() ran: a receive returns the peer's leaving at once
         self._receivers: list[asyncio.Task[Any]] = []  # tasks waiting in receive (one, mostly)
@@ -83,10 +87,15 @@ class _Stream:
                 self.kind, self.live = "sse", True
         elif kind == "websocket.accept":
             self.live = True
-        async with self._lock:
-            if self.ended:
-                return
+        if self.ended:
+            return
+        self._sending += 1
+        try:
             await self._send(message)
+        finally:
+            self._sending -= 1
+            if not self._sending and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
         if kind == "websocket.close" or (
             kind == "http.response.body" and not message.get("more_body", False)
         ):
@@ -124,26 +133,20 @@ class _Stream:
         """Say goodbye to the client (SSE farewell, or WebSocket close 1001), then stop."""
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._lock:  # not in the middle of another frame
-                    if self.live and not self.ended:
-                        if self.kind == "sse":
-                            await self._send(
-                                {
-                                    "type": "http.response.body",
-                                    "body": _SSE_FAREWELL,
-                                    "more_body": True,
-                                }
-                            )
-                            await self._send({"type": "http.response.body", "body": b""})
-                        else:
-                            await self._send(
-                                {
-                                    "type": "websocket.close",
-                                    "code": CLOSE_GOING_AWAY,
-                                    "reason": REASON,
-                                }
-                            )
-                    self.ended = True
+                ended, self.ended = self.ended, True  # the app's sends from now on go nowhere
+                while self._sending:  # not in the middle of another frame
+                    self._idle = asyncio.get_running_loop().create_future()
+                    await self._idle
+                if self.live and not ended:
+                    if self.kind == "sse":
+                        await self._send(
+                            {"type": "http.response.body", "body": _SSE_FAREWELL, "more_body": True}
+                        )
+                        await self._send({"type": "http.response.body", "body": b""})
+                    else:
+                        await self._send(
+                            {"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": REASON}
+                        )
         except Exception as exc:  # a client that does not read, or is gone: cut below
             log.info("could not say goodbye to a %s client: %r", self.kind, exc)
             self.ended = True
