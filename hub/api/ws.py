@@ -150,7 +150,7 @@ class Connection:
         """The writer runs in the connection's own task, the reader in one more; when the
         reader ends, its end reaches the writer in order, through the feed."""
         reader = asyncio.create_task(self._read())
-        reader.add_done_callback(lambda _: self.feed.put(_READER_DONE))
+        reader.add_done_callback(self._reader_done)
         try:
             await self._write(reader)
         except _Close as close:
@@ -170,6 +170,9 @@ class Connection:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+
+    def _reader_done(self, _: object) -> None:
+        self.feed.put(_READER_DONE)
 
     # --- reading ---------------------------------------------------------------------------
 
