@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hub.responses import JSON
 
 LOOPBACK_NAMES = ("localhost",)
+_VERDICTS_KEPT = 1024
 
 
 _HOST = re.compile(r"(?P<name>[A-Za-z0-9.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::[0-9]{1,5})?")
@@ -55,6 +56,9 @@ class AllowedHosts:
         # a keyed hub with no list keeps answering to every name, as before
         self.any = "*" in self.allowed or (not keyless and not self.allowed)
         self.keyless = keyless
+        # a verdict per Host value seen: parsing it is a regex and an ip_address() per request,
+        # while a deployment sees a handful of values; bounded, as Host is the client's to choose
+        self._verdicts: dict[str, bool] = {}
 
     def allows(self, name: str | None) -> bool:
         if name is None:
@@ -70,7 +74,12 @@ class AllowedHosts:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("host", "")
-        if self.allows(host_name(header)):
+        allowed = self._verdicts.get(header)
+        if allowed is None:
+            allowed = self.allows(host_name(header))
+            if len(self._verdicts) < _VERDICTS_KEPT:
+                self._verdicts[header] = allowed
+        if allowed:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
