@@ -12,11 +12,10 @@ standard library and orjson.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Iterator, MutableMapping
-from contextvars import ContextVar
+from collections.abc import MutableMapping
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -43,14 +42,28 @@ def current_request_id() -> str | None:
     return context.get("request_id") if context else None
 
 
-@contextlib.contextmanager
-def bound(**fields: Any) -> Iterator[MutableMapping[str, Any]]:
+def bound(**fields: Any) -> _Bound:
     """Lines logged inside carry ``fields`` (a fresh context, so concurrent tasks stay apart)."""
-    token = _context.set({k: v for k, v in fields.items() if v is not None})
-    try:
-        yield _context.get()  # type: ignore[misc]
-    finally:
-        _context.reset(token)
+    return _Bound({k: v for k, v in fields.items() if v is not None})
+
+
+class _Bound:
+    """``bound``'s context manager: a small object, not a generator, since a WebSocket's
+    request keeps one for as long as it is open."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: MutableMapping[str, Any]) -> None:
+        self._fields = fields
+        self._token: Token[MutableMapping[str, Any] | None] | None = None
+
+    def __enter__(self) -> MutableMapping[str, Any]:
+        self._token = _context.set(self._fields)
+        return self._fields
+
+    def __exit__(self, *_: object) -> None:
+        assert self._token is not None
+        _context.reset(self._token)
 
 
 class _ContextFilter(logging.Filter):

@@ -28,7 +28,7 @@ from hub.metrics.stats import StatsFeed
 from hub.middleware.body_limit import BodyLimit, refuse_oversized
 from hub.middleware.drain import Drain, Streams
 from hub.middleware.request_log import RequestLog
-from hub.middleware.shortcut import Shortcut
+from hub.middleware.shortcut import Shortcut, ShortRoute
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.responses import JSON
@@ -144,11 +144,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(metrics_router)
     # innermost: the hot routes (V2 infer, submit) go straight to their endpoint, past the routing
-    hot = [
+    # and the streams, whose per-request machinery would be kept as long as they are open
+    hot: list[ShortRoute] = [
         r
-        for r in (*v2_router.routes, *jobs.router.routes)
-        if isinstance(r, LeanRoute | SubmitRoute)
+        for r in (*v2_router.routes, *jobs.router.routes, *events.router.routes)
+        if isinstance(r, LeanRoute | SubmitRoute | events.StreamRoute)
     ]
+    hot += ws.direct_routes()
     app.add_middleware(Shortcut, routes=hot)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins:

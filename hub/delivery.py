@@ -13,6 +13,7 @@ replayed and live events alike; transports only turn what ``get`` returns into f
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ def _anything(_: Event) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Topic:
     """What a subscriber follows: its fan-out routes, where its stored events are, and which
     of the events it takes."""
@@ -46,7 +47,13 @@ class Topic:
 
     @classmethod
     def model(cls, name: str) -> Topic:
-        return cls((("model", name),), None, lambda e: e.model == name)
+        return _model_topic(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_topic(name: str) -> Topic:
+    """One topic for all the subscribers of a model (a dashboard fleet follows a few models)."""
+    return Topic((("model", name),), None, lambda e: e.model == name)
 
 
 class Sink(Protocol):
@@ -84,7 +91,7 @@ class Done:
     topic: Hashable
 
 
-@dataclass
+@dataclass(slots=True)
 class _Following:
     topic: Topic
     last: tuple[int, int]  # the id of the last event delivered for this topic
@@ -102,6 +109,8 @@ class _Replay:
 class Delivery:
     """One subscriber's events (see the module's docstring). ``owner`` None is an admin, who
     sees every tenant's events."""
+
+    __slots__ = ("_following", "_out", "_replays", "_sink", "fanout", "owner", "store", "sub")
 
     def __init__(self, store: JobStore, fanout: Fanout, owner: str | None) -> None:
         self.store = store

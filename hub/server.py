@@ -22,20 +22,12 @@ class Server(uvicorn.Server):
         self.streams = streams
         streams.connections = self.server_state.connections
         self.grace_s = grace_s
-        # sse-starlette would cancel every SSE stream itself (mid-air, without a word) as soon
-        # as uvicorn begins to exit; here the drain ends them cleanly instead
-        from sse_starlette.sse import AppStatus
-
-        AppStatus.disable_automatic_graceful_drain()
 
     async def shutdown(self, sockets: Any = None) -> None:
         deadline = time.monotonic() + self.grace_s
         for server in self.servers:
             server.close()  # stop accepting
         await self.streams.drain(timeout_s=min(2.0, self.grace_s / 2))
-        from sse_starlette.sse import AppStatus
-
-        AppStatus.should_exit = True  # a stream the drain could not end is cancelled now
         # what is left of the grace period, for the requests in flight; then the lifespan
         remaining = max(0.1, deadline - time.monotonic() - 0.5)
         self.config.timeout_graceful_shutdown = remaining  # type: ignore[assignment]  # a float works

@@ -1,7 +1,7 @@
-"""The SSE response: a plain ASGI streaming response, leaner than sse-starlette's.
+"""The SSE response: a plain ASGI streaming response (sse-starlette, used before, ran three
+tasks per stream and sent each event on its own).
 
-sse-starlette runs three tasks per stream (the body, a ping timer, a disconnect listener) and
-sends each event on its own. Here the request's own task writes what is pending in one write,
+The request's own task writes what is pending in one write,
 through hub/outbox.py on uvicorn (each event's chunk encoded once for all streams,
 hub/frames.py; live events written by the fan-out itself while the stream is idle); one task
 waits for the client to leave; the pings ride on the fan-out's heartbeat (``Tick``); and only

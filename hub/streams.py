@@ -30,8 +30,15 @@ class TenantStreams:
     @contextlib.contextmanager
     def slot(self, owner: str | None) -> Iterator[None]:
         """Count a stream of the tenant while the block runs (``check`` says whether it may)."""
-        self._open[owner] += 1
+        self.take(owner)
         try:
             yield
         finally:
-            self._open[owner] -= 1
+            self.give(owner)
+
+    def take(self, owner: str | None) -> None:
+        """Count a stream of the tenant (``give`` it back when it ends)."""
+        self._open[owner] += 1
+
+    def give(self, owner: str | None) -> None:
+        self._open[owner] -= 1

@@ -6,20 +6,68 @@ clients that cannot set headers): the event ids are Redis stream ids, the same i
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from contract.errors import OverCapacity, Unavailable
-from hub.deps import ServiceDep, SettingsDep, StreamReaderDep
-from hub.errors import error_responses, store_unreachable
+from contract.errors import InferhubError, OverCapacity, Unavailable
+from hub.deps import ServiceDep, SettingsDep, StreamReaderDep, authenticate
+from hub.errors import error_responses, store_unreachable, v1_error
 from hub.eventsource import MEDIA_TYPE, come_back, is_event_source
+from hub.middleware.body_limit import refuse_oversized
 from hub.sse import EventStream
 
+
+class StreamRoute(APIRoute):
+    """An SSE route, callable past FastAPI's routing, dependency solving and exit stacks
+    (``hub/middleware/shortcut.py``): they are kept for as long as a stream is open, a few KiB
+    of every idle connection. Its parameters are plain strings, so there is nothing FastAPI
+    would refuse that this takes; a hub behind a root path or with tracing on takes FastAPI's
+    way."""
+
+    def path_parameters(self, scope: Scope) -> dict[str, Any] | None:
+        """The path's parameters if ``scope`` is a request for this route, else None."""
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("root_path"):
+            return None
+        match = self.path_regex.match(scope["path"])
+        return None if match is None else match.groupdict()
+
+    def shortcut(self) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
+        queries = _QUERIES[self.endpoint]
+
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            request = Request(scope, receive, send)
+            state = scope["app"].state
+            try:
+                await refuse_oversized(request)  # the app's one dependency, as on every route
+                response: Response = await self.endpoint(  # what FastAPI would have solved
+                    request,
+                    service=state.service,
+                    caller=(await authenticate(request, tickets=True)).need("read"),
+                    settings=state.settings,
+                    last_event_id_header=request.headers.get("last-event-id"),
+                    last_event_id=request.query_params.get("last_event_id"),
+                    **scope["path_params"],
+                    **queries(request),
+                )
+            except (InferhubError, RedisError) as exc:
+                response = v1_error(exc)  # as the app's handlers answer
+            del request  # the stream keeps nothing of the request it does not need
+            await response(scope, receive, send)
+
+        return asgi
+
+
 router = APIRouter(
-    prefix="/v1", tags=["events"], responses=error_responses(400, 401, 403, 404, 422, 429, 503)
+    prefix="/v1",
+    tags=["events"],
+    responses=error_responses(400, 401, 403, 404, 422, 429, 503),
+    route_class=StreamRoute,
 )
 
 LastEventHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
@@ -96,6 +144,18 @@ async def all_events(
     except (OverCapacity, Unavailable, RedisError) as exc:
         return _later(request, exc)
     return stream
+
+
+def _feed_queries(request: Request) -> dict[str, Any]:
+    query = request.query_params
+    return {"model": query.getlist("model") or None, "job_id": query.getlist("job_id") or None}
+
+
+# the query parameters of each route besides ``last_event_id``, as FastAPI would read them
+_QUERIES: dict[Callable[..., Any], Callable[[Request], dict[str, Any]]] = {
+    job_events: lambda _: {},
+    all_events: _feed_queries,
+}
 
 
 def _later(request: Request, exc: OverCapacity | Unavailable | RedisError) -> Response:

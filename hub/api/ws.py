@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket
+from fastapi.routing import APIWebSocketRoute
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
@@ -25,7 +28,7 @@ from contract.events import Event, stream_key
 from contract.settings import Settings
 from hub import frames
 from hub.auth import Principal
-from hub.delivery import Delivery, Done, Reset, Topic, delivery
+from hub.delivery import Delivery, Done, Reset, Topic
 from hub.deps import ServiceDep, SettingsDep, authenticate
 from hub.fanout import SlowConsumer, Tick
 from hub.jobview import FINISHED
@@ -56,9 +59,42 @@ async def websocket(ws: WebSocket, service: ServiceDep, settings: SettingsDep) -
         await ws.close(close_code(exc), exc.message[:120])
         return
     await ws.accept()
-    with service.streams.slot(caller.visible):
-        async with delivery(service.store, service.fanout, caller.visible) as feed:
-            await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
+    # the slot and the feed by hand, not by context managers: their generators would be kept
+    # for as long as the socket is open
+    service.streams.take(caller.visible)
+    feed = Delivery(service.store, service.fanout, caller.visible)
+    try:
+        await Connection(ws, service, settings, caller, feed, ws.app.state.stats).run()
+    finally:
+        feed.close()
+        service.streams.give(caller.visible)
+
+
+class DirectRoute:
+    """``/v1/ws`` past FastAPI's routing, dependency solving and exit stacks
+    (``hub/middleware/shortcut.py``): they are kept for as long as a socket is open, a few KiB
+    of every idle connection. The route stays in the app for a hub behind a root path or with
+    tracing on, and for the test client."""
+
+    def __init__(self, route: APIWebSocketRoute) -> None:
+        self.path = route.path  # the metrics' label
+
+    def path_parameters(self, scope: Scope) -> dict[str, Any] | None:
+        """``{}`` if ``scope`` is this route's handshake, else None."""
+        if scope["type"] != "websocket" or scope["path"] != self.path or scope.get("root_path"):
+            return None
+        return {}
+
+    def shortcut(self) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            state = scope["app"].state
+            await websocket(WebSocket(scope, receive, send), state.service, state.settings)
+
+        return asgi
+
+
+def direct_routes() -> list[DirectRoute]:
+    return [DirectRoute(r) for r in router.routes if isinstance(r, APIWebSocketRoute)]
 
 
 def close_code(exc: InferhubError) -> int:
@@ -101,7 +137,7 @@ class StatsRequest(BaseModel):
     on: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
     ws: WebSocket
     service: JobService
@@ -114,7 +150,7 @@ class Connection:
         """The writer runs in the connection's own task, the reader in one more; when the
         reader ends, its end reaches the writer in order, through the feed."""
         reader = asyncio.create_task(self._read())
-        reader.add_done_callback(lambda _: self.feed.put(_READER_DONE))
+        reader.add_done_callback(self._reader_done)
         try:
             await self._write(reader)
         except _Close as close:
@@ -134,6 +170,9 @@ class Connection:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+
+    def _reader_done(self, _: object) -> None:
+        self.feed.put(_READER_DONE)
 
     # --- reading ---------------------------------------------------------------------------
 

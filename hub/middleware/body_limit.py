@@ -12,6 +12,8 @@ V2 route class for ``/v2``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,16 +27,24 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # a request without a body (a WebSocket, an event stream) goes on as it is, and no
+        # frame of this middleware is kept while it runs
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         length = chunked = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
                 chunked = value
+        if length is None and chunked is None:
+            return self.app(scope, receive, send)
+        return self._limited(scope, receive, send, length, chunked)
+
+    async def _limited(
+        self, scope: Scope, receive: Receive, send: Send, length: bytes | None, chunked: object
+    ) -> None:
         if length is not None and length.isdigit():
             if int(length) > self.max_bytes:
                 scope[REFUSED] = self._error()

@@ -44,7 +44,24 @@ _SSE_FAREWELL = come_back(RETRY_MS, REASON)
 
 class _Stream:
     """One HTTP request or WebSocket as the app sees it: its ``send`` and ``receive`` pass
-    through, and ``end()`` finishes it for the client, then tells the app the peer left."""
+    through, and ``end()`` finishes it for the client, then tells the app the peer left.
+
+    One lives as long as its connection, so it holds as little as it can: no event of its own
+    (the drain waits on the registry), and its one waiting receiver, not a set of them."""
+
+    __slots__ = (
+        "_body_read",
+        "_idle",
+        "_receive",
+        "_receivers",
+        "_send",
+        "_sending",
+        "_stopped",
+        "ended",
+        "kind",
+        "live",
+        "started",
+    )
 
     def __init__(self, kind: str, receive: Receive, send: Send) -> None:
         self.kind = kind  # "http" until its response turns out to be SSE, or "websocket"
@@ -53,12 +70,13 @@ class _Stream:
         self.ended = False  # ended by us: the app's later sends go nowhere
         self._receive = receive
         self._send = send
-        self._lock = asyncio.Lock()
+        # the app's sends in flight, and what end() waits on until there are none (no lock
+        # per stream: end() is the only one that waits, once)
+        self._sending = 0
+        self._idle: asyncio.Future[None] | None = None
         self._body_read = kind == "websocket"
         self._stopped = False  # end() ran: a receive returns the peer's leaving at once
-        self._receivers: set[asyncio.Task[Any]] = set()  # tasks waiting in receive
-        self._cut: set[asyncio.Task[Any]] = set()  # ... of which end() canceled the wait
-        self.returned = asyncio.Event()  # the route behind it returned
+        self._receivers: list[asyncio.Task[Any]] = []  # tasks waiting in receive (one, mostly)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -69,10 +87,15 @@ class _Stream:
                 self.kind, self.live = "sse", True
         elif kind == "websocket.accept":
             self.live = True
-        async with self._lock:
-            if self.ended:
-                return
+        if self.ended:
+            return
+        self._sending += 1
+        try:
             await self._send(message)
+        finally:
+            self._sending -= 1
+            if not self._sending and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
         if kind == "websocket.close" or (
             kind == "http.response.body" and not message.get("more_body", False)
         ):
@@ -90,16 +113,16 @@ class _Stream:
         # V2 request waits here for its client's disconnect, thousands a second)
         task = asyncio.current_task()
         assert task is not None
-        self._receivers.add(task)
+        self._receivers.append(task)
         try:
             return await self._receive()
         except asyncio.CancelledError:
-            if task not in self._cut or task.uncancel():
+            # end() canceled every task waiting here when it stopped the stream
+            if not self._stopped or task.uncancel():
                 raise  # canceled by someone else (too)
             return self._gone()
         finally:
-            self._receivers.discard(task)
-            self._cut.discard(task)
+            self._receivers.remove(task)
 
     def _gone(self) -> Message:
         if self.kind == "websocket":
@@ -110,26 +133,20 @@ class _Stream:
         """Say goodbye to the client (SSE farewell, or WebSocket close 1001), then stop."""
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._lock:  # not in the middle of another frame
-                    if self.live and not self.ended:
-                        if self.kind == "sse":
-                            await self._send(
-                                {
-                                    "type": "http.response.body",
-                                    "body": _SSE_FAREWELL,
-                                    "more_body": True,
-                                }
-                            )
-                            await self._send({"type": "http.response.body", "body": b""})
-                        else:
-                            await self._send(
-                                {
-                                    "type": "websocket.close",
-                                    "code": CLOSE_GOING_AWAY,
-                                    "reason": REASON,
-                                }
-                            )
-                    self.ended = True
+                ended, self.ended = self.ended, True  # the app's sends from now on go nowhere
+                while self._sending:  # not in the middle of another frame
+                    self._idle = asyncio.get_running_loop().create_future()
+                    await self._idle
+                if self.live and not ended:
+                    if self.kind == "sse":
+                        await self._send(
+                            {"type": "http.response.body", "body": _SSE_FAREWELL, "more_body": True}
+                        )
+                        await self._send({"type": "http.response.body", "body": b""})
+                    else:
+                        await self._send(
+                            {"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": REASON}
+                        )
         except Exception as exc:  # a client that does not read, or is gone: cut below
             log.info("could not say goodbye to a %s client: %r", self.kind, exc)
             self.ended = True
@@ -137,11 +154,7 @@ class _Stream:
             self.live = False
             self._stopped = True
             for task in self._receivers:
-                self._cut.add(task)
                 task.cancel()
-
-    def close(self) -> None:
-        self.returned.set()
 
 
 class Streams:
@@ -150,6 +163,8 @@ class Streams:
     def __init__(self) -> None:
         self.closing = False
         self._all: set[_Stream] = set()
+        self._draining: set[_Stream] = set()  # live when the drain began, their routes running
+        self._returned: asyncio.Event | None = None  # ... set once every one of them returned
         self.connections: set[Any] = set()  # uvicorn's, once a Server runs the app
 
     def connection(self, scope: Scope) -> Any | None:
@@ -190,16 +205,25 @@ class Streams:
                 sum(s.kind == "sse" for s in live),
                 sum(s.kind == "websocket" for s in live),
             )
+        self._draining = set(live)
+        self._returned = returned = asyncio.Event()
+        if not live:
+            returned.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(s.end(min(1.0, timeout_s)) for s in live))
-                await asyncio.gather(*(s.returned.wait() for s in live))
+                await returned.wait()
 
     def add(self, stream: _Stream) -> None:
         self._all.add(stream)
 
     def discard(self, stream: _Stream) -> None:
+        """The route behind ``stream`` returned."""
         self._all.discard(stream)
+        if stream in self._draining:
+            self._draining.discard(stream)
+            if not self._draining and self._returned is not None:
+                self._returned.set()
 
 
 class Drain:
@@ -230,7 +254,6 @@ class Drain:
             await _refuse(kind, send, scope, cut=True)
         finally:
             self.streams.discard(stream)
-            stream.close()
 
 
 async def _refuse(kind: str, send: Send, scope: Scope, *, cut: bool = False) -> None:

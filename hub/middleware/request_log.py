@@ -67,33 +67,19 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         request_id = request_id_from(scope["headers"])
-        echo = (b"x-request-id", request_id.encode())
-        status = 0
-        close_code: int | None = None
+        exchange = _Exchange(send, request_id)
         start = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, close_code
-            kind = message["type"]
-            if kind in ("http.response.start", "websocket.accept"):
-                status = message.get("status", 101)
-                message = {**message, "headers": [*message.get("headers", ()), echo]}
-            elif kind == "websocket.close":
-                close_code = message.get("code", 1000)
-                status = status or 403  # closed before the handshake: a refusal
-            await send(message)
-
         with bound(request_id=request_id) as context:
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive, exchange.send)
             except BaseException:
-                status = status or 500
+                exchange.status = exchange.status or 500
                 raise
             finally:
                 seconds = time.perf_counter() - start
-                self._line(scope, status, close_code, seconds, context)
+                self._line(scope, exchange.status, exchange.close_code, seconds, context)
                 if self.observe is not None:
-                    self.observe(scope, status, seconds)
+                    self.observe(scope, exchange.status, seconds)
 
     @staticmethod
     def _line(
@@ -135,3 +121,27 @@ class RequestLog:
             seconds * 1000,
             extra=fields,
         )
+
+
+class _Exchange:
+    """What the log line needs of a response as it passes (a small object, not a closure and
+    its cells: a WebSocket keeps it for as long as it is open)."""
+
+    __slots__ = ("_send", "close_code", "request_id", "status")
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.status = 0
+        self.close_code: int | None = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.accept"):
+            self.status = message.get("status", 101)
+            echo = (b"x-request-id", self.request_id.encode())
+            message = {**message, "headers": [*message.get("headers", ()), echo]}
+        elif kind == "websocket.close":
+            self.close_code = message.get("code", 1000)
+            self.status = self.status or 403  # closed before the handshake: a refusal
+        await self._send(message)
