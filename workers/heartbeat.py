@@ -130,8 +130,8 @@ async def beat(
 ) -> None:
     """One heartbeat, in one round trip, with the statistics counted since the last write."""
     now = time.time()
-    async with redis.pipeline(transaction=False) as pipe:
-        sent = repo.tally.add_to(pipe)
+
+    def presence(pipe: Any) -> None:
         pipe.set(
             keys.worker(worker_id),
             worker_record(worker_id, pool, repo, stats),
@@ -148,12 +148,8 @@ async def beat(
                     for name, model in repo.models.items()
                 },
             )
-        try:
-            results = await pipe.execute(raise_on_error=False)
-        except BaseException:
-            sent.undo()
-            raise
-    await sent.settle(redis, results)
+
+    results = await repo.tally.send(redis, presence)
     errors = [r for r in results if isinstance(r, Exception)]
     if errors and not all(isinstance(e, NoScriptError) for e in errors):
         raise errors[0]

@@ -151,6 +151,23 @@ class Tally:
             )
         return sent
 
+    async def send(
+        self, redis: Any, fill: Callable[[Pipeline], object], *, counts: bool = True
+    ) -> list[Any]:
+        """One round trip: the pending counts (when ``counts``) and then what ``fill`` queues;
+        counts that did not reach Redis are put back. Every command's result, errors included
+        (``execute(raise_on_error=False)``)."""
+        async with redis.pipeline(transaction=False) as pipe:
+            sent = self.add_to(pipe) if counts else Sent()
+            fill(pipe)
+            try:
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            except BaseException:
+                sent.undo()
+                raise
+        await sent.settle(redis, results)
+        return results
+
 
 class Sent:
     """The counts queued on one pipeline, by their position in it."""
@@ -208,14 +225,8 @@ async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool 
 async def publish_counted(redis: Any, tally: Tally, channel: str, message: bytes) -> None:
     """Publish ``message`` with the pending counts when they are due, in one round trip
     (counts first: whoever reads the answer of a quiet worker finds them in Redis)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        sent = tally.add_to(pipe) if tally.due() else Sent()
-        pipe.publish(channel, message)
-        try:
-            results = await pipe.execute(raise_on_error=False)
-        except BaseException:
-            sent.undo()
-            raise
-    await sent.settle(redis, results)
+    results = await tally.send(
+        redis, lambda pipe: pipe.publish(channel, message), counts=tally.due()
+    )
     if isinstance(results[-1], Exception):
         raise results[-1]
