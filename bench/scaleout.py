@@ -54,6 +54,7 @@ from contract import keys  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+POOL = "default"  # the pool of every model make_repo writes
 
 
 async def read_feed(url: str, into: list[tuple[str, str, str]], ready: asyncio.Event) -> None:
@@ -158,7 +159,7 @@ def run_topology(args: argparse.Namespace, repo: Path, hubs: int, workers: int) 
                 for u, f, e in zip(stack.urls, feeds, ready, strict=True)
             ]
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 10)
-            last = r.xrevrange(keys.EVENTS_STREAM, count=1)
+            last = r.xrevrange(keys.events_log(POOL), count=1)
             start_id = last[0][0].decode() if last else "0-0"
             result = await closed_loop(stack.urls, requests, args.concurrency, args.time_limit)
             await asyncio.sleep(1.0)  # the last events reach the feeds
@@ -175,7 +176,7 @@ def run_topology(args: argparse.Namespace, repo: Path, hubs: int, workers: int) 
             for k, v in stack.pids().items()
         }
         cpu["loadgen"] = loadgen  # with the feed readers
-        logged = [eid.decode() for eid, _ in r.xrange(keys.EVENTS_STREAM, min=f"({start_id}")]
+        logged = [eid.decode() for eid, _ in r.xrange(keys.events_log(POOL), min=f"({start_id}")]
         feed_check = check_feeds(feeds, logged, start_id)
         bulk_rows = data[: args.bulk_rows].tolist()
         follow = asyncio.run(follow_jobs(stack.urls, args.model, bulk_rows, args.follow_jobs, r))

@@ -5,8 +5,10 @@ arq's job key and queue entry. Every state change is one Lua script (``contract/
 event log and the publication move together in a single round trip, and a transition that is
 no longer allowed (a finished job finishing again) changes nothing.
 
-Each event is added to the global stream first and then to the job's stream under the same id,
-so one id resumes both the per-job and the all-jobs feeds.
+Every key of a job and of its pool's queue carries the pool's hash tag (contract/keys.py), so a
+script touches one slot of a Redis Cluster. Each event is added to its pool's log first and then
+to the job's stream under the same id, so one id resumes both the job's feed and the pool's
+part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -96,6 +97,7 @@ class JobStore:
         self.redis = redis
         self.limits = limits
         self.db = database(redis)
+        self._pools: set[str] = set()  # the pools this process knows are in keys.POOLS
 
     def _event(
         self, job_id: str, type_: EventType, model: str, owner: str, data: Any, ts: float = 0.0
@@ -138,11 +140,12 @@ class JobStore:
         written. ``inputs_bytes``: those of its inputs stored apart (contract/inputs.py).
         """
         job_id = record["id"]
+        await self._register(pool)
         now_ms = int(record["created_at"] * 1000)
         arq_job = serialize_job(RUN_JOB, (), dict(job_kwargs), None, now_ms, serializer=dumps)
         idem_key, idem_value = ("", job_id)
         if idempotency is not None:
-            idem_key = keys.idempotency(idempotency[0], idempotency[1])
+            idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
         event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
         created, value = await self._create(
@@ -150,15 +153,15 @@ class JobStore:
             {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.EVENTS_STREAM,
+                "log": keys.events_log(pool),
                 "idempotency": idem_key,
-                "arq_job": job_key_prefix + job_id,
+                "arq_job": keys.arq_job_prefix(pool) + job_id,
                 "queue": keys.queue(pool),
-                "index": keys.JOBS_INDEX,
-                "owner_index": keys.owner_jobs(record["owner"]),
-                "owner_queued": keys.owner_queued(record["owner"]),
-                "owner_bytes": keys.owner_bytes(record["owner"]),
-                "webhooks": keys.WEBHOOKS,
+                "index": keys.jobs_index(pool),
+                "owner_index": keys.owner_jobs(pool, record["owner"]),
+                "owner_queued": keys.owner_queued(pool, record["owner"]),
+                "owner_bytes": keys.owner_bytes(pool, record["owner"]),
+                "webhooks": keys.webhooks(pool),
             },
             {
                 **self._common_args(event),
@@ -176,6 +179,19 @@ class JobStore:
             },
         )
         return Created(created), value.decode()
+
+    async def _register(self, pool: str) -> None:
+        """Add the pool to ``keys.POOLS`` (once per process) before its first job, so that
+        listings and the all-jobs feed find its index and log."""
+        if pool not in self._pools:
+            await self.redis.sadd(keys.POOLS, pool)  # type: ignore[misc]  # redis-py types sync and async as one
+            self._pools.add(pool)
+
+    async def pools(self) -> list[str]:
+        """Every pool that has had a job, sorted."""
+        found = await self.redis.smembers(keys.POOLS)  # type: ignore[misc]
+        self._pools.update(p.decode() for p in found)
+        return sorted(self._pools)
 
     async def _create(self, job_id: str, call_keys: dict[str, str], args: dict[str, Any]) -> Any:
         """Run the create script; with ``wait_replicas``, wait until that many replicas hold
@@ -239,16 +255,17 @@ class JobStore:
                 *fields,
             )
         lim = self.limits
+        pool = keys.pool_of(job_id)
         results = await TRANSITION(
             self.redis,
             {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.EVENTS_STREAM,
+                "log": keys.events_log(pool),
                 "cancel": keys.job_cancel(job_id),
-                "owner_queued": keys.owner_queued(owner),
+                "owner_queued": keys.owner_queued(pool, owner),
                 "outputs": stored.pop() if stored else keys.job_outputs(job_id),
-                "webhooks": keys.WEBHOOKS,
+                "webhooks": keys.webhooks(pool),
             },
             {
                 "channel": keys.events_channel(self.db),
@@ -262,8 +279,9 @@ class JobStore:
         )
         return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
 
-    async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
+    async def cancel(self, job_id: str, *, model: str, owner: str) -> str:
         """Cancel: at once when queued, at the next chunk when running. Returns the status found."""
+        pool = keys.pool_of(job_id)
         raw = self._event(
             job_id, EventType.CANCELED, model, owner, {"reason": "canceled by client"}
         )
@@ -272,12 +290,12 @@ class JobStore:
             keys={
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.EVENTS_STREAM,
+                "log": keys.events_log(pool),
                 "cancel": keys.job_cancel(job_id),
-                "arq_job": job_key_prefix + job_id,
+                "arq_job": keys.arq_job_prefix(pool) + job_id,
                 "queue": keys.queue(pool),
-                "owner_queued": keys.owner_queued(owner),
-                "webhooks": keys.WEBHOOKS,
+                "owner_queued": keys.owner_queued(pool, owner),
+                "webhooks": keys.webhooks(pool),
             },
             args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
         )
@@ -310,32 +328,60 @@ class JobStore:
         self, owner: str | None, before: tuple[float, str] | None, count: int
     ) -> list[tuple[str, float]]:
         """Up to ``count`` ids of the owner's jobs (None: every job) older than ``before``
-        (creation ms, job id), newest first.
+        (creation ms, job id), newest first, merged from every pool's index.
 
         Jobs created in the same millisecond share a score; Redis orders those by id, so the
         id breaks the tie and a page boundary between them loses none.
         """
         top = "+inf" if before is None else before[0]
-        index = keys.JOBS_INDEX if owner is None else keys.owner_jobs(owner)
-        rows = await self.redis.zrevrangebyscore(
-            index, top, "-inf", start=0, num=count + 16, withscores=True
-        )
-        found = [(job_id.decode(), score) for job_id, score in rows]
+        pools = await self.pools()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in pools:
+                index = keys.jobs_index(pool) if owner is None else keys.owner_jobs(pool, owner)
+                pipe.zrevrangebyscore(index, top, "-inf", start=0, num=count + 16, withscores=True)
+            pages = await pipe.execute()
+        found = [(job_id.decode(), score) for rows in pages for job_id, score in rows]
         if before is not None:
             found = [
                 (j, s) for j, s in found if s < before[0] or (s == before[0] and j < before[1])
             ]
+        found.sort(key=lambda row: (row[1], row[0]), reverse=True)
         return found[:count]
 
     async def log_after(self, after: str, count: int | None = None) -> list[Event]:
-        """Events of the global log after the id ``after`` (at most ``count``)."""
-        rows = await self.redis.xrange(keys.EVENTS_STREAM, min=f"({after}", count=count)
-        return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
+        """Events of every pool's log after the id ``after`` (at most ``count``), merged in id
+        order. Each pool's log is exact from ``after``; ids of two pools compare by their
+        servers' clocks (see docs/operations.md, Redis Cluster)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in await self.pools():
+                pipe.xrange(keys.events_log(pool), min=f"({after}", count=count)
+            pages = await pipe.execute()
+        events = [Event.from_wire(eid.decode(), body[b"e"]) for rows in pages for eid, body in rows]
+        events.sort(key=lambda e: stream_key(e.id))
+        if count is None or len(events) <= count:
+            return events
+        # a page ends before the first id it leaves out: the next page starts after its last
+        cut = stream_key(events[count].id)
+        return [e for e in events[:count] if stream_key(e.id) < cut] or events[:count]
 
     async def log_holds(self, after: str) -> bool:
-        """Whether every event after ``after`` is still in the capped global log."""
-        first = await self.redis.xrange(keys.EVENTS_STREAM, count=1)
-        return not first or stream_key(first[0][0].decode()) <= stream_key(after)
+        """Whether every event after ``after`` is still in the capped logs of the pools: one
+        log at least reaches back to ``after`` (else the id is older than all that is kept),
+        and each log either does or was never trimmed (a pool whose first job came later)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in await self.pools():
+                pipe.xrange(keys.events_log(pool), count=1)
+                pipe.xlen(keys.events_log(pool))
+            found = await pipe.execute()
+        bound = stream_key(after)
+        logs = [
+            (stream_key(first[0][0].decode()) <= bound, length < self.limits.log_maxlen)
+            for first, length in zip(found[::2], found[1::2], strict=True)
+            if first
+        ]
+        return not logs or (
+            any(reaches for reaches, _ in logs) and all(r or whole for r, whole in logs)
+        )
 
     async def event(self, job_id: str, event_id: str) -> Event | None:
         """One of the job's stored events, by its id."""

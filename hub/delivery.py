@@ -3,8 +3,9 @@
 Every consumer (an SSE stream, a WebSocket, a request waiting for its job) holds one
 ``Delivery``. It follows *topics* (a job, a model, a filtered feed). A topic is routed through
 the process's fan-out first, then its stored events are replayed from the client's last id in
-pages, then live events follow, de-duplicated by id per topic. After a gap (Redis reconnected)
-every topic re-reads its log from the last id it delivered.
+pages, then live events follow, de-duplicated by id per topic (per pool for a feed: ids of two
+pools' logs do not compare). After a gap (Redis reconnected) every topic re-reads its log from
+the last id it delivered (a feed: from the lowest of its pools').
 
 Which tenant's events may reach the subscriber is decided here, in ``visible``, once, for
 replayed and live events alike; transports only turn what ``get`` returns into frames.
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from contract import keys
 from contract.events import TERMINAL, Event, stream_key
 from contract.jobstore import JobStore
 from hub import frames
@@ -95,6 +97,8 @@ class Done:
 class _Following:
     topic: Topic
     last: tuple[int, int]  # the id of the last event delivered for this topic
+    # a feed (no job): the id of the last event delivered per pool, from ``last`` on
+    pools: dict[str, tuple[int, int]] | None
     finished: bool  # the job had ended when the topic was followed
     page: int = 64  # events per replay page, sized by the last page read
 
@@ -138,9 +142,13 @@ class Delivery:
         what happens from now on), then the live ones. ``finished`` says the job has already
         ended, so that a replay past its terminal event ends the topic."""
         last = stream_key(after or "0")
-        if name in self._following:  # followed again: what was delivered stays delivered
-            last = max(last, self._following[name].last)
-        self._following[name] = _Following(topic, last, finished)
+        pools: dict[str, tuple[int, int]] | None = None if topic.job_id is not None else {}
+        if (before := self._following.get(name)) is not None:
+            # followed again: what was delivered stays delivered
+            last = max(last, before.last)
+            if pools is not None and before.pools:
+                pools = {pool: max(last, seen) for pool, seen in before.pools.items()}
+        self._following[name] = _Following(topic, last, pools, finished)
         self.fanout.add(self.sub, *topic.routes)
         if after is not None:
             # queued behind the live events already waiting, ahead of those still to come:
@@ -236,7 +244,8 @@ class Delivery:
             pass  # what the sink left is in _out
         elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
             for name, following in self._following.items():
-                last = f"{following.last[0]}-{following.last[1]}"
+                lowest = min((following.last, *(following.pools or {}).values()))
+                last = f"{lowest[0]}-{lowest[1]}"
                 self._replays.append(_Replay(name, last, following.topic.job_id is None))
         else:
             self._out.append(item)
@@ -280,8 +289,11 @@ class Delivery:
         ended = None
         for name, f in self._following.items():
             if f.topic.accepts(event):
-                if key > f.last:
-                    fresh, f.last = True, key
+                if f.pools is None:
+                    if key > f.last:
+                        fresh, f.last = True, key
+                elif key > f.pools.get(pool := keys.pool_of(event.job_id), f.last):
+                    fresh, f.pools[pool] = True, key
                 if f.topic.job_id == event.job_id and event.type in TERMINAL:
                     ended = [*(ended or ()), name]
         if fresh:

@@ -26,7 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from contract import keys
-from contract.connection import connect, database
+from contract.connection import connect, database, pubsub
 from contract.events import Event, EventType
 from hub.observer import NOBODY, Observer
 
@@ -321,25 +321,22 @@ class Fanout:
     async def _read_forever(self) -> None:
         backoff = 0.05
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                channel = keys.events_channel(database(self.redis))
-                await pubsub.subscribe(channel, *self._handlers)
-                if self._subscribed.is_set():
-                    self._signal_gap()  # events published while we were away are in the logs
-                self._subscribed.set()
-                self.connected = True
-                backoff = 0.05
-                async for message in pubsub.listen():
-                    self._handle(message)
+                async with pubsub(self.redis, ignore_subscribe_messages=True) as channels:
+                    channel = keys.events_channel(database(self.redis))
+                    await channels.subscribe(channel, *self._handlers)
+                    if self._subscribed.is_set():
+                        self._signal_gap()  # events published while we were away are in the logs
+                    self._subscribed.set()
+                    self.connected = True
+                    backoff = 0.05
+                    async for message in channels.listen():
+                        self._handle(message)
             except (RedisError, OSError) as exc:
                 self.connected = False
                 log.warning("event subscription lost (%s); reconnecting in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
 
     def _signal_gap(self) -> None:
         self.observer.subscription_gap()

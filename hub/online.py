@@ -26,7 +26,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -225,7 +224,11 @@ class OnlineLane:
         ttl_ms = max(1000, int(last * 1000) - now_ms + 1000)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.psetex(job_key_prefix + batch.id, ttl_ms, batch_payload(args, now_ms))
+                pipe.psetex(
+                    keys.arq_job_prefix(batch.line.pool) + batch.id,
+                    ttl_ms,
+                    batch_payload(args, now_ms),
+                )
                 pipe.zadd(keys.queue(batch.line.pool), {batch.id: queue_score(now_ms, priority)})
                 pipe.publish(keys.wake(batch.line.pool, self.db), "")
                 await pipe.execute()

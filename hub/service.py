@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from contract import inputs as inputs_store
+from contract import keys
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
@@ -132,7 +132,7 @@ class JobService:
         await self._admit(model, version, arrays, outputs, owner)
         if webhook is not None:
             await self.webhooks.check(webhook.url, owner)
-        job_id = uuid.uuid4().hex
+        job_id = keys.new_job_id(model["pool"])
         record = {
             "id": job_id,
             "model": model["name"],
@@ -451,9 +451,7 @@ class JobService:
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         record = await self.record(job_id, owner)
-        status = await self.store.cancel(
-            job_id, model=record["model"], owner=record["owner"], pool=record["pool"]
-        )
+        status = await self.store.cancel(job_id, model=record["model"], owner=record["owner"])
         if status in FINISHED:
             raise Conflict(f"job '{job_id}' already {status}; nothing to cancel", "job_finished")
         JOBS.info(

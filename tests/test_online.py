@@ -39,6 +39,7 @@ from redis import Redis
 from stack import Stack, Worker
 
 from cli.processes import free_port
+from contract import keys
 from contract.connection import connect
 from contract.errors import InferhubError
 from contract.settings import Settings
@@ -361,7 +362,7 @@ def _gathering(lane: OnlineLane) -> int:
 
 def _holders(redis: Redis) -> list[bytes]:
     """The workers holding a batch (arq's in-progress keys hold the claiming worker's id)."""
-    found = list(redis.scan_iter(match="arq:in-progress:*"))
+    found = list(redis.scan_iter(match=keys.PREFIX + "{*}:arq:in-progress:*"))
     return [v for v in redis.mget(found) if v is not None] if found else []
 
 

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, repository
-from contract.connection import database
+from contract.connection import database, pubsub
 from workers.batcher import Batcher
 from workers.repository import Model, fingerprint, load_model, model_dirs, reason
 from workers.stats import Tally
@@ -213,11 +213,11 @@ async def _listen(redis: Redis, nudge: asyncio.Event) -> None:
     channel = keys.repository_nudge(database(redis))
     while True:
         try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(channel)
+            async with pubsub(redis, ignore_subscribe_messages=True) as channels:
+                await channels.subscribe(channel)
                 nudge.set()  # anything published while (re)subscribing is read again now
                 while True:
-                    if await pubsub.get_message(timeout=None) is not None:
+                    if await channels.get_message(timeout=None) is not None:
                         nudge.set()
         except (RedisError, OSError) as exc:
             log.warning("repository channel lost (%s); checking at each heartbeat", exc)
