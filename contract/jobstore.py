@@ -90,6 +90,47 @@ class Limits:
         )
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a reader of the all-jobs feed is: the id of the last event it has of each pool,
+    and ``base`` for the pools it does not name. Ids of two pools' logs do not compare (each
+    log's ids come from its own node's clock), so only a position per pool resumes exactly.
+
+    As text (a feed's resume token): ``base[,pool:id...]``, as ``0,default:1700000000000-3``;
+    a plain event id is a position with that base and no pool, as before pools had logs.
+    """
+
+    base: tuple[int, int] = (0, 0)
+    pools: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """The position a token says; ValueError for anything else."""
+        base, *named = text.split(",")
+        pools = {}
+        for part in named:
+            pool, colon, event_id = part.partition(":")
+            if not colon or keys.pool_of(f"{pool}.") != pool or not pool:
+                raise ValueError(f"{part[:60]!r} is not pool:event-id")
+            pools[pool] = stream_key(event_id)
+        return cls(stream_key(base), pools)
+
+    def of(self, pool: str) -> tuple[int, int]:
+        return self.pools.get(pool, self.base)
+
+    def past(self, events: Sequence[Event]) -> Position:
+        """This position moved past ``events`` (each pool's to its last one's id)."""
+        pools = dict(self.pools)
+        for event in events:
+            pool = keys.pool_of(event.job_id)
+            pools[pool] = max(pools.get(pool, self.base), stream_key(event.id))
+        return Position(self.base, pools)
+
+    def __str__(self) -> str:
+        named = "".join(f",{pool}:{ms}-{seq}" for pool, (ms, seq) in sorted(self.pools.items()))
+        return f"{self.base[0]}-{self.base[1]}{named}"
+
+
 class JobStore:
     """Jobs in Redis. Methods are one round trip each unless they say otherwise."""
 
@@ -349,34 +390,37 @@ class JobStore:
         return found[:count]
 
     async def log_after(self, after: str, count: int | None = None) -> list[Event]:
-        """Events of every pool's log after the id ``after`` (at most ``count``), merged in id
-        order. Each pool's log is exact from ``after``; ids of two pools compare by their
-        servers' clocks (see docs/operations.md, Redis Cluster)."""
+        """Events of every pool's log after the position ``after`` (a token, ``Position``:
+        each pool from its own id), at most ``count``, merged in id order."""
+        position = Position.parse(after)
         async with self.redis.pipeline(transaction=False) as pipe:
             for pool in await self.pools():
-                pipe.xrange(keys.events_log(pool), min=f"({after}", count=count)
+                ms, seq = position.of(pool)
+                pipe.xrange(keys.events_log(pool), min=f"({ms}-{seq}", count=count)
             pages = await pipe.execute()
         events = [Event.from_wire(eid.decode(), body[b"e"]) for rows in pages for eid, body in rows]
         events.sort(key=lambda e: stream_key(e.id))
         if count is None or len(events) <= count:
             return events
-        # a page ends before the first id it leaves out: the next page starts after its last
-        cut = stream_key(events[count].id)
-        return [e for e in events[:count] if stream_key(e.id) < cut] or events[:count]
+        # a page ends before the first id it leaves out: its position is then past every
+        # event of each pool up to its own last one, and none is skipped
+        return events[:count]
 
     async def log_holds(self, after: str) -> bool:
-        """Whether every event after ``after`` is still in the capped logs of the pools: one
-        log at least reaches back to ``after`` (else the id is older than all that is kept),
-        and each log either does or was never trimmed (a pool whose first job came later)."""
+        """Whether every event after the position ``after`` is still in the capped logs of
+        the pools: one log at least reaches back to its id (else the position is older than
+        all that is kept), and each log either does or was never trimmed (a pool whose first
+        job came later)."""
+        position = Position.parse(after)
+        pools = await self.pools()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in await self.pools():
+            for pool in pools:
                 pipe.xrange(keys.events_log(pool), count=1)
                 pipe.xlen(keys.events_log(pool))
             found = await pipe.execute()
-        bound = stream_key(after)
         logs = [
-            (stream_key(first[0][0].decode()) <= bound, length < self.limits.log_maxlen)
-            for first, length in zip(found[::2], found[1::2], strict=True)
+            (stream_key(first[0][0].decode()) <= position.of(pool), length < self.limits.log_maxlen)
+            for pool, first, length in zip(pools, found[::2], found[1::2], strict=True)
             if first
         ]
         return not logs or (

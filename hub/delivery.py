@@ -5,7 +5,7 @@ Every consumer (an SSE stream, a WebSocket, a request waiting for its job) holds
 the process's fan-out first, then its stored events are replayed from the client's last id in
 pages, then live events follow, de-duplicated by id per topic (per pool for a feed: ids of two
 pools' logs do not compare). After a gap (Redis reconnected) every topic re-reads its log from
-the last id it delivered (a feed: from the lowest of its pools').
+the last id it delivered (a feed: each pool from its own, ``jobstore.Position``).
 
 Which tenant's events may reach the subscriber is decided here, in ``visible``, once, for
 replayed and live events alike; transports only turn what ``get`` returns into frames.
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from contract import keys
 from contract.events import TERMINAL, Event, stream_key
-from contract.jobstore import JobStore
+from contract.jobstore import JobStore, Position
 from hub import frames
 from hub.fanout import GAP, Fanout, Key, SlowConsumer
 
@@ -141,13 +141,18 @@ class Delivery:
         """Follow ``topic`` under ``name``: its stored events after ``after`` first (None: only
         what happens from now on), then the live ones. ``finished`` says the job has already
         ended, so that a replay past its terminal event ends the topic."""
-        last = stream_key(after or "0")
-        pools: dict[str, tuple[int, int]] | None = None if topic.job_id is not None else {}
+        pools: dict[str, tuple[int, int]] | None = None
+        if topic.job_id is not None:
+            last = stream_key(after or "0")
+        else:  # a feed resumes from a position per pool (jobstore.Position)
+            position = Position.parse(after or "0")
+            last, pools = position.base, dict(position.pools)
         if (before := self._following.get(name)) is not None:
             # followed again: what was delivered stays delivered
             last = max(last, before.last)
-            if pools is not None and before.pools:
-                pools = {pool: max(last, seen) for pool, seen in before.pools.items()}
+            if pools is not None:
+                for pool, seen in (before.pools or {}).items():
+                    pools[pool] = max(pools.get(pool, last), seen)
         self._following[name] = _Following(topic, last, pools, finished)
         self.fanout.add(self.sub, *topic.routes)
         if after is not None:
@@ -244,8 +249,9 @@ class Delivery:
             pass  # what the sink left is in _out
         elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
             for name, following in self._following.items():
-                lowest = min((following.last, *(following.pools or {}).values()))
-                last = f"{lowest[0]}-{lowest[1]}"
+                last = f"{following.last[0]}-{following.last[1]}"
+                if following.pools is not None:
+                    last = str(Position(following.last, following.pools))
                 self._replays.append(_Replay(name, last, following.topic.job_id is None))
         else:
             self._out.append(item)
@@ -273,7 +279,10 @@ class Delivery:
             if following.topic.accepts(event):
                 self._deliver(event)
         if len(page) == count:
-            self._replays[0] = _Replay(replay.name, page[-1].id, check_log=False)
+            more = (
+                page[-1].id if job_id is not None else str(Position.parse(replay.after).past(page))
+            )
+            self._replays[0] = _Replay(replay.name, more, check_log=False)
             return
         self._replays.pop(0)
         if following.finished and replay.name in self._following and job_id is not None:

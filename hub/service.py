@@ -19,7 +19,7 @@ from contract import keys
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
-from contract.jobstore import Created, JobStore
+from contract.jobstore import Created, JobStore, Position
 from contract.logs import JOBS, current_request_id, note_job
 from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
@@ -346,8 +346,9 @@ class JobService:
         sink: Sink | None = None,
     ) -> AsyncIterator[list[Event | Reset | Tick]]:
         """Live events of the caller's jobs (filtered by model and job), from ``after`` when
-        given; a Reset first when ``after`` is older than what the capped log still holds."""
-        _check_event_id(after or "0")
+        given (an event id, or a position per pool: jobstore.Position); a Reset first when
+        ``after`` is older than what the capped logs still hold."""
+        _check_position(after or "0")
         self.streams.check(owner)
 
         def accepts(event: Event) -> bool:
@@ -473,5 +474,12 @@ def _cursor(cursor: str | None) -> tuple[float, str] | None:
 def _check_event_id(event_id: str) -> None:
     try:
         stream_key(event_id)
+    except ValueError as exc:
+        raise MalformedRequest(str(exc), "invalid_event_id") from None
+
+
+def _check_position(token: str) -> None:
+    try:
+        Position.parse(token)
     except ValueError as exc:
         raise MalformedRequest(str(exc), "invalid_event_id") from None
