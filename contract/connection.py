@@ -18,8 +18,6 @@ Every state change is a guarded Lua script, so a retried command cannot end a jo
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,7 +25,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 import redis.cluster
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
@@ -246,26 +243,3 @@ def database(client: Redis | redis.Redis) -> int:
         return 0
     kwargs: dict[str, object] = client.connection_pool.connection_kwargs
     return int(str(kwargs.get("db") or 0))
-
-
-@contextlib.asynccontextmanager
-async def pubsub(client: Redis, **options: Any) -> AsyncIterator[PubSub]:
-    """A pub/sub connection of ``client``'s Redis. redis-py's asyncio cluster client has none:
-    for a cluster it is a connection to one of its masters, which hears every PUBLISH of the
-    cluster (plain pub/sub is broadcast to all nodes)."""
-    if not isinstance(client, RedisCluster):
-        async with client.pubsub(**options) as plain:
-            yield plain
-        return
-    node = client.get_random_node()
-    kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_OPTIONS}
-    direct = Redis(**kwargs)
-    try:
-        async with direct.pubsub(**options) as found:
-            yield found
-    finally:
-        await direct.aclose()
-
-
-# what a cluster node's connection options share with a plain client's
-_NODE_OPTIONS = ("host", "port", "username", "password", "socket_connect_timeout", "retry")

@@ -146,16 +146,16 @@ class JobStore:
         body = {"job_id": job_id, "type": type_.value, "ts": ts or time.time(), "model": model}
         return dumps({**body, "owner": owner, "data": data or {}})
 
-    def _common_args(self, event: bytes) -> dict[str, Any]:
+    def _common_args(self, event: bytes, pool: str) -> dict[str, Any]:
         """The arguments every script that appends an event takes."""
         lim = self.limits
         return {
-            "channel": keys.events_channel(self.db),
+            "channel": keys.events_channel(pool, self.db),
             "event": event,
             "ttl": lim.ttl_s,
             "job_maxlen": lim.job_maxlen,
             "log_maxlen": lim.log_maxlen,
-            "webhook_wake": keys.webhooks_wake(self.db),
+            "webhook_wake": keys.webhooks_wake(pool, self.db),
         }
 
     async def create(
@@ -184,7 +184,9 @@ class JobStore:
         await self._register(pool)
         now_ms = int(record["created_at"] * 1000)
         arq_job = serialize_job(RUN_JOB, (), dict(job_kwargs), None, now_ms, serializer=dumps)
-        idem_key, idem_value = ("", job_id)
+        # no key: a name in the pool's slot all the same (a cluster refuses a script whose
+        # keys lie in two slots), which the script leaves alone when told of no value
+        idem_key, idem_value = (keys.idempotency(pool, record["owner"], ""), "")
         if idempotency is not None:
             idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
@@ -205,7 +207,7 @@ class JobStore:
                 "webhooks": keys.webhooks(pool),
             },
             {
-                **self._common_args(event),
+                **self._common_args(event, pool),
                 "idem_value": idem_value,
                 "arq_payload": arq_job,
                 "score": queue_score(now_ms, priority),
@@ -309,12 +311,12 @@ class JobStore:
                 "webhooks": keys.webhooks(pool),
             },
             {
-                "channel": keys.events_channel(self.db),
+                "channel": keys.events_channel(pool, self.db),
                 "ttl": lim.ttl_s,
                 "job_maxlen": lim.job_maxlen,
                 "log_maxlen": lim.log_maxlen,
                 "job_id": job_id,
-                "webhook_wake": keys.webhooks_wake(self.db),
+                "webhook_wake": keys.webhooks_wake(pool, self.db),
                 "steps": flat,
             },
         )
@@ -338,7 +340,7 @@ class JobStore:
                 "owner_queued": keys.owner_queued(pool, owner),
                 "webhooks": keys.webhooks(pool),
             },
-            args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
+            args={**self._common_args(raw, pool), "job_id": job_id, "finished_at": time.time()},
         )
         return status.decode() if status else ""
 
@@ -389,14 +391,17 @@ class JobStore:
         found.sort(key=lambda row: (row[1], row[0]), reverse=True)
         return found[:count]
 
-    async def log_after(self, after: str, count: int | None = None) -> list[Event]:
-        """Events of every pool's log after the position ``after`` (a token, ``Position``:
-        each pool from its own id), at most ``count``, merged in id order."""
+    async def log_after(
+        self, after: str, count: int | None = None, pool: str | None = None, until: str = "+"
+    ) -> list[Event]:
+        """Events of every pool's log (of ``pool``'s only, when given) after the position
+        ``after`` (a token, ``Position``: each pool from its own id) up to ``until``, at most
+        ``count``, merged in id order."""
         position = Position.parse(after)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in await self.pools():
-                ms, seq = position.of(pool)
-                pipe.xrange(keys.events_log(pool), min=f"({ms}-{seq}", count=count)
+            for read in [pool] if pool is not None else await self.pools():
+                ms, seq = position.of(read)
+                pipe.xrange(keys.events_log(read), min=f"({ms}-{seq}", max=until, count=count)
             pages = await pipe.execute()
         events = [Event.from_wire(eid.decode(), body[b"e"]) for rows in pages for eid, body in rows]
         events.sort(key=lambda e: stream_key(e.id))
@@ -432,10 +437,15 @@ class JobStore:
         rows = await self.redis.xrange(keys.job_events(job_id), min=event_id, max=event_id)
         return Event.from_wire(event_id, rows[0][1][b"e"]) if rows else None
 
-    async def events(self, job_id: str, after: str = "0", count: int | None = None) -> list[Event]:
-        """The job's stored events after the id ``after`` (at most ``count``)."""
+    async def events(
+        self, job_id: str, after: str = "0", count: int | None = None, until: str = "+"
+    ) -> list[Event]:
+        """The job's stored events after the id ``after`` up to ``until`` (at most ``count``)."""
         rows = await self.redis.xrange(
-            keys.job_events(job_id), min=f"({after}" if after != "0" else "-", count=count
+            keys.job_events(job_id),
+            min=f"({after}" if after != "0" else "-",
+            max=until,
+            count=count,
         )
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
 

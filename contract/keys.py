@@ -14,11 +14,11 @@ MODELS = PREFIX + "models"
 WORKERS = PREFIX + "workers"
 """Sorted set of worker ids scored by their last heartbeat (unix seconds)."""
 
-REPOSITORY = PREFIX + "repository"
+REPOSITORY = PREFIX + "{repository}:unloaded"
 """Hash: model name -> "unloaded" for each model unloaded through the repository extension;
 workers serve every model of their pool's repository except these (contract/repository.py)."""
 
-REPOSITORY_GENERATION = PREFIX + "repository:generation"
+REPOSITORY_GENERATION = PREFIX + "{repository}:generation"
 """Counter bumped with every load/unload; a worker's record says the last one it applied."""
 
 _POOL = re.compile(r"[A-Za-z0-9._-]*")  # no braces (the hash tag), URL-safe (in job ids)
@@ -154,32 +154,37 @@ def worker_lease(pool: str, worker_id: str) -> str:
     return f"{tag(pool)}worker:{worker_id}"
 
 
-def _channel(name: str, db: int) -> str:
+def _channel(tag_: str, name: str, db: int) -> str:
     # Redis has one pub/sub namespace for all its databases: deployments on two databases of
     # one server would hear each other's events unless the name says which. Database 0 keeps
-    # the plain name.
-    return f"{PREFIX}{name}" if db == 0 else f"{PREFIX}db{db}:{name}"
+    # the plain name. The hash tag puts a sharded channel on its keys' master
+    # (contract/channels.py), and lets a script of those keys publish on it.
+    return f"{PREFIX}{{{tag_}}}:{name}" if db == 0 else f"{PREFIX}db{db}:{{{tag_}}}:{name}"
 
 
-def events_channel(db: int) -> str:
-    """Pub/sub channel every event of database ``db`` is published on; each hub process
-    subscribes once."""
-    return _channel("events", db)
+def events_channel(pool: str, db: int) -> str:
+    """Pub/sub channel every event of the pool's jobs (database ``db``) is published on; each
+    hub process subscribes to every pool's (hub/fanout.py)."""
+    tag(pool)
+    return _channel(pool, "events", db)
 
 
 def wake(pool: str, db: int) -> str:
     """Pub/sub channel that tells a pool's workers a job was queued, so they need not poll."""
-    return _channel(f"wake:{pool}", db)
+    tag(pool)
+    return _channel(pool, "wake", db)
 
 
 def repository_nudge(db: int) -> str:
     """Pub/sub channel that tells every worker to apply the repository's desired state now."""
-    return _channel("repository", db)
+    return _channel("repository", "nudge", db)
 
 
-def webhooks_wake(db: int) -> str:
-    """Pub/sub channel that wakes the hubs' webhook senders when a delivery is queued."""
-    return _channel("webhooks", db)
+def webhooks_wake(pool: str, db: int) -> str:
+    """Pub/sub channel that wakes the hubs' webhook senders when a delivery of the pool's jobs
+    is queued."""
+    tag(pool)
+    return _channel(pool, "webhooks", db)
 
 
 def ticket(digest: str) -> str:
@@ -199,8 +204,9 @@ def worker(worker_id: str) -> str:
 
 
 def reply(hub_id: str) -> str:
-    """Pub/sub channel on which workers answer the online batches of one hub process."""
-    return f"{PREFIX}reply:{hub_id}"
+    """Pub/sub channel on which workers answer the online batches of one hub process (its own
+    hash tag: on a cluster, hubs' replies spread over the masters)."""
+    return f"{PREFIX}{{reply-{hub_id}}}"
 
 
 def model_stats(model: str, version: str) -> str:

@@ -24,7 +24,11 @@ from contract import keys
 from contract.events import TERMINAL, Event, stream_key
 from contract.jobstore import JobStore, Position
 from hub import frames
-from hub.fanout import GAP, Fanout, Key, SlowConsumer
+from hub.fanout import Fanout, Gap, Key, SlowConsumer
+
+CLOCK_SKEW_MS = 1000
+"""How far behind this process's clock a Redis server's may be: a feed followed from now
+re-reads, after a gap, a pool's log from this long before it started."""
 
 PAGE_BYTES = 4 * 1024 * 1024
 """A replay reads the log in pages of about this size, so a long replay holds one at a time."""
@@ -101,6 +105,7 @@ class _Following:
     pools: dict[str, tuple[int, int]] | None
     finished: bool  # the job had ended when the topic was followed
     page: int = 64  # events per replay page, sized by the last page read
+    since: tuple[int, int] = (0, 0)  # a feed from now: where a gap's replay starts at least
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class _Replay:
     name: Hashable
     after: str
     check_log: bool  # say Reset when the global log no longer holds ``after``
+    pool: str | None = None  # a feed's replay of this pool's log only
+    until: str = "+"  # the last id to replay (a pool newly read: what came before it)
 
 
 class Delivery:
@@ -154,6 +161,10 @@ class Delivery:
                 for pool, seen in (before.pools or {}).items():
                     pools[pool] = max(pools.get(pool, last), seen)
         self._following[name] = _Following(topic, last, pools, finished)
+        if pools is not None and after is None:
+            # a gap's replay of a feed from now starts a little before now, for the servers'
+            # clocks (which stamp the ids) may be behind this one's
+            self._following[name].since = (int(time.time() * 1000) - CLOCK_SKEW_MS, 0)
         self.fanout.add(self.sub, *topic.routes)
         if after is not None:
             # queued behind the live events already waiting, ahead of those still to come:
@@ -247,12 +258,22 @@ class Delivery:
             self._replays.append(item)
         elif item is _WAKE:
             pass  # what the sink left is in _out
-        elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
+        elif isinstance(item, Gap):  # what pub/sub lost while Redis was away is in the logs
             for name, following in self._following.items():
+                job_id = following.topic.job_id
+                if (
+                    item.pool is not None
+                    and job_id is not None
+                    and keys.pool_of(job_id) != item.pool
+                ):
+                    continue  # a pool newly read: the topics of its events only
                 last = f"{following.last[0]}-{following.last[1]}"
                 if following.pools is not None:
-                    last = str(Position(following.last, following.pools))
-                self._replays.append(_Replay(name, last, following.topic.job_id is None))
+                    base = max(following.last, following.since)
+                    last = str(Position(base, following.pools))
+                # a pool newly read: what it published before, which its log holds
+                check = job_id is None and item.pool is None
+                self._replays.append(_Replay(name, last, check, item.pool, item.until))
         else:
             self._out.append(item)
 
@@ -266,12 +287,14 @@ class Delivery:
         if replay.check_log:
             if replay.after != "0" and not await self.store.log_holds(replay.after):
                 self._out.append(Reset(replay.name))
-            replay = self._replays[0] = _Replay(replay.name, replay.after, check_log=False)
+            replay = self._replays[0] = _Replay(
+                replay.name, replay.after, False, replay.pool, replay.until
+            )
         count = following.page
         if job_id is not None:
-            page = await self.store.events(job_id, replay.after, count)
+            page = await self.store.events(job_id, replay.after, count, replay.until)
         else:
-            page = await self.store.log_after(replay.after, count)
+            page = await self.store.log_after(replay.after, count, replay.pool, replay.until)
         if page:
             per_event = max(1, sum(e.size for e in page) // len(page))
             following.page = max(1, min(1024, PAGE_BYTES // per_event))
@@ -282,7 +305,7 @@ class Delivery:
             more = (
                 page[-1].id if job_id is not None else str(Position.parse(replay.after).past(page))
             )
-            self._replays[0] = _Replay(replay.name, more, check_log=False)
+            self._replays[0] = _Replay(replay.name, more, False, replay.pool, replay.until)
             return
         self._replays.pop(0)
         if following.finished and replay.name in self._following and job_id is not None:

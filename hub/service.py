@@ -166,6 +166,8 @@ class JobService:
         }
         if stream_outputs:
             job_kwargs["stream_outputs"] = True
+        # the pool's events read live before its first job here is created
+        await self.fanout.ensure(model["pool"])
         async with delivery(self.store, self.fanout, owner) as feed:
             feed.follow(job_id, Topic.job(job_id))  # before the job exists: nothing is missed
             created, existing = await self._create(

@@ -31,6 +31,7 @@ from hub.api import jobs as jobs_api
 from hub.app import create_app
 
 FINISHED = {"succeeded", "failed", "canceled"}
+TOPOLOGIES = ("single", "cluster")
 
 
 def local_run(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

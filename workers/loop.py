@@ -42,7 +42,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
-from contract.connection import connect, database, pubsub
+from contract.channels import Subscriber
+from contract.connection import connect, database
 from workers.attempt import RETRY_KEY_TTL_S, Attempts, Function
 
 log = logging.getLogger(__name__)
@@ -208,12 +209,12 @@ class WorkerLoop:
         try:
             while True:
                 try:
-                    async with pubsub(redis, ignore_subscribe_messages=True) as channels:
+                    async with Subscriber(redis) as channels:
                         await channels.subscribe(channel)
                         backoff = 0.05
                         while True:
-                            if await channels.get_message(timeout=None) is not None:
-                                self._wake.set()
+                            await channels.get()
+                            self._wake.set()
                 except (RedisError, OSError) as exc:
                     log.warning("wake-up channel lost (%s); polling meanwhile", exc)
                     await asyncio.sleep(backoff)

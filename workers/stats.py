@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from contract import keys, scripts
+from contract import channels, keys, scripts
 from contract import stats as contract
 
 T = TypeVar("T")
@@ -143,7 +143,7 @@ class Tally:
             if not pending:
                 continue
             deltas = [x for field_delta in pending.items() for x in field_delta]
-            sent.calls.append((len(pipe.command_stack), counts, pending, last_ms))
+            sent.calls.append((len(pipe), counts, pending, last_ms))
             STATS_ADD.queue(
                 pipe,
                 keys={"stats": keys.model_stats(model, version)},
@@ -225,8 +225,9 @@ async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool 
 async def publish_counted(redis: Any, tally: Tally, channel: str, message: bytes) -> None:
     """Publish ``message`` with the pending counts when they are due, in one round trip
     (counts first: whoever reads the answer of a quiet worker finds them in Redis)."""
+    command = await channels.publish_command(redis)
     results = await tally.send(
-        redis, lambda pipe: pipe.publish(channel, message), counts=tally.due()
+        redis, lambda pipe: pipe.execute_command(command, channel, message), counts=tally.due()
     )
     if isinstance(results[-1], Exception):
         raise results[-1]

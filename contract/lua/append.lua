@@ -1,5 +1,9 @@
 -- Shared by the job scripts (prepended to each that says "uses: append").
 
+-- Sharded pub/sub from Redis 7 (a channel of the script's slot: keys.py tags them), plain
+-- before it, as contract/channels.py subscribes (REDIS_VERSION_NUM exists from 7.0).
+local PUBLISH = (redis.REDIS_VERSION_NUM or 0) >= 0x070000 and 'SPUBLISH' or 'PUBLISH'
+
 -- Add an event to the global log and, under the same id, to the job's stream; publish it.
 -- With a `ttl`, the job's stream expires that long from now; with false it keeps the expiry
 -- it has (the job's steps: the stream was given the job's TTL when `queued` created it).
@@ -7,7 +11,7 @@ local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen)
   local id = redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, '*', 'e', event)
   redis.call('XADD', stream, 'MAXLEN', '~', job_maxlen, id, 'e', event)
   if ttl then redis.call('EXPIRE', stream, ttl) end
-  redis.call('PUBLISH', channel, id .. ' ' .. event)
+  redis.call(PUBLISH, channel, id .. ' ' .. event)
   return id
 end
 
@@ -28,5 +32,5 @@ local function push_webhook(due, wake, job_id, status, id, wanted)
     return
   end
   redis.call('ZADD', due, string.match(id, '^%d+'), job_id .. ' ' .. id .. ' 1')
-  redis.call('PUBLISH', wake, '')
+  redis.call(PUBLISH, wake, '')
 end

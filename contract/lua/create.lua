@@ -10,12 +10,14 @@
 -- Returns {1, event id} (created; {1, ''} for a retried create), {0, idempotency value} (the
 -- key was used: a repeat), {2, ''} (the pool's queue is full), {3, ''} (the owner's share of
 -- it is), or {4, total} (the owner's stored bytes would pass the bound). A webhook that wants
--- `queued` is queued (append.lua).
+-- `queued` is queued (append.lua). An empty `idem_value` says there is no idempotency key:
+-- `idempotency` is then only a name in the pool's slot, never read nor written.
 -- uses: append
 -- KEYS: record events log idempotency arq_job queue index owner_index owner_queued owner_bytes webhooks
 -- ARGV: channel event ttl job_maxlen log_maxlen idem_value arq_payload score created_ms wake job_id max_queued max_owner_queued stored_bytes max_owner_bytes webhook_wake fields...
 local K, A = KEYS, ARGV
 local record, idempotency, arq_job, queue = K[1], K[4], K[5], K[6]
+if A[6] == '' then idempotency = '' end
 local index, owner_index, owner_queued, owner_bytes = K[7], K[8], K[9], K[10]
 local ttl, created_ms, job_id = tonumber(A[3]), tonumber(A[9]), A[11]
 local stored, max_stored = tonumber(A[14]), tonumber(A[15])
@@ -90,5 +92,5 @@ if trimmed then
 elseif queued == 0 then  -- emptied as its jobs started: made anew, without an expiry
   redis.call('PEXPIRE', owner_queued, keep_ms)
 end
-redis.call('PUBLISH', A[10], '')
+redis.call(PUBLISH, A[10], '')
 return {1, id}

@@ -1,0 +1,147 @@
+"""Jobs of several pools, on one Redis and on a 3-master Redis Cluster: each pool's keys lie in
+one slot (its hash tag), the pools lie on different masters, listings merge the pools' indexes,
+and the all-jobs feed merges the pools' logs and resumes from a position per pool.
+
+Pools ``b`` and ``c``: ``redis-cli --cluster create`` gives three masters a third of the slots
+each, and ``{b}`` (slot 3300) and ``{c}`` (slot 7365) fall to the first and the second.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from helpers import ROOT, TestClient
+from httpx_sse import connect_sse
+from redis import Redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from stack import Hub, Stack
+
+from contract import keys
+
+TOPOLOGIES = ("single", "cluster")
+POOLS = ("b", "c")
+ROW = [[5.1, 3.5, 1.4, 0.2]]
+
+
+@pytest.fixture(scope="module")
+def pools_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """iris twice: ``iris_b`` served by pool ``b``, ``iris_c`` by pool ``c``."""
+    root = tmp_path_factory.mktemp("pools") / "models"
+    for pool in POOLS:
+        shutil.copytree(ROOT / "models" / "iris", root / f"iris_{pool}")
+        (root / f"iris_{pool}" / "config.toml").write_text(f'pool = "{pool}"\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def hub(stack: Stack, pools_repo: Path) -> Hub:
+    """A hub process started before any job exists: it learns of the pools as they come."""
+    for pool in POOLS:
+        stack.worker(pool, wait=False, models=pools_repo, pool=pool)
+    made = stack.hub("hub", wait=False)
+    stack.wait_ready()
+    return made
+
+
+@pytest.fixture(scope="module")
+def app(stack: Stack, hub: Hub) -> Iterator[TestClient]:
+    with stack.app() as client:
+        yield client
+
+
+def run(client: TestClient, pool: str) -> dict[str, Any]:
+    r = client.post(
+        "/v1/jobs", json={"model": f"iris_{pool}", "data": ROW}, headers={"Prefer": "wait=10"}
+    )
+    assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    return dict(r.json())
+
+
+def job_keys(job_id: str) -> list[str]:
+    pool = keys.pool_of(job_id)
+    return [
+        keys.job(job_id),
+        keys.job_events(job_id),
+        keys.job_outputs(job_id),
+        keys.events_log(pool),
+        keys.jobs_index(pool),
+        keys.owner_jobs(pool, "anonymous"),
+        keys.queue(pool),
+        keys.arq_job_prefix(pool) + job_id,
+        keys.events_channel(pool, 0),
+    ]
+
+
+def test_each_pool_lies_in_one_slot_and_the_pools_on_different_masters(
+    stack: Stack, app: TestClient
+) -> None:
+    jobs = [run(app, pool) for pool in POOLS]
+    slots = []
+    for job in jobs:
+        assert keys.pool_of(job["id"]) == job["id"].split(".")[0]
+        names = job_keys(job["id"])
+        assert {key_slot(name.encode()) for name in names} == {key_slot(names[0].encode())}
+        assert stack.redis.exists(keys.job(job["id"]), keys.events_log(keys.pool_of(job["id"])))
+        slots.append(key_slot(names[0].encode()))
+    assert len(set(slots)) == len(POOLS)
+    if isinstance(stack.redis, RedisCluster):
+        # the server agrees, and the pools' masters differ
+        owners = set()
+        for job, slot in zip(jobs, slots, strict=True):
+            assert stack.redis.cluster_keyslot(keys.job(job["id"])) == slot
+            owners.add(stack.redis.get_node_from_key(keys.job(job["id"])).name)
+        assert len(owners) == len(POOLS), owners
+
+
+def test_the_listing_merges_the_pools_newest_first(app: TestClient) -> None:
+    made = [run(app, pool)["id"] for pool in (*POOLS, *POOLS)]
+    listed, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = app.get("/v1/jobs", params=params).json()
+        listed += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [j for j in listed if j in made] == made[::-1]
+    assert {keys.pool_of(j) for j in listed} == set(POOLS)
+
+
+def feed(url: str, headers: dict[str, str], until: str) -> list[dict[str, Any]]:
+    """The all-jobs feed of the hub at ``url`` until the event ``until`` (a job's terminal)."""
+    seen: list[dict[str, Any]] = []
+    with (
+        httpx.Client(timeout=30) as client,
+        connect_sse(client, "GET", f"{url}/v1/events", headers=headers) as source,
+    ):
+        for message in source.iter_sse():
+            if message.data:
+                assert message.event not in ("reset", "close"), message.data
+                seen.append(orjson.loads(message.data))
+                if (seen[-1]["job_id"], seen[-1]["type"]) == (until, "succeeded"):
+                    return seen
+    raise AssertionError(f"the feed ended before {until} succeeded: {seen}")
+
+
+def test_the_feed_resumes_each_pool_from_its_own_position(
+    hub: Hub, app: TestClient, redis: Redis
+) -> None:
+    first, second = run(app, "b"), run(app, "c")
+    [queued_b, *_] = redis.xrange(keys.job_events(first["id"]))
+    *_, (done_c, _) = redis.xrange(keys.job_events(second["id"]))
+    # pool b from its first job's `queued`, pool c from its job's end
+    token = f"0,b:{queued_b[0].decode()},c:{done_c.decode()}"
+    later = run(app, "c")
+    seen = feed(hub.url, {"Last-Event-ID": token}, until=later["id"])
+    b_events = [(e["job_id"], e["type"]) for e in seen if keys.pool_of(e["job_id"]) == "b"]
+    assert b_events == [(first["id"], "started"), (first["id"], "succeeded")]
+    assert [e["job_id"] for e in seen if keys.pool_of(e["job_id"]) == "c"] == [later["id"]] * 3
+    ids = [e["id"] for e in seen]
+    assert len(ids) == len(set(ids))
