@@ -49,6 +49,8 @@ from hub.catalogue import Catalogue
 from hub.fanout import Fanout
 from hub.online import OnlineLane
 
+TOPOLOGIES = ("single", "cluster")
+
 SLOW_CONFIG = """description = "Heavy rows, and a batch that gathers for a minute while the line is full"
 max_batch_size = 64
 timeout_s = 60
