@@ -263,6 +263,13 @@ class ClusterStack:
             }
         return found
 
+    def processes(self) -> dict[str, float]:
+        """CPU microseconds of the hubs and of the workers so far."""
+        return {
+            "hubs": sum(cpu_seconds(p.pid) for p in self.hubs) * 1e6,
+            "workers": sum(cpu_seconds(p.pid) for p in self.workers) * 1e6,
+        }
+
     def close(self) -> None:
         stop([*self.workers, *self.hubs])
         self.cluster.stop()
@@ -282,12 +289,12 @@ FIGURES = ("commands", "bytes_in", "bytes_out", "cpu_us")
 
 
 def window(stack: ClusterStack, run: Any) -> tuple[dict[str, Any], int, float]:
-    """What the masters did while ``run`` ran: per pool's master, the differences; the
-    requests answered; the seconds."""
-    before, started = stack.nodes(), time.monotonic()
+    """What the masters did while ``run`` ran: per pool's master, the differences (and the
+    hubs' and workers' CPU); the requests answered; the seconds."""
+    before, cpu, started = stack.nodes(), stack.processes(), time.monotonic()
     answered = run()
     seconds = time.monotonic() - started
-    after = stack.nodes()
+    after, cpu_after = stack.nodes(), stack.processes()
     delta: dict[str, Any] = {}
     for pool in CLUSTER_POOLS:
         delta[pool] = {k: after[pool][k] - before[pool][k] for k in FIGURES}
@@ -297,6 +304,7 @@ def window(stack: ClusterStack, run: Any) -> tuple[dict[str, Any], int, float]:
             for c, n in calls.items()
             if n != before[pool]["calls"].get(c, 0)
         }
+    delta |= {kind: cpu_after[kind] - cpu[kind] for kind in cpu}
     return delta, answered, seconds
 
 
@@ -349,6 +357,10 @@ def run_cluster(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "per_request_by_node": by_node,
                 "per_request_total": {
                     k: round(sum(n[k] for n in by_node.values()), 1) for k in FIGURES
+                },
+                "cpu_us_per_request": {
+                    kind: round((delta[kind] - idle[kind] * idle_part) / answered, 1)
+                    for kind in ("hubs", "workers")
                 },
                 "calls_per_request": {
                     c: round(n / answered, 2)

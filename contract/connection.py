@@ -102,7 +102,7 @@ def cluster_target(url: str) -> ClusterTarget | None:
         # a cluster has database 0 only
         raise ValueError(f"a Redis Cluster URL is {CLUSTER_FORM}: got {_redacted(url)}")
     return ClusterTarget(
-        nodes=tuple(_node(h, CLUSTER_PORT) for h in hosts.split(",")),
+        nodes=tuple(_node(h, CLUSTER_PORT, "cluster node") for h in hosts.split(",")),
         username=unquote(username) or None,
         password=unquote(password) if userinfo else None,
     )
@@ -126,7 +126,7 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     if len(path) == 2 and not path[1].isdigit():
         raise ValueError(f"the database of a Sentinel URL is a number, got {path[1]!r}")
     return SentinelTarget(
-        nodes=tuple(_node(h, SENTINEL_PORT) for h in hosts.split(",")),
+        nodes=tuple(_node(h, SENTINEL_PORT, "sentinel") for h in hosts.split(",")),
         service=unquote(path[0]),
         db=int(path[1]) if len(path) == 2 else 0,
         username=unquote(username) or None,
@@ -136,12 +136,12 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     )
 
 
-def _node(text: str, default_port: int) -> tuple[str, int]:
+def _node(text: str, default_port: int, what: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
     if not colon:
         host, port = text, str(default_port)
     if not host or not port.isdigit():
-        raise ValueError(f"a node is host:port, got {text!r}")
+        raise ValueError(f"a {what} is host:port, got {text!r}")
     return host.strip("[]"), int(port)
 
 

@@ -18,12 +18,15 @@ import orjson
 import pytest
 from helpers import ROOT, TestClient
 from httpx_sse import connect_sse
+from pydantic import ValidationError
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from stack import Hub, Stack
 
 from contract import keys
+from contract.connection import ClusterTarget, cluster_target
+from contract.settings import Settings
 
 TOPOLOGIES = ("single", "cluster")
 POOLS = ("b", "c")
@@ -145,3 +148,28 @@ def test_the_feed_resumes_each_pool_from_its_own_position(
     assert [e["job_id"] for e in seen if keys.pool_of(e["job_id"]) == "c"] == [later["id"]] * 3
     ids = [e["id"] for e in seen]
     assert len(ids) == len(set(ids))
+
+
+def test_a_cluster_url_names_some_nodes_and_no_database() -> None:
+    assert cluster_target("redis+cluster://:pw@h1:7000,h2,[::1]:7001/") == ClusterTarget(
+        nodes=(("h1", 7000), ("h2", 6379), ("::1", 7001)), password="pw"
+    )
+    assert cluster_target("redis://127.0.0.1:6379/0") is None
+    for url, says in [
+        ("redis+cluster://h1:7000/3", "a Redis Cluster URL is redis+cluster://"),
+        ("redis+cluster:///", "a Redis Cluster URL is redis+cluster://"),
+        ("redis+cluster://h1:port/", "a cluster node is host:port, got 'h1:port'"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            Settings(redis_url=url)
+        assert says in str(caught.value)
+
+
+def test_a_job_id_carries_its_pool_and_a_pool_name_the_keys_cannot_carry_is_refused() -> None:
+    job_id = keys.new_job_id("gpu.large-1")
+    assert keys.pool_of(job_id) == "gpu.large-1"
+    assert keys.job(job_id) == f"inferhub:{{gpu.large-1}}:job:{job_id}"
+    assert keys.pool_of("0123") == ""  # no such job: its keys are looked up, and not found
+    for bad in ("a{b}", "a b", "a/b"):
+        with pytest.raises(ValueError, match="a pool's name"):
+            keys.new_job_id(bad)

@@ -26,7 +26,6 @@ from cli.processes import ready
 from contract.events import Event, EventType
 from hub.fanout import SlowConsumer, Subscription
 
-
 TOPOLOGIES = ("single", "cluster")
 
 
