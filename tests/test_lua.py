@@ -1402,3 +1402,23 @@ def test_tables_have_unique_cases() -> None:
     ):
         ids = [row.id for row in rows]
         assert len(ids) == len(set(ids))
+
+
+# ---- repository: the desired state of what the workers serve (contract/repository.py)
+
+REPOSITORY_READ = scripts.load("repository_read")
+REPOSITORY_CHANGE = scripts.load("repository_change")
+
+
+async def test_repository_change_marks_counts_and_nudges_at_once(r: Redis, k: Keys) -> None:
+    names = k.many("generation", "unloaded", "nudge")
+    state = {"keys": k.many("generation", "unloaded"), "args": {}}
+    assert await REPOSITORY_READ(r, **state) == ["0", []]
+    async with subscribed(r, k("nudge")) as pubsub:
+        assert await REPOSITORY_CHANGE(r, names, {"model": "m", "load": 0}) == 1
+        assert await next_message(pubsub) == "m"
+    await check(r, k, {"unloaded": Hash({"m": "unloaded"}), "generation": Str("1")})
+    assert await REPOSITORY_READ(r, **state) == ["1", ["m"]]
+    assert await REPOSITORY_CHANGE(r, names, {"model": "m", "load": 1}) == 2
+    await check(r, k, {"unloaded": None, "generation": Str("2")})
+    assert await REPOSITORY_READ(r, **state) == ["2", []]
