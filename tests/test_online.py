@@ -162,8 +162,8 @@ async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
 
 
 async def test_a_request_that_leaves_before_its_batch_is_sent_is_not_run(lane: Lane) -> None:
-    # one worker: the line holds two batches in flight; a third request gathers (for up to a
-    # minute, the model's max_queue_delay_ms) until one comes back
+    # one worker: each request is over the model's max_batch_size, so it leaves at once even
+    # though the line is full; a third request gathers until a batch comes back
     first = [asyncio.ensure_future(lane.infer("slow", slow_rows(600))) for _ in range(2)]
     await _until(lambda: lane.lane.batches >= 2 and lane.waiting("slow") == 0)
     sent = lane.lane.batches
@@ -313,7 +313,8 @@ def test_a_client_that_disconnects_before_dispatch_is_not_run(
     online_settings: Settings, online_worker: Worker
 ) -> None:
     """Through HTTP: the route cancels the request when its client goes, and the request
-    leaves the gathering batch (the line is full: two slow batches in flight)."""
+    leaves the gathering batch (the line is full: two slow batches in flight, each over the
+    model's max_batch_size)."""
     app = create_app(online_settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
