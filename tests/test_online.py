@@ -39,6 +39,7 @@ from redis import Redis
 from stack import Stack, Worker
 
 from cli.processes import free_port
+from contract import keys
 from contract.connection import connect
 from contract.errors import InferhubError
 from contract.settings import Settings
@@ -144,6 +145,23 @@ async def test_concurrent_requests_share_batches_and_get_their_own_answers(lane:
     for feed, answer in zip(feeds, answers, strict=True):
         for name, expected in zip(names, session.run(None, feed), strict=True):
             assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
+
+
+async def test_a_lone_request_is_answered_and_its_batch_leaves_nothing_behind(
+    lane: Lane, redis: Redis
+) -> None:
+    """A request alone runs inline in the worker's batcher; the reply carries the job's end
+    (workers/attempt.py ``ctx["end"]``): once answered, no queue entry or arq key is left."""
+    feed = digits_rows(1, seed=99)
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for _ in range(3):  # the first runs in a thread (its duration unknown), the next inline
+        answer = await lane.infer("digits", feed)
+        for output, expected in zip(session.get_outputs(), session.run(None, feed), strict=True):
+            assert np.array_equal(answer[output.name], expected), output.name
+    await _until(lambda: redis.zcard(keys.queue("default")) == 0)
+    assert not list(redis.scan_iter(match="arq:*"))
 
 
 async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
