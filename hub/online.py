@@ -142,7 +142,9 @@ class OnlineLane:
         # a timer on the future: cheaper than asyncio.timeout's cancellation, per request
         timer = loop.call_later(timeout_s, _expire, waiting.future)
         try:
-            self._send_what_may_go(line)
+            alone = self._send_what_may_go(line, waiting)
+            if alone is not None:
+                await self._enqueue(alone)
             answer = await waiting.future
         except TimeoutError:
             seconds = time.perf_counter() - began
@@ -171,15 +173,26 @@ class OnlineLane:
             self._lines[key] = line
         return line
 
-    def _send_what_may_go(self, line: _Queue) -> None:
+    def _send_what_may_go(self, line: _Queue, own: _Waiting | None = None) -> _Batch | None:
         """Send while the line has room in flight, or a full batch gathered; what is left
-        gathers until a batch comes back."""
+        gathers until a batch comes back. A batch of ``own`` alone is returned for its caller
+        to queue (no task to hop to and back: a lone request's way); each other batch is
+        queued by a task of its own, as its requests come and go."""
+        alone = None
         while line.pending and (
             line.in_flight < line.capacity or line.pending_rows >= line.max_rows
         ):
-            self._send(line)
+            batch = self._take(line)
+            if own is not None and batch.requests == [own]:
+                alone = batch
+            else:
+                task = asyncio.create_task(self._enqueue(batch))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+        return alone
 
-    def _send(self, line: _Queue) -> None:
+    def _take(self, line: _Queue) -> _Batch:
+        """The next batch of the line's gathering requests, in flight from now."""
         taken: list[_Waiting] = []
         rows = 0
         while line.pending and (not taken or rows + line.pending[0].rows <= line.max_rows):
@@ -194,9 +207,7 @@ class OnlineLane:
         self._in_flight[batch.id] = batch
         self.batches += 1
         self.observer.online_batch(line.key[0], len(taken), rows)
-        task = asyncio.create_task(self._enqueue(batch))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        return batch
 
     async def _enqueue(self, batch: _Batch) -> None:
         model, version, priority = batch.line.key
