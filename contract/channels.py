@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError
 
 SHARDED_SINCE = 7
@@ -80,6 +81,11 @@ class Subscriber:
 
     async def __aenter__(self) -> Subscriber:
         self._sharded = await sharded(self.client)
+        if isinstance(self.client, RedisCluster):
+            # where each slot is now: a subscription ends when its slot moves, and only a
+            # command, which this subscriber never sends through the client, learns of it
+            await self.client.initialize()
+            await self.client.nodes_manager.initialize()
         return self
 
     async def __aexit__(
@@ -98,9 +104,14 @@ class Subscriber:
             node = await self._connected(name)
             for channel in group:
                 waits.append(node.confirming.setdefault(channel.encode(), _future()))
-            await node.connection.send_command(
-                "SSUBSCRIBE" if self._sharded else "SUBSCRIBE", *group
-            )
+            if not self._sharded:
+                await node.connection.send_command("SUBSCRIBE", *group)
+                continue
+            by_slot: dict[int, list[str]] = {}  # one SSUBSCRIBE takes channels of one slot
+            for channel in group:
+                by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
+            for same_slot in by_slot.values():
+                await node.connection.send_command("SSUBSCRIBE", *same_slot)
         await asyncio.gather(*waits)
 
     async def get(self) -> tuple[bytes, bytes]:
@@ -128,7 +139,6 @@ class Subscriber:
     async def _node_of(self, channel: str) -> str:
         if not isinstance(self.client, RedisCluster):
             return ""
-        await self.client.initialize()
         if self._sharded:
             owner: str = self.client.get_node_from_key(channel).name
             return owner

@@ -232,14 +232,10 @@ def connect_sync(url: str, **options: Any) -> redis.Redis:
     return master
 
 
-def is_cluster(client: Redis | redis.Redis) -> bool:
-    return isinstance(client, RedisCluster | redis.cluster.RedisCluster)
-
-
 def database(client: Redis | redis.Redis) -> int:
     """The index of the database the client works in (``redis://host:port/N``; a cluster's
     is 0)."""
-    if is_cluster(client):
+    if isinstance(client, RedisCluster | redis.cluster.RedisCluster):
         return 0
     kwargs: dict[str, object] = client.connection_pool.connection_kwargs
     return int(str(kwargs.get("db") or 0))

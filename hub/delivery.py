@@ -44,7 +44,7 @@ class Topic:
     of the events it takes."""
 
     routes: tuple[Key, ...]
-    job_id: str | None = None  # its stored events are the job's stream; None: the global log
+    job_id: str | None = None  # its stored events are the job's stream; None: the pools' logs
     accepts: Callable[[Event], bool] = _anything
 
     @classmethod
@@ -112,7 +112,7 @@ class _Following:
 class _Replay:
     name: Hashable
     after: str
-    check_log: bool  # say Reset when the global log no longer holds ``after``
+    check_log: bool  # say Reset when the logs no longer hold ``after``
     pool: str | None = None  # a feed's replay of this pool's log only
     until: str = "+"  # the last id to replay (a pool newly read: what came before it)
 

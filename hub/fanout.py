@@ -241,7 +241,7 @@ class Fanout:
         self._channels: list[str] = []  # those of ``listen``
         self._pool_handlers: list[tuple[Callable[[str, int], str], Callable[[bytes], None]]] = []
         self._pools: set[str] = set()  # whose channels are read
-        self._wanted: set[str] = set()  # to read as soon as the reader can
+        self._wanted: set[str] = set()  # of ``ensure``: to read, in keys.POOLS or not yet
         self._discovered = asyncio.Event()
         self._ready: dict[str, asyncio.Event] = {}  # set once the pool's channels are read
         self._tasks: list[asyncio.Task[None]] = []
@@ -280,10 +280,11 @@ class Fanout:
         self._pool_handlers.append((channel_of, handler))
 
     def watch(self, pool: str) -> None:
-        """Read the pool's channels (a job of a pool this hub has not seen): subscribed soon,
-        then every subscriber re-reads its logs, so that nothing published before is missed."""
-        if pool not in self._pools and pool not in self._wanted:
-            self._wanted.add(pool)
+        """Look for new pools now (a job of a pool this hub does not read yet): a pool of
+        ``keys.POOLS`` is subscribed soon, then its subscribers re-read its log, so that
+        nothing published before is missed. A job id's pool is not trusted: a client may name
+        any, and only pools that have had a job are read."""
+        if pool not in self._pools:
             self._discovered.set()
 
     def open(self, scope: str | None = None) -> Subscription:
@@ -420,7 +421,8 @@ class Fanout:
         if pool in self._pools:
             return
         ready = self._ready.setdefault(pool, asyncio.Event())
-        self.watch(pool)
+        self._wanted.add(pool)  # a pool of the catalogue: trusted
+        self._discovered.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await ready.wait()

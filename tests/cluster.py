@@ -116,6 +116,31 @@ class RedisClusterServers:
             with Redis(port=port) as node:
                 node.flushall()
 
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move one slot, its keys included, to the master on ``to_port``, as a resharding
+        does (``redis-cli --cluster reshard`` moves slots the same way, several at a time)."""
+        nodes = {port: Redis(port=port) for port in self.ports}
+        try:
+            ids = {
+                port: node.execute_command("CLUSTER", "MYID").decode()
+                for port, node in nodes.items()
+            }
+            slots = nodes[to_port].execute_command("CLUSTER", "SLOTS")
+            source = next(int(m[1]) for start, end, m, *_ in slots if start <= slot <= end)
+            if source == to_port:
+                return
+            nodes[to_port].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            nodes[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to_port])
+            while names := nodes[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                nodes[source].execute_command(
+                    "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *names
+                )
+            for node in nodes.values():
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])
+        finally:
+            for node in nodes.values():
+                node.close()
+
     def stop(self) -> None:
         stop(self.processes)
 

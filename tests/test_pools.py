@@ -8,6 +8,7 @@ each, and ``{b}`` (slot 3300) and ``{c}`` (slot 7365) fall to the first and the 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cluster import RedisClusterServers
 from helpers import ROOT, TestClient
 from httpx_sse import connect_sse
 from pydantic import ValidationError
@@ -25,7 +27,8 @@ from redis.crc import key_slot
 from stack import Hub, Stack
 
 from contract import keys
-from contract.connection import ClusterTarget, cluster_target
+from contract.channels import Subscriber, publish
+from contract.connection import ClusterTarget, cluster_target, connect
 from contract.settings import Settings
 
 TOPOLOGIES = ("single", "cluster")
@@ -173,3 +176,48 @@ def test_a_job_id_carries_its_pool_and_a_pool_name_the_keys_cannot_carry_is_refu
     for bad in ("a{b}", "a b", "a/b"):
         with pytest.raises(ValueError, match="a pool's name"):
             keys.new_job_id(bad)
+
+
+async def test_a_subscriber_reads_channels_of_several_slots_and_masters(redis_url: str) -> None:
+    """Pools b and f (slots 3300 and 3168) share the first master of the cluster, c is on
+    the second: one subscriber hears each channel's publications (on one Redis, too)."""
+    client = connect(redis_url)
+    names = [keys.wake(pool, 0) for pool in ("b", "f", "c")]
+    try:
+        async with Subscriber(client) as subscriber:
+            await subscriber.subscribe(*names)
+            for n, name in enumerate(names):
+                await publish(client, name, str(n))
+            async with asyncio.timeout(10):
+                heard = [await subscriber.get() for _ in names]
+        assert heard == [(name.encode(), str(n).encode()) for n, name in enumerate(names)]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.topologies("cluster")
+def test_a_pool_moved_to_another_master_goes_on(
+    stack: Stack, hub: Hub, app: TestClient, redis_cluster: RedisClusterServers
+) -> None:
+    """A resharding moves pool b's slot, its keys with it: the worker's claims and the hubs'
+    commands follow MOVED, and their subscriptions to the pool's channels, which the old
+    master ends, come back on the new one (the last test of the module: b stays moved)."""
+    assert isinstance(stack.redis, RedisCluster)
+    queue = keys.queue("b")
+    was = stack.redis.get_node_from_key(queue).port
+    before = run(app, "b")
+    redis_cluster.move_slot(
+        key_slot(queue.encode()), now := next(p for p in redis_cluster.ports if p != was)
+    )
+    with Redis(port=now) as node:
+        assert node.exists(keys.job(before["id"]), keys.job_events(before["id"])) == 2
+    after = [run(app, "b") for _ in range(3)]  # through the in-process hub
+    with httpx.Client(base_url=hub.url, timeout=30) as client:  # and through the other
+        r = client.post(
+            "/v1/jobs", json={"model": "iris_b", "data": ROW}, headers={"Prefer": "wait=10"}
+        )
+        assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    with Redis(port=now) as node:
+        assert all(node.exists(keys.job(job["id"])) for job in [*after, r.json()])
+    with Redis(port=was) as node:
+        assert node.execute_command("CLUSTER", "COUNTKEYSINSLOT", key_slot(queue.encode())) == 0

@@ -4,7 +4,7 @@
 -- before it, as contract/channels.py subscribes (REDIS_VERSION_NUM exists from 7.0).
 local PUBLISH = (redis.REDIS_VERSION_NUM or 0) >= 0x070000 and 'SPUBLISH' or 'PUBLISH'
 
--- Add an event to the global log and, under the same id, to the job's stream; publish it.
+-- Add an event to its pool's log and, under the same id, to the job's stream; publish it.
 -- With a `ttl`, the job's stream expires that long from now; with false it keeps the expiry
 -- it has (the job's steps: the stream was given the job's TTL when `queued` created it).
 local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen)
