@@ -137,7 +137,8 @@ end
 
 -- Apply one job's steps, in order, reading its record once and writing it once (transition.lua
 -- says how). `c`: the call's log, channel, ttl, job_maxlen, log_maxlen, webhooks and
--- webhook_wake; `job`: the job's id and keys (record, events, cancel, owner_queued, outputs).
+-- webhook_wake (and `no_cancel`: known that no job of the call has a cancel asked); `job`: the
+-- job's id and keys (record, events, cancel, owner_queued, outputs).
 -- A job leaving `queued` is noted in `leaving` (owner_queued key -> ids), for `leave_queued`.
 -- Returns, per step, {appended (0/1), status before, event id, cancel requested (0/1)}.
 local function apply_steps(c, job, steps, leaving)
@@ -154,7 +155,8 @@ local function apply_steps(c, job, steps, leaving)
   end
   local guards = {}  -- the guard fields' values, as the steps move them
   for j = 3, #read do guards[read[j]] = tonumber(found[j] or -1) end
-  local cancel = redis.call('EXISTS', job.cancel)
+  local cancel = 0
+  if not c.no_cancel then cancel = redis.call('EXISTS', job.cancel) end
   local fields = {}
 
   for _, step in ipairs(steps) do

@@ -15,6 +15,10 @@ local ttl, created_ms = tonumber(A[2]), tonumber(A[8])
 local room = redis.call('ZCARD', K[2]) < tonumber(A[10])
 local owner = owner_books(K[4], K[5], K[6], K[7], created_ms, ttl)
 local results = {}
+local records = {}
+for k = 9, #K, 3 do table.insert(records, K[k]) end
+-- a retried call finds its jobs made: one command tells whether any is
+local retried = redis.call('EXISTS', unpack(records)) > 0
 
 local key = 9
 local i = 14
@@ -22,7 +26,7 @@ while i <= #A do
   local record, events, idempotency = K[key], K[key + 1], K[key + 2]
   local job_id, stored, first, last = A[i], tonumber(A[i + 3]), i + 5, i + 4 + tonumber(A[i + 4])
   local existing = idempotency ~= '' and redis.call('GET', idempotency)
-  if redis.call('EXISTS', record) == 1 then
+  if retried and redis.call('EXISTS', record) == 1 then
     table.insert(results, {1, ''})
   elseif existing then
     table.insert(results, {0, existing})

@@ -11,6 +11,10 @@ local K, A = KEYS, ARGV
 local call = {log = K[1], channel = A[1], ttl = A[2], job_maxlen = A[3], log_maxlen = A[4],
               webhooks = K[2], webhook_wake = A[5]}
 local results, leaving = {}, {}
+local cancels = {}
+for k = 5, #K, 5 do table.insert(cancels, K[k]) end
+-- a cancel is rare: one command tells whether any job has one asked
+call.no_cancel = redis.call('EXISTS', unpack(cancels)) == 0
 local key = 3
 local i = 6
 while i <= #A do
