@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
@@ -91,11 +92,20 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = (-1, "")  # the last second formatted, and its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # a second's text is made once, not for each of its lines
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = _extras(record)
-        ids = " ".join(f"{k}={extras[k]}" for k in CONTEXT_FIELDS if extras.get(k) is not None)
+        ids = " ".join(
+            f"{k}={v}" for k in CONTEXT_FIELDS if (v := getattr(record, k, None)) is not None
+        )
         if not ids:
             return line
         head, newline, trace = line.partition("\n")  # keep a traceback below the ids
