@@ -54,6 +54,23 @@ GATHER_MOST = 64
 """Jobs in one gathered script call at most."""
 
 
+def published_events(data: bytes) -> list[tuple[str, bytes]]:
+    """The events of one publication on the events channel, as (id, event): one (``id
+    event``), or several that one call appended (``*``, then each one's id, its length and
+    itself, space-separated: append.lua's ``publish_all``)."""
+    if data[:1] != b"*":
+        event_id, _, raw = data.partition(b" ")
+        return [(event_id.decode(), raw)]
+    events, at = [], 1
+    while at < len(data):
+        gap = data.index(b" ", at)
+        start = data.index(b" ", gap + 1) + 1
+        end = start + int(data[gap + 1 : start - 1])
+        events.append((data[at:gap].decode(), data[start:end]))
+        at = end
+    return events
+
+
 def queue_score(now_ms: int, priority: int) -> int:
     """A job's score in its pool's queue, for both lanes."""
     # arq runs only jobs whose score (a run-at time) has passed: every priority the API

@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from contract import keys
 from contract.connection import connect
 from contract.events import EventType, JobStatus
-from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step
+from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step, published_events
 from contract.wire import loads
 
 JOBS = 8
@@ -90,6 +90,31 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
     assert function == RUN_JOBS
     assert [job["job_id"] for job in kwargs["jobs"]] == ids[1:]
     assert all(job["owner"] == owner and job["model"] == "m" for job in kwargs["jobs"])
+
+
+def test_published_events_reads_one_or_several() -> None:
+    binary = b"\x82 1-2 \x00*"  # an event's bytes may hold spaces, digits and stars
+    assert published_events(b"5-0 " + binary) == [("5-0", binary)]
+    several = b"*" + b"".join(b"%d-0 %d %s" % (n, len(binary), binary) for n in range(3))
+    assert published_events(several) == [(f"{n}-0", binary) for n in range(3)]
+
+
+async def test_gathered_events_go_out_in_one_publication(r: Redis, pool: str) -> None:
+    store = JobStore(r, Limits(ttl_s=600))
+    async with r.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(keys.events_channel(store.db))
+        jobs = [new_job(pool) for _ in range(JOBS)]
+        results = await asyncio.gather(*(store.create(rec, a, pool=pool) for rec, a in jobs))
+        messages = []
+        async with asyncio.timeout(10):
+            while len(messages) < 2:  # the lone job's, then the others' together
+                message = await pubsub.get_message(timeout=1)  # None: the subscription's
+                if message is not None:
+                    messages.append(published_events(message["data"]))
+    ids = [event_id for _, event_id in results]
+    assert [[event_id for event_id, _ in m] for m in messages] == [ids[:1], ids[1:]]
+    for (rec, _), (_, raw) in zip(jobs, messages[0] + messages[1], strict=True):
+        assert loads(raw)["job_id"] == rec["id"] and loads(raw)["type"] == "queued"
 
 
 async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) -> None:

@@ -1,14 +1,25 @@
 -- Shared by the job scripts (prepended to each that says "uses: append").
 
--- Add an event to the global log and, under the same id, to the job's stream; publish it.
+-- Add an event to the global log and, under the same id, to the job's stream; publish it
+-- ('id event'), or with `published` (a table) keep it there for `publish_all`.
 -- With a `ttl`, the job's stream expires that long from now; with false it keeps the expiry
 -- it has (the job's steps: the stream was given the job's TTL when `queued` created it).
-local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen)
+local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen, published)
   local id = redis.call('XADD', log, 'MAXLEN', '~', log_maxlen, '*', 'e', event)
   redis.call('XADD', stream, 'MAXLEN', '~', job_maxlen, id, 'e', event)
   if ttl then redis.call('EXPIRE', stream, ttl) end
-  redis.call('PUBLISH', channel, id .. ' ' .. event)
+  if published then
+    table.insert(published, id .. ' ' .. #event .. ' ' .. event)
+  else
+    redis.call('PUBLISH', channel, id .. ' ' .. event)
+  end
   return id
+end
+
+-- Publish the events `append` kept, in order, in one message: '*', then each one's id, its
+-- length and itself, space-separated (contract/jobstore.py's `published_events` reads it).
+local function publish_all(channel, published)
+  if #published > 0 then redis.call('PUBLISH', channel, '*' .. table.concat(published)) end
 end
 
 -- Set the record's fields from ARGV[first], ARGV[first + 1], ... (field, value pairs), in one
@@ -137,8 +148,9 @@ end
 
 -- Apply one job's steps, in order, reading its record once and writing it once (transition.lua
 -- says how). `c`: the call's log, channel, ttl, job_maxlen, log_maxlen, webhooks and
--- webhook_wake (and `no_cancel`: known that no job of the call has a cancel asked); `job`: the
--- job's id and keys (record, events, cancel, owner_queued, outputs).
+-- webhook_wake (and `no_cancel`: known that no job of the call has a cancel asked;
+-- `published`: where `append` keeps the events for one publication); `job`: the job's id and
+-- keys (record, events, cancel, owner_queued, outputs).
 -- A job leaving `queued` is noted in `leaving` (owner_queued key -> ids), for `leave_queued`.
 -- Returns, per step, {appended (0/1), status before, event id, cancel requested (0/1)}.
 local function apply_steps(c, job, steps, leaving)
@@ -180,7 +192,9 @@ local function apply_steps(c, job, steps, leaving)
       end
       if step.outputs ~= '' then redis.call('SET', job.outputs, step.outputs, 'EX', c.ttl) end
       for j = step.first, step.last do table.insert(fields, ARGV[j]) end
-      local id = append(c.log, job.events, c.channel, step.event, false, c.job_maxlen, c.log_maxlen)
+      local id = append(
+        c.log, job.events, c.channel, step.event, false, c.job_maxlen, c.log_maxlen, c.published
+      )
       if step.status ~= '' then push_webhook(c.webhooks, c.webhook_wake, job.id, status, id, webhook_on) end
       table.insert(results, {1, before, id, cancel})
     end

@@ -2,7 +2,8 @@
 -- hub gathered): each job as create.lua creates one (its record and `queued` event, its
 -- idempotency key, its webhook), with its own verdict, in order; the jobs created share one
 -- arq job (`arq_payload`, a batch that lists them all), one queue entry, one update of each
--- index and of the owner's books (append.lua), and one wake-up. The pool's bound counts queue
+-- index and of the owner's books (append.lua), one wake-up, and one publication of their
+-- `queued` events (append.lua's `publish_all`). The pool's bound counts queue
 -- entries (a batch is one), the owner's counts jobs.
 -- Returns, per job, what create.lua returns.
 -- uses: append
@@ -14,7 +15,7 @@ local K, A = KEYS, ARGV
 local ttl, created_ms = tonumber(A[2]), tonumber(A[8])
 local room = redis.call('ZCARD', K[2]) < tonumber(A[10])
 local owner = owner_books(K[4], K[5], K[6], K[7], created_ms, ttl)
-local results = {}
+local results, published = {}, {}
 local records = {}
 for k = 9, #K, 3 do table.insert(records, K[k]) end
 -- a retried call finds its jobs made: one command tells whether any is
@@ -42,7 +43,7 @@ while i <= #A do
       if idempotency ~= '' then redis.call('SET', idempotency, A[i + 2], 'EX', ttl) end
       redis.call('HSET', record, unpack(A, first, last))
       redis.call('EXPIRE', record, ttl)
-      local id = append(K[1], events, A[1], A[i + 1], ttl, A[3], A[4])
+      local id = append(K[1], events, A[1], A[i + 1], ttl, A[3], A[4], published)
       for f = first, last - 1, 2 do
         if A[f] == 'webhook_on' then push_webhook(K[8], A[13], job_id, 'queued', id, A[f + 1]) end
       end
@@ -60,4 +61,5 @@ if #owner.added > 0 then
   owner_list(owner)
   redis.call('PUBLISH', A[9], '')
 end
+publish_all(A[1], published)
 return results

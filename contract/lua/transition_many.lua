@@ -1,6 +1,7 @@
 -- Steps of several jobs in one call (the jobs a worker ends at once): each job's steps as
 -- transition.lua applies them (append.lua's `apply_steps`), its record read once and written
--- once; the jobs that leave `queued` leave their owners' queued sets in one command per owner.
+-- once; the jobs that leave `queued` leave their owners' queued sets in one command per owner,
+-- and the events go out in one publication (append.lua's `publish_all`).
 -- Returns, per job, what transition.lua returns.
 -- uses: append
 -- KEYS: log webhooks jobs...
@@ -11,6 +12,7 @@ local K, A = KEYS, ARGV
 local call = {log = K[1], channel = A[1], ttl = A[2], job_maxlen = A[3], log_maxlen = A[4],
               webhooks = K[2], webhook_wake = A[5]}
 local results, leaving = {}, {}
+call.published = {}
 local cancels = {}
 for k = 5, #K, 5 do table.insert(cancels, K[k]) end
 -- a cancel is rare: one command tells whether any job has one asked
@@ -32,4 +34,5 @@ while i <= #A do
   i = last + 1
 end
 leave_queued(leaving)
+publish_all(call.channel, call.published)
 return results
