@@ -240,7 +240,7 @@ class JobStore:
             job = jobs[0]
             return [await self._create(CREATE, job.keys, job.args, f"job {job.args['job_id']}")]
         first = jobs[0]
-        batch_id = f"jobs-{uuid.uuid4().hex}"
+        batch_id = f"jobs-{len(jobs)}-{uuid.uuid4().hex}"  # queue_stats.lua counts n jobs
         now_ms = max(job.args["created_ms"] for job in jobs)
         payload = serialize_job(
             RUN_JOBS,

@@ -21,7 +21,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sklearn.datasets import load_digits
 
-from contract import keys
+from contract import keys, scripts
 from contract.connection import connect
 from contract.events import EventType, JobStatus
 from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step, published_events
@@ -90,6 +90,11 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
     assert function == RUN_JOBS
     assert [job["job_id"] for job in kwargs["jobs"]] == ids[1:]
     assert all(job["owner"] == owner and job["model"] == "m" for job in kwargs["jobs"])
+    # the pool's depth counts jobs, not queue entries
+    stats = scripts.load("queue_stats")
+    args = {"in_progress_prefix": "arq:in-progress:", "job_prefix": keys.job(""), "scan": 100}
+    total, running, _ = await stats(r, {"queue": keys.queue(pool)}, args)
+    assert (total, running) == (JOBS, 0)
 
 
 def test_published_events_reads_one_or_several() -> None:
