@@ -6,9 +6,11 @@ keeping its record, its event and its own verdict; concurrent transitions go in 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +18,11 @@ import onnxruntime as ort
 import pytest
 from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job_raw
-from helpers import ROOT, TestClient, job_events
+from helpers import ROOT, TestClient, build_slow, job_events, wait_for, wait_job
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sklearn.datasets import load_digits
+from stack import Stack
 
 from contract import keys, scripts
 from contract.connection import connect
@@ -244,3 +247,48 @@ def test_concurrent_submissions_run_as_one_batch_on_a_real_worker(
         np.testing.assert_allclose(probs["data"], probabilities[n], rtol=1e-5, atol=1e-7)
         types = [e.type for e in job_events(redis, job["id"])]
         assert types == [EventType.QUEUED, EventType.STARTED, EventType.SUCCEEDED]
+
+
+def test_a_batch_whose_worker_is_killed_runs_again_and_each_job_ends_once(
+    client: TestClient, redis: SyncRedis, transient: Stack, tmp_path: Path
+) -> None:
+    """Three bulk jobs submitted at once (the first alone, two as one arq job) on a worker
+    killed while they run: another runs them again, and each ends once, succeeded."""
+    repo = tmp_path / "models"
+    build_slow(repo / "slow")
+    (repo / "slow" / "config.toml").write_text('pool = "batchfaults"\nmax_batch_size = 2\n')
+    victim = transient.worker("victim", models=repo, pool="batchfaults")
+    wait_for(lambda: client.get("/v1/models/slow").json().get("ready"), what="slow ready")
+    service = client.app.state.service
+    rows = np.full((300, 16), 0.25, dtype=np.float32)
+
+    async def submit_all() -> tuple[list[str], int]:
+        model, version = await service.catalogue.model("slow", None)
+        before = service.store.creates.calls
+        jobs = await asyncio.gather(
+            *(service.submit_arrays(model, version, {"x": rows}, owner="anonymous") for _ in "abc")
+        )
+        return [job["id"] for job in jobs], service.store.creates.calls - before
+
+    ids, calls = client.portal.call(submit_all)
+    assert calls == 2
+
+    def running(job_id: str) -> bool:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        return body["status"] == "started" and (body["progress"] or {}).get("done", 0) >= 4
+
+    wait_for(lambda: all(running(j) for j in ids[1:]), what="the batch running on the victim")
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(10)
+    transient.worker("rescuer", models=repo, pool="batchfaults")
+    for job_id in ids:
+        done = wait_job(client, job_id, {"succeeded", "failed", "canceled"}, timeout=60)
+        assert done["status"] == "succeeded", done
+        assert done["outputs_summary"][0]["shape"] == [300, 1024]
+        events = job_events(redis, job_id)
+        assert sum(e.terminal for e in events) == 1 and events[-1].type is EventType.SUCCEEDED
+    for job_id in ids[1:]:  # the batch ran again, as a whole, on the rescuer
+        starts = [
+            e.data["attempt"] for e in job_events(redis, job_id) if e.type is EventType.STARTED
+        ]
+        assert starts == [1, 2]
