@@ -229,8 +229,8 @@ class JobStore:
             },
         )
         # one owner's jobs of one pool and priority, under the same bounds, may go together
-        line = (pool, record["owner"], priority, max_queued, max_queued_per_owner)
-        created, value = await self.creates((*line, max_stored_per_owner), job)
+        bounds = (max_queued, max_queued_per_owner, max_stored_per_owner)
+        created, value = await self.creates((pool, record["owner"], priority, bounds), job)
         return Created(created), value.decode()
 
     async def _create_gathered(self, _line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
@@ -280,7 +280,7 @@ class JobStore:
             )
         }
         args.update(batch_id=batch_id, arq_payload=payload, created_ms=now_ms, jobs=per_job)
-        what = f"{len(jobs)} jobs created together, {first.args['job_id']} the first,"
+        what = f"job {first.args['job_id']} (one of {len(jobs)} created together)"
         answer: list[Any] = await self._create(CREATE_MANY, call_keys, args, what)
         return answer
 
