@@ -17,7 +17,6 @@ in one call too. A lone one goes at once, as one call of its own.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -240,7 +239,8 @@ class JobStore:
             job = jobs[0]
             return [await self._create(CREATE, job.keys, job.args, f"job {job.args['job_id']}")]
         first = jobs[0]
-        batch_id = f"jobs-{len(jobs)}-{uuid.uuid4().hex}"  # queue_stats.lua counts n jobs
+        # how many jobs and the first one's id: queue_stats.lua counts them and their age
+        batch_id = f"jobs-{len(jobs)}-{first.args['job_id']}"
         now_ms = max(job.args["created_ms"] for job in jobs)
         payload = serialize_job(
             RUN_JOBS,

@@ -96,8 +96,11 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
     # the pool's depth counts jobs, not queue entries
     stats = scripts.load("queue_stats")
     args = {"in_progress_prefix": "arq:in-progress:", "job_prefix": keys.job(""), "scan": 100}
-    total, running, _ = await stats(r, {"queue": keys.queue(pool)}, args)
-    assert (total, running) == (JOBS, 0)
+    total, running, oldest = await stats(r, {"queue": keys.queue(pool)}, args)
+    assert (total, running, float(oldest)) == (JOBS, 0, jobs[0][0]["created_at"])
+    await r.zrem(keys.queue(pool), ids[0])  # the batch alone: its age is its first job's
+    total, running, oldest = await stats(r, {"queue": keys.queue(pool)}, args)
+    assert (total, running, float(oldest)) == (JOBS - 1, 0, jobs[1][0]["created_at"])
 
 
 def test_published_events_reads_one_or_several() -> None:
