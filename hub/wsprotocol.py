@@ -4,9 +4,9 @@ less for each open socket.
 A hub holds thousands of idle sockets, and uvicorn's protocol keeps, for each, things only the
 handshake needs or that an idle socket never uses: the request's and the response's headers
 (a few KiB of strings and lists, the request's twice, since the library's parser keeps its
-own reference to it), and an ``asyncio.Queue`` for the client's messages (four deques and an
-event, some 3 KiB, for a queue that holds at most one or two messages: the protocol pauses
-reading until the app has taken the last one). This class empties the headers once the
+own reference to it), and an ``asyncio.Queue`` for the client's messages (three deques and an
+``Event`` with a fourth, some 3 KiB, for a queue that holds a message or two: the protocol
+pauses reading until the app has taken the last one). This class empties the headers once the
 handshake is answered and gives the protocol a small inbox instead of the queue; everything
 else, the frames on the wire included, is uvicorn's and the library's (``hub/wire.py`` writes
 frames to its socket as before). Measured with ``bench/fanout.py``: see the README.
@@ -22,8 +22,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 
 class Inbox:
-    """What the protocol uses of ``asyncio.Queue`` (``put_nowait``, ``get``, ``empty``) with
-    nothing allocated while it is empty and no one waits."""
+    """What the protocol uses of ``asyncio.Queue`` (``put_nowait``, ``get``, ``empty``), in
+    two small lists instead of its four deques."""
 
     __slots__ = ("_items", "_waiters")
 
