@@ -117,12 +117,14 @@ def measure(
         targets.append(("jobs", stack.urls[0], "v1"))
     for name, url, endpoint in targets:
         drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
-        # the hub's CPU per request reads truer than rows/s on a shared machine
-        pids = stack.pids()["hub"] if name != "baseline" else [baseline_pid]
-        before, cpu_before = redis_calls(counter), cpu_s(pids)
+        # the CPU per request reads truer than rows/s on a shared machine
+        pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
+        before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
         figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
-        cpu_used = cpu_s(pids) - cpu_before
-        figures["server_cpu_us_per_request"] = round(1e6 * cpu_used / max(figures["requests"], 1))
+        served = max(figures["requests"], 1)
+        cpu = {k: round(1e6 * (cpu_s(v) - cpu_before[k]) / served) for k, v in pids.items()}
+        figures["server_cpu_us_per_request"] = cpu.pop("hub")
+        figures["cpu_us_per_request_beside"] = cpu  # the worker's and Redis's
         commands = per_request(before, redis_calls(counter), figures["requests"])
         figures["redis_commands_per_request"] = round(sum(commands.values()), 2)
         figures["redis_commands"] = commands
@@ -166,6 +168,9 @@ def table(results: list[dict[str, Any]]) -> str:
                 top = ", ".join(f"{k} {v:g}" for k, v in list(f["redis_commands"].items())[:8])
                 if top:
                     lines.append(f"{'':<10} {target} per request: {top}")
+                beside = ", ".join(f"{k} {v:,}" for k, v in f["cpu_us_per_request_beside"].items())
+                if beside:
+                    lines.append(f"{'':<10} {target} cpu us/req beside the hub: {beside}")
         ort_figures = ", ".join(f"{k} {v:,.0f}" for k, v in r["onnxruntime"].items())
         lines.append(f"{r['scenario']:<10} onnxruntime in process rows/s: {ort_figures}")
         lines.append(

@@ -27,6 +27,7 @@ from hub.metrics.registry import Metrics
 from hub.metrics.stats import StatsFeed
 from hub.middleware.body_limit import BodyLimit, refuse_oversized
 from hub.middleware.drain import Drain, Streams
+from hub.middleware.hot_path import HotPath
 from hub.middleware.request_log import RequestLog
 from hub.middleware.shortcut import Shortcut, ShortRoute
 from hub.online import OnlineLane
@@ -143,15 +144,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tickets.router)
     app.include_router(dashboard.router)
     app.include_router(metrics_router)
-    # innermost: the hot routes (V2 infer, submit) go straight to their endpoint, past the routing
-    # and the streams, whose per-request machinery would be kept as long as they are open
+    # innermost: the hot routes (V2 infer, submit) and the streams, whose per-request machinery
+    # would be kept as long as they are open, go straight to their endpoint, past the routing
     hot: list[ShortRoute] = [
         r
-        for r in (*v2_router.routes, *jobs.router.routes, *events.router.routes)
-        if isinstance(r, LeanRoute | SubmitRoute | events.StreamRoute)
+        for r in (*v2_router.routes, *jobs.router.routes)
+        if isinstance(r, LeanRoute | SubmitRoute)
     ]
-    hot += ws.direct_routes()
-    app.add_middleware(Shortcut, routes=hot)
+    streamed: list[ShortRoute] = [
+        r for r in events.router.routes if isinstance(r, events.StreamRoute)
+    ]
+    app.add_middleware(Shortcut, routes=[*hot, *streamed, *ws.direct_routes()])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.allowed_origins:
         app.add_middleware(
@@ -171,7 +174,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(Drain, streams=streams)
     app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open)
-    app.add_middleware(RequestLog, observe=metrics.request)  # outermost: sees every request
+    app.add_middleware(RequestLog, observe=metrics.request)  # sees every other request
+    # outermost: the hot routes get what the four layers above do, in one (and Shortcut's way
+    # in when a request of theirs takes the chain: tracing on, or CORS)
+    app.add_middleware(
+        HotPath,
+        routes=hot,
+        observe=metrics.request,
+        allowed_hosts=settings.allowed_hosts,
+        keyless=app.state.keyring.open,
+        streams=streams,
+        max_body_bytes=settings.max_body_bytes,
+        cors=bool(settings.allowed_origins),
+    )
     return app
 
 

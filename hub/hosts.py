@@ -74,14 +74,24 @@ class AllowedHosts:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("host", "")
+        if self.admits(header):
+            await self.app(scope, receive, send)
+        else:
+            await self.refuse(header, scope, receive, send)
+
+    def admits(self, header: str) -> bool:
+        """Whether a request whose ``Host`` header is ``header`` may be answered."""
+        if self.any:
+            return True
         allowed = self._verdicts.get(header)
         if allowed is None:
             allowed = self.allows(host_name(header))
             if len(self._verdicts) < _VERDICTS_KEPT:
                 self._verdicts[header] = allowed
-        if allowed:
-            await self.app(scope, receive, send)
-            return
+        return allowed
+
+    async def refuse(self, header: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request whose ``Host`` is not admitted: 400 saying what to change."""
         if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
             "extensions", {}
         ):

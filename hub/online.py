@@ -2,12 +2,16 @@
 
 A request of ``/v2 infer`` has no record and no event log. It joins the *line* of its model
 version and priority. A line sends a batch at once while fewer than its capacity are in flight
-(so a lone request never waits); while batches are in flight, arriving requests gather into
-the next one, which leaves when the model's ``max_batch_size`` rows are in, or
-``max_queue_delay_ms`` after its first request, or when a batch in flight comes back. One batch
-is one arq job (``contract.online``), queued in one round trip; the worker answers every
-request of it in one publication on this hub's reply channel, read by the hub's one pub/sub
-connection (``hub.fanout``).
+(one per worker serving the model), so a lone request never waits; once the line is full,
+arriving requests gather into the next batch, which leaves when a batch in flight comes back,
+or when the model's ``max_batch_size`` rows are in. So a busy line sends large batches, as
+Triton's dynamic batcher holds requests while every instance is busy. A timer, or a second
+batch in flight per worker, sent small ones: at C=32 on the heavy model, a 2 ms delay and two
+in flight gave batches of 7.5 rows. The model's ``max_queue_delay_ms`` is its workers'
+batcher's, which merges the batches and jobs that meet there. One batch is one arq job
+(``contract.online``), queued in one round trip; the worker answers every request of it in one
+publication on this hub's reply channel, read by the hub's one pub/sub connection
+(``hub.fanout``).
 
 A request that leaves before its batch is sent (its client went away, its deadline passed) is
 not sent. A batch whose worker dies runs again elsewhere (arq and the reaper see to it) while
@@ -68,12 +72,10 @@ class _Queue:
     key: Line
     pool: str
     max_rows: int
-    max_delay_s: float
     capacity: int = 1
     pending: list[_Waiting] = field(default_factory=list)
     pending_rows: int = 0
     in_flight: int = 0
-    timer: asyncio.TimerHandle | None = None
 
 
 class OnlineLane:
@@ -82,7 +84,7 @@ class OnlineLane:
         redis: Redis,
         *,
         max_rows_per_pool: int,
-        batches_per_worker: int = 2,
+        batches_per_worker: int = 1,
         observer: Observer = NOBODY,
     ) -> None:
         self.redis = redis
@@ -140,7 +142,9 @@ class OnlineLane:
         # a timer on the future: cheaper than asyncio.timeout's cancellation, per request
         timer = loop.call_later(timeout_s, _expire, waiting.future)
         try:
-            self._send_what_may_go(line)
+            alone = self._send_what_may_go(line, waiting)
+            if alone is not None:
+                await self._enqueue(alone)
             answer = await waiting.future
         except TimeoutError:
             seconds = time.perf_counter() - began
@@ -165,30 +169,30 @@ class OnlineLane:
         key = (entry["name"], version, priority)
         line = self._lines.get(key)
         if line is None:
-            delay_ms = entry.get("batching", {}).get("max_queue_delay_ms", 5)
-            line = _Queue(key, entry["pool"], entry["max_batch_size"], delay_ms / 1000)
+            line = _Queue(key, entry["pool"], entry["max_batch_size"])
             self._lines[key] = line
         return line
 
-    def _send_what_may_go(self, line: _Queue) -> None:
-        """Send while the line has room in flight, or a full batch gathered; else make sure
-        the gathering batch leaves after the line's delay."""
+    def _send_what_may_go(self, line: _Queue, own: _Waiting | None = None) -> _Batch | None:
+        """Send while the line has room in flight, or a full batch gathered; what is left
+        gathers until a batch comes back. A batch of ``own`` alone is returned for its caller
+        to queue (no task to hop to and back: a lone request's way); each other batch is
+        queued by a task of its own, as its requests come and go."""
+        alone = None
         while line.pending and (
             line.in_flight < line.capacity or line.pending_rows >= line.max_rows
         ):
-            self._send(line)
-        if line.pending and line.timer is None:
-            line.timer = asyncio.get_running_loop().call_later(
-                line.max_delay_s, self._delay_passed, line
-            )
+            batch = self._take(line)
+            if own is not None and batch.requests == [own]:
+                alone = batch
+            else:
+                task = asyncio.create_task(self._enqueue(batch))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+        return alone
 
-    def _delay_passed(self, line: _Queue) -> None:
-        line.timer = None
-        if line.pending:
-            self._send(line)
-        self._send_what_may_go(line)
-
-    def _send(self, line: _Queue) -> None:
+    def _take(self, line: _Queue) -> _Batch:
+        """The next batch of the line's gathering requests, in flight from now."""
         taken: list[_Waiting] = []
         rows = 0
         while line.pending and (not taken or rows + line.pending[0].rows <= line.max_rows):
@@ -196,9 +200,6 @@ class OnlineLane:
             taken.append(waiting)
             rows += waiting.rows
         line.pending_rows -= rows
-        if line.timer is not None and not line.pending:
-            line.timer.cancel()
-            line.timer = None
         batch = _Batch(f"{self.hub_id}-{next(self._ids)}", line, taken, len(taken))
         for waiting in taken:
             waiting.batch = batch
@@ -206,9 +207,7 @@ class OnlineLane:
         self._in_flight[batch.id] = batch
         self.batches += 1
         self.observer.online_batch(line.key[0], len(taken), rows)
-        task = asyncio.create_task(self._enqueue(batch))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        return batch
 
     async def _enqueue(self, batch: _Batch) -> None:
         model, version, priority = batch.line.key
@@ -256,9 +255,6 @@ class OnlineLane:
         if batch is None:
             line.pending.remove(waiting)
             line.pending_rows -= waiting.rows
-            if not line.pending and line.timer is not None:
-                line.timer.cancel()
-                line.timer = None
         else:
             batch.waiting -= 1
             if not batch.waiting:

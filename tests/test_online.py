@@ -39,6 +39,7 @@ from redis import Redis
 from stack import Stack, Worker
 
 from cli.processes import free_port
+from contract import keys
 from contract.connection import connect
 from contract.errors import InferhubError
 from contract.settings import Settings
@@ -146,6 +147,23 @@ async def test_concurrent_requests_share_batches_and_get_their_own_answers(lane:
             assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
 
 
+async def test_a_lone_request_is_answered_and_its_batch_leaves_nothing_behind(
+    lane: Lane, redis: Redis
+) -> None:
+    """A request alone runs inline in the worker's batcher; the reply carries the job's end
+    (workers/attempt.py ``ctx["end"]``): once answered, no queue entry or arq key is left."""
+    feed = digits_rows(1, seed=99)
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for _ in range(3):  # the first runs in a thread (its duration unknown), the next inline
+        answer = await lane.infer("digits", feed)
+        for output, expected in zip(session.get_outputs(), session.run(None, feed), strict=True):
+            assert np.array_equal(answer[output.name], expected), output.name
+    await _until(lambda: redis.zcard(keys.queue("default")) == 0)
+    assert not list(redis.scan_iter(match="*arq:*"))  # arq's keys, under any prefix
+
+
 async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
     # ``failing`` takes one row at a time: a two-row request fails at run time, and the
     # batcher then runs the batch's requests one by one
@@ -162,8 +180,8 @@ async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
 
 
 async def test_a_request_that_leaves_before_its_batch_is_sent_is_not_run(lane: Lane) -> None:
-    # one worker: the line holds two batches in flight; a third request gathers (for up to a
-    # minute, the model's max_queue_delay_ms) until one comes back
+    # one worker: each request is over the model's max_batch_size, so it leaves at once even
+    # though the line is full; a third request gathers until a batch comes back
     first = [asyncio.ensure_future(lane.infer("slow", slow_rows(600))) for _ in range(2)]
     await _until(lambda: lane.lane.batches >= 2 and lane.waiting("slow") == 0)
     sent = lane.lane.batches
@@ -313,7 +331,8 @@ def test_a_client_that_disconnects_before_dispatch_is_not_run(
     online_settings: Settings, online_worker: Worker
 ) -> None:
     """Through HTTP: the route cancels the request when its client goes, and the request
-    leaves the gathering batch (the line is full: two slow batches in flight)."""
+    leaves the gathering batch (the line is full: two slow batches in flight, each over the
+    model's max_batch_size)."""
     app = create_app(online_settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -63,11 +63,10 @@ class Batcher:
         self.rows = Histogram(BATCH_BUCKETS)
         self.counts = counts or Counts()  # Triton's statistics (workers/stats.py)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._active = 0
+        self._active = 0  # requests that are, or will soon be, waiting in the queue
         self._quiet = asyncio.Event()  # set when _active drops to 0
-        self._seconds_per_row = float(
-            "inf"
-        )  # unknown until the first call, made in a thread  # requests that are, or will soon be, waiting in the queue
+        self._seconds_per_row = float("inf")  # unknown until the first call, made in a thread
+        self._holding = False  # the loop gathers or runs a batch
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
@@ -112,12 +111,25 @@ class Batcher:
 
     async def run(self, inputs: Arrays) -> Arrays:
         """Run the rows of ``inputs`` (at most ``max_batch_size``) with other requests' rows."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._loop(), name="batcher")
         rows = len(next(iter(inputs.values())))
         request = _Request(inputs, rows, asyncio.get_running_loop().create_future())
+        if self._alone(rows):
+            # nothing to join and quick: run here, not through the loop's task and back
+            return self._call([request])[0]
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="batcher")
         await self._queue.put(request)
         return await request.future
+
+    def _alone(self, rows: int) -> bool:
+        """Whether these rows are the only ones of the model running here, or about to (the
+        caller's own ``expecting``), and would run inline (``_off_loop``)."""
+        return (
+            not self._holding
+            and self._queue.empty()
+            and self._active <= 1
+            and self._seconds_per_row * rows < INLINE_BELOW_S
+        )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -128,7 +140,9 @@ class Batcher:
     async def _loop(self) -> None:
         carry: _Request | None = None
         while True:
+            self._holding = carry is not None
             first = carry or await self._queue.get()
+            self._holding = True
             batch, rows, carry = [first], first.rows, None
             deadline = asyncio.get_running_loop().time() + self.max_delay_s
             while rows < self.preferred:
@@ -187,7 +201,9 @@ class Batcher:
         took, rows = ran - began, sum(r.rows for r in batch)
         self.seconds.observe(took)
         self.rows.observe(rows)
-        self._seconds_per_row = took / rows
+        # at most doubled by one call: a call the OS preempted (a busy machine) does not send
+        # a tiny model's next calls to a thread, whose hops cost more than the call
+        self._seconds_per_row = min(took / rows, 2 * self._seconds_per_row)
         results, start = [], 0
         for request in batch:
             end = start + request.rows

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from contract.online import Answer, OnlineRequest, Reply
 from contract.tensors import pack_tensor, unpack_tensor
 from contract.wire import dumps
+from workers.attempt import ENDED
 from workers.batcher import Arrays, Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
@@ -37,7 +38,7 @@ async def run_batch(
     reply: str,
     batch: str,
     requests: list[OnlineRequest],
-) -> None:
+) -> object:
     stats: dict[str, Any] = ctx["stats"]
     try:
         served: Model = ctx["models"][model]
@@ -49,7 +50,7 @@ async def run_batch(
             "answers": [{"id": r["id"], "error": error, "status": 503} for r in requests],
         }
         await ctx["redis"].publish(reply, dumps(gone))
-        return
+        return None
     stats["running"] += 1
     try:
         answers = await _run(served, batcher, requests)
@@ -60,12 +61,14 @@ async def run_batch(
         count_job(stats, model, "failed" if "error" in answer else "succeeded")
     message: Reply = {"batch": batch, "answers": answers}
     try:
-        # with this worker's statistics (workers/stats.py): one round trip still
-        await publish_counted(ctx["redis"], ctx["tally"], reply, dumps(message))
+        # with this worker's statistics (workers/stats.py), then the job's end (ctx["end"],
+        # workers/attempt.py) once the answer is out: one round trip
+        await publish_counted(ctx["redis"], ctx["tally"], reply, dumps(message), ctx["end"])
     except RedisError as exc:
         # the answer is lost with the connection: run the batch again while deadlines allow
         log.warning("batch %s: redis unavailable (%s); it will run again", batch, exc)
         raise Retry(defer=0.1) from exc
+    return ENDED
 
 
 async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) -> list[Answer]:
@@ -82,6 +85,11 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         batcher.counts.answered(Timing(), False)
     live = [r for r in requests if r["id"] not in answers]
     inputs = [_inputs(r) for r in live]
+    if len(live) == 1:  # alone: awaited here, no task of its own to hop to and back
+        with batcher.expecting():
+            answer = await counted(batcher.counts, _answer(model, batcher, live[0], inputs[0]), _ok)
+        answers[answer["id"]] = answer
+        return [answers[r["id"]] for r in requests]
     joined = _joined(inputs) if batcher.batchable and len(live) > 1 else None
     if joined is not None:
         arrays, counts = joined

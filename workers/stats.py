@@ -222,11 +222,26 @@ async def counted(counts: Counts, request: Awaitable[T], ok: Callable[[T], bool 
     return result
 
 
-async def publish_counted(redis: Any, tally: Tally, channel: str, message: bytes) -> None:
-    """Publish ``message`` with the pending counts when they are due, in one round trip
-    (counts first: whoever reads the answer of a quiet worker finds them in Redis)."""
-    results = await tally.send(
-        redis, lambda pipe: pipe.publish(channel, message), counts=tally.due()
-    )
-    if isinstance(results[-1], Exception):
-        raise results[-1]
+async def publish_counted(
+    redis: Any,
+    tally: Tally,
+    channel: str,
+    message: bytes,
+    then: Callable[[Pipeline], object] | None = None,
+) -> None:
+    """Publish ``message`` with the pending counts when they are due, and what ``then`` queues
+    after it, in one round trip (counts first: whoever reads the answer of a quiet worker finds
+    them in Redis); the first of the publication's and ``then``'s errors is raised."""
+    start = 0
+
+    def fill(pipe: Pipeline) -> None:
+        nonlocal start
+        start = len(pipe.command_stack)
+        pipe.publish(channel, message)
+        if then is not None:
+            then(pipe)
+
+    results = await tally.send(redis, fill, counts=tally.due())
+    for result in results[start:]:
+        if isinstance(result, Exception):
+            raise result

@@ -12,7 +12,7 @@ V2 route class for ``/v2``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,8 +28,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # a request without a body (a WebSocket, an event stream) goes on as it is, and no
-        # frame of this middleware is kept while it runs
+        # a plain function: no frame of it is kept while a request (or a stream) runs
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         length = chunked = None
@@ -38,33 +37,45 @@ class BodyLimit:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = value
-        if length is None and chunked is None:
-            return self.app(scope, receive, send)
-        return self._limited(scope, receive, send, length, chunked)
+        return self.app(scope, self.bounded(scope, receive, length, chunked), send)
 
-    async def _limited(
-        self, scope: Scope, receive: Receive, send: Send, length: bytes | None, chunked: object
-    ) -> None:
+    def bounded(
+        self, scope: Scope, receive: Receive, length: bytes | None, chunked: bytes | None
+    ) -> Receive:
+        """``receive`` for a request with these ``Content-Length`` and ``Transfer-Encoding``
+        headers (None: absent), or one that raises TooLarge once the body grows past the limit;
+        a body declared over the limit is recorded in the scope (``hub/middleware/hot_path.py``
+        calls it too)."""
+        if length is None and chunked is None:
+            return receive  # no body
         if length is not None and length.isdigit():
             if int(length) > self.max_bytes:
                 scope[REFUSED] = self._error()
             elif chunked is None:  # HTTP's framing: no more body is read than the length said
-                await self.app(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise self._error()
-            return message
-
-        await self.app(scope, limited, send)
+                return receive
+        return _Counted(receive, self.max_bytes, self._error).receive
 
     def _error(self) -> TooLarge:
         return TooLarge(f"the request body is over {self.max_bytes} bytes; send fewer rows")
+
+
+class _Counted:
+    """A ``receive`` that counts the body's bytes and raises past ``max_bytes``."""
+
+    __slots__ = ("_error", "_receive", "max_bytes", "seen")
+
+    def __init__(self, receive: Receive, max_bytes: int, error: Callable[[], TooLarge]) -> None:
+        self._receive = receive
+        self._error = error
+        self.max_bytes = max_bytes
+        self.seen = 0
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        self.seen += len(message.get("body", b""))
+        if self.seen > self.max_bytes:
+            raise self._error()
+        return message
 
 
 async def refuse_oversized(conn: HTTPConnection) -> None:

@@ -240,7 +240,7 @@ class Drain:
             await self.app(scope, receive, send)
             return
         if self.streams.closing:
-            await _refuse(kind, send, scope)
+            await refuse(kind, send, scope)
             return
         stream = _Stream(kind, receive, send)
         self.streams.add(stream)
@@ -251,12 +251,12 @@ class Drain:
             # has no answer yet with a 503 that says where its job is, not uvicorn's bare 500
             if not (self.streams.closing and kind == "http" and not stream.started):
                 raise
-            await _refuse(kind, send, scope, cut=True)
+            await refuse(kind, send, scope, cut=True)
         finally:
             self.streams.discard(stream)
 
 
-async def _refuse(kind: str, send: Send, scope: Scope, *, cut: bool = False) -> None:
+async def refuse(kind: str, send: Send, scope: Scope, *, cut: bool = False) -> None:
     if kind == "websocket":
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": REASON})
         return

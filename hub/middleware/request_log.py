@@ -33,17 +33,24 @@ second, are logged at DEBUG; its failures at INFO as any other."""
 
 
 def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The request id: ``X-Request-ID`` when it is a sane token, else the ``traceparent``
-    trace id, else a new one. ``headers`` are the ASGI scope's (lower-case names)."""
-    given = traceparent = ""
+    """The request id of a request with ``headers`` (the ASGI scope's: lower-case names)."""
+    given = traceparent = b""
     for name, value in headers:
         if name == b"x-request-id":
-            given = value.decode("latin-1").strip()
+            given = value
         elif name == b"traceparent":
-            traceparent = value.decode("latin-1").strip().lower()
+            traceparent = value
+    return request_id(given, traceparent)
+
+
+def request_id(x_request_id: bytes, traceparent: bytes) -> str:
+    """``X-Request-ID`` when it is a sane token, else the ``traceparent`` trace id, else a new
+    one (the headers' raw values; empty when absent)."""
+    given = x_request_id.decode("latin-1").strip() if x_request_id else ""
     if given and _SAFE_ID.fullmatch(given):
         return given
-    match = _TRACEPARENT.fullmatch(traceparent) if traceparent else None
+    parent = traceparent.decode("latin-1").strip().lower() if traceparent else ""
+    match = _TRACEPARENT.fullmatch(parent) if parent else None
     if match and match.group(1) != "0" * 32:
         return match.group(1)
     # 128 random bits as uuid4's hex is long: from the process's generator (reseeded at
@@ -67,7 +74,7 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         request_id = request_id_from(scope["headers"])
-        exchange = _Exchange(send, request_id)
+        exchange = Exchange(send, request_id)
         start = time.perf_counter()
         with bound(request_id=request_id) as context:
             try:
@@ -76,54 +83,63 @@ class RequestLog:
                 exchange.status = exchange.status or 500
                 raise
             finally:
-                seconds = time.perf_counter() - start
-                self._line(scope, exchange.status, exchange.close_code, seconds, context)
-                if self.observe is not None:
-                    self.observe(scope, exchange.status, seconds)
+                self.ended(scope, exchange, time.perf_counter() - start, context)
 
-    @staticmethod
-    def _line(
+    def ended(
+        self,
         scope: Scope,
-        status: int,
-        close_code: int | None,
+        exchange: Exchange,
         seconds: float,
         context: MutableMapping[str, Any],
     ) -> None:
-        path = scope.get("path", "")
-        method = scope.get("method", "WS")
-        quiet = path in QUIET_PATHS or (status < 400 and scope.get(HOT, False))
-        level = logging.DEBUG if quiet else logging.INFO
-        if not ACCESS.isEnabledFor(level):
-            return
-        client = scope.get("client")
-        fields: dict[str, Any] = {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "client": f"{client[0]}:{client[1]}" if client else None,
-        }
-        if close_code is not None:
-            fields["close_code"] = close_code
-        jobs: list[str] = context.get("_jobs") or []
-        if len(jobs) == 1:
-            fields["job_id"] = jobs[0]
-        elif jobs:
-            fields["job_ids"] = jobs
-        closed = f" close {close_code}" if close_code is not None else ""
-        ACCESS.log(
-            level,
-            "%s %s %s%s %.1fms",
-            method,
-            path,
-            status,
-            closed,
-            seconds * 1000,
-            extra=fields,
-        )
+        """The request's log line and its observation (``hub/middleware/hot_path.py`` too)."""
+        _line(scope, exchange.status, exchange.close_code, seconds, context)
+        if self.observe is not None:
+            self.observe(scope, exchange.status, seconds)
 
 
-class _Exchange:
+def _line(
+    scope: Scope,
+    status: int,
+    close_code: int | None,
+    seconds: float,
+    context: MutableMapping[str, Any],
+) -> None:
+    path = scope.get("path", "")
+    method = scope.get("method", "WS")
+    quiet = path in QUIET_PATHS or (status < 400 and scope.get(HOT, False))
+    level = logging.DEBUG if quiet else logging.INFO
+    if not ACCESS.isEnabledFor(level):
+        return
+    client = scope.get("client")
+    fields: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "client": f"{client[0]}:{client[1]}" if client else None,
+    }
+    if close_code is not None:
+        fields["close_code"] = close_code
+    jobs: list[str] = context.get("_jobs") or []
+    if len(jobs) == 1:
+        fields["job_id"] = jobs[0]
+    elif jobs:
+        fields["job_ids"] = jobs
+    closed = f" close {close_code}" if close_code is not None else ""
+    ACCESS.log(
+        level,
+        "%s %s %s%s %.1fms",
+        method,
+        path,
+        status,
+        closed,
+        seconds * 1000,
+        extra=fields,
+    )
+
+
+class Exchange:
     """What the log line needs of a response as it passes (a small object, not a closure and
     its cells: a WebSocket keeps it for as long as it is open)."""
 

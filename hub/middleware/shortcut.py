@@ -5,8 +5,10 @@ its included routers) and wraps the route in its exception and exit-stack layers
 one-row ``/v2 ... /infer`` that is a quarter of the hub's CPU. The routes given here (lean
 routes, ``hub/v2/lean.py``, which render their own errors; and the long-lived streams, whose
 per-request machinery would be kept for as long as they are open) are matched first and called
-directly; every other request goes on to the app (as every request does while tracing is on). It sits innermost, so the request log, the
-host check, the drain and the body limit see every request as before.
+directly; every other request goes on to the app (as every request does while tracing is on).
+It sits innermost, so the request log, the host check, the drain and the body limit see every
+request that gets here; the HTTP hot routes mostly do not: ``hot_path.py`` serves them ahead
+of the chain, doing those four layers' work itself.
 """
 
 from __future__ import annotations
