@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from contract import keys
 from contract.connection import connect, database
 from contract.events import Event, EventType
+from contract.jobstore import published_events
 from hub.observer import NOBODY, Observer
 
 log = logging.getLogger(__name__)
@@ -361,10 +362,10 @@ class Fanout:
         if handler is not None:
             handler(message["data"])
             return
-        event_id, _, raw = message["data"].partition(b" ")
-        try:
-            event = Event.from_wire(event_id.decode(), raw)
-        except Exception:
-            log.exception("dropping an undecodable event %r", event_id)
-            return
-        self.dispatch(event)
+        for event_id, raw in published_events(message["data"]):
+            try:
+                event = Event.from_wire(event_id, raw)
+            except Exception:
+                log.exception("dropping an undecodable event %r", event_id)
+                continue
+            self.dispatch(event)
