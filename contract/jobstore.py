@@ -9,12 +9,17 @@ Every key of a job and of its pool's queue carries the pool's hash tag (contract
 script touches one slot of a Redis Cluster. Each event is added to its pool's log first and then
 to the job's stream under the same id, so one id resumes both the job's feed and the pool's
 part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs.
+
+Concurrent creations of one owner, pool and priority are gathered (``contract/gather.py``) into
+one script call that creates them all, each with its own record, event and verdict, and queues
+them as one arq job (``RUN_JOBS``); concurrent transitions (the jobs a worker ends together) go
+in one call too. A lone one goes at once, as one call of its own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -27,16 +32,43 @@ from contract import keys, scripts
 from contract.connection import database
 from contract.errors import Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
+from contract.gather import Gatherer
 from contract.records import step_fields
+from contract.scripts import Script
 from contract.settings import Settings
 from contract.wire import dumps, loads
 
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""
+RUN_JOBS = "run_jobs"
+"""The name of the arq function that runs the jobs created together (``jobs``: each one's
+``run_job`` arguments and its ``job_id``)."""
 
 CREATE = scripts.load("create")
+CREATE_MANY = scripts.load("create_many")
 TRANSITION = scripts.load("transition")
+TRANSITION_MANY = scripts.load("transition_many")
 CANCEL = scripts.load("cancel")
+
+GATHER_MOST = 64
+"""Jobs in one gathered script call at most."""
+
+
+def published_events(data: bytes) -> list[tuple[str, bytes]]:
+    """The events of one publication on the events channel, as (id, event): one (``id
+    event``), or several that one call appended (``*``, then each one's id, its length and
+    itself, space-separated: append.lua's ``publish_all``)."""
+    if data[:1] != b"*":
+        event_id, _, raw = data.partition(b" ")
+        return [(event_id.decode(), raw)]
+    events, at = [], 1
+    while at < len(data):
+        gap = data.index(b" ", at)
+        start = data.index(b" ", gap + 1) + 1
+        end = start + int(data[gap + 1 : start - 1])
+        events.append((data[at:gap].decode(), data[start:end]))
+        at = end
+    return events
 
 
 def queue_score(now_ms: int, priority: int) -> int:
@@ -59,6 +91,24 @@ class Step:
     guard: tuple[str, int] | None = None
     outputs: bytes = b""  # the packed outputs to store once (contract/outputs.py), if any
     outputs_key: str = ""  # where: the job's outputs key unless said (a streamed chunk's)
+
+
+@dataclass(frozen=True)
+class _NewJob:
+    """A job to create: its arq arguments, and create.lua's keys and arguments for it."""
+
+    kwargs: dict[str, Any]
+    keys: dict[str, str]
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """One job's steps for transition.lua: its own keys and its steps' arguments."""
+
+    job_id: str
+    keys: dict[str, str]
+    steps: list[Any]
 
 
 class Created(IntEnum):
@@ -139,6 +189,9 @@ class JobStore:
         self.limits = limits
         self.db = database(redis)
         self._pools: set[str] = set()  # the pools this process knows are in keys.POOLS
+        self.creates = Gatherer(self._create_gathered, most=GATHER_MOST)
+        # gathered per pool: one call's keys lie in one slot
+        self.transitions = Gatherer(self._transition_gathered, most=GATHER_MOST)
 
     def _event(
         self, job_id: str, type_: EventType, model: str, owner: str, data: Any, ts: float = 0.0
@@ -191,8 +244,8 @@ class JobStore:
             idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
         event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
-        created, value = await self._create(
-            job_id,
+        job = _NewJob(
+            dict(job_kwargs),
             {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
@@ -221,6 +274,9 @@ class JobStore:
                 "fields": _flatten(record),
             },
         )
+        # one owner's jobs of one pool and priority, under the same bounds, may go together
+        bounds = (max_queued, max_queued_per_owner, max_stored_per_owner)
+        created, value = await self.creates((pool, record["owner"], priority, bounds), job)
         return Created(created), value.decode()
 
     async def _register(self, pool: str) -> None:
@@ -236,20 +292,81 @@ class JobStore:
         self._pools.update(p.decode() for p in found)
         return sorted(self._pools)
 
-    async def _create(self, job_id: str, call_keys: dict[str, str], args: dict[str, Any]) -> Any:
-        """Run the create script; with ``wait_replicas``, wait until that many replicas hold
+    async def _create_gathered(self, _line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
+        """Create the jobs in one call: create.lua for one, else create_many.lua, which
+        queues them as one arq job. Returns create.lua's answer per job."""
+        if len(jobs) == 1:
+            job = jobs[0]
+            return [await self._create(CREATE, job.keys, job.args, f"job {job.args['job_id']}")]
+        first = jobs[0]
+        # how many jobs and the first one's id: queue_stats.lua counts them and their age
+        batch_id = f"jobs-{len(jobs)}-{first.args['job_id']}"
+        now_ms = max(job.args["created_ms"] for job in jobs)
+        payload = serialize_job(
+            RUN_JOBS,
+            (),
+            {"jobs": [{"job_id": job.args["job_id"], **job.kwargs} for job in jobs]},
+            None,
+            now_ms,
+            serializer=dumps,
+        )
+        call_keys: dict[str, Any] = {
+            name: first.keys[name]
+            for name in ("log", "queue", "index", "owner_index", "owner_queued", "owner_bytes")
+        }
+        pool = keys.pool_of(first.args["job_id"])
+        call_keys.update(
+            arq_job=keys.arq_job_prefix(pool) + batch_id,
+            webhooks=keys.webhooks(pool),
+            jobs=[job.keys[n] for job in jobs for n in ("record", "events", "idempotency")],
+        )
+        per_job: list[Any] = []
+        for job in jobs:
+            a = job.args
+            per_job += (a["job_id"], a["event"], a["idem_value"], a["stored_bytes"])
+            per_job += (len(a["fields"]), *a["fields"])
+        args = {
+            name: first.args[name]
+            for name in (
+                "channel",
+                "ttl",
+                "job_maxlen",
+                "log_maxlen",
+                "score",
+                "wake",
+                "max_queued",
+                "max_owner_queued",
+                "max_owner_bytes",
+                "webhook_wake",
+            )
+        }
+        args.update(batch_id=batch_id, arq_payload=payload, created_ms=now_ms, jobs=per_job)
+        what = f"job {first.args['job_id']} (one of {len(jobs)} created together)"
+        answer: list[Any] = await self._create(CREATE_MANY, call_keys, args, what)
+        return answer
+
+    async def _create(
+        self,
+        script: Script,
+        call_keys: Mapping[str, Any],
+        args: Mapping[str, Any],
+        what: str = "",
+    ) -> Any:
+        """Run a create script; with ``wait_replicas``, wait until that many replicas hold
         what it wrote (a failover then promotes one that has it), else raise Unavailable."""
         need = self.limits.wait_replicas
         if not need:
-            return await CREATE(self.redis, call_keys, args)
+            return await script(self.redis, call_keys, args)
         try:
-            result, replicas = await self._create_and_wait(call_keys, args)
+            result, replicas = await self._create_and_wait(script, call_keys, args)
         except NoScriptError:  # a new master (a failover) or a restart forgot the script
-            await CREATE.ensure(self.redis)
-            result, replicas = await self._create_and_wait(call_keys, args)
-        if result[0] in (Created.CREATED, Created.REPEAT) and replicas < need:
+            await script.ensure(self.redis)
+            result, replicas = await self._create_and_wait(script, call_keys, args)
+        answers = [result] if script is CREATE else result
+        done = (Created.CREATED, Created.REPEAT)
+        if any(answer[0] in done for answer in answers) and replicas < need:
             raise Unavailable(
-                f"job {job_id} was written but only {replicas} of the {need} Redis replicas "
+                f"{what} was written but only {replicas} of the {need} Redis replicas "
                 f"asked for (INFERHUB_REDIS_WAIT_REPLICAS) confirmed it within "
                 f"{self.limits.wait_timeout_ms} ms, so a failover could lose it. It may exist "
                 "and run: retry with the same Idempotency-Key, which cannot make a second job",
@@ -259,12 +376,12 @@ class JobStore:
         return result
 
     async def _create_and_wait(
-        self, call_keys: dict[str, str], args: dict[str, Any]
+        self, script: Script, call_keys: Mapping[str, Any], args: Mapping[str, Any]
     ) -> tuple[Any, int]:
         # one pipeline, so one connection: WAIT counts the replicas that acknowledged the
         # writes of the connection it is sent on
         async with self.redis.pipeline(transaction=False) as pipe:
-            CREATE.queue(pipe, call_keys, args)
+            script.queue(pipe, call_keys, args)
             pipe.execute_command("WAIT", self.limits.wait_replicas, self.limits.wait_timeout_ms)
             result, replicas = await pipe.execute()
         return result, int(replicas)
@@ -297,30 +414,55 @@ class JobStore:
                 len(fields),
                 *fields,
             )
-        lim = self.limits
         pool = keys.pool_of(job_id)
-        results = await TRANSITION(
-            self.redis,
+        job = _Steps(
+            job_id,
             {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.events_log(pool),
                 "cancel": keys.job_cancel(job_id),
                 "owner_queued": keys.owner_queued(pool, owner),
                 "outputs": stored.pop() if stored else keys.job_outputs(job_id),
-                "webhooks": keys.webhooks(pool),
             },
-            {
-                "channel": keys.events_channel(pool, self.db),
-                "ttl": lim.ttl_s,
-                "job_maxlen": lim.job_maxlen,
-                "log_maxlen": lim.log_maxlen,
-                "job_id": job_id,
-                "webhook_wake": keys.webhooks_wake(pool, self.db),
-                "steps": flat,
-            },
+            flat,
         )
+        if any(len(st.outputs) > self.limits.inline_output_bytes for st in steps):
+            (results,) = await self._transition_gathered(pool, (job,))  # large: on its own
+        else:
+            results = await self.transitions(pool, job)
         return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
+
+    async def _transition_gathered(self, line: Hashable, jobs: Sequence[_Steps]) -> list[Any]:
+        """Apply the jobs' steps (of one pool: ``line``) in one call: transition.lua for one
+        job, else transition_many.lua. Returns transition.lua's answer per job."""
+        lim = self.limits
+        pool = str(line)
+        shared = {
+            "channel": keys.events_channel(pool, self.db),
+            "ttl": lim.ttl_s,
+            "job_maxlen": lim.job_maxlen,
+            "log_maxlen": lim.log_maxlen,
+            "webhook_wake": keys.webhooks_wake(pool, self.db),
+        }
+        if len(jobs) == 1:
+            job = jobs[0]
+            call_keys = {**job.keys, "log": keys.events_log(pool), "webhooks": keys.webhooks(pool)}
+            args = {**shared, "job_id": job.job_id, "steps": job.steps}
+            return [await TRANSITION(self.redis, call_keys, args)]
+        names = ("record", "events", "cancel", "owner_queued", "outputs")
+        per_job: list[Any] = []
+        for job in jobs:
+            per_job += (job.job_id, len(job.steps), *job.steps)
+        answer: list[Any] = await TRANSITION_MANY(
+            self.redis,
+            {
+                "log": keys.events_log(pool),
+                "webhooks": keys.webhooks(pool),
+                "jobs": [job.keys[n] for job in jobs for n in names],
+            },
+            {**shared, "jobs": per_job},
+        )
+        return answer
 
     async def cancel(self, job_id: str, *, model: str, owner: str) -> str:
         """Cancel: at once when queued, at the next chunk when running. Returns the status found."""

@@ -29,6 +29,7 @@ from contract import keys
 from contract.channels import Subscriber
 from contract.connection import connect, database
 from contract.events import Event, EventType
+from contract.jobstore import published_events
 from hub.observer import NOBODY, Observer
 
 log = logging.getLogger(__name__)
@@ -462,10 +463,10 @@ class Fanout:
         if handler is not None:
             handler(data)
             return
-        event_id, _, raw = data.partition(b" ")
-        try:
-            event = Event.from_wire(event_id.decode(), raw)
-        except Exception:
-            log.exception("dropping an undecodable event %r", event_id)
-            return
-        self.dispatch(event)
+        for event_id, raw in published_events(data):
+            try:
+                event = Event.from_wire(event_id, raw)
+            except Exception:
+                log.exception("dropping an undecodable event %r", event_id)
+                continue
+            self.dispatch(event)

@@ -1,4 +1,5 @@
-"""uvicorn's server, shutting down as ``hub/middleware/drain.py`` describes."""
+"""uvicorn's server, shutting down as ``hub/middleware/drain.py`` describes, with a leaner
+WebSocket protocol (``hub/wsprotocol.py``)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from typing import Any
 import uvicorn
 
 from hub.middleware.drain import Streams
+from hub.wsprotocol import WebSocketProtocol
 
 log = logging.getLogger(__name__)
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, shutting down in the steps of this module within ``grace_s``."""
+    """uvicorn's server, shutting down in the steps of this module within ``grace_s``, its
+    WebSockets served by ``hub/wsprotocol.py``."""
 
     def __init__(self, config: uvicorn.Config, streams: Streams, grace_s: float) -> None:
+        config.ws = WebSocketProtocol  # read when the server loads the config
         super().__init__(config)
         self.streams = streams
         streams.connections = self.server_state.connections

@@ -32,16 +32,23 @@ from hub.app import create_app
 from hub.delivery import Delivery, Topic
 from hub.fanout import Fanout
 from hub.server import Server
+from hub.wsprotocol import Inbox, WebSocketProtocol
 
 SUBSCRIBERS = 12  # of each transport
 TYPES = ["queued", "started", "succeeded"]
 
 
 @pytest.fixture
-def hub(stack: Stack) -> Iterator[str]:
-    """The hub app served by uvicorn in this process (on a thread of its own, as ``inferhub
-    serve`` runs it), with a worker behind it."""
+def hub(stack: Stack, server: Server) -> str:
+    """The hub's URL, with a worker behind it."""
     stack.first_worker()
+    return f"http://127.0.0.1:{server.config.port}"
+
+
+@pytest.fixture
+def server(stack: Stack) -> Iterator[Server]:
+    """The hub app served by uvicorn in this process (on a thread of its own, as ``inferhub
+    serve`` runs it)."""
     app = create_app(stack.settings)
     port = free_port()
     config = uvicorn.Config(
@@ -52,7 +59,7 @@ def hub(stack: Stack) -> Iterator[str]:
     thread.start()
     try:
         wait_for(lambda: server.started, timeout=30, what="the hub started")
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         thread.join()
@@ -104,6 +111,45 @@ async def test_one_event_to_many_subscribers_is_encoded_once_per_transport(hub: 
     encoded = frames.ENCODED - before
     # three events, each encoded once for all WebSocket and once for all SSE subscribers
     assert encoded == {"ws": len(TYPES), "sse": len(TYPES)}, encoded
+
+
+# --- what an open WebSocket keeps (hub/wsprotocol.py) ---------------------------------------
+
+
+async def test_an_open_websocket_keeps_no_handshake_headers(server: Server) -> None:
+    url = f"ws://127.0.0.1:{server.config.port}/v1/ws"
+    async with websockets.connect(url) as ws:
+        await ws.send('{"type": "ping", "ref": 1}')  # through the protocol's inbox
+        assert orjson.loads(await ws.recv()) == {"type": "pong", "ref": 1}
+        [protocol] = [c for c in server.server_state.connections if c.scope["path"] == "/v1/ws"]
+        assert isinstance(protocol, WebSocketProtocol)
+        assert isinstance(protocol.queue, Inbox)
+        assert dict(protocol.scope["headers"])[b"upgrade"] == b"websocket"  # the app's copy
+        assert len(protocol.request.headers) == 0
+        assert len(protocol.response.headers) == 0
+
+
+async def test_inbox_hands_messages_in_order_to_its_reader() -> None:
+    inbox = Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)  # waiting
+    inbox.put_nowait({"type": "websocket.receive", "text": "1"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "2"})
+    assert (await reader)["text"] == "1"
+    assert (await inbox.get())["text"] == "2"
+    assert inbox.empty()
+
+
+async def test_inbox_gives_the_next_reader_a_message_woken_for_a_canceled_one() -> None:
+    inbox = Inbox()
+    first, second = asyncio.create_task(inbox.get()), asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)  # both waiting
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})  # wakes the first
+    first.cancel()
+    assert (await asyncio.wait_for(second, 5))["type"] == "websocket.disconnect"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert inbox.empty()
 
 
 # --- the index and the direct path, without a socket -----------------------------------------
