@@ -18,6 +18,7 @@ in one call too. A lone one goes at once, as one call of its own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,7 @@ class JobStore:
         self.limits = limits
         self.db = database(redis)
         self._pools: set[str] = set()  # the pools this process knows are in keys.POOLS
+        self._registering: dict[str, asyncio.Future[Any]] = {}
         self.creates = Gatherer(self._create_gathered, most=GATHER_MOST)
         # gathered per pool: one call's keys lie in one slot
         self.transitions = Gatherer(self._transition_gathered, most=GATHER_MOST)
@@ -281,10 +283,21 @@ class JobStore:
 
     async def _register(self, pool: str) -> None:
         """Add the pool to ``keys.POOLS`` (once per process) before its first job, so that
-        listings and the all-jobs feed find its index and log."""
-        if pool not in self._pools:
-            await self.redis.sadd(keys.POOLS, pool)  # type: ignore[misc]  # redis-py types sync and async as one
-            self._pools.add(pool)
+        listings and the all-jobs feed find its index and log. Concurrent first jobs of a pool
+        wait for the one addition, and go on in the order they came (as they are gathered)."""
+        if pool in self._pools:
+            return
+        adding = self._registering.get(pool)
+        if adding is None:
+            adding = self._registering[pool] = asyncio.ensure_future(
+                self.redis.sadd(keys.POOLS, pool)  # type: ignore[arg-type]  # redis-py types sync and async as one
+            )
+        try:
+            await asyncio.shield(adding)
+        finally:
+            if self._registering.get(pool) is adding and adding.done():
+                del self._registering[pool]
+        self._pools.add(pool)
 
     async def pools(self) -> list[str]:
         """Every pool that has had a job, sorted."""

@@ -31,6 +31,7 @@ from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step, publish
 from contract.wire import loads
 
 JOBS = 8
+TOPOLOGIES = ("single", "cluster")
 
 
 @pytest.fixture
