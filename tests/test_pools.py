@@ -29,6 +29,8 @@ from stack import Hub, Stack
 from contract import keys
 from contract.channels import Subscriber, publish
 from contract.connection import ClusterTarget, cluster_target, connect
+from contract.events import Event, EventType
+from contract.jobstore import Position
 from contract.settings import Settings
 
 TOPOLOGIES = ("single", "cluster")
@@ -221,3 +223,20 @@ def test_a_pool_moved_to_another_master_goes_on(
         assert all(node.exists(keys.job(job["id"])) for job in [*after, r.json()])
     with Redis(port=was) as node:
         assert node.execute_command("CLUSTER", "COUNTKEYSINSLOT", key_slot(queue.encode())) == 0
+
+
+def test_a_feed_position_is_a_base_and_an_id_per_pool() -> None:
+    plain = Position.parse("1700000000000-3")
+    assert (plain.base, dict(plain.pools)) == ((1700000000000, 3), {})
+    both = Position.parse("0,b:5-1,c.x:7-0")
+    assert both.of("b") == (5, 1) and both.of("c.x") == (7, 0) and both.of("d") == (0, 0)
+    assert str(both) == "0-0,b:5-1,c.x:7-0" and Position.parse(str(both)) == both
+    moved = both.past([_event("b.0", "9-0"), _event("d.0", "3-2"), _event("b.1", "6-0")])
+    assert dict(moved.pools) == {"b": (9, 0), "c.x": (7, 0), "d": (3, 2)}
+    for bad in ("b:5-1", "0,b", "0,b:x", "0,{b}:5-0", "0,:5-0"):
+        with pytest.raises(ValueError):
+            Position.parse(bad)
+
+
+def _event(job_id: str, event_id: str) -> Event:
+    return Event(id=event_id, job_id=job_id, type=EventType.QUEUED, ts=0.0, model="m", owner="o")
