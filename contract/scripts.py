@@ -71,7 +71,9 @@ class Script:
     def queue(self, pipe: Pipeline, keys: Mapping[str, Any], args: Mapping[str, Any]) -> None:
         """Add a call to a pipeline (run ``ensure`` on NoScriptError and execute it again)."""
         key_list, arg_list = self.positions(keys, args)
-        pipe.evalsha(self.sha, len(key_list), *key_list, *arg_list)
+        # as a bare command: redis-py's cluster pipeline refuses its evalsha method, yet sends
+        # the command to the master of its keys' slot
+        pipe.execute_command("EVALSHA", self.sha, len(key_list), *key_list, *arg_list)
 
     async def ensure(self, redis: Redis) -> None:
         await redis.script_load(self.source)

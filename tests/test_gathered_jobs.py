@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job_raw
 from helpers import ROOT, TestClient, build_slow, job_events, wait_for, wait_job
 from redis import Redis as SyncRedis
@@ -25,12 +24,14 @@ from sklearn.datasets import load_digits
 from stack import Stack
 
 from contract import keys, scripts
+from contract.channels import Subscriber
 from contract.connection import connect
 from contract.events import EventType, JobStatus
 from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step, published_events
 from contract.wire import loads
 
 JOBS = 8
+TOPOLOGIES = ("single", "cluster")
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def pool() -> str:
 
 def new_job(pool: str, fingerprint: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A record and the arq arguments of a one-row job, as the hub makes them."""
-    job_id, owner = uuid.uuid4().hex, f"t-{pool}"
+    job_id, owner = keys.new_job_id(pool), f"t-{pool}"
     record = {
         "id": job_id,
         "model": "m",
@@ -83,19 +84,23 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
         assert 0 < await r.ttl(keys.job(job_id)) <= 600
         assert 0 < await r.ttl(keys.job_events(job_id)) <= 600
     owner = jobs[0][0]["owner"]
-    for index in (keys.owner_queued(owner), keys.owner_jobs(owner)):
+    for index in (keys.owner_queued(pool, owner), keys.owner_jobs(pool, owner)):
         assert {m.decode() for m in await r.zrange(index, 0, -1)} == set(ids)
     queued = [m.decode() for m in await r.zrange(keys.queue(pool), 0, -1)]
     assert len(queued) == 2 and ids[0] in queued  # the lone job as ever, and one batch
     (batch,) = [m for m in queued if m != ids[0]]
-    raw = await r.get(job_key_prefix + batch)
+    raw = await r.get(keys.arq_job_prefix(pool) + batch)
     function, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
     assert function == RUN_JOBS
     assert [job["job_id"] for job in kwargs["jobs"]] == ids[1:]
     assert all(job["owner"] == owner and job["model"] == "m" for job in kwargs["jobs"])
     # the pool's depth counts jobs, not queue entries
     stats = scripts.load("queue_stats")
-    args = {"in_progress_prefix": "arq:in-progress:", "job_prefix": keys.job(""), "scan": 100}
+    args = {
+        "in_progress_prefix": keys.in_progress_prefix(pool),
+        "job_prefix": keys.job_prefix(pool),
+        "scan": 100,
+    }
     total, running, oldest = await stats(r, {"queue": keys.queue(pool)}, args)
     assert (total, running, float(oldest)) == (JOBS, 0, jobs[0][0]["created_at"])
     await r.zrem(keys.queue(pool), ids[0])  # the batch alone: its age is its first job's
@@ -112,16 +117,15 @@ def test_published_events_reads_one_or_several() -> None:
 
 async def test_gathered_events_go_out_in_one_publication(r: Redis, pool: str) -> None:
     store = JobStore(r, Limits(ttl_s=600))
-    async with r.pubsub(ignore_subscribe_messages=True) as pubsub:
-        await pubsub.subscribe(keys.events_channel(store.db))
+    async with Subscriber(r) as pubsub:
+        await pubsub.subscribe(keys.events_channel(pool, store.db))
         jobs = [new_job(pool) for _ in range(JOBS)]
         results = await asyncio.gather(*(store.create(rec, a, pool=pool) for rec, a in jobs))
         messages = []
         async with asyncio.timeout(10):
             while len(messages) < 2:  # the lone job's, then the others' together
-                message = await pubsub.get_message(timeout=1)  # None: the subscription's
-                if message is not None:
-                    messages.append(published_events(message["data"]))
+                _, data = await pubsub.get()
+                messages.append(published_events(data))
     ids = [event_id for _, event_id in results]
     assert [[event_id for event_id, _ in m] for m in messages] == [ids[:1], ids[1:]]
     for (rec, _), (_, raw) in zip(jobs, messages[0] + messages[1], strict=True):
@@ -152,13 +156,13 @@ async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) ->
     )
     assert results[2][1] == f"{jobs[1][0]['id']} fp"  # the first job of the key
     made = [rec["id"] for (rec, _), v in zip(jobs, verdicts, strict=True) if v is Created.CREATED]
-    assert await r.zcard(keys.owner_queued(owner)) == 4
+    assert await r.zcard(keys.owner_queued(pool, owner)) == 4
     for rec, _ in jobs:
         assert bool(await r.exists(keys.job(rec["id"]))) is (rec["id"] in made)
 
     # the same jobs again (as a retried command): each one made is found made, none doubles;
     # the others are made now (no key, no bound this time)
-    log_before = await r.xlen(keys.EVENTS_STREAM)
+    log_before = await r.xlen(keys.events_log(pool))
     retried = await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs))
     made_twice = [
         v for (rec, _), (v, value) in zip(jobs, retried, strict=True) if rec["id"] in made
@@ -169,7 +173,7 @@ async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) ->
     )
     for job_id in made:
         assert await r.xlen(keys.job_events(job_id)) == 1
-    assert await r.xlen(keys.EVENTS_STREAM) == log_before + JOBS - 4
+    assert await r.xlen(keys.events_log(pool)) == log_before + JOBS - 4
 
 
 async def test_concurrent_transitions_go_in_one_call(r: Redis, pool: str) -> None:
@@ -204,7 +208,7 @@ async def test_concurrent_transitions_go_in_one_call(r: Redis, pool: str) -> Non
             loads(body[b"e"])["type"] for _, body in await r.xrange(keys.job_events(rec["id"]))
         ]
         assert types == ["queued", "started", "succeeded"]
-    assert await r.zcard(keys.owner_queued(jobs[0][0]["owner"])) == 0
+    assert await r.zcard(keys.owner_queued(pool, jobs[0][0]["owner"])) == 0
     # again (a retried call): the guard and the statuses refuse every step, nothing doubles
     again = await asyncio.gather(
         *(

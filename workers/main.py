@@ -100,7 +100,7 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
         if "serving" in ctx:
             await ctx["serving"].close()
         with contextlib.suppress(Exception):
-            await leave(ctx["redis"], worker_id)
+            await leave(ctx["redis"], worker_id, settings.pool)
 
     loop = WorkerLoop(
         # the model's own timeout fails the job cleanly first; this one is the backstop

@@ -1,6 +1,10 @@
 -- Shared by the job scripts (prepended to each that says "uses: append").
 
--- Add an event to the global log and, under the same id, to the job's stream; publish it
+-- Sharded pub/sub from Redis 7 (a channel of the script's slot: keys.py tags them), plain
+-- before it, as contract/channels.py subscribes (REDIS_VERSION_NUM exists from 7.0).
+local PUBLISH = (redis.REDIS_VERSION_NUM or 0) >= 0x070000 and 'SPUBLISH' or 'PUBLISH'
+
+-- Add an event to its pool's log and, under the same id, to the job's stream; publish it
 -- ('id event'), or with `published` (a table) keep it there for `publish_all`.
 -- With a `ttl`, the job's stream expires that long from now; with false it keeps the expiry
 -- it has (the job's steps: the stream was given the job's TTL when `queued` created it).
@@ -11,7 +15,7 @@ local function append(log, stream, channel, event, ttl, job_maxlen, log_maxlen, 
   if published then
     table.insert(published, id .. ' ' .. #event .. ' ' .. event)
   else
-    redis.call('PUBLISH', channel, id .. ' ' .. event)
+    redis.call(PUBLISH, channel, id .. ' ' .. event)
   end
   return id
 end
@@ -19,7 +23,7 @@ end
 -- Publish the events `append` kept, in order, in one message: '*', then each one's id, its
 -- length and itself, space-separated (contract/jobstore.py's `published_events` reads it).
 local function publish_all(channel, published)
-  if #published > 0 then redis.call('PUBLISH', channel, '*' .. table.concat(published)) end
+  if #published > 0 then redis.call(PUBLISH, channel, '*' .. table.concat(published)) end
 end
 
 -- Set the record's fields from ARGV[first], ARGV[first + 1], ... (field, value pairs), in one
@@ -39,7 +43,7 @@ local function push_webhook(due, wake, job_id, status, id, wanted)
     return
   end
   redis.call('ZADD', due, string.match(id, '^%d+'), job_id .. ' ' .. id .. ' 1')
-  redis.call('PUBLISH', wake, '')
+  redis.call(PUBLISH, wake, '')
 end
 
 

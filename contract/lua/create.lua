@@ -4,12 +4,15 @@
 -- Returns {1, event id} (created; {1, ''} for a retried create), {0, idempotency value} (the
 -- key was used: a repeat), {2, ''} (the pool's queue is full), {3, ''} (the owner's share of
 -- it is), or {4, total} (the owner's stored bytes would pass the bound). A webhook that wants
--- `queued` is queued (append.lua). create_many.lua creates several jobs in one call.
+-- `queued` is queued (append.lua). create_many.lua creates several jobs in one call. An empty
+-- `idem_value` says there is no idempotency key: `idempotency` is then only a name in the
+-- pool's slot, never read nor written.
 -- uses: append
 -- KEYS: record events log idempotency arq_job queue index owner_index owner_queued owner_bytes webhooks
 -- ARGV: channel event ttl job_maxlen log_maxlen idem_value arq_payload score created_ms wake job_id max_queued max_owner_queued stored_bytes max_owner_bytes webhook_wake fields...
 local K, A = KEYS, ARGV
 local record, idempotency = K[1], K[4]
+if A[6] == '' then idempotency = '' end
 local ttl, job_id, stored = tonumber(A[3]), A[11], tonumber(A[14])
 
 if redis.call('EXISTS', record) == 1 then return {1, ''} end
@@ -33,5 +36,5 @@ redis.call('PSETEX', K[5], ttl * 1000, A[7])
 redis.call('ZADD', K[6], A[8], job_id)
 owner_add(owner, job_id, stored)
 owner_list(owner)
-redis.call('PUBLISH', A[10], '')
+redis.call(PUBLISH, A[10], '')
 return {1, id}

@@ -9,8 +9,9 @@
 -- uses: append
 -- KEYS: log queue arq_job index owner_index owner_queued owner_bytes webhooks jobs...
 -- ARGV: channel ttl job_maxlen log_maxlen batch_id arq_payload score created_ms wake max_queued max_owner_queued max_owner_bytes webhook_wake jobs...
--- The keys of each job (`jobs...`): record events idempotency (its key, or ''); its arguments:
--- job_id event idem_value stored_bytes n, then n arguments, the record's (field, value, ...).
+-- The keys of each job (`jobs...`): record events idempotency; its arguments: job_id event
+-- idem_value stored_bytes n, then n arguments, the record's (field, value, ...). An empty
+-- idem_value says the job has no idempotency key (its name, in the pool's slot, is unused).
 local K, A = KEYS, ARGV
 local ttl, created_ms = tonumber(A[2]), tonumber(A[8])
 local room = redis.call('ZCARD', K[2]) < tonumber(A[10])
@@ -25,6 +26,7 @@ local key = 9
 local i = 14
 while i <= #A do
   local record, events, idempotency = K[key], K[key + 1], K[key + 2]
+  if A[i + 2] == '' then idempotency = '' end
   local job_id, stored, first, last = A[i], tonumber(A[i + 3]), i + 5, i + 4 + tonumber(A[i + 4])
   local existing = idempotency ~= '' and redis.call('GET', idempotency)
   if retried and redis.call('EXISTS', record) == 1 then
@@ -59,7 +61,7 @@ if #owner.added > 0 then
   redis.call('PSETEX', K[3], ttl * 1000, A[6])
   redis.call('ZADD', K[2], A[7], A[5])
   owner_list(owner)
-  redis.call('PUBLISH', A[9], '')
+  redis.call(PUBLISH, A[9], '')
 end
 publish_all(A[1], published)
 return results

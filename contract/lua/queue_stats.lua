@@ -8,7 +8,7 @@
 local total = redis.call('ZCARD', KEYS[1])
 local running, oldest = 0, nil
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
-  local n, first = string.match(id, '^jobs%-(%d+)%-(%x+)$')
+  local n, first = string.match(id, '^jobs%-(%d+)%-(.+)$')
   local jobs = tonumber(n) or 1
   total = total + jobs - 1
   if redis.call('EXISTS', ARGV[1] .. id) == 1 then
