@@ -12,6 +12,7 @@ a write whose socket buffer is full arms a timer: a client that stopped reading 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from contract.events import Event
 from hub import frames
-from hub.delivery import Reset
+from hub.delivery import Reset, Resumed
 from hub.eventsource import MEDIA_TYPE
 from hub.fanout import SlowConsumer, Tick
 from hub.outbox import Outbox, Stuck
@@ -41,17 +42,20 @@ RESET = (
 
 class EventStream(Response):
     """Batches of events (``service.follow``/``feed``) as a ``text/event-stream``. Make it
-    first, and hand its ``outbox`` to the delivery as its sink."""
+    first, and hand its ``outbox`` to the delivery as its sink. A ``feed`` (the all-jobs feed)
+    sends resume tokens as its events' ids (hub/frames.py)."""
 
     media_type = MEDIA_TYPE
 
-    def __init__(self, slow_s: float) -> None:
+    def __init__(self, slow_s: float, *, feed: bool = False) -> None:
         # as a StreamingResponse starts: no body, so no content-length
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self.slow_s = slow_s
-        self.outbox = Outbox(_chunk, slow_s)  # its wire once the response started
+        self.feed = feed
+        # its wire once the response started
+        self.outbox = Outbox(functools.partial(_chunk, feed=feed), slow_s, resume_tokens=True)
         self.batches: AsyncIterator[Sequence[Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,7 +93,7 @@ class EventStream(Response):
         raw = wire is not None and wire.chunked
         if raw:
             self.outbox.wire = wire
-        encode = _chunk_of if raw else _frame
+        encode = functools.partial(_chunk_of if raw else _frame, feed=self.feed)
         write = self.outbox.write if raw else self._sender(send, wire)
         try:
             if not await write([frames.chunk(OPENING) if raw else OPENING]):
@@ -138,20 +142,26 @@ class EventStream(Response):
         return write
 
 
-def _frame(item: Event | Reset | Tick) -> bytes:
+def _frame(item: Event | Resumed | Reset | Tick, feed: bool) -> bytes:
     if isinstance(item, Event):
-        return frames.sse(item)
+        return frames.feed_sse(item) if feed else frames.sse(item)
+    if isinstance(item, Resumed):
+        return frames.resumed(item.event, item.token)
     return RESET if isinstance(item, Reset) else PING
 
 
-def _chunk_of(item: Event | Reset | Tick) -> bytes:
+def _chunk_of(item: Event | Resumed | Reset | Tick, feed: bool) -> bytes:
     """An item as one chunk of the response; an event's is shared by every stream."""
-    return frames.sse_chunk(item) if isinstance(item, Event) else frames.chunk(_frame(item))
+    if isinstance(item, Event):
+        return frames.feed_sse_chunk(item) if feed else frames.sse_chunk(item)
+    return frames.chunk(_frame(item, feed))
 
 
-def _chunk(item: Any) -> bytes | None:
+def _chunk(item: Any, feed: bool) -> bytes | None:
     """An event as the fan-out writes it (None: anything else is for the writer)."""
-    return frames.sse_chunk(item) if isinstance(item, Event) else None
+    if isinstance(item, Event):
+        return frames.feed_sse_chunk(item) if feed else frames.sse_chunk(item)
+    return frames.chunk(_frame(item, feed)) if isinstance(item, Resumed) else None
 
 
 async def _disconnected(receive: Receive) -> None:
