@@ -31,10 +31,10 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)  # the lifespan's start-up, then listening
         # The collector's full passes scan every object the hub holds; while 10,000 subscribers
-        # connect there were 9 of them, 0.7-2.1 s at the longest. Start-up's objects (modules,
-        # routes, models' schemas) never become garbage: freeze them out of the scans; and a
+        # connect there were 8-9 of them, 0.6-2.1 s at the longest. Start-up's objects (108,000:
+        # modules, routes, schemas) never become garbage: freeze them out of the scans; and a
         # full pass at most once per 100 middle-generation passes, not 10. Both: 1 full pass of
-        # 0.38-0.40 s, the same 22 KiB per idle connection (bench/fanout.py --gc-stats, README).
+        # 0.35-0.51 s, the same 22 KiB per idle connection (bench/fanout.py --gc-stats, README).
         gc.collect()
         gc.freeze()
         young, middle, _ = gc.get_threshold()
