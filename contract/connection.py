@@ -1,11 +1,15 @@
 """Redis clients that ride out a short outage (a restart, a Sentinel failover) by retrying.
 
 Every process builds its clients here, from ``INFERHUB_REDIS_URL``: one Redis
-(``redis://host:port/db``, ``rediss://``, ``unix://``) or a master watched by Sentinel
+(``redis://host:port/db``, ``rediss://``, ``unix://``), a master watched by Sentinel
 (``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``, with
-``?sentinel_password=`` when the sentinels ask for one). A Sentinel client asks the sentinels
-where the master is each time it connects, and drops a connection to a master that was demoted,
-so after a failover the next connection reaches the new master by itself.
+``?sentinel_password=`` when the sentinels ask for one), or a Redis Cluster
+(``redis+cluster://[[user]:password@]host:port[,host:port...]/``: any of its nodes, it finds the
+others). A Sentinel client asks the sentinels where the master is each time it connects, and
+drops a connection to a master that was demoted, so after a failover the next connection reaches
+the new master by itself. A cluster client sends each command to the master of its keys' slot
+and follows MOVED and ASK (a resharding, a failover); every key of a pool carries its hash tag
+(contract/keys.py), so one script's keys are on one node.
 
 A command that meets a dropped connection is retried with backoff for a few seconds before the
 error reaches the caller, so a Redis restart or a failover costs latency, not failed requests.
@@ -15,11 +19,13 @@ Every state change is a guarded Lua script, so a retried command cannot end a jo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+import redis.cluster
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -31,9 +37,12 @@ from redis.sentinel import Sentinel as BlockingSentinel
 RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, OSError]
 
 SENTINEL_SCHEME = "redis+sentinel"
-SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+CLUSTER_SCHEME = "redis+cluster"
+SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, CLUSTER_SCHEME)
 SENTINEL_PORT = 26379
+CLUSTER_PORT = 6379
 SENTINEL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]"
+CLUSTER_FORM = "redis+cluster://[[user]:password@]host:port[,host:port...]/"
 
 
 @dataclass(frozen=True)
@@ -66,10 +75,37 @@ def check_url(url: str) -> str:
     if scheme not in SCHEMES:
         raise ValueError(
             f"the Redis URL's scheme is {scheme or 'missing'!r}: use redis://host:port/db, "
-            f"rediss://, unix:// or {SENTINEL_FORM}"
+            f"rediss://, unix://, {SENTINEL_FORM} or {CLUSTER_FORM}"
         )
     sentinel_target(url)
+    cluster_target(url)
     return url
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """What a ``redis+cluster://`` URL names: some of the cluster's nodes, and credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+def cluster_target(url: str) -> ClusterTarget | None:
+    """The Redis Cluster a ``redis+cluster://`` URL names (None for any other URL)."""
+    parts = urlsplit(url)
+    if parts.scheme != CLUSTER_SCHEME:
+        return None
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    if not hosts or parts.path.strip("/") or parts.query:
+        # a cluster has database 0 only
+        raise ValueError(f"a Redis Cluster URL is {CLUSTER_FORM}: got {_redacted(url)}")
+    return ClusterTarget(
+        nodes=tuple(_node(h, CLUSTER_PORT, "cluster node") for h in hosts.split(",")),
+        username=unquote(username) or None,
+        password=unquote(password) if userinfo else None,
+    )
 
 
 def sentinel_target(url: str) -> SentinelTarget | None:
@@ -90,7 +126,7 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     if len(path) == 2 and not path[1].isdigit():
         raise ValueError(f"the database of a Sentinel URL is a number, got {path[1]!r}")
     return SentinelTarget(
-        nodes=tuple(_node(h) for h in hosts.split(",")),
+        nodes=tuple(_node(h, SENTINEL_PORT, "sentinel") for h in hosts.split(",")),
         service=unquote(path[0]),
         db=int(path[1]) if len(path) == 2 else 0,
         username=unquote(username) or None,
@@ -100,12 +136,12 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     )
 
 
-def _node(text: str) -> tuple[str, int]:
+def _node(text: str, default_port: int, what: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
     if not colon:
-        host, port = text, str(SENTINEL_PORT)
+        host, port = text, str(default_port)
     if not host or not port.isdigit():
-        raise ValueError(f"a sentinel is host:port, got {text!r}")
+        raise ValueError(f"a {what} is host:port, got {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -146,15 +182,25 @@ def _retry() -> Retry:
 
 
 def connect(url: str, *, retry: bool = True) -> Redis:
-    """A client of ``url``'s Redis (of the master, for a Sentinel URL). Without ``retry`` a
-    dropped connection surfaces at once (a pub/sub reader must learn of its gap)."""
+    """A client of ``url``'s Redis (of the master, for a Sentinel URL; of the cluster, for a
+    cluster URL: a RedisCluster, which takes the commands inferhub sends as Redis does, but
+    not ``pubsub``: see ``pubsub`` below). Without ``retry`` a dropped connection surfaces at
+    once (a pub/sub reader must learn of its gap)."""
     options: dict[str, Any] = {"socket_connect_timeout": 2, "health_check_interval": 10}
     if retry:
         options |= {"retry": _retry(), "retry_on_error": RETRY_ON}
+    cluster = cluster_target(url)
+    if cluster is not None:
+        options.pop("health_check_interval")  # a cluster node's connections take no such option
+        nodes = [ClusterNode(host, port) for host, port in cluster.nodes]
+        client = RedisCluster(
+            startup_nodes=nodes, username=cluster.username, password=cluster.password, **options
+        )
+        return cast(Redis, client)  # the same commands; the types differ only in name
     target = sentinel_target(url)
     if target is None:
-        client: Redis = Redis.from_url(url, **options)
-        return client
+        plain: Redis = Redis.from_url(url, **options)
+        return plain
     sentinel = Sentinel(target.nodes, sentinel_kwargs=target.sentinel_kwargs())  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     master: Redis = sentinel.master_for(
         target.service,
@@ -167,18 +213,29 @@ def connect(url: str, *, retry: bool = True) -> Redis:
 
 
 def connect_sync(url: str, **options: Any) -> redis.Redis:
-    """A blocking client of ``url``'s Redis (of the master, for a Sentinel URL), for the few
-    places that are not async (a container's health check)."""
+    """A blocking client of ``url``'s Redis (of the master, for a Sentinel URL; of the
+    cluster, for a cluster URL), for the few places that are not async (a container's health
+    check, the tests)."""
+    cluster = cluster_target(url)
+    if cluster is not None:
+        nodes = [redis.cluster.ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        client = redis.cluster.RedisCluster(
+            startup_nodes=nodes, username=cluster.username, password=cluster.password, **options
+        )
+        return cast(redis.Redis, client)
     target = sentinel_target(url)
     if target is None:
-        client: redis.Redis = redis.Redis.from_url(url, **options)
-        return client
+        plain: redis.Redis = redis.Redis.from_url(url, **options)
+        return plain
     sentinel = BlockingSentinel(target.nodes, sentinel_kwargs=target.sentinel_kwargs())  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     master: redis.Redis = sentinel.master_for(target.service, **target.master_kwargs(), **options)  # type: ignore[no-untyped-call]
     return master
 
 
 def database(client: Redis | redis.Redis) -> int:
-    """The index of the database the client works in (``redis://host:port/N``)."""
+    """The index of the database the client works in (``redis://host:port/N``; a cluster's
+    is 0)."""
+    if isinstance(client, RedisCluster | redis.cluster.RedisCluster):
+        return 0
     kwargs: dict[str, object] = client.connection_pool.connection_kwargs
     return int(str(kwargs.get("db") or 0))

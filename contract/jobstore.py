@@ -5,19 +5,26 @@ arq's job key and queue entry. Every state change is one Lua script (``contract/
 event log and the publication move together in a single round trip, and a transition that is
 no longer allowed (a finished job finishing again) changes nothing.
 
-Each event is added to the global stream first and then to the job's stream under the same id,
-so one id resumes both the per-job and the all-jobs feeds.
+Every key of a job and of its pool's queue carries the pool's hash tag (contract/keys.py), so a
+script touches one slot of a Redis Cluster. Each event is added to its pool's log first and then
+to the job's stream under the same id, so one id resumes both the job's feed and the pool's
+part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs.
+
+Concurrent creations of one owner, pool and priority are gathered (``contract/gather.py``) into
+one script call that creates them all, each with its own record, event and verdict, and queues
+them as one arq job (``RUN_JOBS``); concurrent transitions (the jobs a worker ends together) go
+in one call too. A lone one goes at once, as one call of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -26,16 +33,43 @@ from contract import keys, scripts
 from contract.connection import database
 from contract.errors import Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
+from contract.gather import Gatherer
 from contract.records import step_fields
+from contract.scripts import Script
 from contract.settings import Settings
 from contract.wire import dumps, loads
 
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""
+RUN_JOBS = "run_jobs"
+"""The name of the arq function that runs the jobs created together (``jobs``: each one's
+``run_job`` arguments and its ``job_id``)."""
 
 CREATE = scripts.load("create")
+CREATE_MANY = scripts.load("create_many")
 TRANSITION = scripts.load("transition")
+TRANSITION_MANY = scripts.load("transition_many")
 CANCEL = scripts.load("cancel")
+
+GATHER_MOST = 64
+"""Jobs in one gathered script call at most."""
+
+
+def published_events(data: bytes) -> list[tuple[str, bytes]]:
+    """The events of one publication on the events channel, as (id, event): one (``id
+    event``), or several that one call appended (``*``, then each one's id, its length and
+    itself, space-separated: append.lua's ``publish_all``)."""
+    if data[:1] != b"*":
+        event_id, _, raw = data.partition(b" ")
+        return [(event_id.decode(), raw)]
+    events, at = [], 1
+    while at < len(data):
+        gap = data.index(b" ", at)
+        start = data.index(b" ", gap + 1) + 1
+        end = start + int(data[gap + 1 : start - 1])
+        events.append((data[at:gap].decode(), data[start:end]))
+        at = end
+    return events
 
 
 def queue_score(now_ms: int, priority: int) -> int:
@@ -58,6 +92,24 @@ class Step:
     guard: tuple[str, int] | None = None
     outputs: bytes = b""  # the packed outputs to store once (contract/outputs.py), if any
     outputs_key: str = ""  # where: the job's outputs key unless said (a streamed chunk's)
+
+
+@dataclass(frozen=True)
+class _NewJob:
+    """A job to create: its arq arguments, and create.lua's keys and arguments for it."""
+
+    kwargs: dict[str, Any]
+    keys: dict[str, str]
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """One job's steps for transition.lua: its own keys and its steps' arguments."""
+
+    job_id: str
+    keys: dict[str, str]
+    steps: list[Any]
 
 
 class Created(IntEnum):
@@ -89,6 +141,47 @@ class Limits:
         )
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a reader of the all-jobs feed is: the id of the last event it has of each pool,
+    and ``base`` for the pools it does not name. Ids of two pools' logs do not compare (each
+    log's ids come from its own node's clock), so only a position per pool resumes exactly.
+
+    As text (a feed's resume token): ``base[,pool:id...]``, as ``0,default:1700000000000-3``;
+    a plain event id is a position with that base and no pool, as before pools had logs.
+    """
+
+    base: tuple[int, int] = (0, 0)
+    pools: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """The position a token says; ValueError for anything else."""
+        base, *named = text.split(",")
+        pools = {}
+        for part in named:
+            pool, colon, event_id = part.partition(":")
+            if not colon or keys.pool_of(f"{pool}.") != pool or not pool:
+                raise ValueError(f"{part[:60]!r} is not pool:event-id")
+            pools[pool] = stream_key(event_id)
+        return cls(stream_key(base), pools)
+
+    def of(self, pool: str) -> tuple[int, int]:
+        return self.pools.get(pool, self.base)
+
+    def past(self, events: Sequence[Event]) -> Position:
+        """This position moved past ``events`` (each pool's to its last one's id)."""
+        pools = dict(self.pools)
+        for event in events:
+            pool = keys.pool_of(event.job_id)
+            pools[pool] = max(pools.get(pool, self.base), stream_key(event.id))
+        return Position(self.base, pools)
+
+    def __str__(self) -> str:
+        named = "".join(f",{pool}:{ms}-{seq}" for pool, (ms, seq) in sorted(self.pools.items()))
+        return f"{self.base[0]}-{self.base[1]}{named}"
+
+
 class JobStore:
     """Jobs in Redis. Methods are one round trip each unless they say otherwise."""
 
@@ -96,6 +189,11 @@ class JobStore:
         self.redis = redis
         self.limits = limits
         self.db = database(redis)
+        self._pools: set[str] = set()  # the pools this process knows are in keys.POOLS
+        self._registering: dict[str, asyncio.Future[Any]] = {}
+        self.creates = Gatherer(self._create_gathered, most=GATHER_MOST)
+        # gathered per pool: one call's keys lie in one slot
+        self.transitions = Gatherer(self._transition_gathered, most=GATHER_MOST)
 
     def _event(
         self, job_id: str, type_: EventType, model: str, owner: str, data: Any, ts: float = 0.0
@@ -103,16 +201,16 @@ class JobStore:
         body = {"job_id": job_id, "type": type_.value, "ts": ts or time.time(), "model": model}
         return dumps({**body, "owner": owner, "data": data or {}})
 
-    def _common_args(self, event: bytes) -> dict[str, Any]:
+    def _common_args(self, event: bytes, pool: str) -> dict[str, Any]:
         """The arguments every script that appends an event takes."""
         lim = self.limits
         return {
-            "channel": keys.events_channel(self.db),
+            "channel": keys.events_channel(pool, self.db),
             "event": event,
             "ttl": lim.ttl_s,
             "job_maxlen": lim.job_maxlen,
             "log_maxlen": lim.log_maxlen,
-            "webhook_wake": keys.webhooks_wake(self.db),
+            "webhook_wake": keys.webhooks_wake(pool, self.db),
         }
 
     async def create(
@@ -138,30 +236,33 @@ class JobStore:
         written. ``inputs_bytes``: those of its inputs stored apart (contract/inputs.py).
         """
         job_id = record["id"]
+        await self._register(pool)
         now_ms = int(record["created_at"] * 1000)
         arq_job = serialize_job(RUN_JOB, (), dict(job_kwargs), None, now_ms, serializer=dumps)
-        idem_key, idem_value = ("", job_id)
+        # no key: a name in the pool's slot all the same (a cluster refuses a script whose
+        # keys lie in two slots), which the script leaves alone when told of no value
+        idem_key, idem_value = (keys.idempotency(pool, record["owner"], ""), "")
         if idempotency is not None:
-            idem_key = keys.idempotency(idempotency[0], idempotency[1])
+            idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
         event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
-        created, value = await self._create(
-            job_id,
+        job = _NewJob(
+            dict(job_kwargs),
             {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.EVENTS_STREAM,
+                "log": keys.events_log(pool),
                 "idempotency": idem_key,
-                "arq_job": job_key_prefix + job_id,
+                "arq_job": keys.arq_job_prefix(pool) + job_id,
                 "queue": keys.queue(pool),
-                "index": keys.JOBS_INDEX,
-                "owner_index": keys.owner_jobs(record["owner"]),
-                "owner_queued": keys.owner_queued(record["owner"]),
-                "owner_bytes": keys.owner_bytes(record["owner"]),
-                "webhooks": keys.WEBHOOKS,
+                "index": keys.jobs_index(pool),
+                "owner_index": keys.owner_jobs(pool, record["owner"]),
+                "owner_queued": keys.owner_queued(pool, record["owner"]),
+                "owner_bytes": keys.owner_bytes(pool, record["owner"]),
+                "webhooks": keys.webhooks(pool),
             },
             {
-                **self._common_args(event),
+                **self._common_args(event, pool),
                 "idem_value": idem_value,
                 "arq_payload": arq_job,
                 "score": queue_score(now_ms, priority),
@@ -175,22 +276,110 @@ class JobStore:
                 "fields": _flatten(record),
             },
         )
+        # one owner's jobs of one pool and priority, under the same bounds, may go together
+        bounds = (max_queued, max_queued_per_owner, max_stored_per_owner)
+        created, value = await self.creates((pool, record["owner"], priority, bounds), job)
         return Created(created), value.decode()
 
-    async def _create(self, job_id: str, call_keys: dict[str, str], args: dict[str, Any]) -> Any:
-        """Run the create script; with ``wait_replicas``, wait until that many replicas hold
+    async def _register(self, pool: str) -> None:
+        """Add the pool to ``keys.POOLS`` (once per process) before its first job, so that
+        listings and the all-jobs feed find its index and log. Concurrent first jobs of a pool
+        wait for the one addition, and go on in the order they came (as they are gathered)."""
+        if pool in self._pools:
+            return
+        adding = self._registering.get(pool)
+        if adding is None:
+            adding = self._registering[pool] = asyncio.ensure_future(
+                self.redis.sadd(keys.POOLS, pool)  # type: ignore[arg-type]  # redis-py types sync and async as one
+            )
+        try:
+            await asyncio.shield(adding)
+        finally:
+            if self._registering.get(pool) is adding and adding.done():
+                del self._registering[pool]
+        self._pools.add(pool)
+
+    async def pools(self) -> list[str]:
+        """Every pool that has had a job, sorted."""
+        found = await self.redis.smembers(keys.POOLS)  # type: ignore[misc]
+        self._pools.update(p.decode() for p in found)
+        return sorted(self._pools)
+
+    async def _create_gathered(self, _line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
+        """Create the jobs in one call: create.lua for one, else create_many.lua, which
+        queues them as one arq job. Returns create.lua's answer per job."""
+        if len(jobs) == 1:
+            job = jobs[0]
+            return [await self._create(CREATE, job.keys, job.args, f"job {job.args['job_id']}")]
+        first = jobs[0]
+        # how many jobs and the first one's id: queue_stats.lua counts them and their age
+        batch_id = f"jobs-{len(jobs)}-{first.args['job_id']}"
+        now_ms = max(job.args["created_ms"] for job in jobs)
+        payload = serialize_job(
+            RUN_JOBS,
+            (),
+            {"jobs": [{"job_id": job.args["job_id"], **job.kwargs} for job in jobs]},
+            None,
+            now_ms,
+            serializer=dumps,
+        )
+        call_keys: dict[str, Any] = {
+            name: first.keys[name]
+            for name in ("log", "queue", "index", "owner_index", "owner_queued", "owner_bytes")
+        }
+        pool = keys.pool_of(first.args["job_id"])
+        call_keys.update(
+            arq_job=keys.arq_job_prefix(pool) + batch_id,
+            webhooks=keys.webhooks(pool),
+            jobs=[job.keys[n] for job in jobs for n in ("record", "events", "idempotency")],
+        )
+        per_job: list[Any] = []
+        for job in jobs:
+            a = job.args
+            per_job += (a["job_id"], a["event"], a["idem_value"], a["stored_bytes"])
+            per_job += (len(a["fields"]), *a["fields"])
+        args = {
+            name: first.args[name]
+            for name in (
+                "channel",
+                "ttl",
+                "job_maxlen",
+                "log_maxlen",
+                "score",
+                "wake",
+                "max_queued",
+                "max_owner_queued",
+                "max_owner_bytes",
+                "webhook_wake",
+            )
+        }
+        args.update(batch_id=batch_id, arq_payload=payload, created_ms=now_ms, jobs=per_job)
+        what = f"job {first.args['job_id']} (one of {len(jobs)} created together)"
+        answer: list[Any] = await self._create(CREATE_MANY, call_keys, args, what)
+        return answer
+
+    async def _create(
+        self,
+        script: Script,
+        call_keys: Mapping[str, Any],
+        args: Mapping[str, Any],
+        what: str = "",
+    ) -> Any:
+        """Run a create script; with ``wait_replicas``, wait until that many replicas hold
         what it wrote (a failover then promotes one that has it), else raise Unavailable."""
         need = self.limits.wait_replicas
         if not need:
-            return await CREATE(self.redis, call_keys, args)
+            return await script(self.redis, call_keys, args)
         try:
-            result, replicas = await self._create_and_wait(call_keys, args)
+            result, replicas = await self._create_and_wait(script, call_keys, args)
         except NoScriptError:  # a new master (a failover) or a restart forgot the script
-            await CREATE.ensure(self.redis)
-            result, replicas = await self._create_and_wait(call_keys, args)
-        if result[0] in (Created.CREATED, Created.REPEAT) and replicas < need:
+            await script.ensure(self.redis)
+            result, replicas = await self._create_and_wait(script, call_keys, args)
+        answers = [result] if script is CREATE else result
+        done = (Created.CREATED, Created.REPEAT)
+        if any(answer[0] in done for answer in answers) and replicas < need:
             raise Unavailable(
-                f"job {job_id} was written but only {replicas} of the {need} Redis replicas "
+                f"{what} was written but only {replicas} of the {need} Redis replicas "
                 f"asked for (INFERHUB_REDIS_WAIT_REPLICAS) confirmed it within "
                 f"{self.limits.wait_timeout_ms} ms, so a failover could lose it. It may exist "
                 "and run: retry with the same Idempotency-Key, which cannot make a second job",
@@ -200,12 +389,12 @@ class JobStore:
         return result
 
     async def _create_and_wait(
-        self, call_keys: dict[str, str], args: dict[str, Any]
+        self, script: Script, call_keys: Mapping[str, Any], args: Mapping[str, Any]
     ) -> tuple[Any, int]:
         # one pipeline, so one connection: WAIT counts the replicas that acknowledged the
         # writes of the connection it is sent on
         async with self.redis.pipeline(transaction=False) as pipe:
-            CREATE.queue(pipe, call_keys, args)
+            script.queue(pipe, call_keys, args)
             pipe.execute_command("WAIT", self.limits.wait_replicas, self.limits.wait_timeout_ms)
             result, replicas = await pipe.execute()
         return result, int(replicas)
@@ -238,32 +427,59 @@ class JobStore:
                 len(fields),
                 *fields,
             )
-        lim = self.limits
-        results = await TRANSITION(
-            self.redis,
+        pool = keys.pool_of(job_id)
+        job = _Steps(
+            job_id,
             {
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.EVENTS_STREAM,
                 "cancel": keys.job_cancel(job_id),
-                "owner_queued": keys.owner_queued(owner),
+                "owner_queued": keys.owner_queued(pool, owner),
                 "outputs": stored.pop() if stored else keys.job_outputs(job_id),
-                "webhooks": keys.WEBHOOKS,
             },
-            {
-                "channel": keys.events_channel(self.db),
-                "ttl": lim.ttl_s,
-                "job_maxlen": lim.job_maxlen,
-                "log_maxlen": lim.log_maxlen,
-                "job_id": job_id,
-                "webhook_wake": keys.webhooks_wake(self.db),
-                "steps": flat,
-            },
+            flat,
         )
+        if any(len(st.outputs) > self.limits.inline_output_bytes for st in steps):
+            (results,) = await self._transition_gathered(pool, (job,))  # large: on its own
+        else:
+            results = await self.transitions(pool, job)
         return [(bool(a), before.decode(), bool(c)) for a, before, _id, c in results]
 
-    async def cancel(self, job_id: str, *, model: str, owner: str, pool: str) -> str:
+    async def _transition_gathered(self, line: Hashable, jobs: Sequence[_Steps]) -> list[Any]:
+        """Apply the jobs' steps (of one pool: ``line``) in one call: transition.lua for one
+        job, else transition_many.lua. Returns transition.lua's answer per job."""
+        lim = self.limits
+        pool = str(line)
+        shared = {
+            "channel": keys.events_channel(pool, self.db),
+            "ttl": lim.ttl_s,
+            "job_maxlen": lim.job_maxlen,
+            "log_maxlen": lim.log_maxlen,
+            "webhook_wake": keys.webhooks_wake(pool, self.db),
+        }
+        if len(jobs) == 1:
+            job = jobs[0]
+            call_keys = {**job.keys, "log": keys.events_log(pool), "webhooks": keys.webhooks(pool)}
+            args = {**shared, "job_id": job.job_id, "steps": job.steps}
+            return [await TRANSITION(self.redis, call_keys, args)]
+        names = ("record", "events", "cancel", "owner_queued", "outputs")
+        per_job: list[Any] = []
+        for job in jobs:
+            per_job += (job.job_id, len(job.steps), *job.steps)
+        answer: list[Any] = await TRANSITION_MANY(
+            self.redis,
+            {
+                "log": keys.events_log(pool),
+                "webhooks": keys.webhooks(pool),
+                "jobs": [job.keys[n] for job in jobs for n in names],
+            },
+            {**shared, "jobs": per_job},
+        )
+        return answer
+
+    async def cancel(self, job_id: str, *, model: str, owner: str) -> str:
         """Cancel: at once when queued, at the next chunk when running. Returns the status found."""
+        pool = keys.pool_of(job_id)
         raw = self._event(
             job_id, EventType.CANCELED, model, owner, {"reason": "canceled by client"}
         )
@@ -272,14 +488,14 @@ class JobStore:
             keys={
                 "record": keys.job(job_id),
                 "events": keys.job_events(job_id),
-                "log": keys.EVENTS_STREAM,
+                "log": keys.events_log(pool),
                 "cancel": keys.job_cancel(job_id),
-                "arq_job": job_key_prefix + job_id,
+                "arq_job": keys.arq_job_prefix(pool) + job_id,
                 "queue": keys.queue(pool),
-                "owner_queued": keys.owner_queued(owner),
-                "webhooks": keys.WEBHOOKS,
+                "owner_queued": keys.owner_queued(pool, owner),
+                "webhooks": keys.webhooks(pool),
             },
-            args={**self._common_args(raw), "job_id": job_id, "finished_at": time.time()},
+            args={**self._common_args(raw, pool), "job_id": job_id, "finished_at": time.time()},
         )
         return status.decode() if status else ""
 
@@ -310,42 +526,81 @@ class JobStore:
         self, owner: str | None, before: tuple[float, str] | None, count: int
     ) -> list[tuple[str, float]]:
         """Up to ``count`` ids of the owner's jobs (None: every job) older than ``before``
-        (creation ms, job id), newest first.
+        (creation ms, job id), newest first, merged from every pool's index.
 
         Jobs created in the same millisecond share a score; Redis orders those by id, so the
         id breaks the tie and a page boundary between them loses none.
         """
         top = "+inf" if before is None else before[0]
-        index = keys.JOBS_INDEX if owner is None else keys.owner_jobs(owner)
-        rows = await self.redis.zrevrangebyscore(
-            index, top, "-inf", start=0, num=count + 16, withscores=True
-        )
-        found = [(job_id.decode(), score) for job_id, score in rows]
+        pools = await self.pools()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in pools:
+                index = keys.jobs_index(pool) if owner is None else keys.owner_jobs(pool, owner)
+                pipe.zrevrangebyscore(index, top, "-inf", start=0, num=count + 16, withscores=True)
+            pages = await pipe.execute()
+        found = [(job_id.decode(), score) for rows in pages for job_id, score in rows]
         if before is not None:
             found = [
                 (j, s) for j, s in found if s < before[0] or (s == before[0] and j < before[1])
             ]
+        found.sort(key=lambda row: (row[1], row[0]), reverse=True)
         return found[:count]
 
-    async def log_after(self, after: str, count: int | None = None) -> list[Event]:
-        """Events of the global log after the id ``after`` (at most ``count``)."""
-        rows = await self.redis.xrange(keys.EVENTS_STREAM, min=f"({after}", count=count)
-        return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
+    async def log_after(
+        self, after: str, count: int | None = None, pool: str | None = None, until: str = "+"
+    ) -> list[Event]:
+        """Events of every pool's log (of ``pool``'s only, when given) after the position
+        ``after`` (a token, ``Position``: each pool from its own id) up to ``until``, at most
+        ``count``, merged in id order."""
+        position = Position.parse(after)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for read in [pool] if pool is not None else await self.pools():
+                ms, seq = position.of(read)
+                pipe.xrange(keys.events_log(read), min=f"({ms}-{seq}", max=until, count=count)
+            pages = await pipe.execute()
+        events = [Event.from_wire(eid.decode(), body[b"e"]) for rows in pages for eid, body in rows]
+        events.sort(key=lambda e: stream_key(e.id))
+        if count is None or len(events) <= count:
+            return events
+        # a page ends before the first id it leaves out: its position is then past every
+        # event of each pool up to its own last one, and none is skipped
+        return events[:count]
 
     async def log_holds(self, after: str) -> bool:
-        """Whether every event after ``after`` is still in the capped global log."""
-        first = await self.redis.xrange(keys.EVENTS_STREAM, count=1)
-        return not first or stream_key(first[0][0].decode()) <= stream_key(after)
+        """Whether every event after the position ``after`` is still in the capped logs of
+        the pools: one log at least reaches back to its id (else the position is older than
+        all that is kept), and each log either does or was never trimmed (a pool whose first
+        job came later)."""
+        position = Position.parse(after)
+        pools = await self.pools()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in pools:
+                pipe.xrange(keys.events_log(pool), count=1)
+                pipe.xlen(keys.events_log(pool))
+            found = await pipe.execute()
+        logs = [
+            (stream_key(first[0][0].decode()) <= position.of(pool), length < self.limits.log_maxlen)
+            for pool, first, length in zip(pools, found[::2], found[1::2], strict=True)
+            if first
+        ]
+        return not logs or (
+            any(reaches for reaches, _ in logs) and all(r or whole for r, whole in logs)
+        )
 
     async def event(self, job_id: str, event_id: str) -> Event | None:
         """One of the job's stored events, by its id."""
         rows = await self.redis.xrange(keys.job_events(job_id), min=event_id, max=event_id)
         return Event.from_wire(event_id, rows[0][1][b"e"]) if rows else None
 
-    async def events(self, job_id: str, after: str = "0", count: int | None = None) -> list[Event]:
-        """The job's stored events after the id ``after`` (at most ``count``)."""
+    async def events(
+        self, job_id: str, after: str = "0", count: int | None = None, until: str = "+"
+    ) -> list[Event]:
+        """The job's stored events after the id ``after`` up to ``until`` (at most ``count``)."""
         rows = await self.redis.xrange(
-            keys.job_events(job_id), min=f"({after}" if after != "0" else "-", count=count
+            keys.job_events(job_id),
+            min=f"({after}" if after != "0" else "-",
+            max=until,
+            count=count,
         )
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
 

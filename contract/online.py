@@ -50,4 +50,5 @@ class Reply(TypedDict):
 
 def batch_payload(args: BatchArgs, enqueued_ms: int) -> bytes:
     """The arq job of a batch, in the job format the hub's durable lane writes too."""
-    return serialize_job(RUN_BATCH, (), dict(args), None, enqueued_ms, serializer=dumps)
+    payload: bytes = serialize_job(RUN_BATCH, (), dict(args), None, enqueued_ms, serializer=dumps)
+    return payload

@@ -5,7 +5,8 @@ Each file starts with what it does and two header lines that name its keys and a
     -- KEYS: record events
     -- ARGV: channel ttl fields...
 
-A last argument ending in ``...`` takes a list (field, value, ...). A line ``-- uses: append``
+A last argument ending in ``...`` takes a list (field, value, ...); so does a last key (the
+per-job keys of a batch, declared so that Redis Cluster can route the call). A line ``-- uses: append``
 prepends ``lua/append.lua`` (shared functions). Callers pass keys and arguments by those names,
 so no caller can shift a position, and the header is the one place that documents them.
 """
@@ -34,16 +35,17 @@ class Script:
     source: str
     keys: tuple[str, ...]
     args: tuple[str, ...]
+    key_list: str = ""  # the name of a trailing list of keys, if the script takes one
 
     @cached_property  # read on every call: the hash of a few kB each time was 1% of a hub
     def sha(self) -> str:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
     def positions(
-        self, keys: Mapping[str, str], args: Mapping[str, Any]
+        self, keys: Mapping[str, Any], args: Mapping[str, Any]
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments in the script's order; a wrong or missing name is a bug."""
-        if set(keys) != set(self.keys):
+        if set(keys) != {*self.keys, *([self.key_list] if self.key_list else [])}:
             raise TypeError(f"{self.name}.lua takes KEYS {self.keys}, got {sorted(keys)}")
         names = [a.removesuffix("...") for a in self.args]
         if set(args) != set(names):
@@ -54,9 +56,10 @@ class Script:
                 flat.extend(args[name])
             else:
                 flat.append(args[name])
-        return [keys[k] for k in self.keys], flat
+        more = list(keys[self.key_list]) if self.key_list else []
+        return [keys[k] for k in self.keys] + more, flat
 
-    async def __call__(self, redis: Redis, keys: Mapping[str, str], args: Mapping[str, Any]) -> Any:
+    async def __call__(self, redis: Redis, keys: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
         """Run it (EVALSHA; after a Redis restart forgot it, load it and run it again)."""
         key_list, arg_list = self.positions(keys, args)
         try:
@@ -65,10 +68,12 @@ class Script:
             await self.ensure(redis)
             return await redis.evalsha(self.sha, len(key_list), *key_list, *arg_list)  # type: ignore[misc]
 
-    def queue(self, pipe: Pipeline, keys: Mapping[str, str], args: Mapping[str, Any]) -> None:
+    def queue(self, pipe: Pipeline, keys: Mapping[str, Any], args: Mapping[str, Any]) -> None:
         """Add a call to a pipeline (run ``ensure`` on NoScriptError and execute it again)."""
         key_list, arg_list = self.positions(keys, args)
-        pipe.evalsha(self.sha, len(key_list), *key_list, *arg_list)
+        # as a bare command: redis-py's cluster pipeline refuses its evalsha method, yet sends
+        # the command to the master of its keys' slot
+        pipe.execute_command("EVALSHA", self.sha, len(key_list), *key_list, *arg_list)
 
     async def ensure(self, redis: Redis) -> None:
         await redis.script_load(self.source)
@@ -81,4 +86,6 @@ def load(name: str) -> Script:
     for field, names in _HEADER.findall(text):
         header[field] = names.split()
     source = "".join((LUA / f"{lib}.lua").read_text() for lib in header["uses"]) + text
-    return Script(name, source, tuple(header["KEYS"]), tuple(header["ARGV"]))
+    named = header["KEYS"]
+    key_list = named.pop().removesuffix("...") if named and named[-1].endswith("...") else ""
+    return Script(name, source, tuple(named), tuple(header["ARGV"]), key_list)

@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 
 from contract import keys
-from contract.connection import connect, database
+from contract.connection import connect
 from contract.jobstore import JobStore, Limits
 from contract.settings import Settings
 from hub.api import dashboard, events, health, jobs, models, tickets, ws
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = JobStore(redis, Limits.of(settings))
         sender = _webhook_sender(settings, redis, store, webhooks)
         if sender is not None:
-            fanout.listen(keys.webhooks_wake(database(redis)), sender.wake)
+            fanout.listen_pools(keys.webhooks_wake, sender.wake)
         await fanout.start()
         metrics.fanout = fanout
         rate = (

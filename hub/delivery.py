@@ -3,8 +3,9 @@
 Every consumer (an SSE stream, a WebSocket, a request waiting for its job) holds one
 ``Delivery``. It follows *topics* (a job, a model, a filtered feed). A topic is routed through
 the process's fan-out first, then its stored events are replayed from the client's last id in
-pages, then live events follow, de-duplicated by id per topic. After a gap (Redis reconnected)
-every topic re-reads its log from the last id it delivered.
+pages, then live events follow, de-duplicated by id per topic (per pool for a feed: ids of two
+pools' logs do not compare). After a gap (Redis reconnected) every topic re-reads its log from
+the last id it delivered (a feed: each pool from its own, ``jobstore.Position``).
 
 Which tenant's events may reach the subscriber is decided here, in ``visible``, once, for
 replayed and live events alike; transports only turn what ``get`` returns into frames.
@@ -19,10 +20,15 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from contract import keys
 from contract.events import TERMINAL, Event, stream_key
-from contract.jobstore import JobStore
+from contract.jobstore import JobStore, Position
 from hub import frames
-from hub.fanout import GAP, Fanout, Key, SlowConsumer
+from hub.fanout import Fanout, Gap, Key, SlowConsumer
+
+CLOCK_SKEW_MS = 1000
+"""How far behind this process's clock a Redis server's may be: a feed followed from now
+re-reads, after a gap, a pool's log from this long before it started."""
 
 PAGE_BYTES = 4 * 1024 * 1024
 """A replay reads the log in pages of about this size, so a long replay holds one at a time."""
@@ -38,7 +44,7 @@ class Topic:
     of the events it takes."""
 
     routes: tuple[Key, ...]
-    job_id: str | None = None  # its stored events are the job's stream; None: the global log
+    job_id: str | None = None  # its stored events are the job's stream; None: the pools' logs
     accepts: Callable[[Event], bool] = _anything
 
     @classmethod
@@ -95,15 +101,20 @@ class Done:
 class _Following:
     topic: Topic
     last: tuple[int, int]  # the id of the last event delivered for this topic
+    # a feed (no job): the id of the last event delivered per pool, from ``last`` on
+    pools: dict[str, tuple[int, int]] | None
     finished: bool  # the job had ended when the topic was followed
     page: int = 64  # events per replay page, sized by the last page read
+    since: tuple[int, int] = (0, 0)  # a feed from now: where a gap's replay starts at least
 
 
 @dataclass(frozen=True)
 class _Replay:
     name: Hashable
     after: str
-    check_log: bool  # say Reset when the global log no longer holds ``after``
+    check_log: bool  # say Reset when the logs no longer hold ``after``
+    pool: str | None = None  # a feed's replay of this pool's log only
+    until: str = "+"  # the last id to replay (a pool newly read: what came before it)
 
 
 class Delivery:
@@ -137,10 +148,23 @@ class Delivery:
         """Follow ``topic`` under ``name``: its stored events after ``after`` first (None: only
         what happens from now on), then the live ones. ``finished`` says the job has already
         ended, so that a replay past its terminal event ends the topic."""
-        last = stream_key(after or "0")
-        if name in self._following:  # followed again: what was delivered stays delivered
-            last = max(last, self._following[name].last)
-        self._following[name] = _Following(topic, last, finished)
+        pools: dict[str, tuple[int, int]] | None = None
+        if topic.job_id is not None:
+            last = stream_key(after or "0")
+        else:  # a feed resumes from a position per pool (jobstore.Position)
+            position = Position.parse(after or "0")
+            last, pools = position.base, dict(position.pools)
+        if (before := self._following.get(name)) is not None:
+            # followed again: what was delivered stays delivered
+            last = max(last, before.last)
+            if pools is not None:
+                for pool, seen in (before.pools or {}).items():
+                    pools[pool] = max(pools.get(pool, last), seen)
+        self._following[name] = _Following(topic, last, pools, finished)
+        if pools is not None and after is None:
+            # a gap's replay of a feed from now starts a little before now, for the servers'
+            # clocks (which stamp the ids) may be behind this one's
+            self._following[name].since = (int(time.time() * 1000) - CLOCK_SKEW_MS, 0)
         self.fanout.add(self.sub, *topic.routes)
         if after is not None:
             # queued behind the live events already waiting, ahead of those still to come:
@@ -234,10 +258,22 @@ class Delivery:
             self._replays.append(item)
         elif item is _WAKE:
             pass  # what the sink left is in _out
-        elif item is GAP:  # what pub/sub lost while Redis was away is in the logs
+        elif isinstance(item, Gap):  # what pub/sub lost while Redis was away is in the logs
             for name, following in self._following.items():
+                job_id = following.topic.job_id
+                if (
+                    item.pool is not None
+                    and job_id is not None
+                    and keys.pool_of(job_id) != item.pool
+                ):
+                    continue  # a pool newly read: the topics of its events only
                 last = f"{following.last[0]}-{following.last[1]}"
-                self._replays.append(_Replay(name, last, following.topic.job_id is None))
+                if following.pools is not None:
+                    base = max(following.last, following.since)
+                    last = str(Position(base, following.pools))
+                # a pool newly read: what it published before, which its log holds
+                check = job_id is None and item.pool is None
+                self._replays.append(_Replay(name, last, check, item.pool, item.until))
         else:
             self._out.append(item)
 
@@ -251,12 +287,14 @@ class Delivery:
         if replay.check_log:
             if replay.after != "0" and not await self.store.log_holds(replay.after):
                 self._out.append(Reset(replay.name))
-            replay = self._replays[0] = _Replay(replay.name, replay.after, check_log=False)
+            replay = self._replays[0] = _Replay(
+                replay.name, replay.after, False, replay.pool, replay.until
+            )
         count = following.page
         if job_id is not None:
-            page = await self.store.events(job_id, replay.after, count)
+            page = await self.store.events(job_id, replay.after, count, replay.until)
         else:
-            page = await self.store.log_after(replay.after, count)
+            page = await self.store.log_after(replay.after, count, replay.pool, replay.until)
         if page:
             per_event = max(1, sum(e.size for e in page) // len(page))
             following.page = max(1, min(1024, PAGE_BYTES // per_event))
@@ -264,7 +302,10 @@ class Delivery:
             if following.topic.accepts(event):
                 self._deliver(event)
         if len(page) == count:
-            self._replays[0] = _Replay(replay.name, page[-1].id, check_log=False)
+            more = (
+                page[-1].id if job_id is not None else str(Position.parse(replay.after).past(page))
+            )
+            self._replays[0] = _Replay(replay.name, more, False, replay.pool, replay.until)
             return
         self._replays.pop(0)
         if following.finished and replay.name in self._following and job_id is not None:
@@ -280,8 +321,11 @@ class Delivery:
         ended = None
         for name, f in self._following.items():
             if f.topic.accepts(event):
-                if key > f.last:
-                    fresh, f.last = True, key
+                if f.pools is None:
+                    if key > f.last:
+                        fresh, f.last = True, key
+                elif key > f.pools.get(pool := keys.pool_of(event.job_id), f.last):
+                    fresh, f.pools[pool] = True, key
                 if f.topic.job_id == event.job_id and event.type in TERMINAL:
                     ended = [*(ended or ()), name]
         if fresh:

@@ -26,8 +26,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from contract import keys
+from contract.channels import Subscriber
 from contract.connection import connect, database
 from contract.events import Event, EventType
+from contract.jobstore import published_events
 from hub.observer import NOBODY, Observer
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,19 @@ Key = tuple[str, str]  # ("job", id) | ("model", name) | ("owner", name) | ("all
 Route = tuple[Key, str | None]  # a key, scoped to one tenant's events (None: every tenant's)
 
 
+DISCOVER_S = 1.0
+"""How often the reader looks for new pools (``keys.POOLS``) to subscribe to."""
+
+
 class Gap:
-    """Marks that events may have been lost (Redis reconnected): re-read the log."""
+    """Marks that events may have been lost (Redis reconnected): re-read the logs; or, with
+    ``pool``, that the reader has just subscribed to that pool's channels: re-read its log."""
+
+    __slots__ = ("pool", "until")
+
+    def __init__(self, pool: str | None = None, until: str = "+") -> None:
+        self.pool = pool
+        self.until = until  # the pool's last event when its channels were subscribed
 
 
 GAP = Gap()
@@ -226,6 +239,12 @@ class Fanout:
         self.stuck_after_s = stuck_after_s
         self._subs: dict[Route, dict[Subscription, None]] = {}  # ordered, for a stable fan-out
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self._channels: list[str] = []  # those of ``listen``
+        self._pool_handlers: list[tuple[Callable[[str, int], str], Callable[[bytes], None]]] = []
+        self._pools: set[str] = set()  # whose channels are read
+        self._wanted: set[str] = set()  # of ``ensure``: to read, in keys.POOLS or not yet
+        self._discovered = asyncio.Event()
+        self._ready: dict[str, asyncio.Event] = {}  # set once the pool's channels are read
         self._tasks: list[asyncio.Task[None]] = []
         self._later: list[Any] = []  # sinks to flush once this turn's dispatching is done
         self._subscribed = asyncio.Event()
@@ -249,9 +268,25 @@ class Fanout:
         await self.redis.aclose()
 
     def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
-        """Hand every message of ``channel`` to ``handler`` (on this one subscription: a hub
-        holds one pub/sub connection). Call before ``start``."""
+        """Hand every message of ``channel`` to ``handler`` (on this one subscriber: a hub
+        holds one pub/sub connection per master). Call before ``start``."""
         self._handlers[channel.encode()] = handler
+        self._channels.append(channel)
+
+    def listen_pools(
+        self, channel_of: Callable[[str, int], str], handler: Callable[[bytes], None]
+    ) -> None:
+        """Hand every message of each pool's ``channel_of(pool, database)`` to ``handler``.
+        Call before ``start``."""
+        self._pool_handlers.append((channel_of, handler))
+
+    def watch(self, pool: str) -> None:
+        """Look for new pools now (a job of a pool this hub does not read yet): a pool of
+        ``keys.POOLS`` is subscribed soon, then its subscribers re-read its log, so that
+        nothing published before is missed. A job id's pool is not trusted: a client may name
+        any, and only pools that have had a job are read."""
+        if pool not in self._pools:
+            self._discovered.set()
 
     def open(self, scope: str | None = None) -> Subscription:
         """A buffer for a subscriber who may see the events of tenant ``scope`` (None: all)."""
@@ -261,6 +296,8 @@ class Fanout:
 
     def add(self, sub: Subscription, *keys_: Key) -> None:
         for key in keys_:
+            if key[0] == "job":
+                self.watch(keys.pool_of(key[1]))
             route = (key, sub.scope)
             self._subs.setdefault(route, {})[sub] = None
             if route not in sub.routes:
@@ -321,25 +358,92 @@ class Fanout:
     async def _read_forever(self) -> None:
         backoff = 0.05
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                channel = keys.events_channel(database(self.redis))
-                await pubsub.subscribe(channel, *self._handlers)
-                if self._subscribed.is_set():
-                    self._signal_gap()  # events published while we were away are in the logs
-                self._subscribed.set()
-                self.connected = True
-                backoff = 0.05
-                async for message in pubsub.listen():
-                    self._handle(message)
+                async with Subscriber(self.redis) as channels:
+                    self._pools = set()
+                    await channels.subscribe(*self._channels)
+                    await self._subscribe_pools(channels, await self._known_pools())
+                    if self._subscribed.is_set():
+                        self._signal_gap()  # events published while we were away are in the logs
+                    self._subscribed.set()
+                    for pool in self._pools:
+                        self._ready.pop(pool, asyncio.Event()).set()
+                    self.connected = True
+                    backoff = 0.05
+                    discovering = asyncio.create_task(self._discover_forever(channels))
+                    try:
+                        while True:
+                            self._handle(*await channels.get())
+                    finally:
+                        discovering.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await discovering
             except (RedisError, OSError) as exc:
                 self.connected = False
                 log.warning("event subscription lost (%s); reconnecting in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+
+    async def _known_pools(self) -> set[str]:
+        found = await self.redis.smembers(keys.POOLS)  # type: ignore[misc]  # redis-py types sync and async as one
+        return {p.decode() for p in found} | self._wanted
+
+    async def _subscribe_pools(self, channels: Subscriber, pools: set[str]) -> None:
+        """Read the channels of ``pools`` from now on: their events and the per-pool
+        channels of ``listen_pools``."""
+        db = database(self.redis)
+        names = []
+        for pool in sorted(pools - self._pools):
+            names.append(keys.events_channel(pool, db))
+            for channel_of, handler in self._pool_handlers:
+                channel = channel_of(pool, db)
+                self._handlers[channel.encode()] = handler
+                names.append(channel)
+        if names:
+            await channels.subscribe(*names)
+        self._pools |= pools
+        self._wanted -= self._pools
+
+    async def _replay_before(self, pools: set[str]) -> None:
+        """What the new ``pools`` published before their channels were read (their logs up
+        to their last event now; what comes later comes live) is re-read by the subscribers
+        following them. A pool whose log is empty (a new one) had nothing to miss."""
+        for pool in sorted(pools):
+            last = await self.redis.xrevrange(keys.events_log(pool), count=1)
+            if last:
+                self._put_all(Gap(pool, last[0][0].decode()))
+        for pool in pools:
+            self._ready.pop(pool, asyncio.Event()).set()
+
+    async def ensure(self, pool: str, timeout_s: float = 2.0) -> None:
+        """Return once the pool's channels are read (before a job of a pool this hub has not
+        seen is created, so that its events come live). After ``timeout_s`` it returns
+        anyway: the subscription goes on, and a replay covers what it missed."""
+        if pool in self._pools:
+            return
+        ready = self._ready.setdefault(pool, asyncio.Event())
+        self._wanted.add(pool)  # a pool of the catalogue: trusted
+        self._discovered.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await ready.wait()
+
+    async def _discover_forever(self, channels: Subscriber) -> None:
+        """Subscribe to the pools that appear (``keys.POOLS``, or a job of a pool this hub
+        has not seen: ``watch``), then have every subscriber re-read its logs, which hold what
+        was published before the subscription."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DISCOVER_S):
+                    await self._discovered.wait()
+            self._discovered.clear()
+            try:
+                new = await self._known_pools() - self._pools
+                if new:
+                    await self._subscribe_pools(channels, new)
+                    await self._replay_before(new)
+            except (RedisError, OSError) as exc:
+                log.warning("could not subscribe to new pools (%s); trying again", exc)
 
     def _signal_gap(self) -> None:
         self.observer.subscription_gap()
@@ -354,17 +458,15 @@ class Fanout:
         for sub in {s: None for subs in self._subs.values() for s in subs}:
             sub.put(item)
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        if message.get("type") != "message":
-            return
-        handler = self._handlers.get(message["channel"])
+    def _handle(self, channel: bytes, data: bytes) -> None:
+        handler = self._handlers.get(channel)
         if handler is not None:
-            handler(message["data"])
+            handler(data)
             return
-        event_id, _, raw = message["data"].partition(b" ")
-        try:
-            event = Event.from_wire(event_id.decode(), raw)
-        except Exception:
-            log.exception("dropping an undecodable event %r", event_id)
-            return
-        self.dispatch(event)
+        for event_id, raw in published_events(data):
+            try:
+                event = Event.from_wire(event_id, raw)
+            except Exception:
+                log.exception("dropping an undecodable event %r", event_id)
+                continue
+            self.dispatch(event)

@@ -30,11 +30,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from contract import keys
+from contract import channels, keys
 from contract.connection import database
 from contract.errors import InferenceFailed, Unavailable
 from contract.jobstore import queue_score
@@ -223,10 +222,15 @@ class OnlineLane:
         last = max(w.request["deadline"] for w in batch.requests)
         ttl_ms = max(1000, int(last * 1000) - now_ms + 1000)
         try:
+            publish = await channels.publish_command(self.redis)
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.psetex(job_key_prefix + batch.id, ttl_ms, batch_payload(args, now_ms))
+                pipe.psetex(
+                    keys.arq_job_prefix(batch.line.pool) + batch.id,
+                    ttl_ms,
+                    batch_payload(args, now_ms),
+                )
                 pipe.zadd(keys.queue(batch.line.pool), {batch.id: queue_score(now_ms, priority)})
-                pipe.publish(keys.wake(batch.line.pool, self.db), "")
+                pipe.execute_command(publish, keys.wake(batch.line.pool, self.db), "")
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("online batch %s not queued: %s", batch.id, exc)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from contract import inputs as inputs_store
+from contract import keys
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
-from contract.jobstore import Created, JobStore
+from contract.jobstore import Created, JobStore, Position
 from contract.logs import JOBS, current_request_id, note_job
 from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
@@ -132,7 +132,7 @@ class JobService:
         await self._admit(model, version, arrays, outputs, owner)
         if webhook is not None:
             await self.webhooks.check(webhook.url, owner)
-        job_id = uuid.uuid4().hex
+        job_id = keys.new_job_id(model["pool"])
         record = {
             "id": job_id,
             "model": model["name"],
@@ -166,6 +166,8 @@ class JobService:
         }
         if stream_outputs:
             job_kwargs["stream_outputs"] = True
+        # the pool's events read live before its first job here is created
+        await self.fanout.ensure(model["pool"])
         async with delivery(self.store, self.fanout, owner) as feed:
             feed.follow(job_id, Topic.job(job_id))  # before the job exists: nothing is missed
             created, existing = await self._create(
@@ -346,8 +348,9 @@ class JobService:
         sink: Sink | None = None,
     ) -> AsyncIterator[list[Event | Reset | Tick]]:
         """Live events of the caller's jobs (filtered by model and job), from ``after`` when
-        given; a Reset first when ``after`` is older than what the capped log still holds."""
-        _check_event_id(after or "0")
+        given (an event id, or a position per pool: jobstore.Position); a Reset first when
+        ``after`` is older than what the capped logs still hold."""
+        _check_position(after or "0")
         self.streams.check(owner)
 
         def accepts(event: Event) -> bool:
@@ -451,9 +454,7 @@ class JobService:
 
     async def cancel(self, job_id: str, *, owner: str | None) -> dict[str, Any]:
         record = await self.record(job_id, owner)
-        status = await self.store.cancel(
-            job_id, model=record["model"], owner=record["owner"], pool=record["pool"]
-        )
+        status = await self.store.cancel(job_id, model=record["model"], owner=record["owner"])
         if status in FINISHED:
             raise Conflict(f"job '{job_id}' already {status}; nothing to cancel", "job_finished")
         JOBS.info(
@@ -475,5 +476,12 @@ def _cursor(cursor: str | None) -> tuple[float, str] | None:
 def _check_event_id(event_id: str) -> None:
     try:
         stream_key(event_id)
+    except ValueError as exc:
+        raise MalformedRequest(str(exc), "invalid_event_id") from None
+
+
+def _check_position(token: str) -> None:
+    try:
+        Position.parse(token)
     except ValueError as exc:
         raise MalformedRequest(str(exc), "invalid_event_id") from None

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster import RedisClusterServers
 from helpers import ROOT, TestClient, build_failing, build_pair, build_slow, wait_for
 from redis import Redis
 from stack import RedisServer, Stack, Stacks, Worker
 
 from contract import keys
+from contract.connection import connect_sync
 from contract.settings import Settings
 
 # Starlette's TestClient sends "Host: testserver", which a keyless hub refuses (hub/hosts.py):
@@ -55,18 +57,52 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster on loopback ports, for the modules of the cluster topology."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
 def stacks(
-    redis_server: RedisServer, model_repo: Path, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer,
+    model_repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Stacks:
     """Makes stacks; a module that needs another stack than the default overrides ``stack``
     with one of these."""
-    return Stacks(redis_server, model_repo, tmp_path_factory)
+    return Stacks(
+        redis_server,
+        model_repo,
+        tmp_path_factory,
+        cluster=lambda: request.getfixturevalue("redis_cluster"),
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with ``TOPOLOGIES`` runs each of its tests on a stack of each (module-scoped:
+    one stack per topology); ``@pytest.mark.topologies("single")`` narrows a test."""
+    topologies = getattr(metafunc.module, "TOPOLOGIES", None)
+    if topologies is None or "topology" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("topologies")
+    chosen = [t for t in topologies if marker is None or t in marker.args]
+    metafunc.parametrize("topology", chosen, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
-def stack(stacks: Stacks) -> Iterator[Stack]:
-    """The module's database, and the processes its tests start on it."""
-    with stacks() as made:
+def topology(request: pytest.FixtureRequest) -> str:
+    """The module's Redis: ``single`` unless it runs on several (``TOPOLOGIES``)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="module")
+def stack(stacks: Stacks, topology: str) -> Iterator[Stack]:
+    """The module's database (or the emptied cluster), and the processes its tests start on
+    it."""
+    with stacks(topology=topology) as made:
         yield made
 
 
@@ -84,8 +120,9 @@ def redis_url(stack: Stack) -> str:
 
 @pytest.fixture(scope="module")
 def redis(redis_url: str) -> Iterator[Redis]:
-    """A plain redis-py client on the module's database, to look at what was written."""
-    client = Redis.from_url(redis_url)
+    """A plain redis-py client on the module's database (a cluster client on the cluster), to
+    look at what was written."""
+    client = connect_sync(redis_url)
     yield client
     client.close()
 
@@ -145,3 +182,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item._id = item._id.parse(nodeid)
             else:
                 item._nodeid = nodeid
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "topologies(*names): the topologies of the module's TOPOLOGIES a test runs on"
+    )

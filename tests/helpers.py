@@ -79,7 +79,9 @@ def wait_idle(redis: Redis, timeout: float = 30.0) -> None:
     database of ``redis`` (the module's own: other modules' jobs are not there)."""
 
     def idle() -> bool:
-        busy = redis.zcard(keys.queue("default")) or redis.keys("arq:in-progress:*")
+        busy = redis.zcard(keys.queue("default")) or redis.keys(
+            keys.in_progress_prefix("default") + "*"
+        )
         return not busy
 
     wait_for(idle, timeout=timeout, what="the default pool to be idle")

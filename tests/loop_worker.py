@@ -68,7 +68,7 @@ def worker(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await leave(ctx["redis"], worker_id)
+        await leave(ctx["redis"], worker_id, pool)
         await ctx["redis"].rpush(notes(pool), f"shutdown {worker_id}")
 
     loop = WorkerLoop(

@@ -5,6 +5,10 @@ One module, one database (of a test Redis with ``DATABASES`` of them): a module'
 workers and events are invisible to every other module, pub/sub included, since the channel
 names carry the database's index (``contract/keys.py``). So no test waits for another module's
 jobs to drain. A module that must stop its Redis gets a server of its own.
+
+A stack's *topology* is ``single`` (the above) or ``cluster``: the session's 3-master Redis
+Cluster (tests/cluster.py), emptied for each stack, which has database 0 only. A module runs
+against both when it says ``TOPOLOGIES = ("single", "cluster")`` (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,20 +16,21 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import orjson
 import pytest
+from cluster import RedisClusterServers
 from helpers import TestClient, wait_for
 from pydantic import SecretStr
 from redis import Redis
 
 from cli.processes import free_port, start_cli, start_redis, stop, wait_ready
 from contract import keys
-from contract.connection import connect_sync
+from contract.connection import connect_sync, database
 from contract.settings import Settings
 from hub.app import create_app
 
@@ -176,7 +181,7 @@ class Stack:
 
     @property
     def db(self) -> int:
-        return int(self.redis.get_connection_kwargs().get("db") or 0)
+        return database(self.redis)
 
     def env(self, **fields: Any) -> dict[str, str]:
         """A child's environment: the stack's settings, then ``fields``. Children answer to
@@ -274,8 +279,15 @@ class Stacks:
     """Makes stacks, each on a database of the shared server that nobody used before, or on a
     server of its own: ``stacks(workers=2, hubs=2, log_format="json")``."""
 
-    def __init__(self, server: RedisServer, models: Path, folders: pytest.TempPathFactory) -> None:
+    def __init__(
+        self,
+        server: RedisServer,
+        models: Path,
+        folders: pytest.TempPathFactory,
+        cluster: Callable[[], RedisClusterServers],
+    ) -> None:
         self.server, self.models, self.folders = server, models, folders
+        self.cluster = cluster  # started at the first stack that asks for it
 
     def __call__(
         self,
@@ -285,13 +297,22 @@ class Stacks:
         persistent: bool = False,
         workers: int = 0,
         hubs: int = 0,
+        topology: str = "single",
         **overrides: Any,
     ) -> Stack:
         """A stack with ``workers`` workers and ``hubs`` hubs started at once (in parallel)
-        and ready; ``overrides`` are settings for every process and app of the stack."""
+        and ready; ``overrides`` are settings for every process and app of the stack. On the
+        ``cluster`` topology, on the emptied session cluster."""
         folder = self.folders.mktemp(name)
         server = RedisServer(folder, persistent=persistent) if own_redis else None
-        url = server.url() if server is not None else self.server.database()
+        if topology == "cluster":
+            assert not own_redis, "a stack on the cluster shares the session's cluster"
+            cluster = self.cluster()
+            cluster.flush()
+            url = cluster.url()
+        else:
+            assert topology == "single", topology
+            url = server.url() if server is not None else self.server.database()
         stack = Stack(url, folder, self.models, server=server, **overrides)
         try:
             for i in range(workers):

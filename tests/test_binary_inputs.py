@@ -15,7 +15,6 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
-from arq.constants import job_key_prefix
 from helpers import ROOT, TestClient, wait_for
 from redis import Redis
 from sklearn.datasets import load_digits, load_iris
@@ -183,11 +182,11 @@ def test_a_bad_binary_body_is_refused_and_writes_nothing(
     status: int,
     fragment: str,
 ) -> None:
-    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    before = redis.zcard(keys.jobs_index("default")), stored_inputs(redis)
     r = client.post("/v1/jobs", params=query, content=body, headers=headers)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]["message"], r.text
-    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+    assert (redis.zcard(keys.jobs_index("default")), stored_inputs(redis)) == before
 
 
 @pytest.fixture
@@ -198,7 +197,7 @@ def orphan(client: TestClient, orphan_model: str) -> str:
 
 
 def stored_inputs(redis: Redis) -> set[bytes]:
-    return set(redis.scan_iter(match=keys.job_inputs("*")))
+    return set(redis.scan_iter(match=keys.PREFIX + "{*}:job:*:inputs"))
 
 
 def test_a_large_npy_body_is_stored_as_it_came_beside_a_small_arq_job(
@@ -211,7 +210,7 @@ def test_a_large_npy_body_is_stored_as_it_came_beside_a_small_arq_job(
     # the body's array bytes as they came, under the job's TTL; the arq job only refers to them
     assert redis.get(keys.job_inputs(job_id)) == rows.tobytes()
     assert 0 < redis.ttl(keys.job_inputs(job_id)) <= redis.ttl(keys.job(job_id))
-    assert redis.strlen(job_key_prefix + job_id) < 4096
+    assert redis.strlen(keys.arq_job_prefix("default") + job_id) < 4096
 
 
 def test_a_repeated_large_body_leaves_no_inputs_behind(
@@ -269,13 +268,13 @@ def test_a_large_npy_body_whose_length_shows_wrong_at_its_end_leaves_nothing(
     several slices are stored before the end shows the body is wrong: they are removed."""
     body = npy(np.zeros((40_000, 64), np.float32))  # 10 MB
     body = body[:cut] if cut < 0 else body + b"x" * cut
-    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    before = redis.zcard(keys.jobs_index("default")), stored_inputs(redis)
     r = httpx.post(
         f"{hub.url}/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY
     )
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]["message"]
-    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+    assert (redis.zcard(keys.jobs_index("default")), stored_inputs(redis)) == before
 
 
 @pytest.mark.parametrize("layout", ["big-endian", "fortran"])
@@ -296,10 +295,10 @@ def test_a_chunked_npy_body_declaring_more_than_the_limit_is_413_before_it_is_st
     server: the test client hands the app the whole body at once)."""
     hub = stack.hub("limited", max_body_bytes=2**20)
     body = npy(np.zeros((8192, 64), np.float32))  # 2 MiB, over the 1 MiB limit
-    before = redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)
+    before = redis.zcard(keys.jobs_index("default")), stored_inputs(redis)
     r = httpx.post(
         f"{hub.url}/v1/jobs", params={"model": "digits"}, content=chunked(body), headers=NPY
     )
     assert r.status_code == 413, r.text
     assert "the .npy declares 2,097,152 bytes" in r.json()["error"]["message"]
-    assert (redis.zcard(keys.JOBS_INDEX), stored_inputs(redis)) == before
+    assert (redis.zcard(keys.jobs_index("default")), stored_inputs(redis)) == before

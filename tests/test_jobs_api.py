@@ -31,6 +31,7 @@ from hub.api import jobs as jobs_api
 from hub.app import create_app
 
 FINISHED = {"succeeded", "failed", "canceled"}
+TOPOLOGIES = ("single", "cluster")
 
 
 def local_run(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -62,12 +63,16 @@ def assert_error(response: Any, status: int, code: str, *fragments: str) -> str:
 def snapshot(redis: Redis) -> dict[str, Any]:
     """Everything a request could have written: not what workers keep on their own clock
     (heartbeats, which expire, and the statistics they flush on a heartbeat after earlier jobs)."""
-    workers_own = (b"inferhub:worker:", b"inferhub:stats:")
+    workers_own = (
+        keys.worker("").encode(),
+        b"inferhub:stats:",
+        keys.worker_lease("default", "").encode(),
+    )
     all_keys = {k for k in redis.scan_iter(count=1000) if not k.startswith(workers_own)}
     return {
         "keys": all_keys,
-        "jobs": redis.zcard(keys.JOBS_INDEX),
-        "log": redis.xlen(keys.EVENTS_STREAM),
+        "jobs": redis.zcard(keys.jobs_index("default")),
+        "log": redis.xlen(keys.events_log("default")),
         "queue": redis.zcard(keys.queue("default")),
     }
 
@@ -229,9 +234,9 @@ def test_bulk_job_event_stream_in_order(client: TestClient, redis: Redis, model_
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert {(e.job_id, e.model, e.owner) for e in events} == {(job_id, "slow", "anonymous")}
     assert events[1].data["attempt"] == 1
-    # the global log holds each event under the same id
+    # the pool's log holds each event under the same id
     for event in (events[0], events[-1]):
-        ((log_id, body),) = redis.xrange(keys.EVENTS_STREAM, event.id, event.id)
+        ((log_id, body),) = redis.xrange(keys.events_log("default"), event.id, event.id)
         assert log_id.decode() == event.id
         assert body[b"e"] == redis.xrange(keys.job_events(job_id), event.id, event.id)[0][1][b"e"]
 
@@ -291,7 +296,7 @@ def test_cancel_queued_job_never_runs(client: TestClient, redis: Redis, orphan_m
     assert r.json()["status"] == "queued"
     job_id = r.json()["id"]
     assert redis.zscore(keys.queue("nobody"), job_id) is not None
-    assert redis.exists(f"arq:job:{job_id}")
+    assert redis.exists(keys.arq_job_prefix("nobody") + job_id)
 
     r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200, r.text
@@ -301,7 +306,7 @@ def test_cancel_queued_job_never_runs(client: TestClient, redis: Redis, orphan_m
     assert job["created_at"] <= job["finished_at"] <= time.time()  # unix seconds, like the rest
     # taken off the queue: no worker of that pool will ever see it
     assert redis.zscore(keys.queue("nobody"), job_id) is None
-    assert not redis.exists(f"arq:job:{job_id}")
+    assert not redis.exists(keys.arq_job_prefix("nobody") + job_id)
     assert [e.type.value for e in job_events(redis, job_id)] == ["queued", "canceled"]
 
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
@@ -343,7 +348,7 @@ def test_failing_inference_fails_the_job_and_the_worker_keeps_serving(
 
 def test_same_idempotency_key_and_body_give_the_same_job(client: TestClient, redis: Redis) -> None:
     body = {"model": "iris", "data": [[6.3, 3.3, 6.0, 2.5]]}
-    jobs_before = redis.zcard(keys.JOBS_INDEX)
+    jobs_before = redis.zcard(keys.jobs_index("default"))
     first = submit(client, body, **{"Idempotency-Key": "order-17"})
     assert first.status_code == 202, first.text
     job_id = first.json()["id"]
@@ -353,7 +358,7 @@ def test_same_idempotency_key_and_body_give_the_same_job(client: TestClient, red
     assert again.status_code == 200, again.text  # the same job, already finished
     assert again.json()["id"] == job_id
     assert again.json()["status"] == "succeeded"
-    assert redis.zcard(keys.JOBS_INDEX) == jobs_before + 1
+    assert redis.zcard(keys.jobs_index("default")) == jobs_before + 1
     listed = client.get("/v1/jobs", params={"model": "iris", "limit": 500}).json()["jobs"]
     assert [j["id"] for j in listed].count(job_id) == 1
     assert len(job_events(redis, job_id)) == 3  # queued, started, succeeded: it ran once
@@ -775,9 +780,9 @@ def test_pages_split_between_jobs_of_the_same_millisecond_lose_none(
     skip either (the cursor carries the id as a tie-breaker)."""
     body = {"model": "breast_cancer", "data": [[1.0] * 30]}
     ids = [submit(client, body, Prefer="wait=10").json()["id"] for _ in range(3)]
-    same_ms = redis.zscore(keys.JOBS_INDEX, ids[0])
+    same_ms = redis.zscore(keys.jobs_index("default"), ids[0])
     for job_id in ids:
-        redis.zadd(keys.JOBS_INDEX, {job_id: same_ms})
+        redis.zadd(keys.jobs_index("default"), {job_id: same_ms})
     listed, cursor = [], None
     while True:
         params: dict[str, Any] = {"model": "breast_cancer", "limit": 1}

@@ -3,23 +3,30 @@ module's Redis database, one table of cases per script.
 
 Each row is (case, setup, call, expected): the keys written before, what the script is called
 with, and what it returns plus the keys afterwards. Every key lives under a prefix of its own
-(``t:lua:<uuid>:``), channels included, so no other test sees these jobs or their events.
+(``t:lua:{<uuid>}:``, one hash tag), channels included, so no other test sees these jobs or their
+events. The module runs on one Redis and on a Redis Cluster (tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from contract import scripts
+from contract.channels import Subscriber, publish
+from contract.connection import cluster_target
+
+TOPOLOGIES = ("single", "cluster")
 
 TTL = 60
 T0 = 1_700_000_000_000  # a creation time (ms)
@@ -60,7 +67,8 @@ State = Mapping[str, Value | None]  # key name (under the test's prefix) -> valu
 class Keys:
     """Key and channel names under a prefix of the test's own."""
 
-    prefix: str = field(default_factory=lambda: f"t:lua:{uuid.uuid4().hex}")
+    # a hash tag of its own: on a cluster every key of a test lies in one slot, as a pool's do
+    prefix: str = field(default_factory=lambda: f"t:lua:{{{uuid.uuid4().hex}}}")
 
     def __call__(self, name: str) -> str:
         return f"{self.prefix}:{name}" if name else ""
@@ -106,24 +114,28 @@ async def snapshot(r: Redis, k: Keys) -> dict[str, Value | None]:
     return {key: await read(r, key) async for key in r.scan_iter(f"{k.prefix}:*", count=1000)}
 
 
-async def subscribed(r: Redis, channel: str) -> PubSub:
+@contextlib.asynccontextmanager
+async def subscribed(r: Redis, channel: str) -> AsyncIterator[Subscriber]:
     """A pubsub on ``channel``, its subscription confirmed (so no publish can precede it)."""
-    pubsub = r.pubsub()
-    await pubsub.subscribe(channel)
-    confirm = await pubsub.get_message(timeout=5)
-    assert confirm is not None and confirm["type"] == "subscribe"
-    return pubsub
+    async with Subscriber(r) as pubsub:
+        await pubsub.subscribe(channel)  # returns once the server confirmed it
+        yield pubsub
 
 
-async def next_message(pubsub: PubSub) -> str:
-    message = await pubsub.get_message(timeout=5)
-    assert message is not None and message["type"] == "message", message
-    return str(message["data"])
+async def next_message(pubsub: Subscriber) -> str:
+    async with asyncio.timeout(5):
+        _, data = await pubsub.get()
+    return data.decode()
 
 
 @pytest.fixture
 async def r(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
+    target = cluster_target(redis_url)
+    if target is None:
+        client = Redis.from_url(redis_url, decode_responses=True)
+    else:
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]
+        client = cast(Redis, RedisCluster(startup_nodes=nodes, decode_responses=True))
     yield client
     await client.aclose()
 
@@ -386,12 +398,9 @@ async def test_transition_keeps_the_expiry_of_the_record_and_stream(r: Redis, k:
 
 async def test_transition_publishes_its_event(r: Redis, k: Keys) -> None:
     await write(r, k, {"record": Hash({"status": "queued"})})
-    pubsub = await subscribed(r, k("channel"))
-    try:
+    async with subscribed(r, k("channel")) as pubsub:
         _, _, event_id, _ = await one_step(r, k, started(1))
         assert await next_message(pubsub) == f"{event_id} started 1"
-    finally:
-        await pubsub.aclose()
 
 
 # ---- cancel
@@ -529,8 +538,8 @@ CREATE_ROWS = [
     pytest.param({}, {}, {}, (1, True), CREATED, id="created"),
     pytest.param(
         {},
-        {"idempotency": ""},
         {},
+        {"idem_value": ""},
         (1, True),
         {**CREATED, "idempotency": None},
         id="created without an idempotency key",
@@ -671,13 +680,10 @@ async def test_create_gives_a_remade_owner_queued_set_an_expiry(r: Redis, k: Key
 
 
 async def test_create_wakes_the_pool(r: Redis, k: Keys) -> None:
-    pubsub = await subscribed(r, k("wake"))
-    try:
+    async with subscribed(r, k("wake")) as pubsub:
         code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
         assert code == 1
         assert await next_message(pubsub) == ""
-    finally:
-        await pubsub.aclose()
 
 
 # ---- claim
@@ -983,13 +989,10 @@ async def test_reap_wakes_the_pool_only_when_it_released(
     r: Redis, k: Keys, setup: State, wakes: bool
 ) -> None:
     await write(r, k, setup)
-    pubsub = await subscribed(r, k("wake"))
-    try:
+    async with subscribed(r, k("wake")) as pubsub:
         await REAP(r, keys=k.many("queue", "wake"), args=reap_args(k))
-        await r.publish(k("wake"), "marker")  # what comes first: the reaper's or this
+        await publish(r, k("wake"), "marker")  # what comes first: the reaper's or this
         assert await next_message(pubsub) == ("" if wakes else "marker")
-    finally:
-        await pubsub.aclose()
 
 
 # ---- queue_stats
@@ -1146,14 +1149,11 @@ async def test_transition_queues_a_wanted_webhook(
     r: Redis, k: Keys, wanted: str, status: str, step: Step, queued: bool
 ) -> None:
     await write(r, k, {"record": Hash({"status": status, "webhook_on": wanted})})
-    pubsub = await subscribed(r, k("webhook_wake"))
-    try:
+    async with subscribed(r, k("webhook_wake")) as pubsub:
         _, _, event_id, _ = await one_step(r, k, step)
         await check(r, k, {"webhooks": ZSet(queued_member(event_id)) if queued else None})
         if queued:
             assert await next_message(pubsub) == ""
-    finally:
-        await pubsub.aclose()
 
 
 async def test_create_queues_a_webhook_that_wants_queued(r: Redis, k: Keys) -> None:
@@ -1402,3 +1402,23 @@ def test_tables_have_unique_cases() -> None:
     ):
         ids = [row.id for row in rows]
         assert len(ids) == len(set(ids))
+
+
+# ---- repository: the desired state of what the workers serve (contract/repository.py)
+
+REPOSITORY_READ = scripts.load("repository_read")
+REPOSITORY_CHANGE = scripts.load("repository_change")
+
+
+async def test_repository_change_marks_counts_and_nudges_at_once(r: Redis, k: Keys) -> None:
+    names = k.many("generation", "unloaded", "nudge")
+    state = {"keys": k.many("generation", "unloaded"), "args": {}}
+    assert await REPOSITORY_READ(r, **state) == ["0", []]
+    async with subscribed(r, k("nudge")) as pubsub:
+        assert await REPOSITORY_CHANGE(r, names, {"model": "m", "load": 0}) == 1
+        assert await next_message(pubsub) == "m"
+    await check(r, k, {"unloaded": Hash({"m": "unloaded"}), "generation": Str("1")})
+    assert await REPOSITORY_READ(r, **state) == ["1", ["m"]]
+    assert await REPOSITORY_CHANGE(r, names, {"model": "m", "load": 1}) == 2
+    await check(r, k, {"unloaded": None, "generation": Str("2")})
+    assert await REPOSITORY_READ(r, **state) == ["2", []]

@@ -49,6 +49,8 @@ from hub.catalogue import Catalogue
 from hub.fanout import Fanout
 from hub.online import OnlineLane
 
+TOPOLOGIES = ("single", "cluster")
+
 SLOW_CONFIG = """description = "Heavy rows, and a batch that gathers for a minute while the line is full"
 max_batch_size = 64
 timeout_s = 60
@@ -380,8 +382,9 @@ def _gathering(lane: OnlineLane) -> int:
 
 def _holders(redis: Redis) -> list[bytes]:
     """The workers holding a batch (arq's in-progress keys hold the claiming worker's id)."""
-    found = list(redis.scan_iter(match="arq:in-progress:*"))
-    return [v for v in redis.mget(found) if v is not None] if found else []
+    found = list(redis.scan_iter(match=keys.PREFIX + "{*}:arq:in-progress:*"))
+    held = [redis.get(key) for key in found]  # one by one: on a cluster, pools' slots differ
+    return [v for v in held if v is not None]
 
 
 async def _until(condition: Any) -> None:

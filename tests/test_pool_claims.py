@@ -104,7 +104,7 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
     claims = redis.pubsub(ignore_subscribe_messages=True)
     previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
     redis.config_set("notify-keyspace-events", "K$")  # string commands: the claim's SET
-    claims.psubscribe(f"__keyspace@{stack.db}__:arq:in-progress:*")
+    claims.psubscribe(f"__keyspace@{stack.db}__:{keys.in_progress_prefix(POOL)}*")
     victim = transient.worker("victim", wait=False, models=claims_repo, pool=POOL)
     try:
         # SIGKILL as soon as the victim's first claim lands, before it can start those jobs
@@ -115,7 +115,7 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
         victim.stop()  # reaps the killed process; stops it if no claim came
         claims.close()
         redis.config_set("notify-keyspace-events", previous)
-    held = [job for job in jobs if redis.exists(f"arq:in-progress:{job}")]
+    held = [job for job in jobs if redis.exists(keys.in_progress_prefix(POOL) + job)]
     unstarted = [job for job in held if redis.hget(keys.job(job), "status") == b"queued"]
     assert unstarted, "the victim should have died holding jobs it had not started"
     start("rescuer")

@@ -26,12 +26,16 @@ from cli.processes import ready
 from contract.events import Event, EventType
 from hub.fanout import SlowConsumer, Subscription
 
+TOPOLOGIES = ("single", "cluster")
+
 
 @pytest.fixture(scope="module")
-def stack(stacks: Stacks) -> Iterator[Stack]:
-    """A Redis of the module's own (append-only: a test restarts it), a worker, and hubs
-    ``a`` and ``b`` and ``tiny`` (a tiny buffer and a short slow-consumer limit)."""
-    with stacks("realtime", own_redis=True, persistent=True) as made:
+def stack(stacks: Stacks, topology: str) -> Iterator[Stack]:
+    """A Redis of the module's own (append-only: a test restarts it) or the cluster, a
+    worker, and hubs ``a`` and ``b`` and ``tiny`` (a tiny buffer and a short slow-consumer
+    limit)."""
+    single = topology == "single"
+    with stacks("realtime", own_redis=single, persistent=single, topology=topology) as made:
         # outputs inline in their events whatever their size (an operator's choice): the slow
         # consumer tests need events that fill the sockets
         made.worker(wait=False, inline_output_bytes=2**26)
@@ -371,6 +375,7 @@ def test_full_buffer_coalesces_progress_and_keeps_every_other_event() -> None:
 # --- Redis restarted under an open stream ----------------------------------------------------
 
 
+@pytest.mark.topologies("single")  # the stack's own Redis, restarted
 def test_redis_restart_under_an_open_stream_loses_nothing(stack: Stack) -> None:
     url = address(stack, "a")
     job = submit(url, "slow", 300, 16)

@@ -516,7 +516,7 @@ def test_nested_data(http: httpx.Client, model_repo: Path) -> None:
 
 
 def test_infer_is_online_and_leaves_no_job(http: httpx.Client, redis: Redis) -> None:
-    jobs_before = redis.zcard(keys.JOBS_INDEX)
+    jobs_before = redis.zcard(keys.jobs_index("default"))
     rows = ROWS["iris"][:2].astype(np.float32).tolist()
     response = http.post(
         "/v2/models/iris/infer",
@@ -530,7 +530,7 @@ def test_infer_is_online_and_leaves_no_job(http: httpx.Client, redis: Redis) -> 
     body = response.json()
     assert body["id"] == "abc" and "parameters" not in body
     assert body["outputs"][0]["name"] == "label" and body["outputs"][0]["shape"] == [2]
-    assert redis.zcard(keys.JOBS_INDEX) == jobs_before  # no record, no event log
+    assert redis.zcard(keys.jobs_index("default")) == jobs_before  # no record, no event log
 
 
 def test_response_compression_follows_accept_encoding(http: httpx.Client) -> None:

@@ -180,7 +180,7 @@ def test_delivery_is_signed_recorded_and_verified(
         "delivered_at": view["delivered_at"],
     }
     assert view["delivered_at"] <= time.time()
-    assert redis.zcard(keys.WEBHOOKS) == 0  # nothing left to send
+    assert redis.zcard(keys.webhooks("default")) == 0  # nothing left to send
 
 
 def test_the_events_asked_for_each_come_once(hooks: TestClient, receiver: Receiver) -> None:
@@ -222,7 +222,7 @@ def test_retried_while_the_receiver_is_down_and_across_a_hub_restart(
         assert view["last_status"] is None and "connect" in view["last_error"]
         assert "delivered_at" not in view
     # the hub is gone; the delivery waits in Redis for the next one
-    assert redis.zcard(keys.WEBHOOKS) == 1
+    assert redis.zcard(keys.webhooks("default")) == 1
     up = down.start()
     try:
         with hub(hook_settings) as second:
@@ -230,7 +230,7 @@ def test_retried_while_the_receiver_is_down_and_across_a_hub_restart(
             assert Webhook(SECRET).verify(got.body, got.headers)["job_id"] == job_id
             view = job_webhook(second, job_id, delivered)
             assert view["attempts"] >= 3 and view["last_error"] is None
-            assert len(up.requests) == 1 and redis.zcard(keys.WEBHOOKS) == 0
+            assert len(up.requests) == 1 and redis.zcard(keys.webhooks("default")) == 0
     finally:
         up.stop()
 
@@ -251,7 +251,7 @@ REFUSED = [
 def test_a_host_not_allowed_is_refused_at_submission(
     hooks: TestClient, redis: Redis, url: str, says: str
 ) -> None:
-    before = redis.zcard(keys.owner_jobs("anonymous"))
+    before = redis.zcard(keys.owner_jobs("default", "anonymous"))
     r = hooks.post("/v1/jobs", json={"model": "iris", "data": ROW, "webhook": {"url": url}})
     assert r.status_code == 422, r.text
     error = r.json()["error"]
@@ -259,8 +259,8 @@ def test_a_host_not_allowed_is_refused_at_submission(
     assert says in error["message"]
     if "not allowed" in says:
         assert "INFERHUB_WEBHOOK_ALLOWED_HOSTS" in error["message"]  # what to set
-    assert redis.zcard(keys.owner_jobs("anonymous")) == before  # nothing written
-    assert redis.zcard(keys.WEBHOOKS) == 0
+    assert redis.zcard(keys.owner_jobs("default", "anonymous")) == before  # nothing written
+    assert redis.zcard(keys.webhooks("default")) == 0
 
 
 def test_a_hub_with_no_secret_takes_no_webhook(client: TestClient, receiver: Receiver) -> None:

@@ -1,6 +1,6 @@
 """The worker's own loop (``workers/loop.py``, ``workers/attempt.py``) and the pieces of arq 0.28
 it relies on, on the module's real Redis database: the job the hub's enqueue writes
-(``serialize_job`` under ``arq:job:``) is the job the worker runs; ``Retry`` and
+(``serialize_job`` under ``keys.arq_job_prefix``) is the job the worker runs; ``Retry`` and
 ``CancelledError`` put it back (a deferred retry ``defer`` from now); a timeout ends it; past
 its tries it is dropped; a killed worker's job is reaped and runs again; SIGTERM and SIGINT hand
 the running job back at once and run the shutdown hook.
@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from arq import Retry
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job_raw
 from helpers import ROOT
 from loop_worker import notes, worker
@@ -81,7 +80,7 @@ def job_args(pool: str) -> JobArgs:
 
 async def enqueue(r: Redis, pool: str) -> tuple[str, JobArgs]:
     """Queue a job as the hub does (``JobStore.create``: one script writes it all)."""
-    job_id, args = uuid.uuid4().hex, job_args(pool)
+    job_id, args = keys.new_job_id(pool), job_args(pool)
     record: JobRecord = {
         "id": job_id,
         "model": args["model"],
@@ -129,7 +128,7 @@ async def serve_until_deleted(
 
 async def ended(r: Redis, pool: str, job_id: str) -> bool:
     """Whether arq's keys of the job and its queue entry are all gone."""
-    names = (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
+    names = (keys.arq_job_prefix(pool), keys.in_progress_prefix(pool), keys.retry_prefix(pool))
     held = await r.exists(*(prefix + job_id for prefix in names))
     return held == 0 and await r.zscore(keys.queue(pool), job_id) is None
 
@@ -138,7 +137,7 @@ async def test_the_job_the_hub_writes_is_the_job_the_worker_runs(
     r: Redis, redis_url: str, pool: str
 ) -> None:
     job_id, args = await enqueue(r, pool)
-    raw = await r.get(job_key_prefix + job_id)
+    raw = await r.get(keys.arq_job_prefix(pool) + job_id)
     name, positional, kwargs, job_try, enqueued_ms = deserialize_job_raw(raw, deserializer=loads)
     assert (name, list(positional), kwargs, job_try) == (RUN_JOB, [], args, None)
     assert enqueued_ms <= time.time() * 1000
@@ -147,11 +146,14 @@ async def test_the_job_the_hub_writes_is_the_job_the_worker_runs(
     calls: list[tuple[str, int, dict[str, Any], bytes]] = []
 
     async def run_job(ctx: dict[str, Any], **kwargs: Any) -> None:
-        holder = await ctx["redis"].get(in_progress_key_prefix + ctx["job_id"])
+        holder = await ctx["redis"].get(keys.in_progress_prefix(pool) + ctx["job_id"])
         calls.append((ctx["job_id"], ctx["job_try"], kwargs, holder))
 
     loop = await serve_until_deleted(
-        redis_url, pool, job_key_prefix + job_id, Function(RUN_JOB, run_job, LONG_S, max_tries=3)
+        redis_url,
+        pool,
+        keys.arq_job_prefix(pool) + job_id,
+        Function(RUN_JOB, run_job, LONG_S, max_tries=3),
     )
     assert calls == [(job_id, 1, args, loop.worker_id.encode())]  # held by its worker meanwhile
     assert await ended(r, pool, job_id)
@@ -172,7 +174,7 @@ async def test_a_retried_or_canceled_job_runs_again(
             raise first_try
 
     function = Function(RUN_JOB, flaky, LONG_S, max_tries=3)
-    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, function)
     assert tries == [1, 2]
     assert await ended(r, pool, job_id)
 
@@ -188,11 +190,11 @@ async def test_a_deferred_retry_is_queued_its_defer_from_now(
     before_ms = time.time() * 1000
     function = Function(RUN_JOB, later, LONG_S, max_tries=3)
     # the in-progress key goes when the attempt ends; the job stays
-    await serve_until_deleted(redis_url, pool, in_progress_key_prefix + job_id, function)
+    await serve_until_deleted(redis_url, pool, keys.in_progress_prefix(pool) + job_id, function)
     score = await r.zscore(keys.queue(pool), job_id)
     assert score is not None and score >= before_ms + 3600 * 1000
-    assert await r.get(retry_key_prefix + job_id) == b"1"
-    assert await r.exists(job_key_prefix + job_id)
+    assert await r.get(keys.retry_prefix(pool) + job_id) == b"1"
+    assert await r.exists(keys.arq_job_prefix(pool) + job_id)
 
 
 async def test_a_job_past_its_timeout_is_canceled_and_ends(
@@ -210,7 +212,7 @@ async def test_a_job_past_its_timeout_is_canceled_and_ends(
             raise
 
     function = Function(RUN_JOB, stuck, 0.05, max_tries=3)
-    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, function)
     assert seen_by_job == ["started 1", "canceled"]  # once: a timeout does not retry
     assert await ended(r, pool, job_id)
 
@@ -224,7 +226,7 @@ async def test_a_job_past_its_tries_is_dropped(r: Redis, redis_url: str, pool: s
         raise Retry()
 
     function = Function(RUN_JOB, always, LONG_S, max_tries=2)
-    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, function)
     assert tries == [1, 2]  # the third attempt drops it unrun
     assert await ended(r, pool, job_id)
 
@@ -271,7 +273,7 @@ async def runs_on_a_second_worker(r: Redis, redis_url: str, pool: str, job_id: s
         tries.append(ctx["job_try"])
 
     function = Function(RUN_JOB, done, LONG_S, max_tries=5)
-    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, function)
+    await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, function)
     assert await ended(r, pool, job_id)
     return tries
 
@@ -283,7 +285,7 @@ async def test_a_killed_workers_job_is_reaped_and_runs_again(
     log = tmp_path / "victim.log"
     async with process(redis_url, pool, log) as victim:
         assert await note(r, pool, log) == "started 1"
-        holder = await r.get(in_progress_key_prefix + job_id)  # the claim names its worker
+        holder = await r.get(keys.in_progress_prefix(pool) + job_id)  # the claim names its worker
         assert holder is not None and holder.decode().startswith(f"t-loop-{victim.pid}-")
         victim.kill()
         await victim.wait()
@@ -306,8 +308,8 @@ async def test_a_job_a_live_worker_holds_but_does_not_run_runs_again(
     loop = worker(redis_url, pool, [Function(RUN_JOB, done, LONG_S, max_tries=5)], reaper=True)
     # its claim, made longer ago than the reaper's grace; it would hold the job for 70 s
     held_ms = loop.hold_ms - OWN_GRACE_MS - 1000
-    await r.set(in_progress_key_prefix + job_id, loop.worker_id, px=held_ms)
-    await serve_until_deleted(redis_url, pool, job_key_prefix + job_id, loop=loop)
+    await r.set(keys.in_progress_prefix(pool) + job_id, loop.worker_id, px=held_ms)
+    await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, loop=loop)
     assert tries == [1]
     assert await ended(r, pool, job_id)
 
@@ -326,8 +328,8 @@ async def test_a_signal_hands_the_running_job_back_and_shuts_down(
     assert (await note(r, pool, log)).startswith(f"shutdown t-loop-{child.pid}-")  # its hook ran
     assert not [k async for k in r.scan_iter(match=keys.worker(f"t-loop-{child.pid}-*"))]
     # back in the queue at once, its try counted
-    assert not await r.exists(in_progress_key_prefix + job_id)
-    assert await r.exists(job_key_prefix + job_id)
+    assert not await r.exists(keys.in_progress_prefix(pool) + job_id)
+    assert await r.exists(keys.arq_job_prefix(pool) + job_id)
     assert await r.zscore(keys.queue(pool), job_id) is not None
-    assert await r.get(retry_key_prefix + job_id) == b"1"
+    assert await r.get(keys.retry_prefix(pool) + job_id) == b"1"
     assert await runs_on_a_second_worker(r, redis_url, pool, job_id) == [2]

@@ -1,13 +1,16 @@
 """One attempt at one claimed job: read arq's job, run its function under its timeout, and do
-arq's bookkeeping, with arq's keys and formats, so the hub's enqueue and arq's own clients agree.
+arq's bookkeeping, in arq's formats, under the pool's hash tag (``contract/keys.py``) instead of
+arq's global prefixes, so that every key a claim or an attempt touches lies in the pool's slot.
 
-What is read and written (arq 0.28, ``arq.constants``):
+What is read and written (arq 0.28's formats):
 
-- ``arq:job:<id>``: the job, written by the hub with ``arq.jobs.serialize_job`` (msgpack) and
-  read here with ``arq.jobs.deserialize_job_raw``: function name, args, kwargs.
-- ``arq:retry:<id>``: the tries so far, counted up (INCR) by the claim, which reads the job too.
-- ``arq:in-progress:<id>``: set by the claim script (``workers/loop.py``); deleted when the
-  attempt ends, whatever its outcome.
+- ``keys.arq_job_prefix(pool) + id``: the job, written by the hub with
+  ``arq.jobs.serialize_job`` (msgpack) and read here with ``arq.jobs.deserialize_job_raw``:
+  function name, args, kwargs.
+- ``keys.retry_prefix(pool) + id``: the tries so far, counted up (INCR) by the claim, which
+  reads the job too.
+- ``keys.in_progress_prefix(pool) + id``: set by the claim script (``workers/loop.py``);
+  deleted when the attempt ends, whatever its outcome.
 - the pool's queue (a sorted set scored by run-at ms): the job stays in it until it ends.
 
 The outcomes are arq's:
@@ -36,11 +39,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq import Retry
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import SerializationError, deserialize_job_raw
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from contract import keys
 from contract.wire import loads
 
 log = logging.getLogger(__name__)
@@ -69,10 +72,13 @@ class Attempts:
     queue (a job whose attempt has not reached its function yet goes back without running)."""
 
     def __init__(
-        self, redis: Redis, queue: str, functions: Mapping[str, Function], ctx: dict[str, Any]
+        self, redis: Redis, pool: str, functions: Mapping[str, Function], ctx: dict[str, Any]
     ) -> None:
         self.redis = redis
-        self.queue = queue
+        self.queue = keys.queue(pool)
+        self.in_progress = keys.in_progress_prefix(pool)
+        self.retry = keys.retry_prefix(pool)
+        self.job = keys.arq_job_prefix(pool)
         self.functions = functions
         self.ctx = ctx
         self.stopping = False
@@ -140,9 +146,7 @@ class Attempts:
 
     def _queue_end(self, job_id: str, pipe: Pipeline) -> None:
         pipe.zrem(self.queue, job_id)
-        pipe.delete(
-            in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id
-        )
+        pipe.delete(self.in_progress + job_id, self.retry + job_id, self.job + job_id)
 
     async def _requeue(self, job_id: str, defer_ms: int | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -150,5 +154,5 @@ class Attempts:
                 # XX: a job canceled meanwhile (gone from the queue) is not put back
                 run_at = int(time.time() * 1000) + defer_ms
                 pipe.zadd(self.queue, {job_id: run_at}, xx=True)
-            pipe.delete(in_progress_key_prefix + job_id)
+            pipe.delete(self.in_progress + job_id)
             await pipe.execute()

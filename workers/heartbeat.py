@@ -137,6 +137,8 @@ async def beat(
             worker_record(worker_id, pool, repo, stats),
             px=int(ttl_s * 1000),
         )
+        # the same presence in the pool's slot, for the claim and reap scripts
+        pipe.set(keys.worker_lease(pool, worker_id), 1, px=int(ttl_s * 1000))
         pipe.zadd(keys.WORKERS, {worker_id: now})
         # every start adds an id: forget those silent for longer than anyone lists stopped ones
         pipe.zremrangebyscore(keys.WORKERS, "-inf", now - WORKERS_KEPT_S)
@@ -166,9 +168,10 @@ async def heartbeat_forever(
         await asyncio.sleep(every_s)
 
 
-async def leave(redis: Redis, worker_id: str) -> None:
+async def leave(redis: Redis, worker_id: str, pool: str) -> None:
     """Remove the heartbeat at a clean shutdown, so the hub sees the worker gone at once."""
     await redis.delete(keys.worker(worker_id))
+    await redis.delete(keys.worker_lease(pool, worker_id))  # apart: another slot
 
 
 def alive_here(redis_url: str) -> bool:

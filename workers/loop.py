@@ -2,20 +2,23 @@
 job is queued, outlives Redis outages, and on SIGINT or SIGTERM hands its running jobs back.
 
 It replaces arq's ``Worker`` (which it used to subclass, reaching into its private fields) and
-keeps arq's keys and job format, so the hub's enqueue is unchanged; ``workers/attempt.py`` runs
-each job and does arq's bookkeeping. docs/operations.md says what of arq is used, and why.
+keeps arq's job format and bookkeeping, under its pool's hash tag (``contract/keys.py``): every
+key a claim touches lies in one slot of a Redis Cluster, and redis-py's cluster client sends it
+to the node that owns that slot, following a resharding or a failover (MOVED, ASK).
+``workers/attempt.py`` runs each job and does arq's bookkeeping. docs/operations.md says what of arq is used, and why.
 
 - **Wake-up.** The hub publishes on the pool's wake channel in the script that queues a job; the
   worker listens and claims at once. A poll every ``poll_delay_s`` stays as a safety net (a lost
   publication, a deferred retry), so an idle worker sends few commands.
 - **Claim.** One Lua script (``contract/lua/claim.lua``) reads the due jobs in score order,
-  skips those another worker holds (their ``arq:in-progress:<id>`` key exists) and takes free
+  skips those another worker holds (their in-progress key exists) and takes free
   ones until this worker's room is full, however far into the queue that is; with each it
   returns the arq job and counts the try, so an attempt needs no round trip to start. The in-progress
   key's value is the claiming worker's id, so that ``workers/reaper.py`` can hand back the jobs
   of a worker that died after claiming them, started or not; it expires after the longest
   function timeout + 10 s, as arq's does. A worker claims nothing while its own heartbeat
-  record is missing (before its first beat, or after a lapse): the reaper would take those jobs
+  lease (``keys.worker_lease``, beside its record) is missing (before its first beat, or after
+  a lapse): the reaper would take those jobs
   back at once. A worker whose room was full claims again as soon as a job ends.
 - **Outages.** A failed claim is logged and tried again at the next poll; the wake channel
   reconnects with backoff; a worker started before Redis waits for it (30 tries, 1 s apart).
@@ -35,11 +38,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
+from contract.channels import Subscriber
 from contract.connection import connect, database
 from workers.attempt import RETRY_KEY_TTL_S, Attempts, Function
 
@@ -110,7 +113,7 @@ class WorkerLoop:
 
     async def _serve(self, redis: Redis) -> None:
         ctx: dict[str, Any] = {"redis": redis}
-        self._attempts = Attempts(redis, self.queue, self.functions, ctx)
+        self._attempts = Attempts(redis, self.pool, self.functions, ctx)
         try:
             if self.on_startup is not None:
                 await self.on_startup(ctx)
@@ -165,16 +168,16 @@ class WorkerLoop:
             return
         claimed = await CLAIM(
             redis,
-            keys={"queue": self.queue, "heartbeat": keys.worker(self.worker_id)},
+            keys={"queue": self.queue, "heartbeat": keys.worker_lease(self.pool, self.worker_id)},
             args={
-                "in_progress_prefix": in_progress_key_prefix,
+                "in_progress_prefix": keys.in_progress_prefix(self.pool),
                 "in_progress_ms": self.hold_ms,
                 "now_ms": int(time.time() * 1000),
                 "room": room,
                 "worker_id": self.worker_id,
                 "page": CLAIM_PAGE,
-                "job_prefix": job_key_prefix,
-                "retry_prefix": retry_key_prefix,
+                "job_prefix": keys.arq_job_prefix(self.pool),
+                "retry_prefix": keys.retry_prefix(self.pool),
                 "retry_ttl_s": RETRY_KEY_TTL_S,
                 "running": list(self._tasks),  # held by this worker: skipped at no cost
             },
@@ -206,12 +209,12 @@ class WorkerLoop:
         try:
             while True:
                 try:
-                    async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                        await pubsub.subscribe(channel)
+                    async with Subscriber(redis) as channels:
+                        await channels.subscribe(channel)
                         backoff = 0.05
                         while True:
-                            if await pubsub.get_message(timeout=None) is not None:
-                                self._wake.set()
+                            await channels.get()
+                            self._wake.set()
                 except (RedisError, OSError) as exc:
                     log.warning("wake-up channel lost (%s); polling meanwhile", exc)
                     await asyncio.sleep(backoff)

@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 
 from contract import tracing
-from contract.jobstore import RUN_JOB, JobStore, Limits
+from contract.jobstore import RUN_JOB, RUN_JOBS, JobStore, Limits
 from contract.online import RUN_BATCH
 from contract.settings import Settings
 from workers.attempt import Function
@@ -23,7 +23,7 @@ from workers.loop import WorkerLoop, serve_until_signalled
 from workers.online import run_batch
 from workers.reaper import reap_forever
 from workers.repository import longest_timeout
-from workers.runner import run_job
+from workers.runner import run_job, run_jobs
 from workers.serving import Serving, follow_forever
 from workers.stats import Tally
 from workers.tracing import traced_batch, traced_job
@@ -100,12 +100,13 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
         if "serving" in ctx:
             await ctx["serving"].close()
         with contextlib.suppress(Exception):
-            await leave(ctx["redis"], worker_id)
+            await leave(ctx["redis"], worker_id, settings.pool)
 
     loop = WorkerLoop(
         # the model's own timeout fails the job cleanly first; this one is the backstop
         [
             Function(RUN_JOB, traced_job(run_job), timeout_s=longest + 10, max_tries=MAX_TRIES),
+            Function(RUN_JOBS, run_jobs, timeout_s=longest + 10, max_tries=MAX_TRIES),
             # a batch that kills its worker runs again while its requests' deadlines allow
             Function(
                 RUN_BATCH, traced_batch(run_batch), timeout_s=longest + 10, max_tries=MAX_TRIES

@@ -17,6 +17,7 @@ import numpy as np
 from arq import Retry
 from redis.exceptions import RedisError
 
+from contract import channels
 from contract.online import Answer, OnlineRequest, Reply
 from contract.tensors import pack_tensor, unpack_tensor
 from contract.wire import dumps
@@ -49,7 +50,7 @@ async def run_batch(
             "batch": batch,
             "answers": [{"id": r["id"], "error": error, "status": 503} for r in requests],
         }
-        await ctx["redis"].publish(reply, dumps(gone))
+        await channels.publish(ctx["redis"], reply, dumps(gone))
         return None
     stats["running"] += 1
     try:

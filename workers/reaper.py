@@ -1,6 +1,6 @@
 """Prompt recovery of the jobs of a dead worker.
 
-arq keeps a job in its queue until it ends and guards it with ``arq:in-progress:<id>``, which
+arq keeps a job in its queue until it ends and guards it with an in-progress key (``keys.in_progress_prefix``), which
 expires only after the job's timeout plus 10 s: a worker killed after claiming jobs would hold
 them that long, whether it had started them or not. The claim (``workers/loop.py``) stores the
 claiming worker's id in that key. Every worker of a pool also watches the others: a job held by
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -40,9 +39,9 @@ async def reap_forever(
 ) -> None:
     names = {"queue": keys.queue(pool), "wake": keys.wake(pool, database(redis))}
     args = {
-        "in_progress_prefix": in_progress_key_prefix,
-        "job_prefix": keys.job(""),
-        "worker_prefix": keys.worker(""),
+        "in_progress_prefix": keys.in_progress_prefix(pool),
+        "job_prefix": keys.job_prefix(pool),
+        "worker_prefix": keys.worker_lease(pool, ""),
         "scan": scan,
         "worker_id": worker.worker_id,
         "hold_ms": worker.hold_ms,

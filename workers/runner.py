@@ -1,4 +1,5 @@
-"""The arq job function: one job, from its packed inputs to its final event."""
+"""The arq job functions: one job, from its packed inputs to its final event (``run_job``),
+and the jobs the hub created together (``run_jobs``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from workers.batcher import Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
 from workers.stats import counted
+from workers.tracing import traced_job
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,23 @@ async def run_job(ctx: dict[str, Any], **job: Any) -> None:
         # the record still says queued or started, and the guarded events will not repeat
         log.warning("job %s: redis unavailable (%s); it will run again", ctx["job_id"], exc)
         raise Retry(defer=1) from exc
+
+
+async def run_jobs(ctx: dict[str, Any], *, jobs: list[dict[str, Any]]) -> None:
+    """Run the jobs created together, each as ``run_job`` runs it, at once: their rows meet in
+    the model's batcher and their ends in one transition call (the job store gathers them).
+    If Redis failed one, they all run again: the steps of those that ended do not repeat."""
+    run = traced_job(run_job)
+    outcomes = await asyncio.gather(
+        *(
+            run({**ctx, "job_id": job["job_id"]}, **{k: v for k, v in job.items() if k != "job_id"})
+            for job in jobs
+        ),
+        return_exceptions=True,
+    )
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:  # a Retry first: it hands the jobs back to the queue
+        raise next((f for f in failures if isinstance(f, Retry)), failures[0])
 
 
 async def _run(

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract import keys, repository
+from contract.channels import Subscriber
 from contract.connection import database
 from workers.batcher import Batcher
 from workers.repository import Model, fingerprint, load_model, model_dirs, reason
@@ -213,12 +214,12 @@ async def _listen(redis: Redis, nudge: asyncio.Event) -> None:
     channel = keys.repository_nudge(database(redis))
     while True:
         try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(channel)
+            async with Subscriber(redis) as channels:
+                await channels.subscribe(channel)
                 nudge.set()  # anything published while (re)subscribing is read again now
                 while True:
-                    if await pubsub.get_message(timeout=None) is not None:
-                        nudge.set()
+                    await channels.get()
+                    nudge.set()
         except (RedisError, OSError) as exc:
             log.warning("repository channel lost (%s); checking at each heartbeat", exc)
             await asyncio.sleep(1.0)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from contract import keys, scripts
+from contract import channels, keys, scripts
 from contract import stats as contract
 
 T = TypeVar("T")
@@ -143,7 +143,7 @@ class Tally:
             if not pending:
                 continue
             deltas = [x for field_delta in pending.items() for x in field_delta]
-            sent.calls.append((len(pipe.command_stack), counts, pending, last_ms))
+            sent.calls.append((len(pipe), counts, pending, last_ms))
             STATS_ADD.queue(
                 pipe,
                 keys={"stats": keys.model_stats(model, version)},
@@ -233,11 +233,12 @@ async def publish_counted(
     after it, in one round trip (counts first: whoever reads the answer of a quiet worker finds
     them in Redis); the first of the publication's and ``then``'s errors is raised."""
     start = 0
+    command = await channels.publish_command(redis)
 
     def fill(pipe: Pipeline) -> None:
         nonlocal start
-        start = len(pipe.command_stack)
-        pipe.publish(channel, message)
+        start = len(pipe)
+        pipe.execute_command(command, channel, message)
         if then is not None:
             then(pipe)
 

@@ -29,5 +29,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
     table.insert(released, id)
   end
 end
-if #released > 0 then redis.call('PUBLISH', KEYS[2], '') end
+-- sharded from Redis 7, as contract/channels.py subscribes (the channel is of the queue's slot)
+local PUBLISH = (redis.REDIS_VERSION_NUM or 0) >= 0x070000 and 'SPUBLISH' or 'PUBLISH'
+if #released > 0 then redis.call(PUBLISH, KEYS[2], '') end
 return released

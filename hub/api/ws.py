@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
 from contract.events import Event, stream_key
+from contract.jobstore import Position
 from contract.settings import Settings
 from hub import frames
 from hub.auth import Principal
@@ -244,7 +245,7 @@ class Connection:
         target = Target.model_validate(message)
         self._check_room()
         after = target.last_event_id
-        _check_event_id(after or "0")
+        _check_event_id(after or "0", feed=not target.job_id)
         if target.job_id:
             record = await self.service.record(target.job_id, self.caller.visible)  # else 404
             finished = record["status"] in FINISHED
@@ -355,9 +356,10 @@ class _Close(Exception):
         self.reason = reason
 
 
-def _check_event_id(event_id: str) -> None:
+def _check_event_id(event_id: str, *, feed: bool) -> None:
+    """A job's event id; for a feed, a position per pool too (jobstore.Position)."""
     try:
-        stream_key(event_id)
+        Position.parse(event_id) if feed else stream_key(event_id)
     except ValueError as exc:
         raise MalformedRequest(str(exc), "invalid_event_id") from None
 

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
@@ -82,8 +81,8 @@ async def read(catalogue: Catalogue) -> Snapshot:
                 catalogue.redis,
                 keys={"queue": keys.queue(pool)},
                 args={
-                    "in_progress_prefix": in_progress_key_prefix,
-                    "job_prefix": keys.job(""),
+                    "in_progress_prefix": keys.in_progress_prefix(pool),
+                    "job_prefix": keys.job_prefix(pool),
                     "scan": QUEUE_SCAN,
                 },
             )

@@ -2,7 +2,8 @@
 attempt on its job, and retry the failed ones with exponential backoff.
 
 A delivery is queued by the script that appends its event (``contract/lua/append.lua``), in the
-sorted set ``keys.WEBHOOKS`` scored by when its next attempt is due, so no restart loses one.
+sorted set of its pool (``keys.webhooks``) scored by when its next attempt is due, so no restart
+loses one; the sender claims from every pool's.
 Any hub claims it with a lease (``webhook_claim.lua``): no two hubs send one attempt at once,
 and an attempt whose hub died runs again when the lease ends. A hub that stops hands its
 claims back at once. Delivery is at least once: a hub that dies after the receiver answered,
@@ -112,23 +113,32 @@ class WebhookSender:
         while True:
             self._woken.clear()
             wait_ms = -1
-            free = self.concurrency - len(self._claims)
-            if free > 0:
+            try:
+                pools = await self.store.pools()
+            except (RedisError, OSError) as exc:
+                log.warning("webhook sender: cannot list the pools (%s)", exc)
+                pools, wait_ms = [], 1000
+            for pool in pools:
+                free = self.concurrency - len(self._claims)
+                if free <= 0:
+                    break
                 try:
-                    lease, wait_ms, members = await CLAIM(
+                    lease, pool_wait_ms, members = await CLAIM(
                         self.redis,
-                        keys={"due": keys.WEBHOOKS},
+                        keys={"due": keys.webhooks(pool)},
                         args={"lease_ms": self.lease_ms, "count": free},
                     )
                 except (RedisError, OSError) as exc:
                     log.warning("webhook sender: cannot claim deliveries (%s)", exc)
-                    wait_ms = 1000
+                    pool_wait_ms = 1000
                 else:
                     for raw in members:
                         member = raw.decode()
                         task = asyncio.create_task(self._deliver(member, lease))
                         self._claims[task] = (member, lease)
                         task.add_done_callback(self._finished)
+                if pool_wait_ms >= 0:
+                    wait_ms = pool_wait_ms if wait_ms < 0 else min(wait_ms, pool_wait_ms)
             timeout = IDLE_POLL_S if wait_ms < 0 else min(IDLE_POLL_S, wait_ms / 1000)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -210,7 +220,7 @@ class WebhookSender:
         job_id = member.split(" ", 1)[0]
         await DONE(
             self.redis,
-            keys={"due": keys.WEBHOOKS, "record": keys.job(job_id)},
+            keys={"due": keys.webhooks(keys.pool_of(job_id)), "record": keys.job(job_id)},
             args={
                 "member": member,
                 "lease": lease,

