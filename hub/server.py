@@ -34,7 +34,8 @@ class Server(uvicorn.Server):
         # connect there were 8-9 of them, 0.6-2.1 s at the longest. Start-up's objects (108,000:
         # modules, routes, schemas) never become garbage: freeze them out of the scans; and a
         # full pass at most once per 100 middle-generation passes, not 10. Both: 1 full pass of
-        # 0.35-0.51 s, the same 22 KiB per idle connection (bench/fanout.py --gc-stats, README).
+        # 0.35-0.51 s, the same 22 KiB per idle connection (24.5, not 22.0, at 1,000 connections:
+        # their handshakes' garbage waits for the rarer full pass); bench/fanout.py --gc-stats.
         gc.collect()
         gc.freeze()
         young, middle, _ = gc.get_threshold()
