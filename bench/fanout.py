@@ -10,7 +10,10 @@ It starts its own Redis, worker and hub on loopback, and raises the file descrip
 The clients share this one process and the machine's cores with the hub, so they are kept
 lean: each is an asyncio protocol without a task of its own, reading its stream by hand, and at
 most ``--connecting`` handshakes are in flight at once, so that an opening burst of 10,000
-connects never overflows the listen backlog.
+connects never overflows the listen backlog. ``--gc-stats`` adds the hub's garbage
+collections while the clients connect and while the jobs run (count, total and longest pause
+per generation) and the objects frozen out of the collector's scans, recorded in the hub by
+``bench/gcstats/sitecustomize.py``.
 """
 
 from __future__ import annotations
@@ -181,15 +184,20 @@ async def connect(url: str, transport: str, rx: Receiver) -> asyncio.Transport |
     return conn
 
 
-async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
+async def run(
+    args: argparse.Namespace, stack: Stack
+) -> tuple[dict[str, object], dict[str, list[float]]]:
+    """The result, and the wall-clock span of each phase (connect, jobs)."""
     url = stack.urls[0]
     hub_pid = stack.pids()["hub"][0]
     rx = Receiver(args.clients, args.connecting)
     baseline = rss_mib(hub_pid)
+    phases: dict[str, list[float]] = {"connect": [time.time()]}
     opened = time.monotonic()
     conns = await asyncio.gather(*(connect(url, args.transport, rx) for _ in range(args.clients)))
     await asyncio.wait_for(rx.all_in.wait(), 300)
     connect_s = time.monotonic() - opened
+    phases["connect"].append(time.time())
     await asyncio.sleep(2)
     idle_rss = rss_mib(hub_pid)
 
@@ -198,12 +206,14 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         posts = []
         hub_cpu, own_cpu = cpu_seconds(hub_pid), time.process_time()
         start = time.monotonic()
+        phases["jobs"] = [time.time()]
         while (jobs := len(posts)) < args.seconds * args.jobs_per_s:
             await asyncio.sleep(max(0.0, start + jobs / args.jobs_per_s - time.monotonic()))
             posts.append(asyncio.create_task(http.post("/v1/jobs", json=body)))
         answers = await asyncio.gather(*posts, return_exceptions=True)
         await asyncio.sleep(3)  # let the last events arrive
         wall = time.monotonic() - start
+        phases["jobs"].append(time.time())
         hub_cpu = cpu_seconds(hub_pid) - hub_cpu
         own_cpu = time.process_time() - own_cpu
     for conn in conns:
@@ -213,7 +223,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
     jobs = sum(isinstance(a, httpx.Response) and a.is_success for a in answers)
     lat = sorted(x * 1000 for x in rx.latencies) or [float("nan")]
     pick = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)  # noqa: E731
-    return {
+    result = {
         "transport": args.transport,
         "clients": args.clients,
         "connected": rx.connected,
@@ -232,6 +242,21 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
             (idle_rss - baseline) * 1024 / max(1, rx.connected), 1
         ),
     }
+    return result, phases
+
+
+def gc_summary(records: list[list[float]], phases: dict[str, list[float]]) -> dict[str, object]:
+    """Per phase and generation: collections, their total and their longest pause (ms)."""
+    summary: dict[str, object] = {}
+    for phase, (begin, end) in phases.items():
+        for gen in range(3):
+            pauses = [s * 1000 for t, g, s in records if g == gen and begin <= t <= end]
+            summary[f"{phase}_gen{gen}"] = {
+                "count": len(pauses),
+                "total_ms": round(sum(pauses), 1),
+                "max_ms": round(max(pauses, default=0.0), 1),
+            }
+    return summary
 
 
 def main() -> None:
@@ -241,6 +266,7 @@ def main() -> None:
     parser.add_argument("--jobs-per-s", type=float, default=10)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--connecting", type=int, default=256, help="handshakes in flight")
+    parser.add_argument("--gc-stats", action="store_true", help="the hub's garbage collections")
     args = parser.parse_args()
     args.clients = min(args.clients, 20_000)
     args.seconds = min(args.seconds, 300)
@@ -249,11 +275,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="inferhub-fanout-") as tmp:
         # every client is the same (keyless) tenant: let it hold them all
         env = {"INFERHUB_MAX_STREAMS_PER_TENANT": str(args.clients + 100)}
+        if args.gc_stats:
+            path = os.pathsep.join(
+                filter(None, [str(ROOT / "bench" / "gcstats"), os.environ.get("PYTHONPATH")])
+            )
+            env |= {"PYTHONPATH": path, "INFERHUB_GC_STATS_DIR": tmp}
         stack = Stack(make_repo(Path(tmp)), env=env)
+        hub_pid = stack.pids()["hub"][0]
         try:
-            result = asyncio.run(run(args, stack))
+            result, phases = asyncio.run(run(args, stack))
         finally:
-            stack.close()
+            stack.close()  # the hub writes its collections as it exits
+        if args.gc_stats:
+            recorded = json.loads((Path(tmp) / f"{hub_pid}.json").read_text())
+            result["hub_gc"] = {
+                "frozen": recorded["frozen"],
+                **gc_summary(recorded["collections"], phases),
+            }
     print(json.dumps(result))
 
 
