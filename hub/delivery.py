@@ -377,7 +377,7 @@ class Delivery:
         """The feed's event as it goes out: with the fan-out's position (the shared frame)
         while the subscriber is in step with it, else with its own."""
         assert f.pools is not None
-        at = frames.position(event) if live else None
+        at = frames.position(event, every=self.owner is None) if live else None
         if at is not None and (f.synced or _caught_up(f, at)):
             f.synced = True  # from here on it gets what the fan-out dispatches, in order
             return event

@@ -252,8 +252,12 @@ class Fanout:
         self.connected = False
         # each pool's log as far as this hub has read it (from where its channels were read,
         # past every event dispatched): where a subscriber that has every event up to the one
-        # it is sent stands in the all-jobs feed (hub/frames.py, ``feed_sse``)
+        # it is sent stands in the all-jobs feed (hub/frames.py, ``feed_sse``). An admin's
+        # counts every tenant's events; a tenant's, its own only: its ids tell nothing of the
+        # others' events
         self.position = Position()
+        self._reached = Position()  # where each pool's channels began to be read
+        self._owned: dict[str, Position] = {}
 
     async def start(self) -> None:
         self._tasks = [
@@ -338,7 +342,10 @@ class Fanout:
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)
         self.position = self.position.past((event,))
-        frames.stamp(event, self.position if self.pooled else None)
+        owned = self._owned.get(event.owner, self._reached).past((event,))
+        self._owned[event.owner] = owned
+        if self.pooled:  # else plain ids are exact
+            frames.stamp(event, self.position, owned)
         # a copy: a subscriber that takes the event at once may end its topic, and leave
         delivered = 0
         for sub in tuple(self._targets(event)):
@@ -436,10 +443,15 @@ class Fanout:
         return last[0][0].decode() if last else None
 
     def _reach(self, pool: str, log_end: str | None) -> None:
-        """Name the pool in ``position`` from where its channels are read: what its log held
+        """Name the pool in the positions from where its channels are read: what its log held
         then was published before (a subscriber has it from its replay, or followed later)."""
-        at = max(self.position.of(pool), stream_key(log_end) if log_end else (0, 0))
-        self.position = Position(self.position.base, {**self.position.pools, pool: at})
+        end = stream_key(log_end) if log_end else (0, 0)
+
+        def moved(position: Position) -> Position:
+            return Position(position.base, {**position.pools, pool: max(end, position.of(pool))})
+
+        self._reached, self.position = moved(self._reached), moved(self.position)
+        self._owned = {owner: moved(position) for owner, position in self._owned.items()}
 
     async def ensure(self, pool: str, timeout_s: float = 2.0) -> None:
         """Return once the pool's channels are read (before a job of a pool this hub has not

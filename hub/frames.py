@@ -6,8 +6,10 @@ In the all-jobs feed of a hub that reads several pools, an SSE frame's ``id:`` i
 (``jobstore.Position``: ids of two pools' logs do not compare), so that a browser's
 ``EventSource`` resumes exactly with ``Last-Event-ID``. The fan-out stamps each event with its
 position (``stamp``): every pool it reads, from where it began to read it, past every event it
-has dispatched up to this one. A live subscriber that has every event before it stands exactly
-there, so its frame, token included, is the same bytes for all of them. A subscriber still replaying, or ahead of the fan-out (its replay read what is
+has dispatched up to this one (of every tenant for an admin's feed, of the event's owner for
+the owner's: a tenant's ids tell nothing of the others' events). A live subscriber that has
+every event before it stands exactly there, so its frame, token included, is the same bytes
+for all of them: at most two encodings per event, an admin's and its owner's. A subscriber still replaying, or ahead of the fan-out (its replay read what is
 still on its way), is sent its own token instead (``resumed``, hub/delivery.py decides).
 
 An event reaches every subscriber as the same object (the fan-out hands it around), so each
@@ -65,39 +67,44 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def stamp(event: Event, position: Position | None) -> None:
-    """Mark the event with the fan-out's position once it is dispatched (None: the hub reads
-    one pool, whose plain ids are exact)."""
-    _memo(event)["_position"] = position
-
-
-def position(event: Event) -> Position | None:
-    """The fan-out's position at the event (None: replayed, or a hub of one pool)."""
-    return _memo(event).get("_position")  # type: ignore[no-any-return]
-
-
-def feed_sse(event: Event) -> bytes:
-    """The event as a frame of the all-jobs feed: its ``id:`` the fan-out's position at it
-    (its plain id where it has none)."""
+def stamp(event: Event, every: Position, owner: Position) -> None:
+    """Mark a dispatched event with the fan-out's positions at it: over every tenant's events
+    (an admin's feed) and over its owner's (the owner's feed). Unmarked: the hub reads one
+    pool, whose plain ids are exact."""
     memo = _memo(event)
-    found = memo.get("_feed_sse")
+    memo["_position"], memo["_owned"] = every, owner
+
+
+def position(event: Event, every: bool) -> Position | None:
+    """The fan-out's position at the event for a feed of ``every`` tenant's events or of its
+    owner's (None: replayed, or a hub of one pool)."""
+    return _memo(event).get("_position" if every else "_owned")  # type: ignore[no-any-return]
+
+
+def feed_sse(event: Event, every: bool) -> bytes:
+    """The event as a frame of the all-jobs feed (of ``every`` tenant's events, or of its
+    owner's): its ``id:`` the fan-out's position at it (its plain id where it has none)."""
+    memo = _memo(event)
+    name = "_feed_sse" if every else "_own_feed_sse"
+    found = memo.get(name)
     if found is None:
-        at = memo.get("_position")
+        at = position(event, every)
         if at is None:
             found = sse(event)
         else:
             ENCODED["sse"] += 1
             found = _sse_with_id(event, str(at).encode())
-        memo["_feed_sse"] = found
+        memo[name] = found
     return found  # type: ignore[no-any-return]
 
 
-def feed_sse_chunk(event: Event) -> bytes:
+def feed_sse_chunk(event: Event, every: bool) -> bytes:
     """``feed_sse`` as one chunk of a chunked HTTP/1.1 body."""
     memo = _memo(event)
-    found = memo.get("_feed_sse_chunk")
+    name = "_feed_sse_chunk" if every else "_own_feed_sse_chunk"
+    found = memo.get(name)
     if found is None:
-        found = memo["_feed_sse_chunk"] = chunk(feed_sse(event))
+        found = memo[name] = chunk(feed_sse(event, every))
     return found  # type: ignore[no-any-return]
 
 

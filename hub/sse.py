@@ -12,9 +12,9 @@ a write whose socket buffer is full arms a timer: a client that stopped reading 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,20 +42,21 @@ RESET = (
 
 class EventStream(Response):
     """Batches of events (``service.follow``/``feed``) as a ``text/event-stream``. Make it
-    first, and hand its ``outbox`` to the delivery as its sink. A ``feed`` (the all-jobs feed)
-    sends resume tokens as its events' ids (hub/frames.py)."""
+    first, and hand its ``outbox`` to the delivery as its sink. The all-jobs feed (``feed``;
+    of ``every`` tenant's events for an admin) sends resume tokens as its events' ids
+    (hub/frames.py)."""
 
     media_type = MEDIA_TYPE
 
-    def __init__(self, slow_s: float, *, feed: bool = False) -> None:
+    def __init__(self, slow_s: float, *, feed: bool = False, every: bool = False) -> None:
         # as a StreamingResponse starts: no body, so no content-length
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self.slow_s = slow_s
-        self.feed = feed
+        self.frames = _Frames(feed, every)
         # its wire once the response started
-        self.outbox = Outbox(functools.partial(_chunk, feed=feed), slow_s, resume_tokens=True)
+        self.outbox = Outbox(self.frames.direct, slow_s, resume_tokens=True)
         self.batches: AsyncIterator[Sequence[Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,7 +94,7 @@ class EventStream(Response):
         raw = wire is not None and wire.chunked
         if raw:
             self.outbox.wire = wire
-        encode = functools.partial(_chunk_of if raw else _frame, feed=self.feed)
+        encode = self.frames.chunk if raw else self.frames.frame
         write = self.outbox.write if raw else self._sender(send, wire)
         try:
             if not await write([frames.chunk(OPENING) if raw else OPENING]):
@@ -142,26 +143,32 @@ class EventStream(Response):
         return write
 
 
-def _frame(item: Event | Resumed | Reset | Tick, feed: bool) -> bytes:
-    if isinstance(item, Event):
-        return frames.feed_sse(item) if feed else frames.sse(item)
-    if isinstance(item, Resumed):
-        return frames.resumed(item.event, item.token)
-    return RESET if isinstance(item, Reset) else PING
+@dataclass(frozen=True, slots=True)
+class _Frames:
+    """A stream's items as bytes: a job's events with their ids, the all-jobs feed's with
+    resume tokens (of ``every`` tenant's events, or of the event's owner's)."""
 
+    feed: bool
+    every: bool
 
-def _chunk_of(item: Event | Resumed | Reset | Tick, feed: bool) -> bytes:
-    """An item as one chunk of the response; an event's is shared by every stream."""
-    if isinstance(item, Event):
-        return frames.feed_sse_chunk(item) if feed else frames.sse_chunk(item)
-    return frames.chunk(_frame(item, feed))
+    def frame(self, item: Event | Resumed | Reset | Tick) -> bytes:
+        if isinstance(item, Event):
+            return frames.feed_sse(item, self.every) if self.feed else frames.sse(item)
+        if isinstance(item, Resumed):
+            return frames.resumed(item.event, item.token)
+        return RESET if isinstance(item, Reset) else PING
 
+    def chunk(self, item: Event | Resumed | Reset | Tick) -> bytes:
+        """An item as one chunk of the response; an event's is shared by every stream."""
+        if isinstance(item, Event):
+            if self.feed:
+                return frames.feed_sse_chunk(item, self.every)
+            return frames.sse_chunk(item)
+        return frames.chunk(self.frame(item))
 
-def _chunk(item: Any, feed: bool) -> bytes | None:
-    """An event as the fan-out writes it (None: anything else is for the writer)."""
-    if isinstance(item, Event):
-        return frames.feed_sse_chunk(item) if feed else frames.sse_chunk(item)
-    return frames.chunk(_frame(item, feed)) if isinstance(item, Resumed) else None
+    def direct(self, item: Any) -> bytes | None:
+        """An event as the fan-out writes it (None: anything else is for the writer)."""
+        return self.chunk(item) if isinstance(item, Event | Resumed) else None
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -135,7 +135,7 @@ async def all_events(
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
 ) -> Response:
-    stream = EventStream(settings.slow_consumer_s, feed=True)
+    stream = EventStream(settings.slow_consumer_s, feed=True, every=caller.visible is None)
     try:
         stream.batches = await service.feed(
             owner=caller.visible,
