@@ -32,6 +32,7 @@ from contract.connection import ClusterTarget, cluster_target, connect
 from contract.events import Event, EventType, stream_key
 from contract.jobstore import Position
 from contract.settings import Settings
+from hub.auth import new_key
 
 TOPOLOGIES = ("single", "cluster")
 POOLS = ("b", "c")
@@ -155,16 +156,42 @@ def test_the_feed_resumes_each_pool_from_its_own_position(
     assert len(ids) == len(set(ids))
 
 
+@pytest.fixture(scope="module")
+def keyed(
+    stack: Stack, hub: Hub, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Hub, dict[str, dict[str, str]]]:
+    """A hub with keys, and the headers of its tenants ``alpha`` and ``beta``."""
+    path = tmp_path_factory.mktemp("keys") / "keys.toml"
+    made = {name: new_key(path, name, ["submit", "read"]) for name in ("alpha", "beta")}
+    headers = {name: {"Authorization": f"Bearer {key}"} for name, key in made.items()}
+    return stack.hub("keyed", api_keys_file=path), headers
+
+
+@pytest.mark.parametrize("who", ["admin", "tenant"])
 def test_an_event_source_resumes_every_pool_exactly_from_its_last_id(
-    hub: Hub, redis: Redis
+    request: pytest.FixtureRequest, who: str, hub: Hub, redis: Redis
 ) -> None:
     """The feed's SSE ids are resume tokens: a stream cut mid-run and opened again with its
     last ``id:`` as Last-Event-ID (as a browser's EventSource does) gets every event of both
     pools once, in each pool's order: replayed ones (their ids the stream's own position), then
-    live ones (the hub's position, the same frame for every subscriber)."""
+    live ones (the hub's position, the same frame for every subscriber). A tenant's too, while
+    another tenant's jobs run beside its own."""
+    url, mine, theirs = hub.url, {}, {}  # no keys: everyone is an admin
+    if who == "tenant":
+        keyed_hub, headers = request.getfixturevalue("keyed")
+        url, mine, theirs = keyed_hub.url, headers["alpha"], headers["beta"]
     # jobs through the hub that streams: it reads a pool's channels before it takes the pool's
     # first job, so that the jobs' events reach it live
-    with httpx.Client(base_url=hub.url, timeout=30) as http:
+    with (
+        httpx.Client(base_url=url, headers=mine, timeout=30) as http,
+        httpx.Client(base_url=url, headers=theirs, timeout=30) as other,
+    ):
+
+        def submit(pool: str) -> str:
+            if theirs:
+                _submit(other, pool)
+            return _submit(http, pool)
+
         for pool in POOLS:  # a log to resume from, in each pool
             run(http, pool)
         ends = {p: redis.xrevrange(keys.events_log(p), count=1)[0][0].decode() for p in POOLS}
@@ -174,18 +201,20 @@ def test_an_event_source_resumes_every_pool_exactly_from_its_last_id(
 
         def cut_mid_run() -> bool:
             if not live:  # while the stream reads
-                live.extend(_submit(http, pool) for pool in (*POOLS, *POOLS))
+                live.extend(submit(pool) for pool in (*POOLS, *POOLS))
             # once both pools' live jobs have begun, before they all end
             return {keys.pool_of(e["job_id"]) for _, e in seen if e["job_id"] in live} == {*POOLS}
 
-        _read(hub.url, ",".join(["0", *(f"{p}:{ends[p]}" for p in POOLS)]), seen, cut_mid_run)
+        start = ",".join(["0", *(f"{p}:{ends[p]}" for p in POOLS)])
+        _read(url, mine, start, seen, cut_mid_run)
         cut = len(seen)
-        jobs += [*live, *(_submit(http, pool) for pool in POOLS)]  # the last while none reads
+        jobs += [*live, *(submit(pool) for pool in POOLS)]  # the last while none reads
 
         def all_ended() -> bool:
             return {e["job_id"] for _, e in seen if e["type"] == "succeeded"} >= {*jobs}
 
-        _read(hub.url, seen[-1][0], seen, all_ended)
+        _read(url, mine, seen[-1][0], seen, all_ended)
+    assert {e["job_id"] for _, e in seen} == {*jobs}
     assert 0 < cut < len(seen)
     stored = {
         pool: [
@@ -232,15 +261,18 @@ def test_a_feed_from_now_names_a_quiet_pool_where_its_log_ended(
 
 
 def _read(
-    url: str, last_id: str, seen: list[tuple[str, dict[str, Any]]], until: Callable[[], bool]
+    url: str,
+    headers: dict[str, str],
+    last_id: str,
+    seen: list[tuple[str, dict[str, Any]]],
+    until: Callable[[], bool],
 ) -> None:
     """Add the events of the all-jobs feed after ``last_id`` to ``seen``, with their ids,
     until ``until()`` says so; then leave the stream."""
+    resume = {**headers, "Last-Event-ID": last_id}
     with (
         httpx.Client(timeout=30) as client,
-        connect_sse(
-            client, "GET", f"{url}/v1/events", headers={"Last-Event-ID": last_id}
-        ) as source,
+        connect_sse(client, "GET", f"{url}/v1/events", headers=resume) as source,
     ):
         for message in source.iter_sse():
             if message.data:
