@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -102,16 +103,20 @@ class Subscriber:
         waits = []
         for name, group in by_node.items():
             node = await self._connected(name)
+            # no health check: its PING's reply would be read here, beside the node's reader,
+            # which one of the two would then miss (a confirmation never confirmed); the
+            # reader learns of a dead connection by itself
+            send = functools.partial(node.connection.send_command, check_health=False)
             for channel in group:
                 waits.append(node.confirming.setdefault(channel.encode(), _future()))
             if not self._sharded:
-                await node.connection.send_command("SUBSCRIBE", *group)
+                await send("SUBSCRIBE", *group)
                 continue
             by_slot: dict[int, list[str]] = {}  # one SSUBSCRIBE takes channels of one slot
             for channel in group:
                 by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
             for same_slot in by_slot.values():
-                await node.connection.send_command("SSUBSCRIBE", *same_slot)
+                await send("SSUBSCRIBE", *same_slot)
         await asyncio.gather(*waits)
 
     async def get(self) -> tuple[bytes, bytes]:

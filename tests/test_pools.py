@@ -22,6 +22,7 @@ from helpers import ROOT, TestClient
 from httpx_sse import connect_sse
 from pydantic import ValidationError
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from stack import Hub, Stack
@@ -327,6 +328,27 @@ async def test_a_subscriber_reads_channels_of_several_slots_and_masters(redis_ur
             async with asyncio.timeout(10):
                 heard = [await subscriber.get() for _ in names]
         assert heard == [(name.encode(), str(n).encode()) for n, name in enumerate(names)]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.topologies("single")
+async def test_a_subscriber_idle_past_its_health_check_still_subscribes(redis_url: str) -> None:
+    """A hub subscribes to a new pool's channels long after its last message: the client's
+    health check must not send a PING whose reply the subscriber's reader takes for its own
+    (the subscription then waited for a confirmation forever, and the pool's events were
+    never heard)."""
+    client = AsyncRedis.from_url(redis_url, health_check_interval=0.05)
+    try:
+        async with Subscriber(client) as subscriber:
+            await subscriber.subscribe(keys.wake("b", 0))
+            await asyncio.sleep(0.2)  # idle past the interval: the next command would check
+            late = keys.wake("c", 0)
+            async with asyncio.timeout(10):
+                await subscriber.subscribe(late)
+                await publish(client, late, "late")
+                heard = await subscriber.get()
+        assert heard == (late.encode(), b"late")
     finally:
         await client.aclose()
 
