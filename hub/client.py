@@ -171,10 +171,6 @@ class _Stream:
         self.call = call
         self.last_id = last_id
         self.until_terminal = until_terminal
-        # a feed resumes each pool (a job id's "<pool>." prefix) from its own last event: ids
-        # of two pools' logs do not compare (contract/jobstore.py, Position)
-        self._pools: dict[str, str] | None = None if until_terminal else {}
-        self._base = last_id or "0"
         self.done = False
         self._failures = 0  # connections in a row that ended before an event came
         self._parser = SSEParser()
@@ -191,6 +187,8 @@ class _Stream:
         message = self._parser.feed(line)
         if message is None:
             return None
+        # in a feed of several pools the id is a resume token, a position per pool (ids of two
+        # pools' logs do not compare: contract/jobstore.py, Position): sent back as it is
         self.last_id = message.id or self.last_id
         if not message.data:
             return None
@@ -198,9 +196,6 @@ class _Stream:
         event = orjson.loads("\n".join(message.data))
         if message.event in ("reset", "close"):
             return {"type": message.event, **event}
-        if self._pools is not None and message.id:
-            self._pools[event["job_id"].rpartition(".")[0]] = message.id
-            self.last_id = ",".join([self._base, *(f"{p}:{i}" for p, i in self._pools.items())])
         self.done = self.until_terminal and event["type"] in TERMINAL
         return event
 

@@ -7,6 +7,11 @@ pages, then live events follow, de-duplicated by id per topic (per pool for a fe
 pools' logs do not compare). After a gap (Redis reconnected) every topic re-reads its log from
 the last id it delivered (a feed: each pool from its own, ``jobstore.Position``).
 
+An SSE stream of a feed sends a resume token as each event's id (hub/frames.py): while the
+subscriber is in step with the fan-out (``_Following.synced``: every event up to the fan-out's
+position at this one delivered or not for it, none beyond) the event goes out as it is, its
+frame shared; otherwise as ``Resumed``, with the subscriber's own position.
+
 Which tenant's events may reach the subscriber is decided here, in ``visible``, once, for
 replayed and live events alike; transports only turn what ``get`` returns into frames.
 """
@@ -65,6 +70,9 @@ def _model_topic(name: str) -> Topic:
 class Sink(Protocol):
     """A transport that can write what the delivery hands it synchronously (hub/outbox.py)."""
 
+    resume_tokens: bool
+    """Whether a feed's events need their resume token (``Resumed`` when not shared)."""
+
     def ready(self) -> bool:
         """Whether it may write now: its writer idle, its socket with room."""
         ...
@@ -97,6 +105,19 @@ class Done:
     topic: Hashable
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A feed's event with the subscriber's own resume token (``jobstore.Position``), for a
+    subscriber that is not where the fan-out is."""
+
+    event: Event
+    token: str
+
+    @property
+    def size(self) -> int:
+        return self.event.size
+
+
 @dataclass(slots=True)
 class _Following:
     topic: Topic
@@ -106,6 +127,8 @@ class _Following:
     finished: bool  # the job had ended when the topic was followed
     page: int = 64  # events per replay page, sized by the last page read
     since: tuple[int, int] = (0, 0)  # a feed from now: where a gap's replay starts at least
+    # a feed: in step with the fan-out, its position that of the last event dispatched
+    synced: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,7 +144,17 @@ class Delivery:
     """One subscriber's events (see the module's docstring). ``owner`` None is an admin, who
     sees every tenant's events."""
 
-    __slots__ = ("_following", "_out", "_replays", "_sink", "fanout", "owner", "store", "sub")
+    __slots__ = (
+        "_following",
+        "_out",
+        "_replays",
+        "_sink",
+        "fanout",
+        "owner",
+        "store",
+        "sub",
+        "tokens",
+    )
 
     def __init__(self, store: JobStore, fanout: Fanout, owner: str | None) -> None:
         self.store = store
@@ -132,6 +165,7 @@ class Delivery:
         self._out: list[Any] = []  # lists: most of the time both are empty
         self._replays: list[_Replay] = []
         self._sink: Sink | None = None
+        self.tokens = False  # a feed's events go out with their resume token (SSE)
 
     def visible(self, event: Event) -> bool:
         return self.owner is None or event.owner == self.owner
@@ -160,7 +194,8 @@ class Delivery:
             if pools is not None:
                 for pool, seen in (before.pools or {}).items():
                     pools[pool] = max(pools.get(pool, last), seen)
-        self._following[name] = _Following(topic, last, pools, finished)
+        # from now: where the fan-out is, with nothing to replay
+        self._following[name] = _Following(topic, last, pools, finished, synced=after is None)
         if pools is not None and after is None:
             # a gap's replay of a feed from now starts a little before now, for the servers'
             # clocks (which stamp the ids) may be behind this one's
@@ -183,13 +218,14 @@ class Delivery:
         """Let the fan-out write live events through ``sink`` while nothing waits before them:
         the writer task is woken only for what the sink cannot write at once."""
         self._sink = sink
+        self.tokens = sink.resume_tokens
         self.sub.direct = self._direct
 
     def _direct(self, event: Event) -> bool:
         sink = self._sink
         if self._out or self._replays or sink is None or not sink.ready():
             return False
-        self._deliver(event)  # visibility, de-duplication and the end of a job, as ever
+        self._deliver(event, live=True)  # visibility, de-duplication, the end of a job
         if self._out:
             if sink.send(self._out):
                 self.fanout.later(sink)
@@ -233,12 +269,12 @@ class Delivery:
         if first is None:
             return []
         items = [first]
-        size = first.size if isinstance(first, Event) else 0
+        size = first.size if isinstance(first, Event | Resumed) else 0
         while size < most_bytes:
             if self._out:
                 item = self._out.pop(0)
                 items.append(item)
-                size += item.size if isinstance(item, Event) else 0
+                size += item.size if isinstance(item, Event | Resumed) else 0
                 continue
             if self._replays:
                 break
@@ -253,7 +289,7 @@ class Delivery:
 
     def _take(self, item: Any) -> None:
         if isinstance(item, Event):
-            self._deliver(item)
+            self._deliver(item, live=True)
         elif isinstance(item, _Replay):
             self._replays.append(item)
         elif item is _WAKE:
@@ -273,6 +309,7 @@ class Delivery:
                     last = str(Position(base, following.pools))
                 # a pool newly read: what it published before, which its log holds
                 check = job_id is None and item.pool is None
+                following.synced = False  # its replay may read past the fan-out
                 self._replays.append(_Replay(name, last, check, item.pool, item.until))
         else:
             self._out.append(item)
@@ -300,7 +337,7 @@ class Delivery:
             following.page = max(1, min(1024, PAGE_BYTES // per_event))
         for event in page:
             if following.topic.accepts(event):
-                self._deliver(event)
+                self._deliver(event, live=False)
         if len(page) == count:
             more = (
                 page[-1].id if job_id is not None else str(Position.parse(replay.after).past(page))
@@ -311,13 +348,14 @@ class Delivery:
         if following.finished and replay.name in self._following and job_id is not None:
             self._end(replay.name)  # resumed after the terminal event: nothing more will come
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: Event, *, live: bool) -> None:
         """Pass the event on once, if it is visible and new to a topic that accepts it; end
         the topics of its job if it is the job's last. (Run per subscriber and event: lean.)"""
         if not self.visible(event):
             return
         key = frames.key(event)
         fresh = False
+        feed = None
         ended = None
         for name, f in self._following.items():
             if f.topic.accepts(event):
@@ -325,17 +363,39 @@ class Delivery:
                     if key > f.last:
                         fresh, f.last = True, key
                 elif key > f.pools.get(pool := keys.pool_of(event.job_id), f.last):
-                    fresh, f.pools[pool] = True, key
+                    fresh, f.pools[pool], feed = True, key, f
                 if f.topic.job_id == event.job_id and event.type in TERMINAL:
                     ended = [*(ended or ()), name]
         if fresh:
-            self._out.append(event)
+            self._out.append(
+                event if feed is None or not self.tokens else self._token(event, feed, live)
+            )
         for name in ended or ():
             self._end(name)
+
+    def _token(self, event: Event, f: _Following, live: bool) -> Event | Resumed:
+        """The feed's event as it goes out: with the fan-out's position (the shared frame)
+        while the subscriber is in step with it, else with its own."""
+        assert f.pools is not None
+        at = frames.position(event, every=self.owner is None) if live else None
+        if at is not None and (f.synced or _caught_up(f, at)):
+            f.synced = True  # from here on it gets what the fan-out dispatches, in order
+            return event
+        if not self.fanout.pooled and f.pools.keys() <= {keys.pool_of(event.job_id)}:
+            return event  # one pool: the plain id is exact
+        return Resumed(event, str(Position(f.last, f.pools)))
 
     def _end(self, name: Hashable) -> None:
         self.drop(name)
         self._out.append(Done(name))
+
+
+def _caught_up(f: _Following, at: Position) -> bool:
+    """Whether a feed's subscriber, which has every event the fan-out dispatched since it
+    followed (its replay done), stands where the fan-out does: nothing beyond ``at`` in any pool,
+    and the pools neither names resumed from the same base. (Once a replay is done.)"""
+    assert f.pools is not None
+    return f.last <= at.base and all(seen <= at.of(pool) for pool, seen in f.pools.items())
 
 
 @contextlib.asynccontextmanager

@@ -28,8 +28,9 @@ from redis.exceptions import RedisError
 from contract import keys
 from contract.channels import Subscriber
 from contract.connection import connect, database
-from contract.events import Event, EventType
-from contract.jobstore import published_events
+from contract.events import Event, EventType, stream_key
+from contract.jobstore import Position, published_events
+from hub import frames
 from hub.observer import NOBODY, Observer
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,14 @@ class Fanout:
         self._later: list[Any] = []  # sinks to flush once this turn's dispatching is done
         self._subscribed = asyncio.Event()
         self.connected = False
+        # each pool's log as far as this hub has read it (from where its channels were read,
+        # past every event dispatched): where a subscriber that has every event up to the one
+        # it is sent stands in the all-jobs feed (hub/frames.py, ``feed_sse``). An admin's
+        # counts every tenant's events; a tenant's, its own only: its ids tell nothing of the
+        # others' events
+        self.position = Position()
+        self._reached = Position()  # where each pool's channels began to be read
+        self._owned: dict[str, Position] = {}
 
     async def start(self) -> None:
         self._tasks = [
@@ -325,8 +334,18 @@ class Fanout:
         for sink in sinks:
             sink.flush()
 
+    @property
+    def pooled(self) -> bool:
+        """Whether this hub reads several pools' logs, whose ids do not compare."""
+        return len(self._pools) > 1
+
     def dispatch(self, event: Event) -> None:
         self.observer.event_received(event)
+        self.position = self.position.past((event,))
+        owned = self._owned.get(event.owner, self._reached).past((event,))
+        self._owned[event.owner] = owned
+        if self.pooled:  # else plain ids are exact
+            frames.stamp(event, self.position, owned)
         # a copy: a subscriber that takes the event at once may end its topic, and leave
         delivered = 0
         for sub in tuple(self._targets(event)):
@@ -363,6 +382,8 @@ class Fanout:
                     self._pools = set()
                     await channels.subscribe(*self._channels)
                     await self._subscribe_pools(channels, await self._known_pools())
+                    for pool in sorted(self._pools):  # nothing is dispatched until the loop below
+                        self._reach(pool, await self._log_end(pool))
                     if self._subscribed.is_set():
                         self._signal_gap()  # events published while we were away are in the logs
                     self._subscribed.set()
@@ -409,11 +430,28 @@ class Fanout:
         to their last event now; what comes later comes live) is re-read by the subscribers
         following them. A pool whose log is empty (a new one) had nothing to miss."""
         for pool in sorted(pools):
-            last = await self.redis.xrevrange(keys.events_log(pool), count=1)
-            if last:
-                self._put_all(Gap(pool, last[0][0].decode()))
+            last = await self._log_end(pool)
+            if last is not None:
+                self._put_all(Gap(pool, last))
+            self._reach(pool, last)  # behind the gap, for every subscriber
         for pool in pools:
             self._ready.pop(pool, asyncio.Event()).set()
+
+    async def _log_end(self, pool: str) -> str | None:
+        """The id of the pool's last event now (None: its log is empty)."""
+        last = await self.redis.xrevrange(keys.events_log(pool), count=1)
+        return last[0][0].decode() if last else None
+
+    def _reach(self, pool: str, log_end: str | None) -> None:
+        """Name the pool in the positions from where its channels are read: what its log held
+        then was published before (a subscriber has it from its replay, or followed later)."""
+        end = stream_key(log_end) if log_end else (0, 0)
+
+        def moved(position: Position) -> Position:
+            return Position(position.base, {**position.pools, pool: max(end, position.of(pool))})
+
+        self._reached, self.position = moved(self._reached), moved(self.position)
+        self._owned = {owner: moved(position) for owner, position in self._owned.items()}
 
     async def ensure(self, pool: str, timeout_s: float = 2.0) -> None:
         """Return once the pool's channels are read (before a job of a pool this hub has not

@@ -1,5 +1,16 @@
 """What is computed once per event for all of its subscribers: its stream key, its SSE frame
-(also as an HTTP chunk), and its WebSocket frame (header and payload, ready for the wire).
+(also as an HTTP chunk), its frame in the all-jobs feed, and its WebSocket frame (header and
+payload, ready for the wire).
+
+In the all-jobs feed of a hub that reads several pools, an SSE frame's ``id:`` is a resume token
+(``jobstore.Position``: ids of two pools' logs do not compare), so that a browser's
+``EventSource`` resumes exactly with ``Last-Event-ID``. The fan-out stamps each event with its
+position (``stamp``): every pool it reads, from where it began to read it, past every event it
+has dispatched up to this one (of every tenant for an admin's feed, of the event's owner for
+the owner's: a tenant's ids tell nothing of the others' events). A live subscriber that has
+every event before it stands exactly there, so its frame, token included, is the same bytes
+for all of them: at most two encodings per event, an admin's and its owner's. A subscriber still replaying, or ahead of the fan-out (its replay read what is
+still on its way), is sent its own token instead (``resumed``, hub/delivery.py decides).
 
 An event reaches every subscriber as the same object (the fan-out hands it around), so each
 encoding is kept on the event itself, as ``functools.cached_property`` would keep it: the first
@@ -14,6 +25,7 @@ from collections import Counter
 from typing import Any
 
 from contract.events import Event, stream_key
+from contract.jobstore import Position
 
 ENCODED: Counter[str] = Counter()
 """Events encoded, per transport ("sse", "ws")."""
@@ -53,6 +65,57 @@ def sse_chunk(event: Event) -> bytes:
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def stamp(event: Event, every: Position, owner: Position) -> None:
+    """Mark a dispatched event with the fan-out's positions at it: over every tenant's events
+    (an admin's feed) and over its owner's (the owner's feed). Unmarked: the hub reads one
+    pool, whose plain ids are exact."""
+    memo = _memo(event)
+    memo["_position"], memo["_owned"] = every, owner
+
+
+def position(event: Event, every: bool) -> Position | None:
+    """The fan-out's position at the event for a feed of ``every`` tenant's events or of its
+    owner's (None: replayed, or a hub of one pool)."""
+    return _memo(event).get("_position" if every else "_owned")  # type: ignore[no-any-return]
+
+
+def feed_sse(event: Event, every: bool) -> bytes:
+    """The event as a frame of the all-jobs feed (of ``every`` tenant's events, or of its
+    owner's): its ``id:`` the fan-out's position at it (its plain id where it has none)."""
+    memo = _memo(event)
+    name = "_feed_sse" if every else "_own_feed_sse"
+    found = memo.get(name)
+    if found is None:
+        at = position(event, every)
+        if at is None:
+            found = sse(event)
+        else:
+            ENCODED["sse"] += 1
+            found = _sse_with_id(event, str(at).encode())
+        memo[name] = found
+    return found  # type: ignore[no-any-return]
+
+
+def feed_sse_chunk(event: Event, every: bool) -> bytes:
+    """``feed_sse`` as one chunk of a chunked HTTP/1.1 body."""
+    memo = _memo(event)
+    name = "_feed_sse_chunk" if every else "_own_feed_sse_chunk"
+    found = memo.get(name)
+    if found is None:
+        found = memo[name] = chunk(feed_sse(event, every))
+    return found  # type: ignore[no-any-return]
+
+
+def resumed(event: Event, token: str) -> bytes:
+    """The event as a frame of one subscriber's feed, with its own resume token: not shared."""
+    return _sse_with_id(event, token.encode())
+
+
+def _sse_with_id(event: Event, token: bytes) -> bytes:
+    # event.sse's frame under another id (orjson writes no newlines)
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (token, event.type.value.encode(), event.json)
 
 
 def ws(event: Event) -> bytes:

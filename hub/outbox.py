@@ -31,10 +31,19 @@ class Stuck(Exception):
 
 
 class Outbox:
-    __slots__ = ("encode", "idle", "pending", "slow_s", "wire")
+    __slots__ = ("encode", "idle", "pending", "resume_tokens", "slow_s", "wire")
 
-    def __init__(self, encode: Encode, slow_s: float, wire: Wire | None = None) -> None:
+    def __init__(
+        self,
+        encode: Encode,
+        slow_s: float,
+        wire: Wire | None = None,
+        *,
+        resume_tokens: bool = False,
+    ) -> None:
         self.encode = encode
+        # a feed's events carry their resume token (SSE ids, hub/delivery.py's ``Resumed``)
+        self.resume_tokens = resume_tokens
         self.slow_s = slow_s
         self.wire = wire  # a raw one, or None until known
         self.idle = False  # the writer waits for its next items

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from contract.events import Event
 from hub import frames
-from hub.delivery import Reset
+from hub.delivery import Reset, Resumed
 from hub.eventsource import MEDIA_TYPE
 from hub.fanout import SlowConsumer, Tick
 from hub.outbox import Outbox, Stuck
@@ -41,17 +42,21 @@ RESET = (
 
 class EventStream(Response):
     """Batches of events (``service.follow``/``feed``) as a ``text/event-stream``. Make it
-    first, and hand its ``outbox`` to the delivery as its sink."""
+    first, and hand its ``outbox`` to the delivery as its sink. The all-jobs feed (``feed``;
+    of ``every`` tenant's events for an admin) sends resume tokens as its events' ids
+    (hub/frames.py)."""
 
     media_type = MEDIA_TYPE
 
-    def __init__(self, slow_s: float) -> None:
+    def __init__(self, slow_s: float, *, feed: bool = False, every: bool = False) -> None:
         # as a StreamingResponse starts: no body, so no content-length
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self.slow_s = slow_s
-        self.outbox = Outbox(_chunk, slow_s)  # its wire once the response started
+        self.frames = _Frames(feed, every)
+        # its wire once the response started
+        self.outbox = Outbox(self.frames.direct, slow_s, resume_tokens=True)
         self.batches: AsyncIterator[Sequence[Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,7 +94,7 @@ class EventStream(Response):
         raw = wire is not None and wire.chunked
         if raw:
             self.outbox.wire = wire
-        encode = _chunk_of if raw else _frame
+        encode = self.frames.chunk if raw else self.frames.frame
         write = self.outbox.write if raw else self._sender(send, wire)
         try:
             if not await write([frames.chunk(OPENING) if raw else OPENING]):
@@ -138,20 +143,32 @@ class EventStream(Response):
         return write
 
 
-def _frame(item: Event | Reset | Tick) -> bytes:
-    if isinstance(item, Event):
-        return frames.sse(item)
-    return RESET if isinstance(item, Reset) else PING
+@dataclass(frozen=True, slots=True)
+class _Frames:
+    """A stream's items as bytes: a job's events with their ids, the all-jobs feed's with
+    resume tokens (of ``every`` tenant's events, or of the event's owner's)."""
 
+    feed: bool
+    every: bool
 
-def _chunk_of(item: Event | Reset | Tick) -> bytes:
-    """An item as one chunk of the response; an event's is shared by every stream."""
-    return frames.sse_chunk(item) if isinstance(item, Event) else frames.chunk(_frame(item))
+    def frame(self, item: Event | Resumed | Reset | Tick) -> bytes:
+        if isinstance(item, Event):
+            return frames.feed_sse(item, self.every) if self.feed else frames.sse(item)
+        if isinstance(item, Resumed):
+            return frames.resumed(item.event, item.token)
+        return RESET if isinstance(item, Reset) else PING
 
+    def chunk(self, item: Event | Resumed | Reset | Tick) -> bytes:
+        """An item as one chunk of the response; an event's is shared by every stream."""
+        if isinstance(item, Event):
+            if self.feed:
+                return frames.feed_sse_chunk(item, self.every)
+            return frames.sse_chunk(item)
+        return frames.chunk(self.frame(item))
 
-def _chunk(item: Any) -> bytes | None:
-    """An event as the fan-out writes it (None: anything else is for the writer)."""
-    return frames.sse_chunk(item) if isinstance(item, Event) else None
+    def direct(self, item: Any) -> bytes | None:
+        """An event as the fan-out writes it (None: anything else is for the writer)."""
+        return self.chunk(item) if isinstance(item, Event | Resumed) else None
 
 
 async def _disconnected(receive: Receive) -> None:

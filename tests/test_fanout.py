@@ -162,6 +162,8 @@ def _event(n: int, owner: str, model: str = "m", type_: EventType = EventType.ST
 class Recorder:
     """A sink that takes every event at once while ``open``."""
 
+    resume_tokens = False
+
     def __init__(self) -> None:
         self.open = True
         self.sent: list[Any] = []

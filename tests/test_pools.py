@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ from stack import Hub, Stack
 from contract import keys
 from contract.channels import Subscriber, publish
 from contract.connection import ClusterTarget, cluster_target, connect
-from contract.events import Event, EventType
+from contract.events import Event, EventType, stream_key
 from contract.jobstore import Position
 from contract.settings import Settings
+from hub.auth import new_key
 
 TOPOLOGIES = ("single", "cluster")
 POOLS = ("b", "c")
@@ -65,7 +66,7 @@ def app(stack: Stack, hub: Hub) -> Iterator[TestClient]:
         yield client
 
 
-def run(client: TestClient, pool: str) -> dict[str, Any]:
+def run(client: httpx.Client, pool: str) -> dict[str, Any]:
     r = client.post(
         "/v1/jobs", json={"model": f"iris_{pool}", "data": ROW}, headers={"Prefer": "wait=10"}
     )
@@ -154,6 +155,139 @@ def test_the_feed_resumes_each_pool_from_its_own_position(
     assert [e["job_id"] for e in seen if keys.pool_of(e["job_id"]) == "c"] == [later["id"]] * 3
     ids = [e["id"] for e in seen]
     assert len(ids) == len(set(ids))
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    stack: Stack, hub: Hub, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Hub, dict[str, dict[str, str]]]:
+    """A hub with keys, and the headers of its tenants ``alpha`` and ``beta``."""
+    path = tmp_path_factory.mktemp("keys") / "keys.toml"
+    made = {name: new_key(path, name, ["submit", "read"]) for name in ("alpha", "beta")}
+    headers = {name: {"Authorization": f"Bearer {key}"} for name, key in made.items()}
+    return stack.hub("keyed", api_keys_file=path), headers
+
+
+@pytest.mark.parametrize("who", ["admin", "tenant"])
+def test_an_event_source_resumes_every_pool_exactly_from_its_last_id(
+    request: pytest.FixtureRequest, who: str, hub: Hub, redis: Redis
+) -> None:
+    """The feed's SSE ids are resume tokens: a stream cut mid-run and opened again with its
+    last ``id:`` as Last-Event-ID (as a browser's EventSource does) gets every event of both
+    pools once, in each pool's order: replayed ones (their ids the stream's own position), then
+    live ones (the hub's position, the same frame for every subscriber). A tenant's too, while
+    another tenant's jobs run beside its own."""
+    url, mine, theirs = hub.url, {}, {}  # no keys: everyone is an admin
+    if who == "tenant":
+        keyed_hub, headers = request.getfixturevalue("keyed")
+        url, mine, theirs = keyed_hub.url, headers["alpha"], headers["beta"]
+    # jobs through the hub that streams: it reads a pool's channels before it takes the pool's
+    # first job, so that the jobs' events reach it live
+    with (
+        httpx.Client(base_url=url, headers=mine, timeout=30) as http,
+        httpx.Client(base_url=url, headers=theirs, timeout=30) as other,
+    ):
+
+        def submit(pool: str) -> str:
+            if theirs:
+                _submit(other, pool)
+            return _submit(http, pool)
+
+        for pool in POOLS:  # a log to resume from, in each pool
+            run(http, pool)
+        ends = {p: redis.xrevrange(keys.events_log(p), count=1)[0][0].decode() for p in POOLS}
+        jobs = [run(http, pool)["id"] for pool in POOLS]  # before the stream: replayed
+        live: list[str] = []
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        def cut_mid_run() -> bool:
+            if not live:  # while the stream reads
+                live.extend(submit(pool) for pool in (*POOLS, *POOLS))
+            # once both pools' live jobs have begun, before they all end
+            return {keys.pool_of(e["job_id"]) for _, e in seen if e["job_id"] in live} == {*POOLS}
+
+        start = ",".join(["0", *(f"{p}:{ends[p]}" for p in POOLS)])
+        _read(url, mine, start, seen, cut_mid_run)
+        cut = len(seen)
+        jobs += [*live, *(submit(pool) for pool in POOLS)]  # the last while none reads
+
+        def all_ended() -> bool:
+            return {e["job_id"] for _, e in seen if e["type"] == "succeeded"} >= {*jobs}
+
+        _read(url, mine, seen[-1][0], seen, all_ended)
+    assert {e["job_id"] for _, e in seen} == {*jobs}
+    assert 0 < cut < len(seen)
+    stored = {
+        pool: [
+            eid.decode()
+            for eid, body in redis.xrange(keys.events_log(pool), min=f"({ends[pool]}")
+            if Event.from_wire(eid.decode(), body[b"e"]).job_id in jobs
+        ]
+        for pool in POOLS
+    }
+    for pool in POOLS:
+        got = [e["id"] for _, e in seen if keys.pool_of(e["job_id"]) == pool]
+        assert got == stored[pool], pool  # each once, in the pool's order, none missed
+    for n, (token, _) in enumerate(seen, 1):
+        # each id is exact, whatever the pools' clocks: the events it puts before it in each
+        # pool are those received so far
+        at = Position.parse(token)
+        assert "," in token and set(at.pools) <= set(POOLS), token
+        for pool in POOLS:
+            got = [e["id"] for _, e in seen[:n] if keys.pool_of(e["job_id"]) == pool]
+            assert [i for i in stored[pool] if stream_key(i) <= at.of(pool)] == got, (n, token)
+
+
+def test_a_feed_from_now_names_a_quiet_pool_where_its_log_ended(
+    stack: Stack, app: TestClient, redis: Redis
+) -> None:
+    """A feed followed from now, whose ids are the hub's position, names every pool the hub
+    reads, from where it began to read it: a pool with no event since the hub started resumes
+    after its last one, not from the start of its log."""
+    run(app, "c")
+    quiet = redis.xrevrange(keys.events_log("c"), count=1)[0][0].decode()
+    with httpx.Client(base_url=stack.hub("late").url, timeout=30) as http:
+        seen: list[tuple[str, dict[str, Any]]] = []
+        with connect_sse(http, "GET", "/v1/events") as source:
+            job = run(http, "b")["id"]
+            for message in source.iter_sse():
+                if message.data:
+                    seen.append((message.id, orjson.loads(message.data)))
+                    if (seen[-1][1]["job_id"], seen[-1][1]["type"]) == (job, "succeeded"):
+                        break
+    assert [e["job_id"] for _, e in seen] == [job] * 3
+    for token, event in seen:
+        at = Position.parse(token)
+        assert (at.of("b"), at.of("c")) == (stream_key(event["id"]), stream_key(quiet)), token
+
+
+def _read(
+    url: str,
+    headers: dict[str, str],
+    last_id: str,
+    seen: list[tuple[str, dict[str, Any]]],
+    until: Callable[[], bool],
+) -> None:
+    """Add the events of the all-jobs feed after ``last_id`` to ``seen``, with their ids,
+    until ``until()`` says so; then leave the stream."""
+    resume = {**headers, "Last-Event-ID": last_id}
+    with (
+        httpx.Client(timeout=30) as client,
+        connect_sse(client, "GET", f"{url}/v1/events", headers=resume) as source,
+    ):
+        for message in source.iter_sse():
+            if message.data:
+                assert message.event not in ("reset", "close"), message.data
+                seen.append((message.id, orjson.loads(message.data)))
+                if until():
+                    return
+    raise AssertionError(f"the feed ended early: {seen}")
+
+
+def _submit(client: httpx.Client, pool: str) -> str:
+    r = client.post("/v1/jobs", json={"model": f"iris_{pool}", "data": ROW})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
 
 
 def test_a_cluster_url_names_some_nodes_and_no_database() -> None:

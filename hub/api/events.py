@@ -1,7 +1,9 @@
 """Server-Sent Events: a job's events, and the live feed of every job the caller may see.
 
 Both resume by ``Last-Event-ID`` (the header, or the ``last_event_id`` query parameter for
-clients that cannot set headers): the event ids are Redis stream ids, the same in both feeds.
+clients that cannot set headers). A job's events have their Redis stream ids; in the feed of a
+hub that reads several pools, each event's id is a resume token, a position per pool
+(``jobstore.Position``), so that a browser's reconnect resumes every pool exactly.
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ async def job_events(
     "/events",
     summary="The live events of every job you may see (SSE)",
     description="Filter with `model` and `job_id` (repeatable). With `Last-Event-ID` the feed "
-    "resumes from the capped log of all events; an id older than the log holds gets a `reset` "
-    "event first: reload your state, events were lost.",
+    "resumes from the capped logs of the pools; an id older than the logs hold gets a `reset` "
+    "event first: reload your state, events were lost. With several pools each event's `id:` "
+    "is a resume token (`base,pool:id,...`): send the last one back as `Last-Event-ID`.",
     response_class=EventStream,
     status_code=200,  # FastAPI reads it from the response class otherwise
     responses={400: {"description": "Bad Last-Event-ID"}},
@@ -132,7 +135,7 @@ async def all_events(
     last_event_id_header: LastEventHeader = None,
     last_event_id: LastEventQuery = None,
 ) -> Response:
-    stream = EventStream(settings.slow_consumer_s)
+    stream = EventStream(settings.slow_consumer_s, feed=True, every=caller.visible is None)
     try:
         stream.batches = await service.feed(
             owner=caller.visible,
