@@ -160,6 +160,8 @@ def test_a_master_killed_under_load_fails_over_and_jobs_go_on(
             return all(j["status"] == "succeeded" for j in jobs)
 
         wait_for(ended, timeout=30, every=0.2, what="the jobs accepted after the promotion")
+        before = [job for sent_at, _, job in load.accepted if sent_at < killed_at]
+        lost = sum(client.get(f"/v1/jobs/{job}").status_code == 404 for job in before)
     with Redis(port=new) as node:  # the worker ran them from the new master
         assert all(node.exists(keys.job(job)) for job in after)
     wait_for(lambda: feed.ended >= set(after), timeout=30, what="the feed to deliver their ends")
@@ -172,5 +174,6 @@ def test_a_master_killed_under_load_fails_over_and_jobs_go_on(
     print(
         f"cluster failover: promoted {promoted_at - killed_at:.1f} s after the kill, "
         f"first 202 to a submission sent after the kill {recovered_at - killed_at:.1f} s "
-        f"after it; accepted {len(load.accepted)}, refused: {load.refused}"
+        f"after it; accepted {len(load.accepted)}, refused: {load.refused}; of the "
+        f"{len(before)} acknowledged before the kill, lost (no WAIT): {lost}"
     )
