@@ -462,9 +462,11 @@ class Fanout:
         ready = self._ready.setdefault(pool, asyncio.Event())
         self._wanted.add(pool)  # a pool of the catalogue: trusted
         self._discovered.set()
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(timeout_s):
                 await ready.wait()
+        except TimeoutError:  # said, for a subscription that never comes hides well
+            log.warning("pool %r: its channels are still not read after %.1fs", pool, timeout_s)
 
     async def _discover_forever(self, channels: Subscriber) -> None:
         """Subscribe to the pools that appear (``keys.POOLS``, or a job of a pool this hub
