@@ -693,13 +693,21 @@ ALIVE: State = {"worker:w1": Str("{}")}
 HOLD_MS = 30_000
 
 
-def claim_reads(k: Keys) -> dict[str, Any]:
-    """The claim's arguments for what it reads with each job: the arq job and its tries."""
+def claim_args(k: Keys, **changes: Any) -> dict[str, Any]:
+    """The claim's arguments: worker w1 with room for one job, and what it reads with each job
+    (the arq job and its tries)."""
     return {
+        "in_progress_prefix": k("ip:"),
+        "in_progress_ms": HOLD_MS,
+        "now_ms": 1000,
+        "room": 1,
+        "worker_id": "w1",
+        "page": 256,
         "job_prefix": k("job:"),
         "retry_prefix": k("retry:"),
         "retry_ttl_s": 600,
         "running": [],
+        **changes,
     }
 
 
@@ -778,16 +786,7 @@ async def test_claim(
     expected: State,
 ) -> None:
     await write(r, k, setup)
-    args = {
-        "in_progress_prefix": k("ip:"),
-        "in_progress_ms": HOLD_MS,
-        "now_ms": 1000,
-        "room": 1,
-        "worker_id": "w1",
-        "page": 256,
-        **claim_reads(k),
-        **arg_changes,
-    }
+    args = claim_args(k, **arg_changes)
     claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
     # {id, score, arq job, tries, ...}: no arq job was written here, each is a first try
     assert [x for i in range(0, len(claimed), 4) for x in claimed[i : i + 2]] == returns
@@ -803,15 +802,7 @@ async def test_claim_reads_the_job_and_counts_its_tries(r: Redis, k: Keys) -> No
     await write(
         r, k, {**ALIVE, "queue": ZSet({"a": 1}), "job:a": Str("payload"), "retry:a": Str("2")}
     )
-    args = {
-        "in_progress_prefix": k("ip:"),
-        "in_progress_ms": HOLD_MS,
-        "now_ms": 1000,
-        "room": 1,
-        "worker_id": "w1",
-        "page": 256,
-        **claim_reads(k),
-    }
+    args = claim_args(k)
     claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
     assert claimed == ["a", "1", "payload", 3]  # the third try: two ran before
     await check(r, k, {"retry:a": Str("3"), "ip:a": Str("w1"), "job:a": Str("payload")})
