@@ -8,9 +8,10 @@ What is read and written (arq 0.28's formats):
   ``arq.jobs.serialize_job`` (msgpack) and read here with ``arq.jobs.deserialize_job_raw``:
   function name, args, kwargs.
 - ``keys.retry_prefix(pool) + id``: the tries so far, counted up (INCR) by the claim, which
-  reads the job too.
-- ``keys.in_progress_prefix(pool) + id``: set by the claim script (``workers/loop.py``);
-  deleted when the attempt ends, whatever its outcome.
+  reads the job too (or by the handoff, which carries it).
+- ``keys.in_progress_prefix(pool) + id``: set by the claim script (``workers/loop.py``), or by
+  the hub's enqueue that hands the job to this worker; deleted when the attempt ends, whatever
+  its outcome.
 - the pool's queue (a sorted set scored by run-at ms): the job stays in it until it ends.
 
 The outcomes are arq's:
@@ -47,9 +48,6 @@ from contract import keys
 from contract.wire import loads
 
 log = logging.getLogger(__name__)
-
-RETRY_KEY_TTL_S = 88_400
-"""How long arq keeps a job's tries count after its last attempt."""
 
 ENDED = object()
 """What a job function returns once it queued its job's ending itself (``ctx["end"]``)."""
@@ -117,14 +115,19 @@ class Attempts:
             "enqueued_ms": enqueued_ms,
             "end": functools.partial(self._queue_end, job_id),
         }
-        task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
+        # in the attempt's own task (no task to hop to and back): stop() cancels it while it
+        # is in the function, and only then
+        task = asyncio.current_task()
+        assert task is not None
         self._running[job_id] = task
         try:
-            if await asyncio.wait_for(task, function.timeout_s) is ENDED:
-                return None
+            async with asyncio.timeout(function.timeout_s):
+                if await function.coroutine(ctx, *args, **kwargs) is ENDED:
+                    return None
         except Retry as retry:
             return await self._requeue(job_id, retry.defer_score)
         except asyncio.CancelledError:
+            task.uncancel()  # handled: the attempt goes on to hand the job back
             log.info("job %s canceled; it runs again", job_id)
             return await self._requeue(job_id)
         except TimeoutError:
