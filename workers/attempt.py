@@ -70,9 +70,17 @@ class Attempts:
     queue (a job whose attempt has not reached its function yet goes back without running)."""
 
     def __init__(
-        self, redis: Redis, pool: str, functions: Mapping[str, Function], ctx: dict[str, Any]
+        self,
+        redis: Redis,
+        pool: str,
+        functions: Mapping[str, Function],
+        ctx: dict[str, Any],
+        ending: Callable[[str, Pipeline], None] | None = None,
     ) -> None:
+        """``ending(id, pipe)`` may queue the worker's own commands on the pipeline that ends a
+        job (the loop parks there again after a handoff)."""
         self.redis = redis
+        self.ending = ending
         self.queue = keys.queue(pool)
         self.in_progress = keys.in_progress_prefix(pool)
         self.retry = keys.retry_prefix(pool)
@@ -150,6 +158,8 @@ class Attempts:
     def _queue_end(self, job_id: str, pipe: Pipeline) -> None:
         pipe.zrem(self.queue, job_id)
         pipe.delete(self.in_progress + job_id, self.retry + job_id, self.job + job_id)
+        if self.ending is not None:
+            self.ending(job_id, pipe)
 
     async def _requeue(self, job_id: str, defer_ms: int | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -26,10 +26,11 @@ to the node that owns that slot, following a resharding or a failover (MOVED, AS
   the wake channel on one subscription). The hub's online enqueue (``contract/lua/enqueue.lua``)
   takes a parked worker off the set, claims the batch on its behalf (in-progress key, try) and
   publishes it on that channel, where the worker starts it: no wake-up and no claim round trip
-  on the way of a lone request. The worker parks again by claiming once a handed job ends. A
-  worker whose subscription is down does not park (the enqueue also passes over a worker that
-  nobody hears); a handoff lost with a connection is held in its name, and its next claim (one
-  follows every resubscription) takes it as claimed.
+  on the way of a lone request. The worker parks again with the handed job's end (in the
+  pipeline of its reply), or by a claim when more may be due. A worker whose subscription is
+  down does not park (the enqueue also passes over a worker that nobody hears); a handoff lost
+  with a connection is held in its name, and its next claim (one follows every
+  resubscription) takes it as claimed.
 - **Outages.** A failed claim is logged and tried again at the next poll; the wake channel
   reconnects with backoff; a worker started before Redis waits for it (30 tries, 1 s apart).
 - **Stop.** ``stop`` (SIGINT, SIGTERM) ends claiming and cancels the running jobs: each goes
@@ -50,6 +51,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -105,6 +107,7 @@ class WorkerLoop:
         # the jobs handed while a claim is on its way, which it may return too (the claim
         # takes a job held in this worker's name that it does not run)
         self._handed_meanwhile: set[str] | None = None
+        self._handed: dict[str, bool] = {}  # the handed jobs running -> parked with their end
 
     def running(self) -> list[str]:
         """The ids of the jobs this worker runs now (the reaper keeps its claims on them)."""
@@ -130,7 +133,7 @@ class WorkerLoop:
 
     async def _serve(self, redis: Redis) -> None:
         ctx: dict[str, Any] = {"redis": redis}
-        self._attempts = Attempts(redis, self.pool, self.functions, ctx)
+        self._attempts = Attempts(redis, self.pool, self.functions, ctx, self._park_again)
         try:
             if self.on_startup is not None:
                 await self.on_startup(ctx)
@@ -215,11 +218,11 @@ class WorkerLoop:
             if job_id not in handed:  # else started (and maybe ended) from its handoff
                 self._start(job_id, claimed[i + 2], claimed[i + 3])
 
-    def _start(self, job_id: str, raw: bytes | None, tries: int, *, handed: bool = False) -> None:
+    def _start(self, job_id: str, raw: bytes | None, tries: int) -> None:
         assert self._attempts is not None
         task = asyncio.create_task(self._attempts.run(job_id, raw, tries), name=f"job {job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(functools.partial(self._ended, job_id, handed))
+        task.add_done_callback(functools.partial(self._ended, job_id))
 
     def _handoff(self, message: bytes) -> None:
         """A job the hub claimed for this worker (``contract/lua/enqueue.lua``): run it."""
@@ -229,16 +232,26 @@ class WorkerLoop:
             return  # stopping: _unpark gives it back; else the claim took it first
         if self._handed_meanwhile is not None:
             self._handed_meanwhile.add(job_id)
-        self._start(job_id, raw, int(tries), handed=True)
+        self._handed[job_id] = False
+        self._start(job_id, raw, int(tries))
 
-    def _ended(self, job_id: str, handed: bool, task: asyncio.Task[None]) -> None:
+    def _park_again(self, job_id: str, pipe: Pipeline) -> None:
+        """With the end of a handed job, park again (no claim after it), unless more jobs may
+        be due or the handoffs are not heard."""
+        if job_id in self._handed and self._heard and not (self._backlog or self._stopping):
+            pipe.hset(keys.parked(self.pool), self.worker_id, str(self.hold_ms))
+            self._handed[job_id] = True
+
+    def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
         del self._tasks[job_id]
+        parked = self._handed.pop(job_id, None)  # None: claimed, not handed
         error = None if task.cancelled() else task.exception()
         if error is not None:
             # Redis failed it before or after the job ran: the in-progress key, left as it
             # is, keeps the job from others; this worker's next claim takes it again
             log.warning("job %s: attempt failed (%s: %s)", job_id, type(error).__name__, error)
-        if self._backlog or handed:  # more may be due; or claim to park again
+        # more may be due; or a claim parks it again after a handoff
+        if self._backlog or (parked is not None and (not parked or error is not None)):
             self._wake.set()
 
     async def _unpark(self, redis: Redis) -> None:
