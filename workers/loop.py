@@ -140,13 +140,13 @@ class WorkerLoop:
             listener = asyncio.create_task(self._listen(), name="wake")
             try:
                 await self._claim_until_stopped(redis)
-                await self._unpark(redis)
             finally:
-                listener.cancel()
+                listener.cancel()  # unsubscribed: no handoff is heard from now on
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
                 # each attempt ends with its bookkeeping; _ended logs any failure
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                await self._unpark(redis)
         finally:
             if self.on_shutdown is not None:
                 await self.on_shutdown(ctx)
@@ -255,7 +255,8 @@ class WorkerLoop:
             self._wake.set()
 
     async def _unpark(self, redis: Redis) -> None:
-        """Leave the parked set, then give back the jobs handed meanwhile and not started."""
+        """Leave the parked set, then give back the jobs handed before that and not started
+        (the last claim and job ends, which may park it, are over)."""
         try:
             await redis.hdel(keys.parked(self.pool), self.worker_id)  # type: ignore[misc]  # redis-py types sync and async as one
             # -1: every hold of this worker's on a job it does not run, however recent
