@@ -340,6 +340,7 @@ async def test_an_idle_worker_parks_and_a_stopped_one_unparks(
 ) -> None:
     """Parked (its id -> its hold) once its handoff channel is heard and nothing is due; out
     of the set once stopped."""
+
     async def done(ctx: dict[str, Any], **_: Any) -> None:
         pass
 
