@@ -273,9 +273,6 @@ class WorkerLoop:
         wake = keys.wake(self.pool, database(redis))
         handoff = keys.handoff(self.pool, self.worker_id, database(redis))
         handed = handoff.encode()
-        # plain pub/sub on a cluster counts the subscribers of one node only: the hub could
-        # not tell whether a handoff is heard (contract/lua/enqueue.lua), so none is made
-        parks = not isinstance(redis, RedisCluster) or await sharded(redis)
         backoff = 0.05
         try:
             while True:
@@ -283,7 +280,9 @@ class WorkerLoop:
                     async with Subscriber(redis) as channels:
                         await channels.subscribe(wake, handoff)
                         backoff = 0.05
-                        self._heard = parks
+                        # plain pub/sub on a cluster counts one node's subscribers only: the
+                        # hub could not tell whether a handoff is heard (lua/enqueue.lua)
+                        self._heard = not isinstance(redis, RedisCluster) or await sharded(redis)
                         self._wake.set()  # claim: a handoff may have been lost meanwhile
                         while True:
                             channel, data = await channels.get()
