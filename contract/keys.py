@@ -150,10 +150,20 @@ def retry_prefix(pool: str) -> str:
     return tag(pool) + "arq:retry:"
 
 
+RETRY_TTL_S = 88_400
+"""How long arq keeps a job's tries count after its last attempt."""
+
+
 def worker_lease(pool: str, worker_id: str) -> str:
     """Present while the worker heartbeats, beside its record (``worker``) but in its pool's
     slot, so that the claim and the reap scripts can read it."""
     return f"{tag(pool)}worker:{worker_id}"
+
+
+def parked(pool: str) -> str:
+    """Hash: worker id -> its hold (ms) of the pool's idle workers, each waiting on its own
+    ``handoff`` channel for a job the hub queues (``lua/enqueue.lua``, ``workers/loop.py``)."""
+    return tag(pool) + "parked"
 
 
 def _channel(tag_: str, name: str, db: int) -> str:
@@ -175,6 +185,13 @@ def wake(pool: str, db: int) -> str:
     """Pub/sub channel that tells a pool's workers a job was queued, so they need not poll."""
     tag(pool)
     return _channel(pool, "wake", db)
+
+
+def handoff(pool: str, worker_id: str, db: int) -> str:
+    """Pub/sub channel on which the hub hands a job to a parked worker of the pool, claimed on
+    its behalf (``lua/enqueue.lua``); in the pool's slot, so that the script may publish on it."""
+    tag(pool)
+    return _channel(pool, f"handoff:{worker_id}", db)
 
 
 def repository_nudge(db: int) -> str:

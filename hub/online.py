@@ -33,7 +33,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from contract import channels, keys
+from contract import keys, scripts
 from contract.connection import database
 from contract.errors import InferenceFailed, Unavailable
 from contract.jobstore import queue_score
@@ -45,6 +45,8 @@ from hub.tracing import carried
 log = logging.getLogger(__name__)
 
 Line = tuple[str, str, int]  # model, version, priority
+
+ENQUEUE = scripts.load("enqueue")
 
 
 @dataclass(eq=False)
@@ -221,17 +223,29 @@ class OnlineLane:
         # the arq job outlives the last deadline a little, then expires unrun
         last = max(w.request["deadline"] for w in batch.requests)
         ttl_ms = max(1000, int(last * 1000) - now_ms + 1000)
+        pool = batch.line.pool
         try:
-            publish = await channels.publish_command(self.redis)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.psetex(
-                    keys.arq_job_prefix(batch.line.pool) + batch.id,
-                    ttl_ms,
-                    batch_payload(args, now_ms),
-                )
-                pipe.zadd(keys.queue(batch.line.pool), {batch.id: queue_score(now_ms, priority)})
-                pipe.execute_command(publish, keys.wake(batch.line.pool, self.db), "")
-                await pipe.execute()
+            # handed to a parked worker if one idles (no wake-up, no claim), else queued
+            await ENQUEUE(
+                self.redis,
+                keys={
+                    "job": keys.arq_job_prefix(pool) + batch.id,
+                    "queue": keys.queue(pool),
+                    "parked": keys.parked(pool),
+                    "wake": keys.wake(pool, self.db),
+                },
+                args={
+                    "payload": batch_payload(args, now_ms),
+                    "ttl_ms": ttl_ms,
+                    "id": batch.id,
+                    "score": queue_score(now_ms, priority),
+                    "in_progress_prefix": keys.in_progress_prefix(pool),
+                    "retry_prefix": keys.retry_prefix(pool),
+                    "retry_ttl_s": keys.RETRY_TTL_S,
+                    "lease_prefix": keys.worker_lease(pool, ""),
+                    "handoff_prefix": keys.handoff(pool, "", self.db),
+                },
+            )
         except (RedisError, OSError) as exc:
             log.warning("online batch %s not queued: %s", batch.id, exc)
             why = f"the queue is unavailable ({exc})"

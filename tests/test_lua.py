@@ -706,9 +706,14 @@ def claim_args(k: Keys, **changes: Any) -> dict[str, Any]:
         "job_prefix": k("job:"),
         "retry_prefix": k("retry:"),
         "retry_ttl_s": 600,
+        "park": 0,
         "running": [],
         **changes,
     }
+
+
+def claim_keys(k: Keys) -> dict[str, str]:
+    return {"queue": k("queue"), "heartbeat": k("worker:w1"), "parked": k("parked")}
 
 
 CLAIM_ROWS = [
@@ -787,7 +792,7 @@ async def test_claim(
 ) -> None:
     await write(r, k, setup)
     args = claim_args(k, **arg_changes)
-    claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
+    claimed = await CLAIM(r, keys=claim_keys(k), args=args)
     # {id, score, arq job, tries, ...}: no arq job was written here, each is a first try
     assert [x for i in range(0, len(claimed), 4) for x in claimed[i : i + 2]] == returns
     assert claimed[2::4] == [None] * (len(claimed) // 4)
@@ -803,10 +808,113 @@ async def test_claim_reads_the_job_and_counts_its_tries(r: Redis, k: Keys) -> No
         r, k, {**ALIVE, "queue": ZSet({"a": 1}), "job:a": Str("payload"), "retry:a": Str("2")}
     )
     args = claim_args(k)
-    claimed = await CLAIM(r, keys={"queue": k("queue"), "heartbeat": k("worker:w1")}, args=args)
+    claimed = await CLAIM(r, keys=claim_keys(k), args=args)
     assert claimed == ["a", "1", "payload", 3]  # the third try: two ran before
     await check(r, k, {"retry:a": Str("3"), "ip:a": Str("w1"), "job:a": Str("payload")})
     assert await r.ttl(k("retry:a")) == -1  # the count's expiry is set by the first try only
+
+
+async def test_claim_takes_a_job_handed_to_it_that_it_does_not_run(r: Redis, k: Keys) -> None:
+    """A handoff the worker never read (enqueue.lua held the job in its name and counted the
+    try): its claim takes it, the try counted once; one it runs, or another's, it leaves."""
+    await write(
+        r,
+        k,
+        {
+            **ALIVE,
+            "queue": ZSet({"a": 1, "b": 2, "c": 3}),
+            **{f"ip:{j}": Str(w, px=HOLD_MS) for j, w in (("a", "w1"), ("b", "w1"), ("c", "w2"))},
+            **{f"retry:{j}": Str("2") for j in "abc"},
+            "job:a": Str("payload"),
+        },
+    )
+    claimed = await CLAIM(r, keys=claim_keys(k), args=claim_args(k, room=3, running=["b"]))
+    assert claimed == ["a", "1", "payload", 2]
+    await check(r, k, {"ip:a": Str("w1"), "retry:a": Str("2"), "ip:c": Str("w2")})
+
+
+@pytest.mark.parametrize(
+    ("queue", "room", "park", "parked"),
+    [
+        pytest.param({"a": 1}, 2, 1, {"w1": str(HOLD_MS)}, id="room left: parks"),
+        pytest.param({}, 1, 1, {"w1": str(HOLD_MS)}, id="empty queue: parks"),
+        pytest.param({"a": 1}, 1, 1, None, id="room filled: leaves the set"),
+        pytest.param({}, 1, 0, None, id="not hearing its handoffs: leaves the set"),
+    ],
+)
+async def test_claim_parks_a_worker_with_room_once_nothing_is_due(
+    r: Redis,
+    k: Keys,
+    queue: dict[str, float],
+    room: int,
+    park: int,
+    parked: dict[str, str] | None,
+) -> None:
+    await write(r, k, {**ALIVE, "parked": Hash({"w1": "1", "w2": "5"})})
+    if queue:
+        await write(r, k, {"queue": ZSet(queue)})
+    await CLAIM(r, keys=claim_keys(k), args=claim_args(k, room=room, park=park))
+    await check(r, k, {"parked": Hash({**(parked or {}), "w2": "5"})})
+
+
+# ---- enqueue: an online batch queued, and handed to a parked worker
+
+ENQUEUE = scripts.load("enqueue")
+
+
+async def enqueue(r: Redis, k: Keys) -> str | None:
+    """Queue job ``a`` (score 7, ``payload``) as the hub does; the worker it was handed to."""
+    handed: str | None = await ENQUEUE(
+        r,
+        keys={"job": k("job:a"), **k.many("queue", "parked", "wake")},
+        args={
+            "payload": "payload",
+            "ttl_ms": 60_000,
+            "id": "a",
+            "score": 7,
+            "in_progress_prefix": k("ip:"),
+            "retry_prefix": k("retry:"),
+            "retry_ttl_s": 600,
+            "lease_prefix": k("worker:"),
+            "handoff_prefix": k("handoff:"),
+        },
+    )
+    return handed
+
+
+QUEUED: State = {"job:a": Str("payload"), "queue": ZSet({"a": 7})}
+
+
+async def test_enqueue_with_no_worker_parked_wakes_the_pool(r: Redis, k: Keys) -> None:
+    async with subscribed(r, k("wake")) as pubsub:
+        assert await enqueue(r, k) is None
+        assert await next_message(pubsub) == ""
+    await check(r, k, {**QUEUED, "ip:a": None, "retry:a": None})
+    assert 0 < await r.pttl(k("job:a")) <= 60_000
+
+
+async def test_enqueue_hands_the_job_to_a_live_parked_worker_that_hears(r: Redis, k: Keys) -> None:
+    """w1's lease is gone: passed over; w2 holds the job as its claim would (in-progress key,
+    first try counted) and hears 'id tries arq-job' on its channel; nobody is woken."""
+    await write(r, k, {"parked": Hash({"w1": "1000", "w2": "30000"}), "worker:w2": Str("1")})
+    async with subscribed(r, k("handoff:w2")) as handoffs, subscribed(r, k("wake")) as wake:
+        assert await enqueue(r, k) == "w2"
+        assert await next_message(handoffs) == "a 1 payload"
+        await publish(r, k("wake"), "marker")
+        assert await next_message(wake) == "marker"
+    await check(r, k, {**QUEUED, "ip:a": Str("w2"), "retry:a": Str("1"), "parked": None})
+    assert 0 < await r.pttl(k("ip:a")) <= 30_000
+    assert 0 < await r.ttl(k("retry:a")) <= 600
+
+
+async def test_enqueue_passes_over_a_parked_worker_nobody_hears(r: Redis, k: Keys) -> None:
+    """Its subscription dropped: the job is not held in its name (it would wait there for the
+    hold to expire) and its try count is as it was; the pool is woken."""
+    await write(r, k, {"parked": Hash({"w1": "30000"}), "worker:w1": Str("1"), "retry:a": Str("2")})
+    async with subscribed(r, k("wake")) as pubsub:
+        assert await enqueue(r, k) is None
+        assert await next_message(pubsub) == ""
+    await check(r, k, {**QUEUED, "ip:a": None, "retry:a": Str("2"), "parked": None})
 
 
 # ---- reap
@@ -1325,7 +1433,8 @@ def test_loader_flattens_the_trailing_list() -> None:
     assert arg_list[9:] == ["attempt", 1, "", 4, "worker", "w1", "attempt", "1"]
 
 
-NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "append")
+LIBRARIES = ("append", "arq")  # prepended to the scripts that use them: no header of their own
+NAMES = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem not in LIBRARIES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -48,9 +48,9 @@ within a test only if its attempt or the reaper deleted that key."""
 
 @pytest.fixture(scope="module", autouse=True)
 def keyspace_events(redis: SyncRedis) -> Iterator[None]:
-    """Keyspace notifications of generic commands (DEL), for the waits."""
+    """Keyspace notifications of generic commands (DEL) and hashes (HSET), for the waits."""
     previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
-    redis.config_set("notify-keyspace-events", "Kg")
+    redis.config_set("notify-keyspace-events", "Kgh")
     yield
     redis.config_set("notify-keyspace-events", previous)
 
@@ -312,6 +312,51 @@ async def test_a_job_a_live_worker_holds_but_does_not_run_runs_again(
     await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, loop=loop)
     assert tries == [1]
     assert await ended(r, pool, job_id)
+
+
+async def test_a_handoff_the_worker_missed_is_claimed_back(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    """The hub handed the job to this worker (contract/lua/enqueue.lua: held in its name, its
+    try counted) and the message was lost with its connection: the worker's next claim takes
+    it, as the try already counted, long before its hold or the reaper's grace would free it
+    (no reaper runs here)."""
+    job_id, _ = await enqueue(r, pool)
+    tries: list[int] = []
+
+    async def done(ctx: dict[str, Any], **_: Any) -> None:
+        tries.append(ctx["job_try"])
+
+    loop = worker(redis_url, pool, [Function(RUN_JOB, done, LONG_S, max_tries=5)])
+    await r.set(keys.in_progress_prefix(pool) + job_id, loop.worker_id, px=loop.hold_ms)
+    await r.set(keys.retry_prefix(pool) + job_id, 1)
+    await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, loop=loop)
+    assert tries == [1]
+    assert await ended(r, pool, job_id)
+
+
+async def test_an_idle_worker_parks_and_a_stopped_one_unparks(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    """Parked (its id -> its hold) once its handoff channel is heard and nothing is due; out
+    of the set once stopped."""
+
+    async def done(ctx: dict[str, Any], **_: Any) -> None:
+        pass
+
+    loop = worker(redis_url, pool, [Function(RUN_JOB, done, LONG_S, max_tries=5)])
+    parked = keys.parked(pool)
+    async with r.pubsub() as pubsub:
+        await pubsub.subscribe(f"__keyspace@{database(r)}__:{parked}")
+        served = asyncio.create_task(loop.serve())
+        async with asyncio.timeout(WAIT_S):
+            async for message in pubsub.listen():
+                if message["data"] == b"hset":
+                    break
+    assert await r.hget(parked, loop.worker_id) == str(loop.hold_ms).encode()  # type: ignore[misc]
+    loop.stop()
+    await served
+    assert not await r.hexists(keys.parked(pool), loop.worker_id)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -8,9 +8,10 @@ What is read and written (arq 0.28's formats):
   ``arq.jobs.serialize_job`` (msgpack) and read here with ``arq.jobs.deserialize_job_raw``:
   function name, args, kwargs.
 - ``keys.retry_prefix(pool) + id``: the tries so far, counted up (INCR) by the claim, which
-  reads the job too.
-- ``keys.in_progress_prefix(pool) + id``: set by the claim script (``workers/loop.py``);
-  deleted when the attempt ends, whatever its outcome.
+  reads the job too (or by the handoff, which carries it).
+- ``keys.in_progress_prefix(pool) + id``: set by the claim script (``workers/loop.py``), or by
+  the hub's enqueue that hands the job to this worker; deleted when the attempt ends, whatever
+  its outcome.
 - the pool's queue (a sorted set scored by run-at ms): the job stays in it until it ends.
 
 The outcomes are arq's:
@@ -48,9 +49,6 @@ from contract.wire import loads
 
 log = logging.getLogger(__name__)
 
-RETRY_KEY_TTL_S = 88_400
-"""How long arq keeps a job's tries count after its last attempt."""
-
 ENDED = object()
 """What a job function returns once it queued its job's ending itself (``ctx["end"]``)."""
 
@@ -72,9 +70,17 @@ class Attempts:
     queue (a job whose attempt has not reached its function yet goes back without running)."""
 
     def __init__(
-        self, redis: Redis, pool: str, functions: Mapping[str, Function], ctx: dict[str, Any]
+        self,
+        redis: Redis,
+        pool: str,
+        functions: Mapping[str, Function],
+        ctx: dict[str, Any],
+        ending: Callable[[str, Pipeline], None] | None = None,
     ) -> None:
+        """``ending(id, pipe)`` may queue the worker's own commands on the pipeline that ends a
+        job (the loop parks there again after a handoff)."""
         self.redis = redis
+        self.ending = ending
         self.queue = keys.queue(pool)
         self.in_progress = keys.in_progress_prefix(pool)
         self.retry = keys.retry_prefix(pool)
@@ -117,14 +123,19 @@ class Attempts:
             "enqueued_ms": enqueued_ms,
             "end": functools.partial(self._queue_end, job_id),
         }
-        task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
+        # in the attempt's own task (no task to hop to and back): stop() cancels it while it
+        # is in the function, and only then
+        task = asyncio.current_task()
+        assert task is not None
         self._running[job_id] = task
         try:
-            if await asyncio.wait_for(task, function.timeout_s) is ENDED:
-                return None
+            async with asyncio.timeout(function.timeout_s):
+                if await function.coroutine(ctx, *args, **kwargs) is ENDED:
+                    return None
         except Retry as retry:
             return await self._requeue(job_id, retry.defer_score)
         except asyncio.CancelledError:
+            task.uncancel()  # handled: the attempt goes on to hand the job back
             log.info("job %s canceled; it runs again", job_id)
             return await self._requeue(job_id)
         except TimeoutError:
@@ -147,6 +158,8 @@ class Attempts:
     def _queue_end(self, job_id: str, pipe: Pipeline) -> None:
         pipe.zrem(self.queue, job_id)
         pipe.delete(self.in_progress + job_id, self.retry + job_id, self.job + job_id)
+        if self.ending is not None:
+            self.ending(job_id, pipe)
 
     async def _requeue(self, job_id: str, defer_ms: int | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -1,5 +1,6 @@
 """The worker's own loop: it claims the due jobs of its pool in one round trip, is woken when a
-job is queued, outlives Redis outages, and on SIGINT or SIGTERM hands its running jobs back.
+job is queued or handed a job while idle, outlives Redis outages, and on SIGINT or SIGTERM
+hands its running jobs back.
 
 It replaces arq's ``Worker`` (which it used to subclass, reaching into its private fields) and
 keeps arq's job format and bookkeeping, under its pool's hash tag (``contract/keys.py``): every
@@ -20,11 +21,22 @@ to the node that owns that slot, following a resharding or a failover (MOVED, AS
   lease (``keys.worker_lease``, beside its record) is missing (before its first beat, or after
   a lapse): the reaper would take those jobs
   back at once. A worker whose room was full claims again as soon as a job ends.
+- **Handoff.** A claim that leaves room once nothing more is due *parks* the worker (in
+  ``keys.parked``, in the same script) while it hears its own channel (``keys.handoff``, beside
+  the wake channel on one subscription). The hub's online enqueue (``contract/lua/enqueue.lua``)
+  takes a parked worker off the set, claims the batch on its behalf (in-progress key, try) and
+  publishes it on that channel, where the worker starts it: no wake-up and no claim round trip
+  on the way of a lone request. The worker parks again with the handed job's end (in the
+  pipeline of its reply), or by a claim when more may be due. A worker whose subscription is
+  down does not park (the enqueue also passes over a worker that nobody hears); a handoff lost
+  with a connection is held in its name, and its next claim (one follows every
+  resubscription) takes it as claimed.
 - **Outages.** A failed claim is logged and tried again at the next poll; the wake channel
   reconnects with backoff; a worker started before Redis waits for it (30 tries, 1 s apart).
 - **Stop.** ``stop`` (SIGINT, SIGTERM) ends claiming and cancels the running jobs: each goes
   back to the queue at once (its in-progress key deleted) and runs again on another worker with
-  ``attempt`` + 1. Then the shutdown hook runs and the process exits.
+  ``attempt`` + 1. The worker leaves the parked set, and gives back a job handed to it that it
+  has not started. Then the shutdown hook runs and the process exits.
 """
 
 from __future__ import annotations
@@ -39,12 +51,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from contract import keys, scripts
-from contract.channels import Subscriber
+from contract.channels import Subscriber, sharded
 from contract.connection import connect, database
-from workers.attempt import RETRY_KEY_TTL_S, Attempts, Function
+from workers.attempt import Attempts, Function
+from workers.reaper import release
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +103,11 @@ class WorkerLoop:
         self._wake = asyncio.Event()
         self._stopping = False
         self._backlog = False  # the last claim filled the room: more jobs may be due
+        self._heard = False  # the handoff channel is subscribed: the claim may park
+        # the jobs handed while a claim is on its way, which it may return too (the claim
+        # takes a job held in this worker's name that it does not run)
+        self._handed_meanwhile: set[str] | None = None
+        self._handed: dict[str, bool] = {}  # the handed jobs running -> parked with their end
 
     def running(self) -> list[str]:
         """The ids of the jobs this worker runs now (the reaper keeps its claims on them)."""
@@ -113,7 +133,7 @@ class WorkerLoop:
 
     async def _serve(self, redis: Redis) -> None:
         ctx: dict[str, Any] = {"redis": redis}
-        self._attempts = Attempts(redis, self.pool, self.functions, ctx)
+        self._attempts = Attempts(redis, self.pool, self.functions, ctx, self._park_again)
         try:
             if self.on_startup is not None:
                 await self.on_startup(ctx)
@@ -121,11 +141,12 @@ class WorkerLoop:
             try:
                 await self._claim_until_stopped(redis)
             finally:
-                listener.cancel()
+                listener.cancel()  # unsubscribed: no handoff is heard from now on
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
                 # each attempt ends with its bookkeeping; _ended logs any failure
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                await self._unpark(redis)
         finally:
             if self.on_shutdown is not None:
                 await self.on_shutdown(ctx)
@@ -161,65 +182,121 @@ class WorkerLoop:
 
     async def _claim(self, redis: Redis) -> None:
         """Claim up to the room there is of the due jobs no worker holds, and run them."""
-        assert self._attempts is not None
         room = self.max_jobs - len(self._tasks)
         self._backlog = room <= 0
         if room <= 0:
             return
-        claimed = await CLAIM(
-            redis,
-            keys={"queue": self.queue, "heartbeat": keys.worker_lease(self.pool, self.worker_id)},
-            args={
-                "in_progress_prefix": keys.in_progress_prefix(self.pool),
-                "in_progress_ms": self.hold_ms,
-                "now_ms": int(time.time() * 1000),
-                "room": room,
-                "worker_id": self.worker_id,
-                "page": CLAIM_PAGE,
-                "job_prefix": keys.arq_job_prefix(self.pool),
-                "retry_prefix": keys.retry_prefix(self.pool),
-                "retry_ttl_s": RETRY_KEY_TTL_S,
-                "running": list(self._tasks),  # held by this worker: skipped at no cost
-            },
-        )
-        jobs = [  # {id, score, arq job, tries, ...}
-            (claimed[i].decode(), claimed[i + 2], claimed[i + 3]) for i in range(0, len(claimed), 4)
-        ]
-        self._backlog = len(jobs) == room
-        for job_id, raw, tries in jobs:
-            attempt = self._attempts.run(job_id, raw, tries)
-            task = asyncio.create_task(attempt, name=f"job {job_id}")
-            self._tasks[job_id] = task
-            task.add_done_callback(functools.partial(self._ended, job_id))
+        self._handed_meanwhile = set()
+        try:
+            claimed = await CLAIM(
+                redis,
+                keys={
+                    "queue": self.queue,
+                    "heartbeat": keys.worker_lease(self.pool, self.worker_id),
+                    "parked": keys.parked(self.pool),
+                },
+                args={
+                    "in_progress_prefix": keys.in_progress_prefix(self.pool),
+                    "in_progress_ms": self.hold_ms,
+                    "now_ms": int(time.time() * 1000),
+                    "room": room,
+                    "worker_id": self.worker_id,
+                    "page": CLAIM_PAGE,
+                    "job_prefix": keys.arq_job_prefix(self.pool),
+                    "retry_prefix": keys.retry_prefix(self.pool),
+                    "retry_ttl_s": keys.RETRY_TTL_S,
+                    "park": int(self._heard and not self._stopping),
+                    "running": list(self._tasks),  # held by this worker: skipped at no cost
+                },
+            )
+            handed = self._handed_meanwhile
+        finally:
+            self._handed_meanwhile = None
+        self._backlog = len(claimed) // 4 == room
+        for i in range(0, len(claimed), 4):  # {id, score, arq job, tries, ...}
+            job_id = claimed[i].decode()
+            if job_id not in handed:  # else started (and maybe ended) from its handoff
+                self._start(job_id, claimed[i + 2], claimed[i + 3])
+
+    def _start(self, job_id: str, raw: bytes | None, tries: int) -> None:
+        assert self._attempts is not None
+        task = asyncio.create_task(self._attempts.run(job_id, raw, tries), name=f"job {job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(functools.partial(self._ended, job_id))
+
+    def _handoff(self, message: bytes) -> None:
+        """A job the hub claimed for this worker (``contract/lua/enqueue.lua``): run it."""
+        job_id_bytes, tries, raw = message.split(b" ", 2)
+        job_id = job_id_bytes.decode()
+        if self._stopping or job_id in self._tasks:
+            return  # stopping: _unpark gives it back; else the claim took it first
+        if self._handed_meanwhile is not None:
+            self._handed_meanwhile.add(job_id)
+        self._handed[job_id] = False
+        self._start(job_id, raw, int(tries))
+
+    def _park_again(self, job_id: str, pipe: Pipeline) -> None:
+        """With the end of a handed job, park again (no claim after it), unless more jobs may
+        be due or the handoffs are not heard."""
+        if job_id in self._handed and self._heard and not (self._backlog or self._stopping):
+            pipe.hset(keys.parked(self.pool), self.worker_id, str(self.hold_ms))
+            self._handed[job_id] = True
 
     def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
         del self._tasks[job_id]
+        parked = self._handed.pop(job_id, None)  # None: claimed, not handed
         error = None if task.cancelled() else task.exception()
         if error is not None:
             # Redis failed it before or after the job ran: the in-progress key, left as it
-            # is, keeps the job from others until it expires, then it runs again
+            # is, keeps the job from others; this worker's next claim takes it again
             log.warning("job %s: attempt failed (%s: %s)", job_id, type(error).__name__, error)
-        if self._backlog:
+        # more may be due; or a claim parks it again after a handoff
+        if self._backlog or (parked is not None and (not parked or error is not None)):
             self._wake.set()
 
+    async def _unpark(self, redis: Redis) -> None:
+        """Leave the parked set, then give back the jobs handed before that and not started
+        (the last claim and job ends, which may park it, are over)."""
+        try:
+            await redis.hdel(keys.parked(self.pool), self.worker_id)  # type: ignore[misc]  # redis-py types sync and async as one
+            # -1: every hold of this worker's on a job it does not run, however recent
+            for job_id in await release(redis, self.pool, self, grace_ms=-1):
+                log.info("job %s: handed to this worker as it stopped; given back", job_id)
+        except (RedisError, OSError) as exc:
+            # its lease goes with the shutdown hook: then the reaper of another worker
+            # releases what it holds, and the hub hands it nothing more
+            log.warning("could not leave the parked workers (%s)", exc)
+
     async def _listen(self) -> None:
+        """Read the wake channel and this worker's handoff channel (one slot: one subscription)."""
         redis = connect(self.redis_url)
-        channel = keys.wake(self.pool, database(redis))
+        wake = keys.wake(self.pool, database(redis))
+        handoff = keys.handoff(self.pool, self.worker_id, database(redis))
+        handed = handoff.encode()
         backoff = 0.05
         try:
             while True:
                 try:
                     async with Subscriber(redis) as channels:
-                        await channels.subscribe(channel)
+                        await channels.subscribe(wake, handoff)
                         backoff = 0.05
+                        # plain pub/sub on a cluster counts one node's subscribers only: the
+                        # hub could not tell whether a handoff is heard (lua/enqueue.lua)
+                        self._heard = not isinstance(redis, RedisCluster) or await sharded(redis)
+                        self._wake.set()  # claim: a handoff may have been lost meanwhile
                         while True:
-                            await channels.get()
-                            self._wake.set()
+                            channel, data = await channels.get()
+                            if channel == handed:
+                                self._handoff(data)
+                            else:
+                                self._wake.set()
                 except (RedisError, OSError) as exc:
+                    self._heard = False
                     log.warning("wake-up channel lost (%s); polling meanwhile", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
+            self._heard = False
             await redis.aclose()
 
 
