@@ -9,6 +9,7 @@ measures onnxruntime in process on the same model, counts the Redis commands per
 
     python bench/lanes.py                     # every scenario, ~10 s each
     python bench/lanes.py --seconds 5 --only tiny-c64
+    python bench/lanes.py --only heavy-c32 --profile /tmp/spy   # py-spy of hub and worker
     inferhub bench                            # the same
 
 It starts its own Redis, hub, worker and baseline on 127.0.0.1; bounded in count and time.
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +99,27 @@ def drive(
     }
 
 
+def profilers(
+    into: Path | None, scenario: str, pids: dict[str, list[int]], seconds: float
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the online lane's hub and worker for ``seconds`` (a tool, not a project
+    dependency: ``pip install py-spy``), as raw stacks with counts in ``into``; none if None."""
+    if into is None:
+        return []
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    into.mkdir(parents=True, exist_ok=True)
+    record = [spy, "record", "--format", "raw", "--duration", str(int(seconds))]
+    return [
+        subprocess.Popen(
+            [*record, "--pid", str(pid), "-o", str(into / f"{scenario}-{role}-{pid}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for role in ("hub", "worker")
+        for pid in pids[role]
+    ]
+
+
 def measure(
     stack: Stack,
     baseline_url: str,
@@ -104,6 +127,7 @@ def measure(
     scenario: Scenario,
     repo: Path,
     seconds: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     model = load_repository(repo).models[scenario.model]
     version = model.versions[model.latest]
@@ -119,8 +143,11 @@ def measure(
         drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
         # the CPU per request reads truer than rows/s on a shared machine
         pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
+        spies = profilers(profile if name == "online" else None, scenario.name, pids, seconds)
         before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
         figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
+        for spy in spies:
+            spy.wait(timeout=seconds + 30)
         served = max(figures["requests"], 1)
         cpu = {k: round(1e6 * (cpu_s(v) - cpu_before[k]) / served) for k, v in pids.items()}
         figures["server_cpu_us_per_request"] = cpu.pop("hub")
@@ -200,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=[s.name for s in SCENARIOS], action="append")
     parser.add_argument("--idle", type=float, default=5, help="idle figures over N s; 0: skip")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the online lane's hub and worker into this folder (raw stacks)",
+    )
     args = parser.parse_args(argv)
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
     with tempfile.TemporaryDirectory(prefix="inferhub-lanes-") as tmp:
@@ -221,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
             if not wait_ready(url, 60, watch=[baseline]):
                 raise RuntimeError("the baseline did not start")
             idle_figures = idle(stack, args.idle) if args.idle else None
-            results = [measure(stack, url, baseline.pid, s, repo, args.seconds) for s in scenarios]
+            results = [
+                measure(stack, url, baseline.pid, s, repo, args.seconds, args.profile)
+                for s in scenarios
+            ]
         finally:
             stop([baseline])
             stack.close()
