@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,24 @@ def cpu_s(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime: clock ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def idle_s() -> float:
+    """Seconds the machine's cores have been idle so far, summed (/proc/stat): the load
+    generator, the servers and anything else running leave this much unused."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")  # idle, iowait
+
+
+def online_batches(url: str) -> tuple[float, float]:
+    """The hub's online batches and the requests in them so far (its /metrics)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    counts = {"inferhub_online_batches_total": 0.0, "inferhub_online_batched_requests_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in counts:
+            counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts["inferhub_online_batches_total"], counts["inferhub_online_batched_requests_total"]
 
 
 def drive(
@@ -145,13 +164,24 @@ def measure(
         pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
         spies = profilers(profile if name == "online" else None, scenario.name, pids, seconds)
         before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
+        loadgen, idle_before, began = sum(os.times()[:2]), idle_s(), time.monotonic()
+        batches = online_batches(stack.urls[0])
         figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
+        cores_idle = (idle_s() - idle_before) / (time.monotonic() - began)
+        loadgen = sum(os.times()[:2]) - loadgen
         for spy in spies:
             spy.wait(timeout=seconds + 30)
         served = max(figures["requests"], 1)
         cpu = {k: round(1e6 * (cpu_s(v) - cpu_before[k]) / served) for k, v in pids.items()}
         figures["server_cpu_us_per_request"] = cpu.pop("hub")
-        figures["cpu_us_per_request_beside"] = cpu  # the worker's and Redis's
+        cpu["loadgen"] = round(1e6 * loadgen / served)  # this process, the client
+        figures["cpu_us_per_request_beside"] = cpu  # the worker's, Redis's and the client's
+        figures["cores_idle"] = round(cores_idle, 2)  # of the machine's, during the run
+        if name == "online":
+            sent, batched = (
+                b - a for a, b in zip(batches, online_batches(stack.urls[0]), strict=True)
+            )
+            figures["requests_per_batch"] = round(batched / max(sent, 1), 1)
         commands = per_request(before, redis_calls(counter), figures["requests"])
         figures["redis_commands_per_request"] = round(sum(commands.values()), 2)
         figures["redis_commands"] = commands
@@ -197,7 +227,11 @@ def table(results: list[dict[str, Any]]) -> str:
                     lines.append(f"{'':<10} {target} per request: {top}")
                 beside = ", ".join(f"{k} {v:,}" for k, v in f["cpu_us_per_request_beside"].items())
                 if beside:
-                    lines.append(f"{'':<10} {target} cpu us/req beside the hub: {beside}")
+                    lines.append(
+                        f"{'':<10} {target} cpu us/req beside the hub: {beside}; "
+                        f"cores idle {f['cores_idle']:g}"
+                        + (f"; {f['requests_per_batch']:g} a batch" if target == "online" else "")
+                    )
         ort_figures = ", ".join(f"{k} {v:,.0f}" for k, v in r["onnxruntime"].items())
         lines.append(f"{r['scenario']:<10} onnxruntime in process rows/s: {ort_figures}")
         lines.append(
