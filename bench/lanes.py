@@ -9,6 +9,7 @@ measures onnxruntime in process on the same model, counts the Redis commands per
 
     python bench/lanes.py                     # every scenario, ~10 s each
     python bench/lanes.py --seconds 5 --only tiny-c64
+    python bench/lanes.py --only heavy-c32 --profile /tmp/spy   # py-spy of hub and worker
     inferhub bench                            # the same
 
 It starts its own Redis, hub, worker and baseline on 127.0.0.1; bounded in count and time.
@@ -20,10 +21,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,24 @@ def cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def idle_s() -> float:
+    """Seconds the machine's cores have been idle so far, summed (/proc/stat): the load
+    generator, the servers and anything else running leave this much unused."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")  # idle, iowait
+
+
+def online_batches(url: str) -> tuple[float, float]:
+    """The hub's online batches and the requests in them so far (its /metrics)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    counts = {"inferhub_online_batches_total": 0.0, "inferhub_online_batched_requests_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in counts:
+            counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts["inferhub_online_batches_total"], counts["inferhub_online_batched_requests_total"]
+
+
 def drive(
     url: str, endpoint: str, model: str, concurrency: int, seconds: float, rows: Any
 ) -> dict[str, Any]:
@@ -97,6 +118,27 @@ def drive(
     }
 
 
+def profilers(
+    into: Path | None, scenario: str, pids: dict[str, list[int]], seconds: float
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the online lane's hub and worker for ``seconds`` (a tool, not a project
+    dependency: ``pip install py-spy``), as raw stacks with counts in ``into``; none if None."""
+    if into is None:
+        return []
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    into.mkdir(parents=True, exist_ok=True)
+    record = [spy, "record", "--format", "raw", "--duration", str(int(seconds))]
+    return [
+        subprocess.Popen(
+            [*record, "--pid", str(pid), "-o", str(into / f"{scenario}-{role}-{pid}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for role in ("hub", "worker")
+        for pid in pids[role]
+    ]
+
+
 def measure(
     stack: Stack,
     baseline_url: str,
@@ -104,6 +146,7 @@ def measure(
     scenario: Scenario,
     repo: Path,
     seconds: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     model = load_repository(repo).models[scenario.model]
     version = model.versions[model.latest]
@@ -119,12 +162,26 @@ def measure(
         drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
         # the CPU per request reads truer than rows/s on a shared machine
         pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
+        spies = profilers(profile if name == "online" else None, scenario.name, pids, seconds)
         before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
+        loadgen, idle_before, began = sum(os.times()[:2]), idle_s(), time.monotonic()
+        batches = online_batches(stack.urls[0])
         figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
+        cores_idle = (idle_s() - idle_before) / (time.monotonic() - began)
+        loadgen = sum(os.times()[:2]) - loadgen
+        for spy in spies:
+            spy.wait(timeout=seconds + 30)
         served = max(figures["requests"], 1)
         cpu = {k: round(1e6 * (cpu_s(v) - cpu_before[k]) / served) for k, v in pids.items()}
         figures["server_cpu_us_per_request"] = cpu.pop("hub")
-        figures["cpu_us_per_request_beside"] = cpu  # the worker's and Redis's
+        cpu["loadgen"] = round(1e6 * loadgen / served)  # this process, the client
+        figures["cpu_us_per_request_beside"] = cpu  # the worker's, Redis's and the client's
+        figures["cores_idle"] = round(cores_idle, 2)  # of the machine's, during the run
+        if name == "online":
+            sent, batched = (
+                b - a for a, b in zip(batches, online_batches(stack.urls[0]), strict=True)
+            )
+            figures["requests_per_batch"] = round(batched / max(sent, 1), 1)
         commands = per_request(before, redis_calls(counter), figures["requests"])
         figures["redis_commands_per_request"] = round(sum(commands.values()), 2)
         figures["redis_commands"] = commands
@@ -170,7 +227,11 @@ def table(results: list[dict[str, Any]]) -> str:
                     lines.append(f"{'':<10} {target} per request: {top}")
                 beside = ", ".join(f"{k} {v:,}" for k, v in f["cpu_us_per_request_beside"].items())
                 if beside:
-                    lines.append(f"{'':<10} {target} cpu us/req beside the hub: {beside}")
+                    lines.append(
+                        f"{'':<10} {target} cpu us/req beside the hub: {beside}; "
+                        f"cores idle {f['cores_idle']:g}"
+                        + (f"; {f['requests_per_batch']:g} a batch" if target == "online" else "")
+                    )
         ort_figures = ", ".join(f"{k} {v:,.0f}" for k, v in r["onnxruntime"].items())
         lines.append(f"{r['scenario']:<10} onnxruntime in process rows/s: {ort_figures}")
         lines.append(
@@ -200,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=[s.name for s in SCENARIOS], action="append")
     parser.add_argument("--idle", type=float, default=5, help="idle figures over N s; 0: skip")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the online lane's hub and worker into this folder (raw stacks)",
+    )
     args = parser.parse_args(argv)
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
     with tempfile.TemporaryDirectory(prefix="inferhub-lanes-") as tmp:
@@ -221,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
             if not wait_ready(url, 60, watch=[baseline]):
                 raise RuntimeError("the baseline did not start")
             idle_figures = idle(stack, args.idle) if args.idle else None
-            results = [measure(stack, url, baseline.pid, s, repo, args.seconds) for s in scenarios]
+            results = [
+                measure(stack, url, baseline.pid, s, repo, args.seconds, args.profile)
+                for s in scenarios
+            ]
         finally:
             stop([baseline])
             stack.close()

@@ -175,10 +175,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Drain, streams=streams)
     app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, keyless=app.state.keyring.open)
     app.add_middleware(RequestLog, observe=metrics.request)  # sees every other request
-    # outermost: the hot routes get what the four layers above do, in one (and Shortcut's way
-    # in when a request of theirs takes the chain: tracing on, or CORS)
-    app.add_middleware(
-        HotPath,
+    # outermost, FastAPI's own layers included: the hot routes get what the four layers above
+    # do, in one (and Shortcut's way in when a request of theirs takes the chain: tracing on,
+    # or CORS)
+    app.middleware_stack = HotPath(
+        app.build_middleware_stack(),
         routes=hot,
         observe=metrics.request,
         allowed_hosts=settings.allowed_hosts,

@@ -7,13 +7,17 @@ module's Redis database and worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
 from helpers import TestClient
 from stack import Stack, Worker
+from starlette.types import Receive, Scope, Send
 
 from hub.app import create_app
+from hub.middleware.drain import Streams
+from hub.middleware.hot_path import HotPath
 
 LIMIT = 64 * 1024
 ROW = {
@@ -90,3 +94,46 @@ def test_once_the_shutdown_began_a_hot_request_is_refused_with_503(
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.headers["connection"] == "close"
     assert refused.json()["error"]["code"] == "shutting_down"
+
+
+class _Failing:
+    """A hot route whose endpoint fails with an error no handler answers (a bug)."""
+
+    def path_parameters(self, scope: Scope) -> dict[str, Any] | None:
+        return {} if scope["path"] == "/boom" else None
+
+    def shortcut(self) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            raise RuntimeError("a bug")
+
+        return asgi
+
+
+def test_an_error_no_route_answered_gets_a_500_as_fastapis_error_layer_sends() -> None:
+    """HotPath sits outside FastAPI's own layers (hub/app.py), so it answers such an error
+    itself; the error still reaches the server (its log), and the request's access line and
+    metrics say 500. HotPath alone, around a bare inner app: its logic, isolated."""
+    seen: list[int] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the hot route is served ahead of the inner app")
+
+    hot = HotPath(
+        inner,
+        routes=[_Failing()],
+        observe=lambda scope, status, seconds: seen.append(status),
+        allowed_hosts=["localhost"],
+        keyless=True,
+        streams=Streams(),
+        max_body_bytes=LIMIT,
+        cors=False,
+    )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:  # an ASGI 3 function
+        await hot(scope, receive, send)
+
+    client = TestClient(app, raise_server_exceptions=False)  # no lifespan: the inner app has none
+    response = client.post("/boom", content=b"{}", headers=LOCAL)
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    assert response.headers["x-request-id"]
+    assert seen == [500]

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, TooLarge
-from hub.v2.codec import InferRequest, parse_request, require_text
+from contract.tensors import encode_tensor
+from hub.v2.codec import InferRequest, encode_response, parse_request, require_text
 from hub.v2.compression import decompress
 from hub.v2.errors import status_of
 
@@ -402,3 +403,31 @@ def test_encoded_bodies_decompress(encoding: str | None) -> None:
         name, lambda b: b
     )(body)
     assert decompress(packed, encoding, 100) == body
+
+
+SPECIAL = [np.nan, np.inf, -np.inf, -0.0, 0.1, 1e-5, 6e4, 2.5, -7.0]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        *(np.array(SPECIAL, dtype=t) for t in ("<f2", "<f4", "<f8")),
+        np.array([1e16, 3.4e38, 1e-40], dtype="<f4"),
+        np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32),
+        *(np.array([0, 1, 127, 100], dtype=t) for t in ("<i1", "<u1", "<i2", "<u2")),
+        np.array([-(2**31), 2**31 - 1], dtype="<i4"),
+        np.array([2**32 - 1], dtype="<u4"),
+        np.array([-(2**63), 2**63 - 1], dtype="<i8"),
+        np.array([2**64 - 1], dtype="<u8"),
+        np.array([True, False]),
+        np.array([b"a", "\u00e9".encode()], dtype=object),
+        np.zeros((0, 4), dtype=np.float32),
+    ],
+    ids=lambda a: f"{a.dtype}{list(a.shape)}",
+)
+def test_json_outputs_read_as_from_python_numbers(array: np.ndarray) -> None:
+    """Written from the array by orjson, an output's JSON is the text a list of Python numbers
+    gives (floats as the doubles they widen to, NaN and infinities as null), byte for byte."""
+    body, header_length = encode_response({"model_name": "m"}, [("out", array, False)])
+    assert header_length is None
+    assert body == orjson.dumps({"model_name": "m", "outputs": [encode_tensor("out", array)]})
