@@ -19,12 +19,14 @@ in one call too. A lone one goes at once, as one call of its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import msgpack
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -50,6 +52,9 @@ CREATE_MANY = scripts.load("create_many")
 TRANSITION = scripts.load("transition")
 TRANSITION_MANY = scripts.load("transition_many")
 CANCEL = scripts.load("cancel")
+
+_RUN_JOB_BYTES = len(serialize_job(RUN_JOB, (), {}, None, 2**40, serializer=dumps)) - 1
+"""What arq's format adds to a job's arguments (its enqueue time: any ms since 1970-02 is 9 bytes)."""
 
 GATHER_MOST = 64
 """Jobs in one gathered script call at most."""
@@ -94,13 +99,33 @@ class Step:
     outputs_key: str = ""  # where: the job's outputs key unless said (a streamed chunk's)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _NewJob:
-    """A job to create: its arq arguments, and create.lua's keys and arguments for it."""
+    """A job to create: what create.lua and create_many.lua take of it."""
 
-    kwargs: dict[str, Any]
-    keys: dict[str, str]
-    args: dict[str, Any]
+    id: str
+    owner: str
+    pool: str
+    created_ms: int
+    kwargs: dict[str, Any]  # its arq arguments
+    fields: list[Any]  # its record's, flat: field, value, ...
+    event: bytes  # its `queued` event
+    idem_key: str  # "" without an Idempotency-Key
+    idem_value: str
+    stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """The jobs that may be created in one call: one owner's, of one pool and priority,
+    under the same bounds."""
+
+    pool: str
+    owner: str
+    priority: int
+    max_queued: int
+    max_owner_queued: int
+    max_owner_bytes: int
 
 
 @dataclass(frozen=True)
@@ -235,50 +260,35 @@ class JobStore:
         more than ``max_stored_per_owner`` bytes (inputs and parameters): then nothing is
         written. ``inputs_bytes``: those of its inputs stored apart (contract/inputs.py).
         """
-        job_id = record["id"]
+        job_id, owner = record["id"], record["owner"]
         await self._register(pool)
         now_ms = int(record["created_at"] * 1000)
-        arq_job = serialize_job(RUN_JOB, (), dict(job_kwargs), None, now_ms, serializer=dumps)
-        # no key: a name in the pool's slot all the same (a cluster refuses a script whose
-        # keys lie in two slots), which the script leaves alone when told of no value
-        idem_key, idem_value = (keys.idempotency(pool, record["owner"], ""), "")
+        idem_key, idem_value = "", ""
         if idempotency is not None:
             idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
-        event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
+        fields = _flatten(record)
+        kwargs = dict(job_kwargs)
         job = _NewJob(
-            dict(job_kwargs),
-            {
-                "record": keys.job(job_id),
-                "events": keys.job_events(job_id),
-                "log": keys.events_log(pool),
-                "idempotency": idem_key,
-                "arq_job": keys.arq_job_prefix(pool) + job_id,
-                "queue": keys.queue(pool),
-                "index": keys.jobs_index(pool),
-                "owner_index": keys.owner_jobs(pool, record["owner"]),
-                "owner_queued": keys.owner_queued(pool, record["owner"]),
-                "owner_bytes": keys.owner_bytes(pool, record["owner"]),
-                "webhooks": keys.webhooks(pool),
-            },
-            {
-                **self._common_args(event, pool),
-                "idem_value": idem_value,
-                "arq_payload": arq_job,
-                "score": queue_score(now_ms, priority),
-                "created_ms": now_ms,
-                "wake": keys.wake(pool, self.db),
-                "job_id": job_id,
-                "max_queued": max_queued,
-                "max_owner_queued": max_queued_per_owner,
-                "stored_bytes": len(arq_job) + inputs_bytes + len(dumps(record.get("parameters"))),
-                "max_owner_bytes": max_stored_per_owner,
-                "fields": _flatten(record),
-            },
+            job_id,
+            owner,
+            pool,
+            now_ms,
+            kwargs,
+            fields,
+            self._event(job_id, EventType.QUEUED, record["model"], owner, {}),
+            idem_key,
+            idem_value,
+            # its arq job's bytes as if queued alone, its inputs' and its parameters'
+            _RUN_JOB_BYTES
+            + len(dumps(kwargs))
+            + inputs_bytes
+            + len(dumps(record.get("parameters"))),
         )
         # one owner's jobs of one pool and priority, under the same bounds, may go together
         bounds = (max_queued, max_queued_per_owner, max_stored_per_owner)
-        created, value = await self.creates((pool, record["owner"], priority, bounds), job)
+        line = _Line(pool, owner, priority, *bounds)
+        created, value = await self.creates(line, job)
         return Created(created), value.decode()
 
     async def _register(self, pool: str) -> None:
@@ -305,56 +315,82 @@ class JobStore:
         self._pools.update(p.decode() for p in found)
         return sorted(self._pools)
 
-    async def _create_gathered(self, _line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
-        """Create the jobs in one call: create.lua for one, else create_many.lua, which
-        queues them as one arq job. Returns create.lua's answer per job."""
+    async def _create_gathered(self, line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
+        """Create the jobs of one line in one call: create.lua for one, else create_many.lua,
+        which queues those it creates as one arq job. Returns create.lua's answer per job."""
+        assert isinstance(line, _Line)
+        pool, owner = line.pool, line.owner
+        lim = self.limits
+        shared = {
+            "channel": keys.events_channel(pool, self.db),
+            "ttl": lim.ttl_s,
+            "job_maxlen": lim.job_maxlen,
+            "log_maxlen": lim.log_maxlen,
+            "score": queue_score(jobs[0].created_ms, line.priority),
+            "wake": keys.wake(pool, self.db),
+            "max_queued": line.max_queued,
+            "max_owner_queued": line.max_owner_queued,
+            "max_owner_bytes": line.max_owner_bytes,
+            "webhook_wake": keys.webhooks_wake(pool, self.db),
+        }
+        pool_keys = {
+            "log": keys.events_log(pool),
+            "queue": keys.queue(pool),
+            "index": keys.jobs_index(pool),
+            "owner_index": keys.owner_jobs(pool, owner),
+            "owner_queued": keys.owner_queued(pool, owner),
+            "owner_bytes": keys.owner_bytes(pool, owner),
+            "webhooks": keys.webhooks(pool),
+        }
+        # no idempotency key: a name in the pool's slot all the same (a cluster refuses a
+        # script whose keys lie in two slots), which the scripts leave alone
+        unused = keys.idempotency(pool, owner, "")
         if len(jobs) == 1:
-            job = jobs[0]
-            return [await self._create(CREATE, job.keys, job.args, f"job {job.args['job_id']}")]
-        first = jobs[0]
+            (job,) = jobs
+            arq_job = serialize_job(RUN_JOB, (), job.kwargs, None, job.created_ms, serializer=dumps)
+            call_keys = {
+                **pool_keys,
+                "record": keys.job(job.id),
+                "events": keys.job_events(job.id),
+                "idempotency": job.idem_key or unused,
+                "arq_job": keys.arq_job_prefix(pool) + job.id,
+            }
+            args = {
+                **shared,
+                "event": job.event,
+                "idem_value": job.idem_value,
+                "arq_payload": arq_job,
+                "created_ms": job.created_ms,
+                "job_id": job.id,
+                "stored_bytes": job.stored_bytes,
+                "fields": job.fields,
+            }
+            return [await self._create(CREATE, call_keys, args, f"job {job.id}")]
         # how many jobs and the first one's id: queue_stats.lua counts them and their age
-        batch_id = f"jobs-{len(jobs)}-{first.args['job_id']}"
-        now_ms = max(job.args["created_ms"] for job in jobs)
-        payload = serialize_job(
-            RUN_JOBS,
-            (),
-            {"jobs": [{"job_id": job.args["job_id"], **job.kwargs} for job in jobs]},
-            None,
-            now_ms,
-            serializer=dumps,
-        )
-        call_keys: dict[str, Any] = {
-            name: first.keys[name]
-            for name in ("log", "queue", "index", "owner_index", "owner_queued", "owner_bytes")
-        }
-        pool = keys.pool_of(first.args["job_id"])
-        call_keys.update(
-            arq_job=keys.arq_job_prefix(pool) + batch_id,
-            webhooks=keys.webhooks(pool),
-            jobs=[job.keys[n] for job in jobs for n in ("record", "events", "idempotency")],
-        )
+        batch_id = f"jobs-{len(jobs)}-{jobs[0].id}"
+        now_ms = max(job.created_ms for job in jobs)
+        head, tail = _batch_payload(now_ms)
         per_job: list[Any] = []
+        job_keys: list[str] = []
         for job in jobs:
-            a = job.args
-            per_job += (a["job_id"], a["event"], a["idem_value"], a["stored_bytes"])
-            per_job += (len(a["fields"]), *a["fields"])
-        args = {
-            name: first.args[name]
-            for name in (
-                "channel",
-                "ttl",
-                "job_maxlen",
-                "log_maxlen",
-                "score",
-                "wake",
-                "max_queued",
-                "max_owner_queued",
-                "max_owner_bytes",
-                "webhook_wake",
-            )
+            run = dumps({"job_id": job.id, **job.kwargs})
+            record = _lua_strings(job.fields)
+            per_job += (job.id, job.event, job.idem_value, job.stored_bytes, record, run)
+            job_keys += (keys.job(job.id), keys.job_events(job.id), job.idem_key or unused)
+        call_keys: dict[str, Any] = {
+            **pool_keys,
+            "arq_job": keys.arq_job_prefix(pool) + batch_id,
+            "jobs": job_keys,
         }
-        args.update(batch_id=batch_id, arq_payload=payload, created_ms=now_ms, jobs=per_job)
-        what = f"job {first.args['job_id']} (one of {len(jobs)} created together)"
+        args = {
+            **shared,
+            "batch_id": batch_id,
+            "payload_head": head,
+            "payload_tail": tail,
+            "created_ms": now_ms,
+            "jobs": per_job,
+        }
+        what = f"job {jobs[0].id} (one of {len(jobs)} created together)"
         answer: list[Any] = await self._create(CREATE_MANY, call_keys, args, what)
         return answer
 
@@ -609,6 +645,24 @@ class JobStore:
 _PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
 _NUMBERS = ("created_at", "started_at", "finished_at", "webhook_delivered_at")
 _INTEGERS = ("attempt", "rows", "done", "outputs_bytes", "webhook_attempts", "webhook_status")
+
+
+@functools.lru_cache(maxsize=4)
+def _batch_payload(now_ms: int) -> tuple[bytes, bytes]:
+    """A ``run_jobs`` arq job (arq's format) around its list of jobs: what comes before the
+    list's msgpack header, and after its last job (create_many.lua joins them)."""
+    empty = serialize_job(RUN_JOBS, (), {"jobs": []}, None, now_ms, serializer=dumps)
+    at = empty.index(dumps("jobs") + b"\x90") + len(dumps("jobs"))
+    return empty[:at], empty[at + 1 :]
+
+
+def _lua_strings(values: Sequence[Any]) -> bytes:
+    """Values as one argument that a script reads with ``cmsgpack.unpack``: a msgpack array of
+    strings, numbers written as redis-py writes them (Lua would print a float to 14 digits),
+    bytes in msgpack's old raw form (Redis 7.0's cmsgpack reads no bin type)."""
+    strings = [v if isinstance(v, str | bytes) else repr(v) for v in values]
+    packed: bytes = msgpack.packb(strings, use_bin_type=False)
+    return packed
 
 
 def _flatten(record: Mapping[str, Any]) -> list[Any]:

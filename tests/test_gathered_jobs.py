@@ -108,6 +108,17 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
     assert (total, running, float(oldest)) == (JOBS - 1, 0, jobs[1][0]["created_at"])
 
 
+async def test_a_batch_of_over_fifteen_jobs_lists_them_all(r: Redis, pool: str) -> None:
+    """msgpack writes the arq job's list of more than 15 jobs with a longer header."""
+    store = JobStore(r, Limits(ttl_s=600))
+    jobs = [new_job(pool) for _ in range(40)]
+    await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs))
+    (batch,) = [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]
+    raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
+    _, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
+    assert [job["job_id"] for job in kwargs["jobs"]] == [rec["id"] for rec, _ in jobs[1:]]
+
+
 def test_published_events_reads_one_or_several() -> None:
     binary = b"\x82 1-2 \x00*"  # an event's bytes may hold spaces, digits and stars
     assert published_events(b"5-0 " + binary) == [("5-0", binary)]
@@ -159,6 +170,13 @@ async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) ->
     assert await r.zcard(keys.owner_queued(pool, owner)) == 4
     for rec, _ in jobs:
         assert bool(await r.exists(keys.job(rec["id"]))) is (rec["id"] in made)
+    # the batch's arq job lists the jobs it created, none it refused: those never run
+    (batch,) = [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]
+    raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
+    function, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
+    assert function == RUN_JOBS
+    assert [job["job_id"] for job in kwargs["jobs"]] == made[1:]
+    assert kwargs["jobs"][0] == {"job_id": made[1], **jobs[1][1]}
 
     # the same jobs again (as a retried command): each one made is found made, none doubles;
     # the others are made now (no key, no bound this time)
