@@ -348,7 +348,7 @@ class JobStore:
         if len(jobs) == 1:
             (job,) = jobs
             arq_job = serialize_job(RUN_JOB, (), job.kwargs, None, job.created_ms, serializer=dumps)
-            call_keys = {
+            call_keys: dict[str, Any] = {
                 **pool_keys,
                 "record": keys.job(job.id),
                 "events": keys.job_events(job.id),
@@ -377,7 +377,7 @@ class JobStore:
             record = _lua_strings(job.fields)
             per_job += (job.id, job.event, job.idem_value, job.stored_bytes, record, run)
             job_keys += (keys.job(job.id), keys.job_events(job.id), job.idem_key or unused)
-        call_keys: dict[str, Any] = {
+        call_keys = {
             **pool_keys,
             "arq_job": keys.arq_job_prefix(pool) + batch_id,
             "jobs": job_keys,
