@@ -130,11 +130,13 @@ class _Line:
 
 @dataclass(frozen=True)
 class _Steps:
-    """One job's steps for transition.lua: its own keys and its steps' arguments."""
+    """One job's steps for transition.lua: its own keys, its steps (one argument: append.lua's
+    ``read_steps``) and the outputs one of them stores."""
 
     job_id: str
     keys: dict[str, str]
-    steps: list[Any]
+    steps: bytes
+    outputs: bytes
 
 
 class Created(IntEnum):
@@ -444,8 +446,8 @@ class JobStore:
         ``allowed`` statuses and the record's ``guard`` field is below the guard's value.
         Returns, per step: (appended, the status found, cancel requested).
         """
-        stored = {st.outputs_key or keys.job_outputs(job_id) for st in steps if st.outputs}
-        if len(stored) > 1:
+        storing = [st for st in steps if st.outputs]
+        if len(storing) > 1:
             raise ValueError("one step of a transition at most stores outputs")
         now = time.time()
         flat: list[Any] = []
@@ -459,11 +461,12 @@ class JobStore:
                 st.status.value if st.status else "",
                 st.guard[0] if st.guard else "",
                 st.guard[1] if st.guard else "",
-                st.outputs,
+                "1" if st.outputs else "",
                 len(fields),
                 *fields,
             )
         pool = keys.pool_of(job_id)
+        outputs_key = storing[0].outputs_key if storing else ""
         job = _Steps(
             job_id,
             {
@@ -471,11 +474,12 @@ class JobStore:
                 "events": keys.job_events(job_id),
                 "cancel": keys.job_cancel(job_id),
                 "owner_queued": keys.owner_queued(pool, owner),
-                "outputs": stored.pop() if stored else keys.job_outputs(job_id),
+                "outputs": outputs_key or keys.job_outputs(job_id),
             },
-            flat,
+            _lua_strings(flat),
+            storing[0].outputs if storing else b"",
         )
-        if any(len(st.outputs) > self.limits.inline_output_bytes for st in steps):
+        if len(job.outputs) > self.limits.inline_output_bytes:
             (results,) = await self._transition_gathered(pool, (job,))  # large: on its own
         else:
             results = await self.transitions(pool, job)
@@ -496,12 +500,12 @@ class JobStore:
         if len(jobs) == 1:
             job = jobs[0]
             call_keys = {**job.keys, "log": keys.events_log(pool), "webhooks": keys.webhooks(pool)}
-            args = {**shared, "job_id": job.job_id, "steps": job.steps}
+            args = {**shared, "job_id": job.job_id, "steps": job.steps, "outputs": job.outputs}
             return [await TRANSITION(self.redis, call_keys, args)]
         names = ("record", "events", "cancel", "owner_queued", "outputs")
         per_job: list[Any] = []
         for job in jobs:
-            per_job += (job.job_id, len(job.steps), *job.steps)
+            per_job += (job.job_id, job.steps, job.outputs)
         answer: list[Any] = await TRANSITION_MANY(
             self.redis,
             {
