@@ -60,6 +60,13 @@ GATHER_MOST = 64
 """Jobs in one gathered script call at most."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _pool_named(name: str) -> str:
+    """``keys.pool_of`` of a job id whose pool part is ``name``, checked once per name (the
+    fan-out moves two positions per event)."""
+    return keys.pool_of(f"{name}.")
+
+
 def published_events(data: bytes) -> list[tuple[str, bytes]]:
     """The events of one publication on the events channel, as (id, event): one (``id
     event``), or several that one call appended (``*``, then each one's id, its length and
@@ -200,8 +207,10 @@ class Position:
         """This position moved past ``events`` (each pool's to its last one's id)."""
         pools = dict(self.pools)
         for event in events:
-            pool = keys.pool_of(event.job_id)
-            pools[pool] = max(pools.get(pool, self.base), stream_key(event.id))
+            pool = _pool_named(event.job_id.rpartition(".")[0])
+            key = event.key
+            if key > pools.get(pool, self.base):
+                pools[pool] = key
         return Position(self.base, pools)
 
     def __str__(self) -> str:
