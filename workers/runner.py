@@ -161,12 +161,14 @@ async def _run(
         stats["done"] += 1
 
     blob = b""
-    if status is JobStatus.SUCCEEDED:  # stored once; inline in the event only when small
+    if status is JobStatus.SUCCEEDED:  # small: in the event and the record; else stored apart
         packed = data["outputs"]
         blob = outputs_store.stored(packed)
         data = outputs_store.event_data(job_id, packed, blob, limit, served.config.labels)
         if streamed:  # the chunks hold the outputs already: the key lists them
             blob = outputs_store.chunk_list(streamed)
+        elif "outputs" in data:  # the record holds them: no key of their own
+            blob = b""
     ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
     with tracing.span(f"{status.value} event", attributes={"inferhub.job_id": job_id}):
