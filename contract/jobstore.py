@@ -8,12 +8,15 @@ no longer allowed (a finished job finishing again) changes nothing.
 Every key of a job and of its pool's queue carries the pool's hash tag (contract/keys.py), so a
 script touches one slot of a Redis Cluster. Each event is added to its pool's log first and then
 to the job's stream under the same id, so one id resumes both the job's feed and the pool's
-part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs.
+part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs
+(a reader's place in them: ``contract/position.py``). A record's fields as Redis holds them are
+``contract/records.py``'s.
 
 Concurrent creations of one owner, pool and priority are gathered (``contract/gather.py``) into
 one script call that creates them all, each with its own record, event and verdict, and queues
-them as one arq job (``RUN_JOBS``); concurrent transitions (the jobs a worker ends together) go
-in one call too. A lone one goes at once, as one call of its own.
+them as one arq job (``RUN_JOBS``) that lists those it created; concurrent transitions (the
+jobs a worker ends together) go in one call too. A lone one goes as one call of its own. Each
+job's part of such a call is one or two msgpack arguments (``_lua_strings``), not tens.
 """
 
 from __future__ import annotations
@@ -31,15 +34,16 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from contract import keys, scripts
+from contract import keys, records, scripts
 from contract.connection import database
 from contract.errors import Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
 from contract.gather import Gatherer
+from contract.position import Position as Position  # re-exported: the hub imports it here
 from contract.records import step_fields
 from contract.scripts import Script
 from contract.settings import Settings
-from contract.wire import dumps, loads
+from contract.wire import dumps
 
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""
@@ -58,13 +62,6 @@ _RUN_JOB_BYTES = len(serialize_job(RUN_JOB, (), {}, None, 2**40, serializer=dump
 
 GATHER_MOST = 64
 """Jobs in one gathered script call at most."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _pool_named(name: str) -> str:
-    """``keys.pool_of`` of a job id whose pool part is ``name``, checked once per name (the
-    fan-out moves two positions per event)."""
-    return keys.pool_of(f"{name}.")
 
 
 def published_events(data: bytes) -> list[tuple[str, bytes]]:
@@ -175,49 +172,6 @@ class Limits:
         )
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a reader of the all-jobs feed is: the id of the last event it has of each pool,
-    and ``base`` for the pools it does not name. Ids of two pools' logs do not compare (each
-    log's ids come from its own node's clock), so only a position per pool resumes exactly.
-
-    As text (a feed's resume token): ``base[,pool:id...]``, as ``0,default:1700000000000-3``;
-    a plain event id is a position with that base and no pool, as before pools had logs.
-    """
-
-    base: tuple[int, int] = (0, 0)
-    pools: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> Position:
-        """The position a token says; ValueError for anything else."""
-        base, *named = text.split(",")
-        pools = {}
-        for part in named:
-            pool, colon, event_id = part.partition(":")
-            if not colon or keys.pool_of(f"{pool}.") != pool or not pool:
-                raise ValueError(f"{part[:60]!r} is not pool:event-id")
-            pools[pool] = stream_key(event_id)
-        return cls(stream_key(base), pools)
-
-    def of(self, pool: str) -> tuple[int, int]:
-        return self.pools.get(pool, self.base)
-
-    def past(self, events: Sequence[Event]) -> Position:
-        """This position moved past ``events`` (each pool's to its last one's id)."""
-        pools = dict(self.pools)
-        for event in events:
-            pool = _pool_named(event.job_id.rpartition(".")[0])
-            key = event.key
-            if key > pools.get(pool, self.base):
-                pools[pool] = key
-        return Position(self.base, pools)
-
-    def __str__(self) -> str:
-        named = "".join(f",{pool}:{ms}-{seq}" for pool, (ms, seq) in sorted(self.pools.items()))
-        return f"{self.base[0]}-{self.base[1]}{named}"
-
-
 class JobStore:
     """Jobs in Redis. Methods are one round trip each unless they say otherwise."""
 
@@ -278,7 +232,7 @@ class JobStore:
         if idempotency is not None:
             idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
-        fields = _flatten(record)
+        fields = records.flatten(record)
         kwargs = dict(job_kwargs)
         job = _NewJob(
             job_id,
@@ -461,7 +415,7 @@ class JobStore:
         now = time.time()
         flat: list[Any] = []
         for st in steps:
-            fields = _flatten(
+            fields = records.flatten(
                 {**step_fields(st.event, st.data, now), **dict([st.guard] if st.guard else [])}
             )
             flat += (
@@ -562,14 +516,14 @@ class JobStore:
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one
-        return _decode_record(raw) if raw else None
+        return records.decode(raw) if raw else None
 
     async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(keys.job(job_id))
             raws = await pipe.execute()
-        return [_decode_record(raw) if raw else None for raw in raws]
+        return [records.decode(raw) if raw else None for raw in raws]
 
     async def recent_ids(
         self, owner: str | None, before: tuple[float, str] | None, count: int
@@ -654,12 +608,6 @@ class JobStore:
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
 
 
-# Record fields whose values are msgpack; the rest are text or numbers.
-_PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
-_NUMBERS = ("created_at", "started_at", "finished_at", "webhook_delivered_at")
-_INTEGERS = ("attempt", "rows", "done", "outputs_bytes", "webhook_attempts", "webhook_status")
-
-
 @functools.lru_cache(maxsize=4)
 def _batch_payload(now_ms: int) -> tuple[bytes, bytes]:
     """A ``run_jobs`` arq job (arq's format) around its list of jobs: what comes before the
@@ -676,28 +624,3 @@ def _lua_strings(values: Sequence[Any]) -> bytes:
     strings = [v if isinstance(v, str | bytes) else repr(v) for v in values]
     packed: bytes = msgpack.packb(strings, use_bin_type=False)
     return packed
-
-
-def _flatten(record: Mapping[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for name, value in record.items():
-        if value is None:
-            continue
-        out.append(name)
-        out.append(dumps(value) if name in _PACKED else value)
-    return out
-
-
-def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    for name_b, value in raw.items():
-        name = name_b.decode()
-        if name in _PACKED:
-            record[name] = loads(value)
-        elif name in _NUMBERS:
-            record[name] = float(value)
-        elif name in _INTEGERS:
-            record[name] = int(value)
-        else:
-            record[name] = value.decode()
-    return record

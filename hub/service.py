@@ -19,8 +19,9 @@ from contract import keys
 from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
-from contract.jobstore import Created, JobStore, Position
+from contract.jobstore import Created, JobStore
 from contract.logs import JOBS, current_request_id, note_job
+from contract.position import Position
 from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Sink, Topic, delivery
