@@ -1,10 +1,11 @@
 """Gather concurrent calls of one kind into one round trip, without making a lone one wait.
 
-A line per key: a call goes at once, in its caller's task, when no call of its line is in
-flight; while one is, arriving calls gather, and leave together (up to ``most`` of them) as
-soon as it returns. So a lone caller pays nothing, and a busy process sends fewer, larger
-calls: the more round trips overlap, the larger the batches. The hub's online lane dispatches
-its batches the same way (``hub/online.py``, with a capacity and a delay of its own).
+A line per key: when no call of its line is in flight, a call goes at the end of the event
+loop's turn, with the calls of its line made in that same turn; while one is in flight,
+arriving calls gather, and leave together (up to ``most`` of them) as soon as it returns. So a
+lone caller pays one turn of the loop, and a busy process sends fewer, larger calls: the more
+round trips overlap, the larger the batches. The hub's online lane dispatches its batches the
+same way (``hub/online.py``, with a capacity and a delay of its own).
 """
 
 from __future__ import annotations
@@ -35,18 +36,30 @@ class Gatherer(Generic[Item, Result]):
         self.calls = 0  # calls sent, for the tests and benchmarks
 
     async def __call__(self, key: Hashable, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        entry = (item, future)
         line = self._lines.get(key)
-        if line is not None:  # a call is in flight: go with the next one
-            future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-            entry = (item, future)
+        if line is not None:  # a call is in flight, or about to be: go with the next one
             line.waiting.append(entry)
             try:
                 return await future
             finally:
                 if entry in line.waiting:  # the caller left (canceled) before it was sent
                     line.waiting.remove(entry)
-        self._lines[key] = _Line()
+        line = self._lines[key] = _Line([entry])
         try:
+            # to the end of this turn of the loop: the calls made in it (the jobs a batch
+            # ended, the requests read together) go with this one, in one call, not two
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            line.waiting.remove(entry)
+            self._next(key)
+            raise
+        taken, line.waiting = line.waiting[: self.most], line.waiting[self.most :]
+        if len(taken) > 1:  # sent by a task of their own: no caller's cancellation cuts it
+            self._start(key, taken)
+            return await future
+        try:  # alone: from the caller's task, as if there were no gathering
             self.calls += 1
             (result,) = await self._send(key, (item,))
         finally:
@@ -60,6 +73,9 @@ class Gatherer(Generic[Item, Result]):
             del self._lines[key]
             return
         taken, line.waiting = line.waiting[: self.most], line.waiting[self.most :]
+        self._start(key, taken)
+
+    def _start(self, key: Hashable, taken: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         task = asyncio.create_task(self._send_gathered(key, taken))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

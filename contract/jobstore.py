@@ -8,36 +8,42 @@ no longer allowed (a finished job finishing again) changes nothing.
 Every key of a job and of its pool's queue carries the pool's hash tag (contract/keys.py), so a
 script touches one slot of a Redis Cluster. Each event is added to its pool's log first and then
 to the job's stream under the same id, so one id resumes both the job's feed and the pool's
-part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs.
+part of the all-jobs feed; listings and the all-jobs feed merge the pools' indexes and logs
+(a reader's place in them: ``contract/position.py``). A record's fields as Redis holds them are
+``contract/records.py``'s.
 
 Concurrent creations of one owner, pool and priority are gathered (``contract/gather.py``) into
 one script call that creates them all, each with its own record, event and verdict, and queues
-them as one arq job (``RUN_JOBS``); concurrent transitions (the jobs a worker ends together) go
-in one call too. A lone one goes at once, as one call of its own.
+them as one arq job (``RUN_JOBS``) that lists those it created; concurrent transitions (the
+jobs a worker ends together) go in one call too. A lone one goes as one call of its own. Each
+job's part of such a call is one or two msgpack arguments (``_lua_strings``), not tens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import msgpack
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from contract import keys, scripts
+from contract import keys, records, scripts
 from contract.connection import database
 from contract.errors import Unavailable
 from contract.events import Event, EventType, JobStatus, stream_key
 from contract.gather import Gatherer
+from contract.position import Position as Position  # re-exported: the hub imports it here
 from contract.records import step_fields
 from contract.scripts import Script
 from contract.settings import Settings
-from contract.wire import dumps, loads
+from contract.wire import dumps
 
 RUN_JOB = "run_job"
 """The name of the arq function that runs one job."""
@@ -50,6 +56,9 @@ CREATE_MANY = scripts.load("create_many")
 TRANSITION = scripts.load("transition")
 TRANSITION_MANY = scripts.load("transition_many")
 CANCEL = scripts.load("cancel")
+
+_RUN_JOB_BYTES = len(serialize_job(RUN_JOB, (), {}, None, 2**40, serializer=dumps)) - 1
+"""What arq's format adds to a job's arguments (its enqueue time: any ms since 1970-02 is 9 bytes)."""
 
 GATHER_MOST = 64
 """Jobs in one gathered script call at most."""
@@ -94,22 +103,44 @@ class Step:
     outputs_key: str = ""  # where: the job's outputs key unless said (a streamed chunk's)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _NewJob:
-    """A job to create: its arq arguments, and create.lua's keys and arguments for it."""
+    """A job to create: what create.lua and create_many.lua take of it."""
 
-    kwargs: dict[str, Any]
-    keys: dict[str, str]
-    args: dict[str, Any]
+    id: str
+    owner: str
+    pool: str
+    created_ms: int
+    kwargs: dict[str, Any]  # its arq arguments
+    fields: list[Any]  # its record's, flat: field, value, ...
+    event: bytes  # its `queued` event
+    idem_key: str  # "" without an Idempotency-Key
+    idem_value: str
+    stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """The jobs that may be created in one call: one owner's, of one pool and priority,
+    under the same bounds."""
+
+    pool: str
+    owner: str
+    priority: int
+    max_queued: int
+    max_owner_queued: int
+    max_owner_bytes: int
 
 
 @dataclass(frozen=True)
 class _Steps:
-    """One job's steps for transition.lua: its own keys and its steps' arguments."""
+    """One job's steps for transition.lua: its own keys, its steps (one argument: append.lua's
+    ``read_steps``) and the outputs one of them stores."""
 
     job_id: str
     keys: dict[str, str]
-    steps: list[Any]
+    steps: bytes
+    outputs: bytes
 
 
 class Created(IntEnum):
@@ -139,47 +170,6 @@ class Limits:
             settings.redis_wait_replicas,
             max(1, round(settings.redis_wait_timeout_s * 1000)),
         )
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a reader of the all-jobs feed is: the id of the last event it has of each pool,
-    and ``base`` for the pools it does not name. Ids of two pools' logs do not compare (each
-    log's ids come from its own node's clock), so only a position per pool resumes exactly.
-
-    As text (a feed's resume token): ``base[,pool:id...]``, as ``0,default:1700000000000-3``;
-    a plain event id is a position with that base and no pool, as before pools had logs.
-    """
-
-    base: tuple[int, int] = (0, 0)
-    pools: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> Position:
-        """The position a token says; ValueError for anything else."""
-        base, *named = text.split(",")
-        pools = {}
-        for part in named:
-            pool, colon, event_id = part.partition(":")
-            if not colon or keys.pool_of(f"{pool}.") != pool or not pool:
-                raise ValueError(f"{part[:60]!r} is not pool:event-id")
-            pools[pool] = stream_key(event_id)
-        return cls(stream_key(base), pools)
-
-    def of(self, pool: str) -> tuple[int, int]:
-        return self.pools.get(pool, self.base)
-
-    def past(self, events: Sequence[Event]) -> Position:
-        """This position moved past ``events`` (each pool's to its last one's id)."""
-        pools = dict(self.pools)
-        for event in events:
-            pool = keys.pool_of(event.job_id)
-            pools[pool] = max(pools.get(pool, self.base), stream_key(event.id))
-        return Position(self.base, pools)
-
-    def __str__(self) -> str:
-        named = "".join(f",{pool}:{ms}-{seq}" for pool, (ms, seq) in sorted(self.pools.items()))
-        return f"{self.base[0]}-{self.base[1]}{named}"
 
 
 class JobStore:
@@ -235,50 +225,35 @@ class JobStore:
         more than ``max_stored_per_owner`` bytes (inputs and parameters): then nothing is
         written. ``inputs_bytes``: those of its inputs stored apart (contract/inputs.py).
         """
-        job_id = record["id"]
+        job_id, owner = record["id"], record["owner"]
         await self._register(pool)
         now_ms = int(record["created_at"] * 1000)
-        arq_job = serialize_job(RUN_JOB, (), dict(job_kwargs), None, now_ms, serializer=dumps)
-        # no key: a name in the pool's slot all the same (a cluster refuses a script whose
-        # keys lie in two slots), which the script leaves alone when told of no value
-        idem_key, idem_value = (keys.idempotency(pool, record["owner"], ""), "")
+        idem_key, idem_value = "", ""
         if idempotency is not None:
             idem_key = keys.idempotency(pool, idempotency[0], idempotency[1])
             idem_value = f"{job_id} {record.get('fingerprint', '')}"
-        event = self._event(job_id, EventType.QUEUED, record["model"], record["owner"], {})
+        fields = records.flatten(record)
+        kwargs = dict(job_kwargs)
         job = _NewJob(
-            dict(job_kwargs),
-            {
-                "record": keys.job(job_id),
-                "events": keys.job_events(job_id),
-                "log": keys.events_log(pool),
-                "idempotency": idem_key,
-                "arq_job": keys.arq_job_prefix(pool) + job_id,
-                "queue": keys.queue(pool),
-                "index": keys.jobs_index(pool),
-                "owner_index": keys.owner_jobs(pool, record["owner"]),
-                "owner_queued": keys.owner_queued(pool, record["owner"]),
-                "owner_bytes": keys.owner_bytes(pool, record["owner"]),
-                "webhooks": keys.webhooks(pool),
-            },
-            {
-                **self._common_args(event, pool),
-                "idem_value": idem_value,
-                "arq_payload": arq_job,
-                "score": queue_score(now_ms, priority),
-                "created_ms": now_ms,
-                "wake": keys.wake(pool, self.db),
-                "job_id": job_id,
-                "max_queued": max_queued,
-                "max_owner_queued": max_queued_per_owner,
-                "stored_bytes": len(arq_job) + inputs_bytes + len(dumps(record.get("parameters"))),
-                "max_owner_bytes": max_stored_per_owner,
-                "fields": _flatten(record),
-            },
+            job_id,
+            owner,
+            pool,
+            now_ms,
+            kwargs,
+            fields,
+            self._event(job_id, EventType.QUEUED, record["model"], owner, {}),
+            idem_key,
+            idem_value,
+            # its arq job's bytes as if queued alone, its inputs' and its parameters'
+            _RUN_JOB_BYTES
+            + len(dumps(kwargs))
+            + inputs_bytes
+            + len(dumps(record.get("parameters"))),
         )
         # one owner's jobs of one pool and priority, under the same bounds, may go together
         bounds = (max_queued, max_queued_per_owner, max_stored_per_owner)
-        created, value = await self.creates((pool, record["owner"], priority, bounds), job)
+        line = _Line(pool, owner, priority, *bounds)
+        created, value = await self.creates(line, job)
         return Created(created), value.decode()
 
     async def _register(self, pool: str) -> None:
@@ -305,56 +280,82 @@ class JobStore:
         self._pools.update(p.decode() for p in found)
         return sorted(self._pools)
 
-    async def _create_gathered(self, _line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
-        """Create the jobs in one call: create.lua for one, else create_many.lua, which
-        queues them as one arq job. Returns create.lua's answer per job."""
+    async def _create_gathered(self, line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
+        """Create the jobs of one line in one call: create.lua for one, else create_many.lua,
+        which queues those it creates as one arq job. Returns create.lua's answer per job."""
+        assert isinstance(line, _Line)
+        pool, owner = line.pool, line.owner
+        lim = self.limits
+        shared = {
+            "channel": keys.events_channel(pool, self.db),
+            "ttl": lim.ttl_s,
+            "job_maxlen": lim.job_maxlen,
+            "log_maxlen": lim.log_maxlen,
+            "score": queue_score(jobs[0].created_ms, line.priority),
+            "wake": keys.wake(pool, self.db),
+            "max_queued": line.max_queued,
+            "max_owner_queued": line.max_owner_queued,
+            "max_owner_bytes": line.max_owner_bytes,
+            "webhook_wake": keys.webhooks_wake(pool, self.db),
+        }
+        pool_keys = {
+            "log": keys.events_log(pool),
+            "queue": keys.queue(pool),
+            "index": keys.jobs_index(pool),
+            "owner_index": keys.owner_jobs(pool, owner),
+            "owner_queued": keys.owner_queued(pool, owner),
+            "owner_bytes": keys.owner_bytes(pool, owner),
+            "webhooks": keys.webhooks(pool),
+        }
+        # no idempotency key: a name in the pool's slot all the same (a cluster refuses a
+        # script whose keys lie in two slots), which the scripts leave alone
+        unused = keys.idempotency(pool, owner, "")
         if len(jobs) == 1:
-            job = jobs[0]
-            return [await self._create(CREATE, job.keys, job.args, f"job {job.args['job_id']}")]
-        first = jobs[0]
+            (job,) = jobs
+            arq_job = serialize_job(RUN_JOB, (), job.kwargs, None, job.created_ms, serializer=dumps)
+            call_keys: dict[str, Any] = {
+                **pool_keys,
+                "record": keys.job(job.id),
+                "events": keys.job_events(job.id),
+                "idempotency": job.idem_key or unused,
+                "arq_job": keys.arq_job_prefix(pool) + job.id,
+            }
+            args = {
+                **shared,
+                "event": job.event,
+                "idem_value": job.idem_value,
+                "arq_payload": arq_job,
+                "created_ms": job.created_ms,
+                "job_id": job.id,
+                "stored_bytes": job.stored_bytes,
+                "fields": job.fields,
+            }
+            return [await self._create(CREATE, call_keys, args, f"job {job.id}")]
         # how many jobs and the first one's id: queue_stats.lua counts them and their age
-        batch_id = f"jobs-{len(jobs)}-{first.args['job_id']}"
-        now_ms = max(job.args["created_ms"] for job in jobs)
-        payload = serialize_job(
-            RUN_JOBS,
-            (),
-            {"jobs": [{"job_id": job.args["job_id"], **job.kwargs} for job in jobs]},
-            None,
-            now_ms,
-            serializer=dumps,
-        )
-        call_keys: dict[str, Any] = {
-            name: first.keys[name]
-            for name in ("log", "queue", "index", "owner_index", "owner_queued", "owner_bytes")
-        }
-        pool = keys.pool_of(first.args["job_id"])
-        call_keys.update(
-            arq_job=keys.arq_job_prefix(pool) + batch_id,
-            webhooks=keys.webhooks(pool),
-            jobs=[job.keys[n] for job in jobs for n in ("record", "events", "idempotency")],
-        )
+        batch_id = f"jobs-{len(jobs)}-{jobs[0].id}"
+        now_ms = max(job.created_ms for job in jobs)
+        head, tail = _batch_payload(now_ms)
         per_job: list[Any] = []
+        job_keys: list[str] = []
         for job in jobs:
-            a = job.args
-            per_job += (a["job_id"], a["event"], a["idem_value"], a["stored_bytes"])
-            per_job += (len(a["fields"]), *a["fields"])
-        args = {
-            name: first.args[name]
-            for name in (
-                "channel",
-                "ttl",
-                "job_maxlen",
-                "log_maxlen",
-                "score",
-                "wake",
-                "max_queued",
-                "max_owner_queued",
-                "max_owner_bytes",
-                "webhook_wake",
-            )
+            run = dumps({"job_id": job.id, **job.kwargs})
+            record = _lua_strings(job.fields)
+            per_job += (job.id, job.event, job.idem_value, job.stored_bytes, record, run)
+            job_keys += (keys.job(job.id), keys.job_events(job.id), job.idem_key or unused)
+        call_keys = {
+            **pool_keys,
+            "arq_job": keys.arq_job_prefix(pool) + batch_id,
+            "jobs": job_keys,
         }
-        args.update(batch_id=batch_id, arq_payload=payload, created_ms=now_ms, jobs=per_job)
-        what = f"job {first.args['job_id']} (one of {len(jobs)} created together)"
+        args = {
+            **shared,
+            "batch_id": batch_id,
+            "payload_head": head,
+            "payload_tail": tail,
+            "created_ms": now_ms,
+            "jobs": per_job,
+        }
+        what = f"job {jobs[0].id} (one of {len(jobs)} created together)"
         answer: list[Any] = await self._create(CREATE_MANY, call_keys, args, what)
         return answer
 
@@ -408,13 +409,13 @@ class JobStore:
         ``allowed`` statuses and the record's ``guard`` field is below the guard's value.
         Returns, per step: (appended, the status found, cancel requested).
         """
-        stored = {st.outputs_key or keys.job_outputs(job_id) for st in steps if st.outputs}
-        if len(stored) > 1:
+        storing = [st for st in steps if st.outputs]
+        if len(storing) > 1:
             raise ValueError("one step of a transition at most stores outputs")
         now = time.time()
         flat: list[Any] = []
         for st in steps:
-            fields = _flatten(
+            fields = records.flatten(
                 {**step_fields(st.event, st.data, now), **dict([st.guard] if st.guard else [])}
             )
             flat += (
@@ -423,11 +424,12 @@ class JobStore:
                 st.status.value if st.status else "",
                 st.guard[0] if st.guard else "",
                 st.guard[1] if st.guard else "",
-                st.outputs,
+                "1" if st.outputs else "",
                 len(fields),
                 *fields,
             )
         pool = keys.pool_of(job_id)
+        outputs_key = storing[0].outputs_key if storing else ""
         job = _Steps(
             job_id,
             {
@@ -435,11 +437,12 @@ class JobStore:
                 "events": keys.job_events(job_id),
                 "cancel": keys.job_cancel(job_id),
                 "owner_queued": keys.owner_queued(pool, owner),
-                "outputs": stored.pop() if stored else keys.job_outputs(job_id),
+                "outputs": outputs_key or keys.job_outputs(job_id),
             },
-            flat,
+            _lua_strings(flat),
+            storing[0].outputs if storing else b"",
         )
-        if any(len(st.outputs) > self.limits.inline_output_bytes for st in steps):
+        if len(job.outputs) > self.limits.inline_output_bytes:
             (results,) = await self._transition_gathered(pool, (job,))  # large: on its own
         else:
             results = await self.transitions(pool, job)
@@ -460,12 +463,12 @@ class JobStore:
         if len(jobs) == 1:
             job = jobs[0]
             call_keys = {**job.keys, "log": keys.events_log(pool), "webhooks": keys.webhooks(pool)}
-            args = {**shared, "job_id": job.job_id, "steps": job.steps}
+            args = {**shared, "job_id": job.job_id, "steps": job.steps, "outputs": job.outputs}
             return [await TRANSITION(self.redis, call_keys, args)]
         names = ("record", "events", "cancel", "owner_queued", "outputs")
         per_job: list[Any] = []
         for job in jobs:
-            per_job += (job.job_id, len(job.steps), *job.steps)
+            per_job += (job.job_id, job.steps, job.outputs)
         answer: list[Any] = await TRANSITION_MANY(
             self.redis,
             {
@@ -513,14 +516,14 @@ class JobStore:
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one
-        return _decode_record(raw) if raw else None
+        return records.decode(raw) if raw else None
 
     async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(keys.job(job_id))
             raws = await pipe.execute()
-        return [_decode_record(raw) if raw else None for raw in raws]
+        return [records.decode(raw) if raw else None for raw in raws]
 
     async def recent_ids(
         self, owner: str | None, before: tuple[float, str] | None, count: int
@@ -605,32 +608,19 @@ class JobStore:
         return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
 
 
-# Record fields whose values are msgpack; the rest are text or numbers.
-_PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
-_NUMBERS = ("created_at", "started_at", "finished_at", "webhook_delivered_at")
-_INTEGERS = ("attempt", "rows", "done", "outputs_bytes", "webhook_attempts", "webhook_status")
+@functools.lru_cache(maxsize=4)
+def _batch_payload(now_ms: int) -> tuple[bytes, bytes]:
+    """A ``run_jobs`` arq job (arq's format) around its list of jobs: what comes before the
+    list's msgpack header, and after its last job (create_many.lua joins them)."""
+    empty = serialize_job(RUN_JOBS, (), {"jobs": []}, None, now_ms, serializer=dumps)
+    at = empty.index(dumps("jobs") + b"\x90") + len(dumps("jobs"))
+    return empty[:at], empty[at + 1 :]
 
 
-def _flatten(record: Mapping[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for name, value in record.items():
-        if value is None:
-            continue
-        out.append(name)
-        out.append(dumps(value) if name in _PACKED else value)
-    return out
-
-
-def _decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    for name_b, value in raw.items():
-        name = name_b.decode()
-        if name in _PACKED:
-            record[name] = loads(value)
-        elif name in _NUMBERS:
-            record[name] = float(value)
-        elif name in _INTEGERS:
-            record[name] = int(value)
-        else:
-            record[name] = value.decode()
-    return record
+def _lua_strings(values: Sequence[Any]) -> bytes:
+    """Values as one argument that a script reads with ``cmsgpack.unpack``: a msgpack array of
+    strings, numbers written as redis-py writes them (Lua would print a float to 14 digits),
+    bytes in msgpack's old raw form (Redis 7.0's cmsgpack reads no bin type)."""
+    strings = [v if isinstance(v, str | bytes) else repr(v) for v in values]
+    packed: bytes = msgpack.packb(strings, use_bin_type=False)
+    return packed

@@ -1,9 +1,10 @@
 """A job's outputs, stored once: packed, in one Redis value beside the record, with its TTL.
 
-The worker writes the packed tensors (msgpack, binary) to ``keys.job_outputs`` in the same
-script as the ``succeeded`` event. The event and the record carry them inline only when they
-are small (``INFERHUB_INLINE_OUTPUT_BYTES``); otherwise a summary (names, datatypes, shapes,
-bytes, and class counts for a label output) and the URL that serves them in every format.
+The event and the record carry them inline when they are small
+(``INFERHUB_INLINE_OUTPUT_BYTES``), and then nothing more; otherwise the worker writes the packed
+tensors to ``keys.job_outputs`` in the same script as the ``succeeded`` event, and the event and
+the record carry a summary (names, datatypes, shapes, bytes, and class counts for a label
+output) and the URL that serves them in every format.
 
 A job that streams its outputs (``stream_outputs``) stores each chunk once, under
 ``keys.job_outputs_chunk``, as it is done, with an ``output`` event for it; its outputs key then

@@ -5,7 +5,8 @@
 - ``CatalogueEntry``: a model as a worker's heartbeat describes it (``keys.MODELS``).
 - ``WorkerRecord``: a worker's heartbeat (``keys.worker``).
 
-``step_fields`` is the one definition of what an event changes in a job record: the worker
+``flatten`` and ``decode`` write a record as Redis holds it and read it back. ``step_fields`` is
+the one definition of what an event changes in a job record: the worker
 writes those fields with the event, and the hub brings a record it holds up to date with the
 same function, so the two never disagree.
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict
 
 from contract.events import EventType
+from contract.wire import dumps, loads
 
 
 class TensorSpec(TypedDict):
@@ -135,3 +137,36 @@ def step_fields(event: EventType, data: Mapping[str, Any], ts: float) -> dict[st
         kept = ("outputs", "outputs_summary", "outputs_bytes", "outputs_url", "error")
         return {"finished_at": ts, **{k: data[k] for k in kept if k in data}}
     return {}
+
+
+# Record fields whose values are msgpack; the rest are text or numbers.
+_PACKED = ("inputs", "outputs", "outputs_summary", "parameters", "progress")
+_NUMBERS = ("created_at", "started_at", "finished_at", "webhook_delivered_at")
+_INTEGERS = ("attempt", "rows", "done", "outputs_bytes", "webhook_attempts", "webhook_status")
+
+
+def flatten(record: Mapping[str, Any]) -> list[Any]:
+    """A record's fields as Redis takes them, flat (field, value, ...): packed where msgpack."""
+    out: list[Any] = []
+    for name, value in record.items():
+        if value is None:
+            continue
+        out.append(name)
+        out.append(dumps(value) if name in _PACKED else value)
+    return out
+
+
+def decode(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """A record as Redis holds it (HGETALL), its fields typed again."""
+    record: dict[str, Any] = {}
+    for name_b, value in raw.items():
+        name = name_b.decode()
+        if name in _PACKED:
+            record[name] = loads(value)
+        elif name in _NUMBERS:
+            record[name] = float(value)
+        elif name in _INTEGERS:
+            record[name] = int(value)
+        else:
+            record[name] = value.decode()
+    return record

@@ -30,7 +30,10 @@ class PendingJob:
         return self.record["status"] in FINISHED
 
     async def finish(self, wait_s: float) -> None:
-        """Follow the events until the job ends or ``wait_s`` passes; no read of the record."""
+        """Follow the events until the job ends or ``wait_s`` passes; no read of the record.
+        The fan-out applies live events to the record as it dispatches them (``_Apply``): the
+        waiting request wakes once, at the end, not for each event."""
+        self.feed.attach(_Apply(self.record))
         async for _ in self.events(wait_s):
             pass
 
@@ -48,6 +51,27 @@ class PendingJob:
             if isinstance(item, Event):
                 apply_event(self.record, item)
                 yield item
+
+
+class _Apply:
+    """A delivery's sink (``hub.delivery.Sink``) that applies a job's events to its record as
+    they come, and leaves the rest (the job's end: ``Done``) to its waiting request."""
+
+    resume_tokens = False
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def ready(self) -> bool:
+        return True
+
+    def send(self, items: list[Any]) -> bool:
+        while items and isinstance(items[0], Event):
+            apply_event(self.record, items.pop(0))
+        return False  # nothing to flush
+
+    def flush(self) -> None:
+        pass
 
 
 def apply_event(record: dict[str, Any], event: Event) -> None:

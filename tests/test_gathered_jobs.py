@@ -27,6 +27,7 @@ from contract import keys, scripts
 from contract.channels import Subscriber
 from contract.connection import connect
 from contract.events import EventType, JobStatus
+from contract.gather import Gatherer
 from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step, published_events
 from contract.wire import loads
 
@@ -71,8 +72,9 @@ def new_job(pool: str, fingerprint: str | None = None) -> tuple[dict[str, Any], 
 async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool: str) -> None:
     store = JobStore(r, Limits(ttl_s=600))
     jobs = [new_job(pool) for _ in range(JOBS)]
-    results = await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs))
-    # the first went at once, alone; the others came while it was in flight, and went together
+    # the first alone, as create.lua makes a job; the others together, in one call
+    results = [await store.create(*jobs[0], pool=pool)]
+    results += await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs[1:]))
     assert store.creates.calls == 2
     assert [created for created, _ in results] == [Created.CREATED] * JOBS
     ids = [rec["id"] for rec, _ in jobs]
@@ -108,6 +110,47 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
     assert (total, running, float(oldest)) == (JOBS - 1, 0, jobs[1][0]["created_at"])
 
 
+async def test_a_batch_of_over_fifteen_jobs_lists_them_all(r: Redis, pool: str) -> None:
+    """msgpack writes the arq job's list of more than 15 jobs with a longer header."""
+    store = JobStore(r, Limits(ttl_s=600))
+    jobs = [new_job(pool) for _ in range(40)]
+    await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs))
+    (batch,) = [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]
+    raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
+    _, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
+    assert [job["job_id"] for job in kwargs["jobs"]] == [rec["id"] for rec, _ in jobs]
+
+
+async def test_gatherer_sends_a_turns_calls_together_and_those_that_wait_next() -> None:
+    """Pure logic (contract/gather.py): the calls of one turn of the loop go in one send, those
+    made while it is in flight in the next; a caller that leaves before its send is not sent,
+    and the others of its turn are."""
+    sent: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def send(_key: Any, items: Any) -> list[int]:
+        sent.append(list(items))
+        await release.wait()
+        return [item * 10 for item in items]
+
+    gather = Gatherer(send, most=64)
+    first = [asyncio.ensure_future(gather("k", n)) for n in range(3)]
+    await asyncio.sleep(0.01)  # the three in flight, as one send
+    later = [asyncio.ensure_future(gather("k", n)) for n in range(3, 5)]
+    await asyncio.sleep(0.01)
+    assert sent == [[0, 1, 2]]
+    release.set()
+    assert await asyncio.gather(*first, *later) == [0, 10, 20, 30, 40]
+    assert sent == [[0, 1, 2], [3, 4]] and gather.calls == 2
+    assert await gather("k", 5) == 50  # alone
+    leaving = asyncio.ensure_future(gather("k", 6))
+    staying = asyncio.ensure_future(gather("k", 7))
+    await asyncio.sleep(0)  # both in the line, the first not sent yet
+    leaving.cancel()
+    assert await staying == 70
+    assert sent[-2:] == [[5], [7]]
+
+
 def test_published_events_reads_one_or_several() -> None:
     binary = b"\x82 1-2 \x00*"  # an event's bytes may hold spaces, digits and stars
     assert published_events(b"5-0 " + binary) == [("5-0", binary)]
@@ -120,7 +163,8 @@ async def test_gathered_events_go_out_in_one_publication(r: Redis, pool: str) ->
     async with Subscriber(r) as pubsub:
         await pubsub.subscribe(keys.events_channel(pool, store.db))
         jobs = [new_job(pool) for _ in range(JOBS)]
-        results = await asyncio.gather(*(store.create(rec, a, pool=pool) for rec, a in jobs))
+        results = [await store.create(*jobs[0], pool=pool)]
+        results += await asyncio.gather(*(store.create(rec, a, pool=pool) for rec, a in jobs[1:]))
         messages = []
         async with asyncio.timeout(10):
             while len(messages) < 2:  # the lone job's, then the others' together
@@ -145,7 +189,7 @@ async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) ->
             for (rec, args), idem in zip(jobs, idempotency, strict=True)
         )
     )
-    assert store.creates.calls == 2
+    assert store.creates.calls == 1
     verdicts = [created for created, _ in results]
     assert (
         verdicts
@@ -159,6 +203,13 @@ async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) ->
     assert await r.zcard(keys.owner_queued(pool, owner)) == 4
     for rec, _ in jobs:
         assert bool(await r.exists(keys.job(rec["id"]))) is (rec["id"] in made)
+    # the batch's arq job lists the jobs it created, none it refused: those never run
+    (batch,) = [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]
+    raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
+    function, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
+    assert function == RUN_JOBS
+    assert [job["job_id"] for job in kwargs["jobs"]] == made
+    assert kwargs["jobs"][0] == {"job_id": made[0], **jobs[0][1]}
 
     # the same jobs again (as a retried command): each one made is found made, none doubles;
     # the others are made now (no key, no bound this time)
@@ -198,7 +249,7 @@ async def test_concurrent_transitions_go_in_one_call(r: Redis, pool: str) -> Non
             for rec, _ in jobs
         )
     )
-    assert store.transitions.calls == 2
+    assert store.transitions.calls == 1
     for (rec, _), steps in zip(jobs, results, strict=True):
         cancel = rec["id"] == canceled
         assert steps == [(True, "queued", cancel), (True, "started", cancel)]
@@ -224,7 +275,7 @@ async def test_concurrent_transitions_go_in_one_call(r: Redis, pool: str) -> Non
 def test_concurrent_submissions_run_as_one_batch_on_a_real_worker(
     client: TestClient, redis: SyncRedis
 ) -> None:
-    """Submitted at once, one row each: created in two calls, run by the worker, and each
+    """Submitted at once, one row each: created in one call, run by the worker, and each
     answered as onnxruntime answers its row, with its own three events."""
     rows = load_digits().data[:JOBS].astype(np.float32)
     session = ort.InferenceSession(str(ROOT / "models" / "digits" / "1" / "model.onnx"))
@@ -245,7 +296,7 @@ def test_concurrent_submissions_run_as_one_batch_on_a_real_worker(
         return list(jobs), service.store.creates.calls - before
 
     jobs, calls = client.portal.call(submit_all)
-    assert calls == 2
+    assert calls == 1
     for n, job in enumerate(jobs):
         assert job["status"] == "succeeded", job
         (label,) = [o for o in job["outputs"] if o["name"] == "label"]
@@ -259,8 +310,8 @@ def test_concurrent_submissions_run_as_one_batch_on_a_real_worker(
 def test_a_batch_whose_worker_is_killed_runs_again_and_each_job_ends_once(
     client: TestClient, redis: SyncRedis, transient: Stack, tmp_path: Path
 ) -> None:
-    """Three bulk jobs submitted at once (the first alone, two as one arq job) on a worker
-    killed while they run: another runs them again, and each ends once, succeeded."""
+    """Three bulk jobs submitted at once (one arq job) on a worker killed while they run:
+    another runs them again, and each ends once, succeeded."""
     repo = tmp_path / "models"
     build_slow(repo / "batchslow")  # a name of its own: the module's worker serves a "slow"
     (repo / "batchslow" / "config.toml").write_text('pool = "batchfaults"\nmax_batch_size = 2\n')
@@ -278,13 +329,13 @@ def test_a_batch_whose_worker_is_killed_runs_again_and_each_job_ends_once(
         return [job["id"] for job in jobs], service.store.creates.calls - before
 
     ids, calls = client.portal.call(submit_all)
-    assert calls == 2
+    assert calls == 1
 
     def running(job_id: str) -> bool:
         body = client.get(f"/v1/jobs/{job_id}").json()
         return body["status"] == "started" and (body["progress"] or {}).get("done", 0) >= 4
 
-    wait_for(lambda: all(running(j) for j in ids[1:]), what="the batch running on the victim")
+    wait_for(lambda: all(running(j) for j in ids), what="the batch running on the victim")
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait(10)
     transient.worker("rescuer", models=repo, pool="batchfaults")
@@ -294,7 +345,7 @@ def test_a_batch_whose_worker_is_killed_runs_again_and_each_job_ends_once(
         assert done["outputs_summary"][0]["shape"] == [300, 1024]
         events = job_events(redis, job_id)
         assert sum(e.terminal for e in events) == 1 and events[-1].type is EventType.SUCCEEDED
-    for job_id in ids[1:]:  # the batch ran again, as a whole, on the rescuer
+    for job_id in ids:  # the batch ran again, as a whole, on the rescuer
         starts = [
             e.data["attempt"] for e in job_events(redis, job_id) if e.type is EventType.STARTED
         ]

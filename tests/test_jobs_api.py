@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from collections.abc import Iterator
@@ -130,6 +131,22 @@ def test_digits_data_with_prefer_wait_returns_outputs_inline(
     assert_digits_outputs(job, digits_expected)
     # a real onnxruntime ran real digits: most of them are recognised
     assert (output(job, "label") == load_digits().target[:6]).sum() >= 5
+
+
+def test_small_outputs_are_held_by_the_record_alone(
+    client: TestClient, redis: Redis, digits_rows: np.ndarray, digits_expected: list[np.ndarray]
+) -> None:
+    """Outputs small enough to ride in the record get no key of their own; the outputs URL
+    serves them from the record (JSON, rows, .npy)."""
+    job = submit(client, {"model": "digits", "data": digits_rows.tolist()}, Prefer="wait=10").json()
+    assert job["status"] == "succeeded"
+    assert redis.exists(keys.job_outputs(job["id"])) == 0
+    served = client.get(job["urls"]["outputs"]).json()
+    assert_digits_outputs(served, digits_expected)
+    rows = client.get(job["urls"]["outputs"], params={"rows": "2:4"}).json()
+    assert_digits_outputs(rows, [a[2:4] for a in digits_expected])
+    npy = client.get(job["urls"]["outputs"], params={"format": "npy", "output": "label"})
+    assert np.load(io.BytesIO(npy.content)).tolist() == digits_expected[0].tolist()
 
 
 def test_digits_v2_inputs_form(

@@ -135,38 +135,53 @@ async def _run(
     def resolve() -> Awaitable[list[dict[str, Any]]]:  # large inputs are read in the work
         return inputs_store.resolve(store.redis, job_id, inputs)
 
-    work = asyncio.ensure_future(
-        counted(batcher.counts, _predict(served, batcher, resolve, outputs, emit, chunks), _ok)
-    )
+    # one still running after ANNOUNCE_AFTER_S says "started" from a task of its own, while
+    # it runs here (a timer, not a task and a wait for each job: most end before it fires)
+    announcing: list[asyncio.Future[tuple[bool, bool]]] = []
+    timer = None
+    if not announced:
+        timer = asyncio.get_running_loop().call_later(
+            ANNOUNCE_AFTER_S, lambda: announcing.append(asyncio.ensure_future(emit(started)))
+        )
     try:
-        if not announced:
-            await asyncio.wait({work}, timeout=ANNOUNCE_AFTER_S)
-            if not work.done():
-                if not (await emit(started))[0]:
-                    return
-                announced = True
-                log_started()
-        status, data = await work
-    except RedisError:
+        try:
+            status, data = await counted(
+                batcher.counts, _predict(served, batcher, resolve, outputs, emit, chunks), _ok
+            )
+        except RedisError:
+            raise
+        except TimeoutError:
+            status = JobStatus.FAILED
+            data = {"error": f"timed out after {served.config.timeout_s:g} s"}
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            status, data = JobStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
+    except BaseException:  # Redis away, or stopping: the announcement goes with the attempt
+        for announcement in announcing:
+            announcement.cancel()
         raise
-    except TimeoutError:
-        status = JobStatus.FAILED
-        data = {"error": f"timed out after {served.config.timeout_s:g} s"}
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        status, data = JobStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
     finally:
-        work.cancel()  # a no-op once it is done
+        if timer is not None:
+            timer.cancel()
         stats["running"] -= 1
         stats["done"] += 1
+    if announcing:
+        if not (await announcing[0])[0]:
+            # canceled while queued, or already ended by an earlier attempt: its one chunk
+            # ran for nothing (as a quick job's does), and nothing is recorded
+            return
+        announced = True
+        log_started()
 
     blob = b""
-    if status is JobStatus.SUCCEEDED:  # stored once; inline in the event only when small
+    if status is JobStatus.SUCCEEDED:  # small: in the event and the record; else stored apart
         packed = data["outputs"]
         blob = outputs_store.stored(packed)
         data = outputs_store.event_data(job_id, packed, blob, limit, served.config.labels)
         if streamed:  # the chunks hold the outputs already: the key lists them
             blob = outputs_store.chunk_list(streamed)
+        elif "outputs" in data:  # the record holds them: no key of their own
+            blob = b""
     ended = Step(EventType(status.value), (JobStatus.STARTED,), status, data, outputs=blob)
     steps = (ended,) if announced else (started, ended)
     with tracing.span(f"{status.value} event", attributes={"inferhub.job_id": job_id}):

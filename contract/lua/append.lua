@@ -141,20 +141,27 @@ local function owner_list(o)
 end
 
 
--- A job's steps (transition.lua, transition_many.lua). Each is 7 arguments and its fields,
--- from ARGV[i]: event allowed status guard_field guard_value outputs_blob n, then n arguments
--- (field, value, ...) it sets in the record.
-local function read_step(i)
-  local n = tonumber(ARGV[i + 6])
-  return {event = ARGV[i], allowed = ARGV[i + 1], status = ARGV[i + 2], guard = ARGV[i + 3],
-          value = tonumber(ARGV[i + 4]), outputs = ARGV[i + 5], first = i + 7, last = i + 6 + n}
+-- A job's steps (transition.lua, transition_many.lua), from one argument: a msgpack array of
+-- strings (contract/jobstore.py's `_lua_strings`), each step 7 of them and its fields: event
+-- allowed status guard_field guard_value stores_outputs ('1': the job's outputs argument is
+-- this step's) n, then n (field, value, ...) it sets in the record.
+local function read_steps(packed)
+  local a, steps, i = cmsgpack.unpack(packed), {}, 1
+  while i <= #a do
+    local n = tonumber(a[i + 6])
+    table.insert(steps, {event = a[i], allowed = a[i + 1], status = a[i + 2], guard = a[i + 3],
+                         value = tonumber(a[i + 4]), outputs = a[i + 5] == '1',
+                         fields = {unpack(a, i + 7, i + 6 + n)}})
+    i = i + 7 + n
+  end
+  return steps
 end
 
 -- Apply one job's steps, in order, reading its record once and writing it once (transition.lua
 -- says how). `c`: the call's log, channel, ttl, job_maxlen, log_maxlen, webhooks and
 -- webhook_wake (and `no_cancel`: known that no job of the call has a cancel asked;
 -- `published`: where `append` keeps the events for one publication); `job`: the job's id and
--- keys (record, events, cancel, owner_queued, outputs).
+-- keys (record, events, cancel, owner_queued, outputs) and `stored`, the outputs a step stores.
 -- A job leaving `queued` is noted in `leaving` (owner_queued key -> ids), for `leave_queued`.
 -- Returns, per step, {appended (0/1), status before, event id, cancel requested (0/1)}.
 local function apply_steps(c, job, steps, leaving)
@@ -194,8 +201,8 @@ local function apply_steps(c, job, steps, leaving)
         table.insert(fields, 'status')
         table.insert(fields, status)
       end
-      if step.outputs ~= '' then redis.call('SET', job.outputs, step.outputs, 'EX', c.ttl) end
-      for j = step.first, step.last do table.insert(fields, ARGV[j]) end
+      if step.outputs then redis.call('SET', job.outputs, job.stored, 'EX', c.ttl) end
+      for _, value in ipairs(step.fields) do table.insert(fields, value) end
       local id = append(
         c.log, job.events, c.channel, step.event, false, c.job_maxlen, c.log_maxlen, c.published
       )

@@ -1,67 +1,75 @@
 -- Create several jobs of one owner, pool and priority in one call (concurrent submissions the
 -- hub gathered): each job as create.lua creates one (its record and `queued` event, its
 -- idempotency key, its webhook), with its own verdict, in order; the jobs created share one
--- arq job (`arq_payload`, a batch that lists them all), one queue entry, one update of each
--- index and of the owner's books (append.lua), one wake-up, and one publication of their
--- `queued` events (append.lua's `publish_all`). The pool's bound counts queue
--- entries (a batch is one), the owner's counts jobs.
+-- arq job (`run_jobs`, one queue entry), one update of each index and of the owner's books
+-- (append.lua), one wake-up, and one publication of their `queued` events (append.lua's
+-- `publish_all`). The pool's bound counts queue entries (a batch is one), the owner's counts
+-- jobs. The arq job lists the jobs created only (a job refused here never runs): this script
+-- joins their `run` pieces between `payload_head` and `payload_tail` (msgpack: the array's
+-- header is written here, for the jobs it lists).
 -- Returns, per job, what create.lua returns.
 -- uses: append
 -- KEYS: log queue arq_job index owner_index owner_queued owner_bytes webhooks jobs...
--- ARGV: channel ttl job_maxlen log_maxlen batch_id arq_payload score created_ms wake max_queued max_owner_queued max_owner_bytes webhook_wake jobs...
--- The keys of each job (`jobs...`): record events idempotency; its arguments: job_id event
--- idem_value stored_bytes n, then n arguments, the record's (field, value, ...). An empty
--- idem_value says the job has no idempotency key (its name, in the pool's slot, is unused).
+-- ARGV: channel ttl job_maxlen log_maxlen batch_id payload_head payload_tail score created_ms wake max_queued max_owner_queued max_owner_bytes webhook_wake jobs...
+-- The keys of each job (`jobs...`): record events idempotency; its 6 arguments: job_id event
+-- idem_value stored_bytes record run: `record` the record's fields (msgpack: an array of
+-- field, value, ... strings), `run` its entry of the arq job (msgpack). An empty idem_value
+-- says the job has no idempotency key (its name, in the pool's slot, is unused).
 local K, A = KEYS, ARGV
-local ttl, created_ms = tonumber(A[2]), tonumber(A[8])
-local room = redis.call('ZCARD', K[2]) < tonumber(A[10])
+local ttl, created_ms = tonumber(A[2]), tonumber(A[9])
+local room = redis.call('ZCARD', K[2]) < tonumber(A[11])
 local owner = owner_books(K[4], K[5], K[6], K[7], created_ms, ttl)
-local results, published = {}, {}
+local results, published, runs = {}, {}, {}
 local records = {}
 for k = 9, #K, 3 do table.insert(records, K[k]) end
 -- a retried call finds its jobs made: one command tells whether any is
 local retried = redis.call('EXISTS', unpack(records)) > 0
 
 local key = 9
-local i = 14
-while i <= #A do
+for i = 15, #A, 6 do
   local record, events, idempotency = K[key], K[key + 1], K[key + 2]
   if A[i + 2] == '' then idempotency = '' end
-  local job_id, stored, first, last = A[i], tonumber(A[i + 3]), i + 5, i + 4 + tonumber(A[i + 4])
+  local job_id, stored = A[i], tonumber(A[i + 3])
   local existing = idempotency ~= '' and redis.call('GET', idempotency)
   if retried and redis.call('EXISTS', record) == 1 then
     table.insert(results, {1, ''})
+    table.insert(runs, A[i + 5])
   elseif existing then
     table.insert(results, {0, existing})
   elseif not room then
     table.insert(results, {2, ''})
   else
-    local verdict = owner_admits(owner, stored, tonumber(A[11]), tonumber(A[12]))
+    local verdict = owner_admits(owner, stored, tonumber(A[12]), tonumber(A[13]))
     if verdict == 4 then
       table.insert(results, {4, tostring(owner.total)})
     elseif verdict ~= 1 then
       table.insert(results, {verdict, ''})
     else
       if idempotency ~= '' then redis.call('SET', idempotency, A[i + 2], 'EX', ttl) end
-      redis.call('HSET', record, unpack(A, first, last))
+      local fields = cmsgpack.unpack(A[i + 4])
+      redis.call('HSET', record, unpack(fields))
       redis.call('EXPIRE', record, ttl)
       local id = append(K[1], events, A[1], A[i + 1], ttl, A[3], A[4], published)
-      for f = first, last - 1, 2 do
-        if A[f] == 'webhook_on' then push_webhook(K[8], A[13], job_id, 'queued', id, A[f + 1]) end
+      for f = 1, #fields - 1, 2 do
+        if fields[f] == 'webhook_on' then
+          push_webhook(K[8], A[14], job_id, 'queued', id, fields[f + 1])
+        end
       end
       owner_add(owner, job_id, stored)
       table.insert(results, {1, id})
+      table.insert(runs, A[i + 5])
     end
   end
   key = key + 3
-  i = last + 1
 end
 
 if #owner.added > 0 then
-  redis.call('PSETEX', K[3], ttl * 1000, A[6])
-  redis.call('ZADD', K[2], A[7], A[5])
+  local n = #runs  -- at most 65,535 (the hub gathers GATHER_MOST)
+  local header = n < 16 and string.char(0x90 + n) or string.char(0xdc, math.floor(n / 256), n % 256)
+  redis.call('PSETEX', K[3], ttl * 1000, A[6] .. header .. table.concat(runs) .. A[7])
+  redis.call('ZADD', K[2], A[8], A[5])
   owner_list(owner)
-  redis.call(PUBLISH, A[9], '')
+  redis.call(PUBLISH, A[10], '')
 end
 publish_all(A[1], published)
 return results

@@ -9,24 +9,18 @@
 -- (`webhooks`, append.lua). The record and its event stream keep the expiry create.lua gave
 -- them (the job's TTL from its creation). The record is read once and written once
 -- (append.lua's `apply_steps`; transition_many.lua does this for several jobs in one call).
--- Each step is 7 arguments and its fields: event allowed status guard_field guard_value
--- outputs_blob n, then n arguments (field, value, ...) it sets in the record.
+-- The steps are one argument (append.lua's `read_steps`); `outputs`, the packed outputs the
+-- step that says so stores.
 -- Returns, per step, {appended (0/1), status before, event id, cancel requested (0/1)}.
 -- uses: append
 -- KEYS: record events log cancel owner_queued outputs webhooks
--- ARGV: channel ttl job_maxlen log_maxlen job_id webhook_wake steps...
+-- ARGV: channel ttl job_maxlen log_maxlen job_id webhook_wake steps outputs
 local K, A = KEYS, ARGV
-local steps = {}
-local i = 7
-while i <= #A do
-  local step = read_step(i)
-  table.insert(steps, step)
-  i = step.last + 1
-end
+local steps = read_steps(A[7])
 local call = {log = K[3], channel = A[1], ttl = A[2], job_maxlen = A[3], log_maxlen = A[4],
               webhooks = K[7], webhook_wake = A[6]}
 local job = {id = A[5], record = K[1], events = K[2], cancel = K[4], owner_queued = K[5],
-             outputs = K[6]}
+             outputs = K[6], stored = A[8]}
 local leaving = {}
 local results = apply_steps(call, job, steps, leaving)
 leave_queued(leaving)

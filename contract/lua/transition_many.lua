@@ -6,8 +6,8 @@
 -- uses: append
 -- KEYS: log webhooks jobs...
 -- ARGV: channel ttl job_maxlen log_maxlen webhook_wake jobs...
--- The keys of each job (`jobs...`): record events cancel owner_queued outputs; its arguments:
--- job_id n, then its steps (n arguments), as transition.lua takes them.
+-- The keys of each job (`jobs...`): record events cancel owner_queued outputs; its 3 arguments:
+-- job_id steps outputs, as transition.lua takes them.
 local K, A = KEYS, ARGV
 local call = {log = K[1], channel = A[1], ttl = A[2], job_maxlen = A[3], log_maxlen = A[4],
               webhooks = K[2], webhook_wake = A[5]}
@@ -18,20 +18,11 @@ for k = 5, #K, 5 do table.insert(cancels, K[k]) end
 -- a cancel is rare: one command tells whether any job has one asked
 call.no_cancel = redis.call('EXISTS', unpack(cancels)) == 0
 local key = 3
-local i = 6
-while i <= #A do
-  local last = i + 1 + tonumber(A[i + 1])
-  local steps, s = {}, i + 2
-  while s <= last do
-    local step = read_step(s)
-    table.insert(steps, step)
-    s = step.last + 1
-  end
+for i = 6, #A, 3 do
   local job = {id = A[i], record = K[key], events = K[key + 1], cancel = K[key + 2],
-               owner_queued = K[key + 3], outputs = K[key + 4]}
-  table.insert(results, apply_steps(call, job, steps, leaving))
+               owner_queued = K[key + 3], outputs = K[key + 4], stored = A[i + 2]}
+  table.insert(results, apply_steps(call, job, read_steps(A[i + 1]), leaving))
   key = key + 5
-  i = last + 1
 end
 leave_queued(leaving)
 publish_all(call.channel, call.published)
