@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,7 +194,20 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
+ONE_THREAD = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_CORETYPE": "Haswell",  # AVX2: the same kernels on every x86-64 of the last decade
+}
+
+
 def main() -> None:
+    # BLAS reads its thread count and picks its kernels when it loads: on two threads, or
+    # another CPU's kernels, the MLP's sums run in another order and the bytes would depend on
+    # the machine (tests/test_repository.py rebuilds them), so start again with them fixed
+    if any(os.environ.get(k) != v for k, v in ONE_THREAD.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ONE_THREAD})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model repository dir")
     args = parser.parse_args()
