@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import functools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -68,16 +69,24 @@ class _Node:
 _NODE_OPTIONS = ("host", "port", "username", "password", "socket_connect_timeout")
 
 
+Deliver = Callable[[bytes, bytes], None]
+"""What takes a message, as (channel, data), in the task that read it."""
+
+
 class Subscriber:
-    """Subscriptions to channels, read in the order each server sends them. A dropped
-    connection, or a subscription a server ended (its slot moved: a resharding, a failover),
-    makes ``get`` raise ConnectionError: the caller opens a new Subscriber and reads again from
-    its logs what it may have missed. Use as an async context manager."""
+    """Subscriptions to channels, read in the order each server sends them: through ``get``,
+    or handed to a callback (``deliver_to``) by the task that read them, which saves a hop
+    through a queue and a task switch on every message. A dropped connection, or a
+    subscription a server ended (its slot moved: a resharding, a failover), makes ``get`` (or
+    ``until_lost``) raise ConnectionError: the caller opens a new Subscriber and reads again
+    from its logs what it may have missed. Use as an async context manager."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
         self._nodes: dict[str, _Node] = {}
+        # the messages no callback takes, then the error that ended the subscription
         self._messages: asyncio.Queue[tuple[bytes, bytes] | BaseException] = asyncio.Queue()
+        self._deliver: Deliver = self._queue
         self._sharded = False
 
     async def __aenter__(self) -> Subscriber:
@@ -120,12 +129,33 @@ class Subscriber:
         await asyncio.gather(*waits)
 
     async def get(self) -> tuple[bytes, bytes]:
-        """The next message, as (channel, data)."""
+        """The next message, as (channel, data) (none once ``deliver_to`` was called)."""
         item = await self._messages.get()
         if isinstance(item, BaseException):
             self._messages.put_nowait(item)  # every later call raises too
             raise item
         return item
+
+    def deliver_to(self, deliver: Deliver) -> None:
+        """Hand every message to ``deliver`` from now on, in the task that read it: first those
+        read and not yet taken, in order. An exception ``deliver`` raises ends the
+        subscription, and ``until_lost`` raises it."""
+        while not self._messages.empty():
+            item = self._messages.get_nowait()
+            if isinstance(item, BaseException):
+                self._messages.put_nowait(item)  # the last item: nothing comes after it
+                break
+            deliver(*item)
+        self._deliver = deliver
+
+    async def until_lost(self) -> NoReturn:
+        """Wait while the messages go to ``deliver_to``'s callback; raise what ended the
+        subscription."""
+        while True:
+            await self.get()  # only the error comes through the queue now
+
+    def _queue(self, channel: bytes, data: bytes) -> None:
+        self._messages.put_nowait((channel, data))
 
     async def aclose(self) -> None:
         for node in self._nodes.values():
@@ -173,7 +203,11 @@ class Subscriber:
                     raise ConnectionError(f"unexpected pub/sub reply {reply!r}")
                 kind, channel, data = reply
                 if kind in (b"smessage", b"message"):
-                    self._messages.put_nowait((channel, data))
+                    try:
+                        self._deliver(channel, data)
+                    except Exception as exc:  # the consumer's: it gets it as it is
+                        self._end(node, exc)
+                        return
                 elif kind in (b"ssubscribe", b"subscribe"):
                     confirmed = node.confirming.pop(channel, None)
                     if confirmed is not None and not confirmed.done():
@@ -183,11 +217,15 @@ class Subscriber:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            error = exc if isinstance(exc, ConnectionError | OSError) else ConnectionError(exc)
-            for waiting in node.confirming.values():
-                if not waiting.done():
-                    waiting.set_exception(error)
-            self._messages.put_nowait(error)
+            self._end(
+                node, exc if isinstance(exc, ConnectionError | OSError) else ConnectionError(exc)
+            )
+
+    def _end(self, node: _Node, error: BaseException) -> None:
+        for waiting in node.confirming.values():
+            if not waiting.done():
+                waiting.set_exception(error)
+        self._messages.put_nowait(error)
 
 
 def _future() -> asyncio.Future[None]:

@@ -26,6 +26,7 @@ import redis
 import redis.cluster
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -165,6 +166,23 @@ class _MasterConnection(SentinelManagedConnection):
             self.retry = patient
 
 
+class _Lending:
+    """A connection pool that lends a connection without polling it first. redis-py's pool
+    reads each connection it lends with a zero timeout (``can_read_destructive``: a task
+    cancelled after a turn of the event loop, 10-15 µs of CPU on every command), to catch
+    one given back with a reply unread. redis-py 5 closes a connection whose command was
+    cancelled or failed between its send and its reply (``send_packed_command``,
+    ``read_response``), so none comes back so, and its cluster client lends its connections
+    unpolled. What the check also caught, a connection the server closed while it sat in the
+    pool (a restart, a failover), fails its next command, which the client's retry sends
+    again on a new connection after its first backoff: so only a client that retries lends
+    unpolled."""
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        # opens a new or dropped connection; nothing on a live one
+        await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
 class _MasterPool(SentinelConnectionPool):
     """The master's connections; closing the client closes the sentinels' too (redis-py
     leaves them open)."""
@@ -174,6 +192,14 @@ class _MasterPool(SentinelConnectionPool):
         if inuse_connections:  # the client is closing, not following a new master
             for node in self.sentinel_manager.sentinels:
                 await node.aclose()
+
+
+class _LendingPool(_Lending, ConnectionPool):
+    pass
+
+
+class _LendingMasterPool(_Lending, _MasterPool):
+    pass
 
 
 def _retry() -> Retry:
@@ -199,12 +225,14 @@ def connect(url: str, *, retry: bool = True) -> Redis:
         return cast(Redis, client)  # the same commands; the types differ only in name
     target = sentinel_target(url)
     if target is None:
-        plain: Redis = Redis.from_url(url, **options)
-        return plain
+        if not retry:
+            plain: Redis = Redis.from_url(url, **options)
+            return plain
+        return Redis.from_pool(_LendingPool.from_url(url, **options))
     sentinel = Sentinel(target.nodes, sentinel_kwargs=target.sentinel_kwargs())  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     master: Redis = sentinel.master_for(
         target.service,
-        connection_pool_class=_MasterPool,
+        connection_pool_class=_LendingMasterPool if retry else _MasterPool,
         connection_class=_MasterConnection,
         **target.master_kwargs(),
         **options,

@@ -393,8 +393,8 @@ class Fanout:
                     backoff = 0.05
                     discovering = asyncio.create_task(self._discover_forever(channels))
                     try:
-                        while True:
-                            self._handle(*await channels.get())
+                        channels.deliver_to(self._handle)  # in the reading task: no hop
+                        await channels.until_lost()
                     finally:
                         discovering.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

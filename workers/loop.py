@@ -284,12 +284,15 @@ class WorkerLoop:
                         # hub could not tell whether a handoff is heard (lua/enqueue.lua)
                         self._heard = not isinstance(redis, RedisCluster) or await sharded(redis)
                         self._wake.set()  # claim: a handoff may have been lost meanwhile
-                        while True:
-                            channel, data = await channels.get()
+
+                        def heard(channel: bytes, data: bytes) -> None:
                             if channel == handed:
                                 self._handoff(data)
                             else:
                                 self._wake.set()
+
+                        channels.deliver_to(heard)
+                        await channels.until_lost()
                 except (RedisError, OSError) as exc:
                     self._heard = False
                     log.warning("wake-up channel lost (%s); polling meanwhile", exc)
