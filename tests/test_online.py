@@ -149,6 +149,25 @@ async def test_concurrent_requests_share_batches_and_get_their_own_answers(lane:
             assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
 
 
+async def test_requests_of_one_batch_asking_different_outputs_get_their_own(lane: Lane) -> None:
+    """A joined run's outputs are split among its requests as views of one buffer
+    (contract.tensors.view_rows): each gets its own rows of the outputs it asked for."""
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    asked = [["probabilities"], ["label"], None, ["label", "probabilities"]]
+    feeds = [digits_rows(1 + i % 4, seed=100 + i) for i in range(32)]
+    answers = await asyncio.gather(
+        *(lane.infer("digits", f, outputs=asked[i % 4]) for i, f in enumerate(feeds))
+    )
+    for i, (feed, answer) in enumerate(zip(feeds, answers, strict=True)):
+        names = asked[i % 4] or [o.name for o in session.get_outputs()]
+        assert sorted(answer) == sorted(names)
+        for name in names:
+            (expected,) = session.run([name], feed)
+            assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
+
+
 async def test_a_lone_request_is_answered_and_its_batch_leaves_nothing_behind(
     lane: Lane, redis: Redis
 ) -> None:

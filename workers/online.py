@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 
 from contract import channels
 from contract.online import Answer, OnlineRequest, Reply
-from contract.tensors import pack_tensor, unpack_tensor
+from contract.tensors import unpack_tensor, view_rows, view_tensor
 from contract.wire import dumps
 from workers.attempt import ENDED
 from workers.batcher import Arrays, Batcher
@@ -82,8 +83,8 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         for r in requests
         if now > r["deadline"]
     }
-    for _ in answers:  # each a failure of no duration, for the statistics
-        batcher.counts.answered(Timing(), False)
+    if answers:  # each a failure of no duration, for the statistics
+        batcher.counts.answered(Timing(), False, len(answers))
     live = [r for r in requests if r["id"] not in answers]
     inputs = [_inputs(r) for r in live]
     if len(live) == 1:  # alone: awaited here, no task of its own to hop to and back
@@ -102,14 +103,9 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         except Exception:
             joined = None  # find the culprit below
         else:
-            for _ in live:  # each request waited and ran as long as the joined run
-                batcher.counts.answered(timing, True)
-            start = 0
-            for request, count in zip(live, counts, strict=True):
-                end = start + count
-                rows = {n: a[start:end] for n, a in results.items()}
-                answers[request["id"]] = _outputs(batcher, request, rows)
-                start = end
+            # each request waited and ran as long as the joined run
+            batcher.counts.answered(timing, True, len(live))
+            answers.update(_split(batcher, live, counts, results))
     if joined is None:
         with batcher.expecting(len(live)):
             alone = await asyncio.gather(
@@ -151,9 +147,21 @@ def _joined(inputs: list[Arrays | Exception]) -> tuple[Arrays, list[int]] | None
     return joined, [len(next(iter(a.values()))) for a in every]
 
 
+def _split(
+    batcher: Batcher, live: list[OnlineRequest], counts: list[int], results: Arrays
+) -> Iterator[tuple[str, Answer]]:
+    """Each request's answer from the joined run's outputs: its rows as views of the outputs'
+    memory (``view_rows``), packed once per output, not copied per request; the reply is
+    written at once, before the outputs go."""
+    packed = {n: view_rows(n, results[n], counts) for n in batcher.output_names}
+    for i, request in enumerate(live):
+        names = request["outputs"] or batcher.output_names
+        yield request["id"], {"id": request["id"], "outputs": [packed[n][i] for n in names]}
+
+
 def _outputs(batcher: Batcher, request: OnlineRequest, results: Arrays) -> Answer:
     names = request["outputs"] or batcher.output_names
-    return {"id": request["id"], "outputs": [pack_tensor(n, results[n]) for n in names]}
+    return {"id": request["id"], "outputs": [view_tensor(n, results[n]) for n in names]}
 
 
 async def _answer(
