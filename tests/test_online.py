@@ -200,6 +200,25 @@ async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
         assert np.array_equal(result["y"], one["x"])
 
 
+async def test_a_request_whose_rows_do_not_fit_the_others_fails_alone(lane: Lane) -> None:
+    """Requests whose packed inputs match are joined as bytes (workers/online.py ``_joined``);
+    one of another width keeps them from joining, and only it fails."""
+    feeds = [digits_rows(2, seed=i) for i in range(6)]
+    feeds[3] = {"input": np.ones((1, 63), dtype=np.float32)}
+    results = await asyncio.gather(
+        *(lane.infer("digits", f) for f in feeds), return_exceptions=True
+    )
+    assert isinstance(results[3], InferhubError), results[3]
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for feed, result in zip(feeds, results, strict=True):
+        if feed is not feeds[3]:
+            assert isinstance(result, dict), result
+            (expected,) = session.run(["probabilities"], feed)
+            assert np.array_equal(result["probabilities"], expected)
+
+
 async def test_a_request_that_leaves_before_its_batch_is_sent_is_not_run(lane: Lane) -> None:
     # one worker: each request is over the model's max_batch_size, so it leaves at once even
     # though the line is full; a third request gathers until a batch comes back
