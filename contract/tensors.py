@@ -7,6 +7,7 @@ inside Redis they travel packed: raw little-endian bytes + datatype + shape, in 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -150,6 +151,27 @@ def view_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
         return pack_tensor(name, array)
     raw = np.ascontiguousarray(array, dtype=DTYPES[datatype]).data.cast("B")
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "raw": raw}
+
+
+def view_rows(name: str, array: np.ndarray, counts: list[int]) -> list[dict[str, Any]]:
+    """``view_tensor`` of consecutive slices of ``array``'s rows, ``counts[i]`` rows each
+    (summing to its first dimension): one conversion of the array, then each slice's bytes a
+    view of its memory, for a batch's outputs split among its requests and written at once."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
+        return [pack_tensor(name, array[a:b]) for a, b in bounds]
+    whole = np.ascontiguousarray(array, dtype=DTYPES[datatype])
+    raw, tail = whole.data.cast("B"), list(whole.shape[1:])
+    row = whole.itemsize * math.prod(tail)
+    views, start = [], 0
+    for count in counts:
+        end = start + count * row
+        views.append(
+            {"name": name, "datatype": datatype, "shape": [count, *tail], "raw": raw[start:end]}
+        )
+        start = end
+    return views
 
 
 def unpack_tensor(packed: Mapping[str, Any]) -> np.ndarray:

@@ -149,6 +149,25 @@ async def test_concurrent_requests_share_batches_and_get_their_own_answers(lane:
             assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
 
 
+async def test_requests_of_one_batch_asking_different_outputs_get_their_own(lane: Lane) -> None:
+    """A joined run's outputs are split among its requests as views of one buffer
+    (contract.tensors.view_rows): each gets its own rows of the outputs it asked for."""
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    asked = [["probabilities"], ["label"], None, ["label", "probabilities"]]
+    feeds = [digits_rows(1 + i % 4, seed=100 + i) for i in range(32)]
+    answers = await asyncio.gather(
+        *(lane.infer("digits", f, outputs=asked[i % 4]) for i, f in enumerate(feeds))
+    )
+    for i, (feed, answer) in enumerate(zip(feeds, answers, strict=True)):
+        names = asked[i % 4] or [o.name for o in session.get_outputs()]
+        assert sorted(answer) == sorted(names)
+        for name in names:
+            (expected,) = session.run([name], feed)
+            assert np.array_equal(answer[name], expected), name  # bit for bit, as run alone
+
+
 async def test_a_lone_request_is_answered_and_its_batch_leaves_nothing_behind(
     lane: Lane, redis: Redis
 ) -> None:
@@ -179,6 +198,25 @@ async def test_a_bad_request_in_a_batch_fails_alone(lane: Lane) -> None:
     for result in (results[0], results[2], results[3]):
         assert isinstance(result, dict), result
         assert np.array_equal(result["y"], one["x"])
+
+
+async def test_a_request_whose_rows_do_not_fit_the_others_fails_alone(lane: Lane) -> None:
+    """Requests whose packed inputs match are joined as bytes (workers/online.py ``_joined``);
+    one of another width keeps them from joining, and only it fails."""
+    feeds = [digits_rows(2, seed=i) for i in range(6)]
+    feeds[3] = {"input": np.ones((1, 63), dtype=np.float32)}
+    results = await asyncio.gather(
+        *(lane.infer("digits", f) for f in feeds), return_exceptions=True
+    )
+    assert isinstance(results[3], InferhubError), results[3]
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for feed, result in zip(feeds, results, strict=True):
+        if feed is not feeds[3]:
+            assert isinstance(result, dict), result
+            (expected,) = session.run(["probabilities"], feed)
+            assert np.array_equal(result["probabilities"], expected)
 
 
 async def test_a_request_that_leaves_before_its_batch_is_sent_is_not_run(lane: Lane) -> None:

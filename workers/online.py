@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from redis.exceptions import RedisError
 
 from contract import channels
 from contract.online import Answer, OnlineRequest, Reply
-from contract.tensors import pack_tensor, unpack_tensor
+from contract.tensors import DTYPES, unpack_tensor, view_rows, view_tensor
 from contract.wire import dumps
 from workers.attempt import ENDED
 from workers.batcher import Arrays, Batcher
@@ -82,16 +84,16 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         for r in requests
         if now > r["deadline"]
     }
-    for _ in answers:  # each a failure of no duration, for the statistics
-        batcher.counts.answered(Timing(), False)
+    if answers:  # each a failure of no duration, for the statistics
+        batcher.counts.answered(Timing(), False, len(answers))
     live = [r for r in requests if r["id"] not in answers]
-    inputs = [_inputs(r) for r in live]
     if len(live) == 1:  # alone: awaited here, no task of its own to hop to and back
         with batcher.expecting():
-            answer = await counted(batcher.counts, _answer(model, batcher, live[0], inputs[0]), _ok)
+            only = _answer(model, batcher, live[0], _inputs(live[0]))
+            answer = await counted(batcher.counts, only, _ok)
         answers[answer["id"]] = answer
         return [answers[r["id"]] for r in requests]
-    joined = _joined(inputs) if batcher.batchable and len(live) > 1 else None
+    joined = _joined(live) if batcher.batchable and len(live) > 1 else None
     if joined is not None:
         arrays, counts = joined
         try:
@@ -102,15 +104,11 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         except Exception:
             joined = None  # find the culprit below
         else:
-            for _ in live:  # each request waited and ran as long as the joined run
-                batcher.counts.answered(timing, True)
-            start = 0
-            for request, count in zip(live, counts, strict=True):
-                end = start + count
-                rows = {n: a[start:end] for n, a in results.items()}
-                answers[request["id"]] = _outputs(batcher, request, rows)
-                start = end
+            # each request waited and ran as long as the joined run
+            batcher.counts.answered(timing, True, len(live))
+            answers.update(_split(batcher, live, counts, results))
     if joined is None:
+        inputs = [_inputs(r) for r in live]
         with batcher.expecting(len(live)):
             alone = await asyncio.gather(
                 *(
@@ -133,27 +131,66 @@ def _ok(answer: Answer) -> bool:
     return "error" not in answer
 
 
-def _joined(inputs: list[Arrays | Exception]) -> tuple[Arrays, list[int]] | None:
-    """The requests' inputs as one set of arrays, and each one's rows, if they have the same
-    names, dtypes and shapes but for the rows; else None."""
-    first = inputs[0]
-    if isinstance(first, Exception):
+def _joined(live: list[OnlineRequest]) -> tuple[Arrays, list[int]] | None:
+    """The requests' inputs as one set of arrays, and each one's rows, if they pack the same
+    names, in the same order, of the same datatype (not BYTES) and shape but for the rows, each
+    with the bytes its shape needs; else None (each is then unpacked and run on its own). The
+    packed bytes are joined, one copy, not unpacked per request and concatenated."""
+    try:
+        return _join(live)
+    except (KeyError, TypeError, IndexError, ValueError):  # malformed: each fails on its own
         return None
-    every: list[Arrays] = []
-    for arrays in inputs:
-        if isinstance(arrays, Exception) or arrays.keys() != first.keys():
+
+
+def _join(live: list[OnlineRequest]) -> tuple[Arrays, list[int]] | None:
+    spec = [(p["name"], p["datatype"], p["shape"][1:]) for p in live[0]["inputs"]]
+    if not spec or any(d not in DTYPES or d == "BYTES" for _, d, _ in spec):
+        return None
+    row_bytes = [DTYPES[d].itemsize * math.prod(tail) for _, d, tail in spec]
+    raws: list[list[bytes]] = [[] for _ in spec]
+    counts: list[int] = []
+    for request in live:
+        packed = request["inputs"]
+        if len(packed) != len(spec) or not packed[0]["shape"]:
             return None
-        for name, array in arrays.items():
-            if array.dtype != first[name].dtype or array.shape[1:] != first[name].shape[1:]:
+        rows = packed[0]["shape"][0]
+        for (name, datatype, tail), size, p, into in zip(
+            spec, row_bytes, packed, raws, strict=True
+        ):
+            shape = p["shape"]
+            if (
+                p["name"] != name
+                or p["datatype"] != datatype
+                or shape[1:] != tail
+                or shape[0] != rows
+                or len(p["raw"]) != rows * size
+            ):
                 return None
-        every.append(arrays)
-    joined = {name: np.concatenate([a[name] for a in every]) for name in first}
-    return joined, [len(next(iter(a.values()))) for a in every]
+            into.append(p["raw"])
+        counts.append(rows)
+    total = sum(counts)
+    joined = {
+        name: np.frombuffer(b"".join(into), DTYPES[datatype]).reshape(total, *tail)
+        for (name, datatype, tail), into in zip(spec, raws, strict=True)
+    }
+    return joined, counts
+
+
+def _split(
+    batcher: Batcher, live: list[OnlineRequest], counts: list[int], results: Arrays
+) -> Iterator[tuple[str, Answer]]:
+    """Each request's answer from the joined run's outputs: its rows as views of the outputs'
+    memory (``view_rows``), packed once per output, not copied per request; the reply is
+    written at once, before the outputs go."""
+    packed = {n: view_rows(n, results[n], counts) for n in batcher.output_names}
+    for i, request in enumerate(live):
+        names = request["outputs"] or batcher.output_names
+        yield request["id"], {"id": request["id"], "outputs": [packed[n][i] for n in names]}
 
 
 def _outputs(batcher: Batcher, request: OnlineRequest, results: Arrays) -> Answer:
     names = request["outputs"] or batcher.output_names
-    return {"id": request["id"], "outputs": [pack_tensor(n, results[n]) for n in names]}
+    return {"id": request["id"], "outputs": [view_tensor(n, results[n]) for n in names]}
 
 
 async def _answer(

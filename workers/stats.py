@@ -12,6 +12,7 @@ heartbeat; a failed send puts them back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -84,30 +85,47 @@ class Counts:
             "compute_infer": int((ran - fed) * _NS),
             "compute_output": int((done - ran) * _NS),
         }
+        fields = _batch_fields(rows)
         with self.lock:
             self.pending[contract.EXECUTION_COUNT] += 1
             self.pending[contract.INFERENCE_COUNT] += rows
             for name, ns in parts.items():
-                self.pending[contract.batch_field(rows, name, "count")] += 1
-                self.pending[contract.batch_field(rows, name, "ns")] += ns
+                count, total = fields[name]
+                self.pending[count] += 1
+                self.pending[total] += ns
         for rows_of in waiting:
             if rows_of.timing is not None:
                 rows_of.timing.queue += int(max(0.0, began - rows_of.since) * _NS)
                 for name, ns in parts.items():
                     setattr(rows_of.timing, name, getattr(rows_of.timing, name) + ns)
 
-    def answered(self, timing: Timing, ok: bool) -> None:
-        """A request ended, well or not: its durations join the counts."""
+    def answered(self, timing: Timing, ok: bool, requests: int = 1) -> None:
+        """Requests ended, well or not, each with the durations of ``timing`` (several when
+        their rows ran joined, as one): they join the counts, in one step however many."""
+        took = time.perf_counter_ns() - timing.began_ns
         with self.lock:
-            self._add("success" if ok else "fail", time.perf_counter_ns() - timing.began_ns)
+            self._add("success" if ok else "fail", took, requests)
             if ok:  # as Triton: the other durations are those of successful requests
                 for name in contract.DURATIONS[2:]:
-                    self._add(name, getattr(timing, name))
+                    self._add(name, getattr(timing, name), requests)
             self.last_ms = int(time.time() * 1000)
 
-    def _add(self, name: str, ns: int) -> None:
-        self.pending[contract.field(name, "count")] += 1
-        self.pending[contract.field(name, "ns")] += ns
+    def _add(self, name: str, ns: int, requests: int) -> None:
+        count, total = _FIELDS[name]
+        self.pending[count] += requests
+        self.pending[total] += ns * requests
+
+
+# each duration's two hash fields, made once: answered() runs once per request or batch
+_FIELDS = {n: (contract.field(n, "count"), contract.field(n, "ns")) for n in contract.DURATIONS}
+
+
+@functools.cache  # a few batch sizes (at most max_batch_size), one lookup per execution
+def _batch_fields(rows: int) -> dict[str, tuple[str, str]]:
+    return {
+        n: (contract.batch_field(rows, n, "count"), contract.batch_field(rows, n, "ns"))
+        for n in contract.BATCH_DURATIONS
+    }
 
 
 class Tally:
