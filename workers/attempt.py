@@ -42,10 +42,10 @@ from typing import Any
 from arq import Retry
 from arq.jobs import SerializationError, deserialize_job_raw
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from contract import keys
 from contract.wire import loads
+from workers.commands import Commands, round_trip
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Attempts:
         pool: str,
         functions: Mapping[str, Function],
         ctx: dict[str, Any],
-        ending: Callable[[str, Pipeline], None] | None = None,
+        ending: Callable[[str, Commands], None] | None = None,
     ) -> None:
         """``ending(id, pipe)`` may queue the worker's own commands on the pipeline that ends a
         job (the loop parks there again after a handoff)."""
@@ -151,11 +151,13 @@ class Attempts:
     # due later before its hold goes.
 
     async def _end(self, job_id: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_end(job_id, pipe)
-            await pipe.execute()
+        commands = Commands()
+        self._queue_end(job_id, commands)
+        for result in await round_trip(self.redis, commands):
+            if isinstance(result, Exception):
+                raise result
 
-    def _queue_end(self, job_id: str, pipe: Pipeline) -> None:
+    def _queue_end(self, job_id: str, pipe: Commands) -> None:
         pipe.zrem(self.queue, job_id)
         pipe.delete(self.in_progress + job_id, self.retry + job_id, self.job + job_id)
         if self.ending is not None:

@@ -51,7 +51,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -59,6 +58,7 @@ from contract import keys, scripts
 from contract.channels import Subscriber, sharded
 from contract.connection import connect, database
 from workers.attempt import Attempts, Function
+from workers.commands import Commands
 from workers.reaper import release
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class WorkerLoop:
         self._handed[job_id] = False
         self._start(job_id, raw, int(tries))
 
-    def _park_again(self, job_id: str, pipe: Pipeline) -> None:
+    def _park_again(self, job_id: str, pipe: Commands) -> None:
         """With the end of a handed job, park again (no claim after it), unless more jobs may
         be due or the handoffs are not heard."""
         if job_id in self._handed and self._heard and not (self._backlog or self._stopping):
