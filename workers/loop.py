@@ -91,6 +91,7 @@ class WorkerLoop:
         self.functions = {f.name: f for f in functions}
         self.redis_url = redis_url
         self.queue = keys.queue(pool)
+        self.parked = keys.parked(pool)
         self.pool = pool
         self.worker_id = worker_id
         self.max_jobs = max_jobs
@@ -193,7 +194,7 @@ class WorkerLoop:
                 keys={
                     "queue": self.queue,
                     "heartbeat": keys.worker_lease(self.pool, self.worker_id),
-                    "parked": keys.parked(self.pool),
+                    "parked": self.parked,
                 },
                 args={
                     "in_progress_prefix": keys.in_progress_prefix(self.pool),
@@ -239,7 +240,7 @@ class WorkerLoop:
         """With the end of a handed job, park again (no claim after it), unless more jobs may
         be due or the handoffs are not heard."""
         if job_id in self._handed and self._heard and not (self._backlog or self._stopping):
-            pipe.hset(keys.parked(self.pool), self.worker_id, str(self.hold_ms))
+            pipe.hset(self.parked, self.worker_id, str(self.hold_ms))
             self._handed[job_id] = True
 
     def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
@@ -258,7 +259,7 @@ class WorkerLoop:
         """Leave the parked set, then give back the jobs handed before that and not started
         (the last claim and job ends, which may park it, are over)."""
         try:
-            await redis.hdel(keys.parked(self.pool), self.worker_id)  # type: ignore[misc]  # redis-py types sync and async as one
+            await redis.hdel(self.parked, self.worker_id)  # type: ignore[misc]  # redis-py types sync and async as one
             # -1: every hold of this worker's on a job it does not run, however recent
             for job_id in await release(redis, self.pool, self, grace_ms=-1):
                 log.info("job %s: handed to this worker as it stopped; given back", job_id)
