@@ -27,7 +27,7 @@ to the node that owns that slot, following a resharding or a failover (MOVED, AS
   takes a parked worker off the set, claims the batch on its behalf (in-progress key, try) and
   publishes it on that channel, where the worker starts it: no wake-up and no claim round trip
   on the way of a lone request. The worker parks again with the handed job's end (in the
-  pipeline of its reply), or by a claim when more may be due. A worker whose subscription is
+  round trip of its reply), or by a claim when more may be due. A worker whose subscription is
   down does not park (the enqueue also passes over a worker that nobody hears); a handoff lost
   with a connection is held in its name, and its next claim (one follows every
   resubscription) takes it as claimed.
@@ -236,11 +236,11 @@ class WorkerLoop:
         self._handed[job_id] = False
         self._start(job_id, raw, int(tries))
 
-    def _park_again(self, job_id: str, pipe: Commands) -> None:
+    def _park_again(self, job_id: str, commands: Commands) -> None:
         """With the end of a handed job, park again (no claim after it), unless more jobs may
         be due or the handoffs are not heard."""
         if job_id in self._handed and self._heard and not (self._backlog or self._stopping):
-            pipe.hset(self.parked, self.worker_id, str(self.hold_ms))
+            commands.hset(self.parked, self.worker_id, str(self.hold_ms))
             self._handed[job_id] = True
 
     def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:

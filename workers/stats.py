@@ -4,7 +4,7 @@ A request (an online request, or a job) is timed by ``counted``: it puts a ``Tim
 context variable, which the batcher reads when the request's rows join a batch (``Waiting``),
 and to which each execution adds its share (``Counts.executed``: the wait in the batcher is
 ``queue``; the concatenation, the onnxruntime call and the slicing are ``compute_input``,
-``compute_infer``, ``compute_output``). The counts are deltas held here until the next pipeline
+``compute_infer``, ``compute_output``). The counts are deltas held here until the next round trip
 the worker sends anyway carries them to Redis (``Tally.add_to``): the online reply, the
 heartbeat; a failed send puts them back.
 """
@@ -189,7 +189,7 @@ class Tally:
 
 
 class Sent:
-    """The counts queued on one pipeline, by their position in it."""
+    """The counts queued on one round trip, by their position in it."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, Counts, Counter[str], int]] = []
