@@ -127,6 +127,7 @@ class Bound:
                     self._parts[-1] += _bulks(encode, [given[name]])  # one part, not two
                 else:
                     self._parts.append(_bulks(encode, [given[name]]))
+        self._missing = sum(not isinstance(part, bytes) for part in self._parts)
 
     async def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
         """Run it with the rest of its keys and arguments (as ``Script.__call__``)."""
@@ -140,12 +141,8 @@ class Bound:
             return await execute_packed(self.redis, command)
 
     def _command(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> bytes:
-        if len(keys) + len(self.keys) != len(self.script.keys) or len(args) + len(self.args) != len(
-            self.script.args
-        ):
-            raise TypeError(
-                f"{self.script.name}.lua: {sorted(keys)}, {sorted(args)} do not complete it"
-            )
+        if len(keys) + len(args) != self._missing:  # a wrong name raises KeyError below
+            raise TypeError(f"{self.script.name}.lua: {sorted(keys)}, {sorted(args)} given")
         encode = self._encode
         out = [self._head]
         for part in self._parts:

@@ -158,24 +158,18 @@ async def send_whole(cycle: RequestResponseCycle, start: Message, body: Message)
     """Send a response's start and its one body message (``more_body`` false) as uvicorn
     sends them (its checks, its keep-alive, its state), their bytes in one write: uvicorn
     writes to the cycle's transport, lent a stand-in meanwhile that gathers them. Neither send
-    waits unless the socket's buffer is full: then they go as uvicorn sends them, so that no
-    one else meets the stand-in while they wait."""
-    if cycle.flow.write_paused:
-        await cycle.send(start)  # type: ignore[arg-type]  # uvicorn types its messages narrower
-        await cycle.send(body)  # type: ignore[arg-type]
-        return
+    waits unless the socket's buffer is full: then nothing is lent (they go as uvicorn sends
+    them), so that no one else meets the stand-in while they wait."""
     transport = cycle.transport
     gathered = _Gathered()
-    cycle.transport = gathered  # type: ignore[assignment]  # write and close are all it uses
+    if not cycle.flow.write_paused:
+        cycle.transport = gathered  # type: ignore[assignment]  # write and close are all it uses
     try:
         await cycle.send(start)  # type: ignore[arg-type]  # uvicorn types its messages narrower
         await cycle.send(body)  # type: ignore[arg-type]
     finally:
         cycle.transport = transport
-        if gathered.parts and not transport.is_closing():
-            transport.write(b"".join(gathered.parts))
-        if gathered.closed:
-            transport.close()  # after the write: a close sends what is buffered first
+        gathered.flush(transport)
 
 
 class _Gathered:
@@ -192,3 +186,11 @@ class _Gathered:
 
     def close(self) -> None:
         self.closed = True
+
+    def flush(self, transport: asyncio.Transport) -> None:
+        """Write what was gathered in one write, then close if asked (a close sends what is
+        buffered first)."""
+        if self.parts and not transport.is_closing():
+            transport.write(b"".join(self.parts))
+        if self.closed:
+            transport.close()
