@@ -10,6 +10,7 @@ measures onnxruntime in process on the same model, counts the Redis commands per
     python bench/lanes.py                     # every scenario, ~10 s each
     python bench/lanes.py --seconds 5 --only tiny-c64
     python bench/lanes.py --only heavy-c32 --profile /tmp/spy   # py-spy of hub and worker
+    python bench/lanes.py --only tiny-c64 --profile /tmp/spy --profiled jobs
     inferhub bench                            # the same
 
 It starts its own Redis, hub, worker and baseline on 127.0.0.1; bounded in count and time.
@@ -121,8 +122,8 @@ def drive(
 def profilers(
     into: Path | None, scenario: str, pids: dict[str, list[int]], seconds: float
 ) -> list[subprocess.Popen[bytes]]:
-    """py-spy on the online lane's hub and worker for ``seconds`` (a tool, not a project
-    dependency: ``pip install py-spy``), as raw stacks with counts in ``into``; none if None."""
+    """py-spy on a lane's hub and worker for ``seconds`` (a tool, not a project dependency:
+    ``pip install py-spy``), as raw stacks with counts in ``into``; none if None."""
     if into is None:
         return []
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
@@ -147,6 +148,7 @@ def measure(
     repo: Path,
     seconds: float,
     profile: Path | None = None,
+    profiled: str = "online",
 ) -> dict[str, Any]:
     model = load_repository(repo).models[scenario.model]
     version = model.versions[model.latest]
@@ -162,7 +164,9 @@ def measure(
         drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
         # the CPU per request reads truer than rows/s on a shared machine
         pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
-        spies = profilers(profile if name == "online" else None, scenario.name, pids, seconds)
+        spies = profilers(
+            profile if name == profiled else None, f"{scenario.name}-{name}", pids, seconds
+        )
         before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
         loadgen, idle_before, began = sum(os.times()[:2]), idle_s(), time.monotonic()
         batches = online_batches(stack.urls[0])
@@ -264,7 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="py-spy the online lane's hub and worker into this folder (raw stacks)",
+        help="py-spy a lane's hub and worker into this folder (raw stacks)",
+    )
+    parser.add_argument(
+        "--profiled",
+        choices=["online", "jobs"],
+        default="online",
+        help="the lane --profile records (jobs: /v1/jobs, in the tiny scenarios)",
     )
     args = parser.parse_args(argv)
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
@@ -288,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise RuntimeError("the baseline did not start")
             idle_figures = idle(stack, args.idle) if args.idle else None
             results = [
-                measure(stack, url, baseline.pid, s, repo, args.seconds, args.profile)
+                measure(
+                    stack, url, baseline.pid, s, repo, args.seconds, args.profile, args.profiled
+                )
                 for s in scenarios
             ]
         finally:

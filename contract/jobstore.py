@@ -617,10 +617,15 @@ def _batch_payload(now_ms: int) -> tuple[bytes, bytes]:
     return empty[:at], empty[at + 1 :]
 
 
+# a tuple, not ``str | bytes``: that union is built anew at each element (4.9 -> 2.4 µs for a
+# transition's ~20 values)
+_TEXT = (str, bytes)
+
+
 def _lua_strings(values: Sequence[Any]) -> bytes:
     """Values as one argument that a script reads with ``cmsgpack.unpack``: a msgpack array of
     strings, numbers written as redis-py writes them (Lua would print a float to 14 digits),
     bytes in msgpack's old raw form (Redis 7.0's cmsgpack reads no bin type)."""
-    strings = [v if isinstance(v, str | bytes) else repr(v) for v in values]
+    strings = [v if isinstance(v, _TEXT) else repr(v) for v in values]
     packed: bytes = msgpack.packb(strings, use_bin_type=False)
     return packed

@@ -73,6 +73,7 @@ class _Queue:
     key: Line
     pool: str
     max_rows: int
+    enqueue: scripts.Bound  # ENQUEUE, bound to the pool's keys
     capacity: int = 1
     pending: list[_Waiting] = field(default_factory=list)
     pending_rows: int = 0
@@ -170,9 +171,28 @@ class OnlineLane:
         key = (entry["name"], version, priority)
         line = self._lines.get(key)
         if line is None:
-            line = _Queue(key, entry["pool"], entry["max_batch_size"])
+            pool = entry["pool"]
+            line = _Queue(key, pool, entry["max_batch_size"], self._enqueue_script(pool))
             self._lines[key] = line
         return line
+
+    def _enqueue_script(self, pool: str) -> scripts.Bound:
+        """ENQUEUE with the pool's keys, encoded once: a batch's call names only its own."""
+        return ENQUEUE.bind(
+            self.redis,
+            keys={
+                "queue": keys.queue(pool),
+                "parked": keys.parked(pool),
+                "wake": keys.wake(pool, self.db),
+            },
+            args={
+                "in_progress_prefix": keys.in_progress_prefix(pool),
+                "retry_prefix": keys.retry_prefix(pool),
+                "retry_ttl_s": keys.RETRY_TTL_S,
+                "lease_prefix": keys.worker_lease(pool, ""),
+                "handoff_prefix": keys.handoff(pool, "", self.db),
+            },
+        )
 
     def _send_what_may_go(self, line: _Queue, own: _Waiting | None = None) -> _Batch | None:
         """Send while the line has room in flight, or a full batch gathered; what is left
@@ -223,27 +243,16 @@ class OnlineLane:
         # the arq job outlives the last deadline a little, then expires unrun
         last = max(w.request["deadline"] for w in batch.requests)
         ttl_ms = max(1000, int(last * 1000) - now_ms + 1000)
-        pool = batch.line.pool
+        line = batch.line
         try:
             # handed to a parked worker if one idles (no wake-up, no claim), else queued
-            await ENQUEUE(
-                self.redis,
-                keys={
-                    "job": keys.arq_job_prefix(pool) + batch.id,
-                    "queue": keys.queue(pool),
-                    "parked": keys.parked(pool),
-                    "wake": keys.wake(pool, self.db),
-                },
+            await line.enqueue(
+                keys={"job": keys.arq_job_prefix(line.pool) + batch.id},
                 args={
                     "payload": batch_payload(args, now_ms),
                     "ttl_ms": ttl_ms,
                     "id": batch.id,
                     "score": queue_score(now_ms, priority),
-                    "in_progress_prefix": keys.in_progress_prefix(pool),
-                    "retry_prefix": keys.retry_prefix(pool),
-                    "retry_ttl_s": keys.RETRY_TTL_S,
-                    "lease_prefix": keys.worker_lease(pool, ""),
-                    "handoff_prefix": keys.handoff(pool, "", self.db),
                 },
             )
         except (RedisError, OSError) as exc:

@@ -7,6 +7,9 @@ sends unmasked; an HTTP/1.1 response in chunks), the socket itself: an event's b
 once for every subscriber, hub/frames.py) and whatever else is pending go out in one write,
 without a trip through the ASGI layers. Under a test client there is no such connection
 (``Wire.of`` gives None), nor under another server: the writers then use plain ASGI sends.
+
+A whole response (``send_whole``) goes out in one write too: uvicorn writes a response's head
+and its body in two, so two TCP segments, two wake-ups of the client, two system calls.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from starlette.types import Scope
+from starlette.types import Message, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from websockets.protocol import State
 
 _index: dict[tuple[Any, ...], Any] = {}
@@ -141,3 +145,52 @@ class Wire:
     def cut(self) -> None:
         """Drop the connection at once, unsent bytes and all."""
         self._transport.abort()
+
+
+def response_cycle(send: Send) -> RequestResponseCycle | None:
+    """uvicorn's HTTP/1.1 response (its httptools protocol) if ``send`` is its own ``send``
+    (no layer wraps it), for ``send_whole``; None under another server or a test client."""
+    cycle = getattr(send, "__self__", None)
+    return cycle if type(cycle) is RequestResponseCycle else None
+
+
+async def send_whole(cycle: RequestResponseCycle, start: Message, body: Message) -> None:
+    """Send a response's start and its one body message (``more_body`` false) as uvicorn
+    sends them (its checks, its keep-alive, its state), their bytes in one write: uvicorn
+    writes to the cycle's transport, lent a stand-in meanwhile that gathers them. Neither send
+    waits unless the socket's buffer is full: then nothing is lent (they go as uvicorn sends
+    them), so that no one else meets the stand-in while they wait."""
+    transport = cycle.transport
+    gathered = _Gathered()
+    if not cycle.flow.write_paused:
+        cycle.transport = gathered  # type: ignore[assignment]  # write and close are all it uses
+    try:
+        await cycle.send(start)  # type: ignore[arg-type]  # uvicorn types its messages narrower
+        await cycle.send(body)  # type: ignore[arg-type]
+    finally:
+        cycle.transport = transport
+        gathered.flush(transport)
+
+
+class _Gathered:
+    """What uvicorn's response cycle does with its transport while it sends (``send_whole``)."""
+
+    __slots__ = ("closed", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def flush(self, transport: asyncio.Transport) -> None:
+        """Write what was gathered in one write, then close if asked (a close sends what is
+        buffered first)."""
+        if self.parts and not transport.is_closing():
+            transport.write(b"".join(self.parts))
+        if self.closed:
+            transport.close()

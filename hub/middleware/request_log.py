@@ -154,10 +154,14 @@ class Exchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind in ("http.response.start", "websocket.accept"):
-            self.status = message.get("status", 101)
-            echo = (b"x-request-id", self.request_id.encode())
-            message = {**message, "headers": [*message.get("headers", ()), echo]}
+            message = self.started(message)
         elif kind == "websocket.close":
             self.close_code = message.get("code", 1000)
             self.status = self.status or 403  # closed before the handshake: a refusal
         await self._send(message)
+
+    def started(self, message: Message) -> Message:
+        """The response's (or the WebSocket's) start, noted, with the request id echoed."""
+        self.status = message.get("status", 101)
+        echo = (b"x-request-id", self.request_id.encode())
+        return {**message, "headers": [*message.get("headers", ()), echo]}
