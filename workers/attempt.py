@@ -77,8 +77,8 @@ class Attempts:
         ctx: dict[str, Any],
         ending: Callable[[str, Commands], None] | None = None,
     ) -> None:
-        """``ending(id, commands)`` may queue the worker's own commands on the round trip that ends a
-        job (the loop parks there again after a handoff)."""
+        """``ending(id, commands)`` may queue the worker's own commands on the round trip that
+        ends a job (the loop parks there again after a handoff)."""
         self.redis = redis
         self.ending = ending
         self.queue = keys.queue(pool)
