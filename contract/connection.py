@@ -18,8 +18,9 @@ Every state change is a guarded Lua script, so a retried command cannot end a jo
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -36,6 +37,8 @@ from redis.sentinel import Sentinel as BlockingSentinel
 # OSError too: a refused connect (Redis restarting) is raised as a bare OSError, which redis-py
 # retries only when told to
 RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, OSError]
+
+T = TypeVar("T")
 
 SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
@@ -252,13 +255,23 @@ async def execute_packed(client: Redis, command: bytes) -> Any:
     connection dropped first), an error reply raised. Without its packing of every argument
     on every call (for a hot script, ``contract/scripts.py``: 13 of the 25 µs that queueing
     an online batch took before Redis was asked). A client that ``packs`` only."""
+    return await on_pooled_connection(client, lambda c: _send_and_read(c, command))
+
+
+async def on_pooled_connection(
+    client: Redis, exchange: Callable[[AbstractConnection], Awaitable[T]]
+) -> T:
+    """What ``exchange`` returns, run on a connection of the client's pool and retried on the
+    errors the client retries (the connection dropped first): ``execute_packed``'s way, and
+    the worker's round trips' (``workers/commands.py``). A client that ``packs`` only."""
     pool = client.connection_pool
     connection = await pool.get_connection()
     try:
-        return await connection.retry.call_with_retry(
-            lambda: _send_and_read(connection, command),
+        result: T = await connection.retry.call_with_retry(
+            lambda: exchange(connection),
             lambda error: _dropped(connection, error),
         )
+        return result
     finally:
         await pool.release(connection)
 

@@ -18,7 +18,7 @@ The outcomes are arq's:
 
 - the function returns or raises (a timeout included): the job ends; its keys and queue entry
   go, and no result is kept (arq's ``keep_result=0``: the job record is the result). A function
-  that sends a pipeline as its last step may queue that ending on it (``ctx["end"](pipe)``,
+  that sends a round trip as its last step may queue that ending on it (``ctx["end"](commands)``,
   after its own commands) and return ``ENDED``: one round trip fewer (the online reply does);
 - ``arq.Retry(defer=...)``: it runs again, ``defer`` from now;
 - ``CancelledError`` (the worker stopping, or the function): it runs again at once;
@@ -42,10 +42,10 @@ from typing import Any
 from arq import Retry
 from arq.jobs import SerializationError, deserialize_job_raw
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from contract import keys
 from contract.wire import loads
+from workers.commands import Commands, round_trip
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,10 @@ class Attempts:
         pool: str,
         functions: Mapping[str, Function],
         ctx: dict[str, Any],
-        ending: Callable[[str, Pipeline], None] | None = None,
+        ending: Callable[[str, Commands], None] | None = None,
     ) -> None:
-        """``ending(id, pipe)`` may queue the worker's own commands on the pipeline that ends a
-        job (the loop parks there again after a handoff)."""
+        """``ending(id, commands)`` may queue the worker's own commands on the round trip that
+        ends a job (the loop parks there again after a handoff)."""
         self.redis = redis
         self.ending = ending
         self.queue = keys.queue(pool)
@@ -151,21 +151,26 @@ class Attempts:
     # due later before its hold goes.
 
     async def _end(self, job_id: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_end(job_id, pipe)
-            await pipe.execute()
+        commands = Commands()
+        self._queue_end(job_id, commands)
+        await self._send(commands)
 
-    def _queue_end(self, job_id: str, pipe: Pipeline) -> None:
-        pipe.zrem(self.queue, job_id)
-        pipe.delete(self.in_progress + job_id, self.retry + job_id, self.job + job_id)
+    def _queue_end(self, job_id: str, commands: Commands) -> None:
+        commands.zrem(self.queue, job_id)
+        commands.delete(self.in_progress + job_id, self.retry + job_id, self.job + job_id)
         if self.ending is not None:
-            self.ending(job_id, pipe)
+            self.ending(job_id, commands)
 
     async def _requeue(self, job_id: str, defer_ms: int | None = None) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if defer_ms:
-                # XX: a job canceled meanwhile (gone from the queue) is not put back
-                run_at = int(time.time() * 1000) + defer_ms
-                pipe.zadd(self.queue, {job_id: run_at}, xx=True)
-            pipe.delete(self.in_progress + job_id)
-            await pipe.execute()
+        commands = Commands()
+        if defer_ms:
+            # XX: a job canceled meanwhile (gone from the queue) is not put back
+            run_at = int(time.time() * 1000) + defer_ms
+            commands.zadd(self.queue, {job_id: run_at}, xx=True)
+        commands.delete(self.in_progress + job_id)
+        await self._send(commands)
+
+    async def _send(self, commands: Commands) -> None:
+        for result in await round_trip(self.redis, commands):
+            if isinstance(result, Exception):
+                raise result

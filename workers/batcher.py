@@ -109,13 +109,23 @@ class Batcher:
             return chunks[0]
         return {n: np.concatenate([c[n] for c in chunks]) for n in self.output_names}
 
+    def run_now(self, inputs: Arrays) -> Arrays | None:
+        """The outputs of every row of ``inputs``, run here and now (as ``run_rows`` would, in
+        one call) when nothing else of the model runs here and it is quick (``_alone``); else
+        None: then ``run_rows``. A caller's timeout cannot cut such a run, which never waits."""
+        rows = len(next(iter(inputs.values())))
+        if (self.batchable and rows > self.max_batch_size) or not self._alone(rows):
+            return None
+        # nothing to join and quick: run here, not through the loop's task and back
+        return self._call([_Request(inputs, rows, asyncio.get_running_loop().create_future())])[0]
+
     async def run(self, inputs: Arrays) -> Arrays:
         """Run the rows of ``inputs`` (at most ``max_batch_size``) with other requests' rows."""
+        now = self.run_now(inputs)
+        if now is not None:
+            return now
         rows = len(next(iter(inputs.values())))
         request = _Request(inputs, rows, asyncio.get_running_loop().create_future())
-        if self._alone(rows):
-            # nothing to join and quick: run here, not through the loop's task and back
-            return self._call([request])[0]
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="batcher")
         await self._queue.put(request)

@@ -27,7 +27,7 @@ to the node that owns that slot, following a resharding or a failover (MOVED, AS
   takes a parked worker off the set, claims the batch on its behalf (in-progress key, try) and
   publishes it on that channel, where the worker starts it: no wake-up and no claim round trip
   on the way of a lone request. The worker parks again with the handed job's end (in the
-  pipeline of its reply), or by a claim when more may be due. A worker whose subscription is
+  round trip of its reply), or by a claim when more may be due. A worker whose subscription is
   down does not park (the enqueue also passes over a worker that nobody hears); a handoff lost
   with a connection is held in its name, and its next claim (one follows every
   resubscription) takes it as claimed.
@@ -51,7 +51,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -59,6 +58,7 @@ from contract import keys, scripts
 from contract.channels import Subscriber, sharded
 from contract.connection import connect, database
 from workers.attempt import Attempts, Function
+from workers.commands import Commands
 from workers.reaper import release
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class WorkerLoop:
         self.functions = {f.name: f for f in functions}
         self.redis_url = redis_url
         self.queue = keys.queue(pool)
+        self.parked = keys.parked(pool)
         self.pool = pool
         self.worker_id = worker_id
         self.max_jobs = max_jobs
@@ -193,7 +194,7 @@ class WorkerLoop:
                 keys={
                     "queue": self.queue,
                     "heartbeat": keys.worker_lease(self.pool, self.worker_id),
-                    "parked": keys.parked(self.pool),
+                    "parked": self.parked,
                 },
                 args={
                     "in_progress_prefix": keys.in_progress_prefix(self.pool),
@@ -235,11 +236,11 @@ class WorkerLoop:
         self._handed[job_id] = False
         self._start(job_id, raw, int(tries))
 
-    def _park_again(self, job_id: str, pipe: Pipeline) -> None:
+    def _park_again(self, job_id: str, commands: Commands) -> None:
         """With the end of a handed job, park again (no claim after it), unless more jobs may
         be due or the handoffs are not heard."""
         if job_id in self._handed and self._heard and not (self._backlog or self._stopping):
-            pipe.hset(keys.parked(self.pool), self.worker_id, str(self.hold_ms))
+            commands.hset(self.parked, self.worker_id, str(self.hold_ms))
             self._handed[job_id] = True
 
     def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
@@ -258,7 +259,7 @@ class WorkerLoop:
         """Leave the parked set, then give back the jobs handed before that and not started
         (the last claim and job ends, which may park it, are over)."""
         try:
-            await redis.hdel(keys.parked(self.pool), self.worker_id)  # type: ignore[misc]  # redis-py types sync and async as one
+            await redis.hdel(self.parked, self.worker_id)  # type: ignore[misc]  # redis-py types sync and async as one
             # -1: every hold of this worker's on a job it does not run, however recent
             for job_id in await release(redis, self.pool, self, grace_ms=-1):
                 log.info("job %s: handed to this worker as it stopped; given back", job_id)

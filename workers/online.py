@@ -88,9 +88,9 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         batcher.counts.answered(Timing(), False, len(answers))
     live = [r for r in requests if r["id"] not in answers]
     if len(live) == 1:  # alone: awaited here, no task of its own to hop to and back
-        with batcher.expecting():
-            only = _answer(model, batcher, live[0], _inputs(live[0]))
-            answer = await counted(batcher.counts, only, _ok)
+        with batcher.expecting(), timed() as timing:
+            answer = await _answer(model, batcher, live[0], _inputs(live[0]))
+        batcher.counts.answered(timing, _ok(answer))  # _answer raises nothing but a cancel
         answers[answer["id"]] = answer
         return [answers[r["id"]] for r in requests]
     joined = _joined(live) if batcher.batchable and len(live) > 1 else None
@@ -199,8 +199,10 @@ async def _answer(
     try:
         if isinstance(inputs, Exception):
             raise inputs
-        async with asyncio.timeout(model.config.timeout_s):
-            results = await batcher.run_rows(inputs)
+        results = batcher.run_now(inputs)  # a lone row of a tiny model: no timer to set
+        if results is None:
+            async with asyncio.timeout(model.config.timeout_s):
+                results = await batcher.run_rows(inputs)
         assert results is not None  # only a progress callback stops early
     except TimeoutError:
         error = f"timed out after {model.config.timeout_s:g} s"

@@ -4,7 +4,7 @@ A request (an online request, or a job) is timed by ``counted``: it puts a ``Tim
 context variable, which the batcher reads when the request's rows join a batch (``Waiting``),
 and to which each execution adds its share (``Counts.executed``: the wait in the batcher is
 ``queue``; the concatenation, the onnxruntime call and the slicing are ``compute_input``,
-``compute_infer``, ``compute_output``). The counts are deltas held here until the next pipeline
+``compute_infer``, ``compute_output``). The counts are deltas held here until the next round trip
 the worker sends anyway carries them to Redis (``Tally.add_to``): the online reply, the
 heartbeat; a failed send puts them back.
 """
@@ -20,13 +20,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from contract import channels, keys, scripts
 from contract import stats as contract
+from workers.commands import Commands, round_trip
 
 T = TypeVar("T")
 
@@ -149,7 +150,7 @@ class Tally:
     def of(self, model: str, version: str) -> Counts:
         return self._counts.setdefault((model, version), Counts())
 
-    def add_to(self, pipe: Pipeline) -> Sent:
+    def add_to(self, pipe: Commands) -> Sent:
         """Queue the pending counts on ``pipe``, one script call per model version (and
         forget them); ``Sent`` puts back those that did not reach Redis."""
         sent = Sent()
@@ -163,32 +164,32 @@ class Tally:
             deltas = [x for field_delta in pending.items() for x in field_delta]
             sent.calls.append((len(pipe), counts, pending, last_ms))
             STATS_ADD.queue(
-                pipe,
+                cast(Pipeline, pipe),  # it queues the call with execute_command only
                 keys={"stats": keys.model_stats(model, version)},
                 args={"last_inference": last_ms, "deltas": deltas},
             )
         return sent
 
     async def send(
-        self, redis: Any, fill: Callable[[Pipeline], object], *, counts: bool = True
+        self, redis: Any, fill: Callable[[Commands], object], *, counts: bool = True
     ) -> list[Any]:
-        """One round trip: the pending counts (when ``counts``) and then what ``fill`` queues;
-        counts that did not reach Redis are put back. Every command's result, errors included
-        (``execute(raise_on_error=False)``)."""
-        async with redis.pipeline(transaction=False) as pipe:
-            sent = self.add_to(pipe) if counts else Sent()
-            fill(pipe)
-            try:
-                results: list[Any] = await pipe.execute(raise_on_error=False)
-            except BaseException:
-                sent.undo()
-                raise
+        """One round trip (``round_trip``): the pending counts (when ``counts``) and then what
+        ``fill`` queues; counts that did not reach Redis are put back. Every command's result,
+        errors included."""
+        commands = Commands()
+        sent = self.add_to(commands) if counts else Sent()
+        fill(commands)
+        try:
+            results = await round_trip(redis, commands)
+        except BaseException:
+            sent.undo()
+            raise
         await sent.settle(redis, results)
         return results
 
 
 class Sent:
-    """The counts queued on one pipeline, by their position in it."""
+    """The counts queued on one round trip, by their position in it."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, Counts, Counter[str], int]] = []
@@ -202,7 +203,7 @@ class Sent:
                     counts.last_ms = max(counts.last_ms, last_ms)
 
     async def settle(self, redis: Any, results: Sequence[Any]) -> None:
-        """After ``execute(raise_on_error=False)``: put back what failed; a Redis that lost its
+        """After the round trip (errors as results): put back what failed; a Redis that lost its
         scripts (restarted) gets this one again, for the next send."""
         failed = [p for p, *_ in self.calls if isinstance(results[p], Exception)]
         self.undo(failed)
@@ -245,7 +246,7 @@ async def publish_counted(
     tally: Tally,
     channel: str,
     message: bytes,
-    then: Callable[[Pipeline], object] | None = None,
+    then: Callable[[Commands], object] | None = None,
 ) -> None:
     """Publish ``message`` with the pending counts when they are due, and what ``then`` queues
     after it, in one round trip (counts first: whoever reads the answer of a quiet worker finds
@@ -253,7 +254,7 @@ async def publish_counted(
     start = 0
     command = await channels.publish_command(redis)
 
-    def fill(pipe: Pipeline) -> None:
+    def fill(pipe: Commands) -> None:
         nonlocal start
         start = len(pipe)
         pipe.execute_command(command, channel, message)
