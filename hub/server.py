@@ -4,13 +4,13 @@ WebSocket protocol (``hub/wsprotocol.py``)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from typing import Any
 
 import uvicorn
 
+from contract import collector
 from hub.middleware.drain import Streams
 from hub.wsprotocol import WebSocketProtocol
 
@@ -30,16 +30,7 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)  # the lifespan's start-up, then listening
-        # The collector's full passes scan every object the hub holds; while 10,000 subscribers
-        # connect there were 8-9 of them, 0.6-2.1 s at the longest. Start-up's objects (108,000:
-        # modules, routes, schemas) never become garbage: freeze them out of the scans; and a
-        # full pass at most once per 100 middle-generation passes, not 10. Both: 1 full pass of
-        # 0.35-0.51 s, the same 22 KiB per idle connection (24.5, not 22.0, at 1,000 connections:
-        # their handshakes' garbage waits for the rarer full pass); bench/fanout.py --gc-stats.
-        gc.collect()
-        gc.freeze()
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, 100)
+        collector.settle()  # start-up's objects out of the collector's scans
 
     async def shutdown(self, sockets: Any = None) -> None:
         deadline = time.monotonic() + self.grace_s

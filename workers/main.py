@@ -13,7 +13,7 @@ from typing import Any
 
 import uvloop
 
-from contract import tracing
+from contract import collector, tracing
 from contract.jobstore import RUN_JOB, RUN_JOBS, JobStore, Limits
 from contract.online import RUN_BATCH
 from contract.settings import Settings
@@ -90,6 +90,7 @@ def worker_loop(settings: Settings, worker_id: str) -> WorkerLoop:
         )
         models = ", ".join(serving.models)
         log.info("worker %s serves pool %r: %s", worker_id, settings.pool, models)
+        collector.settle()  # the models' sessions and start-up's objects out of its scans
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for task in (ctx.get("heartbeat"), ctx.get("reaper"), ctx.get("repository")):
