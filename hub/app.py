@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stuck_after_s=settings.slow_consumer_s,
         )
         online = OnlineLane(redis, max_rows_per_pool=settings.online_max_rows, observer=metrics)
-        fanout.listen(online.reply_channel, online.on_reply)
+        fanout.listen(online.reply_channel, online.on_reply, online.on_gap)
         store = JobStore(redis, Limits.of(settings))
         sender = _webhook_sender(settings, redis, store, webhooks)
         if sender is not None:

@@ -240,6 +240,7 @@ class Fanout:
         self.stuck_after_s = stuck_after_s
         self._subs: dict[Route, dict[Subscription, None]] = {}  # ordered, for a stable fan-out
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self._gap_handlers: list[Callable[[], None]] = []
         self._channels: list[str] = []  # those of ``listen``
         self._pool_handlers: list[tuple[Callable[[str, int], str], Callable[[bytes], None]]] = []
         self._pools: set[str] = set()  # whose channels are read
@@ -276,11 +277,20 @@ class Fanout:
                 await task
         await self.redis.aclose()
 
-    def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
+    def listen(
+        self,
+        channel: str,
+        handler: Callable[[bytes], None],
+        on_gap: Callable[[], None] | None = None,
+    ) -> None:
         """Hand every message of ``channel`` to ``handler`` (on this one subscriber: a hub
-        holds one pub/sub connection per master). Call before ``start``."""
+        holds one pub/sub connection per master), and call ``on_gap`` once the subscription
+        is back after a loss (messages published meanwhile were not heard). Call before
+        ``start``."""
         self._handlers[channel.encode()] = handler
         self._channels.append(channel)
+        if on_gap is not None:
+            self._gap_handlers.append(on_gap)
 
     def listen_pools(
         self, channel_of: Callable[[str, int], str], handler: Callable[[bytes], None]
@@ -488,6 +498,8 @@ class Fanout:
     def _signal_gap(self) -> None:
         self.observer.subscription_gap()
         self._put_all(GAP)
+        for on_gap in self._gap_handlers:
+            on_gap()
 
     async def _tick_forever(self) -> None:
         while True:

@@ -15,8 +15,10 @@ publication on this hub's reply channel, read by the hub's one pub/sub connectio
 
 A request that leaves before its batch is sent (its client went away, its deadline passed) is
 not sent. A batch whose worker dies runs again elsewhere (arq and the reaper see to it) while
-its requests' deadlines allow; a request past its deadline gets 503. Admission is bounded in
-rows waiting or in flight per pool.
+its requests' deadlines allow; a request past its deadline gets 503. An answer published while
+the hub's subscription was down (Redis restarted, the connection dropped) reached nobody: once
+it is back, every batch in flight is sent again (``on_gap``). Admission is bounded in rows
+waiting or in flight per pool.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class _Batch:
     line: _Queue
     requests: list[_Waiting]
     waiting: int = 0  # its requests not answered or gone yet
+    earlier: list[str] = field(default_factory=list)  # its ids before it was sent again
 
 
 @dataclass(eq=False)
@@ -207,10 +210,13 @@ class OnlineLane:
             if own is not None and batch.requests == [own]:
                 alone = batch
             else:
-                task = asyncio.create_task(self._enqueue(batch))
-                self._sends.add(task)
-                task.add_done_callback(self._sends.discard)
+                self._send_soon(batch)
         return alone
+
+    def _send_soon(self, batch: _Batch) -> None:
+        task = asyncio.create_task(self._enqueue(batch))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     def _take(self, line: _Queue) -> _Batch:
         """The next batch of the line's gathering requests, in flight from now."""
@@ -269,6 +275,17 @@ class OnlineLane:
         answers = {a["id"]: a for a in reply["answers"]}
         self._answer(batch, lambda w: answers.get(w.request["id"]) or _failed(w, "no answer"))
 
+    def on_gap(self) -> None:
+        """The reply channel was not heard for a while (the fan-out's subscription dropped
+        and is back): an answer published meanwhile is lost. Every batch in flight is sent
+        again, as a new arq job: the first answer of either run is taken (the other is not
+        in flight any more), and a request is not left waiting for its deadline."""
+        for batch in set(self._in_flight.values()):
+            batch.earlier.append(batch.id)
+            batch.id = f"{self.hub_id}-{next(self._ids)}"
+            self._in_flight[batch.id] = batch
+            self._send_soon(batch)
+
     def _answer(self, batch: _Batch, answer_of: Any) -> None:
         # retired first: the next batch's task is scheduled ahead of the answered requests'
         # wake-ups, so that it is on its way to the worker before the responses are encoded
@@ -292,6 +309,8 @@ class OnlineLane:
 
     def _retire(self, batch: _Batch) -> None:
         if self._in_flight.pop(batch.id, None) is not None:
+            for earlier in batch.earlier:
+                del self._in_flight[earlier]
             batch.line.in_flight -= 1
             self._send_what_may_go(batch.line)
 

@@ -300,6 +300,47 @@ async def test_a_worker_killed_mid_batch_answers_or_503s_every_request(
     assert all(isinstance(r, dict) for r in results[:3])  # their deadlines allowed a re-run
 
 
+@pytest.mark.topologies("single")
+async def test_an_answer_published_while_the_hub_is_not_subscribed_is_not_lost(
+    online_settings: Settings, redis: Redis, online_worker: Worker
+) -> None:
+    """The hub's subscription drops while a worker runs its batch, and cannot come back (its
+    Redis user is switched off) until the batch has ended: its answer was published to nobody.
+    Once subscribed again, the hub sends the batch again, and the request is answered, not
+    left to its deadline."""
+    user, password = "online-gap-test", "online-gap-test-password"
+    redis.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    scheme, rest = online_settings.redis_url.split("://", 1)
+    redis_client = connect(online_settings.redis_url)
+    online = OnlineLane(redis_client, max_rows_per_pool=online_settings.online_max_rows)
+    fanout = Fanout(f"{scheme}://{user}:{password}@{rest}")
+    fanout.listen(online.reply_channel, online.on_reply, online.on_gap)
+    await fanout.start()
+    lane = Lane(online, Catalogue(redis_client))
+    try:
+        request = asyncio.ensure_future(lane.infer("slow", slow_rows(3000), timeout_s=60))
+        await _until(lambda: _holders(redis))  # a worker runs it
+        redis.acl_setuser(user, enabled=False)  # none of its connections is let in
+        redis.client_kill_filter(user=user)  # and its subscription is dropped
+        await _until(lambda: not _holders(redis))  # it ran: its answer went out to nobody
+        assert not request.done()
+        redis.acl_setuser(user, enabled=True)
+        result = await asyncio.wait_for(request, 30)  # its deadline is 60 s away
+        assert result["y"].shape == (3000, 1024)
+    finally:
+        await online.close()
+        await fanout.stop()
+        await redis_client.aclose()
+        redis.acl_deluser(user)
+
+
 def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Worker) -> None:
     rows = digits_rows(3, seed=7)["input"]
     session = ort.InferenceSession(
