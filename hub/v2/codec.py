@@ -24,7 +24,14 @@ import numpy as np
 import orjson
 
 from contract.errors import InvalidInput, MalformedRequest
-from contract.tensors import DTYPES, datatype_of, decode_tensor, encode_tensor, unpack_tensor
+from contract.tensors import (
+    DTYPES,
+    STRUCT_CODES,
+    datatype_of,
+    decode_tensor,
+    encode_tensor,
+    unpack_tensor,
+)
 from hub.v2.unsupported import datatype_error, refuse_sequence
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -194,7 +201,7 @@ def _input(
     name = spec.name
     parameters = _object(tensor.get("parameters"), f"input '{name}': parameters")
     if "binary_data_size" not in parameters:
-        return decode_tensor({**tensor, "name": name}), 0
+        return decode_tensor(tensor), 0  # its name is ``name``, checked a string
     if tensor.get("data") is not None:
         raise _schema(f"input '{name}': give either 'data' or binary_data_size, not both")
     size = _count(parameters, "binary_data_size", f"input '{name}': parameters")
@@ -373,30 +380,13 @@ def _json_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     return {"name": name, "datatype": datatype_of(array), "shape": list(array.shape), "data": data}
 
 
-# struct's letter for each datatype whose packed bytes are plain little-endian numbers
-_STRUCT_CODES = {
-    "BOOL": "?",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
-
-
 def json_tensor(packed: Mapping[str, Any]) -> dict[str, Any]:
     """A packed output (``contract.tensors.pack_tensor``) as a JSON tensor, as
     ``_json_tensor`` writes its array: its numbers read from its bytes by ``struct``, as the
     Python numbers (a float as the double it widens to) whose text orjson writes. No numpy on
     the way: a lone request's array, view and cast cost more than its few numbers (~15 µs of
     a one-row inference's answer, on a hub that is cold between requests)."""
-    code = _STRUCT_CODES.get(packed["datatype"])
+    code = STRUCT_CODES.get(packed["datatype"])
     if code is None:  # BYTES: its elements are text, as encode_tensor writes them
         return _json_tensor(packed["name"], unpack_tensor(packed))
     shape = packed["shape"]
