@@ -17,6 +17,7 @@ import pytest
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, TooLarge
 from contract.tensors import DTYPES, decode_tensor, encode_tensor, pack_tensor
 from hub.v2.codec import (
+    STRUCT_MOST,
     InferRequest,
     encode_response,
     json_tensor,
@@ -428,6 +429,7 @@ SPECIAL = [np.nan, np.inf, -np.inf, -0.0, 0.1, 1e-5, 6e4, 2.5, -7.0]
         np.array([True, False]),
         np.array([b"a", "\u00e9".encode()], dtype=object),
         np.zeros((0, 4), dtype=np.float32),
+        np.random.default_rng(1).standard_normal((2, STRUCT_MOST)).astype(np.float32),
     ],
     ids=lambda a: f"{a.dtype}{list(a.shape)}",
 )
