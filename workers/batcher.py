@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,26 @@ class _Request:
     rows: int
     future: asyncio.Future[Arrays] | None = field(default=None, repr=False)  # None: run inline
     waiting: Waiting = field(default_factory=Waiting, repr=False)  # for the statistics
+
+
+class _Expecting:
+    """``Batcher.expecting``: a class, not a generator's context manager (~10 vs ~25 µs on a
+    worker woken from sleep with cold caches, in process), on the way of every request."""
+
+    __slots__ = ("batcher", "requests")
+
+    def __init__(self, batcher: Batcher, requests: int) -> None:
+        self.batcher = batcher
+        self.requests = requests
+
+    def __enter__(self) -> None:
+        self.batcher._active += self.requests
+
+    def __exit__(self, *exc: object) -> None:
+        batcher = self.batcher
+        batcher._active -= self.requests
+        if not batcher._active:
+            batcher._quiet.set()
 
 
 class Batcher:
@@ -74,16 +94,9 @@ class Batcher:
         self._holding = False  # the loop gathers or runs a batch
         self._task: asyncio.Task[None] | None = None
 
-    @contextlib.contextmanager
-    def expecting(self, requests: int = 1) -> Iterator[None]:
+    def expecting(self, requests: int = 1) -> _Expecting:
         """Mark requests of this model as running: the batcher may wait for their rows."""
-        self._active += requests
-        try:
-            yield
-        finally:
-            self._active -= requests
-            if not self._active:
-                self._quiet.set()
+        return _Expecting(self, requests)
 
     async def drained(self) -> None:
         """Return once no request is running here (a batcher replaced by a new version of its
