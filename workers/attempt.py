@@ -135,8 +135,11 @@ class Attempts:
             function.timeout_s, self._expire, job_id, task
         )
         try:
-            if await function.coroutine(ctx, *args, **kwargs) is ENDED:
-                return None
+            try:
+                if await function.coroutine(ctx, *args, **kwargs) is ENDED:
+                    return None
+            finally:
+                timer.cancel()  # it bounds the function only, not the handling below
         except Retry as retry:
             return await self._requeue(job_id, retry.defer_score)
         except asyncio.CancelledError:
@@ -149,7 +152,6 @@ class Attempts:
         except Exception:
             log.exception("job %s: %r failed", job_id, name)
         finally:
-            timer.cancel()
             self._expired.discard(job_id)
             del self._running[job_id]
         await self._end(job_id)
