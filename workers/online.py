@@ -28,7 +28,7 @@ from workers.batcher import Arrays, Batcher
 from workers.heartbeat import count_job
 from workers.repository import Model
 from workers.runner import text_for_onnxruntime
-from workers.stats import Timing, counted, publish_counted, timed
+from workers.stats import Timed, Timing, counted, publish_counted
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
         batcher.counts.answered(Timing(), False, len(answers))
     live = [r for r in requests if r["id"] not in answers]
     if len(live) == 1:  # alone: awaited here, no task of its own to hop to and back
-        with batcher.expecting(), timed() as timing:
+        with batcher.expecting(), Timed() as timing:
             answer = await _answer(model, batcher, live[0], _inputs(live[0]))
         batcher.counts.answered(timing, _ok(answer))  # _answer raises nothing but a cancel
         answers[answer["id"]] = answer
@@ -97,7 +97,7 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
     if joined is not None:
         arrays, counts = joined
         try:
-            with batcher.expecting(), timed() as timing:
+            with batcher.expecting(), Timed() as timing:
                 async with asyncio.timeout(model.config.timeout_s):
                     results = await batcher.run_rows(arrays)
             assert results is not None  # only a progress callback stops early
