@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -32,6 +33,22 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype("object"),
 }
 
+
+# struct's letter for each datatype whose elements are plain little-endian numbers
+STRUCT_CODES = {
+    "BOOL": "?",
+    "UINT8": "B",
+    "UINT16": "H",
+    "UINT32": "I",
+    "UINT64": "Q",
+    "INT8": "b",
+    "INT16": "h",
+    "INT32": "i",
+    "INT64": "q",
+    "FP16": "e",
+    "FP32": "f",
+    "FP64": "d",
+}
 
 # how deep nested ``data`` may be: numpy's bound on an array's dimensions
 MAX_NESTING = 64
@@ -71,8 +88,11 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
             array = np.empty(len(flat), dtype=object)
             array[:] = flat
         else:
-            with np.errstate(over="raise"):  # 1e39 as FP32 would be Infinity
-                array = np.asarray(data, dtype=DTYPES[datatype])
+            numbers = _numbers(data, datatype)
+            if numbers is None:
+                with np.errstate(over="raise"):  # 1e39 as FP32 would be Infinity
+                    numbers = np.asarray(data, dtype=DTYPES[datatype])
+            array = numbers
     except FloatingPointError:
         raise InvalidInput(
             f"input '{name}': data holds a number beyond {datatype}'s range"
@@ -89,6 +109,24 @@ def decode_tensor(tensor: Mapping[str, Any], datatype: str | None = None) -> np.
             f"input '{name}': shape {shape} needs {math.prod(shape)} elements, data has {array.size}"
         )
     return array.reshape(shape)
+
+
+def _numbers(data: Any, datatype: str) -> np.ndarray | None:
+    """A flat list of numbers as an array of ``datatype``, each packed by ``struct``, which
+    takes a number as numpy does (a bool as 0 or 1, an int exactly, a float rounded to the
+    nearest) and refuses what numpy would refuse or convert otherwise (one out of range, a
+    float for an integer type, text, a nested list): None then, and numpy decodes it as
+    ever, errors and all. numpy's own conversion of a list, cold on a lone request, was the
+    largest part of decoding a one-row inference (~20 µs of ~70 in the hub's trace)."""
+    code = STRUCT_CODES.get(datatype)
+    if code is None or datatype == "BOOL" or type(data) is not list:
+        return None  # BOOL: struct takes any object's truth, numpy does not
+    array = np.empty(len(data), dtype=DTYPES[datatype])
+    try:
+        struct.pack_into(f"<{len(data)}{code}", array.data, 0, *data)
+    except (struct.error, OverflowError, TypeError):
+        return None
+    return array
 
 
 def _leaves(data: Any, name: str) -> list[Any]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from contract.settings import Settings
 from hub.auth import Principal, bearer, redeem_ticket, unauthorized
@@ -28,7 +29,7 @@ async def _settings(conn: HTTPConnection) -> Settings:
 
 async def authenticate(conn: HTTPConnection, *, tickets: bool = False) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` (or ``?ticket=`` where ``tickets``)."""
-    principal = bearer(conn.app.state.keyring, conn.headers.get("authorization"))
+    principal = bearer(conn.app.state.keyring, first_header(conn.scope, b"authorization"))
     if principal is not None:
         return principal
     ticket = conn.query_params.get("ticket") if tickets else None
@@ -39,6 +40,17 @@ async def authenticate(conn: HTTPConnection, *, tickets: bool = False) -> Princi
         return principal
     how = "send Authorization: Bearer <key>"
     raise unauthorized(how + (", or ?ticket= from POST /v1/tickets" if tickets else ""))
+
+
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """A request's header (``name`` in lower case, as ASGI gives them) as starlette's
+    ``Headers.get`` reads it, the first of its kind; None when absent. A plain scan: a hot
+    route asks for three or four headers a request is mostly without, and each miss of
+    ``Headers.get`` raises and catches a KeyError (3 µs for the four of a V2 inference)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _needs(scope: str, tickets: bool = False) -> Callable[[HTTPConnection], Awaitable[Principal]]:

@@ -164,7 +164,9 @@ class OnlineLane:
             self._rows[pool] -= rows
             self._leave(waiting)
         outcome = "failed" if "error" in answer else "succeeded"
-        self.observer.online_answered(entry["name"], rows, time.perf_counter() - began, outcome)
+        # counted once this turn of the loop is over: the response is written by then
+        seconds = time.perf_counter() - began
+        loop.call_soon(self.observer.online_answered, entry["name"], rows, seconds, outcome)
         if "error" in answer:
             failed = InferenceFailed if answer.get("status", 500) == 500 else Unavailable
             raise failed(f"inference failed: {answer['error']}")
@@ -233,7 +235,10 @@ class OnlineLane:
         line.in_flight += 1
         self._in_flight[batch.id] = batch
         self.batches += 1
-        self.observer.online_batch(line.key[0], len(taken), rows)
+        # counted once this turn of the loop is over: the batch is on its way to Redis by then
+        asyncio.get_running_loop().call_soon(
+            self.observer.online_batch, line.key[0], len(taken), rows
+        )
         return batch
 
     async def _enqueue(self, batch: _Batch) -> None:

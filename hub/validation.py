@@ -149,8 +149,10 @@ def check_arrays(
 
 
 def check_outputs(model: dict[str, Any], version: str, wanted: list[str] | None) -> None:
+    if not wanted:  # all of them: nothing to look up
+        return
     names = [o["name"] for o in model["versions"][version]["outputs"]]
-    for name in wanted or []:
+    for name in wanted:
         if name not in names:
             raise InvalidInput(
                 f"model '{model['name']}' has no output '{name}'; its outputs are {', '.join(names)}"

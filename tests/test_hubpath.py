@@ -217,3 +217,20 @@ def test_a_bound_script_reloads_after_a_flush_and_retries_a_dropped_connection(
             await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_body_that_comes_in_parts_is_read_whole(served: tuple[uvicorn.Server, int]) -> None:
+    """A hot route reads its body without starlette's stream (hub/bodies.py ``whole``): a
+    body in chunks, each its own message of uvicorn's, is the request all the same."""
+    _, port = served
+    data = orjson.dumps(ROW)
+    head = "POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked"
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head.encode() + b"\r\n\r\n")
+        for part in (data[:7], data[7:40], data[40:]):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        sock.sendall(b"0\r\n\r\n")
+        head_bytes, body = response(sock)
+    assert head_bytes.startswith(b"HTTP/1.1 200 OK"), head_bytes
+    assert orjson.loads(body)["model_name"] == "iris"

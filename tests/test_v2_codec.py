@@ -15,8 +15,15 @@ import orjson
 import pytest
 
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, TooLarge
-from contract.tensors import encode_tensor
-from hub.v2.codec import InferRequest, encode_response, parse_request, require_text
+from contract.tensors import DTYPES, decode_tensor, encode_tensor, pack_tensor
+from hub.v2.codec import (
+    STRUCT_MOST,
+    InferRequest,
+    encode_response,
+    json_tensor,
+    parse_request,
+    require_text,
+)
 from hub.v2.compression import decompress
 from hub.v2.errors import status_of
 
@@ -422,6 +429,7 @@ SPECIAL = [np.nan, np.inf, -np.inf, -0.0, 0.1, 1e-5, 6e4, 2.5, -7.0]
         np.array([True, False]),
         np.array([b"a", "\u00e9".encode()], dtype=object),
         np.zeros((0, 4), dtype=np.float32),
+        np.random.default_rng(1).standard_normal((2, STRUCT_MOST)).astype(np.float32),
     ],
     ids=lambda a: f"{a.dtype}{list(a.shape)}",
 )
@@ -431,3 +439,44 @@ def test_json_outputs_read_as_from_python_numbers(array: np.ndarray) -> None:
     body, header_length = encode_response({"model_name": "m"}, [("out", array, False)])
     assert header_length is None
     assert body == orjson.dumps({"model_name": "m", "outputs": [encode_tensor("out", array)]})
+    # and so is it read from its packed bytes, as a worker's answer comes (no array made)
+    packed = encode_response({"model_name": "m"}, [json_tensor(pack_tensor("out", array))])
+    assert packed == (body, None)
+
+
+NUMBERS = [
+    [1.5, -2.25, 0.1, -0.0],
+    [1, 2, 3],
+    [True, False, 1],
+    [16777217, 2**53 + 1, 2**60 + 3, 123456789012345678],
+    [1e-40, 5e-324, 65519.0],
+    [1e39],
+    [70000.0],
+    [300],
+    [-1],
+    [2**64 - 1],
+    [2**64],
+    ["1.5"],
+    [None],
+    [[1, 2], [3, 4]],
+    [],
+]
+
+
+@pytest.mark.parametrize("datatype", [d for d in DTYPES if d not in ("BOOL", "BYTES")])
+@pytest.mark.parametrize("data", NUMBERS, ids=str)
+def test_json_numbers_decode_as_numpy_converts_them(datatype: str, data: list[Any]) -> None:
+    """A flat list of numbers is packed by struct (contract/tensors.py), anything else is
+    numpy's to convert: either way, the array numpy makes of the list, byte for byte, or a 400
+    where numpy refuses it."""
+    tensor = {"name": "x", "datatype": datatype, "data": data}
+    try:
+        with np.errstate(over="raise"):
+            expected = np.asarray(data, dtype=DTYPES[datatype])
+    except (FloatingPointError, TypeError, ValueError, OverflowError):
+        with pytest.raises(InvalidInput):
+            decode_tensor(tensor)
+        return
+    array = decode_tensor(tensor)
+    assert (array.dtype, array.shape) == (expected.dtype, expected.shape)
+    assert array.tobytes() == expected.tobytes()

@@ -21,9 +21,10 @@ from contract.errors import (
 )
 from contract.settings import Settings
 from contract.tensors import unpack_tensor
+from hub import bodies
 from hub.api.health import probe_workers
 from hub.catalogue import Catalogue
-from hub.deps import CatalogueDep, ReaderDep, authenticate
+from hub.deps import CatalogueDep, ReaderDep, authenticate, first_header
 from hub.errors import error_responses
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.service import JobService
@@ -133,8 +134,8 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     service: JobService = request.app.state.service
     settings: Settings = request.app.state.settings
     entry, version = await service.catalogue.model(model, version)
-    raw = await request.body()
-    encoding = request.headers.get("content-encoding")
+    raw = await bodies.whole(request)
+    encoding = first_header(request.scope, b"content-encoding")
 
     def inspect(declared: codec.Declared) -> None:
         check_parameters(declared.parameters, settings.max_parameters_bytes)
@@ -143,7 +144,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
 
     def decode(raw: bytes) -> codec.InferRequest:
         body = compression.decompress(raw, encoding, settings.max_body_bytes)
-        length = request.headers.get(codec.HEADER_LENGTH)
+        length = first_header(request.scope, codec.HEADER_LENGTH_KEY)
         parsed = parse_any(body, length, inspect, entry, version)  # length 0: a raw body
         codec.require_text(parsed.arrays)
         return parsed
@@ -169,7 +170,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     header: dict[str, Any] = {"model_name": entry["name"], "model_version": version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    accept = request.headers.get("accept-encoding")
+    accept = first_header(request.scope, b"accept-encoding")
     return _answer(header, parsed, outputs, accept, entry.get("labels") or [])
 
 
@@ -183,13 +184,18 @@ def _answer(
     """The outputs, each binary or JSON as asked: its own ``binary_data``, else the request's
     ``binary_data_output``; classified when asked."""
     asked = {o.name: o for o in parsed.outputs or []}
-    outputs = []
+    outputs: list[codec.Output] = []
     for packed in packed_outputs:
-        name, array, wanted = packed["name"], unpack_tensor(packed), asked.get(packed["name"])
+        name, wanted = packed["name"], asked.get(packed["name"])
         binary = wanted.binary if wanted else None
+        binary = parsed.binary_output if binary is None else binary
+        if not binary and not (wanted and wanted.classification):
+            outputs.append(codec.json_tensor(packed))  # read from its bytes, no array made
+            continue
+        array = unpack_tensor(packed)
         if wanted and wanted.classification:
             array = classification.top(array, wanted.classification, labels, name)
-        outputs.append((name, array, parsed.binary_output if binary is None else binary))
+        outputs.append((name, array, binary))
     content, header_length = codec.encode_response(header, outputs)
     content, encoding = compression.compress(content, accept)
     headers = {}
