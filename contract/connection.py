@@ -186,8 +186,11 @@ class _Lending:
         await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     # redis-py 5.3's, without its decorator that looks for deprecated arguments on every call
-    # (a dict of them built and emptied each time: ~1 µs of each command's way)
-    get_connection = ConnectionPool.get_connection.__wrapped__
+    # (a dict of them built and emptied each time: ~1 µs of each command's way); an earlier
+    # 5.x has no such decorator, and its own is taken as it is
+    get_connection = getattr(
+        ConnectionPool.get_connection, "__wrapped__", ConnectionPool.get_connection
+    )
 
 
 class _MasterPool(SentinelConnectionPool):
