@@ -12,9 +12,9 @@ redis-py 5's asyncio client has no sharded subscriber, and its cluster client no
 so ``Subscriber`` speaks the protocol itself, on connections of its own: one per master that owns
 a subscribed channel (one in all off a cluster, or in plain mode, where any node hears every
 publication). redis-py opens each (address, TLS, credentials, database); then the subscriber
-reads it in the event loop's callback that receives its bytes (``_Reading``), not through a
-task awaiting redis-py's stream reader: a message is handed on one turn of the loop sooner and
-through fewer layers (a tiny online request's handoff and reply each cross one).
+parses its bytes with hiredis as they arrive and hands the messages on in the loop's next turn
+(``_Reading``), not through a task awaiting redis-py's stream reader: fewer layers a message
+(a tiny online request's handoff and reply each cross one).
 """
 
 from __future__ import annotations
@@ -141,10 +141,9 @@ class Subscriber:
         return item
 
     def deliver_to(self, deliver: Deliver) -> None:
-        """Hand every message to ``deliver`` from now on, as it is read (in the event loop's
-        callback that received it, outside any task): first those read and not yet taken, in
-        order. An exception ``deliver`` raises ends the
-        subscription, and ``until_lost`` raises it."""
+        """Hand every message to ``deliver`` from now on, in the loop's turn after it was read
+        (in a callback, outside any task): first those read and not yet taken, in order. An
+        exception ``deliver`` raises ends the subscription, and ``until_lost`` raises it."""
         while not self._messages.empty():
             item = self._messages.get_nowait()
             if isinstance(item, BaseException):
@@ -226,20 +225,32 @@ class Subscriber:
 
 
 class _Reading(asyncio.Protocol):
-    """Reads a subscriber's connection: its replies parsed (hiredis) as the bytes arrive, each
-    handled at once. What the stream's own protocol did for redis-py's writes (flow control,
-    the close it waits for) is still its own."""
+    """Reads a subscriber's connection: its replies parsed (hiredis) as the bytes arrive, and
+    handled in the loop's next turn. What the stream's own protocol did for redis-py's writes
+    (flow control, the close it waits for) is still its own."""
 
     def __init__(self, subscriber: Subscriber, node: _Node, stream: asyncio.BaseProtocol) -> None:
         self.subscriber = subscriber
         self.node = node
         self.stream = stream
         self.parser = hiredis.Reader()
+        self.loop = asyncio.get_running_loop()
+        self.scheduled = False
 
     def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        if not self.scheduled:
+            # a turn later, as a task reading the connection would see them: the waiters of
+            # replies that Redis wrote in the same turn to this process's other connections
+            # wake first (a WebSocket's `accepted` for a submitted job goes out before the
+            # job's first event on a model's feed, which the same script published)
+            self.scheduled = True
+            self.loop.call_soon(self._handle)
+
+    def _handle(self) -> None:
+        self.scheduled = False
         node = self.node
         try:
-            self.parser.feed(data)
             while not node.ended and (reply := self.parser.gets()) is not False:
                 self.subscriber._reply(node, reply)
         except Exception as exc:
@@ -250,6 +261,7 @@ class _Reading(asyncio.Protocol):
         return False  # closed: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._handle()  # what came before the close first
         self.subscriber._end(self.node, ConnectionError(f"pub/sub connection lost: {exc}"))
         self.stream.connection_lost(exc)
 

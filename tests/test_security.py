@@ -119,7 +119,7 @@ def test_websocket_isolation(secure: TestClient, keyfile: tuple[Path, dict[str, 
         other = submit(secure, acme)  # acme's events must not reach globex's model feed
         ws.send_json({"type": "submit", "ref": 4, **IRIS})
         accepted = ws.receive_json()
-        assert accepted["type"] == "accepted"
+        assert accepted["type"] == "accepted", (accepted, other)
         mine = accepted["job"]["id"]
         seen = []
         while not any(e["job_id"] == mine and e["type"] == "succeeded" for e in seen):
