@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.models import build_mlp  # noqa: E402
-from cli.processes import free_port, start_cli, start_redis, stop, wait_ready  # noqa: E402
+from cli.processes import embedded_redis, free_port, start_cli, stop, wait_ready  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
 
 HEAVY_CONFIG = """description = "8 x (1024x1024 MatMul + Relu), generated for the benchmark"
@@ -65,9 +65,8 @@ class Stack:
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="inferhub-bench-"))
         self.log = (self.dir / "stack.log").open("wb")
-        self.redis_port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.redis = start_redis(self.redis_port, self.dir)
+        # Redis as `inferhub up` runs it: on a Unix socket
+        self.redis, self.redis_url = embedded_redis(self.dir)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.hubs: list[subprocess.Popen[bytes]] = []
         self.ports = [free_port() for _ in range(hubs)]

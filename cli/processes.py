@@ -56,6 +56,22 @@ def bind_problem(host: str, port: int, what: str = "port", flag: str = "--port")
     return None
 
 
+# a Unix socket's path is at most 107 bytes (sun_path); a deeper folder keeps to TCP
+SOCKET_PATH_MAX = 100
+
+
+def embedded_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private Redis for the hub and workers of one host (``inferhub up``, the benchmarks),
+    and the URL they reach it at: its Unix socket where the folder's path fits one, else
+    loopback TCP. Every request crosses Redis twice or more, and a socket's hop is the shorter
+    (docs/performance.md)."""
+    port = free_port()
+    sock = workdir / "redis.sock"
+    if len(str(sock)) > SOCKET_PATH_MAX:
+        return start_redis(port, workdir), f"redis://127.0.0.1:{port}/0"
+    return start_redis(port, workdir, unix_socket=sock), f"unix://{sock}?db=0"
+
+
 def start_redis(
     port: int,
     workdir: Path,
@@ -63,10 +79,12 @@ def start_redis(
     persistent: bool = False,
     databases: int = 16,
     binary: str | None = None,
+    unix_socket: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A private Redis on 127.0.0.1:``port``, append-only when ``persistent``, with
-    ``databases`` databases (Redis's default is 16); returns once it answers. ``binary`` is the
-    server to run (else ``redis_server_binary()``)."""
+    """A private Redis on 127.0.0.1:``port`` (and on ``unix_socket``, for this user alone, if
+    given), append-only when ``persistent``, with ``databases`` databases (Redis's default is
+    16); returns once it answers. ``binary`` is the server to run (else
+    ``redis_server_binary()``)."""
     flags = {
         "port": str(port),
         "databases": str(databases),
@@ -77,6 +95,8 @@ def start_redis(
         "dir": str(workdir),
         "logfile": str(workdir / "redis.log"),
     }
+    if unix_socket is not None:
+        flags |= {"unixsocket": str(unix_socket), "unixsocketperm": "700"}
     proc = subprocess.Popen(
         [binary or redis_server_binary(), *(x for k, v in flags.items() for x in (f"--{k}", v))],
         stdout=subprocess.DEVNULL,

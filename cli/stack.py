@@ -160,7 +160,7 @@ def up(
     Redis is an embedded one unless INFERHUB_REDIS_URL (or --redis-url) names one; Ctrl-C
     stops everything. With no keys file and no INFERHUB_WEBHOOK_SECRET, the hub signs webhooks
     with the secret in ./inferhub-webhook-secret (made on the first run, then kept)."""
-    from cli.processes import free_port, start_cli, start_redis, stop, wait_ready
+    from cli.processes import embedded_redis, start_cli, stop, wait_ready
 
     settings = _settings(
         redis_url=redis_url,
@@ -192,9 +192,8 @@ def up(
         signal.signal(signum, _interrupt)
     try:
         if "INFERHUB_REDIS_URL" not in os.environ and redis_url is None:
-            redis_port = free_port()
-            redis.append(start_redis(redis_port, workdir))
-            settings.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            server, settings.redis_url = embedded_redis(workdir)
+            redis.append(server)
             console.print(
                 f"embedded Redis on {settings.redis_url} (files in {workdir}, removed at exit)",
                 soft_wrap=True,

@@ -16,8 +16,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from helpers import ROOT, wait_for
 
-from cli.processes import free_port, ready
+from cli.processes import SOCKET_PATH_MAX, embedded_redis, free_port, ready, stop
 from cli.stack import stack_webhook_secret
+from contract.connection import connect_sync
 from hub.webhooks import signing
 
 
@@ -171,6 +172,20 @@ def test_up_serves_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
             timeout=20,
         )
         assert r.status_code == 200 and r.json()["status"] == "succeeded"
+        # the embedded Redis is reached on its Unix socket: the online lane's batch and its
+        # answer crossed it too
+        said = (tmp_path / "up.log").read_text()
+        assert "embedded Redis on unix:///" in said and "redis.sock?db=0 " in said, said
+        r = httpx.post(
+            f"{url}/v2/models/digits/infer",
+            json={
+                "inputs": [
+                    {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+                ]
+            },
+            timeout=20,
+        )
+        assert r.status_code == 200 and r.json()["outputs"], r.text
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
             assert triton.is_server_live()  # the hub serves gRPC too
         said = (tmp_path / "up.log").read_text()
@@ -267,3 +282,20 @@ def test_a_wrong_setting_ends_the_command_with_one_line_that_says_what_to_fix() 
     assert "redis+sentinel://[[user]:password@]host:port" in done.stderr
     assert "s3cret" not in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_an_embedded_redis_too_deep_for_a_socket_is_reached_over_tcp(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * (SOCKET_PATH_MAX - len(str(tmp_path))))
+    deep.mkdir()
+    server, url = embedded_redis(deep)
+    try:
+        assert url.startswith("redis://127.0.0.1:") and not (deep / "redis.sock").exists()
+        assert connect_sync(url).ping()
+    finally:
+        stop([server])
+    server, url = embedded_redis(tmp_path)
+    try:
+        assert url == f"unix://{tmp_path / 'redis.sock'}?db=0"
+        assert connect_sync(url).ping()
+    finally:
+        stop([server])
