@@ -297,6 +297,8 @@ class JobStore:
             "max_owner_queued": line.max_owner_queued,
             "max_owner_bytes": line.max_owner_bytes,
             "webhook_wake": keys.webhooks_wake(pool, self.db),
+            # a parked worker is handed the arq job at once (lua/arq.lua's hand_off)
+            **keys.hand_off_args(pool, self.db),
         }
         pool_keys = {
             "log": keys.events_log(pool),
@@ -306,6 +308,7 @@ class JobStore:
             "owner_queued": keys.owner_queued(pool, owner),
             "owner_bytes": keys.owner_bytes(pool, owner),
             "webhooks": keys.webhooks(pool),
+            "parked": keys.parked(pool),
         }
         # no idempotency key: a name in the pool's slot all the same (a cluster refuses a
         # script whose keys lie in two slots), which the scripts leave alone

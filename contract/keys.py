@@ -162,7 +162,8 @@ def worker_lease(pool: str, worker_id: str) -> str:
 
 def parked(pool: str) -> str:
     """Hash: worker id -> its hold (ms) of the pool's idle workers, each waiting on its own
-    ``handoff`` channel for a job the hub queues (``lua/enqueue.lua``, ``workers/loop.py``)."""
+    ``handoff`` channel for a job the hub queues (``lua/arq.lua``'s ``hand_off``, called by
+    the scripts that queue: enqueue, create, create_many; ``workers/loop.py``)."""
     return tag(pool) + "parked"
 
 
@@ -189,9 +190,22 @@ def wake(pool: str, db: int) -> str:
 
 def handoff(pool: str, worker_id: str, db: int) -> str:
     """Pub/sub channel on which the hub hands a job to a parked worker of the pool, claimed on
-    its behalf (``lua/enqueue.lua``); in the pool's slot, so that the script may publish on it."""
+    its behalf (``lua/arq.lua``'s ``hand_off``); in the pool's slot, so that the script may
+    publish on it."""
     tag(pool)
     return _channel(pool, f"handoff:{worker_id}", db)
+
+
+def hand_off_args(pool: str, db: int) -> dict[str, str | int]:
+    """The arguments of ``lua/arq.lua``'s ``hand_off``, as the scripts that queue a job take
+    them."""
+    return {
+        "in_progress_prefix": in_progress_prefix(pool),
+        "retry_prefix": retry_prefix(pool),
+        "retry_ttl_s": RETRY_TTL_S,
+        "lease_prefix": worker_lease(pool, ""),
+        "handoff_prefix": handoff(pool, "", db),
+    }
 
 
 def repository_nudge(db: int) -> str:

@@ -190,13 +190,7 @@ class OnlineLane:
                 "parked": keys.parked(pool),
                 "wake": keys.wake(pool, self.db),
             },
-            args={
-                "in_progress_prefix": keys.in_progress_prefix(pool),
-                "retry_prefix": keys.retry_prefix(pool),
-                "retry_ttl_s": keys.RETRY_TTL_S,
-                "lease_prefix": keys.worker_lease(pool, ""),
-                "handoff_prefix": keys.handoff(pool, "", self.db),
-            },
+            args=keys.hand_off_args(pool, self.db),
         )
 
     def _send_what_may_go(self, line: _Queue, own: _Waiting | None = None) -> _Batch | None:

@@ -494,9 +494,21 @@ CREATE_KEYS = (
     "owner_queued",
     "owner_bytes",
     "webhooks",
+    "parked",
 )
 TRIM_EVERY_MS = 1000  # create.lua's upkeep of an owner's indexes, at most this often
 RECORD = {"id": "j", "status": "queued", "model": "m", "owner": "o", "created_at": "1700000000.0"}
+
+
+def hand_off_args(k: Keys) -> dict[str, Any]:
+    """As contract.keys.hand_off_args names them, under the test's prefix."""
+    return {
+        "in_progress_prefix": k("ip:"),
+        "retry_prefix": k("retry:"),
+        "retry_ttl_s": 600,
+        "lease_prefix": k("worker:"),
+        "handoff_prefix": k("handoff:"),
+    }
 
 
 def create_args(k: Keys, **changes: Any) -> dict[str, Any]:
@@ -517,6 +529,7 @@ def create_args(k: Keys, **changes: Any) -> dict[str, Any]:
         "max_owner_queued": 2,
         "stored_bytes": 100,
         "max_owner_bytes": 1000,
+        **hand_off_args(k),
         "fields": [x for kv in RECORD.items() for x in kv],
         **changes,
     }
@@ -687,6 +700,29 @@ async def test_create_wakes_the_pool(r: Redis, k: Keys) -> None:
         code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
         assert code == 1
         assert await next_message(pubsub) == ""
+
+
+async def test_create_hands_the_job_to_a_live_parked_worker_that_hears(r: Redis, k: Keys) -> None:
+    """As an online batch's enqueue: w1's lease is gone, passed over; w2 holds the job as its
+    claim would and hears 'id tries arq-job'; nobody is woken; the job is made as ever."""
+    await write(r, k, {"parked": Hash({"w1": "1000", "w2": "30000"}), "worker:w2": Str("1")})
+    async with subscribed(r, k("handoff:w2")) as handoffs, subscribed(r, k("wake")) as wake:
+        code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+        assert code == 1
+        assert await next_message(handoffs) == "j 1 payload"
+        await publish(r, k("wake"), "marker")
+        assert await next_message(wake) == "marker"
+    handed = {"ip:j": Str("w2"), "retry:j": Str("1"), "parked": None}
+    await check(r, k, {**CREATED, **handed})
+    assert 0 < await r.pttl(k("ip:j")) <= 30_000
+
+
+async def test_a_refused_create_hands_nothing_to_a_parked_worker(r: Redis, k: Keys) -> None:
+    parked: State = {"parked": Hash({"w2": "30000"}), "worker:w2": Str("1")}
+    await write(r, k, {**parked, **FULL_QUEUE})
+    code, _ = await CREATE(r, keys=k.many(*CREATE_KEYS), args=create_args(k))
+    assert code == 2
+    await check(r, k, {**parked, **FULL_QUEUE, "ip:j": None, "retry:j": None, "record": None})
 
 
 # ---- claim
@@ -875,11 +911,7 @@ async def enqueue(r: Redis, k: Keys) -> str | None:
             "ttl_ms": 60_000,
             "id": "a",
             "score": 7,
-            "in_progress_prefix": k("ip:"),
-            "retry_prefix": k("retry:"),
-            "retry_ttl_s": 600,
-            "lease_prefix": k("worker:"),
-            "handoff_prefix": k("handoff:"),
+            **hand_off_args(k),
         },
     )
     return handed

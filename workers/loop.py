@@ -23,10 +23,11 @@ to the node that owns that slot, following a resharding or a failover (MOVED, AS
   back at once. A worker whose room was full claims again as soon as a job ends.
 - **Handoff.** A claim that leaves room once nothing more is due *parks* the worker (in
   ``keys.parked``, in the same script) while it hears its own channel (``keys.handoff``, beside
-  the wake channel on one subscription). The hub's online enqueue (``contract/lua/enqueue.lua``)
-  takes a parked worker off the set, claims the batch on its behalf (in-progress key, try) and
-  publishes it on that channel, where the worker starts it: no wake-up and no claim round trip
-  on the way of a lone request. The worker parks again with the handed job's end (in the
+  the wake channel on one subscription). The scripts that queue an arq job (the hub's online
+  enqueue and its job creations: ``contract/lua/arq.lua``'s ``hand_off``) take a parked worker
+  off the set, claim the job on its behalf (in-progress key, try) and publish it on that
+  channel, where the worker starts it: no wake-up and no claim round trip on the way of a lone
+  request or job. The worker parks again with the handed job's end (in the
   round trip of its reply), or by a claim when more may be due. A worker whose subscription is
   down does not park (the enqueue also passes over a worker that nobody hears); a handoff lost
   with a connection is held in its name, and its next claim (one follows every
@@ -226,7 +227,7 @@ class WorkerLoop:
         task.add_done_callback(functools.partial(self._ended, job_id))
 
     def _handoff(self, message: bytes) -> None:
-        """A job the hub claimed for this worker (``contract/lua/enqueue.lua``): run it."""
+        """A job the hub claimed for this worker (``contract/lua/arq.lua``'s ``hand_off``): run it."""
         job_id_bytes, tries, raw = message.split(b" ", 2)
         job_id = job_id_bytes.decode()
         if self._stopping or job_id in self._tasks:
@@ -282,7 +283,7 @@ class WorkerLoop:
                         await channels.subscribe(wake, handoff)
                         backoff = 0.05
                         # plain pub/sub on a cluster counts one node's subscribers only: the
-                        # hub could not tell whether a handoff is heard (lua/enqueue.lua)
+                        # hub could not tell whether a handoff is heard (lua/arq.lua's hand_off)
                         self._heard = not isinstance(redis, RedisCluster) or await sharded(redis)
                         self._wake.set()  # claim: a handoff may have been lost meanwhile
 

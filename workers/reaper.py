@@ -4,7 +4,7 @@ arq keeps a job in its queue until it ends and guards it with an in-progress key
 expires only after the job's timeout plus 10 s: a worker killed after claiming jobs would hold
 them that long, whether it had started them or not. The claim (``workers/loop.py``) stores the
 claiming worker's id in that key, and so does the hub when it hands a job to a parked worker
-(``contract/lua/enqueue.lua``). Every worker of a pool also watches the others: a job held by
+(``contract/lua/arq.lua``'s ``hand_off``). Every worker of a pool also watches the others: a job held by
 a worker whose heartbeat has expired gets its in-progress key deleted, the pool is woken, and
 the next poll of any worker runs it (a started job as its next attempt). A live worker's
 heartbeat never expires while it runs, so its jobs are never taken from it; but a worker

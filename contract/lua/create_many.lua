@@ -2,15 +2,16 @@
 -- hub gathered): each job as create.lua creates one (its record and `queued` event, its
 -- idempotency key, its webhook), with its own verdict, in order; the jobs created share one
 -- arq job (`run_jobs`, one queue entry), one update of each index and of the owner's books
--- (append.lua), one wake-up, and one publication of their `queued` events (append.lua's
+-- (append.lua), one handoff to a parked worker (arq.lua's `hand_off`) or else one wake-up, and
+-- one publication of their `queued` events (append.lua's
 -- `publish_all`). The pool's bound counts queue entries (a batch is one), the owner's counts
 -- jobs. The arq job lists the jobs created only (a job refused here never runs): this script
 -- joins their `run` pieces between `payload_head` and `payload_tail` (msgpack: the array's
 -- header is written here, for the jobs it lists).
 -- Returns, per job, what create.lua returns.
--- uses: append
--- KEYS: log queue arq_job index owner_index owner_queued owner_bytes webhooks jobs...
--- ARGV: channel ttl job_maxlen log_maxlen batch_id payload_head payload_tail score created_ms wake max_queued max_owner_queued max_owner_bytes webhook_wake jobs...
+-- uses: append arq
+-- KEYS: log queue arq_job index owner_index owner_queued owner_bytes webhooks parked jobs...
+-- ARGV: channel ttl job_maxlen log_maxlen batch_id payload_head payload_tail score created_ms wake max_queued max_owner_queued max_owner_bytes webhook_wake in_progress_prefix retry_prefix retry_ttl_s lease_prefix handoff_prefix jobs...
 -- The keys of each job (`jobs...`): record events idempotency; its 6 arguments: job_id event
 -- idem_value stored_bytes record run: `record` the record's fields (msgpack: an array of
 -- field, value, ... strings), `run` its entry of the arq job (msgpack). An empty idem_value
@@ -21,12 +22,12 @@ local room = redis.call('ZCARD', K[2]) < tonumber(A[11])
 local owner = owner_books(K[4], K[5], K[6], K[7], created_ms, ttl)
 local results, published, runs = {}, {}, {}
 local records = {}
-for k = 9, #K, 3 do table.insert(records, K[k]) end
+for k = 10, #K, 3 do table.insert(records, K[k]) end
 -- a retried call finds its jobs made: one command tells whether any is
 local retried = redis.call('EXISTS', unpack(records)) > 0
 
-local key = 9
-for i = 15, #A, 6 do
+local key = 10
+for i = 20, #A, 6 do
   local record, events, idempotency = K[key], K[key + 1], K[key + 2]
   if A[i + 2] == '' then idempotency = '' end
   local job_id, stored = A[i], tonumber(A[i + 3])
@@ -66,10 +67,13 @@ end
 if #owner.added > 0 then
   local n = #runs  -- at most 65,535 (the hub gathers GATHER_MOST)
   local header = n < 16 and string.char(0x90 + n) or string.char(0xdc, math.floor(n / 256), n % 256)
-  redis.call('PSETEX', K[3], ttl * 1000, A[6] .. header .. table.concat(runs) .. A[7])
+  local payload = A[6] .. header .. table.concat(runs) .. A[7]
+  redis.call('PSETEX', K[3], ttl * 1000, payload)
   redis.call('ZADD', K[2], A[8], A[5])
   owner_list(owner)
-  redis.call(PUBLISH, A[10], '')
+  if not hand_off(K[9], A[5], payload, A[15], A[16], A[17], A[18], A[19]) then
+    redis.call(PUBLISH, A[10], '')
+  end
 end
 publish_all(A[1], published)
 return results
