@@ -1,5 +1,5 @@
-"""The online enqueue's handoff (contract/lua/enqueue.lua, workers/loop.py) across a real Redis
-and real worker processes: an idle worker parks, the hub hands it a batch claimed on its behalf
+"""The handoff (contract/lua/arq.lua's hand_off, workers/loop.py) across a real Redis and real
+worker processes: an idle worker parks, the hub hands it a batch or a job claimed on its behalf
 (no wake-up, no claim), and what goes wrong on the way (the worker killed or stopping before it
 reads the handoff) leaves no batch behind.
 
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -35,7 +36,7 @@ from hub.online import OnlineLane
 
 TOPOLOGIES = ("single", "cluster")
 
-POOLS = ("hand-answered", "hand-killed", "hand-stopped")
+POOLS = ("hand-answered", "hand-killed", "hand-stopped", "hand-jobs")
 """One pool per test, each serving a copy of the digits model named as the pool."""
 
 DIGITS = ROOT / "models" / "digits"
@@ -155,6 +156,31 @@ async def test_a_batch_handed_to_a_parked_worker_is_answered(
             await until(lambda: redis.hexists(parked, worker_id), "the worker to park")
             feed = rows(seed)
             assert_digits(await infer(lane, pool, feed), feed)
+        assert await first_heard() == b"marker"
+    await until(lambda: redis.hexists(parked, worker_id), "the worker to park again")
+    assert not holders(redis, pool)
+
+
+async def test_a_job_created_for_a_parked_worker_is_handed_to_it(
+    transient: Stack, pool_models: Path, redis: Redis, redis_url: str
+) -> None:
+    """A durable job goes to the parked worker as a batch does (create.lua), runs, and the
+    worker parks again: no wake-up is ever published."""
+    pool = "hand-jobs"
+    _, worker_id = await asyncio.to_thread(start, transient, pool_models, pool, "worker")
+    hub = await asyncio.to_thread(transient.hub, "hub")
+    parked = keys.parked(pool)
+    async with (
+        wake_channel(redis_url, pool) as first_heard,
+        httpx.AsyncClient(base_url=hub.url, timeout=30) as http,
+    ):
+        for seed in range(3):
+            await until(lambda: redis.hexists(parked, worker_id), "the worker to park")
+            feed = rows(seed)
+            job = {"model": pool, "data": feed["input"].tolist()}
+            done = await http.post("/v1/jobs", json=job, headers={"Prefer": "wait=20"})
+            assert done.status_code == 200 and done.json()["status"] == "succeeded", done.text
+            assert done.json()["attempt"] == 1
         assert await first_heard() == b"marker"
     await until(lambda: redis.hexists(parked, worker_id), "the worker to park again")
     assert not holders(redis, pool)
