@@ -2,12 +2,13 @@
 
 For each scenario it drives a closed loop (one row per request, V2 JSON) against inferhub's
 online lane (``/v2 infer``), the no-queue baseline (bench/baseline.py: FastAPI calling
-onnxruntime in the event loop) and, for the jobs lane, ``/v1/jobs`` with ``Prefer: wait``; it
+onnxruntime in the event loop) and, for the jobs lane, ``/v1/jobs`` with ``Prefer: wait``, in
+turns (four windows each, so that a drift of the machine's speed falls on all alike); it
 measures onnxruntime in process on the same model, counts the Redis commands per request
 (``INFO commandstats`` before and after) and the CPU each server process used per request
 (steadier than rows/s on a shared machine), and prints the ratios.
 
-    python bench/lanes.py                     # every scenario, ~10 s each
+    python bench/lanes.py                     # every scenario, ~10 s a target
     python bench/lanes.py --seconds 5 --only tiny-c64
     python bench/lanes.py --only heavy-c32 --profile /tmp/spy   # py-spy of hub and worker
     python bench/lanes.py --only tiny-c64 --profile /tmp/spy --profiled jobs
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,25 @@ from bench.load import (  # noqa: E402
 )
 from cli.processes import free_port, stop, wait_ready  # noqa: E402
 from workers.repository import load_repository  # noqa: E402
+
+ROUNDS = 4
+"""Windows per target and scenario, taken in turns (``measure``)."""
+
+
+@dataclass
+class Totals:
+    """One target's figures summed over its windows."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall: float = 0.0  # the closed loop's own
+    elapsed: float = 0.0  # with the CPU readings around it, for the cores idle
+    idle: float = 0.0
+    loadgen: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    commands: dict[str, float] = field(default_factory=dict)
+    batches: float = 0.0
+    batched: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,19 +124,10 @@ def online_batches(url: str) -> tuple[float, float]:
     return counts["inferhub_online_batches_total"], counts["inferhub_online_batched_requests_total"]
 
 
-def drive(
-    url: str, endpoint: str, model: str, concurrency: int, seconds: float, rows: Any
-) -> dict[str, Any]:
-    requests = [
+def bodies(model: str, endpoint: str, rows: Any) -> list[tuple[str, bytes, dict[str, str]]]:
+    return [
         build_body(endpoint, model, "x" if model == "heavy" else "input", r[None]) for r in rows
     ]
-    latencies, _, errors, wall = asyncio.run(closed_loop([url], requests, concurrency, seconds))
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "rows_per_s": round(len(latencies) / wall, 1),
-        "latency_ms": percentiles(latencies),
-    }
 
 
 def profilers(
@@ -160,35 +171,63 @@ def measure(
     targets = [("baseline", baseline_url, "v2"), ("online", stack.urls[0], "v2")]
     if scenario.model != "heavy":
         targets.append(("jobs", stack.urls[0], "v1"))
-    for name, url, endpoint in targets:
-        drive(url, endpoint, scenario.model, scenario.concurrency, 1.0, rows[:2000])  # warm up
-        # the CPU per request reads truer than rows/s on a shared machine
-        pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
-        spies = profilers(
-            profile if name == profiled else None, f"{scenario.name}-{name}", pids, seconds
-        )
-        before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
-        loadgen, idle_before, began = sum(os.times()[:2]), idle_s(), time.monotonic()
-        batches = online_batches(stack.urls[0])
-        figures = drive(url, endpoint, scenario.model, scenario.concurrency, seconds, rows)
-        cores_idle = (idle_s() - idle_before) / (time.monotonic() - began)
-        loadgen = sum(os.times()[:2]) - loadgen
-        for spy in spies:
-            spy.wait(timeout=seconds + 30)
-        served = max(figures["requests"], 1)
-        cpu = {k: round(1e6 * (cpu_s(v) - cpu_before[k]) / served) for k, v in pids.items()}
-        figures["server_cpu_us_per_request"] = cpu.pop("hub")
-        cpu["loadgen"] = round(1e6 * loadgen / served)  # this process, the client
-        figures["cpu_us_per_request_beside"] = cpu  # the worker's, Redis's and the client's
-        figures["cores_idle"] = round(cores_idle, 2)  # of the machine's, during the run
-        if name == "online":
+    requests = {endpoint: bodies(scenario.model, endpoint, rows) for _, _, endpoint in targets}
+    for _, url, endpoint in targets:  # warm up
+        asyncio.run(closed_loop([url], requests[endpoint][:2000], scenario.concurrency, 1.0))
+    # the targets take turns, ROUNDS windows each, so that a drift of the machine's speed
+    # during the scenario falls on all of them alike; a profile wants one window of its own
+    rounds = 1 if profile else ROUNDS
+    totals = {name: Totals() for name, _, _ in targets}
+    for _ in range(rounds):
+        for name, url, endpoint in targets:
+            # the CPU per request reads truer than rows/s on a shared machine
+            pids = stack.pids() if name != "baseline" else {"hub": [baseline_pid]}
+            spies = profilers(
+                profile if name == profiled else None, f"{scenario.name}-{name}", pids, seconds
+            )
+            total = totals[name]
+            before, cpu_before = redis_calls(counter), {k: cpu_s(v) for k, v in pids.items()}
+            loadgen, idle_before, began = sum(os.times()[:2]), idle_s(), time.monotonic()
+            batches = online_batches(stack.urls[0])
+            latencies, _, errors, wall = asyncio.run(
+                closed_loop([url], requests[endpoint], scenario.concurrency, seconds / rounds)
+            )
+            total.idle += idle_s() - idle_before
+            total.elapsed += time.monotonic() - began
+            total.loadgen += sum(os.times()[:2]) - loadgen
+            for spy in spies:
+                spy.wait(timeout=seconds + 30)
+            for k, v in pids.items():
+                total.cpu[k] = total.cpu.get(k, 0.0) + cpu_s(v) - cpu_before[k]
+            for k, n in per_request(before, redis_calls(counter), 1).items():
+                total.commands[k] = total.commands.get(k, 0.0) + n
+            total.latencies += latencies
+            total.errors += errors
+            total.wall += wall
             sent, batched = (
                 b - a for a, b in zip(batches, online_batches(stack.urls[0]), strict=True)
             )
-            figures["requests_per_batch"] = round(batched / max(sent, 1), 1)
-        commands = per_request(before, redis_calls(counter), figures["requests"])
-        figures["redis_commands_per_request"] = round(sum(commands.values()), 2)
-        figures["redis_commands"] = commands
+            total.batches += sent
+            total.batched += batched
+    for name, total in totals.items():
+        served = max(len(total.latencies), 1)
+        figures: dict[str, Any] = {
+            "requests": len(total.latencies),
+            "errors": total.errors,
+            "rows_per_s": round(len(total.latencies) / total.wall, 1),
+            "latency_ms": percentiles(total.latencies),
+        }
+        cpu = {k: round(1e6 * v / served) for k, v in total.cpu.items()}
+        figures["server_cpu_us_per_request"] = cpu.pop("hub")
+        cpu["loadgen"] = round(1e6 * total.loadgen / served)  # this process, the client
+        figures["cpu_us_per_request_beside"] = cpu  # the worker's, Redis's and the client's
+        figures["cores_idle"] = round(total.idle / total.elapsed, 2)  # of the machine's
+        if name == "online":
+            figures["requests_per_batch"] = round(total.batched / max(total.batches, 1), 1)
+        commands = {k: round(n / served, 2) for k, n in total.commands.items()}
+        ranked = dict(sorted(commands.items(), key=lambda kv: -kv[1]))
+        figures["redis_commands"] = {k: n for k, n in ranked.items() if n > 0}
+        figures["redis_commands_per_request"] = round(sum(total.commands.values()) / served, 2)
         result[name] = figures
     threads = model.config.onnxruntime.intra_op_num_threads
     result["onnxruntime"] = {
