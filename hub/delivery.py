@@ -29,7 +29,8 @@ from contract import keys
 from contract.events import TERMINAL, Event, stream_key
 from contract.jobstore import JobStore, Position
 from hub import frames
-from hub.fanout import Fanout, Gap, Key, SlowConsumer
+from hub.fanout import Fanout
+from hub.subscription import Gap, Key, SlowConsumer
 
 CLOCK_SKEW_MS = 1000
 """How far behind this process's clock a Redis server's may be: a feed followed from now

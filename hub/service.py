@@ -25,13 +25,14 @@ from contract.position import Position
 from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
 from hub.delivery import Delivery, Done, Reset, Sink, Topic, delivery
-from hub.fanout import Fanout, Tick
+from hub.fanout import Fanout
 from hub.jobview import FINISHED, PendingJob, job_view
 from hub.observer import NOBODY, Observer
 from hub.online import OnlineLane
 from hub.ratelimit import RateLimiter
 from hub.schemas import JobRequest, Webhook
 from hub.streams import TenantStreams
+from hub.subscription import Tick
 from hub.tracing import carried
 from hub.validation import check_arrays, check_outputs, decode_inputs
 from hub.webhooks import record as webhook_record

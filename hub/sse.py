@@ -25,8 +25,8 @@ from contract.events import Event
 from hub import frames
 from hub.delivery import Reset, Resumed
 from hub.eventsource import MEDIA_TYPE
-from hub.fanout import SlowConsumer, Tick
 from hub.outbox import Outbox, Stuck
+from hub.subscription import SlowConsumer, Tick
 from hub.wire import Wire
 
 log = logging.getLogger(__name__)

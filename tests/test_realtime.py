@@ -24,7 +24,7 @@ from stack import Hub, Stack, Stacks
 
 from cli.processes import ready
 from contract.events import Event, EventType
-from hub.fanout import SlowConsumer, Subscription
+from hub.subscription import SlowConsumer, Subscription
 
 TOPOLOGIES = ("single", "cluster")
 

@@ -31,12 +31,12 @@ from hub import frames
 from hub.auth import Principal
 from hub.delivery import Delivery, Done, Reset, Topic
 from hub.deps import ServiceDep, SettingsDep, authenticate
-from hub.fanout import SlowConsumer, Tick
 from hub.jobview import FINISHED
 from hub.metrics.stats import Frame, StatsFeed
 from hub.outbox import Outbox, Stuck
 from hub.schemas import JobRequest
 from hub.service import JobService
+from hub.subscription import SlowConsumer, Tick
 from hub.wire import Wire
 
 log = logging.getLogger(__name__)
