@@ -119,7 +119,12 @@ def run(stack: Stack, block: Block, code: str) -> str:
         except subprocess.TimeoutExpired:
             os.killpg(done.pid, signal.SIGKILL)
             stdout, stderr = done.communicate()
-            raise AssertionError(f"{block.where} ran over {BLOCK_TIMEOUT_S} s:\n{code}") from None
+            # what it printed before it stopped, and what the stack logged: where it waited
+            logged = (stack.clone.parent / "up.log").read_text(errors="replace").splitlines()
+            raise AssertionError(
+                f"{block.where} ran over {BLOCK_TIMEOUT_S} s:\n{code}\nprinted\n{stdout}\n"
+                f"and on stderr\n{stderr}\nthe stack's last lines:\n" + "\n".join(logged[-60:])
+            ) from None
     said = f"{code}\nprinted\n{stdout}\nand on stderr\n{stderr}"
     assert done.returncode == 0, f"{block.where}: exit {done.returncode}:\n{said}"
     # stdout only: what stderr shows on a terminal (curl's meter, when its output is piped as
