@@ -290,12 +290,14 @@ def test_an_embedded_redis_too_deep_for_a_socket_is_reached_over_tcp(tmp_path: P
     server, url = embedded_redis(deep)
     try:
         assert url.startswith("redis://127.0.0.1:") and not (deep / "redis.sock").exists()
-        assert connect_sync(url).ping()
+        with connect_sync(url) as client:
+            assert client.ping()
     finally:
         stop([server])
     server, url = embedded_redis(tmp_path)
     try:
         assert url == f"unix://{tmp_path / 'redis.sock'}?db=0"
-        assert connect_sync(url).ping()
+        with connect_sync(url) as client:
+            assert client.ping()
     finally:
         stop([server])
