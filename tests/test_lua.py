@@ -1129,6 +1129,67 @@ async def test_reap_wakes_the_pool_only_when_it_released(
         assert await next_message(pubsub) == ("" if wakes else "marker")
 
 
+# ---- give_back: a worker with no room for jobs held in its name
+
+GIVE_BACK = scripts.load("give_back")
+
+
+def give_back_args(k: Keys, *ids: str) -> dict[str, Any]:
+    return {
+        "in_progress_prefix": k("ip:"),
+        "retry_prefix": k("retry:"),
+        "worker_id": "me",
+        "ids": list(ids),
+    }
+
+
+async def test_give_back_undoes_its_holds_and_their_tries_and_wakes_the_pool(
+    r: Redis, k: Keys
+) -> None:
+    """a: its first try undone (the count goes); b: its third (back to two); c: held by
+    another worker since (the reaper released it, another claimed it): left as it is."""
+    await write(
+        r,
+        k,
+        {
+            "queue": ZSet({"a": 1, "b": 2, "c": 3}),
+            "ip:a": Str("me", px=HOLD_MS),
+            "ip:b": Str("me", px=HOLD_MS),
+            "ip:c": Str("w2", px=HOLD_MS),
+            "retry:a": Str("1"),
+            "retry:b": Str("3"),
+            "retry:c": Str("1"),
+        },
+    )
+    async with subscribed(r, k("wake")) as pubsub:
+        given = await GIVE_BACK(r, keys=k.many("wake"), args=give_back_args(k, "a", "b", "c"))
+        assert given == ["a", "b"]
+        assert await next_message(pubsub) == ""
+    await check(
+        r,
+        k,
+        {
+            "queue": ZSet({"a": 1, "b": 2, "c": 3}),  # queued as they were: a claim takes them
+            "ip:a": None,
+            "ip:b": None,
+            "ip:c": Str("w2"),
+            "retry:a": None,
+            "retry:b": Str("2"),
+            "retry:c": Str("1"),
+        },
+    )
+
+
+async def test_give_back_of_nothing_held_is_silent(r: Redis, k: Keys) -> None:
+    await write(r, k, {"queue": ZSet({"a": 1}), "ip:a": Str("w2", px=HOLD_MS)})
+    before = await snapshot(r, k)
+    async with subscribed(r, k("wake")) as pubsub:
+        assert await GIVE_BACK(r, keys=k.many("wake"), args=give_back_args(k, "a", "z")) == []
+        await publish(r, k("wake"), "marker")
+        assert await next_message(pubsub) == "marker"
+    assert await snapshot(r, k) == before
+
+
 # ---- queue_stats
 
 QUEUE_STATS = scripts.load("queue_stats")

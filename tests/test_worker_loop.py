@@ -30,6 +30,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from contract import keys
+from contract.channels import publish
 from contract.connection import connect, database
 from contract.jobstore import RUN_JOB, Created, JobStore, Limits
 from contract.records import JobArgs, JobRecord
@@ -333,6 +334,74 @@ async def test_a_handoff_the_worker_missed_is_claimed_back(
     await serve_until_deleted(redis_url, pool, keys.arq_job_prefix(pool) + job_id, loop=loop)
     assert tries == [1]
     assert await ended(r, pool, job_id)
+
+
+async def test_a_handoff_that_finds_the_worker_full_is_given_back_and_runs_later(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    """max_jobs holds when a handoff crosses a claim that filled the room (the hub took the
+    worker off the parked set as its claim was on its way): the handed job is not run beside
+    the others; its hold and its try are undone (contract/lua/give_back.lua), and it runs on
+    its first try once there is room."""
+    first, _ = await enqueue(r, pool)
+    started: list[tuple[str, int]] = []
+    running, most = 0, 0
+    first_runs, first_may_end = asyncio.Event(), asyncio.Event()
+
+    async def job(ctx: dict[str, Any], **_: Any) -> None:
+        nonlocal running, most
+        started.append((ctx["job_id"], ctx["job_try"]))
+        running += 1
+        most = max(most, running)
+        try:
+            if ctx["job_id"] == first:
+                first_runs.set()
+                await first_may_end.wait()
+        finally:
+            running -= 1
+
+    loop = worker(redis_url, pool, [Function(RUN_JOB, job, LONG_S, max_tries=5)])
+    loop.max_jobs = 1
+    served = asyncio.create_task(loop.serve())
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await first_runs.wait()
+            second, _ = await enqueue(r, pool)  # queued: the worker, full, neither parks nor claims
+            hold = keys.in_progress_prefix(pool) + second
+            arq_job = keys.arq_job_prefix(pool) + second
+            async with r.pubsub() as pubsub:
+                space = f"__keyspace@{database(r)}__:"
+                await pubsub.subscribe(space + hold, space + arq_job)
+                for _ in range(2):
+                    assert (await pubsub.get_message(timeout=10) or {}).get("type") == "subscribe"
+
+                async def deleted(key: str) -> None:
+                    async for message in pubsub.listen():
+                        if (
+                            message["channel"] == (space + key).encode()
+                            and message["data"] == b"del"
+                        ):
+                            return
+
+                # handed as lua/arq.lua's hand_off hands a job: held in the worker's name, its
+                # first try counted, 'id tries arq-job' on its channel
+                await r.set(hold, loop.worker_id, px=loop.hold_ms)
+                await r.set(keys.retry_prefix(pool) + second, 1)
+                raw = await r.get(arq_job)
+                assert raw is not None
+                channel = keys.handoff(pool, loop.worker_id, database(r))
+                await publish(r, channel, f"{second} 1 ".encode() + raw)
+                await deleted(hold)
+                assert started == [(first, 1)]
+                assert await r.get(keys.retry_prefix(pool) + second) is None  # the try undone
+                first_may_end.set()
+                await deleted(arq_job)  # the second ran and ended
+    finally:
+        loop.stop()
+        await served
+    assert started == [(first, 1), (second, 1)]
+    assert most == 1
+    assert await ended(r, pool, second)
 
 
 async def test_an_idle_worker_parks_and_a_stopped_one_unparks(

@@ -31,7 +31,12 @@ to the node that owns that slot, following a resharding or a failover (MOVED, AS
   round trip of its reply), or by a claim when more may be due. A worker whose subscription is
   down does not park (the enqueue also passes over a worker that nobody hears); a handoff lost
   with a connection is held in its name, and its next claim (one follows every
-  resubscription) takes it as claimed.
+  resubscription) takes it as claimed. ``max_jobs`` holds across the two ways in: a handoff
+  that crossed a claim which filled the room (the claim was on its way as the hub took the
+  worker off the parked set), or a claim's job that a handoff's took the room of, is given
+  back (``contract/lua/give_back.lua``: its hold and its try undone, the pool woken) before
+  the next claim, and runs when a worker has room. A handed job that parked with its end
+  leaves its room to the next handoff while that end's reply is on its way.
 - **Outages.** A failed claim is logged and tried again at the next poll; the wake channel
   reconnects with backoff; a worker started before Redis waits for it (30 tries, 1 s apart).
 - **Stop.** ``stop`` (SIGINT, SIGTERM) ends claiming and cancels the running jobs: each goes
@@ -65,6 +70,7 @@ from workers.reaper import release
 log = logging.getLogger(__name__)
 
 CLAIM = scripts.load("claim")
+GIVE_BACK = scripts.load("give_back")
 
 CLAIM_PAGE = 256
 """Queue entries read per step of the claim script."""
@@ -110,6 +116,7 @@ class WorkerLoop:
         # takes a job held in this worker's name that it does not run)
         self._handed_meanwhile: set[str] | None = None
         self._handed: dict[str, bool] = {}  # the handed jobs running -> parked with their end
+        self._give_back: set[str] = set()  # held in its name, no room to run them: given back
 
     def running(self) -> list[str]:
         """The ids of the jobs this worker runs now (the reaper keeps its claims on them)."""
@@ -182,8 +189,15 @@ class WorkerLoop:
                 async with asyncio.timeout(self.poll_delay_s):
                     await self._wake.wait()
 
+    def _full(self) -> bool:
+        """Whether ``max_jobs`` run: a handed job that parked with its end runs no more."""
+        return len(self._tasks) - sum(self._handed.values()) >= self.max_jobs
+
     async def _claim(self, redis: Redis) -> None:
-        """Claim up to the room there is of the due jobs no worker holds, and run them."""
+        """Give back what it has no room for; claim up to the room there is of the due jobs
+        no worker holds, and run them."""
+        if self._give_back:
+            await self._give_back_held(redis)
         room = self.max_jobs - len(self._tasks)
         self._backlog = room <= 0
         if room <= 0:
@@ -217,8 +231,34 @@ class WorkerLoop:
         self._backlog = len(claimed) // 4 == room
         for i in range(0, len(claimed), 4):  # {id, score, arq job, tries, ...}
             job_id = claimed[i].decode()
-            if job_id not in handed:  # else started (and maybe ended) from its handoff
+            if job_id in handed:
+                continue  # started (and maybe ended) from its handoff
+            if self._full():  # handoffs meanwhile took the room
+                self._give_back.add(job_id)
+                self._wake.set()
+            else:
+                self._give_back.discard(job_id)  # a handoff given back, the claim's after all
                 self._start(job_id, claimed[i + 2], claimed[i + 3])
+
+    async def _give_back_held(self, redis: Redis) -> None:
+        ids = sorted(self._give_back)
+        given = await GIVE_BACK(
+            redis,
+            keys={"wake": keys.wake(self.pool, database(redis))},
+            args={
+                "in_progress_prefix": keys.in_progress_prefix(self.pool),
+                "retry_prefix": keys.retry_prefix(self.pool),
+                "worker_id": self.worker_id,
+                "ids": ids,
+            },
+        )
+        self._give_back.difference_update(ids)
+        for job_id in given:
+            log.info(
+                "job %s: no room for it here (max_jobs %d); given back",
+                job_id.decode(),
+                self.max_jobs,
+            )
 
     def _start(self, job_id: str, raw: bytes | None, tries: int) -> None:
         assert self._attempts is not None
@@ -232,6 +272,10 @@ class WorkerLoop:
         job_id = job_id_bytes.decode()
         if self._stopping or job_id in self._tasks:
             return  # stopping: _unpark gives it back; else the claim took it first
+        if self._full():  # it crossed a claim that filled the room
+            self._give_back.add(job_id)
+            self._wake.set()
+            return
         if self._handed_meanwhile is not None:
             self._handed_meanwhile.add(job_id)
         self._handed[job_id] = False

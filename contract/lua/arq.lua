@@ -1,5 +1,5 @@
 -- Shared by the scripts that take an arq job for a worker (prepended to each that says
--- "uses: arq"): claim.lua, enqueue.lua, create.lua, create_many.lua.
+-- "uses: arq"): claim.lua, enqueue.lua, create.lua, create_many.lua, give_back.lua.
 
 -- Sharded from Redis 7, as contract/channels.py subscribes (every channel here is of the
 -- pool's slot).
