@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -95,11 +95,14 @@ class TextFormatter(logging.Formatter):
         self._second = (-1, "")  # the last second formatted, and its text
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._clock(record.created, record.msecs)
+
+    def _clock(self, created: float, msecs: float) -> str:
         # a second's text is made once, not for each of its lines
-        second = int(record.created)
+        second = int(created)
         if second != self._second[0]:
             self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
-        return f"{self._second[1]},{int(record.msecs):03d}"
+        return f"{self._second[1]},{int(msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -110,6 +113,12 @@ class TextFormatter(logging.Formatter):
             return line
         head, newline, trace = line.partition("\n")  # keep a traceback below the ids
         return f"{head} {ids}{newline}{trace}"
+
+    def line(self, created: float, name: str, message: str, fields: Mapping[str, Any]) -> str:
+        """An INFO line of ``name`` as ``format`` writes its record (``job_line``)."""
+        head = f"{self._clock(created, _msecs(created))} INFO {name}: {message}"
+        ids = [f" {k}={v}" for k in CONTEXT_FIELDS if (v := fields.get(k)) is not None]
+        return head + "".join(ids) if ids else head
 
 
 class JsonFormatter(logging.Formatter):
@@ -130,6 +139,20 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(line, default=str).decode()
 
+    def line(self, created: float, name: str, message: str, fields: Mapping[str, Any]) -> str:
+        """An INFO line of ``name`` as ``format`` writes its record (``job_line``)."""
+        head = {
+            "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": "info",
+            "logger": name,
+            "message": message,
+        }
+        return orjson.dumps(head | dict(fields), default=str).decode()
+
+
+def _msecs(created: float) -> float:
+    return int((created - int(created)) * 1000) + 0.0  # as LogRecord makes it
+
 
 class _TurnWriter(logging.StreamHandler):  # type: ignore[type-arg]  # generic in typeshed only
     """Writes the lines logged in one turn of the running event loop in one write, at the
@@ -139,13 +162,24 @@ class _TurnWriter(logging.StreamHandler):  # type: ignore[type-arg]  # generic i
         super().__init__(stream)
         self._lines: list[str] = []
         self._due = False
+        # an INFO line made without a record (``job_line``), by one of this module's formatters
+        self.line: Callable[[float, str, str, Mapping[str, Any]], str] | None = None
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        self.line = fmt.line if isinstance(fmt, TextFormatter | JsonFormatter) else None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._lines.append(self.format(record) + self.terminator)
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self.add(line)
+
+    def add(self, line: str) -> None:
+        """Write ``line`` with the others of this turn."""
+        self._lines.append(line + self.terminator)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a thread of its own, or no loop
@@ -173,6 +207,46 @@ def handler(log_format: str = "text", stream: IO[str] | None = None) -> logging.
     out.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     out.addFilter(_ContextFilter())
     return out
+
+
+def job_line(message: str, **fields: Any) -> None:
+    """``JOBS.info(message, extra=fields)``: a job's line on its hot path. Where ``setup``'s
+    handler is the line's only way out, the line is written to it as its formatter would
+    write the record, with the context's ids, and no record is made, filtered or dispatched
+    (~27 µs a line through ``logging`` on this project's 2-core machine, a few here); else
+    (a test's ``caplog``, handlers of one's own) it goes through ``logging`` as ever."""
+    if not JOBS.isEnabledFor(logging.INFO):
+        return
+    out = _sole_handler(JOBS)
+    if out is None or out.line is None:
+        JOBS.info(message, extra=fields)
+        return
+    context = _context.get()
+    if context:  # as _ContextFilter adds them: what the extra fields do not say already
+        for name, value in context.items():
+            if name not in fields and not name.startswith("_") and name not in _STANDARD:
+                fields[name] = value
+    out.add(out.line(time.time(), JOBS.name, message, fields))
+
+
+def _sole_handler(logger: logging.Logger) -> _TurnWriter | None:
+    """The handler ``handler`` made, if it alone takes the INFO lines of ``logger`` as it made
+    it (its context filter, one of its two formatters); else None."""
+    if logger.disabled or logger.filters:
+        return None
+    found: _TurnWriter | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for out in current.handlers:
+            if found is not None or type(out) is not _TurnWriter or out.level > logging.INFO:
+                return None
+            if out.line is None or len(out.filters) != 1:
+                return None
+            if type(out.filters[0]) is not _ContextFilter:
+                return None
+            found = out
+        current = current.parent if current.propagate else None
+    return found
 
 
 def setup(log_format: str = "text", level: int | str = logging.INFO) -> None:

@@ -20,7 +20,7 @@ from contract import outputs as outputs_store
 from contract.errors import Conflict, MalformedRequest, NotFound, OverCapacity, Unavailable
 from contract.events import Event, JobStatus, stream_key
 from contract.jobstore import Created, JobStore
-from contract.logs import JOBS, current_request_id, note_job
+from contract.logs import JOBS, current_request_id, job_line, note_job
 from contract.position import Position
 from contract.tensors import datatype_of, pack_tensor
 from hub.catalogue import Catalogue
@@ -291,15 +291,13 @@ class JobService:
                 await inputs_store.remove(self.store.redis, record["id"])
         if created is Created.CREATED:
             note_job(record["id"])
-            JOBS.info(
+            job_line(
                 "job queued",
-                extra={
-                    "event": "queued",
-                    "job_id": record["id"],
-                    "model": record["model"],
-                    "rows": record["rows"],
-                    "pool": record["pool"],
-                },
+                event="queued",
+                job_id=record["id"],
+                model=record["model"],
+                rows=record["rows"],
+                pool=record["pool"],
             )
         return created, existing
 

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from contract import keys
-from contract.logs import bound, handler
+from contract.logs import JOBS, bound, handler, job_line
 
 # --- the stack: two workers, two hubs ----------------------------------------------------------
 
@@ -230,6 +230,91 @@ def test_text_log_lines_show_the_ids() -> None:
     line = orjson.loads(json_out.getvalue())
     assert line["request_id"] == "r-2" and line["job_id"] == "j-2" and line["error"] == "boom"
     assert line["level"] == "warning" and line["logger"] == "inferhub.test-text"
+
+
+@pytest.fixture
+def jobs_logger() -> Iterator[None]:
+    """``inferhub.jobs`` as a process's ``setup`` leaves it, on a handler of the test's own:
+    its lines go there alone (not to the root's, which pytest's capture holds)."""
+    saved = JOBS.handlers, JOBS.propagate, JOBS.level
+    JOBS.propagate = False
+    JOBS.setLevel(logging.INFO)
+    yield
+    JOBS.handlers, JOBS.propagate = saved[0], saved[1]
+    JOBS.setLevel(saved[2])
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_job_line_is_the_line_logging_writes(jobs_logger: None, log_format: str) -> None:
+    """``job_line`` writes to the sole handler without a record (a job's hot path): the same
+    line as ``JOBS.info`` would, the time aside; a field given beats the context's, and a
+    context field of its own (``_jobs``) is not shown."""
+    out = io.StringIO()
+    JOBS.handlers = [handler(log_format, out)]
+    fields = {"event": "started", "model": "iris", "attempt": 2, "job_id": "j-given"}
+    made = logging.getLogRecordFactory()
+    records = 0
+
+    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        nonlocal records
+        records += 1
+        return made(*args, **kwargs)
+
+    logging.setLogRecordFactory(counted)
+    try:
+        for context in ({}, {"request_id": "r-1", "job_id": "j-ctx", "_jobs": ["x"], "pool": "p"}):
+            with bound(**context):
+                job_line("job started", **fields)
+                JOBS.info("job started", extra=fields)
+    finally:
+        logging.setLogRecordFactory(made)
+    assert records == 2  # JOBS.info's: job_line made none
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    if log_format == "text":
+        # the time: 2026-12-07 21:05:08,922
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+        assert all(re.match(stamp, line) for line in lines)
+        bare = [line[24:] for line in lines]
+        assert bare[0] == bare[1] == "INFO inferhub.jobs: job started job_id=j-given"
+        assert bare[2] == bare[3] == "INFO inferhub.jobs: job started request_id=r-1 job_id=j-given"
+    else:
+        parsed = [orjson.loads(line) for line in lines]
+        for line in parsed:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line.pop("ts"))
+        head = [("level", "info"), ("logger", "inferhub.jobs"), ("message", "job started")]
+        assert [list(line.items()) for line in parsed[:2]] == [[*head, *fields.items()]] * 2
+        assert list(parsed[2].items()) == list(parsed[3].items())
+        assert parsed[2] == {
+            "level": "info",
+            "logger": "inferhub.jobs",
+            "message": "job started",
+            **fields,
+            "request_id": "r-1",
+            "pool": "p",
+        }
+
+
+def test_a_job_line_goes_through_logging_to_other_handlers(jobs_logger: None) -> None:
+    """A handler of one's own beside the process's (a test's caplog, a log shipper): the line
+    is a record, as ever, that both get; below INFO nothing is written."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    out = io.StringIO()
+    JOBS.handlers = [handler("text", out), Keep()]
+    with bound(request_id="r-1"):
+        job_line("job queued", event="queued", job_id="j-1")
+    assert [(r.getMessage(), r.__dict__["job_id"], r.__dict__["request_id"]) for r in records] == [
+        ("job queued", "j-1", "r-1")
+    ]
+    assert out.getvalue().rstrip().endswith("job queued request_id=r-1 job_id=j-1")
+    JOBS.setLevel(logging.WARNING)
+    job_line("job queued", event="queued", job_id="j-2")
+    assert len(records) == 1 and "j-2" not in out.getvalue()
 
 
 # --- graceful shutdown ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from contract import keys, tracing
 from contract import outputs as outputs_store
 from contract.events import EventType, JobStatus
 from contract.jobstore import JobStore, Step
-from contract.logs import JOBS, bound
+from contract.logs import bound, job_line
 from contract.tensors import unpack_tensor, view_tensor
 from workers.batcher import Batcher
 from workers.heartbeat import count_job
@@ -95,7 +95,7 @@ async def _run(
         return
 
     def log_started() -> None:
-        JOBS.info("job started", extra={"event": "started", "model": model, "attempt": attempt})
+        job_line("job started", event="started", model=model, attempt=attempt)
 
     async def emit(step: Step, *more: Step) -> tuple[bool, bool]:
         """Apply the steps in one round trip: whether the first was, and whether a cancel
@@ -193,7 +193,7 @@ async def _run(
     count_job(stats, model, status.value)  # the worker's figures, sent with its heartbeat
     stats.setdefault("batchers", ctx["batchers"])
     detail = {"error": data["error"]} if "error" in data else {}
-    JOBS.info("job %s", status.value, extra={"event": status.value, "model": model, **detail})
+    job_line(f"job {status.value}", event=status.value, model=model, **detail)
 
 
 def _ok(result: tuple[JobStatus, dict[str, Any]]) -> bool | None:
