@@ -12,6 +12,11 @@ local function count_try(key, ttl)
   return redis.call('INCR', key)
 end
 
+-- Take back a try counted for a job that did not run: the count goes with its first try.
+local function uncount_try(key)
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+end
+
 -- Hand a job just queued to an idle worker of its pool, if one is parked (claim.lua), so that
 -- the worker starts it without a claim round trip. The job keeps its queue entry, as for any
 -- claim, so that at least once holds: a worker that dies holding it has it handed back by the
@@ -35,7 +40,7 @@ local function hand_off(parked_key, id, payload, in_progress_prefix, retry_prefi
         redis.call('SET', in_progress_prefix .. id, worker, 'PX', hold_ms)
         return worker
       end
-      if tries == 1 then redis.call('DEL', retry_key) else redis.call('DECR', retry_key) end
+      uncount_try(retry_key)
     end
   end
   return false

@@ -12,8 +12,7 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   if redis.call('GET', ARGV[1] .. id) == ARGV[3] then
     redis.call('DEL', ARGV[1] .. id)
-    local retry_key = ARGV[2] .. id
-    if redis.call('DECR', retry_key) <= 0 then redis.call('DEL', retry_key) end
+    uncount_try(ARGV[2] .. id)
     table.insert(given, id)
   end
 end
