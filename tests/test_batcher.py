@@ -1,6 +1,7 @@
 """The batcher, on a real onnxruntime session: concurrent jobs share one call and each gets its
 own rows back, bit for bit as if run alone; a failing request fails only itself; a canceled one
-leaves the others; a batch is flushed at its preferred size, or after its delay.
+leaves the others; a batch is flushed at its preferred size, or after its delay, or at once
+when no running job's rows are still to come.
 
 And the push wake-up, against a real worker: with arq's poll set to 10 s, a queued job still
 starts at once.
@@ -89,11 +90,11 @@ def test_a_canceled_job_leaves_the_others(session: ort.InferenceSession) -> None
     feeds = [rows(1, seed=i) for i in range(5)]
 
     async def run() -> list[object]:
-        # five jobs expected and a 60 s delay: the batch waits for the fifth job's rows, and
-        # one of the first four is canceled meanwhile
+        # five jobs and a 60 s delay: the batch waits for the fifth job's rows, and one of the
+        # first four is canceled meanwhile
         b = batcher(session, preferred_batch_size=64, max_queue_delay_ms=60_000)
-        with b.expecting(), b.expecting(), b.expecting(), b.expecting(), b.expecting():
-            tasks = [asyncio.create_task(b.run(f)) for f in feeds[:4]]
+        with b.expecting():  # the fifth job, whose rows come last
+            tasks = [asyncio.create_task(job(b, f)) for f in feeds[:4]]
             # a job's rows are queued before it first waits (on its result)
             await until(lambda: all(waiting(t) for t in tasks), what="four jobs queued")
             tasks[1].cancel()
@@ -107,6 +108,28 @@ def test_a_canceled_job_leaves_the_others(session: ort.InferenceSession) -> None
     assert isinstance(out[1], asyncio.CancelledError)
     for i in (0, 2, 3, 4):
         assert np.array_equal(out[i]["label"], alone(session, feeds[i])[0])  # type: ignore[index]
+
+
+def test_a_batch_does_not_wait_for_a_job_whose_rows_were_answered(
+    session: ort.InferenceSession,
+) -> None:
+    first, second = rows(2, seed=1), rows(1, seed=2)
+
+    async def run() -> tuple[list[dict[str, np.ndarray]], int]:
+        # batches of at most 2 rows and a 60 s delay: the first job's rows run alone, then the
+        # second's gather. The first job is still running (its answer not yet taken up), but
+        # its rows are in: nothing is coming, so the second batch goes at once. (It waited for
+        # the delay, or for another request, while the first job had not ended.)
+        b = batcher(session, max_batch_size=2, preferred_batch_size=64, max_queue_delay_ms=60_000)
+        jobs = asyncio.gather(job(b, first), job(b, second))
+        results = await asyncio.wait_for(jobs, 10)
+        await b.close()
+        return results, b.batches
+
+    results, calls = asyncio.run(run())
+    assert calls == 2
+    for feed, got in zip((first, second), results, strict=True):
+        assert np.array_equal(got["probabilities"], alone(session, feed)[1])
 
 
 def test_a_batch_is_flushed_at_its_preferred_size(session: ort.InferenceSession) -> None:

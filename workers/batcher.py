@@ -2,10 +2,12 @@
 
 One ``Batcher`` per model version, as MLServer's adaptive batcher: a queue and a future per
 request. A batch is flushed when it reaches ``preferred_batch_size`` rows, or when no more rows
-are coming (every job of the model that is running has its rows queued), or at the latest
-``max_queue_delay_ms`` after its first request; it never exceeds ``max_batch_size`` rows. So a
-lone request runs at once, and concurrent ones share a call. The call runs in a thread
-(onnxruntime releases the GIL) so that the event loop keeps serving Redis.
+are coming (every job of the model that is running has its rows in: queued, running, or
+answered and not yet taken up by the job), or at the latest ``max_queue_delay_ms`` after its
+first request; it never exceeds ``max_batch_size`` rows. So a lone request runs at once,
+concurrent ones share a call, and a batch queued behind another runs as soon as the other
+ends, not after the delay. The call runs in a thread (onnxruntime releases the GIL) so that
+the event loop keeps serving Redis.
 
 If a batch fails, its requests run one by one, so that a bad request fails only its own job.
 """
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +55,15 @@ class _Expecting:
 
     def __enter__(self) -> None:
         self.batcher._active += self.requests
+        self.batcher._coming += self.requests
 
     def __exit__(self, *exc: object) -> None:
         batcher = self.batcher
         batcher._active -= self.requests
+        batcher._coming -= self.requests
         if not batcher._active:
             batcher._quiet.set()
+        batcher._wake()  # a batch waiting for this job's rows waits no more
 
 
 class Batcher:
@@ -87,8 +93,12 @@ class Batcher:
         self.seconds = Histogram(INFERENCE_BUCKETS)  # per onnxruntime call, for the metrics
         self.rows = Histogram(BATCH_BUCKETS)
         self.counts = counts or Counts()  # Triton's statistics (workers/stats.py)
-        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._active = 0  # requests that are, or will soon be, waiting in the queue
+        self._queue: deque[_Request] = deque()
+        self._waiter: asyncio.Future[bool] | None = None  # the loop's, while it waits
+        self._active = 0  # requests of running jobs (``expecting``)
+        # of those, the ones whose rows are not in yet: neither queued, nor running, nor
+        # answered and yet to be taken up by their job (which may queue more, or end)
+        self._coming = 0
         self._quiet = asyncio.Event()  # set when _active drops to 0
         self._seconds_per_row = float("inf")  # unknown until the first call, made in a thread
         self._holding = False  # the loop gathers or runs a batch
@@ -146,15 +156,20 @@ class Batcher:
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="batcher")
-        await self._queue.put(_Request(inputs, rows, future))
-        return await future
+        self._queue.append(_Request(inputs, rows, future))
+        self._coming -= 1
+        self._wake()
+        try:
+            return await future
+        finally:
+            self._coming += 1  # its job goes on: it may queue more rows, or end
 
     def _alone(self, rows: int) -> bool:
         """Whether these rows are the only ones of the model running here, or about to (the
         caller's own ``expecting``), and would run inline (``_off_loop``)."""
         return (
             not self._holding
-            and self._queue.empty()
+            and not self._queue
             and self._active <= 1
             and self._seconds_per_row * rows < INLINE_BELOW_S
         )
@@ -166,21 +181,24 @@ class Batcher:
                 await self._task
 
     async def _loop(self) -> None:
+        queue = self._queue
         carry: _Request | None = None
         while True:
             self._holding = carry is not None
-            first = carry or await self._queue.get()
+            while carry is None and not queue:
+                await self._wait()
+            first = carry or queue.popleft()
             self._holding = True
             batch, rows, carry = [first], first.rows, None
             deadline = asyncio.get_running_loop().time() + self.max_delay_s
             while rows < self.preferred:
-                if self._queue.empty() and len(batch) >= self._active:
-                    break  # every running job has its rows in: waiting gains nothing
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        request = await self._queue.get()
-                except TimeoutError:
-                    break
+                if not queue:
+                    if self._coming <= 0:
+                        break  # every running job has its rows in: waiting gains nothing
+                    if not await self._wait(deadline):
+                        break
+                    continue  # a request came, or a running job ended (its rows need not)
+                request = queue.popleft()
                 if rows + request.rows > self.max_batch_size:
                     carry = request
                     break
@@ -189,6 +207,23 @@ class Batcher:
             batch = [r for r in batch if r.future is None or not r.future.cancelled()]
             if batch:
                 await self._run(batch)
+
+    async def _wait(self, deadline: float | None = None) -> bool:
+        """Until a request is queued or a running job ends (``_wake``): True; or until the
+        loop's clock reaches ``deadline``: False."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = None if deadline is None else loop.call_at(deadline, _settle_waiter, waiter, False)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _settle_waiter(self._waiter, True)
 
     async def _off_loop(self, batch: list[_Request]) -> list[Arrays]:
         """Run the batch in a thread, or inline when it will take less than a thread hop is
@@ -249,6 +284,11 @@ class Batcher:
             )
             start = end
         return results
+
+
+def _settle_waiter(waiter: asyncio.Future[bool], woken: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(woken)
 
 
 def _settle(request: _Request, result: Arrays | BaseException) -> None:
