@@ -111,3 +111,20 @@ def stream_key(event_id: str) -> tuple[int, int]:
             f"{event_id[:40]!r} is not an event id (like 1700000000000-0, each part below 2^64)"
         )
     return int(ms), int(seq or 0)
+
+
+def published_events(data: bytes) -> list[tuple[str, bytes]]:
+    """The events of one publication on the events channel, as (id, event): one (``id
+    event``), or several that one call appended (``*``, then each one's id, its length and
+    itself, space-separated: append.lua's ``publish_all``)."""
+    if data[:1] != b"*":
+        event_id, _, raw = data.partition(b" ")
+        return [(event_id.decode(), raw)]
+    events, at = [], 1
+    while at < len(data):
+        gap = data.index(b" ", at)
+        start = data.index(b" ", gap + 1) + 1
+        end = start + int(data[gap + 1 : start - 1])
+        events.append((data[at:gap].decode(), data[start:end]))
+        at = end
+    return events

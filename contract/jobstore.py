@@ -1,4 +1,6 @@
 """The Redis data layer for jobs: records, event logs, the arq queue. Shared by hub and workers.
+Their writes are here; what is read of them (records, outputs, events, listings) is
+``contract/jobreads.py``, which ``JobStore`` extends.
 
 A job lives in three keys: its record (a hash), its event stream, and, until a worker takes it,
 arq's job key and queue entry. Every state change is one Lua script (``contract/lua/``), so that the record, the
@@ -37,9 +39,9 @@ from redis.exceptions import NoScriptError
 from contract import keys, records, scripts
 from contract.connection import database
 from contract.errors import Unavailable
-from contract.events import Event, EventType, JobStatus, stream_key
+from contract.events import EventType, JobStatus
 from contract.gather import Gatherer
-from contract.position import Position as Position  # re-exported: the hub imports it here
+from contract.jobreads import JobReads
 from contract.records import step_fields
 from contract.scripts import Script
 from contract.settings import Settings
@@ -62,23 +64,6 @@ _RUN_JOB_BYTES = len(serialize_job(RUN_JOB, (), {}, None, 2**40, serializer=dump
 
 GATHER_MOST = 64
 """Jobs in one gathered script call at most."""
-
-
-def published_events(data: bytes) -> list[tuple[str, bytes]]:
-    """The events of one publication on the events channel, as (id, event): one (``id
-    event``), or several that one call appended (``*``, then each one's id, its length and
-    itself, space-separated: append.lua's ``publish_all``)."""
-    if data[:1] != b"*":
-        event_id, _, raw = data.partition(b" ")
-        return [(event_id.decode(), raw)]
-    events, at = [], 1
-    while at < len(data):
-        gap = data.index(b" ", at)
-        start = data.index(b" ", gap + 1) + 1
-        end = start + int(data[gap + 1 : start - 1])
-        events.append((data[at:gap].decode(), data[start:end]))
-        at = end
-    return events
 
 
 def queue_score(now_ms: int, priority: int) -> int:
@@ -172,14 +157,14 @@ class Limits:
         )
 
 
-class JobStore:
-    """Jobs in Redis. Methods are one round trip each unless they say otherwise."""
+class JobStore(JobReads):
+    """Jobs in Redis: their writes here, their reads in ``JobReads``. Methods are one round
+    trip each unless they say otherwise."""
 
     def __init__(self, redis: Redis, limits: Limits) -> None:
-        self.redis = redis
+        super().__init__(redis, limits.log_maxlen)
         self.limits = limits
         self.db = database(redis)
-        self._pools: set[str] = set()  # the pools this process knows are in keys.POOLS
         self._registering: dict[str, asyncio.Future[Any]] = {}
         self.creates = Gatherer(self._create_gathered, most=GATHER_MOST)
         # gathered per pool: one call's keys lie in one slot
@@ -273,12 +258,6 @@ class JobStore:
             if self._registering.get(pool) is adding and adding.done():
                 del self._registering[pool]
         self._pools.add(pool)
-
-    async def pools(self) -> list[str]:
-        """Every pool that has had a job, sorted."""
-        found = await self.redis.smembers(keys.POOLS)  # type: ignore[misc]
-        self._pools.update(p.decode() for p in found)
-        return sorted(self._pools)
 
     async def _create_gathered(self, line: Hashable, jobs: Sequence[_NewJob]) -> list[Any]:
         """Create the jobs of one line in one call: create.lua for one, else create_many.lua,
@@ -504,111 +483,6 @@ class JobStore:
             args={**self._common_args(raw, pool), "job_id": job_id, "finished_at": time.time()},
         )
         return status.decode() if status else ""
-
-    async def outputs(self, job_id: str) -> bytes | None:
-        """The job's stored outputs (contract/outputs.py), or None (none yet, or expired)."""
-        blob: bytes | None = await self.redis.get(keys.job_outputs(job_id))
-        return blob
-
-    async def chunks(self, job_id: str, starts: Sequence[int]) -> list[bytes | None]:
-        """The stored chunks of a job that streams its outputs, from these rows."""
-        found: list[bytes | None] = await self.redis.mget(
-            [keys.job_outputs_chunk(job_id, start) for start in starts]
-        )
-        return found
-
-    async def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]  # redis-py types sync and async as one
-        return records.decode(raw) if raw else None
-
-    async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(keys.job(job_id))
-            raws = await pipe.execute()
-        return [records.decode(raw) if raw else None for raw in raws]
-
-    async def recent_ids(
-        self, owner: str | None, before: tuple[float, str] | None, count: int
-    ) -> list[tuple[str, float]]:
-        """Up to ``count`` ids of the owner's jobs (None: every job) older than ``before``
-        (creation ms, job id), newest first, merged from every pool's index.
-
-        Jobs created in the same millisecond share a score; Redis orders those by id, so the
-        id breaks the tie and a page boundary between them loses none.
-        """
-        top = "+inf" if before is None else before[0]
-        pools = await self.pools()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in pools:
-                index = keys.jobs_index(pool) if owner is None else keys.owner_jobs(pool, owner)
-                pipe.zrevrangebyscore(index, top, "-inf", start=0, num=count + 16, withscores=True)
-            pages = await pipe.execute()
-        found = [(job_id.decode(), score) for rows in pages for job_id, score in rows]
-        if before is not None:
-            found = [
-                (j, s) for j, s in found if s < before[0] or (s == before[0] and j < before[1])
-            ]
-        found.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        return found[:count]
-
-    async def log_after(
-        self, after: str, count: int | None = None, pool: str | None = None, until: str = "+"
-    ) -> list[Event]:
-        """Events of every pool's log (of ``pool``'s only, when given) after the position
-        ``after`` (a token, ``Position``: each pool from its own id) up to ``until``, at most
-        ``count``, merged in id order."""
-        position = Position.parse(after)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for read in [pool] if pool is not None else await self.pools():
-                ms, seq = position.of(read)
-                pipe.xrange(keys.events_log(read), min=f"({ms}-{seq}", max=until, count=count)
-            pages = await pipe.execute()
-        events = [Event.from_wire(eid.decode(), body[b"e"]) for rows in pages for eid, body in rows]
-        events.sort(key=lambda e: stream_key(e.id))
-        if count is None or len(events) <= count:
-            return events
-        # a page ends before the first id it leaves out: its position is then past every
-        # event of each pool up to its own last one, and none is skipped
-        return events[:count]
-
-    async def log_holds(self, after: str) -> bool:
-        """Whether every event after the position ``after`` is still in the capped logs of
-        the pools: one log at least reaches back to its id (else the position is older than
-        all that is kept), and each log either does or was never trimmed (a pool whose first
-        job came later)."""
-        position = Position.parse(after)
-        pools = await self.pools()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in pools:
-                pipe.xrange(keys.events_log(pool), count=1)
-                pipe.xlen(keys.events_log(pool))
-            found = await pipe.execute()
-        logs = [
-            (stream_key(first[0][0].decode()) <= position.of(pool), length < self.limits.log_maxlen)
-            for pool, first, length in zip(pools, found[::2], found[1::2], strict=True)
-            if first
-        ]
-        return not logs or (
-            any(reaches for reaches, _ in logs) and all(r or whole for r, whole in logs)
-        )
-
-    async def event(self, job_id: str, event_id: str) -> Event | None:
-        """One of the job's stored events, by its id."""
-        rows = await self.redis.xrange(keys.job_events(job_id), min=event_id, max=event_id)
-        return Event.from_wire(event_id, rows[0][1][b"e"]) if rows else None
-
-    async def events(
-        self, job_id: str, after: str = "0", count: int | None = None, until: str = "+"
-    ) -> list[Event]:
-        """The job's stored events after the id ``after`` up to ``until`` (at most ``count``)."""
-        rows = await self.redis.xrange(
-            keys.job_events(job_id),
-            min=f"({after}" if after != "0" else "-",
-            max=until,
-            count=count,
-        )
-        return [Event.from_wire(eid.decode(), body[b"e"]) for eid, body in rows]
 
 
 @functools.lru_cache(maxsize=4)

@@ -5,7 +5,7 @@ Every consumer (an SSE stream, a WebSocket, a request waiting for its job) holds
 the process's fan-out first, then its stored events are replayed from the client's last id in
 pages, then live events follow, de-duplicated by id per topic (per pool for a feed: ids of two
 pools' logs do not compare). After a gap (Redis reconnected) every topic re-reads its log from
-the last id it delivered (a feed: each pool from its own, ``jobstore.Position``).
+the last id it delivered (a feed: each pool from its own, ``position.Position``).
 
 An SSE stream of a feed sends a resume token as each event's id (hub/frames.py): while the
 subscriber is in step with the fan-out (``_Following.synced``: every event up to the fan-out's
@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from contract import keys
 from contract.events import TERMINAL, Event, stream_key
-from contract.jobstore import JobStore, Position
+from contract.jobstore import JobStore
+from contract.position import Position
 from hub import frames
 from hub.fanout import Fanout
 from hub.subscription import Gap, Key, SlowConsumer
@@ -108,7 +109,7 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Resumed:
-    """A feed's event with the subscriber's own resume token (``jobstore.Position``), for a
+    """A feed's event with the subscriber's own resume token (``position.Position``), for a
     subscriber that is not where the fan-out is."""
 
     event: Event
@@ -186,7 +187,7 @@ class Delivery:
         pools: dict[str, tuple[int, int]] | None = None
         if topic.job_id is not None:
             last = stream_key(after or "0")
-        else:  # a feed resumes from a position per pool (jobstore.Position)
+        else:  # a feed resumes from a position per pool (position.Position)
             position = Position.parse(after or "0")
             last, pools = position.base, dict(position.pools)
         if (before := self._following.get(name)) is not None:

@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 from contract import keys
 from contract.channels import Subscriber
 from contract.connection import connect, database
-from contract.events import Event, stream_key
-from contract.jobstore import Position, published_events
+from contract.events import Event, published_events, stream_key
+from contract.position import Position
 from hub import frames
 from hub.observer import NOBODY, Observer
 from hub.subscription import GAP, TICK, Gap, Key, Route, Subscription, Tick

@@ -3,7 +3,7 @@
 payload, ready for the wire).
 
 In the all-jobs feed of a hub that reads several pools, an SSE frame's ``id:`` is a resume token
-(``jobstore.Position``: ids of two pools' logs do not compare), so that a browser's
+(``position.Position``: ids of two pools' logs do not compare), so that a browser's
 ``EventSource`` resumes exactly with ``Last-Event-ID``. The fan-out stamps each event with its
 position (``stamp``): every pool it reads, from where it began to read it, past every event it
 has dispatched up to this one (of every tenant for an admin's feed, of the event's owner for
@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from contract.events import Event, stream_key
-from contract.jobstore import Position
+from contract.position import Position
 
 ENCODED: Counter[str] = Counter()
 """Events encoded, per transport ("sse", "ws")."""

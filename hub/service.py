@@ -348,7 +348,7 @@ class JobService:
         sink: Sink | None = None,
     ) -> AsyncIterator[list[Event | Reset | Tick]]:
         """Live events of the caller's jobs (filtered by model and job), from ``after`` when
-        given (an event id, or a position per pool: jobstore.Position); a Reset first when
+        given (an event id, or a position per pool: position.Position); a Reset first when
         ``after`` is older than what the capped logs still hold."""
         _check_position(after or "0")
         self.streams.check(owner)

@@ -26,9 +26,9 @@ from stack import Stack
 from contract import keys, scripts
 from contract.channels import Subscriber
 from contract.connection import connect
-from contract.events import EventType, JobStatus
+from contract.events import EventType, JobStatus, published_events
 from contract.gather import Gatherer
-from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step, published_events
+from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step
 from contract.wire import loads
 
 JOBS = 8

@@ -31,7 +31,7 @@ from contract import keys
 from contract.channels import Subscriber, publish
 from contract.connection import ClusterTarget, cluster_target, connect
 from contract.events import Event, EventType, stream_key
-from contract.jobstore import Position
+from contract.position import Position
 from contract.settings import Settings
 from hub.auth import new_key
 

@@ -3,7 +3,7 @@
 Both resume by ``Last-Event-ID`` (the header, or the ``last_event_id`` query parameter for
 clients that cannot set headers). A job's events have their Redis stream ids; in the feed of a
 hub that reads several pools, each event's id is a resume token, a position per pool
-(``jobstore.Position``), so that a browser's reconnect resumes every pool exactly.
+(``position.Position``), so that a browser's reconnect resumes every pool exactly.
 """
 
 from __future__ import annotations

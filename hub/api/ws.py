@@ -25,7 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from contract.errors import InferhubError, InvalidInput, MalformedRequest, NotFound, OverCapacity
 from contract.events import Event, stream_key
-from contract.jobstore import Position
+from contract.position import Position
 from contract.settings import Settings
 from hub import frames
 from hub.auth import Principal
@@ -357,7 +357,7 @@ class _Close(Exception):
 
 
 def _check_event_id(event_id: str, *, feed: bool) -> None:
-    """A job's event id; for a feed, a position per pool too (jobstore.Position)."""
+    """A job's event id; for a feed, a position per pool too (position.Position)."""
     try:
         Position.parse(event_id) if feed else stream_key(event_id)
     except ValueError as exc:
