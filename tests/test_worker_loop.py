@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from arq import Retry
-from arq.jobs import deserialize_job_raw
-from helpers import ROOT
+from arq.jobs import deserialize_job_raw, serialize_job
+from helpers import ROOT, until
 from loop_worker import notes, worker
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -34,7 +34,7 @@ from contract.channels import publish
 from contract.connection import connect, database
 from contract.jobstore import RUN_JOB, Created, JobStore, Limits
 from contract.records import JobArgs, JobRecord
-from contract.wire import loads
+from contract.wire import dumps, loads
 from workers.attempt import Function
 from workers.loop import WorkerLoop
 from workers.reaper import OWN_GRACE_MS
@@ -402,6 +402,88 @@ async def test_a_handoff_that_finds_the_worker_full_is_given_back_and_runs_later
     assert started == [(first, 1), (second, 1)]
     assert most == 1
     assert await ended(r, pool, second)
+
+
+async def test_a_claimed_job_that_finds_the_room_taken_by_a_handoff_is_given_back(
+    r: Redis, redis_url: str, pool: str
+) -> None:
+    """max_jobs holds when a claim's answer comes back after a handoff took the room (the hub
+    handed a job to the parked worker as its claim was on its way, and the claim found another
+    due): the claimed job is not run beside the handed one; its hold and its try are undone
+    (contract/lua/give_back.lua), and it runs on its first try once there is room. The claim
+    is held in Redis (``CLIENT PAUSE WRITE``) while the handoff reaches the worker."""
+    started: list[tuple[str, int]] = []
+    running, most = 0, 0
+    handed_runs, handed_may_end = asyncio.Event(), asyncio.Event()
+    handed = keys.new_job_id(pool)
+    claimed = keys.new_job_id(pool)
+
+    async def job(ctx: dict[str, Any], **_: Any) -> None:
+        nonlocal running, most
+        started.append((ctx["job_id"], ctx["job_try"]))
+        running += 1
+        most = max(most, running)
+        try:
+            if ctx["job_id"] == handed:
+                handed_runs.set()
+                await handed_may_end.wait()
+        finally:
+            running -= 1
+
+    parked, hold = keys.parked(pool), keys.in_progress_prefix(pool) + claimed
+    arq_job = keys.arq_job_prefix(pool) + claimed
+    space = f"__keyspace@{database(r)}__:"
+    async with r.pubsub() as pubsub:
+        await pubsub.subscribe(space + parked, space + hold, space + arq_job)
+        for _ in range(3):
+            assert (await pubsub.get_message(timeout=10) or {}).get("type") == "subscribe"
+
+        async def heard(key: str, event: bytes) -> None:
+            async for message in pubsub.listen():
+                if message["channel"] == (space + key).encode() and message["data"] == event:
+                    return
+
+        loop = worker(redis_url, pool, [Function(RUN_JOB, job, LONG_S, max_tries=5)])
+        loop.max_jobs = 1
+        served = asyncio.create_task(loop.serve())
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await heard(parked, b"hset")  # idle: parked
+                # two due jobs the parked worker has not heard of (no wake-up): the claimed
+                # one first in the queue; the handed one held in the worker's name, its try
+                # counted, the worker off the parked set, as lua/arq.lua's hand_off leaves them
+                now_ms = int(time.time() * 1000)
+                raws = {}
+                for offset, job_id in enumerate((claimed, handed)):
+                    raws[job_id] = serialize_job(
+                        RUN_JOB, (), dict(job_args(pool)), None, now_ms, serializer=dumps
+                    )
+                    await r.set(keys.arq_job_prefix(pool) + job_id, raws[job_id])
+                    await r.zadd(keys.queue(pool), {job_id: now_ms - 10_000 + offset})
+                await r.set(keys.in_progress_prefix(pool) + handed, loop.worker_id, px=loop.hold_ms)
+                await r.set(keys.retry_prefix(pool) + handed, 1)
+                await r.hdel(parked, loop.worker_id)  # type: ignore[misc]
+                # Redis holds every script (the claim) until the handoff has reached the worker
+                await r.client_pause(WAIT_S * 1000, all=False)
+                try:
+                    loop._wake.set()
+                    await until(lambda: loop._handed_meanwhile is not None, what="a claim")
+                    # the handoff's message, as the worker's subscription hands it on
+                    loop._handoff(f"{handed} 1 ".encode() + raws[handed])
+                    await handed_runs.wait()
+                finally:
+                    await r.client_unpause()
+                await heard(hold, b"del")  # the claim took the other job, and gave it back
+                assert started == [(handed, 1)]
+                assert await r.get(keys.retry_prefix(pool) + claimed) is None  # try undone
+                handed_may_end.set()
+                await heard(arq_job, b"del")  # it ran once there was room, and ended
+        finally:
+            loop.stop()
+            await served
+    assert started == [(handed, 1), (claimed, 1)]
+    assert most == 1
+    assert await ended(r, pool, claimed)
 
 
 async def test_an_idle_worker_parks_and_a_stopped_one_unparks(
