@@ -63,7 +63,8 @@ class _Expecting:
         batcher._coming -= self.requests
         if not batcher._active:
             batcher._quiet.set()
-        batcher._wake()  # a batch waiting for this job's rows waits no more
+        if batcher._holding:  # a batch gathering may wait for this job's rows no more
+            batcher._wake()
 
 
 class Batcher:
