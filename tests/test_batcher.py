@@ -1,7 +1,8 @@
 """The batcher, on a real onnxruntime session: concurrent jobs share one call and each gets its
 own rows back, bit for bit as if run alone; a failing request fails only itself; a canceled one
 leaves the others; a batch is flushed at its preferred size, or after its delay, or at once
-when no running job's rows are still to come.
+when no running job's rows are still to come (an online request that cannot be unpacked
+brings none).
 
 And the push wake-up, against a real worker: with arq's poll set to 10 s, a queued job still
 starts at once.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,11 @@ import pytest
 from helpers import ROOT, TestClient, until, wait_for
 from stack import Stack, Worker
 
+from contract.online import Answer, OnlineRequest
+from contract.tensors import pack_tensor, unpack_tensor
+from workers import online
 from workers.batcher import Batcher
+from workers.repository import load_repository
 
 DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"
 
@@ -179,3 +185,37 @@ def test_a_queued_job_wakes_a_worker_that_polls_every_10_s(
     for _ in range(2):
         r = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=5"})
         assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+
+
+def test_a_batch_whose_request_cannot_be_unpacked_does_not_wait_for_its_rows(
+    session: ort.InferenceSession,
+) -> None:
+    """workers/online.py runs the requests of a batch that cannot be joined each on its own,
+    through the batcher; one whose inputs do not unpack fails at once and queues no rows, so
+    the others' call does not wait the model's delay for them (60 s here)."""
+    model = load_repository(ROOT / "models").models["digits"]
+    good = [rows(1, seed=1), rows(2, seed=2)]
+    requests: list[OnlineRequest] = [
+        {
+            "id": str(i),
+            "inputs": [pack_tensor("input", f["input"])],
+            "outputs": None,
+            "deadline": time.time() + 60,
+        }
+        for i, f in enumerate(good)
+    ]
+    broken = pack_tensor("input", rows(1, seed=3)["input"])
+    broken["raw"] = bytes(broken["raw"])[:-4]  # a value short: the batch is not joined
+    requests.append({"id": "2", "inputs": [broken], "outputs": None, "deadline": time.time() + 60})
+
+    async def run() -> list[Answer]:
+        b = batcher(session, preferred_batch_size=64, max_queue_delay_ms=60_000)
+        answers = await asyncio.wait_for(online._run(model, b, requests), 10)
+        await b.close()
+        return answers
+
+    first, second, failed = asyncio.run(run())
+    assert "error" in failed
+    for feed, answer in zip(good, (first, second), strict=True):
+        (probabilities,) = [o for o in answer["outputs"] if o["name"] == "probabilities"]
+        assert np.array_equal(unpack_tensor(probabilities), alone(session, feed)[1])

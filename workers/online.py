@@ -109,7 +109,8 @@ async def _run(model: Model, batcher: Batcher, requests: list[OnlineRequest]) ->
             answers.update(_split(batcher, live, counts, results))
     if joined is None:
         inputs = [_inputs(r) for r in live]
-        with batcher.expecting(len(live)):
+        # only the requests that unpacked will queue rows: the batcher waits for none other
+        with batcher.expecting(sum(not isinstance(a, Exception) for a in inputs)):
             alone = await asyncio.gather(
                 *(
                     counted(batcher.counts, _answer(model, batcher, r, a), _ok)
