@@ -336,6 +336,28 @@ async def test_a_handoff_the_worker_missed_is_claimed_back(
     assert await ended(r, pool, job_id)
 
 
+class OneAtATime:
+    """A job function that notes each attempt (its id and try) and the most running at once;
+    the job ``holding`` runs until ``release`` is set."""
+
+    def __init__(self, holding: str) -> None:
+        self.holding = holding
+        self.holding_runs, self.release = asyncio.Event(), asyncio.Event()
+        self.started: list[tuple[str, int]] = []
+        self.running = self.most = 0
+
+    async def __call__(self, ctx: dict[str, Any], **_: Any) -> None:
+        self.started.append((ctx["job_id"], ctx["job_try"]))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            if ctx["job_id"] == self.holding:
+                self.holding_runs.set()
+                await self.release.wait()
+        finally:
+            self.running -= 1
+
+
 async def test_a_handoff_that_finds_the_worker_full_is_given_back_and_runs_later(
     r: Redis, redis_url: str, pool: str
 ) -> None:
@@ -344,28 +366,13 @@ async def test_a_handoff_that_finds_the_worker_full_is_given_back_and_runs_later
     the others; its hold and its try are undone (contract/lua/give_back.lua), and it runs on
     its first try once there is room."""
     first, _ = await enqueue(r, pool)
-    started: list[tuple[str, int]] = []
-    running, most = 0, 0
-    first_runs, first_may_end = asyncio.Event(), asyncio.Event()
-
-    async def job(ctx: dict[str, Any], **_: Any) -> None:
-        nonlocal running, most
-        started.append((ctx["job_id"], ctx["job_try"]))
-        running += 1
-        most = max(most, running)
-        try:
-            if ctx["job_id"] == first:
-                first_runs.set()
-                await first_may_end.wait()
-        finally:
-            running -= 1
-
+    job = OneAtATime(first)
     loop = worker(redis_url, pool, [Function(RUN_JOB, job, LONG_S, max_tries=5)])
     loop.max_jobs = 1
     served = asyncio.create_task(loop.serve())
     try:
         async with asyncio.timeout(WAIT_S):
-            await first_runs.wait()
+            await job.holding_runs.wait()
             second, _ = await enqueue(r, pool)  # queued: the worker, full, neither parks nor claims
             hold = keys.in_progress_prefix(pool) + second
             arq_job = keys.arq_job_prefix(pool) + second
@@ -392,15 +399,15 @@ async def test_a_handoff_that_finds_the_worker_full_is_given_back_and_runs_later
                 channel = keys.handoff(pool, loop.worker_id, database(r))
                 await publish(r, channel, f"{second} 1 ".encode() + raw)
                 await deleted(hold)
-                assert started == [(first, 1)]
+                assert job.started == [(first, 1)]
                 assert await r.get(keys.retry_prefix(pool) + second) is None  # the try undone
-                first_may_end.set()
+                job.release.set()
                 await deleted(arq_job)  # the second ran and ended
     finally:
         loop.stop()
         await served
-    assert started == [(first, 1), (second, 1)]
-    assert most == 1
+    assert job.started == [(first, 1), (second, 1)]
+    assert job.most == 1
     assert await ended(r, pool, second)
 
 
@@ -412,24 +419,9 @@ async def test_a_claimed_job_that_finds_the_room_taken_by_a_handoff_is_given_bac
     due): the claimed job is not run beside the handed one; its hold and its try are undone
     (contract/lua/give_back.lua), and it runs on its first try once there is room. The claim
     is held in Redis (``CLIENT PAUSE WRITE``) while the handoff reaches the worker."""
-    started: list[tuple[str, int]] = []
-    running, most = 0, 0
-    handed_runs, handed_may_end = asyncio.Event(), asyncio.Event()
     handed = keys.new_job_id(pool)
     claimed = keys.new_job_id(pool)
-
-    async def job(ctx: dict[str, Any], **_: Any) -> None:
-        nonlocal running, most
-        started.append((ctx["job_id"], ctx["job_try"]))
-        running += 1
-        most = max(most, running)
-        try:
-            if ctx["job_id"] == handed:
-                handed_runs.set()
-                await handed_may_end.wait()
-        finally:
-            running -= 1
-
+    job = OneAtATime(handed)
     parked, hold = keys.parked(pool), keys.in_progress_prefix(pool) + claimed
     arq_job = keys.arq_job_prefix(pool) + claimed
     space = f"__keyspace@{database(r)}__:"
@@ -470,19 +462,19 @@ async def test_a_claimed_job_that_finds_the_room_taken_by_a_handoff_is_given_bac
                     await until(lambda: loop._handed_meanwhile is not None, what="a claim")
                     # the handoff's message, as the worker's subscription hands it on
                     loop._handoff(f"{handed} 1 ".encode() + raws[handed])
-                    await handed_runs.wait()
+                    await job.holding_runs.wait()
                 finally:
                     await r.client_unpause()
                 await heard(hold, b"del")  # the claim took the other job, and gave it back
-                assert started == [(handed, 1)]
+                assert job.started == [(handed, 1)]
                 assert await r.get(keys.retry_prefix(pool) + claimed) is None  # try undone
-                handed_may_end.set()
+                job.release.set()
                 await heard(arq_job, b"del")  # it ran once there was room, and ended
         finally:
             loop.stop()
             await served
-    assert started == [(handed, 1), (claimed, 1)]
-    assert most == 1
+    assert job.started == [(handed, 1), (claimed, 1)]
+    assert job.most == 1
     assert await ended(r, pool, claimed)
 
 
