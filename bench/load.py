@@ -141,6 +141,10 @@ def build_body(
     endpoint: str, model: str, input_name: str, rows: np.ndarray
 ) -> tuple[str, bytes, dict[str, str]]:
     """(path, body, headers) of one request."""
+    if endpoint == "v1-online":  # the online lane, asked of /v1/jobs
+        doc = {"model": model, "data": rows, "lane": "online"}
+        body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        return "/v1/jobs", body, {"Content-Type": "application/json"}
     if endpoint == "v1":
         body = orjson.dumps({"model": model, "data": rows}, option=orjson.OPT_SERIALIZE_NUMPY)
         return "/v1/jobs", body, {"Content-Type": "application/json", "Prefer": "wait=60"}
@@ -396,7 +400,7 @@ def run_idle(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="digits")
-    parser.add_argument("--endpoint", choices=["v1", "v2", "v2-binary"], default="v2")
+    parser.add_argument("--endpoint", choices=["v1", "v1-online", "v2", "v2-binary"], default="v2")
     parser.add_argument("--concurrency", "-c", type=int, default=1)
     parser.add_argument("--requests", "-n", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=1, help="rows per request")

@@ -34,6 +34,7 @@ RETRIES = 20  # connections in a row that end without an event before a stream g
 # name: (method, path, the member of the answer to return, or None for all of it)
 ROUTES: dict[str, tuple[str, str, str | None]] = {
     "submit": ("POST", "/v1/jobs", None),
+    "infer": ("POST", "/v1/jobs", "outputs"),  # "lane": "online"
     "jobs": ("GET", "/v1/jobs", None),
     "job": ("GET", "/v1/jobs/{}", None),
     "cancel": ("POST", "/v1/jobs/{}/cancel", None),
@@ -116,18 +117,22 @@ def _submit(
     wait: float | None,
     idempotency_key: str | None,
     stream_outputs: bool,
+    online: bool = False,
 ) -> _Call:
     body: dict[str, Any] = {"model": model}
     body.update({"inputs": inputs} if inputs is not None else {"data": data})
     body.update(_given(outputs=outputs or None, priority=priority))
     if stream_outputs:
         body["stream_outputs"] = True
+    if online:
+        body["lane"] = "online"
     headers: dict[str, str] = {}
     if wait:
         headers["Prefer"] = f"wait={wait:g}"
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    return _Call("submit", body=body, headers=headers, wait_s=wait or 0.0)
+    route = "infer" if online else "submit"
+    return _Call(route, body=body, headers=headers, wait_s=wait or 0.0)
 
 
 @dataclass
@@ -254,6 +259,22 @@ class _Methods(ABC, Generic[D, L, S]):
         call = _submit(
             model, data, inputs, outputs, priority, wait, idempotency_key, stream_outputs
         )
+        return self._send(call)
+
+    def infer(
+        self,
+        model: str,
+        data: Any = None,
+        *,
+        inputs: list[dict[str, Any]] | None = None,
+        outputs: list[str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+    ) -> L:
+        """Run a request on the online lane: its outputs (V2 tensors) at once, batched with
+        other requests, no job kept. ``timeout``: its deadline in s, if sooner than the
+        model's ``timeout_s``."""
+        call = _submit(model, data, inputs, outputs, priority, timeout, None, False, online=True)
         return self._send(call)
 
     def job(self, job_id: str) -> D:

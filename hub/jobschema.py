@@ -1,9 +1,10 @@
 """A job as ``/v1/jobs`` answers it (``hub/jobview.py``), described for the OpenAPI document:
-the schema of ``POST /v1/jobs``'s 200 and 202 and of ``GET /v1/jobs/{id}``."""
+the schema of ``POST /v1/jobs``'s 200 and 202 and of ``GET /v1/jobs/{id}``; and the answer of
+``POST /v1/jobs`` on the online lane, which keeps no job."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,3 +79,29 @@ class Job(BaseModel):
     outputs_summary: list[dict[str, Any]] | None = None
     outputs_bytes: int | None = None
     webhook: dict[str, Any] | None = None
+
+
+class OnlineAnswer(BaseModel):
+    """``POST /v1/jobs`` with ``"lane": "online"``: the outputs, as a finished job has them,
+    and nothing to look up later."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "iris",
+                    "version": "1",
+                    "lane": "online",
+                    "status": "succeeded",
+                    "rows": 1,
+                    "outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": [0]}],
+                }
+            ]
+        },
+    )
+    model: str
+    version: str
+    lane: Literal["online"]
+    status: Literal["succeeded"]
+    rows: int
+    outputs: list[OutputTensor]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -70,11 +70,21 @@ class JobRequest(BaseModel):
     )
     parameters: dict[str, Any] | None = None
     webhook: Webhook | None = Field(None, description="push the job's events to a URL")
+    lane: Literal["jobs", "online"] = Field(
+        "jobs",
+        description="`online`: answered at once, as `/v2 infer` is (batched with other "
+        "requests), with no job kept: no id, events, webhook or Idempotency-Key",
+    )
 
     @model_validator(mode="after")
     def one_form(self) -> JobRequest:
         if (self.inputs is None) == (self.data is None):
             raise ValueError("give either 'inputs' (V2 tensors) or 'data' (rows), not both")
+        if self.lane == "online" and (self.webhook is not None or self.stream_outputs):
+            raise ValueError(
+                "'webhook' and 'stream_outputs' follow a job: the online lane keeps none; "
+                "drop them or the lane"
+            )
         return self
 
     @classmethod
@@ -82,8 +92,10 @@ class JobRequest(BaseModel):
         return request_body(cls, binary)
 
     def fingerprint(self) -> str:
-        """What an Idempotency-Key is bound to: a repeat with another body is a conflict."""
-        body = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """What an Idempotency-Key is bound to: a repeat with another body is a conflict.
+        Without ``lane``, always ``jobs`` here: keys stored before it existed still match."""
+        doc = self.model_dump(mode="json", exclude={"lane"})
+        body = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(body).hexdigest()[:32]
 
 

@@ -145,6 +145,14 @@ CALLS = [
         lambda r: r["status"] == "queued",
         id="submit-priority-nowait",
     ),
+    pytest.param("infer", ("iris", ROWS), {}, lambda r: r[0]["data"] == [0, 2], id="infer"),
+    pytest.param(
+        "infer",
+        ("iris",),
+        {"inputs": IRIS_INPUT, "outputs": ["probabilities"], "timeout": 10},
+        lambda r: [(o["name"], o["shape"]) for o in r] == [("probabilities", [2, 3])],
+        id="infer-inputs-outputs",
+    ),
 ]
 
 
@@ -164,6 +172,8 @@ ERRORS = [
     pytest.param("job", ("../models",), {}, 404, "not_found", id="id-cannot-change-route"),
     pytest.param("cancel", (JOB,), {}, 409, "job_finished", id="cancel-finished"),
     pytest.param("submit", ("iris", [[1.0]]), {}, 422, "invalid_input", id="wrong-shape"),
+    pytest.param("infer", ("iris", [[1.0]]), {}, 422, "invalid_input", id="infer-wrong-shape"),
+    pytest.param("infer", ("nope", ROWS), {}, 404, "model_not_found", id="infer-unknown-model"),
     pytest.param(
         "submit", ("iris", ROWS), {"priority": 101}, 422, "invalid_request", id="priority"
     ),

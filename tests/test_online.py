@@ -11,6 +11,7 @@ or workers mix in.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import signal
@@ -367,6 +368,103 @@ def test_v2_infer_through_the_hub(online_settings: Settings, online_worker: Work
     assert found["inferhub_online_rows_total", digits] == 3
     assert found["inferhub_online_batches_total", digits] == 1
     assert found["inferhub_online_request_seconds_count", digits] == 1
+
+
+def test_a_v1_request_opts_in_to_the_online_lane(
+    online_settings: Settings, online_worker: Worker, redis: Redis
+) -> None:
+    """``"lane": "online"`` (or ``?lane=online`` beside a binary body): the answer at once, as
+    a finished job carries its outputs, and no job kept: no record, no event, no listing."""
+    rows = digits_rows(3, seed=11)["input"]
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    expected = dict(
+        zip(
+            [o.name for o in session.get_outputs()], session.run(None, {"input": rows}), strict=True
+        )
+    )
+    npy = io.BytesIO()
+    np.save(npy, rows)
+    jobs_before = set(redis.scan_iter(match=keys.job_prefix("default") + "*"))
+    with TestClient(create_app(online_settings)) as client:
+        answer = client.post(
+            "/v1/jobs", json={"model": "digits", "data": rows.tolist(), "lane": "online"}
+        )
+        binary = client.post(
+            "/v1/jobs",
+            params={"model": "digits", "lane": "online", "outputs": "label"},
+            content=npy.getvalue(),
+            headers={"Content-Type": "application/x-npy"},
+        )
+        listed = client.get("/v1/jobs", params={"model": "digits"}).json()
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert {k: body[k] for k in ("model", "version", "lane", "status", "rows")} == {
+        "model": "digits",
+        "version": "1",
+        "lane": "online",
+        "status": "succeeded",
+        "rows": 3,
+    }
+    assert "id" not in body and "urls" not in body and "Location" not in answer.headers
+    for tensor in body["outputs"]:
+        want = expected[tensor["name"]]
+        assert tensor["shape"] == list(want.shape)
+        got = np.array(tensor["data"], dtype=want.dtype).reshape(want.shape)
+        assert np.array_equal(got, want), tensor["name"]  # bit for bit, as run alone
+    assert binary.status_code == 200, binary.text
+    assert [t["name"] for t in binary.json()["outputs"]] == ["label"]
+    assert binary.json()["outputs"][0]["data"] == expected["label"].tolist()
+    assert listed["jobs"] == []
+    assert set(redis.scan_iter(match=keys.job_prefix("default") + "*")) == jobs_before
+    found = _samples(metrics)
+    succeeded = (("model", "digits"), ("outcome", "succeeded"))
+    assert found["inferhub_online_requests_total", succeeded] == 2
+
+
+def test_the_online_lane_refuses_what_only_a_job_has_a_use_for(
+    online_settings: Settings, online_worker: Worker, redis: Redis
+) -> None:
+    """An Idempotency-Key, a webhook or stream_outputs follow a job: asked on the online lane,
+    422 with what to drop, and nothing run or kept; the WebSocket's submit queues jobs only.
+    A ``Prefer: wait`` sooner than the model's timeout is the request's deadline."""
+    one = {"model": "digits", "data": [[0.0] * 64], "lane": "online"}
+    jobs_before = set(redis.scan_iter(match=keys.job_prefix("default") + "*"))
+    with TestClient(create_app(online_settings)) as client:
+        lane: OnlineLane = client.app.state.service.online  # type: ignore[attr-defined]
+        keyed = client.post("/v1/jobs", json=one, headers={"Idempotency-Key": "k-online"})
+        hooked = client.post(
+            "/v1/jobs", json={**one, "webhook": {"url": "http://127.0.0.1:9/hook"}}
+        )
+        streamed = client.post(
+            "/v1/jobs",
+            params={"model": "digits", "lane": "online", "stream_outputs": "true"},
+            content=b"\x93NUMPY",
+            headers={"Content-Type": "application/x-npy"},
+        )
+        unknown = client.post("/v1/jobs", json={**one, "lane": "fast"})
+        with client.websocket_connect("/v1/ws") as ws:
+            ws.send_json({"type": "submit", "ref": 1, **one})
+            refused = ws.receive_json()
+        sent = lane.batches
+        late = client.post(
+            "/v1/jobs",
+            json={"model": "slow", "data": [[1.0] * 16] * 4000, "lane": "online"},
+            headers={"Prefer": "wait=0.3"},
+        )
+    assert keyed.status_code == 422, keyed.text
+    assert "Idempotency-Key" in keyed.json()["error"]["message"]
+    assert hooked.status_code == 422 and "webhook" in hooked.text, hooked.text
+    assert streamed.status_code == 422, streamed.text
+    assert "stream_outputs" in streamed.json()["error"]["message"]
+    assert unknown.status_code == 422 and "lane" in unknown.text, unknown.text
+    assert refused["type"] == "error" and refused["code"] == "not_online", refused
+    assert sent == 0  # none of the refused was run
+    assert late.status_code == 503, late.text
+    assert "request timeout expired: no answer within 0.3 s" in late.json()["error"]["message"]
+    assert set(redis.scan_iter(match=keys.job_prefix("default") + "*")) == jobs_before
 
 
 def _samples(metrics: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

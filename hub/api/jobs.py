@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -20,14 +21,17 @@ from contract.events import JobStatus
 from hub import bodies, outputs
 from hub.deps import ReaderDep, ServiceDep, SettingsDep, SubmitterDep, authenticate
 from hub.errors import error_responses, v1_error
-from hub.jobschema import Job
+from hub.jobschema import Job, OnlineAnswer
 from hub.jobview import FINISHED
 from hub.middleware.body_limit import refuse_oversized
+from hub.middleware.request_log import HOT
 from hub.offload import OFF_LOOP_BYTES, decode_body
 from hub.responses import JSON
 from hub.schemas import JobRequest
-from hub.v2.codec import HEADER_LENGTH
+from hub.service import JobService
+from hub.v2.codec import HEADER_LENGTH, json_tensor
 from hub.validation import decode_inputs, parse_job_request
+from hub.wait import canceled_if_the_client_leaves
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -46,6 +50,7 @@ class BinaryQuery:
     outputs: str | None = None
     priority: int = 0
     stream_outputs: bool = False
+    lane: Literal["jobs", "online"] = "jobs"
 
     def require_model(self) -> str:
         if not self.model:
@@ -71,10 +76,13 @@ async def binary_query(
     stream_outputs: Annotated[
         bool, Query(description="binary bodies: an `output` event per chunk")
     ] = False,
+    lane: Annotated[
+        Literal["jobs", "online"], Query(description="binary bodies: as the JSON body's `lane`")
+    ] = "jobs",
 ) -> BinaryQuery:
     """The query of a binary body. A coroutine: FastAPI calls a plain callable (the dataclass
     itself) in its thread pool, a thread hop on every submission."""
-    return BinaryQuery(model, version, input, outputs, priority, stream_outputs)
+    return BinaryQuery(model, version, input, outputs, priority, stream_outputs, lane)
 
 
 BINARY_DEFAULTS = BinaryQuery()
@@ -145,12 +153,15 @@ async def submit(
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=IDEMPOTENCY_KEY_MOST)] = None,
     binary: Annotated[BinaryQuery, Depends(binary_query)] = BINARY_DEFAULTS,
-) -> JSON:
+) -> Response:
     wait_s = _wait_seconds(prefer, settings.max_wait_s)
     # an .npy body's data, still arriving: stored as it comes
     incoming: dict[str, AsyncIterator[memoryview]] = {}
     if bodies.is_binary(request.headers.get("content-type"), request.headers.get(HEADER_LENGTH)):
-        form = await bodies.receive(request, settings.max_body_bytes, whole=bool(idempotency_key))
+        lane = binary.lane
+        _check_lane(lane, idempotency_key, binary.stream_outputs)
+        whole = bool(idempotency_key) or lane == "online"  # a fingerprint, an online batch
+        form = await bodies.receive(request, settings.max_body_bytes, whole=whole)
         model, version = await service.catalogue.model(binary.require_model(), binary.version)
         signature = model["versions"][version]["inputs"]
         names = {spec["name"]: spec for spec in signature}
@@ -167,11 +178,17 @@ async def submit(
         raw = await request.body()
         heavy = len(raw) > OFF_LOOP_BYTES
         body = await decode_body(heavy, parse_job_request, raw, settings.max_parameters_bytes)
+        lane = body.lane
+        _check_lane(lane, idempotency_key, stream_outputs=False)  # the body's: checked
         model, version = await service.catalogue.model(body.model, body.version)
         arrays = await decode_body(heavy, decode_inputs, model, version, body)
         outputs, priority, parameters = body.outputs, body.priority, body.parameters
         webhook, stream_outputs = body.webhook, body.stream_outputs
         fingerprint = await decode_body(heavy, body.fingerprint) if idempotency_key else ""
+    if lane == "online":
+        return await _answer_online(
+            request, service, caller.tenant, model, version, arrays, outputs, priority, wait_s
+        )
     job = await service.submit_arrays(
         model,
         version,
@@ -194,6 +211,63 @@ async def submit(
     )
 
 
+def _check_lane(lane: str, idempotency_key: str | None, stream_outputs: bool) -> None:
+    """Refuse on the online lane what only a job has a use for, before the body is read or
+    decoded."""
+    if lane != "online":
+        return
+    if idempotency_key:
+        raise InvalidInput(
+            "an Idempotency-Key finds a job again, and the online lane keeps none: drop the "
+            "header, or submit a job (lane 'jobs')",
+            "not_online",
+        )
+    if stream_outputs:
+        raise InvalidInput(
+            "stream_outputs sends a job's events, and the online lane keeps none: drop it, or "
+            "submit a job (lane 'jobs')",
+            "not_online",
+        )
+
+
+async def _answer_online(
+    request: Request,
+    service: JobService,
+    owner: str,
+    model: dict[str, Any],
+    version: str,
+    arrays: dict[str, np.ndarray],
+    outputs: list[str] | None,
+    priority: int,
+    wait_s: float,
+) -> Response:
+    """The lane ``online``: the request is batched and answered as ``/v2 infer`` does, within
+    the model's ``timeout_s`` (or the ``Prefer: wait``, if sooner); no job is kept."""
+    request.scope[HOT] = True  # as /v2 infer's: its successes are logged at DEBUG
+    timeout_s = min(wait_s, float(model["timeout_s"])) if wait_s else None
+    async with canceled_if_the_client_leaves(request) as client:
+        packed = await service.infer(
+            model,
+            version,
+            arrays,
+            owner=owner,
+            outputs=outputs,
+            priority=priority,
+            timeout_s=timeout_s,
+        )
+    if client.left:
+        return Response(status_code=499)  # the client left; nobody reads this answer
+    answer = {
+        "model": model["name"],
+        "version": version,
+        "lane": "online",
+        "status": JobStatus.SUCCEEDED,
+        "rows": next(iter(arrays.values())).shape[0],
+        "outputs": [json_tensor(tensor) for tensor in packed],
+    }
+    return JSON(answer)
+
+
 router.add_api_route(
     "",
     submit,
@@ -204,8 +278,9 @@ router.add_api_route(
     response_model=None,  # the schema is the responses' (Job)
     responses={
         200: {
-            "description": "The finished job (with `Prefer: wait=N`, when it ended in time)",
-            "model": Job,
+            "description": "The finished job (with `Prefer: wait=N`, when it ended in time), "
+            "or on the online lane its answer",
+            "model": Job | OnlineAnswer,
         },
         202: {
             "description": "The queued job, with its URLs; `Location` points to it",
@@ -218,8 +293,15 @@ router.add_api_route(
             "description": "The body is over INFERHUB_MAX_BODY_BYTES, or its `parameters` "
             "over INFERHUB_MAX_PARAMETERS_BYTES"
         },
-        422: {"description": "An input's name, datatype, shape or row count is wrong"},
-        503: {"description": "Redis is unreachable"},
+        422: {
+            "description": "An input's name, datatype, shape or row count is wrong; or the "
+            "online lane with a webhook, stream_outputs or an Idempotency-Key"
+        },
+        500: {"description": "The online lane: the model failed on this request"},
+        503: {
+            "description": "Redis is unreachable; the online lane: no worker serves the model, "
+            "the hub holds too many rows in flight (`Retry-After`), or no answer in time"
+        },
     },
     # The body is read by the route, not by FastAPI, which would parse it before the
     # dependencies run: an unauthenticated caller is refused before a byte of it is decoded.

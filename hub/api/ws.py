@@ -236,6 +236,12 @@ class Connection:
     async def _submit(self, message: dict[str, Any], ref: Any) -> None:
         self.caller.need("submit")
         request = JobRequest.model_validate(message)
+        if request.lane == "online":
+            raise InvalidInput(
+                "the WebSocket's submit queues a job, to follow by its events: for an answer "
+                "without a job, POST /v1/jobs with lane 'online', or /v2 infer",
+                "not_online",
+            )
         self._check_room()  # the job's events are a subscription too
         job = await self.service.submit(request, owner=self.caller.tenant)
         self._reply({"type": "accepted", "ref": ref, "job": job})

@@ -33,8 +33,8 @@ from hub.v2.errors import SCHEMA, V2Route
 from hub.v2.lean import LeanRoute
 from hub.v2.paths import model_route
 from hub.v2.raw import parse_any
-from hub.v2.wait import canceled_if_the_client_leaves
 from hub.validation import check_declared, check_parameters
+from hub.wait import canceled_if_the_client_leaves
 
 router = APIRouter(
     tags=["v2"],

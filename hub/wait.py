@@ -1,7 +1,8 @@
 """An inference awaited for its answer, and canceled when its client leaves.
 
-A V2 request is request/response: when the client disconnects, nobody will read the answer,
-so the request is canceled; one that has not left the hub in a batch yet then never runs.
+An online request (``/v2 infer``, ``/v1/jobs`` with ``"lane": "online"``) is request/response:
+when the client disconnects, nobody will read the answer, so the request is canceled; one that
+has not left the hub in a batch yet then never runs.
 """
 
 from __future__ import annotations
