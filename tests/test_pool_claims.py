@@ -1,6 +1,6 @@
 """How the workers of one pool share its queue: each takes what the others do not hold, a dead
-worker's claims go to the living at once, priority orders jobs without delaying any, and the
-worker registry forgets workers gone for an hour.
+worker's claims go to the living at once, priority orders jobs (and online batches) without
+delaying any, and the worker registry forgets workers gone for an hour.
 
 The workers here serve their own pool (``claims``), so the module's worker never takes these
 jobs and each test decides which processes run them. Figures are printed (``pytest -s``).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -158,6 +159,41 @@ def test_a_higher_priority_runs_first_and_equal_ones_in_order(
     assert {job["status"] for job in done} == {"succeeded"}
     ran = [jobs[job["id"]] for job in sorted(done, key=lambda job: job["finished_at"])]
     assert ran == ["high1", "high2", "mid", "low1", "low2"]
+
+
+def test_a_higher_priority_online_request_runs_first(
+    client: TestClient, redis: Redis, start: Start
+) -> None:
+    """The online lane's batches are queued by priority as jobs are: while the pool's one
+    worker (one job at a time) runs a long job, a request of priority 5 sent after one of -5
+    is queued ahead of it, and answered first once the long job is canceled."""
+    start("single", max_jobs=1)
+    long = submit(client, LONG)
+    wait_job(client, long, {"started"})
+    queue = keys.queue(POOL)
+    answered: list[int] = []
+
+    def infer(priority: int) -> int:
+        body = {**QUICK, "lane": "online", "priority": priority}
+        r = client.post("/v1/jobs", json=body)
+        answered.append(priority)
+        return r.status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        low = pool.submit(infer, -5)
+        wait_for(lambda: redis.zcard(queue) == 2, what="the low request's batch queued")
+        high = pool.submit(infer, 5)
+        wait_for(lambda: redis.zcard(queue) == 3, what="the high request's batch queued")
+        # arq keeps the long job in the queue while it runs; the batches are named in the
+        # order the hub sent them (its id, then a count)
+        batches = [m.decode() for m in redis.zrange(queue, 0, -1) if m.decode() != long]
+        low_batch, high_batch = sorted(batches, key=lambda m: int(m.rsplit("-", 1)[1]))
+        assert batches == [high_batch, low_batch]  # sent second, queued first
+        assert answered == []  # neither ran beside the long job
+        r = client.post(f"/v1/jobs/{long}/cancel")
+        assert r.status_code == 200, r.text
+        assert [high.result(timeout=60), low.result(timeout=60)] == [200, 200]
+    assert answered == [5, -5]
 
 
 def test_the_worker_registry_forgets_workers_gone_for_an_hour(redis: Redis, worker: Worker) -> None:
