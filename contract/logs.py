@@ -210,23 +210,29 @@ def handler(log_format: str = "text", stream: IO[str] | None = None) -> logging.
 
 
 def job_line(message: str, **fields: Any) -> None:
-    """``JOBS.info(message, extra=fields)``: a job's line on its hot path. Where ``setup``'s
-    handler is the line's only way out, the line is written to it as its formatter would
-    write the record, with the context's ids, and no record is made, filtered or dispatched
-    (a text line: 28 µs through ``logging`` on this project's 2-core machine, 10.5 here);
-    else (a test's ``caplog``, handlers of one's own) it goes through ``logging`` as ever."""
-    if not JOBS.isEnabledFor(logging.INFO):
+    """``JOBS.info(message, extra=fields)``: a job's line on its hot path (``info_line``)."""
+    info_line(JOBS, message, fields)
+
+
+def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """``logger.info(message, extra=fields)`` on a hot path (a job's lines, a request's access
+    line). Where ``setup``'s handler is the line's only way out, the line is written to it as
+    its formatter would write the record, with the context's ids, and no record is made,
+    filtered or dispatched (a text line: 28 µs through ``logging`` on this project's 2-core
+    machine, 10.5 here); else (a test's ``caplog``, handlers of one's own) it goes through
+    ``logging`` as ever."""
+    if not logger.isEnabledFor(logging.INFO):
         return
-    out = _sole_handler(JOBS)
+    out = _sole_handler(logger)
     if out is None or out.line is None:
-        JOBS.info(message, extra=fields)
+        logger.info(message, extra=fields)
         return
     context = _context.get()
     if context:  # as _ContextFilter adds them: what the extra fields do not say already
         for name, value in context.items():
             if name not in fields and not name.startswith("_") and name not in _STANDARD:
                 fields[name] = value
-    out.add(out.line(time.time(), JOBS.name, message, fields))
+    out.add(out.line(time.time(), logger.name, message, fields))
 
 
 def _sole_handler(logger: logging.Logger) -> _TurnWriter | None:

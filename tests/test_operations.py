@@ -28,7 +28,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from contract import keys
-from contract.logs import JOBS, bound, handler, job_line
+from contract.logs import ACCESS, JOBS, bound, handler, job_line, note_job
+from hub.middleware.request_log import access_line
 
 # --- the stack: two workers, two hubs ----------------------------------------------------------
 
@@ -232,16 +233,25 @@ def test_text_log_lines_show_the_ids() -> None:
     assert line["level"] == "warning" and line["logger"] == "inferhub.test-text"
 
 
+def _own(logger: logging.Logger) -> Iterator[None]:
+    """``logger`` as a process's ``setup`` leaves it, on a handler of the test's own: its
+    lines go there alone (not to the root's, which pytest's capture holds)."""
+    saved = logger.handlers, logger.propagate, logger.level
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    yield
+    logger.handlers, logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
 @pytest.fixture
 def jobs_logger() -> Iterator[None]:
-    """``inferhub.jobs`` as a process's ``setup`` leaves it, on a handler of the test's own:
-    its lines go there alone (not to the root's, which pytest's capture holds)."""
-    saved = JOBS.handlers, JOBS.propagate, JOBS.level
-    JOBS.propagate = False
-    JOBS.setLevel(logging.INFO)
-    yield
-    JOBS.handlers, JOBS.propagate = saved[0], saved[1]
-    JOBS.setLevel(saved[2])
+    yield from _own(JOBS)
+
+
+@pytest.fixture
+def access_logger() -> Iterator[None]:
+    yield from _own(ACCESS)
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -292,6 +302,50 @@ def test_a_job_line_is_the_line_logging_writes(jobs_logger: None, log_format: st
             **fields,
             "request_id": "r-1",
             "pool": "p",
+        }
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_request_line_is_written_as_a_job_line(access_logger: None, log_format: str) -> None:
+    """A request's access line (one per ``/v1/jobs`` submission) takes ``job_line``'s way to
+    the sole handler, with no record: the line ``logging`` wrote for it before."""
+    out = io.StringIO()
+    ACCESS.handlers = [handler(log_format, out)]
+    made = logging.getLogRecordFactory()
+    records = 0
+
+    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        nonlocal records
+        records += 1
+        return made(*args, **kwargs)
+
+    scope = {"method": "POST", "path": "/v1/jobs", "client": ("127.0.0.1", 5555)}
+    logging.setLogRecordFactory(counted)
+    try:
+        with bound(request_id="r-1") as context:
+            note_job("j-1")
+            access_line(scope, 202, None, 0.01234, context)
+    finally:
+        logging.setLogRecordFactory(made)
+    assert records == 0
+    (line,) = out.getvalue().splitlines()
+    if log_format == "text":
+        want = "INFO inferhub.access: POST /v1/jobs 202 12.3ms request_id=r-1 job_id=j-1"
+        assert line[24:] == want
+    else:
+        parsed = orjson.loads(line)
+        parsed.pop("ts")
+        assert parsed == {
+            "level": "info",
+            "logger": "inferhub.access",
+            "message": "POST /v1/jobs 202 12.3ms",
+            "method": "POST",
+            "path": "/v1/jobs",
+            "status": 202,
+            "duration_ms": 12.34,
+            "client": "127.0.0.1:5555",
+            "job_id": "j-1",
+            "request_id": "r-1",
         }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.logs import ACCESS, bound
+from contract.logs import ACCESS, bound, info_line
 
 RequestObserver = Callable[[Scope, int, float], None]
 
@@ -93,18 +93,20 @@ class RequestLog:
         context: MutableMapping[str, Any],
     ) -> None:
         """The request's log line and its observation (``hub/middleware/hot_path.py`` too)."""
-        _line(scope, exchange.status, exchange.close_code, seconds, context)
+        access_line(scope, exchange.status, exchange.close_code, seconds, context)
         if self.observe is not None:
             self.observe(scope, exchange.status, seconds)
 
 
-def _line(
+def access_line(
     scope: Scope,
     status: int,
     close_code: int | None,
     seconds: float,
     context: MutableMapping[str, Any],
 ) -> None:
+    """A request's line as it ends: at DEBUG for probes and a hot route's successes, else at
+    INFO, with the jobs it submitted."""
     path = scope.get("path", "")
     method = scope.get("method", "WS")
     quiet = path in QUIET_PATHS or (status < 400 and scope.get(HOT, False))
@@ -127,16 +129,11 @@ def _line(
     elif jobs:
         fields["job_ids"] = jobs
     closed = f" close {close_code}" if close_code is not None else ""
-    ACCESS.log(
-        level,
-        "%s %s %s%s %.1fms",
-        method,
-        path,
-        status,
-        closed,
-        seconds * 1000,
-        extra=fields,
-    )
+    message = f"{method} {path} {status}{closed} {seconds * 1000:.1f}ms"
+    if level == logging.INFO:  # each job's request has one: written as a job's line is
+        info_line(ACCESS, message, fields)
+    else:
+        ACCESS.log(level, message, extra=fields)
 
 
 class Exchange:
