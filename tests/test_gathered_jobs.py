@@ -28,7 +28,7 @@ from contract.channels import Subscriber
 from contract.connection import connect
 from contract.events import EventType, JobStatus, published_events
 from contract.gather import Gatherer
-from contract.jobstore import RUN_JOBS, Created, JobStore, Limits, Step
+from contract.jobstore import GATHER_MOST, RUN_JOBS, Created, JobStore, Limits, Step
 from contract.wire import loads
 
 JOBS = 8
@@ -111,14 +111,30 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
 
 
 async def test_a_batch_of_over_fifteen_jobs_lists_them_all(r: Redis, pool: str) -> None:
-    """msgpack writes the arq job's list of more than 15 jobs with a longer header."""
+    """msgpack writes the arq job's list of more than 15 jobs with a longer header (30: one
+    call, under GATHER_MOST)."""
     store = JobStore(r, Limits(ttl_s=600))
-    jobs = [new_job(pool) for _ in range(40)]
+    jobs = [new_job(pool) for _ in range(30)]
     await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs))
     (batch,) = [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]
     raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
     _, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
     assert [job["job_id"] for job in kwargs["jobs"]] == [rec["id"] for rec, _ in jobs]
+
+
+async def test_more_jobs_than_a_call_holds_go_in_several(r: Redis, pool: str) -> None:
+    """Submissions gathered past GATHER_MOST leave in calls of at most that many (so that the
+    worker runs one while the hub answers another), every job in one of them."""
+    store = JobStore(r, Limits(ttl_s=600))
+    jobs = [new_job(pool) for _ in range(GATHER_MOST + 8)]
+    await asyncio.gather(*(store.create(rec, args, pool=pool) for rec, args in jobs))
+    listed: list[str] = []
+    for batch in [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]:
+        raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
+        _, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
+        assert len(kwargs["jobs"]) <= GATHER_MOST
+        listed += [job["job_id"] for job in kwargs["jobs"]]
+    assert sorted(listed) == sorted(rec["id"] for rec, _ in jobs)
 
 
 async def test_gatherer_sends_a_turns_calls_together_and_those_that_wait_next() -> None:
