@@ -74,6 +74,40 @@ def test_json_tensors_round_trip_flat_or_nested(case: tuple[str, np.ndarray], ne
     np.testing.assert_array_equal(decoded, array)
 
 
+NUMBERS = (
+    st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, width=64)
+    | st.text(max_size=2)
+    | st.lists(st.integers(0, 3), max_size=2)
+)
+
+
+@given(
+    st.sampled_from(NUMERIC),
+    st.lists(st.lists(NUMBERS, max_size=4) | NUMBERS, max_size=4),
+)
+def test_rows_of_numbers_decode_as_numpy_converts_them(datatype: str, data: list[Any]) -> None:
+    """A list of rows (``/v1``'s ``data``) packed by ``struct`` (contract/tensors.py
+    ``_numbers``) gives what numpy's conversion of the list gives: the same array, or a
+    refusal where numpy refuses (ragged rows, text, a number out of range)."""
+    try:
+        with np.errstate(over="raise"):
+            expected: np.ndarray | None = np.asarray(data, dtype=DTYPES[datatype])
+    except (TypeError, ValueError, OverflowError, FloatingPointError):
+        expected = None
+    try:
+        decoded: np.ndarray | None = decode_tensor({"name": "x", "data": data}, datatype)
+    except InvalidInput:
+        decoded = None
+    if expected is None:
+        assert decoded is None
+    else:
+        assert decoded is not None
+        assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+        np.testing.assert_array_equal(decoded, expected)
+
+
 @given(st.dictionaries(st.sampled_from(["name", "datatype", "shape", "data"]), JSON))
 def test_any_json_tensor_decodes_or_raises_invalid_input(tensor: dict[str, Any]) -> None:
     try:
