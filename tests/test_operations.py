@@ -6,6 +6,7 @@ database (JSON logs to files), next to an in-process hub for the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -254,6 +255,23 @@ def access_logger() -> Iterator[None]:
     yield from _own(ACCESS)
 
 
+@contextlib.contextmanager
+def records_made() -> Iterator[list[int]]:
+    """Counts the LogRecords made inside: the list's one item, once the block is over."""
+    made = logging.getLogRecordFactory()
+    count = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        count[0] += 1
+        return made(*args, **kwargs)
+
+    logging.setLogRecordFactory(counted)
+    try:
+        yield count
+    finally:
+        logging.setLogRecordFactory(made)
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_job_line_is_the_line_logging_writes(jobs_logger: None, log_format: str) -> None:
     """``job_line`` writes to the sole handler without a record (a job's hot path): the same
@@ -262,23 +280,12 @@ def test_a_job_line_is_the_line_logging_writes(jobs_logger: None, log_format: st
     out = io.StringIO()
     JOBS.handlers = [handler(log_format, out)]
     fields = {"event": "started", "model": "iris", "attempt": 2, "job_id": "j-given"}
-    made = logging.getLogRecordFactory()
-    records = 0
-
-    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        nonlocal records
-        records += 1
-        return made(*args, **kwargs)
-
-    logging.setLogRecordFactory(counted)
-    try:
+    with records_made() as records:
         for context in ({}, {"request_id": "r-1", "job_id": "j-ctx", "_jobs": ["x"], "pool": "p"}):
             with bound(**context):
                 job_line("job started", **fields)
                 JOBS.info("job started", extra=fields)
-    finally:
-        logging.setLogRecordFactory(made)
-    assert records == 2  # JOBS.info's: job_line made none
+    assert records == [2]  # JOBS.info's: job_line made none
     lines = out.getvalue().splitlines()
     assert len(lines) == 4
     if log_format == "text":
@@ -311,23 +318,11 @@ def test_a_request_line_is_written_as_a_job_line(access_logger: None, log_format
     the sole handler, with no record: the line ``logging`` wrote for it before."""
     out = io.StringIO()
     ACCESS.handlers = [handler(log_format, out)]
-    made = logging.getLogRecordFactory()
-    records = 0
-
-    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        nonlocal records
-        records += 1
-        return made(*args, **kwargs)
-
     scope = {"method": "POST", "path": "/v1/jobs", "client": ("127.0.0.1", 5555)}
-    logging.setLogRecordFactory(counted)
-    try:
-        with bound(request_id="r-1") as context:
-            note_job("j-1")
-            access_line(scope, 202, None, 0.01234, context)
-    finally:
-        logging.setLogRecordFactory(made)
-    assert records == 0
+    with records_made() as records, bound(request_id="r-1") as context:
+        note_job("j-1")
+        access_line(scope, 202, None, 0.01234, context)
+    assert records == [0]
     (line,) = out.getvalue().splitlines()
     if log_format == "text":
         want = "INFO inferhub.access: POST /v1/jobs 202 12.3ms request_id=r-1 job_id=j-1"
