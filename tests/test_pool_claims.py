@@ -8,9 +8,11 @@ jobs and each test decides which processes run them. Figures are printed (``pyte
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +20,7 @@ from typing import Protocol
 import pytest
 from helpers import ROOT, TestClient, build_slow, wait_for, wait_job
 from redis import Redis
+from redis.client import PubSub
 from stack import Stack, Worker
 
 from contract import keys
@@ -69,6 +72,27 @@ def ran_on(redis: Redis, job_id: str) -> str:
     return (redis.hget(keys.job(job_id), "worker") or b"").decode()
 
 
+@contextlib.contextmanager
+def claims(redis: Redis, db: int) -> Iterator[PubSub]:
+    """Redis's keyspace notifications of the pool's claims (the claim's SET of an in-progress
+    key), subscribed before the block and on only inside it."""
+    previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    pubsub = redis.pubsub()
+    pubsub.psubscribe(f"__keyspace@{db}__:{keys.in_progress_prefix(POOL)}*")
+    assert pubsub.get_message(timeout=10)["type"] == "psubscribe"  # type: ignore[index]
+    redis.config_set("notify-keyspace-events", "K$")  # string commands
+    try:
+        yield pubsub
+    finally:
+        pubsub.close()
+        redis.config_set("notify-keyspace-events", previous)
+
+
+def claimed(notice: dict) -> str:
+    """The job a claim's notification names."""
+    return str(notice["channel"].decode().rsplit(":", 1)[1])
+
+
 def test_an_idle_worker_takes_the_jobs_a_busy_worker_cannot(
     client: TestClient, redis: Redis, start: Start
 ) -> None:
@@ -102,20 +126,15 @@ def test_the_jobs_a_worker_claimed_run_on_another_at_once_when_it_is_killed(
     claims_repo: Path,
 ) -> None:
     jobs = [submit(client, QUICK) for _ in range(200)]  # no worker of the pool runs yet
-    claims = redis.pubsub(ignore_subscribe_messages=True)
-    previous = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
-    redis.config_set("notify-keyspace-events", "K$")  # string commands: the claim's SET
-    claims.psubscribe(f"__keyspace@{stack.db}__:{keys.in_progress_prefix(POOL)}*")
-    victim = transient.worker("victim", wait=False, models=claims_repo, pool=POOL)
-    try:
-        # SIGKILL as soon as the victim's first claim lands, before it can start those jobs
-        wait_for(lambda: claims.get_message(timeout=0.01), timeout=60, every=0, what="a claim")
-        victim.process.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-    finally:
-        victim.stop()  # reaps the killed process; stops it if no claim came
-        claims.close()
-        redis.config_set("notify-keyspace-events", previous)
+    with claims(redis, stack.db) as notices:
+        victim = transient.worker("victim", wait=False, models=claims_repo, pool=POOL)
+        try:
+            # SIGKILL as soon as the victim's first claim lands, before it can start those jobs
+            wait_for(lambda: notices.get_message(timeout=0.01), timeout=60, every=0, what="a claim")
+            victim.process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+        finally:
+            victim.stop()  # reaps the killed process; stops it if no claim came
     held = [job for job in jobs if redis.exists(keys.in_progress_prefix(POOL) + job)]
     unstarted = [job for job in held if redis.hget(keys.job(job), "status") == b"queued"]
     assert unstarted, "the victim should have died holding jobs it had not started"
@@ -162,22 +181,23 @@ def test_a_higher_priority_runs_first_and_equal_ones_in_order(
 
 
 def test_a_higher_priority_online_request_runs_first(
-    client: TestClient, redis: Redis, start: Start
+    client: TestClient, redis: Redis, stack: Stack, start: Start
 ) -> None:
     """The online lane's batches are queued by priority as jobs are: while the pool's one
     worker (one job at a time) runs a long job, a request of priority 5 sent after one of -5
-    is queued ahead of it, and answered first once the long job is canceled."""
+    is queued ahead of it, and claimed first once the long job is canceled.
+
+    The order is read where it is decided: Redis's keyspace notifications of the batches'
+    in-progress keys, which the claim sets. The order in which the two client threads see
+    their answers is not it: a thread may wake late."""
     start("single", max_jobs=1)
     long = submit(client, LONG)
     wait_job(client, long, {"started"})
     queue = keys.queue(POOL)
-    answered: list[int] = []
 
     def infer(priority: int) -> int:
         body = {**QUICK, "lane": "online", "priority": priority}
-        r = client.post("/v1/jobs", json=body)
-        answered.append(priority)
-        return r.status_code
+        return client.post("/v1/jobs", json=body).status_code
 
     with ThreadPoolExecutor(2) as pool:
         low = pool.submit(infer, -5)
@@ -189,11 +209,13 @@ def test_a_higher_priority_online_request_runs_first(
         batches = [m.decode() for m in redis.zrange(queue, 0, -1) if m.decode() != long]
         low_batch, high_batch = sorted(batches, key=lambda m: int(m.rsplit("-", 1)[1]))
         assert batches == [high_batch, low_batch]  # sent second, queued first
-        assert answered == []  # neither ran beside the long job
-        r = client.post(f"/v1/jobs/{long}/cancel")
-        assert r.status_code == 200, r.text
-        assert [high.result(timeout=60), low.result(timeout=60)] == [200, 200]
-    assert answered == [5, -5]
+        assert not low.done() and not high.done()  # neither ran beside the long job
+        with claims(redis, stack.db) as notices:
+            r = client.post(f"/v1/jobs/{long}/cancel")
+            assert r.status_code == 200, r.text
+            assert [high.result(timeout=60), low.result(timeout=60)] == [200, 200]
+            order = [claimed(n) for n in iter(lambda: notices.get_message(timeout=1), None)]
+    assert [job for job in order if job in batches] == [high_batch, low_batch]
 
 
 def test_the_worker_registry_forgets_workers_gone_for_an_hour(redis: Redis, worker: Worker) -> None:
