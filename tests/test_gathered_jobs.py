@@ -69,6 +69,18 @@ def new_job(pool: str, fingerprint: str | None = None) -> tuple[dict[str, Any], 
     return record, args
 
 
+QUEUE_STATS = scripts.load("queue_stats")
+
+
+def stats_args(pool: str) -> dict[str, Any]:
+    """queue_stats.lua's arguments for the pool, as hub/metrics/cluster.py gives them."""
+    return {
+        "in_progress_prefix": keys.in_progress_prefix(pool),
+        "job_prefix": keys.job_prefix(pool),
+        "scan": 100,
+    }
+
+
 async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool: str) -> None:
     store = JobStore(r, Limits(ttl_s=600))
     jobs = [new_job(pool) for _ in range(JOBS)]
@@ -97,16 +109,11 @@ async def test_concurrent_creations_go_in_one_call_as_one_arq_job(r: Redis, pool
     assert [job["job_id"] for job in kwargs["jobs"]] == ids[1:]
     assert all(job["owner"] == owner and job["model"] == "m" for job in kwargs["jobs"])
     # the pool's depth counts jobs, not queue entries
-    stats = scripts.load("queue_stats")
-    args = {
-        "in_progress_prefix": keys.in_progress_prefix(pool),
-        "job_prefix": keys.job_prefix(pool),
-        "scan": 100,
-    }
-    total, running, oldest = await stats(r, {"queue": keys.queue(pool)}, args)
+    args = stats_args(pool)
+    total, running, oldest = await QUEUE_STATS(r, {"queue": keys.queue(pool)}, args)
     assert (total, running, float(oldest)) == (JOBS, 0, jobs[0][0]["created_at"])
     await r.zrem(keys.queue(pool), ids[0])  # the batch alone: its age is its first job's
-    total, running, oldest = await stats(r, {"queue": keys.queue(pool)}, args)
+    total, running, oldest = await QUEUE_STATS(r, {"queue": keys.queue(pool)}, args)
     assert (total, running, float(oldest)) == (JOBS - 1, 0, jobs[1][0]["created_at"])
 
 
@@ -221,11 +228,15 @@ async def test_gathered_creations_each_get_their_verdict(r: Redis, pool: str) ->
         assert bool(await r.exists(keys.job(rec["id"]))) is (rec["id"] in made)
     # the batch's arq job lists the jobs it created, none it refused: those never run
     (batch,) = [m for m in await r.zrange(keys.queue(pool), 0, -1) if m.startswith(b"jobs-")]
+    assert batch.decode() == f"jobs-4-{made[0]}"  # named for them: 4 of the 8 sent
     raw = await r.get(keys.arq_job_prefix(pool) + batch.decode())
     function, _, kwargs, _, _ = deserialize_job_raw(raw, deserializer=loads)
     assert function == RUN_JOBS
     assert [job["job_id"] for job in kwargs["jobs"]] == made
     assert kwargs["jobs"][0] == {"job_id": made[0], **jobs[0][1]}
+    # so the pool's depth counts the jobs queued, and its age is the first one's
+    total, running, oldest = await QUEUE_STATS(r, {"queue": keys.queue(pool)}, stats_args(pool))
+    assert (total, running, float(oldest)) == (4, 0, jobs[0][0]["created_at"])
 
     # the same jobs again (as a retried command): each one made is found made, none doubles;
     # the others are made now (no key, no bound this time)

@@ -7,7 +7,9 @@
 -- `publish_all`). The pool's bound counts queue entries (a batch is one), the owner's counts
 -- jobs. The arq job lists the jobs created only (a job refused here never runs): this script
 -- joins their `run` pieces between `payload_head` and `payload_tail` (msgpack: the array's
--- header is written here, for the jobs it lists).
+-- header is written here, for the jobs it lists). Its id, `batch_id` (`jobs-<n>-<first id>`,
+-- which queue_stats.lua reads), is renamed for the jobs it lists when some were refused, so
+-- that the pool's depth and age count the jobs queued, not those sent.
 -- Returns, per job, what create.lua returns.
 -- uses: append arq
 -- KEYS: log queue arq_job index owner_index owner_queued owner_bytes webhooks parked jobs...
@@ -20,7 +22,7 @@ local K, A = KEYS, ARGV
 local ttl, created_ms = tonumber(A[2]), tonumber(A[9])
 local room = redis.call('ZCARD', K[2]) < tonumber(A[11])
 local owner = owner_books(K[4], K[5], K[6], K[7], created_ms, ttl)
-local results, published, runs = {}, {}, {}
+local results, published, runs, first = {}, {}, {}, nil
 local records = {}
 for k = 10, #K, 3 do table.insert(records, K[k]) end
 -- a retried call finds its jobs made: one command tells whether any is
@@ -35,6 +37,7 @@ for i = 20, #A, 6 do
   if retried and redis.call('EXISTS', record) == 1 then
     table.insert(results, {1, ''})
     table.insert(runs, A[i + 5])
+    first = first or job_id
   elseif existing then
     table.insert(results, {0, existing})
   elseif not room then
@@ -59,6 +62,7 @@ for i = 20, #A, 6 do
       owner_add(owner, job_id, stored)
       table.insert(results, {1, id})
       table.insert(runs, A[i + 5])
+      first = first or job_id
     end
   end
   key = key + 3
@@ -68,10 +72,15 @@ if #owner.added > 0 then
   local n = #runs  -- at most 65,535 (the hub gathers GATHER_MOST)
   local header = n < 16 and string.char(0x90 + n) or string.char(0xdc, math.floor(n / 256), n % 256)
   local payload = A[6] .. header .. table.concat(runs) .. A[7]
-  redis.call('PSETEX', K[3], ttl * 1000, payload)
-  redis.call('ZADD', K[2], A[8], A[5])
+  local batch_id, arq_job = A[5], K[3]
+  if n < (#A - 19) / 6 then  -- some refused: named for those it lists (its key in the same slot)
+    batch_id = 'jobs-' .. n .. '-' .. first
+    arq_job = string.sub(K[3], 1, #K[3] - #A[5]) .. batch_id
+  end
+  redis.call('PSETEX', arq_job, ttl * 1000, payload)
+  redis.call('ZADD', K[2], A[8], batch_id)
   owner_list(owner)
-  if not hand_off(K[9], A[5], payload, A[15], A[16], A[17], A[18], A[19]) then
+  if not hand_off(K[9], batch_id, payload, A[15], A[16], A[17], A[18], A[19]) then
     redis.call(PUBLISH, A[10], '')
   end
 end
